@@ -1,0 +1,51 @@
+# Umbra — two commands: `make demo` and `make test`. Every set-up step is idempotent.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+APT_PKGS := dataset-fashion-mnist espeak-ng libsndfile1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: demo test install system lint typecheck check smoke bench clean
+
+demo: install
+	$(BIN)/umbra run --preset default --out runs/demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+# Debian packages, only the missing ones (apt-get update only when something is missing).
+system:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+# venv: torch (CPU wheel) first and alone, then the exact lock held by the torch constraint.
+$(STAMP): requirements.lock constraints.txt pyproject.toml | system
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(STAMP)
+
+install: system $(STAMP)
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy src
+
+check: lint test
+
+smoke: install
+	$(BIN)/umbra run --preset smoke --out runs/smoke
+
+bench: install
+	$(BIN)/python bench/round_overhead.py
+
+clean:
+	rm -rf runs .pytest_cache .mypy_cache

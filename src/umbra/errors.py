@@ -1,0 +1,25 @@
+"""Errors that the CLI turns into a one-line message and exit code 2."""
+
+from __future__ import annotations
+
+__all__ = ["UmbraError", "ConfigError", "DataError", "ResumeError", "BudgetExhausted"]
+
+
+class UmbraError(Exception):
+    """Base class for user-facing errors: the message is shown as is, without traceback."""
+
+
+class ConfigError(UmbraError, ValueError):
+    """A configuration value is malformed, unknown or out of range."""
+
+
+class DataError(UmbraError, ValueError):
+    """Input data is missing, malformed or inconsistent with the configuration."""
+
+
+class ResumeError(UmbraError):
+    """A run folder cannot be resumed (missing checkpoint, different configuration)."""
+
+
+class BudgetExhausted(UmbraError):
+    """The next privacy-consuming release would exceed the configured budget."""
