@@ -25,7 +25,8 @@ __all__ = [
     "register_encoder",
 ]
 
-#: ``factory(input_shape, hidden, dropout) -> module`` mapping ``(B, *input_shape)`` to ``(B, hidden)``.
+#: ``factory(input_shape, hidden, dropout) -> module``; the module maps
+#: ``(B, *input_shape)`` to ``(B, hidden)``.
 EncoderFactory = Callable[[tuple[int, ...], int, float], nn.Module]
 
 _REGISTRY: dict[str, EncoderFactory] = {}
@@ -39,7 +40,7 @@ NORM_GROUPS: int = 4
 
 
 def register_encoder(name: str, factory: EncoderFactory) -> None:
-    """Register ``factory`` under ``name`` (normally a modality name); duplicates raise ValueError."""
+    """Register ``factory`` under ``name`` (normally a modality name); duplicates raise."""
     if not name:
         raise ValueError("encoder name must be a non-empty string")
     if name in _REGISTRY:
@@ -121,7 +122,18 @@ def mlp_encoder(input_shape: tuple[int, ...], hidden: int, dropout: float) -> nn
     )
 
 
+def embedding_encoder(input_shape: tuple[int, ...], hidden: int, dropout: float) -> nn.Module:
+    """LayerNorm, then :func:`mlp_encoder`, for sentence embeddings.
+
+    MiniLM embeddings are unit-L2 vectors (per-dimension std about 1/sqrt(384) = 0.05); the
+    LayerNorm rescales them to unit variance so the text encoder learns as fast as the others.
+    """
+    if len(input_shape) != 1:
+        raise ValueError(f"embedding encoder needs a flat (D,) input_shape, got {input_shape}")
+    return nn.Sequential(nn.LayerNorm(input_shape[0]), mlp_encoder(input_shape, hidden, dropout))
+
+
 register_encoder("image", conv_encoder)  # (C, H, W) pixels in [0, 1]
 register_encoder("audio", conv_encoder)  # (1, n_mels, frames) log-mel
-register_encoder("text", mlp_encoder)  # (384,) MiniLM sentence embedding
+register_encoder("text", embedding_encoder)  # (384,) MiniLM sentence embedding
 register_encoder("tabular", mlp_encoder)  # (k,) standardized numbers

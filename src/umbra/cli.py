@@ -1,0 +1,155 @@
+"""The ``umbra`` command line.
+
+Every user-facing error (bad config, bad data, a run folder that cannot be resumed) is a
+one-line message on stderr and exit code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from umbra.errors import UmbraError
+
+app = typer.Typer(
+    name="umbra",
+    help="Privacy-preserving multimodal federated learning on Flower.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def _round_line(total: int) -> Any:
+    def show(row: dict[str, Any]) -> None:
+        acc = row.get("accuracy")
+        acc_s = f"acc [bold]{acc:.3f}[/]" if acc is not None else "acc  -   "
+        loss = row.get("loss")
+        loss_s = f"loss {loss:.3f}" if loss is not None else ""
+        eps = row.get("epsilon")
+        eps_s = f"  ε {eps['total']:.2f}" if isinstance(eps, dict) and "total" in eps else ""
+        console.print(
+            f"[cyan]round {row['round']:>3}/{total}[/]  {acc_s}  {loss_s}  "
+            f"↑ {_fmt_bytes(row['bytes_up'])}  ↓ {_fmt_bytes(row['bytes_down'])}  "
+            f"{row['clients']} clients  {row['wall_s']:.1f} s{eps_s}",
+            highlight=False,
+        )
+
+    return show
+
+
+def _final_table(results: dict[str, Any]) -> Table:
+    final = results["final"]
+    table = Table(title="Test accuracy (held-out Fashion-MNIST t10k records)")
+    table.add_column("inputs")
+    table.add_column("accuracy", justify="right")
+    for m, acc in final["per_modality_accuracy"].items():
+        if m != "fused":
+            table.add_row(f"{m} only", f"{acc:.3f}")
+    for subset, acc in final["missing_modality_accuracy"].items():
+        table.add_row(subset, f"{acc:.3f}")
+    table.add_row("[bold]fused (all)[/]", f"[bold]{final['accuracy']:.3f}[/]")
+    table.add_row("macro-F1 (fused)", f"{final['macro_f1']:.3f}")
+    return table
+
+
+@app.command()
+def run(
+    preset: Annotated[
+        str | None, typer.Option(help="preset name: smoke, default, baseline")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="a TOML config file instead of a preset")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="override one setting: section.key=value (repeatable)"),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default runs/<preset>)")] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="continue the run in this folder after its last round")
+    ] = None,
+) -> None:
+    """Train a multimodal model across simulated organisations on Flower.
+
+    Writes results.json and checkpoints/ into the output folder.
+    """
+    from umbra.config import load_config
+
+    overrides = set_ or []
+    if resume is not None:
+        requested = None
+        if preset or config or overrides:
+            requested = load_config(preset or "default", file=config, overrides=overrides)
+        from umbra.experiment import resume_config
+
+        cfg = resume_config(resume, requested)
+        run_dir = resume
+    else:
+        if preset and config:
+            raise UmbraError("give either --preset or --config, not both")
+        cfg = load_config(preset or "default", file=config, overrides=overrides)
+        run_dir = out or Path("runs") / (preset or (config.stem if config else "default"))
+    from umbra.experiment import run_experiment
+
+    show = _round_line(cfg.federation.rounds) if cfg.run.progress else None
+    results = run_experiment(
+        cfg,
+        run_dir,
+        resume=resume is not None,
+        on_round=show,
+        on_status=lambda s: console.print(f"[dim]{s}[/]"),
+    )
+    console.print(_final_table(results))
+    t = results["timing"]
+    console.print(
+        f"results: {run_dir / 'results.json'}  (data {t['data_s']:.0f} s, "
+        f"training {t['train_s']:.0f} s, total {t['total_s']:.0f} s)"
+    )
+
+
+@app.command()
+def presets() -> None:
+    """List the built-in presets."""
+    from umbra.config import available_presets
+
+    for name in available_presets():
+        console.print(name)
+
+
+def main() -> None:
+    """Console entry point: user errors become one line and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except UmbraError as err:
+        err_console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as err:  # click usage errors carry exit_code 2
+        code = getattr(err, "exit_code", None)
+        if code is not None:
+            show = getattr(err, "show", None)
+            if show is not None:
+                show()
+            sys.exit(code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

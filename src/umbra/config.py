@@ -1,0 +1,309 @@
+"""Typed configuration: pydantic models, TOML presets, ``--set section.key=value`` overrides.
+
+Every field has a default and a one-line description; unknown keys and out-of-range values
+raise :class:`~umbra.errors.ConfigError` with a one-line message naming the key and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from umbra.errors import ConfigError
+
+__all__ = [
+    "AuditConfig",
+    "Config",
+    "DataConfig",
+    "FederationConfig",
+    "ModelConfig",
+    "PrivacyConfig",
+    "RunConfig",
+    "SecureConfig",
+    "apply_override",
+    "available_presets",
+    "config_fingerprint",
+    "load_config",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    source: Literal["fmnist-avt", "synthetic", "manifest"] = Field(
+        "fmnist-avt",
+        description="data set: the embedded fmnist-avt, a tiny synthetic one, or a manifest",
+    )
+    manifest: str | None = Field(
+        None, description="path to a CSV/Parquet manifest (source=manifest)"
+    )
+    on_bad_rows: Literal["error", "skip"] = Field(
+        "error", description="manifest rows that fail validation: stop with a report, or skip them"
+    )
+    n_train: int = Field(
+        12000, ge=10, le=60000, description="training records drawn from the 60k split"
+    )
+    n_test: int = Field(
+        2000, ge=10, le=10000, description="held-out test records from the t10k split"
+    )
+    partition: Literal["iid", "dirichlet", "quantity"] = Field(
+        "dirichlet", description="how records are split across clients"
+    )
+    alpha: float = Field(
+        0.5, gt=0, description="Dirichlet concentration (smaller = more skew), > 0"
+    )
+    min_client_size: int = Field(10, ge=1, description="fewest records any client may hold")
+    missing: dict[str, float] = Field(
+        default_factory=lambda: {"image": 0.3, "audio": 0.3, "text": 0.3},
+        description="per-record probability that each modality is missing, in [0, 1]",
+    )
+    absent: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='whole modalities absent at chosen clients, e.g. {"0" = ["audio"]}',
+    )
+    cache_dir: str | None = Field(
+        None, description="feature cache (default $UMBRA_CACHE or ~/.cache/umbra)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        for m, r in self.missing.items():
+            if not 0.0 <= r <= 1.0:
+                raise ValueError(f"data.missing.{m} = {r} is outside [0, 1]")
+        for c, mods in self.absent.items():
+            if not c.isdigit():
+                raise ValueError(f'data.absent key {c!r} must be a client index such as "0"')
+            if not mods:
+                raise ValueError(f"data.absent.{c} is empty")
+        if self.source == "manifest" and not self.manifest:
+            raise ValueError("data.source = 'manifest' needs data.manifest = <path>")
+        return self
+
+
+class ModelConfig(_Section):
+    hidden: int = Field(128, ge=8, le=4096, description="width of each encoder's output")
+    embed_dim: int = Field(64, ge=4, le=2048, description="dimension of the shared embedding space")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout in encoders and head")
+    modality_dropout: float = Field(
+        0.2, ge=0, lt=1, description="training-time probability of hiding a present modality"
+    )
+    align_weight: float = Field(0.1, ge=0, description="weight of the cross-modal InfoNCE loss")
+    temperature: float = Field(0.1, gt=0, description="InfoNCE temperature")
+
+
+class FederationConfig(_Section):
+    mode: Literal["federated", "centralized"] = Field(
+        "federated", description="federated on Flower, or a centralized baseline on pooled data"
+    )
+    strategy: Literal["fedavg", "fedprox", "fedadam", "scaffold"] = Field(
+        "fedavg", description="server strategy"
+    )
+    modality_aware: bool = Field(
+        True, description="average each modality's encoder only over clients holding it"
+    )
+    num_clients: int = Field(8, ge=1, le=1000, description="simulated organisations")
+    rounds: int = Field(10, ge=1, le=10000, description="federated rounds")
+    fraction_train: float = Field(1.0, gt=0, le=1, description="fraction of clients per round")
+    local_epochs: float = Field(1.0, gt=0, le=100, description="local epochs per round")
+    batch_size: int = Field(64, ge=1, le=8192, description="local batch size")
+    lr: float = Field(0.05, gt=0, le=10, description="client learning rate (SGD)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="client SGD momentum")
+    weight_decay: float = Field(0.0, ge=0, description="client L2 weight decay")
+    proximal_mu: float = Field(0.01, ge=0, description="FedProx proximal weight μ")
+    server_lr: float = Field(0.01, gt=0, description="FedAdam server learning rate η")
+    server_beta1: float = Field(0.9, ge=0, lt=1, description="FedAdam β1")
+    server_beta2: float = Field(0.99, ge=0, lt=1, description="FedAdam β2")
+    server_tau: float = Field(1e-3, gt=0, description="FedAdam adaptivity τ")
+    scaffold_server_lr: float = Field(1.0, gt=0, description="SCAFFOLD global step size η_g")
+
+
+class PrivacyConfig(_Section):
+    mode: Literal["none"] = Field(
+        "none", description="differential privacy (not built yet: only 'none')"
+    )
+
+
+class SecureConfig(_Section):
+    aggregation: Literal["none"] = Field(
+        "none", description="secure aggregation (not built yet: only 'none')"
+    )
+
+
+class AuditConfig(_Section):
+    enabled: bool = Field(False, description="run privacy attacks after training (not built yet)")
+
+    @model_validator(mode="after")
+    def _check(self) -> AuditConfig:
+        if self.enabled:
+            raise ValueError("audit.enabled = true is not available yet")
+        return self
+
+
+class RunConfig(_Section):
+    seed: int = Field(0, ge=0, description="seed for data, partition, initialisation and training")
+    eval_every: int = Field(1, ge=1, description="evaluate the global model every k rounds")
+    threads: int = Field(1, ge=1, le=64, description="torch threads per client process")
+    num_cpus: int = Field(2, ge=1, le=256, description="CPUs given to Flower's simulation engine")
+    progress: bool = Field(True, description="show the per-round progress line")
+    tensorboard: bool = Field(False, description="also write TensorBoard scalars")
+
+
+class Config(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)  # type: ignore[arg-type]
+    model: ModelConfig = Field(default_factory=ModelConfig)  # type: ignore[arg-type]
+    federation: FederationConfig = Field(default_factory=FederationConfig)  # type: ignore[arg-type]
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)  # type: ignore[arg-type]
+    secure: SecureConfig = Field(default_factory=SecureConfig)  # type: ignore[arg-type]
+    audit: AuditConfig = Field(default_factory=AuditConfig)  # type: ignore[arg-type]
+    run: RunConfig = Field(default_factory=RunConfig)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _cross(self) -> Config:
+        n_records = self.data.n_train
+        if (
+            self.data.source == "fmnist-avt"
+            and self.federation.num_clients * max(1, self.data.min_client_size) > n_records
+        ):
+            raise ValueError(
+                f"federation.num_clients = {self.federation.num_clients} needs at least "
+                f"{self.federation.num_clients * self.data.min_client_size} records "
+                f"(data.n_train = {n_records}, data.min_client_size = {self.data.min_client_size})"
+            )
+        for m, rate in self.data.missing.items():
+            if rate >= 1.0:
+                raise ValueError(f"data.missing.{m} = {rate} removes {m} from every record")
+        everywhere = set.intersection(
+            *(set(self.data.absent.get(str(c), [])) for c in range(self.federation.num_clients))
+        )
+        if everywhere:
+            raise ValueError(
+                f"data.absent removes {sorted(everywhere)} at every client; drop the modality "
+                "from the data instead"
+            )
+        for c in self.data.absent:
+            if int(c) >= self.federation.num_clients:
+                raise ValueError(
+                    f"data.absent names client {c}, but federation.num_clients = "
+                    f"{self.federation.num_clients}"
+                )
+        return self
+
+
+def _format_error(err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"])
+    if e["type"] == "extra_forbidden":
+        section = _section_model(tuple(str(p) for p in e["loc"][:-1]))
+        valid = ", ".join(sorted(section.model_fields)) if section else ""
+        return f"unknown key '{loc}'" + (f"; valid keys: {valid}" if valid else "")
+    msg = e["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+        return msg if not loc or msg.startswith(loc + ".") else f"{loc}: {msg}"
+    got = e.get("input")
+    got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{loc or 'config'}: {msg}{got_s}"
+
+
+def _section_model(path: tuple[str, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for p in path:
+        field = model.model_fields.get(p)
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def validate_config(raw: dict[str, Any]) -> Config:
+    """Validate a nested dict into a :class:`Config` or raise a one-line ConfigError."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def available_presets() -> list[str]:
+    return sorted(
+        p.name[: -len(".toml")]
+        for p in resources.files("umbra.presets").iterdir()
+        if p.name.endswith(".toml")
+    )
+
+
+def _read_toml(text: str, where: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{where}: malformed TOML: {err}") from None
+
+
+def preset_dict(name: str) -> dict[str, Any]:
+    if name not in available_presets():
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(available_presets())}")
+    text = resources.files("umbra.presets").joinpath(f"{name}.toml").read_text()
+    return _read_toml(text, f"preset {name}")
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare string such as fedprox
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one ``section.key=value`` (value parsed as TOML, else a string) to ``raw``."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected section.key=value")
+    key, _, value = assignment.partition("=")
+    parts = [p.strip() for p in key.strip().split(".")]
+    if len(parts) < 2 or not all(parts):
+        raise ConfigError(f"--set {assignment!r}: expected section.key=value")
+    node = raw
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {assignment!r}: {p} is not a section")
+        node = nxt
+    node[parts[-1]] = _parse_value(value.strip())
+
+
+def load_config(
+    preset: str | None = "default",
+    *,
+    file: Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> Config:
+    """Resolve a preset (or a TOML file) plus ``--set`` overrides into a validated Config."""
+    if file is not None:
+        try:
+            text = Path(file).read_text()
+        except OSError as err:
+            raise ConfigError(f"cannot read config file {file}: {err.strerror}") from None
+        raw = _read_toml(text, str(file))
+    else:
+        raw = preset_dict(preset or "default")
+    for o in overrides:
+        apply_override(raw, o)
+    return validate_config(raw)
+
+
+def config_fingerprint(cfg: Config, *, ignore: tuple[str, ...] = ("federation.rounds",)) -> str:
+    """sha256 of the resolved config, minus fields a resumed run may change."""
+    d = cfg.model_dump(mode="json")
+    for path in ignore:
+        section, key = path.split(".")
+        d.get(section, {}).pop(key, None)
+    d.get("run", {}).pop("progress", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()

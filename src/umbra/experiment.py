@@ -1,0 +1,384 @@
+"""Resolve a config into data, Flower apps and an output folder, and run it.
+
+``run_experiment(cfg, out)`` is what ``umbra run`` calls: it prepares the data (features
+cached), partitions it across simulated organisations with the requested skew and
+missing modalities, runs the ServerApp/ClientApp pair on Flower's simulation engine (or
+the centralized baseline), and writes ``results.json`` and ``checkpoints/`` into ``out``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from umbra import __version__
+from umbra.config import Config, config_fingerprint, validate_config
+from umbra.data.dataset import MultimodalData, modality_subsets
+from umbra.errors import ConfigError, ResumeError
+from umbra.federation.checkpoint import atomic_write_text, load_latest, save_checkpoint
+from umbra.federation.client_data import write_federation_data
+from umbra.federation.train import Batchable, TrainSettings, evaluate, get_arrays, train_local
+
+__all__ = [
+    "PreparedData",
+    "final_metrics",
+    "prepare_data",
+    "resume_config",
+    "run_experiment",
+]
+
+log = logging.getLogger("umbra")
+
+RoundCallback = Callable[[dict[str, Any]], None]
+
+
+# --------------------------------------------------------------------------------- data
+DataLoader = Callable[[Config], tuple[MultimodalData, MultimodalData]]
+DATA_SOURCES: dict[str, DataLoader] = {}
+
+
+def register_source(name: str, loader: DataLoader) -> None:
+    if name in DATA_SOURCES:
+        raise ValueError(f"data source {name!r} is already registered")
+    DATA_SOURCES[name] = loader
+
+
+def _fmnist_avt(cfg: Config) -> tuple[MultimodalData, MultimodalData]:
+    from umbra.data.sources.avt import load_fmnist_avt
+
+    return load_fmnist_avt(
+        n_train=cfg.data.n_train,
+        n_test=cfg.data.n_test,
+        seed=cfg.run.seed,
+        cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
+    )
+
+
+def _synthetic(cfg: Config) -> tuple[MultimodalData, MultimodalData]:
+    from umbra.data.sources.synthetic import make_synthetic
+
+    both = make_synthetic(n=cfg.data.n_train + cfg.data.n_test, seed=cfg.run.seed)
+    idx = np.arange(len(both))
+    return both.subset(idx[: cfg.data.n_train]), both.subset(idx[cfg.data.n_train :])
+
+
+register_source("fmnist-avt", _fmnist_avt)
+register_source("synthetic", _synthetic)
+
+
+@dataclass
+class PreparedData:
+    train: MultimodalData
+    test: MultimodalData
+    parts: list[np.ndarray]
+    masks: list[np.ndarray]
+
+    def client_summary(self) -> list[dict[str, Any]]:
+        out = []
+        for i, (idx, mask) in enumerate(zip(self.parts, self.masks, strict=True)):
+            labels = self.train.labels[idx]
+            out.append(
+                {
+                    "client": i,
+                    "records": len(idx),
+                    "per_modality": {
+                        m: int(mask[:, j].sum()) for j, m in enumerate(self.train.modalities)
+                    },
+                    "labels": np.bincount(labels, minlength=self.train.num_classes).tolist(),
+                }
+            )
+        return out
+
+
+def prepare_data(cfg: Config) -> PreparedData:
+    """Load the data set, split it across clients and apply the missing-modality pattern."""
+    from umbra.data.partition import absent_modalities, apply_missing, partition
+
+    train, test = DATA_SOURCES[cfg.data.source](cfg)
+    unknown = sorted(set(cfg.data.missing) - set(train.modalities))
+    if unknown:
+        raise ConfigError(
+            f"data.missing names {unknown}, but the data has {list(train.modalities)}"
+        )
+    for c, mods in cfg.data.absent.items():
+        bad = sorted(set(mods) - set(train.modalities))
+        if bad:
+            raise ConfigError(f"data.absent.{c} names {bad}, not in {list(train.modalities)}")
+    n_clients = cfg.federation.num_clients
+    if n_clients > len(train):
+        raise ConfigError(
+            f"federation.num_clients = {n_clients} is more than the {len(train)} training records"
+        )
+    parts = partition(
+        train.labels,
+        n_clients,
+        scheme=cfg.data.partition,
+        alpha=cfg.data.alpha,
+        seed=cfg.run.seed,
+        min_size=cfg.data.min_client_size,
+    )
+    # whole modalities first, then per-record missingness (which never empties a record)
+    absent = {
+        int(c): [train.modality_index(m) for m in mods] for c, mods in cfg.data.absent.items()
+    }
+    masked = absent_modalities(train.mask, parts, absent) if absent else train.mask.copy()
+    rates = np.array([cfg.data.missing.get(m, 0.0) for m in train.modalities])
+    masked = apply_missing(masked, rates=rates, seed=cfg.run.seed + 1)
+    masks = [masked[idx] for idx in parts]
+    return PreparedData(train, test, parts, masks)
+
+
+# ------------------------------------------------------------------------------ metrics
+def final_metrics(model: torch.nn.Module, test: MultimodalData) -> dict[str, Any]:
+    """Fused accuracy, macro-F1, accuracy per single modality and per proper subset."""
+    mods = test.modalities
+    ev = evaluate(model, Batchable.from_data(test), subsets=modality_subsets(mods))  # type: ignore[arg-type]
+    subsets: dict[str, float] = ev["subsets"]  # type: ignore[assignment]
+    per_modality = {m: subsets[m] for m in mods}
+    per_modality["fused"] = float(ev["accuracy"])  # type: ignore[arg-type]
+    missing = {k: v for k, v in subsets.items() if k != "+".join(mods) and "+" in k}
+    return {
+        "accuracy": ev["accuracy"],
+        "macro_f1": ev["macro_f1"],
+        "loss": ev["loss"],
+        "per_modality_accuracy": per_modality,
+        "missing_modality_accuracy": missing,
+    }
+
+
+# ------------------------------------------------------------------------------- output
+CONFIG_FILE = "config.json"
+
+
+def resume_config(run_dir: Path, requested: Config | None) -> Config:
+    """The config of ``run_dir``; a ``requested`` one must match it (rounds may grow)."""
+    path = run_dir / CONFIG_FILE
+    if not path.exists():
+        raise ResumeError(f"{run_dir} is not an Umbra run folder (no {CONFIG_FILE})")
+    try:
+        saved = validate_config(json.loads(path.read_text()))
+    except (json.JSONDecodeError, ConfigError) as err:
+        raise ResumeError(f"{path}: unreadable config ({err})") from None
+    if load_latest(run_dir / "checkpoints") is None:
+        raise ResumeError(f"{run_dir} has no completed round to resume from")
+    if requested is None:
+        return saved
+    if config_fingerprint(requested) != config_fingerprint(saved):
+        raise ResumeError(
+            f"{run_dir} was made with another config; resume it without --preset/--set, "
+            "or start a new --out folder"
+        )
+    if requested.federation.rounds < saved.federation.rounds:
+        raise ResumeError(
+            f"federation.rounds = {requested.federation.rounds} is fewer than the run's "
+            f"{saved.federation.rounds}"
+        )
+    return requested
+
+
+def _settings(cfg: Config) -> TrainSettings:
+    fed, mdl = cfg.federation, cfg.model
+    return TrainSettings(
+        epochs=fed.local_epochs,
+        batch_size=fed.batch_size,
+        lr=fed.lr,
+        momentum=fed.momentum,
+        weight_decay=fed.weight_decay,
+        proximal_mu=0.0,
+        modality_dropout=mdl.modality_dropout,
+        align_weight=mdl.align_weight,
+        temperature=mdl.temperature,
+    )
+
+
+def _model_spec(cfg: Config, data: MultimodalData) -> dict[str, Any]:
+    from umbra.models import ModelSpec
+
+    return ModelSpec.from_data(
+        data,
+        hidden=cfg.model.hidden,
+        embed_dim=cfg.model.embed_dim,
+        dropout=cfg.model.dropout,
+    ).to_dict()
+
+
+def _run_federated(
+    cfg: Config, run_dir: Path, prep: PreparedData, model_spec: dict[str, Any],
+    on_round: RoundCallback | None,
+) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    from flwr.simulation import run_simulation
+
+    from umbra.federation.client_app import ClientSpec, make_client_app
+    from umbra.federation.server_app import ServerSpec, make_server_app
+
+    fed_dir = run_dir / ".federation"
+    write_federation_data(fed_dir / "train", prep.train, prep.parts, prep.masks)
+    write_federation_data(
+        fed_dir / "test", prep.test, [np.arange(len(prep.test))], [prep.test.mask]
+    )
+    result: dict[str, Any] = {}
+
+    def finish(arrays: dict[str, np.ndarray], history: list[dict[str, Any]]) -> None:
+        result["arrays"], result["history"] = arrays, history
+
+    server = make_server_app(
+        ServerSpec(
+            run_dir=str(run_dir),
+            test_dir=str(fed_dir / "test"),
+            model_spec=model_spec,
+            federation=cfg.federation,
+            seed=cfg.run.seed,
+            eval_every=cfg.run.eval_every,
+            on_round=on_round,
+            on_finish=finish,
+        )
+    )
+    client = make_client_app(
+        ClientSpec(
+            data_dir=str(fed_dir / "train"),
+            state_dir=str(run_dir / "client_state"),
+            model_spec=model_spec,
+            settings=_settings(cfg),
+            seed=cfg.run.seed,
+            threads=cfg.run.threads,
+        )
+    )
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    run_simulation(
+        server_app=server,
+        client_app=client,
+        num_supernodes=cfg.federation.num_clients,
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {
+                "num_cpus": cfg.run.num_cpus,
+                "include_dashboard": False,
+                "log_to_driver": False,
+                "logging_level": "error",
+            },
+        },
+    )
+    if "arrays" not in result:
+        raise ResumeError("the federation stopped before finishing (see the log above)")
+    shutil.rmtree(fed_dir, ignore_errors=True)
+    return result["arrays"], result["history"]
+
+
+def _run_centralized(
+    cfg: Config, run_dir: Path, prep: PreparedData, model_spec: dict[str, Any],
+    on_round: RoundCallback | None,
+) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """The same model and training settings on the pooled (still partially missing) data.
+
+    One "round" = ``local_epochs`` epochs over the pooled records, so the centralized run
+    sees each record as often as the federated one.
+    """
+    from umbra.federation.server_app import initial_arrays, load_model
+
+    idx = np.concatenate(prep.parts)
+    pooled = prep.train.subset(idx).with_mask(np.concatenate(prep.masks))
+    data = Batchable.from_data(pooled)
+    test = Batchable.from_data(prep.test)
+    ckpt_dir = run_dir / "checkpoints"
+    latest = load_latest(ckpt_dir)
+    if latest is None:
+        arrays, history, start = initial_arrays(model_spec, cfg.run.seed), [], 0
+    else:
+        arrays, history, start = latest.arrays, list(latest.state["history"]), latest.round
+    model = load_model(model_spec, arrays)
+    torch.set_num_threads(cfg.run.num_cpus)
+    for rnd in range(start + 1, cfg.federation.rounds + 1):
+        t0 = time.perf_counter()
+        metrics = train_local(model, data, _settings(cfg), seed=cfg.run.seed * 100003 + rnd)
+        ev = evaluate(model, test, subsets=[])
+        row = {
+            "round": rnd, "clients": 1, "bytes_up": 0, "bytes_down": 0,
+            "train_loss": metrics["train-total"], "accuracy": ev["accuracy"],
+            "macro_f1": ev["macro_f1"], "loss": ev["loss"],
+            "wall_s": time.perf_counter() - t0,
+        }  # fmt: skip
+        history.append(row)
+        arrays = get_arrays(model)
+        save_checkpoint(ckpt_dir, server_round=rnd, arrays=arrays, strategy={},
+                        state={"history": history})  # fmt: skip
+        if on_round is not None:
+            on_round(row)
+    return arrays, history
+
+
+def run_experiment(
+    cfg: Config,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    on_round: RoundCallback | None = None,
+    on_status: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``cfg`` into ``run_dir`` (or resume it) and return the results object."""
+    from umbra.federation.server_app import load_model
+
+    status = on_status or (lambda s: None)
+    t_start = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        if (run_dir / "checkpoints" / "latest.json").exists():
+            raise ResumeError(
+                f"{run_dir} already holds a run; use --resume {run_dir} or another --out"
+            )
+        atomic_write_text(run_dir / CONFIG_FILE, json.dumps(cfg.model_dump(mode="json"), indent=2))
+    status(f"preparing data ({cfg.data.source})")
+    t0 = time.perf_counter()
+    prep = prepare_data(cfg)
+    data_s = time.perf_counter() - t0
+    model_spec = _model_spec(cfg, prep.train)
+    status(
+        f"{cfg.federation.mode} training: {cfg.federation.num_clients} clients, "
+        f"{cfg.federation.rounds} rounds, strategy {cfg.federation.strategy}"
+    )
+    t1 = time.perf_counter()
+    runner = _run_centralized if cfg.federation.mode == "centralized" else _run_federated
+    arrays, history = runner(cfg, run_dir, prep, model_spec, on_round)
+    train_s = time.perf_counter() - t1
+    model = load_model(model_spec, arrays)
+    results = {
+        "umbra_version": __version__,
+        "config": cfg.model_dump(mode="json"),
+        "fingerprint": config_fingerprint(cfg),
+        "data": {
+            "source": cfg.data.source,
+            "modalities": list(prep.train.modalities),
+            "class_names": list(prep.train.class_names),
+            "n_train": len(prep.train),
+            "n_test": len(prep.test),
+            "clients": prep.client_summary(),
+        },
+        "rounds": history,
+        "final": final_metrics(model, prep.test),
+        "privacy": {"mode": "none", "unit": None, "delta": None, "accountant": None,
+                    "epsilon": None},  # fmt: skip
+        "secure_aggregation": cfg.secure.aggregation,
+        "bytes": {
+            "up_total": int(sum(r["bytes_up"] for r in history)),
+            "down_total": int(sum(r["bytes_down"] for r in history)),
+        },
+        "timing": {
+            "data_s": data_s,
+            "train_s": train_s,
+            "total_s": time.perf_counter() - t_start,
+        },
+    }
+    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
+    return results
+

@@ -1,0 +1,138 @@
+"""The Flower ClientApp: runs inside each organisation (a SuperNode), sees only its data.
+
+``make_client_app(spec)`` binds an experiment to the app (Flower's simulation engine ships
+the app to its workers). Each train message carries the global arrays (and, for SCAFFOLD,
+the control variate under ``cv.``); the reply carries the updated arrays and a
+MetricRecord with ``num-examples``, ``n-<modality>`` counts and the ``partition-id``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from umbra.federation.client_data import load_client_data
+from umbra.federation.records import from_record, to_record
+from umbra.federation.strategies.modality import CONTROL_PREFIX, count_key
+from umbra.federation.train import (
+    Batchable,
+    TrainSettings,
+    get_arrays,
+    scaffold_control_update,
+    set_arrays,
+    train_local,
+)
+from umbra.models import ModelSpec, MultimodalNet
+
+__all__ = ["ClientSpec", "make_client_app", "round_seed"]
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    """Everything a ClientApp needs, picklable (no secrets)."""
+
+    data_dir: str
+    state_dir: str
+    model_spec: dict[str, Any]
+    settings: TrainSettings
+    seed: int
+    threads: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def round_seed(seed: int, server_round: int, client: int) -> int:
+    """A per-(run, round, client) training seed, stable across processes."""
+    return zlib.crc32(f"{seed}/{server_round}/{client}".encode()) & 0x7FFFFFFF
+
+
+def _load_control(state_dir: Path, server_round: int) -> dict[str, np.ndarray] | None:
+    """The newest stored SCAFFOLD c_i from a round before ``server_round`` (resume-safe)."""
+    best: tuple[int, Path] | None = None
+    for p in state_dir.glob("scaffold_r*.npz"):
+        r = int(p.stem.split("_r")[1])
+        if r < server_round and (best is None or r > best[0]):
+            best = (r, p)
+    if best is None:
+        return None
+    with np.load(best[1]) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _save_control(state_dir: Path, server_round: int, c_i: dict[str, np.ndarray]) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = state_dir / f".scaffold_r{server_round}.tmp.npz"
+    np.savez(tmp, **c_i)  # type: ignore[arg-type]
+    tmp.replace(state_dir / f"scaffold_r{server_round}.npz")
+    for p in state_dir.glob("scaffold_r*.npz"):  # keep the last two rounds
+        if int(p.stem.split("_r")[1]) < server_round - 1:
+            p.unlink(missing_ok=True)
+
+
+def make_client_app(spec: ClientSpec) -> ClientApp:
+    """A ClientApp bound to ``spec``."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        torch.set_num_threads(spec.threads)
+        client = int(context.node_config["partition-id"])
+        server_round = int(msg.content["config"]["server-round"])  # type: ignore[arg-type]
+        config = msg.content["config"]
+        incoming = from_record(msg.content.array_records["arrays"])
+        x = {k: v for k, v in incoming.items() if not k.startswith(CONTROL_PREFIX)}
+        c = {
+            k[len(CONTROL_PREFIX) :]: v for k, v in incoming.items() if k.startswith(CONTROL_PREFIX)
+        }
+
+        data = load_client_data(spec.data_dir, client)
+        model = MultimodalNet(ModelSpec.from_dict(spec.model_spec))
+        set_arrays(model, x)
+        settings = spec.settings
+        mu = float(config.get("proximal-mu", 0.0))  # type: ignore[arg-type]
+        if mu != settings.proximal_mu:
+            settings = TrainSettings(**{**settings.__dict__, "proximal_mu": mu})
+        state_dir = Path(spec.state_dir) / f"client_{client}"
+        c_i = None
+        if c:
+            c_i = _load_control(state_dir, server_round) or {
+                k: np.zeros_like(v) for k, v in c.items()
+            }
+        metrics = train_local(
+            model,
+            Batchable.from_data(data),
+            settings,
+            seed=round_seed(spec.seed, server_round, client),
+            scaffold=(c, c_i) if c_i is not None else None,
+        )
+        y = get_arrays(model)
+        out = dict(y)
+        if c_i is not None:
+            new_c_i = scaffold_control_update(
+                c,
+                c_i,
+                x,
+                y,
+                steps=int(metrics["steps"]),
+                lr=settings.lr,
+                momentum=settings.momentum,
+            )
+            _save_control(state_dir, server_round, new_c_i)
+            out.update({CONTROL_PREFIX + k: new_c_i[k] - c_i[k] for k in new_c_i})
+        counts = data.counts()
+        reply_metrics: dict[str, int | float | list[int] | list[float]] = {
+            "num-examples": len(data),
+            "partition-id": client,
+            **{count_key(m): counts[m] for m in data.modalities},
+            **metrics,
+        }
+        content = RecordDict({"arrays": to_record(out), "metrics": MetricRecord(reply_metrics)})
+        return Message(content=content, reply_to=msg)
+
+    return app

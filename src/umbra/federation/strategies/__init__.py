@@ -1,0 +1,91 @@
+"""Server strategies, each a Flower strategy with modality-aware averaging, by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from umbra.federation.strategies.fedadam import UmbraFedAdam
+from umbra.federation.strategies.fedprox import UmbraFedProx
+from umbra.federation.strategies.modality import (
+    CONTROL_PREFIX,
+    ModalityFedAvg,
+    count_key,
+    modality_weighted_average,
+)
+from umbra.federation.strategies.scaffold import Scaffold, scaffold_server_update
+
+__all__ = [
+    "CONTROL_PREFIX",
+    "STRATEGIES",
+    "ModalityFedAvg",
+    "Scaffold",
+    "UmbraFedAdam",
+    "UmbraFedProx",
+    "build_strategy",
+    "count_key",
+    "modality_weighted_average",
+    "register_strategy",
+    "scaffold_server_update",
+]
+
+StrategyFactory = Callable[..., ModalityFedAvg]
+STRATEGIES: dict[str, StrategyFactory] = {}
+
+
+def register_strategy(name: str, factory: StrategyFactory) -> None:
+    """Register a strategy factory under ``name``; duplicates raise."""
+    if name in STRATEGIES:
+        raise ValueError(f"strategy {name!r} is already registered")
+    STRATEGIES[name] = factory
+
+
+def _fedavg(fed: Any, **common: Any) -> ModalityFedAvg:
+    return ModalityFedAvg(**common)
+
+
+def _fedprox(fed: Any, **common: Any) -> ModalityFedAvg:
+    return UmbraFedProx(proximal_mu=fed.proximal_mu, **common)
+
+
+def _fedadam(fed: Any, **common: Any) -> ModalityFedAvg:
+    return UmbraFedAdam(
+        eta=fed.server_lr,
+        eta_l=fed.lr,
+        beta_1=fed.server_beta1,
+        beta_2=fed.server_beta2,
+        tau=fed.server_tau,
+        **common,
+    )
+
+
+def _scaffold(fed: Any, **common: Any) -> ModalityFedAvg:
+    return Scaffold(server_lr=fed.scaffold_server_lr, **common)
+
+
+def build_strategy(
+    name: str,
+    fed: Any,
+    *,
+    key_modality: Callable[[str], str | None],
+    **flower_kwargs: Any,
+) -> ModalityFedAvg:
+    """Build the registered strategy ``name`` from a FederationConfig-like ``fed``.
+
+    ``flower_kwargs`` go to Flower's FedAvg constructor (fractions, minimum nodes).
+    Modality-aware averaging follows ``fed.modality_aware``.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; registered: {', '.join(STRATEGIES)}")
+    strategy = STRATEGIES[name](fed, **flower_kwargs)
+    strategy.set_modality_map(key_modality, enabled=bool(fed.modality_aware))
+    return strategy
+
+
+for _name, _factory in (
+    ("fedavg", _fedavg),
+    ("fedprox", _fedprox),
+    ("fedadam", _fedadam),
+    ("scaffold", _scaffold),
+):
+    register_strategy(_name, _factory)

@@ -1,0 +1,214 @@
+"""Local training and evaluation of a :class:`~umbra.models.MultimodalNet` (no Flower here).
+
+Used identically by the Flower ClientApp, the server's central evaluation and the
+centralized baseline, so that federated and centralized runs differ only in federation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score
+from torch import Tensor, nn
+
+from umbra.data.dataset import MultimodalData, modality_subsets
+from umbra.models import MultimodalNet, modality_dropout, multimodal_loss
+
+__all__ = [
+    "Batchable",
+    "TrainSettings",
+    "evaluate",
+    "get_arrays",
+    "scaffold_control_update",
+    "set_arrays",
+    "train_local",
+]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Client-side optimisation settings for one round (see FederationConfig)."""
+
+    epochs: float = 1.0
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    proximal_mu: float = 0.0
+    modality_dropout: float = 0.2
+    align_weight: float = 0.1
+    temperature: float = 0.1
+
+    def steps(self, n: int) -> int:
+        """Optimizer steps for ``n`` records: ceil(epochs * n / batch_size), at least 1."""
+        return max(1, math.ceil(self.epochs * n / self.batch_size))
+
+
+@dataclass(frozen=True)
+class Batchable:
+    """A :class:`MultimodalData` as torch tensors, sliced into batches without copies."""
+
+    inputs: dict[str, Tensor]
+    mask: Tensor  # (N, M) bool
+    labels: Tensor  # (N,) int64
+
+    @classmethod
+    def from_data(cls, data: MultimodalData) -> Batchable:
+        inputs = {
+            m: torch.from_numpy(np.ascontiguousarray(data.features[m], dtype=np.float32))
+            for m in data.modalities
+        }
+        return cls(
+            inputs,
+            torch.from_numpy(np.ascontiguousarray(data.mask, dtype=bool)),
+            torch.from_numpy(np.ascontiguousarray(data.labels, dtype=np.int64)),
+        )
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def take(self, idx: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        return {m: x[idx] for m, x in self.inputs.items()}, self.mask[idx], self.labels[idx]
+
+
+def get_arrays(model: nn.Module) -> dict[str, np.ndarray]:
+    """The model's state as name -> float32 numpy arrays (copies)."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def set_arrays(model: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
+    """Load name -> array into ``model`` (strict: names and shapes must match)."""
+    state = {k: torch.from_numpy(np.asarray(v).copy()) for k, v in arrays.items()}
+    model.load_state_dict(state, strict=True)
+
+
+def train_local(
+    model: MultimodalNet,
+    data: Batchable,
+    settings: TrainSettings,
+    *,
+    seed: int,
+    scaffold: tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]] | None = None,
+) -> dict[str, float]:
+    """Train ``model`` in place on ``data`` with SGD; returns mean loss parts and step count.
+
+    ``proximal_mu > 0`` adds FedProx's ``μ/2 ||w - w_start||²``. ``scaffold = (c, c_i)``
+    corrects every gradient by ``c - c_i`` (SCAFFOLD). Deterministic for a given seed.
+    """
+    n = len(data)
+    if n == 0:
+        raise ValueError("cannot train on an empty data set")
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=settings.lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+    )
+    params = dict(model.named_parameters())
+    start = {k: p.detach().clone() for k, p in params.items()} if settings.proximal_mu > 0 else {}
+    correction: dict[str, Tensor] = {}
+    if scaffold is not None:
+        c, c_i = scaffold
+        correction = {k: torch.from_numpy(np.asarray(c[k] - c_i[k])) for k in params}
+    steps = settings.steps(n)
+    sums = {"ce": 0.0, "align": 0.0, "total": 0.0}
+    perm = torch.randperm(n, generator=gen)
+    pos = 0
+    for _ in range(steps):
+        if pos >= n:
+            perm, pos = torch.randperm(n, generator=gen), 0
+        idx = perm[pos : pos + settings.batch_size]
+        pos += settings.batch_size
+        inputs, mask, labels = data.take(idx)
+        mask = modality_dropout(mask, settings.modality_dropout, gen)
+        logits, emb = model.forward_with_embeddings(inputs, mask)
+        loss, parts = multimodal_loss(
+            logits,
+            labels,
+            emb,
+            mask,
+            align_weight=settings.align_weight,
+            temperature=settings.temperature,
+        )
+        if start:
+            prox = sum(((p - start[k]) ** 2).sum() for k, p in params.items())
+            loss = loss + 0.5 * settings.proximal_mu * prox
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if correction:
+            for k, p in params.items():
+                if p.grad is not None:
+                    p.grad.add_(correction[k])
+        opt.step()
+        for k in sums:
+            sums[k] += parts[k]
+    return {**{f"train-{k}": v / steps for k, v in sums.items()}, "steps": float(steps)}
+
+
+def scaffold_control_update(
+    c: Mapping[str, np.ndarray],
+    c_i: Mapping[str, np.ndarray],
+    x: Mapping[str, np.ndarray],
+    y: Mapping[str, np.ndarray],
+    *,
+    steps: int,
+    lr: float,
+    momentum: float,
+) -> dict[str, np.ndarray]:
+    """SCAFFOLD option II: ``c_i⁺ = c_i - c + (x - y) / (K η)``.
+
+    With heavy-ball momentum β the effective step is η / (1 - β), used in place of η.
+    """
+    eff = steps * lr / (1.0 - momentum)
+    return {k: (c_i[k] - c[k] + (x[k] - y[k]) / eff).astype(np.float32) for k in c}
+
+
+@torch.no_grad()
+def evaluate(
+    model: MultimodalNet,
+    data: Batchable,
+    *,
+    subsets: Sequence[tuple[str, ...]] | None = None,
+    batch_size: int = 1000,
+) -> dict[str, object]:
+    """Accuracy, macro-F1 and loss of the fused model, plus accuracy per modality subset.
+
+    Embeddings are computed once with every available modality; each subset then fuses
+    only its modalities (equivalent to masking the others, since fusion is masked).
+    Returns ``{"accuracy", "macro_f1", "loss", "subsets": {"image+text": acc, ...}}``.
+    """
+    model.eval()
+    mods = model.modalities
+    subsets = list(subsets) if subsets is not None else modality_subsets(mods)
+    n = len(data)
+    preds: dict[tuple[str, ...], list[Tensor]] = {s: [] for s in subsets}
+    full_preds: list[Tensor] = []
+    loss_sum = 0.0
+    for lo in range(0, n, batch_size):
+        idx = torch.arange(lo, min(n, lo + batch_size))
+        inputs, mask, labels = data.take(idx)
+        logits, emb = model.forward_with_embeddings(inputs, mask)
+        loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
+        full_preds.append(logits.argmax(1))
+        stacked = torch.stack([emb[m] for m in mods], dim=1)  # (B, M, D)
+        for s in subsets:
+            sub = torch.tensor([m in s for m in mods]).unsqueeze(0) & mask  # (B, M)
+            has_any = sub.any(1)
+            lg = model.head(model.fusion(stacked, sub))
+            p = lg.argmax(1)
+            p[~has_any] = -1  # a record holding none of the subset counts as wrong
+            preds[s].append(p)
+    y = data.labels.numpy()
+    yhat = torch.cat(full_preds).numpy()
+    return {
+        "accuracy": float((yhat == y).mean()),
+        "macro_f1": float(f1_score(y, yhat, average="macro")),
+        "loss": loss_sum / max(1, n),
+        "subsets": {"+".join(s): float((torch.cat(preds[s]).numpy() == y).mean()) for s in subsets},
+    }

@@ -1,0 +1,30 @@
+"""Models: per-modality encoders, projections into one embedding space, masked fusion, losses."""
+
+from umbra.models.encoders import build_encoder, encoder_names, register_encoder
+from umbra.models.fusion import MaskedMeanFusion, masked_mean, modality_dropout
+from umbra.models.losses import info_nce, multimodal_loss
+from umbra.models.multimodal import (
+    SHARED_GROUP,
+    ModelSpec,
+    MultimodalNet,
+    num_parameters,
+    parameter_groups,
+    parameter_modality,
+)
+
+__all__ = [
+    "SHARED_GROUP",
+    "MaskedMeanFusion",
+    "ModelSpec",
+    "MultimodalNet",
+    "build_encoder",
+    "encoder_names",
+    "info_nce",
+    "masked_mean",
+    "modality_dropout",
+    "multimodal_loss",
+    "num_parameters",
+    "parameter_groups",
+    "parameter_modality",
+    "register_encoder",
+]

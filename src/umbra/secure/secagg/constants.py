@@ -1,0 +1,89 @@
+"""Constants shared by the SecAgg+ client and server (stage names, message keys, labels).
+
+Both parties import this module so that message layouts and the domain-separation labels
+fed to HKDF cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "AEAD_KEY_INFO",
+    "COMMIT_LABEL",
+    "KEY_BYTES",
+    "MASK_INFO",
+    "NONCE_BYTES",
+    "PAIR_SEED_INFO",
+    "RING_BITS",
+    "RING_DTYPE",
+    "SEED_BYTES",
+    "SELF_MASK_INFO",
+    "SHARE_AAD_LABEL",
+    "SHARE_PLAINTEXT_BYTES",
+    "STAGES",
+    "STAGE_ADVERTISE_KEYS",
+    "STAGE_COLLECT_MASKED",
+    "STAGE_SHARE_KEYS",
+    "STAGE_UNMASK",
+    "Key",
+]
+
+# Stages, in protocol order (Bell et al., CCS 2020, Fig. 2; Bonawitz et al., CCS 2017, Fig. 4).
+STAGE_ADVERTISE_KEYS: Final = "advertise_keys"
+STAGE_SHARE_KEYS: Final = "share_keys"
+STAGE_COLLECT_MASKED: Final = "collect_masked"
+STAGE_UNMASK: Final = "unmask"
+STAGES: Final = (STAGE_ADVERTISE_KEYS, STAGE_SHARE_KEYS, STAGE_COLLECT_MASKED, STAGE_UNMASK)
+
+# Ring Z_{2^32}: masked vectors travel as little-endian uint32 (4 bytes per parameter).
+RING_BITS: Final = 32
+RING_DTYPE: Final = "<u4"
+
+KEY_BYTES: Final = 32  # X25519 keys, graph seed, derived keys
+# Self-mask seed: 128 bits (expanded by HKDF to a 256-bit ChaCha20 key); one 16-byte
+# Shamir sharing instead of two halves halves the server's reconstruction cost.
+SEED_BYTES: Final = 16
+NONCE_BYTES: Final = 12  # ChaCha20-Poly1305 nonce
+# Share plaintext: owner id (u32) | holder id (u32) | share index (u32) | b share | sk share
+SHARE_PLAINTEXT_BYTES: Final = 12 + SEED_BYTES + KEY_BYTES
+
+# HKDF "info" labels (domain separation between the uses of one Diffie-Hellman secret).
+AEAD_KEY_INFO: Final = b"umbra/secagg+/v1/share-encryption"
+PAIR_SEED_INFO: Final = b"umbra/secagg+/v1/pairwise-seed"
+MASK_INFO: Final = b"umbra/secagg+/v1/pairwise-mask"
+SELF_MASK_INFO: Final = b"umbra/secagg+/v1/self-mask"
+SHARE_AAD_LABEL: Final = b"umbra/secagg+/v1/share"
+COMMIT_LABEL: Final = b"umbra/secagg+/v1/self-seed-commitment"
+
+
+class Key:
+    """Keys of the plain-dict messages (values: int, bytes, list[bytes] or numpy arrays)."""
+
+    ROUND: Final = "round"
+    CLIENT_ID: Final = "client_id"
+    PK_C: Final = "pk_c"  # X25519 public key for share encryption (32 bytes)
+    PK_S: Final = "pk_s"  # X25519 public key for pairwise masks (32 bytes)
+    IDS: Final = "ids"  # int64 array of client ids
+    GRAPH_SEED: Final = "graph_seed"
+    TO: Final = "to"
+    FROM: Final = "from"
+    CIPHERTEXTS: Final = "ciphertexts"
+    COMMITMENT: Final = "commitment"
+    COMMITMENTS: Final = "commitments"
+    MASKED: Final = "masked"
+    MASKED_WITH: Final = "masked_with"
+    REJECTED: Final = "rejected"
+    SURVIVORS: Final = "survivors"
+    DROPPED: Final = "dropped"
+    B_IDS: Final = "b_ids"
+    B_SHARES: Final = "b_shares"
+    SK_IDS: Final = "sk_ids"
+    SK_SHARES: Final = "sk_shares"
+    VECTOR_LENGTH: Final = "vector_length"
+    NUM_CLIENTS: Final = "num_clients"
+    KEY_IDS: Final = "key_ids"  # ids whose public keys follow (the owner's neighbourhood)
+    DIGEST: Final = "digest"  # SHA-256 of the masked vector (transport integrity)
+    THRESHOLD: Final = "threshold"
+    SHARE_THRESHOLD: Final = "share_threshold"
+    DEGREE: Final = "degree"

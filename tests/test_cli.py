@@ -1,0 +1,93 @@
+"""CLI: bad input gets one line on stderr naming the problem, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from umbra.config import load_config
+from umbra.federation.checkpoint import save_checkpoint
+
+UMBRA = [sys.executable, "-m", "umbra.cli"]
+
+
+def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [*UMBRA, *args], capture_output=True, text=True, timeout=120, cwd=cwd, env=env
+    )
+
+
+def _assert_user_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--preset", "nope"], ["unknown preset 'nope'"]),
+        (["--set", "data.alpha=0"], ["data.alpha", "greater than 0"]),
+        (["--set", "data.alpha=-2"], ["data.alpha"]),
+        (["--set", "data.missing.audio=1.2"], ["data.missing.audio", "[0, 1]"]),
+        (["--set", "data.missing.audio=-0.1"], ["data.missing.audio"]),
+        (["--set", "data.missing.audio=1"], ["removes audio from every record"]),
+        (["--set", "data.colour=1"], ["unknown key 'data.colour'", "valid keys"]),
+        (["--set", "federation.num_clients=5000"], ["federation.num_clients"]),
+        (["--set", "data.n_train=20", "--set", "federation.num_clients=8"],
+         ["federation.num_clients = 8 needs at least 80 records"]),
+        (["--preset", "smoke", "--set", "federation.num_clients=2",
+          "--set", 'data.absent={"0"=["audio"], "1"=["audio"]}'],
+         ["removes ['audio'] at every client"]),
+    ],
+)  # fmt: skip
+def test_config_errors(args: list[str], needles: list[str], tmp_path: Path) -> None:
+    _assert_user_error(_run("run", *args, "--out", str(tmp_path / "r")), *needles)
+
+
+def test_malformed_toml(tmp_path: Path) -> None:
+    bad = tmp_path / "x.toml"
+    bad.write_text("[federation]\nrounds = = 3\n")
+    _assert_user_error(_run("run", "--config", str(bad)), "malformed TOML")
+
+
+def _fake_run(folder: Path, overrides: list[str]) -> None:
+    cfg = load_config("smoke", overrides=overrides)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(cfg.model_dump(mode="json")))
+    save_checkpoint(folder / "checkpoints", server_round=1,
+                    arrays={"w": np.zeros(2, np.float32)}, strategy={},
+                    state={"history": []})  # fmt: skip
+
+
+def test_resume_from_another_config(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _fake_run(run, [])
+    proc = _run("run", "--preset", "smoke", "--set", "data.alpha=0.9", "--resume", str(run))
+    _assert_user_error(proc, "made with another config")
+
+
+def test_resume_folder_that_is_not_a_run(tmp_path: Path) -> None:
+    _assert_user_error(_run("run", "--resume", str(tmp_path)), "not an Umbra run folder")
+
+
+def test_out_folder_holding_a_run_is_not_overwritten(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _fake_run(run, [])
+    _assert_user_error(_run("run", "--preset", "smoke", "--out", str(run)), "--resume")
+
+
+def test_help_lists_commands() -> None:
+    proc = _run("--help")
+    assert proc.returncode == 0
+    assert "run" in proc.stdout

@@ -1,0 +1,98 @@
+"""Configuration: presets validate, overrides apply, bad values name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from umbra.config import (
+    Config,
+    apply_override,
+    available_presets,
+    config_fingerprint,
+    load_config,
+)
+from umbra.errors import ConfigError
+
+
+def test_every_preset_validates() -> None:
+    assert {"smoke", "default", "baseline"} <= set(available_presets())
+    for name in available_presets():
+        assert isinstance(load_config(name), Config)
+
+
+def test_baseline_is_default_without_protection() -> None:
+    base, default = load_config("baseline"), load_config("default")
+    assert base.privacy.mode == "none" and base.secure.aggregation == "none"
+    assert base.data == default.data and base.model == default.model
+    assert base.federation == default.federation
+
+
+def test_override_types_are_parsed() -> None:
+    cfg = load_config(
+        "smoke",
+        overrides=[
+            "federation.strategy=fedprox",
+            "federation.rounds=7",
+            "data.alpha=0.1",
+            'data.missing={image=0.0, audio=0.5, text=0.2}',
+            "run.progress=false",
+        ],
+    )
+    assert cfg.federation.strategy == "fedprox" and cfg.federation.rounds == 7
+    assert cfg.data.alpha == 0.1 and cfg.data.missing["audio"] == 0.5
+    assert cfg.run.progress is False
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.alpha=0", "data.alpha"),
+        ("data.alpha=-1", "data.alpha"),
+        ("data.missing.audio=1.5", "data.missing.audio"),
+        ("data.missing.image=-0.1", "data.missing.image"),
+        ("data.nope=1", "unknown key 'data.nope'"),
+        ("nosection.key=1", "unknown key 'nosection'"),
+        ("federation.strategy=fedsgd", "federation.strategy"),
+        ("federation.num_clients=0", "federation.num_clients"),
+        ("federation.num_clients=500", "federation.num_clients = 500"),
+        ("data.absent={\"9\" = [\"audio\"]}", "data.absent names client 9"),
+        ("federation.rounds=abc", "federation.rounds"),
+        ("noequals", "expected section.key=value"),
+    ],
+)
+def test_bad_values_name_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config("smoke", overrides=[override])
+    text = str(info.value)
+    assert message in text
+    assert "\n" not in text
+
+
+def test_unknown_key_lists_valid_keys() -> None:
+    with pytest.raises(ConfigError, match="valid keys: .*alpha"):
+        load_config("smoke", overrides=["data.alpah=0.3"])
+
+
+def test_malformed_toml_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[data\nalpha = 0.5\n")
+    with pytest.raises(ConfigError, match="malformed TOML"):
+        load_config(file=bad)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(file=tmp_path / "missing.toml")
+
+
+def test_fingerprint_ignores_rounds_only() -> None:
+    a = load_config("smoke")
+    b = load_config("smoke", overrides=["federation.rounds=9"])
+    c = load_config("smoke", overrides=["data.alpha=0.9"])
+    assert config_fingerprint(a) == config_fingerprint(b)
+    assert config_fingerprint(a) != config_fingerprint(c)
+
+
+def test_apply_override_refuses_scalar_as_section() -> None:
+    raw = {"data": 3}
+    with pytest.raises(ConfigError, match="not a section"):
+        apply_override(raw, "data.alpha=1")
