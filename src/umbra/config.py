@@ -127,14 +127,74 @@ class FederationConfig(_Section):
 
 
 class PrivacyConfig(_Section):
-    mode: Literal["none"] = Field(
-        "none", description="differential privacy (not built yet: only 'none')"
+    mode: Literal["none", "example", "client"] = Field(
+        "none",
+        description="differential privacy unit: none, example (DP-SGD in each client) or client",
     )
+    epsilon: float = Field(3.0, gt=0, description="total ε budget (all parameter groups composed)")
+    delta: float = Field(1e-5, gt=0, lt=1, description="δ; must also be ≤ 1 / (records per client)")
+    accountant: Literal["pld", "rdp"] = Field("pld", description="dp-accounting accountant")
+    weights: dict[str, float] | None = Field(
+        None,
+        description="example DP: share of the privacy loss per group (modalities and 'shared')",
+    )
+    targets: dict[str, float] | None = Field(
+        None, description="example DP: explicit ε cap per group (instead of weights)"
+    )
+    clip_norm: float = Field(
+        1.0, gt=0, description="L2 clip per record (example) or per update (client)"
+    )
+    clip_norms: dict[str, float] = Field(
+        default_factory=dict, description="example DP: per-group clip overriding clip_norm"
+    )
+    noise_multiplier: float | None = Field(
+        None,
+        ge=0,
+        description="client DP: fixed σ (default: calibrated to ε for the planned rounds)",
+    )
+    noise: Literal["central", "distributed"] = Field(
+        "central",
+        description="client DP: noise added by the server, or shared out among the clients",
+    )
+    client_rate: float = Field(
+        1.0, gt=0, le=1, description="client DP: Poisson rate q at which clients join a round"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> PrivacyConfig:
+        if self.weights is not None and self.targets is not None:
+            raise ValueError("set privacy.weights or privacy.targets, not both")
+        for name, table in (("weights", self.weights), ("targets", self.targets),
+                            ("clip_norms", self.clip_norms)):  # fmt: skip
+            for g, v in (table or {}).items():
+                if not v > 0:
+                    raise ValueError(f"privacy.{name}.{g} = {v} must be > 0")
+        if self.mode != "none" and self.noise_multiplier == 0:
+            raise ValueError(
+                "privacy.noise_multiplier = 0 adds no noise: differential privacy needs σ > 0"
+            )
+        return self
 
 
 class SecureConfig(_Section):
-    aggregation: Literal["none"] = Field(
-        "none", description="secure aggregation (not built yet: only 'none')"
+    aggregation: Literal["none", "secagg+", "ckks"] = Field(
+        "none", description="secure aggregation: none, SecAgg+ masking, or CKKS encryption"
+    )
+    threshold: float = Field(
+        0.67,
+        gt=0.5,
+        le=1.0,
+        description="fraction of a round's clients needed to unmask, in (0.5, 1]",
+    )
+    clip_range: float = Field(
+        4.0, gt=0, description="quantization range ±R of each weighted update element"
+    )
+    ckks_params: Literal["umbra", "umbra-digits", "tenseal-default"] = Field(
+        "umbra", description="CKKS parameter preset (all ≥ 128-bit security)"
+    )
+    dropout_clients: list[int] = Field(
+        default_factory=list,
+        description="fault injection: partition ids that drop out after masking, every round",
     )
 
 
@@ -189,6 +249,18 @@ class Config(_Section):
                 f"data.absent removes {sorted(everywhere)} at every client; drop the modality "
                 "from the data instead"
             )
+        if self.privacy.mode == "client" and self.federation.strategy == "scaffold":
+            raise ValueError(
+                "privacy.mode = 'client' with federation.strategy = 'scaffold' is not supported: "
+                "control variates would leave the clients without clipping or noise"
+            )
+        if self.privacy.mode != "none" and self.data.source == "fmnist-avt":
+            per_client = self.data.n_train / self.federation.num_clients
+            if self.privacy.delta > 1.0 / max(1.0, per_client) and self.privacy.mode == "example":
+                raise ValueError(
+                    f"privacy.delta = {self.privacy.delta:g} exceeds 1 / (records per client ≈ "
+                    f"{per_client:.0f}): δ must be well below 1/n"
+                )
         for c in self.data.absent:
             if int(c) >= self.federation.num_clients:
                 raise ValueError(

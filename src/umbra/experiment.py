@@ -213,7 +213,10 @@ def _model_spec(cfg: Config, data: MultimodalData) -> dict[str, Any]:
 
 
 def _run_federated(
-    cfg: Config, run_dir: Path, prep: PreparedData, model_spec: dict[str, Any],
+    cfg: Config,
+    run_dir: Path,
+    prep: PreparedData,
+    model_spec: dict[str, Any],
     on_round: RoundCallback | None,
 ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
     from flwr.simulation import run_simulation
@@ -221,6 +224,12 @@ def _run_federated(
     from umbra.federation.client_app import ClientSpec, make_client_app
     from umbra.federation.server_app import ServerSpec, make_server_app
 
+    actions: tuple[str, ...] = ()
+    if cfg.secure.aggregation != "none":
+        from umbra.secure.plugins import SECURE_MODES  # registers the secure workflows
+
+        actions = SECURE_MODES[cfg.secure.aggregation]
+    secure = cfg.secure.model_dump(mode="json")
     fed_dir = run_dir / ".federation"
     write_federation_data(fed_dir / "train", prep.train, prep.parts, prep.masks)
     write_federation_data(
@@ -239,6 +248,8 @@ def _run_federated(
             federation=cfg.federation,
             seed=cfg.run.seed,
             eval_every=cfg.run.eval_every,
+            train_round=cfg.secure.aggregation,
+            extra={"secure": secure},
             on_round=on_round,
             on_finish=finish,
         )
@@ -251,6 +262,8 @@ def _run_federated(
             settings=_settings(cfg),
             seed=cfg.run.seed,
             threads=cfg.run.threads,
+            actions=actions,
+            extra={"secure": secure},
         )
     )
     logging.getLogger("flwr").setLevel(logging.ERROR)
@@ -277,7 +290,10 @@ def _run_federated(
 
 
 def _run_centralized(
-    cfg: Config, run_dir: Path, prep: PreparedData, model_spec: dict[str, Any],
+    cfg: Config,
+    run_dir: Path,
+    prep: PreparedData,
+    model_spec: dict[str, Any],
     on_round: RoundCallback | None,
 ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
     """The same model and training settings on the pooled (still partially missing) data.
@@ -366,8 +382,13 @@ def run_experiment(
         },
         "rounds": history,
         "final": final_metrics(model, prep.test),
-        "privacy": {"mode": "none", "unit": None, "delta": None, "accountant": None,
-                    "epsilon": None},  # fmt: skip
+        "privacy": {
+            "mode": "none",
+            "unit": None,
+            "delta": None,
+            "accountant": None,
+            "epsilon": None,
+        },
         "secure_aggregation": cfg.secure.aggregation,
         "bytes": {
             "up_total": int(sum(r["bytes_up"] for r in history)),
@@ -381,4 +402,3 @@ def run_experiment(
     }
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     return results
-

@@ -40,9 +40,7 @@ class MultimodalData:
     def __post_init__(self) -> None:
         n = len(self.labels)
         if self.mask.shape != (n, len(self.modalities)):
-            raise ValueError(
-                f"mask shape {self.mask.shape} != ({n}, {len(self.modalities)})"
-            )
+            raise ValueError(f"mask shape {self.mask.shape} != ({n}, {len(self.modalities)})")
         for m in self.modalities:
             if m not in self.features:
                 raise ValueError(f"features lack modality {m!r}")

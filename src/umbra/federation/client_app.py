@@ -9,6 +9,7 @@ MetricRecord with ``num-examples``, ``n-<modality>`` counts and the ``partition-
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,13 @@ from umbra.federation.train import (
 )
 from umbra.models import ModelSpec, MultimodalNet
 
-__all__ = ["ClientSpec", "make_client_app", "round_seed"]
+__all__ = [
+    "CLIENT_ACTIONS",
+    "ClientSpec",
+    "make_client_app",
+    "register_client_action",
+    "round_seed",
+]
 
 
 @dataclass(frozen=True)
@@ -44,7 +51,23 @@ class ClientSpec:
     settings: TrainSettings
     seed: int
     threads: int = 1
+    #: extra train actions (``message_type="train.<name>"``) from :data:`CLIENT_ACTIONS`
+    actions: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+TrainFn = Callable[[Message, Context], Message]
+#: name -> factory(train_fn, spec) -> handler for ``train.<name>`` messages (e.g. the
+#: stages of a secure aggregation protocol, which call ``train_fn`` for the local update).
+ClientAction = Callable[[TrainFn, ClientSpec], TrainFn]
+CLIENT_ACTIONS: dict[str, ClientAction] = {}
+
+
+def register_client_action(name: str, factory: ClientAction) -> None:
+    """Register a client action factory under ``name``; duplicates raise."""
+    if name in CLIENT_ACTIONS:
+        raise ValueError(f"client action {name!r} is already registered")
+    CLIENT_ACTIONS[name] = factory
 
 
 def round_seed(seed: int, server_round: int, client: int) -> int:
@@ -135,4 +158,8 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
         content = RecordDict({"arrays": to_record(out), "metrics": MetricRecord(reply_metrics)})
         return Message(content=content, reply_to=msg)
 
+    for name in spec.actions:
+        if name not in CLIENT_ACTIONS:
+            raise ValueError(f"unknown client action {name!r}; known: {sorted(CLIENT_ACTIONS)}")
+        app.train(name)(CLIENT_ACTIONS[name](train, spec))
     return app

@@ -17,13 +17,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context
+from flwr.app import (
+    Context,
+    MetricRecord,
+)
 from flwr.serverapp import Grid, ServerApp
 
 from umbra.errors import UmbraError
 from umbra.federation.checkpoint import load_latest, save_checkpoint
 from umbra.federation.client_data import load_client_data
-from umbra.federation.records import from_record, message_bytes, to_record
+from umbra.federation.records import from_record
+from umbra.federation.rounds import TRAIN_ROUNDS
 from umbra.federation.strategies import build_strategy
 from umbra.federation.train import Batchable, evaluate, get_arrays, set_arrays
 from umbra.models import ModelSpec, MultimodalNet, parameter_modality
@@ -45,6 +49,7 @@ class ServerSpec:
     federation: Any  # FederationConfig
     seed: int
     eval_every: int = 1
+    train_round: str = "none"
     node_timeout_s: float = 600.0
     on_round: Callable[[RoundReport], None] | None = None
     on_finish: Callable[[dict[str, np.ndarray], list[RoundReport]], None] | None = None
@@ -91,29 +96,27 @@ def run_rounds(spec: ServerSpec, grid: Grid) -> tuple[dict[str, np.ndarray], lis
     test = Batchable.from_data(load_client_data(spec.test_dir, 0))
     _wait_for_nodes(grid, fed.num_clients, spec.node_timeout_s)
 
+    if spec.train_round not in TRAIN_ROUNDS:
+        raise UmbraError(
+            f"unknown round transport {spec.train_round!r}; known: {sorted(TRAIN_ROUNDS)}"
+        )
+    train_round = TRAIN_ROUNDS[spec.train_round]
     for rnd in range(start + 1, fed.rounds + 1):
         t0 = time.perf_counter()
-        messages = list(strategy.configure_train(rnd, to_record(arrays), ConfigRecord(), grid))
-        bytes_down = message_bytes(messages)
-        replies = list(grid.send_and_receive(messages, timeout=spec.node_timeout_s))
-        ok = [m for m in replies if not m.has_error()]
-        for m in replies:
-            if m.has_error():
-                log.warning("client reply error: %s", m.error.reason)
-        if not ok:
-            reasons = "; ".join(sorted({str(m.error.reason) for m in replies if m.has_error()}))
-            raise UmbraError(f"round {rnd}: no client returned an update ({reasons or 'timeout'})")
-        bytes_up = message_bytes(ok)
-        record, train_metrics = strategy.aggregate_train(rnd, ok)
-        if record is None:
-            raise UmbraError(f"round {rnd}: aggregation failed")
-        arrays = from_record(record)
+        outcome = train_round(strategy, grid, rnd, arrays, spec)
+        if outcome.record is None:
+            log.warning("round %d aborted (%s); the global model is unchanged", rnd, outcome.note)
+        else:
+            arrays = from_record(outcome.record)
+        train_metrics = outcome.metrics
         row: RoundReport = {
             "round": rnd,
-            "clients": len(ok),
-            "bytes_up": bytes_up,
-            "bytes_down": bytes_down,
-            "train_loss": float(train_metrics["train-total"]) if train_metrics else None,  # type: ignore[arg-type]
+            "clients": outcome.clients,
+            "bytes_up": outcome.bytes_up,
+            "bytes_down": outcome.bytes_down,
+            "bytes_per_client": {str(k): v for k, v in sorted(outcome.per_client.items())},
+            "aborted": outcome.record is None,
+            "train_loss": _metric(train_metrics, "train-total"),
         }
         if rnd % spec.eval_every == 0 or rnd == fed.rounds:
             set_arrays(model, arrays)
@@ -131,6 +134,12 @@ def run_rounds(spec: ServerSpec, grid: Grid) -> tuple[dict[str, np.ndarray], lis
         if spec.on_round is not None:
             spec.on_round(row)
     return arrays, history
+
+
+def _metric(metrics: MetricRecord | None, key: str) -> float | None:
+    if metrics is None or key not in metrics:
+        return None
+    return float(metrics[key])  # type: ignore[arg-type]
 
 
 def make_server_app(spec: ServerSpec) -> ServerApp:

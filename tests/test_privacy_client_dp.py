@@ -1,0 +1,93 @@
+"""Client-level DP: flat clipping against numpy, noise spread checked statistically."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from umbra.privacy.client_dp import (
+    central_noise,
+    clip_update,
+    noise_share,
+    noise_shares_like,
+    update_norm,
+)
+
+
+def _update(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {"w": rng.normal(size=(4, 3)).astype(np.float32), "b": rng.normal(size=(5,))}
+
+
+def test_clip_update_matches_numpy():
+    rng = np.random.default_rng(0)
+    upd = _update(rng)
+    flat = np.concatenate([a.ravel().astype(np.float64) for a in upd.values()])
+    ref_norm = float(np.linalg.norm(flat))
+    assert update_norm(upd) == pytest.approx(ref_norm, rel=1e-12)
+    clipped, norm = clip_update(upd, clip_norm=1.0)
+    assert norm == pytest.approx(ref_norm, rel=1e-12)
+    assert update_norm(clipped) == pytest.approx(1.0, rel=1e-6)
+    for k, a in upd.items():
+        assert clipped[k].dtype == a.dtype
+        np.testing.assert_allclose(clipped[k], a * (1.0 / ref_norm), rtol=1e-6)
+    # Below the bound the update is unchanged (and a new array).
+    same, _ = clip_update(upd, clip_norm=ref_norm * 2)
+    for k, a in upd.items():
+        np.testing.assert_array_equal(same[k], a)
+        assert same[k] is not a
+
+
+def test_central_noise_spread():
+    sigma, c = 1.3, 0.7
+    total = {"w": np.full((300, 300), 5.0)}
+    out = central_noise(total, noise_multiplier=sigma, clip_norm=c, rng=np.random.default_rng(1))
+    noise = out["w"] - 5.0
+    # 90,000 draws: the sample std is within ~0.5 % of σC, the mean within a few σC/300.
+    assert noise.std() == pytest.approx(sigma * c, rel=0.015)
+    assert abs(noise.mean()) < 4 * sigma * c / 300
+
+
+def test_sum_of_shares_carries_the_full_noise():
+    sigma, c, n = 1.1, 2.0, 8
+    g = np.random.default_rng(2)
+    shares = [noise_share((200, 200), noise_multiplier=sigma, clip_norm=c, num_clients=n,
+                          generator=g) for _ in range(n)]
+    one = shares[0]
+    assert one.std() == pytest.approx(sigma * c / np.sqrt(n), rel=0.02)
+    total = np.sum(shares, axis=0)
+    assert total.std() == pytest.approx(sigma * c, rel=0.02)
+    assert abs(total.mean()) < 4 * sigma * c / 200
+    # Independent shares: the sum's spread is √n times a share's, not n times.
+    assert total.std() / one.std() == pytest.approx(np.sqrt(n), rel=0.03)
+
+
+def test_noise_shares_like_keeps_shapes_and_dtypes():
+    upd = _update(np.random.default_rng(3))
+    out = noise_shares_like(upd, noise_multiplier=1.0, clip_norm=1.0, num_clients=4,
+                            generator=np.random.default_rng(4))
+    for k, a in upd.items():
+        assert out[k].shape == a.shape and out[k].dtype == a.dtype
+        assert not np.array_equal(out[k], a)
+
+
+def test_seeded_noise_is_reproducible():
+    a = noise_share((10,), noise_multiplier=1.0, clip_norm=1.0, num_clients=3,
+                    generator=np.random.default_rng(7))
+    b = noise_share((10,), noise_multiplier=1.0, clip_norm=1.0, num_clients=3,
+                    generator=np.random.default_rng(7))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_parameter_validation():
+    with pytest.warns(UserWarning, match="not differentially private"):
+        out = central_noise({"w": np.ones(3)}, noise_multiplier=0.0, clip_norm=1.0,
+                            rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(out["w"], np.ones(3))
+    with pytest.raises(ValueError, match="noise_multiplier"):
+        noise_share((3,), noise_multiplier=-0.1, clip_norm=1.0, num_clients=2)
+    with pytest.raises(ValueError, match="clip_norm"):
+        clip_update({"w": np.ones(3)}, clip_norm=0.0)
+    with pytest.raises(ValueError, match="clip_norm"):
+        central_noise({"w": np.ones(3)}, noise_multiplier=1.0, clip_norm=-1.0)
+    with pytest.raises(ValueError, match="num_clients"):
+        noise_share((3,), noise_multiplier=1.0, clip_norm=1.0, num_clients=0)
