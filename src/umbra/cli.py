@@ -115,12 +115,70 @@ def run(
         on_round=show,
         on_status=lambda s: console.print(f"[dim]{s}[/]"),
     )
+    if results.get("stopped"):
+        console.print(f"[yellow]stopped early:[/] {results['stopped']}", highlight=False)
     console.print(_final_table(results))
     t = results["timing"]
     console.print(
         f"results: {run_dir / 'results.json'}  (data {t['data_s']:.0f} s, "
         f"training {t['train_s']:.0f} s, total {t['total_s']:.0f} s)"
     )
+
+
+privacy_app = typer.Typer(help="Inspect the privacy ledger of a run.", no_args_is_help=True)
+app.add_typer(privacy_app, name="privacy")
+
+
+@privacy_app.command("ledger")
+def privacy_ledger(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder (or a ledger.jsonl file)")],
+) -> None:
+    """Summarise ledger.jsonl and recompute ε from it alone (dp-accounting)."""
+    import json
+
+    from umbra.privacy.ledger import read_ledger, replay
+
+    path = run_dir / "ledger.jsonl" if run_dir.is_dir() else run_dir
+    if not path.exists():
+        raise UmbraError(f"no privacy ledger at {path} (was differential privacy on?)")
+    contents = read_ledger(path)
+    report = replay(path)
+    console.print(
+        f"ledger {path}: unit [bold]{report.unit}[/], δ = {report.delta:g}, accountant "
+        f"{report.accountant}, {report.releases} releases over rounds "
+        f"{report.rounds[0] if report.rounds else '-'}..{report.rounds[-1] if report.rounds else '-'}",
+        highlight=False,
+    )
+    groups = sorted({g for r in contents.releases for g in r.noise_multipliers})
+    table = Table(title="ε recomputed from the ledger (per party; worst party first)")
+    table.add_column("party")
+    table.add_column("releases", justify="right")
+    for g in groups:
+        table.add_column(f"ε {g}", justify="right")
+    table.add_column("ε total", justify="right")
+    parties = sorted(report.per_party, key=lambda p: -report.per_party[p]["total"])
+    for party in parties:
+        eps = report.per_party[party]
+        n = sum(1 for r in contents.releases if r.party == party)
+        table.add_row(
+            party, str(n), *(f"{eps.get(g, 0.0):.3f}" for g in groups), f"{eps['total']:.3f}"
+        )
+    console.print(table)
+    console.print(
+        f"reported ε (worst party {report.worst_party}): "
+        + ", ".join(f"{k} = {v:.3f}" for k, v in report.epsilon.items()),
+        highlight=False,
+    )
+    results = run_dir / "results.json" if run_dir.is_dir() else None
+    if results is not None and results.exists():
+        claimed = (json.loads(results.read_text()).get("privacy") or {}).get("epsilon") or {}
+        if claimed:
+            same = all(abs(claimed.get(k, 0.0) - v) <= 1e-9 * max(1.0, v)
+                       for k, v in report.epsilon.items())  # fmt: skip
+            verdict = "[green]matches[/]" if same else "[red]DIFFERS FROM[/]"
+            console.print(f"ledger ε {verdict} results.json")
+    for note in report.warnings:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
 
 
 @app.command()

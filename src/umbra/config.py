@@ -249,6 +249,11 @@ class Config(_Section):
                 f"data.absent removes {sorted(everywhere)} at every client; drop the modality "
                 "from the data instead"
             )
+        if self.privacy.mode != "none" and self.federation.mode == "centralized":
+            raise ValueError(
+                "privacy.mode needs federation.mode = 'federated' (the centralized baseline "
+                "is the non-private reference)"
+            )
         if self.privacy.mode == "client" and self.federation.strategy == "scaffold":
             raise ValueError(
                 "privacy.mode = 'client' with federation.strategy = 'scaffold' is not supported: "

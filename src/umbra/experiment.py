@@ -24,7 +24,7 @@ import torch
 from umbra import __version__
 from umbra.config import Config, config_fingerprint, validate_config
 from umbra.data.dataset import MultimodalData, modality_subsets
-from umbra.errors import ConfigError, ResumeError
+from umbra.errors import ConfigError, ResumeError, UmbraError
 from umbra.federation.checkpoint import atomic_write_text, load_latest, save_checkpoint
 from umbra.federation.client_data import write_federation_data
 from umbra.federation.train import Batchable, TrainSettings, evaluate, get_arrays, train_local
@@ -218,7 +218,7 @@ def _run_federated(
     prep: PreparedData,
     model_spec: dict[str, Any],
     on_round: RoundCallback | None,
-) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+) -> tuple[dict[str, np.ndarray], list[dict[str, Any]], dict[str, Any]]:
     from flwr.simulation import run_simulation
 
     from umbra.federation.client_app import ClientSpec, make_client_app
@@ -240,20 +240,20 @@ def _run_federated(
     def finish(arrays: dict[str, np.ndarray], history: list[dict[str, Any]]) -> None:
         result["arrays"], result["history"] = arrays, history
 
-    server = make_server_app(
-        ServerSpec(
-            run_dir=str(run_dir),
-            test_dir=str(fed_dir / "test"),
-            model_spec=model_spec,
-            federation=cfg.federation,
-            seed=cfg.run.seed,
-            eval_every=cfg.run.eval_every,
-            train_round=cfg.secure.aggregation,
-            extra={"secure": secure},
-            on_round=on_round,
-            on_finish=finish,
-        )
+    server_spec = ServerSpec(
+        run_dir=str(run_dir),
+        test_dir=str(fed_dir / "test"),
+        model_spec=model_spec,
+        federation=cfg.federation,
+        seed=cfg.run.seed,
+        eval_every=cfg.run.eval_every,
+        train_round=cfg.secure.aggregation,
+        extra={"secure": secure},
+        on_round=on_round,
+        on_finish=finish,
+        privacy=cfg.privacy if cfg.privacy.mode != "none" else None,
     )
+    server = make_server_app(server_spec)
     client = make_client_app(
         ClientSpec(
             data_dir=str(fed_dir / "train"),
@@ -284,9 +284,9 @@ def _run_federated(
         },
     )
     if "arrays" not in result:
-        raise ResumeError("the federation stopped before finishing (see the log above)")
+        raise UmbraError("the federation stopped before finishing (see the log above)")
     shutil.rmtree(fed_dir, ignore_errors=True)
-    return result["arrays"], result["history"]
+    return result["arrays"], result["history"], server_spec.status
 
 
 def _run_centralized(
@@ -295,7 +295,7 @@ def _run_centralized(
     prep: PreparedData,
     model_spec: dict[str, Any],
     on_round: RoundCallback | None,
-) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+) -> tuple[dict[str, np.ndarray], list[dict[str, Any]], dict[str, Any]]:
     """The same model and training settings on the pooled (still partially missing) data.
 
     One "round" = ``local_epochs`` epochs over the pooled records, so the centralized run
@@ -331,7 +331,7 @@ def _run_centralized(
                         state={"history": history})  # fmt: skip
         if on_round is not None:
             on_round(row)
-    return arrays, history
+    return arrays, history, {"stopped": None}
 
 
 def run_experiment(
@@ -345,7 +345,7 @@ def run_experiment(
     """Run ``cfg`` into ``run_dir`` (or resume it) and return the results object."""
     from umbra.federation.server_app import load_model
 
-    status = on_status or (lambda s: None)
+    say = on_status or (lambda s: None)
     t_start = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
@@ -354,18 +354,18 @@ def run_experiment(
                 f"{run_dir} already holds a run; use --resume {run_dir} or another --out"
             )
         atomic_write_text(run_dir / CONFIG_FILE, json.dumps(cfg.model_dump(mode="json"), indent=2))
-    status(f"preparing data ({cfg.data.source})")
+    say(f"preparing data ({cfg.data.source})")
     t0 = time.perf_counter()
     prep = prepare_data(cfg)
     data_s = time.perf_counter() - t0
     model_spec = _model_spec(cfg, prep.train)
-    status(
+    say(
         f"{cfg.federation.mode} training: {cfg.federation.num_clients} clients, "
         f"{cfg.federation.rounds} rounds, strategy {cfg.federation.strategy}"
     )
     t1 = time.perf_counter()
     runner = _run_centralized if cfg.federation.mode == "centralized" else _run_federated
-    arrays, history = runner(cfg, run_dir, prep, model_spec, on_round)
+    arrays, history, status = runner(cfg, run_dir, prep, model_spec, on_round)
     train_s = time.perf_counter() - t1
     model = load_model(model_spec, arrays)
     results = {
@@ -382,13 +382,9 @@ def run_experiment(
         },
         "rounds": history,
         "final": final_metrics(model, prep.test),
-        "privacy": {
-            "mode": "none",
-            "unit": None,
-            "delta": None,
-            "accountant": None,
-            "epsilon": None,
-        },
+        "privacy": status.get("privacy")
+        or {"mode": "none", "unit": None, "delta": None, "accountant": None, "epsilon": None},
+        "stopped": status.get("stopped"),
         "secure_aggregation": cfg.secure.aggregation,
         "bytes": {
             "up_total": int(sum(r["bytes_up"] for r in history)),

@@ -29,8 +29,14 @@ from umbra.federation.train import (
     scaffold_control_update,
     set_arrays,
     train_local,
+    train_local_dp,
 )
-from umbra.models import ModelSpec, MultimodalNet
+from umbra.models import ModelSpec, MultimodalNet, parameter_groups
+from umbra.privacy.client_dp import clip_update, noise_share
+from umbra.privacy.controller import CLIENT_GROUP, dp_config_keys
+
+#: ``dp-mode`` values in a train ConfigRecord.
+DP_EXAMPLE, DP_CLIENT = 1, 2
 
 __all__ = [
     "CLIENT_ACTIONS",
@@ -98,6 +104,29 @@ def _save_control(state_dir: Path, server_round: int, c_i: dict[str, np.ndarray]
             p.unlink(missing_ok=True)
 
 
+def _client_dp_update(
+    x: dict[str, np.ndarray],
+    y: dict[str, np.ndarray],
+    config: Any,
+    metrics: dict[str, float],
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Client-level DP: the clipped update Δ = y - x (plus a share of the noise when the
+    noise is distributed). The reply is summed unweighted (``dp-unweighted``)."""
+    sigma_key, clip_key = dp_config_keys(CLIENT_GROUP)
+    clip = float(config[clip_key])
+    delta, norm = clip_update({k: y[k] - x[k] for k in x}, clip)
+    share_among = int(config.get("dp-noise-shares", 0))
+    if share_among > 0:
+        gen = np.random.default_rng()  # OS entropy: the noise must be unpredictable
+        delta = {
+            k: (v + noise_share(v.shape, noise_multiplier=float(config[sigma_key]),
+                                clip_norm=clip, num_clients=share_among, generator=gen)
+                ).astype(v.dtype)
+            for k, v in delta.items()
+        }  # fmt: skip
+    return delta, {**metrics, "dp-unweighted": 1.0, "update-norm": norm}
+
+
 def make_client_app(spec: ClientSpec) -> ClientApp:
     """A ClientApp bound to ``spec``."""
     app = ClientApp()
@@ -127,13 +156,27 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
             c_i = _load_control(state_dir, server_round) or {
                 k: np.zeros_like(v) for k, v in c.items()
             }
-        metrics = train_local(
-            model,
-            Batchable.from_data(data),
-            settings,
-            seed=round_seed(spec.seed, server_round, client),
-            scaffold=(c, c_i) if c_i is not None else None,
-        )
+        dp_mode = int(config.get("dp-mode", 0))  # type: ignore[arg-type]
+        batchable = Batchable.from_data(data)
+        seed = round_seed(spec.seed, server_round, client)
+        scaffold = (c, c_i) if c_i is not None else None
+        if dp_mode == DP_EXAMPLE:
+            groups = parameter_groups(model)
+            sig = {g: float(config[dp_config_keys(g)[0]]) for g in groups}  # type: ignore[arg-type]
+            clip = {g: float(config[dp_config_keys(g)[1]]) for g in groups}  # type: ignore[arg-type]
+            metrics = train_local_dp(
+                model,
+                batchable,
+                settings,
+                sample_rate=float(config["dp-q"]),  # type: ignore[arg-type]
+                steps=int(config["dp-steps"]),  # type: ignore[arg-type]
+                noise_multipliers=sig,
+                clip_norms=clip,
+                seed=seed,
+                scaffold=scaffold,
+            )
+        else:
+            metrics = train_local(model, batchable, settings, seed=seed, scaffold=scaffold)
         y = get_arrays(model)
         out = dict(y)
         if c_i is not None:
@@ -148,6 +191,8 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
             )
             _save_control(state_dir, server_round, new_c_i)
             out.update({CONTROL_PREFIX + k: new_c_i[k] - c_i[k] for k in new_c_i})
+        if dp_mode == DP_CLIENT:
+            out, metrics = _client_dp_update(x, y, config, metrics)
         counts = data.counts()
         reply_metrics: dict[str, int | float | list[int] | list[float]] = {
             "num-examples": len(data),
@@ -157,6 +202,19 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
         }
         content = RecordDict({"arrays": to_record(out), "metrics": MetricRecord(reply_metrics)})
         return Message(content=content, reply_to=msg)
+
+    @app.query()
+    def info(msg: Message, context: Context) -> Message:
+        """Public metadata the server plans with: record counts (as FedAvg reveals them)."""
+        client = int(context.node_config["partition-id"])
+        data = load_client_data(spec.data_dir, client)
+        counts = data.counts()
+        metrics: dict[str, int | float | list[int] | list[float]] = {
+            "num-examples": len(data),
+            "partition-id": client,
+            **{count_key(m): counts[m] for m in data.modalities},
+        }
+        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
     for name in spec.actions:
         if name not in CLIENT_ACTIONS:

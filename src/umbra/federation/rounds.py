@@ -23,12 +23,17 @@ from umbra.federation.records import message_bytes, to_record
 from umbra.federation.strategies import ModalityFedAvg, count_key
 from umbra.federation.strategies.modality import strip_prefix
 from umbra.models import parameter_modality
+from umbra.privacy.client_dp import noised_mean_update
+from umbra.privacy.controller import PrivacyController
 
 __all__ = [
     "TRAIN_ROUNDS",
     "RoundOutcome",
+    "RoundPrivacy",
     "TrainRound",
+    "client_dp_model",
     "plain_train_round",
+    "prepare_train_messages",
     "register_train_round",
     "reply_partition",
     "strategy_step",
@@ -73,6 +78,99 @@ def reply_partition(msg: Message) -> int:
     return int(metrics["partition-id"])  # type: ignore[arg-type]
 
 
+@dataclass
+class RoundPrivacy:
+    """Server-side DP state a round transport needs (set by the server loop).
+
+    ``controller`` writes the ledger and hands out each client's noise plan;
+    ``node_pids`` maps Flower node ids to partition ids (the ledger's parties).
+    """
+
+    controller: PrivacyController
+    node_pids: dict[int, int]
+
+    @property
+    def client_level(self) -> bool:
+        return self.controller.mode == "client"
+
+
+class _SubsetGrid:
+    """A view of a Grid that offers only the nodes sampled for this round."""
+
+    def __init__(self, grid: Grid, nodes: list[int]) -> None:
+        self._grid, self._nodes = grid, nodes
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._nodes)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+def prepare_train_messages(
+    strategy: ModalityFedAvg,
+    grid: Grid,
+    rnd: int,
+    arrays: dict[str, np.ndarray],
+    spec: Any,
+) -> list[Message]:
+    """The round's train messages, with privacy applied when DP is on.
+
+    Client-level DP samples clients with Poisson rate q (OS entropy: the sample must be
+    unpredictable). Before any message exists, the DP controller checks the budget and
+    writes the round's releases to the ledger (fsynced); then each message gets its own
+    ConfigRecord with that client's noise plan. May raise
+    :class:`~umbra.errors.BudgetExhausted`.
+    """
+    dp: RoundPrivacy | None = getattr(spec, "dp", None)
+    view: Any = grid
+    if dp is not None and dp.client_level:
+        rng = np.random.default_rng()
+        q = float(dp.controller.cfg.client_rate)
+        view = _SubsetGrid(grid, [n for n in sorted(grid.get_node_ids()) if rng.random() < q])
+    if dp is not None and not list(view.get_node_ids()):
+        dp.controller.before_round(rnd, [])  # an empty sample still releases noise
+        return []
+    messages = list(strategy.configure_train(rnd, to_record(arrays), ConfigRecord(), view))
+    if dp is None:
+        return messages
+    pids = [dp.node_pids[m.metadata.dst_node_id] for m in messages]
+    plans = dp.controller.before_round(rnd, pids)  # ledger written before any release
+    out = []
+    for m, pid in zip(messages, pids, strict=True):
+        config = ConfigRecord({**dict(m.content.config_records["config"]), **plans[pid]})
+        if dp.client_level and dp.controller.cfg.noise == "distributed":
+            config["dp-noise-shares"] = len(messages)
+        content = RecordDict({"arrays": m.content.array_records["arrays"], "config": config})
+        out.append(Message(content=content, dst_node_id=m.metadata.dst_node_id,
+                           message_type=m.metadata.message_type))  # fmt: skip
+    return out
+
+
+def client_dp_model(
+    x: dict[str, np.ndarray],
+    summed: dict[str, np.ndarray],
+    *,
+    received: int,
+    sampled: int,
+    dp: RoundPrivacy,
+) -> dict[str, np.ndarray]:
+    """x + the DP-FedAvg mean update from the sum of clipped (noised) client deltas."""
+    ctl = dp.controller
+    sigma = float(ctl.client_sigma or 0.0)
+    clip = ctl.clip_norms()["all"]
+    distributed = ctl.cfg.noise == "distributed"
+    carried = (received / sampled) if (distributed and sampled) else 0.0
+    mean = noised_mean_update(
+        summed,
+        noise_multiplier=sigma,
+        clip_norm=clip,
+        expected_clients=ctl.cfg.client_rate * ctl.num_clients,
+        noise_already_added=carried,
+    )
+    return {k: (x[k] + mean[k]).astype(x[k].dtype) for k in x}
+
+
 def plain_train_round(
     strategy: ModalityFedAvg,
     grid: Grid,
@@ -80,32 +178,52 @@ def plain_train_round(
     arrays: dict[str, np.ndarray],
     spec: Any,
 ) -> RoundOutcome:
-    """Send the model, collect plaintext updates, let the strategy aggregate them."""
-    messages = list(strategy.configure_train(rnd, to_record(arrays), ConfigRecord(), grid))
+    """Send the model, collect plaintext updates, let the strategy aggregate them.
+
+    Under client-level DP the clients send clipped deltas; they are summed unweighted,
+    noised (:func:`client_dp_model`) and handed to the strategy as one averaged model.
+    """
+    dp: RoundPrivacy | None = getattr(spec, "dp", None)
+    messages = prepare_train_messages(strategy, grid, rnd, arrays, spec)
     down = {m.metadata.dst_node_id: message_bytes([m]) for m in messages}
-    replies = list(grid.send_and_receive(messages, timeout=spec.node_timeout_s))
+    replies = list(grid.send_and_receive(messages, timeout=spec.node_timeout_s)) if messages else []
     ok = [m for m in replies if not m.has_error()]
     for m in replies:
         if m.has_error():
             log.warning("client reply error: %s", m.error.reason)
-    if not ok:
+    if not ok and not (dp is not None and dp.client_level):
         reasons = "; ".join(sorted({str(m.error.reason) for m in replies if m.has_error()}))
         raise UmbraError(f"round {rnd}: no client returned an update ({reasons or 'timeout'})")
     per_client = {
         reply_partition(m): {"up": message_bytes([m]), "down": down.get(m.metadata.src_node_id, 0)}
         for m in ok
     }
-    record, metrics = strategy.aggregate_train(rnd, ok)
+    if dp is not None and dp.client_level:
+        summed = {k: np.zeros_like(v, dtype=np.float64) for k, v in arrays.items()}
+        for m in ok:
+            for k, v in m.content.array_records["arrays"].items():
+                summed[k] += v.numpy()
+        new = client_dp_model(arrays, summed, received=len(ok), sampled=len(messages), dp=dp)
+        losses = [_loss(m) for m in ok]
+        metrics = {"train-total": float(np.mean(losses))} if losses else {}
+        record, agg_metrics = strategy_step(strategy, rnd, new, metrics)
+    else:
+        record, agg_metrics = strategy.aggregate_train(rnd, ok)
     if record is None:
         raise UmbraError(f"round {rnd}: aggregation failed")
     return RoundOutcome(
         record=record,
-        metrics=metrics,
+        metrics=agg_metrics,
         bytes_up=sum(c["up"] for c in per_client.values()),
         bytes_down=sum(down.values()),
         clients=len(ok),
         per_client=per_client,
     )
+
+
+def _loss(msg: Message) -> float:
+    metrics = next(iter(msg.content.metric_records.values()))
+    return float(metrics.get("train-total", float("nan")))  # type: ignore[arg-type]
 
 
 def strategy_step(

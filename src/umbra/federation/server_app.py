@@ -17,20 +17,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import (
-    Context,
-    MetricRecord,
-)
+from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from umbra.errors import UmbraError
+from umbra.errors import BudgetExhausted, UmbraError
 from umbra.federation.checkpoint import load_latest, save_checkpoint
 from umbra.federation.client_data import load_client_data
 from umbra.federation.records import from_record
-from umbra.federation.rounds import TRAIN_ROUNDS
+from umbra.federation.rounds import TRAIN_ROUNDS, RoundPrivacy
 from umbra.federation.strategies import build_strategy
 from umbra.federation.train import Batchable, evaluate, get_arrays, set_arrays
-from umbra.models import ModelSpec, MultimodalNet, parameter_modality
+from umbra.models import ModelSpec, MultimodalNet, parameter_groups, parameter_modality
 
 __all__ = ["RoundReport", "ServerSpec", "initial_arrays", "make_server_app"]
 
@@ -50,6 +47,12 @@ class ServerSpec:
     seed: int
     eval_every: int = 1
     train_round: str = "none"
+    #: PrivacyConfig (or None): DP mode, budget, accountant
+    privacy: Any = None
+    #: set by the server loop: the round transports' view of DP (RoundPrivacy)
+    dp: Any = None
+    #: filled by the server loop: "stopped" (reason or None), "privacy" (summary)
+    status: dict[str, Any] = field(default_factory=dict)
     node_timeout_s: float = 600.0
     on_round: Callable[[RoundReport], None] | None = None
     on_finish: Callable[[dict[str, np.ndarray], list[RoundReport]], None] | None = None
@@ -75,15 +78,17 @@ def run_rounds(spec: ServerSpec, grid: Grid) -> tuple[dict[str, np.ndarray], lis
     fed = spec.federation
     run_dir = Path(spec.run_dir)
     ckpt_dir = run_dir / "checkpoints"
+    client_dp = spec.privacy is not None and spec.privacy.mode == "client"
     strategy = build_strategy(
         fed.strategy,
         fed,
         key_modality=parameter_modality,
-        fraction_train=fed.fraction_train,
+        # client-level DP samples clients itself (Poisson); the strategy takes all offered
+        fraction_train=1.0 if client_dp else fed.fraction_train,
         fraction_evaluate=0.0,
-        min_train_nodes=max(1, round(fed.fraction_train * fed.num_clients)),
+        min_train_nodes=1 if client_dp else max(1, round(fed.fraction_train * fed.num_clients)),
         min_evaluate_nodes=0,
-        min_available_nodes=fed.num_clients,
+        min_available_nodes=1 if client_dp else fed.num_clients,
     )
     latest = load_latest(ckpt_dir)
     if latest is None:
@@ -95,6 +100,23 @@ def run_rounds(spec: ServerSpec, grid: Grid) -> tuple[dict[str, np.ndarray], lis
     model = MultimodalNet(ModelSpec.from_dict(spec.model_spec))
     test = Batchable.from_data(load_client_data(spec.test_dir, 0))
     _wait_for_nodes(grid, fed.num_clients, spec.node_timeout_s)
+    controller = None
+    if spec.privacy is not None and spec.privacy.mode != "none":
+        from umbra.privacy.controller import PrivacyController
+
+        info = query_clients(grid, spec.node_timeout_s)
+        controller = PrivacyController(
+            spec.privacy,
+            groups=list(parameter_groups(model)),
+            rounds=fed.rounds,
+            batch_size=fed.batch_size,
+            local_epochs=fed.local_epochs,
+            num_clients=fed.num_clients,
+            ledger_path=run_dir / "ledger.jsonl",
+        )
+        controller.plan_clients({pid: n for pid, n in info.values()})
+        spec.dp = RoundPrivacy(controller, {node: pid for node, (pid, _) in info.items()})
+    spec.status["stopped"] = None
 
     if spec.train_round not in TRAIN_ROUNDS:
         raise UmbraError(
@@ -103,7 +125,12 @@ def run_rounds(spec: ServerSpec, grid: Grid) -> tuple[dict[str, np.ndarray], lis
     train_round = TRAIN_ROUNDS[spec.train_round]
     for rnd in range(start + 1, fed.rounds + 1):
         t0 = time.perf_counter()
-        outcome = train_round(strategy, grid, rnd, arrays, spec)
+        try:
+            outcome = train_round(strategy, grid, rnd, arrays, spec)
+        except BudgetExhausted as stop:
+            log.warning("%s", stop)
+            spec.status["stopped"] = str(stop)
+            break
         if outcome.record is None:
             log.warning("round %d aborted (%s); the global model is unchanged", rnd, outcome.note)
         else:
@@ -122,6 +149,8 @@ def run_rounds(spec: ServerSpec, grid: Grid) -> tuple[dict[str, np.ndarray], lis
             set_arrays(model, arrays)
             ev = evaluate(model, test, subsets=[])
             row.update(accuracy=ev["accuracy"], macro_f1=ev["macro_f1"], loss=ev["loss"])
+        if controller is not None:
+            row["epsilon"] = controller.epsilon()
         row["wall_s"] = time.perf_counter() - t0
         history.append(row)
         save_checkpoint(
@@ -133,7 +162,34 @@ def run_rounds(spec: ServerSpec, grid: Grid) -> tuple[dict[str, np.ndarray], lis
         )
         if spec.on_round is not None:
             spec.on_round(row)
+    if controller is not None:
+        spec.status["privacy"] = controller.summary()
     return arrays, history
+
+
+def query_clients(grid: Grid, timeout_s: float) -> dict[int, tuple[int, int]]:
+    """node id -> (partition id, record count), asked of every connected client."""
+    nodes = sorted(grid.get_node_ids())
+    msgs = [
+        Message(
+            RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY
+        )
+        for n in nodes
+    ]
+    out: dict[int, tuple[int, int]] = {}
+    for reply in grid.send_and_receive(msgs, timeout=timeout_s):
+        if reply.has_error():
+            raise UmbraError(
+                f"client {reply.metadata.src_node_id} did not answer: {reply.error.reason}"
+            )
+        metrics = next(iter(reply.content.metric_records.values()))
+        out[reply.metadata.src_node_id] = (
+            int(metrics["partition-id"]),  # type: ignore[arg-type]
+            int(metrics["num-examples"]),  # type: ignore[arg-type]
+        )
+    if len(out) != len(nodes):
+        raise UmbraError(f"only {len(out)} of {len(nodes)} clients answered the info query")
+    return out
 
 
 def _metric(metrics: MetricRecord | None, key: str) -> float | None:

@@ -212,3 +212,75 @@ def evaluate(
         "loss": loss_sum / max(1, n),
         "subsets": {"+".join(s): float((torch.cat(preds[s]).numpy() == y).mean()) for s in subsets},
     }
+
+
+def _per_record_ce(model: nn.Module, batch: tuple[dict[str, Tensor], Tensor, Tensor]) -> Tensor:
+    """Cross-entropy per record, (B,). No batch-coupling terms: safe for DP-SGD."""
+    inputs, mask, labels = batch
+    return nn.functional.cross_entropy(model(inputs, mask), labels, reduction="none")
+
+
+def train_local_dp(
+    model: MultimodalNet,
+    data: Batchable,
+    settings: TrainSettings,
+    *,
+    sample_rate: float,
+    steps: int,
+    noise_multipliers: Mapping[str, float],
+    clip_norms: Mapping[str, float],
+    seed: int,
+    scaffold: tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]] | None = None,
+) -> dict[str, float]:
+    """Example-level DP-SGD (Abadi et al. 2016, https://arxiv.org/abs/1607.00133).
+
+    Poisson-sampled batches (rate ``sample_rate``) for ``steps`` steps; per-record
+    gradients clipped per parameter group (modality encoders, shared part) to
+    ``clip_norms[g]`` and noised with ``N(0, (σ_g C_g)²)`` by :class:`umbra.privacy.DPSGD`.
+    The InfoNCE alignment term couples the records of a batch, so it is left out here;
+    modality dropout is per record and stays. The DP noise generator is seeded from the OS
+    (the noise must be unpredictable); batch sampling and dropout use ``seed``.
+    FedProx's proximal gradient and SCAFFOLD's correction are data-independent and are added
+    after the private gradient (post-processing).
+    """
+    from umbra.models import parameter_groups
+    from umbra.privacy.dpsgd import DPSGD, poisson_batches
+
+    n = len(data)
+    model.train()
+    groups = parameter_groups(model)
+    dp = DPSGD(
+        model,
+        groups=groups,
+        clip_norms=dict(clip_norms),
+        noise_multipliers=dict(noise_multipliers),
+        sample_rate=sample_rate,
+        num_samples=n,
+    )
+    opt = torch.optim.SGD(
+        model.parameters(), lr=settings.lr, momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+    )  # fmt: skip
+    params = dict(model.named_parameters())
+    start = {k: p.detach().clone() for k, p in params.items()} if settings.proximal_mu > 0 else {}
+    correction: dict[str, Tensor] = {}
+    if scaffold is not None:
+        c, c_i = scaffold
+        correction = {k: torch.from_numpy(np.asarray(c[k] - c_i[k])) for k in params}
+    gen = torch.Generator().manual_seed(seed)
+    records = 0
+    for idx in poisson_batches(n, sample_rate=sample_rate, steps=steps, generator=gen):
+        inputs, mask, labels = data.take(idx)
+        mask = modality_dropout(mask, settings.modality_dropout, gen)
+        dp.step(_per_record_ce, (inputs, mask, labels))
+        for k, p in params.items():
+            if p.grad is None:
+                continue
+            if start:
+                p.grad.add_(settings.proximal_mu * (p.detach() - start[k]))
+            if correction:
+                p.grad.add_(correction[k])
+        opt.step()
+        records += len(idx)
+    dp.close()
+    return {"steps": float(steps), "train-records": float(records)}

@@ -34,6 +34,7 @@ from umbra.privacy.client_dp import (
     clip_update,
     noise_share,
     noise_shares_like,
+    noised_mean_update,
     update_norm,
 )
 from umbra.privacy.ledger import (
@@ -85,6 +86,7 @@ __all__ = [
     "make_accountant",
     "noise_share",
     "noise_shares_like",
+    "noised_mean_update",
     "poisson_batches",
     "read_ledger",
     "register_accountant",

@@ -38,6 +38,7 @@ __all__ = [
     "clip_update",
     "noise_share",
     "noise_shares_like",
+    "noised_mean_update",
     "update_norm",
 ]
 
@@ -155,3 +156,40 @@ def noise_shares_like(
         )
         out[k] = (arr + share).astype(arr.dtype)
     return out
+
+
+def noised_mean_update(
+    summed: Mapping[str, np.ndarray],
+    *,
+    noise_multiplier: float,
+    clip_norm: float,
+    expected_clients: float,
+    noise_already_added: float,
+    rng: np.random.Generator | None = None,
+) -> dict[str, np.ndarray]:
+    """The DP-FedAvg mean update from a sum of clipped client updates.
+
+    ``summed`` = Σ clip(Δ_i) (+ the clients' distributed noise shares). The server tops the
+    noise up to the full ``N(0, σ² C²)``: ``noise_already_added`` is the fraction of that
+    variance the clients' shares carry (0 with central noise; k/m when k of m sampled
+    clients added shares of variance σ²C²/m). The result is divided by the *expected*
+    number of clients qN (a fixed denominator keeps the sensitivity at C / qN).
+
+    Raises:
+        ValueError: ``expected_clients`` ≤ 0 or ``noise_already_added`` outside [0, 1].
+    """
+    if not expected_clients > 0:
+        raise ValueError(f"expected_clients must be > 0, got {expected_clients}")
+    if not 0.0 <= noise_already_added <= 1.0:
+        raise ValueError(f"noise_already_added must be in [0, 1], got {noise_already_added}")
+    missing = 1.0 - noise_already_added
+    if missing > 0:
+        noised = central_noise(
+            summed,
+            noise_multiplier=noise_multiplier * math.sqrt(missing),
+            clip_norm=clip_norm,
+            rng=rng,
+        )
+    else:
+        noised = {k: np.asarray(v) for k, v in summed.items()}
+    return {k: (v / expected_clients).astype(np.float32) for k, v in noised.items()}

@@ -1,0 +1,271 @@
+"""The server's privacy bookkeeping for one run: plan, budget stop, ledger, ε report.
+
+Runs on the server, sees only public metadata (each client's record count and the noise
+plan); no Flower here. Before every round the server asks :meth:`before_round` for the
+noise each selected client must use; that call checks the budget and appends the round's
+releases to ``ledger.jsonl`` (fsynced) *before* anything is released. When the next
+release would exceed a budget it raises :class:`~umbra.errors.BudgetExhausted` and
+training stops.
+
+Example-level DP (DP-SGD in each client, Abadi et al. 2016): client i samples records
+with Poisson rate ``q_i = batch_size / n_i`` for ``steps_i = ceil(local_epochs / q_i)``
+steps per round; each parameter group g (a modality's encoder + projection, or the shared
+fusion/head) has its own clip norm and noise multiplier σ_{i,g}, allocated so that every
+group's ε and the composed total stay within budget for the planned rounds. ε is per client;
+the report gives the worst client.
+
+Client-level DP (DP-FedAvg, McMahan et al. 2018): clients join each round with Poisson
+rate q, clip their update to C, and Gaussian noise σC is added to the sum (by the server,
+or shared out among the clients under secure aggregation). One group, ``"all"``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from umbra.errors import BudgetExhausted, ConfigError
+from umbra.privacy.budget import Allocation, Budget, allocate_budget, calibrate_noise_multiplier
+from umbra.privacy.ledger import PrivacyLedger, Release
+
+__all__ = ["CLIENT_GROUP", "ClientPlan", "PrivacyController", "dp_config_keys"]
+
+#: The single parameter group of client-level DP.
+CLIENT_GROUP = "all"
+
+
+def dp_config_keys(group: str) -> tuple[str, str]:
+    """ConfigRecord keys carrying a group's noise multiplier and clip norm to a client."""
+    return f"dp-sigma-{group}", f"dp-clip-{group}"
+
+
+@dataclass(frozen=True)
+class ClientPlan:
+    """One client's DP-SGD plan: Poisson rate, steps per round and per-group noise."""
+
+    sample_rate: float
+    steps: int
+    noise_multipliers: dict[str, float]
+    targets: dict[str, float]
+
+
+class PrivacyController:
+    """Plans noise, enforces the budget and keeps the ledger (see the module docstring).
+
+    Args:
+        privacy: a PrivacyConfig-like object (mode, epsilon, delta, accountant, weights,
+            targets, clip_norm, clip_norms, noise_multiplier, noise, client_rate).
+        groups: the model's parameter groups (modalities + ``"shared"``).
+        rounds: planned rounds.
+        batch_size, local_epochs: the clients' optimisation plan (example-level).
+        num_clients: clients in the federation.
+        ledger_path: where ``ledger.jsonl`` lives (appended to on resume).
+    """
+
+    def __init__(
+        self,
+        privacy: Any,
+        *,
+        groups: Sequence[str],
+        rounds: int,
+        batch_size: int,
+        local_epochs: float,
+        num_clients: int,
+        ledger_path: Path,
+    ) -> None:
+        if privacy.mode not in ("example", "client"):
+            raise ValueError(f"privacy.mode must be 'example' or 'client', got {privacy.mode!r}")
+        self.cfg = privacy
+        self.mode: str = privacy.mode
+        self.groups = list(groups)
+        self.rounds = int(rounds)
+        self.batch_size = int(batch_size)
+        self.local_epochs = float(local_epochs)
+        self.num_clients = int(num_clients)
+        unknown = sorted(set(privacy.clip_norms) - set(self.groups))
+        if unknown:
+            raise ConfigError(
+                f"privacy.clip_norms names {unknown}, not a group of this model {self.groups}"
+            )
+        self.ledger = PrivacyLedger(
+            ledger_path,
+            unit="example" if self.mode == "example" else "client",
+            delta=privacy.delta,
+            accountant=privacy.accountant,
+        )
+        self.plans: dict[int, ClientPlan] = {}
+        self._cache: dict[tuple[float, int], Allocation] = {}
+        self.client_sigma: float | None = None
+        if self.mode == "client":
+            self.client_sigma = privacy.noise_multiplier or calibrate_noise_multiplier(
+                epsilon=privacy.epsilon,
+                delta=privacy.delta,
+                sample_rate=privacy.client_rate,
+                steps=self.rounds,
+                accountant=privacy.accountant,
+            )
+
+    # ----------------------------------------------------------------- example level
+    def clip_norms(self) -> dict[str, float]:
+        groups = self.groups if self.mode == "example" else [CLIENT_GROUP]
+        return {g: float(self.cfg.clip_norms.get(g, self.cfg.clip_norm)) for g in groups}
+
+    def _weights(self) -> tuple[dict[str, float] | None, dict[str, float] | None]:
+        if self.cfg.targets is not None:
+            return None, dict(self.cfg.targets)
+        weights = dict(self.cfg.weights) if self.cfg.weights is not None else {}
+        unknown = sorted(set(weights) - set(self.groups))
+        if unknown:
+            raise ConfigError(
+                f"privacy.weights names {unknown}, not a group of this model {self.groups} "
+                "(a modality the data lacks?)"
+            )
+        return {g: float(weights.get(g, 1.0)) for g in self.groups}, None
+
+    def plan_clients(self, sizes: Mapping[int, int]) -> None:
+        """Allocate per-group noise for every client from its record count (example DP)."""
+        if self.mode != "example":
+            return
+        weights, targets = self._weights()
+        for pid, n in sorted(sizes.items()):
+            if n < 1:
+                raise ConfigError(f"client {pid} holds no records")
+            if self.cfg.delta > 1.0 / n:
+                raise ConfigError(
+                    f"privacy.delta = {self.cfg.delta:g} exceeds 1 / n = {1.0 / n:.2g} for "
+                    f"client {pid} ({n} records)"
+                )
+            q = min(1.0, self.batch_size / n)
+            steps = max(1, math.ceil(self.local_epochs / q))
+            key = (q, steps)
+            if key not in self._cache:
+                self._cache[key] = allocate_budget(
+                    epsilon=self.cfg.epsilon,
+                    delta=self.cfg.delta,
+                    sample_rate=q,
+                    steps_per_round=steps,
+                    rounds=self.rounds,
+                    weights=weights,
+                    targets=targets,
+                    groups=self.groups,
+                    accountant=self.cfg.accountant,
+                )
+            alloc = self._cache[key]
+            self.plans[pid] = ClientPlan(
+                q, steps, dict(alloc.noise_multipliers), dict(alloc.targets)
+            )
+
+    def budget(self, pid: int | None = None) -> Budget:
+        if self.mode == "example" and pid is not None and self.cfg.targets is not None:
+            return Budget(self.cfg.epsilon, self.cfg.delta, groups=dict(self.cfg.targets))
+        if self.mode == "example" and pid is not None:
+            return Budget(self.cfg.epsilon, self.cfg.delta, groups=self.plans[pid].targets)
+        return Budget(self.cfg.epsilon, self.cfg.delta, groups={})
+
+    def _release(self, rnd: int, pid: int | None) -> Release:
+        clips = self.clip_norms()
+        if self.mode == "client":
+            assert self.client_sigma is not None
+            return Release.dpsgd(
+                round=rnd,
+                party="server",
+                sample_rate=self.cfg.client_rate,
+                steps=1,
+                noise_multipliers={CLIENT_GROUP: self.client_sigma},
+                clip_norms=clips,
+            )
+        assert pid is not None
+        plan = self.plans[pid]
+        return Release.dpsgd(
+            round=rnd,
+            party=str(pid),
+            sample_rate=plan.sample_rate,
+            steps=plan.steps,
+            noise_multipliers=plan.noise_multipliers,
+            clip_norms=clips,
+        )
+
+    def before_round(self, rnd: int, clients: Iterable[int]) -> dict[int, dict[str, float | int]]:
+        """Check the budget, write the round's releases (fsynced), return each client's DP config.
+
+        Raises:
+            BudgetExhausted: a release of this round would exceed a budget; nothing is
+                written for the round and nothing may be released.
+        """
+        clients = sorted(clients)
+        releases = (
+            [self._release(rnd, None)]
+            if self.mode == "client"
+            else [self._release(rnd, pid) for pid in clients]
+        )
+        for rel in releases:
+            party = None if rel.party == "server" else int(rel.party)
+            if self.ledger.would_exceed(rel, self.budget(party)):
+                spent = self.ledger.spent(rel.party)["total"] if self.ledger.releases else 0.0
+                raise BudgetExhausted(
+                    f"round {rnd} would exceed the privacy budget ε = {self.cfg.epsilon:g} "
+                    f"(δ = {self.cfg.delta:g}) of {'client ' + rel.party if party is not None else 'the federation'}"
+                    f" (spent so far: ε = {spent:.3f}); training stopped before releasing it"
+                )
+        for rel in releases:
+            self.ledger.record(rel)
+        clips = self.clip_norms()
+        out: dict[int, dict[str, float | int]] = {}
+        for pid in clients:
+            cfg: dict[str, float | int] = {"dp-mode": 1 if self.mode == "example" else 2}
+            if self.mode == "example":
+                plan = self.plans[pid]
+                cfg.update({"dp-q": plan.sample_rate, "dp-steps": plan.steps})
+                for g, s in plan.noise_multipliers.items():
+                    ks, kc = dp_config_keys(g)
+                    cfg[ks], cfg[kc] = s, clips[g]
+            else:
+                ks, kc = dp_config_keys(CLIENT_GROUP)
+                cfg[ks], cfg[kc] = float(self.client_sigma or 0.0), clips[CLIENT_GROUP]
+            out[pid] = cfg
+        return out
+
+    # ------------------------------------------------------------------- reporting
+    def epsilon(self) -> dict[str, float]:
+        """ε spent so far: ``{"total", <group>...}`` (worst client for example-level DP)."""
+        rep = self.ledger.report()
+        eps = dict(rep.epsilon)
+        if self.mode == "client":  # one flat group: each modality spends the total
+            total = eps.get("total", 0.0)
+            eps = {"total": total, **{g: total for g in self.groups if g != "shared"}}
+        return {k: float(v) for k, v in eps.items()}
+
+    def summary(self) -> dict[str, Any]:
+        rep = self.ledger.report()
+        out: dict[str, Any] = {
+            "mode": self.mode,
+            "unit": "example" if self.mode == "example" else "client",
+            "delta": self.cfg.delta,
+            "accountant": self.cfg.accountant,
+            "budget": {"epsilon": self.cfg.epsilon, "delta": self.cfg.delta},
+            "epsilon": self.epsilon(),
+            "worst_party": rep.worst_party,
+            "per_party": rep.per_party,
+            "releases": rep.releases,
+            "clip_norms": self.clip_norms(),
+        }
+        if self.mode == "example":
+            out["plans"] = {
+                str(pid): {
+                    "sample_rate": p.sample_rate,
+                    "steps_per_round": p.steps,
+                    "noise_multipliers": p.noise_multipliers,
+                    "targets": p.targets,
+                }
+                for pid, p in sorted(self.plans.items())
+            }
+        else:
+            out.update(
+                noise_multiplier=self.client_sigma,
+                client_rate=self.cfg.client_rate,
+                noise=self.cfg.noise,
+            )
+        return out
