@@ -182,6 +182,32 @@ def privacy_ledger(
 
 
 @app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder holding results.json")],
+) -> None:
+    """Re-render report.html of a run from its results.json (and ledger.jsonl)."""
+    from umbra.report import render_report
+
+    if not (run_dir / "results.json").exists():
+        raise UmbraError(f"{run_dir} holds no results.json")
+    console.print(f"wrote {render_report(run_dir)}")
+
+
+data_app = typer.Typer(help="Inspect bring-your-own data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    manifest: Annotated[Path, typer.Argument(help="a CSV or Parquet manifest")],
+) -> None:
+    """Records per client, per label, per modality, and the missing-modality pattern."""
+    from umbra.data.manifest import inspect_manifest
+
+    console.print(inspect_manifest(manifest))
+
+
+@app.command()
 def presets() -> None:
     """List the built-in presets."""
     from umbra.config import available_presets

@@ -49,6 +49,9 @@ class DataConfig(_Section):
     on_bad_rows: Literal["error", "skip"] = Field(
         "error", description="manifest rows that fail validation: stop with a report, or skip them"
     )
+    test_fraction: float = Field(
+        0.2, gt=0, lt=0.9, description="manifest: share of records held out for the test set"
+    )
     n_train: int = Field(
         12000, ge=10, le=60000, description="training records drawn from the 60k split"
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["UmbraError", "ConfigError", "DataError", "ResumeError", "BudgetExhausted"]
+__all__ = ["BudgetExhausted", "ConfigError", "DataError", "ResumeError", "UmbraError"]
 
 
 class UmbraError(Exception):

@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,7 @@ class PreparedData:
     test: MultimodalData
     parts: list[np.ndarray]
     masks: list[np.ndarray]
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def client_summary(self) -> list[dict[str, Any]]:
         out = []
@@ -100,10 +101,72 @@ class PreparedData:
         return out
 
 
+def _stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean test mask holding out ``fraction`` of each label's records (at least one)."""
+    rng = np.random.default_rng(seed)
+    test = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = min(len(idx) - 1, max(1, round(fraction * len(idx)))) if len(idx) > 1 else 0
+        test[rng.choice(idx, size=k, replace=False)] = True
+    return test
+
+
+def _prepare_manifest(cfg: Config) -> PreparedData:
+    """A user's manifest: hold out a stratified test set, split by its `client` column
+    (or the configured partitioner), standardise tabular values per client."""
+    from umbra.data.manifest import load_manifest, standardize_tabular
+    from umbra.data.partition import partition
+
+    md = load_manifest(
+        Path(str(cfg.data.manifest)),
+        on_bad_rows=cfg.data.on_bad_rows,
+        cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
+    )
+    data = md.data
+    is_test = _stratified_holdout(data.labels, cfg.data.test_fraction, cfg.run.seed)
+    train_idx, test_idx = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+    train, test = data.subset(train_idx), data.subset(test_idx)
+    n_clients = cfg.federation.num_clients
+    if md.clients is not None:
+        names = sorted(set(md.clients))
+        if len(names) != n_clients:
+            raise ConfigError(
+                f"the manifest names {len(names)} clients ({', '.join(names[:5])}"
+                f"{'...' if len(names) > 5 else ''}); set federation.num_clients = {len(names)}"
+            )
+        owner = np.array([names.index(c) for c in md.clients])[train_idx]
+        parts = [np.flatnonzero(owner == i) for i in range(n_clients)]
+        empty = [names[i] for i, p in enumerate(parts) if len(p) == 0]
+        if empty:
+            raise ConfigError(f"after holding out the test set, client(s) {empty} hold no records")
+    else:
+        if n_clients > len(train):
+            raise ConfigError(
+                f"federation.num_clients = {n_clients} is more than the {len(train)} training records"
+            )
+        parts = partition(train.labels, n_clients, scheme=cfg.data.partition,
+                          alpha=cfg.data.alpha, seed=cfg.run.seed,
+                          min_size=min(cfg.data.min_client_size, len(train) // n_clients))  # fmt: skip
+    if "tabular" in train.modalities:  # each client's own statistics: no pooling of raw data
+        feats = train.features["tabular"].copy()
+        for idx in parts:
+            feats[idx] = standardize_tabular(train.subset(idx)).features["tabular"]
+        train = MultimodalData({**train.features, "tabular": feats}, train.mask, train.labels,
+                               train.modalities, train.class_names, train.ids)  # fmt: skip
+        test = standardize_tabular(test)
+    masked = train.mask  # a manifest's empty cells are its missingness: none is added
+    extra = {"manifest": str(cfg.data.manifest), "skipped_rows": md.skipped,
+             "tabular_standardization": "per-client"}  # fmt: skip
+    return PreparedData(train, test, parts, [masked[i] for i in parts], extra)
+
+
 def prepare_data(cfg: Config) -> PreparedData:
     """Load the data set, split it across clients and apply the missing-modality pattern."""
     from umbra.data.partition import absent_modalities, apply_missing, partition
 
+    if cfg.data.source == "manifest":
+        return _prepare_manifest(cfg)
     train, test = DATA_SOURCES[cfg.data.source](cfg)
     unknown = sorted(set(cfg.data.missing) - set(train.modalities))
     if unknown:
@@ -334,6 +397,31 @@ def _run_centralized(
     return arrays, history, {"stopped": None}
 
 
+def _with_tensorboard(writer: Any, inner: RoundCallback | None) -> RoundCallback:
+    """Also write each round's numbers as TensorBoard scalars."""
+
+    def on_round(row: dict[str, Any]) -> None:
+        step = int(row["round"])
+        for key in (
+            "accuracy",
+            "macro_f1",
+            "loss",
+            "train_loss",
+            "bytes_up",
+            "bytes_down",
+            "wall_s",
+        ):
+            if isinstance(row.get(key), int | float):
+                writer.add_scalar(f"round/{key}", row[key], step)
+        for group, eps in (row.get("epsilon") or {}).items():
+            writer.add_scalar(f"epsilon/{group}", eps, step)
+        writer.flush()
+        if inner is not None:
+            inner(row)
+
+    return on_round
+
+
 def run_experiment(
     cfg: Config,
     run_dir: Path,
@@ -363,10 +451,18 @@ def run_experiment(
         f"{cfg.federation.mode} training: {cfg.federation.num_clients} clients, "
         f"{cfg.federation.rounds} rounds, strategy {cfg.federation.strategy}"
     )
+    writer = None
+    if cfg.run.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        on_round = _with_tensorboard(writer, on_round)
     t1 = time.perf_counter()
     runner = _run_centralized if cfg.federation.mode == "centralized" else _run_federated
     arrays, history, status = runner(cfg, run_dir, prep, model_spec, on_round)
     train_s = time.perf_counter() - t1
+    if writer is not None:
+        writer.close()
     model = load_model(model_spec, arrays)
     results = {
         "umbra_version": __version__,
@@ -379,6 +475,7 @@ def run_experiment(
             "n_train": len(prep.train),
             "n_test": len(prep.test),
             "clients": prep.client_summary(),
+            **prep.extra,
         },
         "rounds": history,
         "final": final_metrics(model, prep.test),
@@ -397,4 +494,7 @@ def run_experiment(
         },
     }
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
+    from umbra.report import render_report
+
+    render_report(run_dir)
     return results

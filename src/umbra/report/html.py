@@ -1,0 +1,542 @@
+"""``results.json`` (+ ``ledger.jsonl``) -> a self-contained ``report.html``.
+
+The page has no external asset: CSS is inline and plots are base64 PNGs drawn with
+matplotlib's Agg renderer. Every string from the results is escaped (``html.escape``).
+Each section appears only when its data is present; every number shown in a table carries
+its exact value in a ``data-value`` attribute, so tests (and scripts) can check the page
+against ``results.json``.
+
+Fields read from ``results.json`` (all optional; anything missing or of the wrong type is
+skipped, never an error)::
+
+    umbra_version, fingerprint                       header line
+    config.federation.{mode, strategy, num_clients, rounds}
+    config.data.{source, manifest}, config.secure.threshold
+    data.{source, manifest, modalities[], class_names[], n_train, n_test,
+          skipped_rows, tabular_standardization: "per-client"|"secure",
+          clients: [{client, records, per_modality: {m: n}, labels: [n per class]}]}
+    rounds[]: {round, clients (number or list), accuracy, macro_f1, loss, train_loss,
+               bytes_up, bytes_down, wall_s, epsilon: {total, <modality>: ...}}
+    final.{accuracy, macro_f1, loss, per_modality_accuracy: {<m>..., fused},
+           missing_modality_accuracy: {"image+text": acc, ...}}
+    privacy.{mode ("none" = off), unit: "example"|"client", delta, accountant,
+             epsilon: {total, <modality>} (or a number), target_epsilon,
+             noise_added_by: "server"|"clients", noise_multiplier, clip_norm
+             (numbers or {group: number})}
+    secure_aggregation: "none"|"secagg+"|"ckks", or {mode, threshold, dropped, ...}
+    audit: {<attack>: {<metric>: number | {..} , roc: {fpr: [], tpr: []}, ...}}
+    bytes.{up_total, down_total}, timing.{data_s, train_s, total_s}
+
+``ledger.jsonl`` (see :mod:`umbra.privacy.ledger`) is summarised when present, and ε is
+recomputed from it with :func:`umbra.privacy.ledger.replay`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from umbra.errors import DataError
+from umbra.report import plots
+from umbra.report.statement import (
+    LedgerSummary,
+    attack_label,
+    audit_metrics,
+    fmt_bytes,
+    fmt_delta,
+    fmt_num,
+    get_in,
+    is_number,
+    privacy_on,
+    privacy_statement,
+    secure_mode,
+    summarize_ledger,
+)
+
+__all__ = ["REPORT_FILE", "build_report", "render_report"]
+
+REPORT_FILE = "report.html"
+RESULTS_FILE = "results.json"
+LEDGER_FILE = "ledger.jsonl"
+
+_CSS = """
+body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d232a;
+background:#f5f6f8;margin:0}
+main{max-width:980px;margin:0 auto;padding:24px}
+h1{font-size:1.7em;margin:.2em 0}h2{border-bottom:2px solid #1f4e79;padding-bottom:4px;
+margin-top:1.8em}h3{margin-bottom:.3em}
+section{background:#fff;border-radius:8px;padding:4px 20px 16px;margin:16px 0;
+box-shadow:0 1px 3px rgba(0,0,0,.08)}
+.meta{color:#5a6470;font-size:.9em}
+.cards{display:flex;flex-wrap:wrap;gap:12px}
+.card{flex:1 1 150px;background:#eef3f8;border-radius:6px;padding:10px 14px}
+.card .v{font-size:1.5em;font-weight:600}.card .k{color:#5a6470;font-size:.85em}
+table{border-collapse:collapse;margin:8px 0;font-size:.9em}
+th,td{padding:3px 10px;border-bottom:1px solid #dde2e8;text-align:left}
+td.n{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#eef3f8}
+img{max-width:100%;height:auto;display:block;margin:8px 0}
+#statement p{margin:.3em 0 .8em}
+.warn{color:#a33;font-weight:600}
+pre{background:#f0f2f5;padding:10px;overflow:auto;font-size:.8em}
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _img(png: bytes | None, alt: str) -> str:
+    if png is None:
+        return ""
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _cell(v: Any) -> str:
+    if is_number(v):
+        return f'<td class="n" data-value="{_e(json.dumps(v))}">{_e(fmt_num(v))}</td>'
+    return f"<td>{_e('' if v is None else v)}</td>"
+
+
+def _table(name: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A table whose numeric cells carry their exact value in ``data-value``."""
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
+    return f'<table data-table="{_e(name)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _section(sid: str, title: str, body: str) -> str:
+    return f'<section id="{_e(sid)}"><h2>{_e(title)}</h2>{body}</section>'
+
+
+def _rounds(results: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    rounds = results.get("rounds")
+    return [r for r in rounds if isinstance(r, Mapping)] if isinstance(rounds, list) else []
+
+
+def _col(rounds: Sequence[Mapping[str, Any]], key: str) -> list[float | None]:
+    return [float(r[key]) if is_number(r.get(key)) else None for r in rounds]
+
+
+def _xs(rounds: Sequence[Mapping[str, Any]]) -> list[float]:
+    return [
+        float(r["round"]) if is_number(r.get("round")) else float(i + 1)
+        for i, r in enumerate(rounds)
+    ]
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _summary(results: Mapping[str, Any]) -> str:
+    cards: list[tuple[str, str]] = []
+    acc = get_in(results, "final", "accuracy")
+    if is_number(acc):
+        cards.append(("fused test accuracy", f"{100 * acc:.1f}%"))
+    f1 = get_in(results, "final", "macro_f1")
+    if is_number(f1):
+        cards.append(("macro-F1", f"{f1:.3f}"))
+    if privacy_on(results):
+        eps = get_in(results, "privacy", "epsilon")
+        total = eps.get("total") if isinstance(eps, Mapping) else eps
+        delta = get_in(results, "privacy", "delta")
+        if is_number(total):
+            d = f", δ={fmt_delta(delta)}" if is_number(delta) else ""
+            cards.append((f"ε{d}", f"{total:.2f}"))
+    elif "privacy" in results:
+        cards.append(("differential privacy", "off"))
+    mode, _ = secure_mode(results)
+    if mode is not None:
+        cards.append(("secure aggregation", mode))
+    up = get_in(results, "bytes", "up_total")
+    if is_number(up):
+        cards.append(("uploaded", fmt_bytes(up)))
+    body = "".join(
+        f'<div class="card"><div class="v">{_e(v)}</div><div class="k">{_e(k)}</div></div>'
+        for k, v in cards
+    )
+    return _section("summary", "Summary", f'<div class="cards">{body}</div>') if cards else ""
+
+
+def _statement(results: Mapping[str, Any], ledger: LedgerSummary | None) -> str:
+    parts = privacy_statement(results, ledger)
+    if not parts:
+        return ""
+    body = "".join(
+        f"<h3>{_e(p.title)}</h3><p>{' '.join(_e(s) for s in p.sentences)}</p>" for p in parts
+    )
+    return _section("statement", "Privacy statement", body)
+
+
+_ROUND_COLUMNS = (
+    ("round", "round"),
+    ("clients", "clients"),
+    ("accuracy", "accuracy"),
+    ("macro_f1", "macro-F1"),
+    ("loss", "test loss"),
+    ("train_loss", "train loss"),
+    ("bytes_up", "bytes up"),
+    ("bytes_down", "bytes down"),
+    ("wall_s", "wall (s)"),
+)
+
+
+def _training(results: Mapping[str, Any]) -> str:
+    rounds = _rounds(results)
+    if not rounds:
+        return ""
+    xs = _xs(rounds)
+    acc = {k: _col(rounds, k) for k in ("accuracy", "macro_f1") if any(_col(rounds, k))}
+    loss = {k: _col(rounds, k) for k in ("loss", "train_loss") if any(_col(rounds, k))}
+    png = plots.line_chart(
+        xs,
+        acc,
+        xlabel="round",
+        ylabel="accuracy / macro-F1",
+        title="Accuracy and loss per round",
+        right=loss,
+        right_label="loss",
+    )
+    cols = [(k, h) for k, h in _ROUND_COLUMNS if any(k in r for r in rounds)]
+    has_eps = any(isinstance(r.get("epsilon"), Mapping) for r in rounds)
+    rows = []
+    for r in rounds:
+        row = [
+            len(r[k]) if k == "clients" and isinstance(r.get(k), list) else r.get(k)
+            for k, _ in cols
+        ]
+        if has_eps:
+            row.append(get_in(r, "epsilon", "total"))
+        rows.append(row)
+    header = [h for _, h in cols] + (["ε total"] if has_eps else [])
+    body = _img(png, "accuracy and loss per round") + _table("rounds", header, rows)
+    return _section("training", "Training: accuracy and loss per round", body)
+
+
+def _modalities(results: Mapping[str, Any]) -> str:
+    per = get_in(results, "final", "per_modality_accuracy")
+    if not isinstance(per, Mapping) or not per:
+        return ""
+    vals = {str(k): float(v) for k, v in per.items() if is_number(v)}
+    png = plots.bar_chart(
+        vals, ylabel="test accuracy", title="Each modality alone vs fused", highlight="fused"
+    )
+    rows = [[k, v] for k, v in vals.items()]
+    body = (
+        "<p>Test accuracy of the global model fed one modality at a time, and all of them "
+        "(fused).</p>"
+        + _img(png, "per-modality accuracy")
+        + _table("per_modality_accuracy", ["input", "accuracy"], rows)
+    )
+    return _section("modalities", "Per-modality and fused accuracy", body)
+
+
+def _missing(results: Mapping[str, Any]) -> str:
+    miss = get_in(results, "final", "missing_modality_accuracy")
+    if not isinstance(miss, Mapping) or not miss:
+        return ""
+    vals = {str(k): float(v) for k, v in miss.items() if is_number(v)}
+    png = plots.bar_chart(vals, ylabel="test accuracy", title="Accuracy per available subset")
+    body = (
+        "<p>Test accuracy when only the listed modalities are present.</p>"
+        + _img(png, "missing-modality accuracy")
+        + _table(
+            "missing_modality_accuracy",
+            ["modalities present", "accuracy"],
+            [[k, v] for k, v in vals.items()],
+        )
+    )
+    return _section("missing", "Accuracy with missing modalities", body)
+
+
+def _communication(results: Mapping[str, Any]) -> str:
+    rounds = _rounds(results)
+    up, down = _col(rounds, "bytes_up"), _col(rounds, "bytes_down")
+    if not rounds or not (any(v is not None for v in up) or any(v is not None for v in down)):
+        return ""
+    stacks = {
+        "up (clients → server)": [(v or 0.0) / 1e6 for v in up],
+        "down (server → clients)": [(v or 0.0) / 1e6 for v in down],
+    }
+    png = plots.stacked_bars(
+        _xs(rounds),
+        stacks,
+        xlabel="round",
+        ylabel="MB",
+        title="Bytes per round (serialized messages, all clients)",
+    )
+    tot_up = get_in(results, "bytes", "up_total")
+    tot_down = get_in(results, "bytes", "down_total")
+    rows = [[k, v] for k, v in (("bytes up", tot_up), ("bytes down", tot_down)) if is_number(v)]
+    body = _img(png, "bytes per round") + (
+        _table("bytes", ["total", "bytes"], rows) if rows else ""
+    )
+    return _section("communication", "Communication", body)
+
+
+def _privacy(results: Mapping[str, Any]) -> str:
+    if not privacy_on(results):
+        return ""
+    p = results["privacy"]
+    eps = p.get("epsilon")
+    eps = eps if isinstance(eps, Mapping) else {"total": eps}
+    settings = [
+        [k, p.get(k)]
+        for k in ("mode", "unit", "delta", "accountant", "target_epsilon", "noise_added_by")
+        if p.get(k) is not None
+    ]
+    for k in ("noise_multiplier", "clip_norm"):
+        v = p.get(k)
+        if isinstance(v, Mapping):
+            settings += [[f"{k} ({g})", x] for g, x in v.items()]
+        elif v is not None:
+            settings.append([k, v])
+    body = _table("privacy", ["setting", "value"], settings)
+    body += _table("epsilon", ["group", "ε"], [[k, v] for k, v in eps.items() if is_number(v)])
+    rounds = _rounds(results)
+    keys: list[str] = []
+    for r in rounds:
+        e = r.get("epsilon")
+        if isinstance(e, Mapping):
+            keys += [str(k) for k in e if k not in keys and is_number(e[k])]
+    if keys:
+        series = {
+            k: [float(v) if is_number(v := get_in(r, "epsilon", k)) else None for r in rounds]
+            for k in keys
+        }
+        body += _img(
+            plots.line_chart(
+                _xs(rounds),
+                series,
+                xlabel="round",
+                ylabel="ε",
+                title="ε spent so far, per modality and in total",
+            ),
+            "epsilon per round",
+        )
+    return _section("privacy", "Differential privacy", body)
+
+
+def _ledger(ledger: LedgerSummary | None) -> str:
+    if ledger is None:
+        return ""
+    h = ledger.header
+    rows: list[list[Any]] = [
+        [k, h[k]] for k in ("unit", "delta", "accountant", "version") if k in h
+    ]
+    rows += [
+        ["releases", ledger.releases],
+        ["rounds with releases", len(ledger.rounds)],
+        ["parties", ledger.parties],
+        ["lines", ledger.lines],
+    ]
+    if ledger.unreadable:
+        rows.append(["unreadable lines (skipped)", ledger.unreadable])
+    body = _table("ledger", ["ledger", "value"], rows)
+    grows = [
+        [
+            g,
+            v["lines"],
+            v["steps"],
+            ", ".join(fmt_num(x) for x in v["noise_multiplier"]),
+            ", ".join(fmt_num(x) for x in v["clip_norm"]),
+            ", ".join(fmt_num(x) for x in v["sample_rate"]),
+        ]
+        for g, v in ledger.groups.items()
+    ]
+    if grows:
+        body += _table(
+            "ledger_groups",
+            ["group", "lines", "steps", "noise multiplier σ", "clip norm C", "sample rate q"],
+            grows,
+        )
+    if ledger.recomputed is not None:
+        body += "<p>ε recomputed from the ledger alone:</p>" + _table(
+            "ledger_epsilon", ["group", "ε"], [[k, v] for k, v in ledger.recomputed.items()]
+        )
+    elif ledger.recompute_error:
+        body += f'<p class="warn">ε could not be recomputed: {_e(ledger.recompute_error)}</p>'
+    body += "".join(f'<p class="warn">{_e(w)}</p>' for w in ledger.warnings)
+    return _section("ledger", "Privacy ledger", body)
+
+
+def _secure(results: Mapping[str, Any]) -> str:
+    mode, details = secure_mode(results)
+    if mode is None:
+        return ""
+    counts = [r.get("clients") for r in _rounds(results)]
+    n = [len(c) if isinstance(c, list) else c for c in counts if isinstance(c, list | int)]
+    per_round = (
+        f"up to {max(n)} individual updates per round" if n else "each organisation's update"
+    )
+    saw = {
+        "none": f"{per_round}, in the clear",
+        "secagg+": "masked updates; only their sum could be unmasked",
+        "ckks": "CKKS ciphertexts and the decrypted aggregate",
+    }.get(mode, "(not described for this mode)")
+    rows: list[list[Any]] = [["mode", mode], ["what the server could see", saw]]
+    rows += [
+        [k, v if is_number(v) or isinstance(v, str) else json.dumps(v)] for k, v in details.items()
+    ]
+    return _section("secure", "Secure aggregation", _table("secure", ["", ""], rows))
+
+
+def _audit(results: Mapping[str, Any]) -> str:
+    audit = results.get("audit")
+    if not isinstance(audit, Mapping) or not audit:
+        return ""
+    body = ""
+    for name, entry in audit.items():
+        label = attack_label(str(name))
+        body += f"<h3>{_e(label[:1].upper() + label[1:])}</h3>"
+        metrics = audit_metrics(entry)
+        if metrics:
+            body += _table(
+                f"audit.{name}", ["metric", "value"], [[k, v] for k, v in metrics.items()]
+            )
+        roc = entry.get("roc") if isinstance(entry, Mapping) else None
+        roc = roc if isinstance(roc, Mapping) else entry if isinstance(entry, Mapping) else {}
+        fpr, tpr = roc.get("fpr"), roc.get("tpr")
+        if isinstance(fpr, list) and isinstance(tpr, list) and all(map(is_number, fpr + tpr)):
+            body += _img(plots.roc_curve(fpr, tpr, title=f"{label}: ROC"), f"{label} ROC")
+        if isinstance(entry, Mapping):
+            for k, v in entry.items():
+                if (
+                    k not in ("fpr", "tpr")
+                    and isinstance(v, list)
+                    and len(v) > 1
+                    and all(map(is_number, v))
+                ):
+                    body += _img(
+                        plots.line_chart(
+                            list(range(1, len(v) + 1)),
+                            {str(k): v},
+                            xlabel="index",
+                            ylabel=str(k),
+                            title=f"{label}: {k}",
+                        ),
+                        f"{label} {k}",
+                    )
+    return _section("audit", "Attacks (privacy audit)", body)
+
+
+def _data(results: Mapping[str, Any]) -> str:
+    clients = get_in(results, "data", "clients")
+    if not isinstance(clients, list) or not clients:
+        return ""
+    mods = get_in(results, "data", "modalities", default=[])
+    names = get_in(results, "data", "class_names", default=[])
+    rows = []
+    for c in clients:
+        if not isinstance(c, Mapping):
+            continue
+        labels = c.get("labels")
+        nz = sum(1 for x in labels if is_number(x) and x > 0) if isinstance(labels, list) else None
+        rows.append(
+            [c.get("client"), c.get("records"), *[get_in(c, "per_modality", m) for m in mods], nz]
+        )
+    header = ["organisation", "records", *[f"with {m}" for m in mods], "classes held"]
+    intro = ""
+    if names:
+        intro = f"<p>{len(names)} classes: {_e(', '.join(map(str, names)))}.</p>"
+    return _section("data", "Organisations and their data", intro + _table("clients", header, rows))
+
+
+def _config(results: Mapping[str, Any]) -> str:
+    cfg = results.get("config")
+    if not isinstance(cfg, Mapping):
+        return ""
+    text = json.dumps(cfg, indent=2, sort_keys=True, default=str)
+    return _section(
+        "config",
+        "Configuration",
+        f"<details><summary>fully resolved configuration</summary><pre>{_e(text)}</pre></details>",
+    )
+
+
+_SECTIONS: tuple[Callable[[Mapping[str, Any]], str], ...] = (
+    _training,
+    _modalities,
+    _missing,
+    _communication,
+    _privacy,
+)
+
+
+def build_report(
+    results: Mapping[str, Any], ledger: LedgerSummary | None = None, *, title: str = "Umbra run"
+) -> str:
+    """The report page for ``results`` (and an optional ledger summary), as HTML text."""
+    fed = get_in(results, "config", "federation", default={})
+    meta = [
+        f"{k} {v}"
+        for k, v in (
+            ("Umbra", results.get("umbra_version")),
+            ("data", get_in(results, "data", "source")),
+            ("mode", get_in(fed, "mode")),
+            ("strategy", get_in(fed, "strategy")),
+            ("clients", get_in(fed, "num_clients")),
+            ("rounds", get_in(fed, "rounds")),
+            ("config", results.get("fingerprint")),
+        )
+        if v is not None
+    ]
+    parts = [
+        f'<header><h1>{_e(title)}</h1><p class="meta">{_e(" · ".join(meta))}</p></header>',
+        _summary(results),
+        _statement(results, ledger),
+        *(f(results) for f in _SECTIONS),
+        _ledger(ledger),
+        _secure(results),
+        _audit(results),
+        _data(results),
+        _config(results),
+    ]
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_e(title)} — report</title><style>{_CSS}</style></head>"
+        f"<body><main>{''.join(parts)}</main></body></html>\n"
+    )
+
+
+def render_report(run_dir: Path, *, verify_ledger: bool = True) -> Path:
+    """Write ``run_dir/report.html`` from ``run_dir/results.json`` (and ``ledger.jsonl``).
+
+    Args:
+        run_dir: a run's output folder.
+        verify_ledger: recompute ε from the ledger (dp-accounting) and show it.
+
+    Returns:
+        The path of the report.
+
+    Raises:
+        DataError: ``results.json`` is missing or is not a JSON object.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / RESULTS_FILE
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{run_dir} has no {RESULTS_FILE}: is it an Umbra run folder?") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path} is not readable JSON: {exc}") from None
+    if not isinstance(results, dict):
+        raise DataError(f"{path} must hold a JSON object")
+    ledger = summarize_ledger(run_dir / LEDGER_FILE, recompute=verify_ledger)
+    page = build_report(results, ledger, title=f"Umbra run {run_dir.resolve().name}")
+    out = run_dir / REPORT_FILE
+    tmp = run_dir / f".{REPORT_FILE}.{os.getpid()}.tmp"  # same folder: os.replace is atomic
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out

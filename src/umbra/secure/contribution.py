@@ -1,0 +1,226 @@
+"""What one client contributes to a secure aggregate, and how the server turns sums back
+into a modality-aware average (pure numpy: no Flower, no cryptography).
+
+Secure aggregation reveals only sums, so every weighted mean must be written as a ratio of
+sums. For a parameter ``k`` of weight group ``g(k)`` (shared parameters: ``num-examples``;
+an encoder or projection of modality ``m``: ``n-m``; the ``cv.`` SCAFFOLD control keys
+follow the key they control) client ``i`` contributes
+
+    c_{i,k} = (n_{i,g(k)} / B) * (y_{i,k} - x_k)        (model keys)
+    c_{i,k} = (n_{i,g(k)} / B) * dc_{i,k}                (``cv.`` keys: already deltas)
+
+plus the exact integer counts ``n_{i,g}``. The server computes
+``x_k + sum_i c_{i,k} / (sum_i n_{i,g(k)} / B)``, which equals the plaintext
+modality-aware average (`umbra.federation.strategies.modality_weighted_average`) of the
+``y_i`` up to quantization error; a group nobody holds keeps the previous value (zeros
+for ``cv.`` deltas), as in the plaintext rule.
+
+Normalisation. ``B`` (``weight_scale``) is a public number the server announces each
+round: the mean number of examples per summed client of the previous round (which the
+server learnt from the previous *aggregate*), or `DEFAULT_WEIGHT_SCALE` in the first
+round. It keeps ``n_i / B`` near 1, so the weighted deltas use the fixed-point range
+``±clip_range`` well (quantization step ``2 clip_range n / 2^32`` in SecAgg+'s ring).
+Values beyond ``±clip_range`` are clipped by the encoder; `clipped_fraction` reports how
+many were.
+
+Training metrics (``train-*`` losses) are aggregated securely too, weighted by
+``num-examples`` and divided by `METRIC_SCALE` so that they fit the same range.
+
+DP hook: a reply whose metrics hold ``dp-unweighted = 1`` carries arrays that are already
+the client's clipped and noised *update* (a delta). They are contributed as sent with
+weight 1 (a uniform sum), and the server adds ``sum / number of summed clients`` to
+``x``; the counts are still summed. A round mixing both kinds aborts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from umbra.data.dataset import MODALITIES
+
+__all__ = [
+    "CONTROL_PREFIX",
+    "DEFAULT_WEIGHT_SCALE",
+    "DP_UNWEIGHTED",
+    "METRIC_KEYS",
+    "METRIC_SCALE",
+    "WEIGHT_GROUPS",
+    "Contribution",
+    "clipped_fraction",
+    "combine_sums",
+    "int_template",
+    "make_contribution",
+    "next_weight_scale",
+    "payload_template",
+]
+
+CONTROL_PREFIX = "cv."
+#: Weight groups, in the order of the integer count vectors.
+WEIGHT_GROUPS: tuple[str, ...] = ("num-examples", *(f"n-{m}" for m in MODALITIES))
+#: Training metrics aggregated securely (weighted by num-examples).
+METRIC_KEYS: tuple[str, ...] = ("train-ce", "train-align", "train-total")
+#: Metrics travel divided by this, so that losses up to ``METRIC_SCALE * clip`` fit.
+METRIC_SCALE = 64.0
+#: ``B`` in the first round (Flower's SecAgg+ uses a fixed ``max_weight = 1000``).
+DEFAULT_WEIGHT_SCALE = 1000.0
+#: Reply metric marking a client-level-DP update (already clipped and noised).
+DP_UNWEIGHTED = "dp-unweighted"
+_METRIC_PREFIX = "metric/"
+
+KeyModality = Callable[[str], "str | None"]
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """One client's payload: float arrays (quantized/encrypted) and exact int64 counts."""
+
+    floats: dict[str, np.ndarray]
+    ints: dict[str, np.ndarray]
+
+
+def _strip(key: str) -> str:
+    return key[len(CONTROL_PREFIX) :] if key.startswith(CONTROL_PREFIX) else key
+
+
+def _group(key: str, key_modality: KeyModality) -> int:
+    modality = key_modality(_strip(key))
+    if modality is None:
+        return 0
+    name = f"n-{modality}"
+    if name not in WEIGHT_GROUPS:
+        raise ValueError(f"parameter {key!r} has unknown modality {modality!r}")
+    return WEIGHT_GROUPS.index(name)
+
+
+def payload_template(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """Zero float arrays of the payload for arrays of ``shapes`` (sorted names, fixed order)."""
+    out = {k: np.zeros(shapes[k], dtype=np.float64) for k in sorted(shapes)}
+    out.update({_METRIC_PREFIX + m: np.zeros(1) for m in METRIC_KEYS})
+    return out
+
+
+def int_template() -> dict[str, np.ndarray]:
+    """Zero int arrays of the payload: counts, applied weights, DP flag, client count."""
+    g = len(WEIGHT_GROUPS)
+    return {
+        "counts": np.zeros(g, dtype=np.int64),
+        "weights": np.zeros(g, dtype=np.int64),
+        "dp": np.zeros(1, dtype=np.int64),
+        "clients": np.zeros(1, dtype=np.int64),
+    }
+
+
+def make_contribution(
+    x: Mapping[str, np.ndarray],
+    reply_arrays: Mapping[str, np.ndarray],
+    metrics: Mapping[str, float | int],
+    *,
+    key_modality: KeyModality,
+    weight_scale: float,
+) -> Contribution:
+    """Weighted update of one client (see the module docstring).
+
+    Args:
+        x: the global arrays the client started from (model keys; ``cv.`` keys ignored).
+        reply_arrays: the client's reply (``y``, plus ``cv.`` control deltas).
+        metrics: the reply metrics (``num-examples``, ``n-<m>``, ``train-*``, optionally
+            ``dp-unweighted``).
+        key_modality: parameter name -> modality or None (shared).
+        weight_scale: ``B > 0``, the public normaliser announced by the server.
+    """
+    if not (np.isfinite(weight_scale) and weight_scale > 0):
+        raise ValueError(f"weight_scale must be a finite float > 0, got {weight_scale}")
+    counts = np.array([int(metrics.get(k, 0)) for k in WEIGHT_GROUPS], dtype=np.int64)
+    if np.any(counts < 0):
+        raise ValueError("counts must be >= 0")
+    dp = int(metrics.get(DP_UNWEIGHTED, 0)) == 1
+    weights = np.ones_like(counts) if dp else counts
+    scale = 1.0 if dp else 1.0 / weight_scale
+    floats: dict[str, np.ndarray] = {}
+    for key in sorted(reply_arrays):
+        y = np.asarray(reply_arrays[key], dtype=np.float64)
+        if dp or key.startswith(CONTROL_PREFIX):
+            delta = y
+        else:
+            if key not in x:
+                raise ValueError(f"reply array {key!r} is not in the global model")
+            delta = y - np.asarray(x[key], dtype=np.float64)
+        floats[key] = delta * (weights[_group(key, key_modality)] * scale)
+    n_ex = float(counts[0]) * (1.0 if dp else scale)
+    for m in METRIC_KEYS:
+        floats[_METRIC_PREFIX + m] = np.array([float(metrics.get(m, 0.0)) * n_ex / METRIC_SCALE])
+    ints = {
+        "counts": counts,
+        "weights": weights.astype(np.int64),
+        "dp": np.array([int(dp)], dtype=np.int64),
+        "clients": np.ones(1, dtype=np.int64),
+    }
+    return Contribution(floats=floats, ints=ints)
+
+
+def clipped_fraction(contribution: Contribution, *, clip: float) -> float:
+    """Fraction of float values outside ``±clip`` (they will be clipped by the encoder)."""
+    total = sum(a.size for a in contribution.floats.values())
+    if total == 0:
+        return 0.0
+    over = sum(int(np.count_nonzero(np.abs(a) > clip)) for a in contribution.floats.values())
+    return over / total
+
+
+def combine_sums(
+    float_sums: Mapping[str, np.ndarray],
+    int_sums: Mapping[str, np.ndarray],
+    x: Mapping[str, np.ndarray],
+    *,
+    key_modality: KeyModality,
+    weight_scale: float,
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Turn the secure sums into the averaged arrays and the aggregated metrics.
+
+    Returns ``(averaged, metrics)``: ``averaged[k] = x_k + sum_i c_{i,k} / W_{g(k)}`` for
+    model keys and ``sum_i c_{i,k} / W_{g(k)}`` for ``cv.`` keys (cast to ``x``'s dtype,
+    float32 for ``cv.``), where ``W`` is the summed weight in the contributions' units; a
+    group with ``W = 0`` keeps ``x_k`` (zeros for ``cv.``). ``metrics`` holds
+    ``num-examples``, the ``n-<m>`` totals and the example-weighted ``train-*`` means.
+    Raises ValueError for a round that mixes DP and non-DP contributions.
+    """
+    clients = int(np.asarray(int_sums["clients"]).ravel()[0])
+    dp = int(np.asarray(int_sums["dp"]).ravel()[0])
+    if clients < 1:
+        raise ValueError("the aggregate holds no client")
+    if dp not in (0, clients):
+        raise ValueError(f"{dp} of {clients} contributions are DP-unweighted: cannot mix them")
+    counts = np.asarray(int_sums["counts"], dtype=np.int64)
+    weights = np.asarray(int_sums["weights"], dtype=np.float64)
+    divisor = weights if dp else weights / weight_scale
+    averaged: dict[str, np.ndarray] = {}
+    for key, total in float_sums.items():
+        if key.startswith(_METRIC_PREFIX):
+            continue
+        w = divisor[_group(key, key_modality)]
+        is_cv = key.startswith(CONTROL_PREFIX)
+        base = None if is_cv else np.asarray(x[key])
+        dtype = np.float32 if is_cv or base is None else base.dtype
+        if w <= 0:
+            averaged[key] = np.zeros(np.shape(total), dtype=dtype) if base is None else base.copy()
+            continue
+        mean = np.asarray(total, dtype=np.float64) / w
+        averaged[key] = (mean if base is None else base.astype(np.float64) + mean).astype(dtype)
+    metrics: dict[str, float] = {k: float(v) for k, v in zip(WEIGHT_GROUPS, counts, strict=True)}
+    n_ex = float(counts[0]) if dp else float(counts[0]) / weight_scale
+    for m in METRIC_KEYS:
+        s = float(np.asarray(float_sums[_METRIC_PREFIX + m]).ravel()[0]) * METRIC_SCALE
+        metrics[m] = s / n_ex if n_ex > 0 else 0.0
+    return averaged, metrics
+
+
+def next_weight_scale(int_sums: Mapping[str, np.ndarray]) -> float:
+    """``B`` for the next round: mean examples per summed client of this aggregate (>= 1)."""
+    clients = int(np.asarray(int_sums["clients"]).ravel()[0])
+    examples = int(np.asarray(int_sums["counts"]).ravel()[0])
+    if clients < 1 or examples < 1:
+        return DEFAULT_WEIGHT_SCALE
+    return max(1.0, examples / clients)

@@ -1,0 +1,231 @@
+"""Client side of SecAgg+ over Flower: the handler of ``train.secagg`` messages.
+
+Runs inside an organisation's ClientApp. Each SecAgg+ stage arrives as its own message
+(``config["stage"]``); the handler dispatches it to `SecAggPlusClient`. The
+collect-masked-input stage also carries the global model: the handler trains locally
+(`train_fn`), turns the update into its weighted contribution
+(`umbra.secure.contribution`), encodes it into Z_{2^32} and masks it.
+
+State between stages. Flower's simulation engine may run a node's consecutive messages in
+different worker processes, so the client's round secrets (X25519 private keys, the
+self-mask seed, the Shamir shares it holds) are kept, like Flower's own SecAgg+ mod does,
+in ``context.state`` - the RecordDict Flower carries with the node's Context - as the
+ConfigRecord ``"secagg-state"``. Trust assumption: the Context belongs to the node. Under
+the Deployment Engine it never leaves the SuperNode; in simulation every party runs in one
+process tree (Flower's engine moves Contexts between its workers), which is a test
+set-up, not a trust boundary. The server never receives a Context, so these secrets never
+reach results.json, checkpoints or anything the server pickles; they are deleted when the
+client sends its unmask reply and overwritten at the next round's first stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message
+
+from umbra.federation.client_app import ClientSpec, TrainFn
+from umbra.federation.records import from_record
+from umbra.models import parameter_modality
+from umbra.secure.contribution import (
+    CONTROL_PREFIX,
+    clipped_fraction,
+    int_template,
+    make_contribution,
+    payload_template,
+)
+from umbra.secure.secagg import crypto
+from umbra.secure.secagg.constants import (
+    STAGE_ADVERTISE_KEYS,
+    STAGE_COLLECT_MASKED,
+    STAGE_SHARE_KEYS,
+    STAGE_UNMASK,
+)
+from umbra.secure.secagg.protocol import (
+    ClientState,
+    ProtocolViolation,
+    SecAggConfig,
+    SecAggPlusClient,
+)
+from umbra.secure.secagg.quantize import PayloadLayout
+from umbra.secure.transport import decode_proto, reply_content
+
+__all__ = ["STATE_RECORD", "load_client", "make_secagg_handler", "save_client"]
+
+log = logging.getLogger("umbra")
+
+#: Name of the ConfigRecord in ``context.state`` holding the client's round state.
+STATE_RECORD = "secagg-state"
+
+
+class DropoutInjected(RuntimeError):
+    """Fault injection: this client drops out after masking (``secure.dropout_clients``)."""
+
+
+def _pairs(prefix: str, mapping: dict[int, bytes]) -> dict[str, Any]:
+    ids = sorted(mapping)
+    out: dict[str, Any] = {f"{prefix}.ids": ids} if ids else {}
+    if ids:
+        out[f"{prefix}.vals"] = [mapping[i] for i in ids]
+    return out
+
+
+def _unpairs(record: ConfigRecord, prefix: str) -> dict[int, bytes]:
+    if f"{prefix}.ids" not in record:
+        return {}
+    ids: list[Any] = list(record[f"{prefix}.ids"])  # type: ignore[arg-type]
+    vals: list[Any] = list(record[f"{prefix}.vals"])  # type: ignore[arg-type]
+    return {int(i): bytes(v) for i, v in zip(ids, vals, strict=True)}
+
+
+def save_client(context: Context, client: SecAggPlusClient) -> None:
+    """Store ``client``'s state (secrets included) in ``context.state``."""
+    st = client.state
+    rec: dict[str, Any] = {"client_id": st.client_id, "stage": st.stage}
+    if st.config is not None:
+        rec.update({f"cfg.{k}": int(v) for k, v in st.config.to_message().items()})
+    if st.graph:
+        rec["graph.ids"] = sorted(st.graph)
+        for node, nbrs in st.graph.items():
+            rec[f"graph.{node}"] = sorted(nbrs) or [-1]
+    rec.update(_pairs("pk_c", st.pk_c))
+    rec.update(_pairs("pk_s", st.pk_s))
+    rec.update(_pairs("b", st.b_shares))
+    rec.update(_pairs("sk", st.sk_shares))
+    if st.masked_with:
+        rec["masked_with"] = list(st.masked_with)
+    if st.rejected:
+        rec["rejected"] = list(st.rejected)
+    if st.c_keys is not None and st.s_keys is not None:
+        rec["c_key"] = crypto.private_bytes(st.c_keys.private)
+        rec["s_key"] = crypto.private_bytes(st.s_keys.private)
+    if st.self_seed is not None:
+        rec["self_seed"] = st.self_seed
+    context.state[STATE_RECORD] = ConfigRecord(rec)
+
+
+def load_client(context: Context) -> SecAggPlusClient | None:
+    """Rebuild the client stored by `save_client` (None if there is none)."""
+    if STATE_RECORD not in context.state:
+        return None
+    rec = context.state.config_records[STATE_RECORD]
+    client = SecAggPlusClient(int(rec["client_id"]))  # type: ignore[arg-type]
+    st: ClientState = client.state
+    st.stage = str(rec["stage"])
+    cfg = {k[4:]: v for k, v in rec.items() if k.startswith("cfg.")}
+    if cfg:
+        st.config = SecAggConfig.from_message(cfg)
+    if "graph.ids" in rec:
+        ids: list[Any] = list(rec["graph.ids"])  # type: ignore[arg-type]
+        st.graph = {}
+        for n in ids:
+            nbrs: list[Any] = list(rec[f"graph.{n}"])  # type: ignore[arg-type]
+            st.graph[int(n)] = frozenset(int(j) for j in nbrs if int(j) >= 0)
+    st.pk_c, st.pk_s = _unpairs(rec, "pk_c"), _unpairs(rec, "pk_s")
+    st.b_shares, st.sk_shares = _unpairs(rec, "b"), _unpairs(rec, "sk")
+    st.masked_with = tuple(int(j) for j in rec.get("masked_with", []))  # type: ignore[union-attr]
+    st.rejected = tuple(int(j) for j in rec.get("rejected", []))  # type: ignore[union-attr]
+    if "c_key" in rec and "s_key" in rec:
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+        st.c_keys = crypto.KeyPair(X25519PrivateKey.from_private_bytes(bytes(rec["c_key"])))  # type: ignore[arg-type]
+        st.s_keys = crypto.KeyPair(X25519PrivateKey.from_private_bytes(bytes(rec["s_key"])))  # type: ignore[arg-type]
+    if "self_seed" in rec:
+        st.self_seed = bytes(rec["self_seed"])  # type: ignore[arg-type]
+    return client
+
+
+def forget_client(context: Context) -> None:
+    """Delete the stored round state (secrets included)."""
+    if STATE_RECORD in context.state:
+        del context.state[STATE_RECORD]
+
+
+def _rng() -> np.random.Generator:
+    """Stochastic-rounding noise (not secret), seeded from the OS CSPRNG."""
+    return np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
+
+
+def masked_contribution_vector(
+    msg: Message, train_reply: Message, *, num_clients: int
+) -> tuple[np.ndarray, float]:
+    """Encode the weighted contribution of ``train_reply`` for the ring (uint32 vector).
+
+    Returns ``(vector, clipped fraction)``. Public parameters come from the message's
+    ConfigRecord ``"config"``: ``clip-range``, ``weight-scale``, ``modality-aware``.
+    """
+    cfg = msg.content["config"]
+    clip = float(cfg["clip-range"])  # type: ignore[arg-type]
+    incoming = from_record(msg.content.array_records["arrays"])
+    x = {k: v for k, v in incoming.items() if not k.startswith(CONTROL_PREFIX)}
+    y = from_record(train_reply.content.array_records["arrays"])
+    metrics = dict(next(iter(train_reply.content.metric_records.values())))
+    key_modality = parameter_modality if bool(cfg.get("modality-aware", True)) else _shared
+    contribution = make_contribution(
+        x,
+        y,
+        metrics,  # type: ignore[arg-type]
+        key_modality=key_modality,
+        weight_scale=float(cfg["weight-scale"]),  # type: ignore[arg-type]
+    )
+    shapes = {k: tuple(v.shape) for k, v in incoming.items()}
+    layout = PayloadLayout.from_arrays(
+        payload_template(shapes), int_template(), clip=clip, num_clients=num_clients
+    )
+    vector = layout.encode(contribution.floats, contribution.ints, rng=_rng())
+    return vector, clipped_fraction(contribution, clip=clip)
+
+
+def _shared(_: str) -> str | None:
+    return None
+
+
+def make_secagg_handler(train_fn: TrainFn, spec: ClientSpec) -> TrainFn:
+    """Factory registered as the ``secagg`` client action (``train.secagg`` messages)."""
+    secure = dict(spec.extra.get("secure", {}))
+    dropouts = {int(c) for c in secure.get("dropout_clients", [])}
+
+    def handler(msg: Message, context: Context) -> Message:
+        pid = int(context.node_config["partition-id"])
+        stage = str(msg.content["config"]["stage"])
+        proto = decode_proto(msg.content)
+        if stage == STAGE_ADVERTISE_KEYS:
+            client = SecAggPlusClient(int(msg.content["config"]["secagg-id"]))  # type: ignore[arg-type]
+            reply = client.advertise_keys(proto)
+        else:
+            loaded = load_client(context)
+            if loaded is None:
+                raise ProtocolViolation(f"client {pid}: stage {stage!r} before advertise_keys")
+            client = loaded
+            if stage == STAGE_SHARE_KEYS:
+                reply = client.share_keys(proto)
+            elif stage == STAGE_COLLECT_MASKED:
+                cfg = client.state.config
+                assert cfg is not None
+                train_reply = train_fn(msg, context)
+                vector, clipped = masked_contribution_vector(
+                    msg, train_reply, num_clients=cfg.num_clients
+                )
+                if clipped > 0:
+                    log.warning(
+                        "secagg+ client %d: %.2g%% of the weighted update clipped to the "
+                        "quantization range",
+                        pid,
+                        100 * clipped,
+                    )
+                reply = client.collect_masked_input(proto, vector=vector)
+            elif stage == STAGE_UNMASK:
+                reply = client.unmask(proto)
+                forget_client(context)
+                return Message(content=reply_content(reply, partition_id=pid), reply_to=msg)
+            else:
+                raise ProtocolViolation(f"client {pid}: unknown stage {stage!r}")
+        save_client(context, client)
+        if stage == STAGE_COLLECT_MASKED and pid in dropouts:
+            raise DropoutInjected(f"client {pid} drops out after masking (fault injection)")
+        return Message(content=reply_content(reply, partition_id=pid), reply_to=msg)
+
+    return handler

@@ -1,0 +1,205 @@
+"""Server side of SecAgg+ over Flower: one training round as four ``train.secagg`` stages.
+
+`SecAggPlusWorkflow` drives `SecAggPlusServer` through the Grid, one method per stage
+(advertise keys -> share keys -> collect masked inputs -> unmask); the third stage carries
+the strategy's train message (global arrays, config), so the clients train there. The
+server only ever holds public keys, encrypted shares, masked vectors and the unmasked
+*sum* of the weighted contributions (`umbra.secure.contribution`), which it divides by
+the summed counts and hands to the strategy (`strategy_step`: FedAvg keeps the average,
+FedAdam/SCAFFOLD apply their server step). Fewer than ``t = ceil(threshold * n)``
+survivors: the round aborts, nothing is revealed and the model stays unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, RecordDict
+from flwr.serverapp import Grid
+
+from umbra.federation.records import to_record
+from umbra.federation.rounds import RoundOutcome, strategy_step
+from umbra.federation.strategies import ModalityFedAvg
+from umbra.secure.contribution import (
+    DEFAULT_WEIGHT_SCALE,
+    combine_sums,
+    int_template,
+    next_weight_scale,
+    payload_template,
+)
+from umbra.secure.secagg.constants import (
+    STAGE_ADVERTISE_KEYS,
+    STAGE_COLLECT_MASKED,
+    STAGE_SHARE_KEYS,
+    STAGE_UNMASK,
+)
+from umbra.secure.secagg.protocol import SecAggAbort, SecAggConfig, SecAggPlusServer
+from umbra.secure.secagg.quantize import PayloadLayout
+from umbra.secure.transport import StageExchange
+
+__all__ = ["MESSAGE_TYPE", "SecAggPlusWorkflow", "round_threshold", "secagg_train_round"]
+
+log = logging.getLogger("umbra")
+
+MESSAGE_TYPE = "train.secagg"
+
+
+def round_threshold(fraction: float, num_clients: int) -> int:
+    """``t = ceil(fraction * n)`` clients, for ``fraction`` in (0.5, 1]."""
+    if not 0.5 < fraction <= 1.0:
+        raise ValueError(f"threshold must be in (0.5, 1], got {fraction}")
+    return max(1, min(num_clients, math.ceil(fraction * num_clients - 1e-9)))
+
+
+@dataclass
+class _RunState:
+    """Public state kept across rounds for one strategy (one run)."""
+
+    weight_scale: float = DEFAULT_WEIGHT_SCALE
+    seen_digests: set[bytes] = field(default_factory=set, repr=False)
+
+
+_RUNS: weakref.WeakKeyDictionary[Any, _RunState] = weakref.WeakKeyDictionary()
+
+
+def run_state(strategy: Any) -> _RunState:
+    """Per-run public state (weight scale ``B``, digests of past masked vectors)."""
+    if strategy not in _RUNS:
+        _RUNS[strategy] = _RunState()
+    return _RUNS[strategy]
+
+
+class SecAggPlusWorkflow:
+    """One SecAgg+ training round over a Flower Grid (Bell et al., CCS 2020)."""
+
+    def __init__(
+        self,
+        strategy: ModalityFedAvg,
+        grid: Grid,
+        server_round: int,
+        arrays: Mapping[str, np.ndarray],
+        *,
+        secure: Mapping[str, Any],
+        timeout_s: float,
+    ) -> None:
+        self.strategy = strategy
+        self.arrays = dict(arrays)
+        self.secure = dict(secure)
+        self.run = run_state(strategy)
+        self.weight_scale = self.run.weight_scale
+        self.train_content: dict[int, RecordDict] = {
+            m.metadata.dst_node_id: m.content
+            for m in strategy.configure_train(server_round, to_record(arrays), ConfigRecord(), grid)
+        }
+        self.nodes = sorted(self.train_content)
+        self.exchange = StageExchange(grid, MESSAGE_TYPE, timeout_s, server_round)
+        n = len(self.nodes)
+        first = next(iter(self.train_content.values()))
+        shapes = {k: tuple(v.shape) for k, v in first.array_records["arrays"].items()}
+        self.clip = float(self.secure.get("clip_range", 4.0))
+        self.layout = PayloadLayout.from_arrays(
+            payload_template(shapes), int_template(), clip=self.clip, num_clients=max(n, 1)
+        )
+        self.config = SecAggConfig(
+            round_number=server_round,
+            num_clients=max(n, 1),
+            threshold=round_threshold(float(self.secure.get("threshold", 0.67)), max(n, 1)),
+            vector_length=self.layout.size,
+        )
+        self.server = SecAggPlusServer(self.config, seen_digests=self.run.seen_digests)
+
+    # node id <-> protocol id (0..n-1 in node order)
+    def _to_nodes(self, requests: Mapping[int, Any]) -> dict[int, Any]:
+        return {self.nodes[i]: msg for i, msg in requests.items()}
+
+    def _to_ids(self, replies: Mapping[int, Any]) -> dict[int, Any]:
+        index = {node: i for i, node in enumerate(self.nodes)}
+        return {index[node]: msg for node, msg in replies.items() if node in index}
+
+    def advertise_keys(self) -> dict[int, dict[str, Any]]:
+        requests = self._to_nodes(self.server.advertise_keys(list(range(len(self.nodes)))))
+        ids = {node: {"secagg-id": i} for i, node in enumerate(self.nodes)}
+        return self._to_ids(self.exchange.send(STAGE_ADVERTISE_KEYS, requests, per_node_config=ids))
+
+    def share_keys(self, replies: Mapping[int, Any]) -> dict[int, dict[str, Any]]:
+        requests = self._to_nodes(self.server.share_keys(replies))
+        return self._to_ids(self.exchange.send(STAGE_SHARE_KEYS, requests))
+
+    def collect_masked_inputs(self, replies: Mapping[int, Any]) -> dict[int, dict[str, Any]]:
+        requests = self._to_nodes(self.server.collect_masked(replies))
+        public = {
+            "clip-range": self.clip,
+            "weight-scale": self.weight_scale,
+            "modality-aware": bool(self.strategy.modality_aware),
+        }
+        return self._to_ids(
+            self.exchange.send(
+                STAGE_COLLECT_MASKED, requests, config=public, base=self.train_content
+            )
+        )
+
+    def unmask(self, replies: Mapping[int, Any]) -> tuple[np.ndarray, int]:
+        requests = self._to_nodes(self.server.unmask(replies))
+        return self.server.aggregate(self._to_ids(self.exchange.send(STAGE_UNMASK, requests)))
+
+    def run_round(self) -> RoundOutcome:
+        """All four stages; an abort returns ``RoundOutcome(record=None, note=reason)``."""
+        if not self.nodes:
+            return self._outcome(None, None, note="no client sampled")
+        try:
+            total, summed = self.unmask(
+                self.collect_masked_inputs(self.share_keys(self.advertise_keys()))
+            )
+        except SecAggAbort as err:
+            return self._outcome(None, None, note=str(err))
+        float_sums, int_sums = self.layout.decode_sum(total, num_summed=summed)
+        try:
+            averaged, metrics = combine_sums(
+                float_sums,
+                int_sums,
+                self.arrays,
+                key_modality=self.strategy.key_modality,
+                weight_scale=self.weight_scale,
+            )
+        except ValueError as err:
+            log.error("secagg+ round %d aborted: %s", self.config.round_number, err)
+            return self._outcome(None, None, note=str(err))
+        self.run.weight_scale = next_weight_scale(int_sums)
+        train_metrics = {k: v for k, v in metrics.items() if k.startswith("train-")}
+        record, mrec = strategy_step(
+            self.strategy, self.config.round_number, averaged, train_metrics
+        )
+        if record is None:
+            return self._outcome(None, None, note="strategy step failed", clients=summed)
+        return self._outcome(record, mrec, clients=summed)
+
+    def _outcome(
+        self, record: Any, metrics: Any, *, note: str | None = None, clients: int = 0
+    ) -> RoundOutcome:
+        ex = self.exchange
+        return RoundOutcome(
+            record=record,
+            metrics=metrics,
+            bytes_up=ex.bytes_up,
+            bytes_down=ex.bytes_down,
+            clients=clients,
+            per_client=ex.per_client(),
+            note=note,
+        )
+
+
+def secagg_train_round(
+    strategy: ModalityFedAvg, grid: Grid, rnd: int, arrays: dict[str, np.ndarray], spec: Any
+) -> RoundOutcome:
+    """Round transport ``"secagg+"`` (see `umbra.federation.rounds.TrainRound`)."""
+    secure = dict(getattr(spec, "extra", {}).get("secure", {}))
+    workflow = SecAggPlusWorkflow(
+        strategy, grid, rnd, arrays, secure=secure, timeout_s=float(spec.node_timeout_s)
+    )
+    return workflow.run_round()

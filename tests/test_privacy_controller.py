@@ -1,0 +1,131 @@
+"""The server's DP bookkeeping: plan, ledger-before-release, budget stop, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dp_accounting
+import pytest
+
+from umbra.config import PrivacyConfig
+from umbra.errors import BudgetExhausted, ConfigError
+from umbra.privacy.controller import PrivacyController
+from umbra.privacy.ledger import replay
+
+GROUPS = ["image", "audio", "text", "shared"]
+
+
+def _controller(tmp: Path, rounds: int = 3, **privacy: object) -> PrivacyController:
+    cfg = PrivacyConfig(**{"mode": "example", "epsilon": 2.0, "delta": 1e-4, **privacy})  # type: ignore[arg-type]
+    return PrivacyController(
+        cfg, groups=GROUPS, rounds=rounds, batch_size=32, local_epochs=1.0, num_clients=3,
+        ledger_path=tmp / "ledger.jsonl",
+    )  # fmt: skip
+
+
+def test_plan_meets_every_target_and_the_total(tmp_path: Path) -> None:
+    ctl = _controller(tmp_path, weights={"image": 2.0, "audio": 0.5, "text": 1.0, "shared": 1.0})
+    ctl.plan_clients({0: 400, 1: 900, 2: 2500})
+    for rnd in (1, 2, 3):
+        ctl.before_round(rnd, [0, 1, 2])
+    rep = replay(tmp_path / "ledger.jsonl")
+    for pid, plan in ctl.plans.items():
+        eps = rep.per_party[str(pid)]
+        assert eps["total"] <= 2.0 + 1e-9
+        for g in GROUPS:
+            assert eps[g] <= plan.targets[g] + 1e-9
+        # audio was given a smaller share than images: more noise, less ε
+        assert plan.noise_multipliers["audio"] > plan.noise_multipliers["image"]
+        assert eps["audio"] < eps["image"]
+    assert ctl.epsilon()["total"] == pytest.approx(rep.epsilon["total"], abs=1e-12)
+
+
+def test_ledger_epsilon_matches_dp_accounting_directly(tmp_path: Path) -> None:
+    ctl = _controller(tmp_path, accountant="rdp")
+    ctl.plan_clients({0: 500})
+    ctl.before_round(1, [0])
+    ctl.before_round(2, [0])
+    plan = ctl.plans[0]
+    # independent reference: the same steps built by hand with dp-accounting's RDP accountant
+    acc = dp_accounting.rdp.RdpAccountant()
+    step = dp_accounting.PoissonSampledDpEvent(
+        plan.sample_rate,
+        dp_accounting.ComposedDpEvent(
+            [dp_accounting.GaussianDpEvent(plan.noise_multipliers[g]) for g in GROUPS]
+        ),
+    )
+    acc.compose(dp_accounting.SelfComposedDpEvent(step, 2 * plan.steps))
+    assert ctl.epsilon()["total"] == pytest.approx(acc.get_epsilon(1e-4), rel=1e-9)
+
+
+def test_budget_stop_triggers_exactly_after_the_planned_rounds(tmp_path: Path) -> None:
+    ctl = _controller(tmp_path, rounds=2)
+    ctl.plan_clients({0: 300, 1: 300})
+    ctl.before_round(1, [0, 1])
+    ctl.before_round(2, [0, 1])  # the planned rounds fit the budget exactly
+    lines = (tmp_path / "ledger.jsonl").read_text().splitlines()
+    with pytest.raises(BudgetExhausted, match="round 3 would exceed the privacy budget"):
+        ctl.before_round(3, [0, 1])
+    # nothing was written for the refused round
+    assert (tmp_path / "ledger.jsonl").read_text().splitlines() == lines
+    assert ctl.epsilon()["total"] <= 2.0
+
+
+def test_resume_counts_a_release_written_before_a_crash(tmp_path: Path) -> None:
+    ctl = _controller(tmp_path, rounds=3)
+    ctl.plan_clients({0: 300})
+    ctl.before_round(1, [0])
+    ctl.before_round(2, [0])  # written, then the run is killed before round 2 completes
+    after_crash = replay(tmp_path / "ledger.jsonl").epsilon["total"]
+    resumed = _controller(tmp_path, rounds=3)
+    resumed.plan_clients({0: 300})
+    assert resumed.epsilon()["total"] == pytest.approx(after_crash)  # nothing forgotten
+    resumed.before_round(2, [0])  # the re-run of round 2 is counted again (over-count)
+    assert resumed.epsilon()["total"] > after_crash
+    assert len(replay(tmp_path / "ledger.jsonl").rounds) == 2
+    rows = [json.loads(x) for x in (tmp_path / "ledger.jsonl").read_text().splitlines()[1:]]
+    assert sum(1 for r in rows if r["round"] == 2 and r["group"] == "image") == 2
+
+
+def test_client_level_single_group_and_calibrated_sigma(tmp_path: Path) -> None:
+    cfg = PrivacyConfig(mode="client", epsilon=4.0, delta=1e-5, client_rate=0.5)
+    ctl = PrivacyController(cfg, groups=GROUPS, rounds=5, batch_size=32, local_epochs=1,
+                            num_clients=10, ledger_path=tmp_path / "l.jsonl")  # fmt: skip
+    assert ctl.client_sigma is not None and ctl.client_sigma > 0
+    plans = {}
+    for rnd in range(1, 6):
+        plans = ctl.before_round(rnd, [1, 4])
+    assert set(plans) == {1, 4} and plans[1]["dp-mode"] == 2
+    eps = ctl.epsilon()
+    assert eps["total"] <= 4.0 + 1e-9
+    assert eps["image"] == eps["total"]  # one flat group: every modality spends the total
+    with pytest.raises(BudgetExhausted):
+        ctl.before_round(6, [1])
+
+
+@pytest.mark.parametrize(
+    ("privacy", "sizes", "message"),
+    [
+        ({"delta": 1e-2}, {0: 400}, "privacy.delta"),
+        ({"weights": {"image": 1.0, "tabular": 1.0}}, {0: 400}, "tabular"),
+        ({"targets": {"image": 5.0, "audio": 1.0, "text": 1.0, "shared": 1.0}}, {0: 400},
+         "privacy.targets.image"),
+        ({"clip_norms": {"lidar": 1.0}}, {0: 400}, "privacy.clip_norms"),
+    ],
+)  # fmt: skip
+def test_bad_privacy_settings_name_the_setting(
+    tmp_path: Path, privacy: dict[str, object], sizes: dict[int, int], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        ctl = _controller(tmp_path, **privacy)
+        ctl.plan_clients(sizes)
+
+
+def test_config_rejects_zero_noise_and_bad_budget() -> None:
+    with pytest.raises(ValueError, match="noise_multiplier = 0"):
+        PrivacyConfig(mode="client", noise_multiplier=0.0)
+    with pytest.raises(ValueError):
+        PrivacyConfig(mode="example", epsilon=0.0)
+    with pytest.raises(ValueError):
+        PrivacyConfig(mode="example", delta=1.0)

@@ -1,0 +1,482 @@
+"""report.html: sections present exactly when their data is, numbers equal results.json's,
+a privacy statement generated from the results, escaping, and a page that parses."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+from matplotlib.figure import Figure
+
+from umbra.errors import DataError
+from umbra.privacy.ledger import PrivacyLedger, Release, replay
+from umbra.report import plots, privacy_statement, render_report, summarize_ledger
+from umbra.report.statement import audit_metrics, fmt_delta, fmt_eps
+
+CHROMIUM = Path("/usr/bin/chromium")
+VOID = {"meta", "img", "br", "hr", "link", "input", "col", "area", "base", "source", "wbr"}
+ALL_SECTIONS = {
+    "summary",
+    "statement",
+    "training",
+    "modalities",
+    "missing",
+    "communication",
+    "privacy",
+    "ledger",
+    "secure",
+    "audit",
+    "data",
+    "config",
+}
+
+
+class Page(HTMLParser):
+    """Collects sections, tables (cell text and data-value), images and nesting errors."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.sections: list[str] = []
+        self.tables: dict[str, list[list[tuple[str, Any]]]] = {}
+        self.images: list[str] = []
+        self.text: dict[str, str] = {}
+        self._table: str | None = None
+        self._cell: list[str] | None = None
+        self._value: Any = None
+        self._section: str | None = None
+        self.tags: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        self.tags.add(tag)
+        if tag not in VOID:
+            self.stack.append(tag)
+        if tag == "section":
+            self._section = a["id"]
+            assert self._section is not None
+            self.sections.append(self._section)
+            self.text[self._section] = ""
+        elif tag == "table":
+            self._table = a.get("data-table")
+            assert self._table is not None
+            self.tables[self._table] = []
+        elif tag == "tr" and self._table is not None:
+            self.tables[self._table].append([])
+        elif tag in ("td", "th"):
+            self._cell, self._value = [], a.get("data-value")
+        elif tag == "img":
+            self.images.append(a.get("src") or "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes <{self.stack[-1] if self.stack else None}>")
+        else:
+            self.stack.pop()
+        if tag in ("td", "th") and self._cell is not None and self._table is not None:
+            value = None if self._value is None else json.loads(self._value)
+            self.tables[self._table][-1].append(("".join(self._cell), value))
+            self._cell = None
+        elif tag == "table":
+            self._table = None
+        elif tag == "section":
+            self._section = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._section is not None:
+            self.text[self._section] += data
+
+
+def parse(html_text: str) -> Page:
+    page = Page()
+    page.feed(html_text)
+    page.close()
+    assert page.errors == [] and page.stack == [], (page.errors, page.stack)
+    return page
+
+
+def body_rows(page: Page, name: str) -> list[list[tuple[str, Any]]]:
+    return page.tables[name][1:]  # skip the header row
+
+
+# --------------------------------------------------------------------------- fixtures
+
+MODS = ["image", "audio", "text"]
+
+
+def write_ledger(path: Path, rounds: int = 3, clients: int = 3) -> None:
+    """A real ledger: DP-SGD releases of three modality groups per client and round."""
+    ledger = PrivacyLedger(path, unit="example", delta=1e-5)
+    for r in range(1, rounds + 1):
+        for c in range(clients):
+            ledger.record(
+                Release.dpsgd(
+                    round=r,
+                    party=f"client-{c}",
+                    sample_rate=0.02,
+                    steps=50,
+                    noise_multipliers={"image": 1.1, "audio": 1.3, "text": 0.9},
+                    clip_norms={"image": 1.0, "audio": 0.5, "text": 1.0},
+                )
+            )
+
+
+def full_results(ledger: Path) -> dict[str, Any]:
+    eps_final = replay(ledger).epsilon
+    eps_rounds = [replay(ledger, up_to_round=r).epsilon for r in (1, 2, 3)]
+    return {
+        "umbra_version": "0.1.0",
+        "fingerprint": "abc123",
+        "config": {
+            "data": {"source": "fmnist-avt", "manifest": None},
+            "federation": {
+                "mode": "federated",
+                "strategy": "fedavg",
+                "num_clients": 3,
+                "rounds": 3,
+            },
+            "secure": {"aggregation": "secagg+", "threshold": 2},
+        },
+        "data": {
+            "source": "fmnist-avt",
+            "modalities": MODS,
+            "class_names": ["t-shirt", "trouser", "bag"],
+            "n_train": 600,
+            "n_test": 200,
+            "clients": [
+                {
+                    "client": i,
+                    "records": 200,
+                    "per_modality": {"image": 200 - 10 * i, "audio": 150, "text": 190},
+                    "labels": [100, 100 - 50 * i, 50 * i],
+                }
+                for i in range(3)
+            ],
+        },
+        "rounds": [
+            {
+                "round": r,
+                "clients": 3,
+                "accuracy": 0.5 + 0.1 * r,
+                "macro_f1": 0.45 + 0.1 * r,
+                "loss": 1.5 - 0.3 * r,
+                "train_loss": 1.6 - 0.3 * r,
+                "bytes_up": 1_234_567 + r,
+                "bytes_down": 2_345_678,
+                "wall_s": 3.25 * r,
+                "epsilon": eps_rounds[r - 1],
+            }
+            for r in (1, 2, 3)
+        ],
+        "final": {
+            "accuracy": 0.8123,
+            "macro_f1": 0.8011,
+            "loss": 0.61,
+            "per_modality_accuracy": {"image": 0.71, "audio": 0.42, "text": 0.38, "fused": 0.8123},
+            "missing_modality_accuracy": {
+                "image+audio": 0.75,
+                "image+text": 0.74,
+                "audio+text": 0.55,
+            },
+        },
+        "privacy": {
+            "mode": "dpsgd",
+            "unit": "example",
+            "delta": 1e-5,
+            "accountant": "pld",
+            "epsilon": eps_final,
+            "target_epsilon": 8.0,
+            "noise_multiplier": {"image": 1.1, "audio": 1.3, "text": 0.9},
+        },
+        "secure_aggregation": {"mode": "secagg+", "threshold": 2, "dropped": 1},
+        "audit": {
+            "membership": {
+                "auc": 0.5312,
+                "advantage": 0.041,
+                "tpr_at_fpr": {"0.01": 0.012},
+                "roc": {"fpr": [0.0, 0.1, 0.5, 1.0], "tpr": [0.0, 0.12, 0.53, 1.0]},
+            },
+            "inversion": {"psnr": 9.87, "ssim": 0.05},
+        },
+        "bytes": {"up_total": 3 * 1_234_567 + 6, "down_total": 3 * 2_345_678},
+        "timing": {"data_s": 1.0, "train_s": 10.0, "total_s": 11.0},
+    }
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, dict[str, Any]]:
+    """A real ledger and the results that go with it (built once: replays take a while)."""
+    path = tmp_path_factory.mktemp("base") / "ledger.jsonl"
+    write_ledger(path)
+    return path.read_bytes(), full_results(path)
+
+
+@pytest.fixture
+def run(tmp_path: Path, base: tuple[bytes, dict[str, Any]]) -> tuple[Path, dict[str, Any]]:
+    (tmp_path / "ledger.jsonl").write_bytes(base[0])
+    res = copy.deepcopy(base[1])
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    return tmp_path, res
+
+
+@pytest.fixture
+def fast_plots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Skip rasterising figures (tests of section logic only; one tiny real PNG instead)."""
+    png = plots.png_bytes(Figure(figsize=(0.1, 0.1)))
+    monkeypatch.setattr(plots, "png_bytes", lambda fig: png)
+
+
+def render(run_dir: Path, res: dict[str, Any], *, verify: bool = True) -> tuple[str, Page]:
+    (run_dir / "results.json").write_text(json.dumps(res))
+    text = render_report(run_dir, verify_ledger=verify).read_text(encoding="utf-8")
+    return text, parse(text)
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_full_report_numbers_equal_results(run: tuple[Path, dict[str, Any]]) -> None:
+    run_dir, res = run
+    text, page = render(run_dir, res)
+    assert set(page.sections) == ALL_SECTIONS
+    rows = body_rows(page, "rounds")
+    header = [h for h, _ in page.tables["rounds"][0]]
+    assert len(rows) == len(res["rounds"])
+    for row, want in zip(rows, res["rounds"], strict=True):
+        got = dict(zip(header, (v for _, v in row), strict=True))
+        assert got["round"] == want["round"] and got["accuracy"] == want["accuracy"]
+        assert got["macro-F1"] == want["macro_f1"] and got["test loss"] == want["loss"]
+        assert got["bytes up"] == want["bytes_up"] and got["bytes down"] == want["bytes_down"]
+        assert got["ε total"] == want["epsilon"]["total"]
+    per = {k: v for (k, _), (_, v) in body_rows(page, "per_modality_accuracy")}
+    assert per == res["final"]["per_modality_accuracy"]
+    miss = {k: v for (k, _), (_, v) in body_rows(page, "missing_modality_accuracy")}
+    assert miss == res["final"]["missing_modality_accuracy"]
+    eps = {k: v for (k, _), (_, v) in body_rows(page, "epsilon")}
+    assert eps == res["privacy"]["epsilon"]
+    # The ledger replay shown in the report is the reported ε (both come from the ledger).
+    led = {k: v for (k, _), (_, v) in body_rows(page, "ledger_epsilon")}
+    assert led == pytest.approx(res["privacy"]["epsilon"], rel=1e-12)
+    totals = {k: v for (k, _), (_, v) in body_rows(page, "bytes")}
+    assert totals == {
+        "bytes up": res["bytes"]["up_total"],
+        "bytes down": res["bytes"]["down_total"],
+    }
+    ledger_rows = {k: v for (k, _), (_, v) in body_rows(page, "ledger")}
+    assert ledger_rows["releases"] == 9 and ledger_rows["parties"] == 3
+    groups = {r[0][0]: r[2][1] for r in body_rows(page, "ledger_groups")}
+    assert groups == {"image": 9 * 50, "audio": 9 * 50, "text": 9 * 50}  # steps per group
+    for attack in res["audit"]:
+        got_m = {k: v for (k, _), (_, v) in body_rows(page, f"audit.{attack}")}
+        assert got_m == audit_metrics(res["audit"][attack])
+    clients = body_rows(page, "clients")
+    assert [r[1][1] for r in clients] == [c["records"] for c in res["data"]["clients"]]
+    assert [r[2][1] for r in clients] == [
+        c["per_modality"]["image"] for c in res["data"]["clients"]
+    ]
+    assert [r[-1][1] for r in clients] == [
+        sum(1 for n in c["labels"] if n > 0) for c in res["data"]["clients"]
+    ]
+    # Self-contained: every image is an embedded PNG, nothing is fetched from elsewhere.
+    assert len(page.images) >= 6
+    for src in page.images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "http://" not in text and "https://" not in text
+    assert not page.tags & {"script", "link", "iframe", "object"}
+    assert "<style>" in text
+
+
+def test_statement_is_generated_from_results(run: tuple[Path, dict[str, Any]]) -> None:
+    run_dir, res = run
+    ledger = summarize_ledger(run_dir / "ledger.jsonl")
+    parts = {p.title: " ".join(p.sentences) for p in privacy_statement(res, ledger)}
+    assert list(parts) == [
+        "Data that stayed with each organisation",
+        "Protections in this run",
+        "Trust assumptions",
+        "Privacy budget",
+        "Attacks",
+    ]
+    assert (
+        "Each of the 3 organisations (600 training records in all)"
+        in parts["Data that stayed with each organisation"]
+    )
+    assert "images, audio recordings and texts" in parts["Data that stayed with each organisation"]
+    up = sum(r["bytes_up"] for r in res["rounds"])
+    assert (
+        f"{up / 1e6:.1f} MB from the organisations"
+        in parts["Data that stayed with each organisation"]
+    )
+    assert "over 3 rounds" in parts["Data that stayed with each organisation"]
+    assert "at the example level" in parts["Protections in this run"]
+    assert "the sum of at least 2 organisations" in parts["Protections in this run"]
+    assert "1 organisation dropped out" in parts["Protections in this run"]
+    assert "colludes with 2 or more organisations" in parts["Trust assumptions"]
+    eps = res["privacy"]["epsilon"]
+    budget = parts["Privacy budget"]
+    assert f"ε = {fmt_eps(eps['total'])}, δ = {fmt_delta(1e-5)}" in budget
+    assert "PLD accountant" in budget
+    for m in MODS:
+        assert f"{m} ε = {fmt_eps(eps[m])}" in budget
+    assert "9 releases over 3 rounds" in budget and "the same value" in budget
+    assert "within it" in budget
+    attacks = parts["Attacks"]
+    assert "membership-inference attack reached AUC = 0.531 (guessing gives 0.5)" in attacks
+    assert "TPR at FPR 0.01 = 0.012" in attacks
+    assert "gradient-inversion attack reached PSNR (dB) = 9.87 and SSIM = 0.05" in attacks
+
+    # Different data, different sentences.
+    other = copy.deepcopy(res)
+    other["privacy"]["epsilon"] = {"total": 12.5}
+    other["secure_aggregation"] = "none"
+    other["config"]["federation"]["mode"] = "centralized"
+    parts2 = {p.title: " ".join(p.sentences) for p in privacy_statement(other, ledger)}
+    assert "pooled in one place" in parts2["Data that stayed with each organisation"]
+    assert "in the clear" in parts2["Protections in this run"]
+    assert "ε = 12.50" in parts2["Privacy budget"] and "OVER it" in parts2["Privacy budget"]
+    assert "does NOT match" in parts2["Privacy budget"]
+    # No data, no statement: nothing is said that the results do not back.
+    assert privacy_statement({}) == []
+    only_secure = privacy_statement({"secure_aggregation": "ckks"})
+    assert [p.title for p in only_secure] == ["Protections in this run", "Trust assumptions"]
+
+
+SECTION_DATA: list[tuple[str, set[str]]] = [
+    ("audit", {"audit"}),
+    ("privacy", {"privacy"}),
+    ("secure_aggregation", {"secure"}),
+    ("rounds", {"training", "communication"}),
+    ("final.per_modality_accuracy", {"modalities"}),
+    ("final.missing_modality_accuracy", {"missing"}),
+    ("data.clients", {"data"}),
+    ("config", {"config"}),
+    ("ledger", {"ledger"}),
+]
+
+
+@pytest.mark.parametrize(("field", "sections"), SECTION_DATA)
+@pytest.mark.usefixtures("fast_plots")
+def test_section_omitted_without_its_data(
+    run: tuple[Path, dict[str, Any]], field: str, sections: set[str]
+) -> None:
+    run_dir, res = run
+    res = copy.deepcopy(res)
+    if field == "ledger":
+        (run_dir / "ledger.jsonl").unlink()
+    else:
+        *path, last = field.split(".")
+        obj = res
+        for k in path:
+            obj = obj[k]
+        del obj[last]
+    _, page = render(run_dir, res, verify=False)
+    assert set(page.sections) == ALL_SECTIONS - sections
+
+
+@pytest.mark.usefixtures("fast_plots")
+def test_privacy_off_report(run: tuple[Path, dict[str, Any]]) -> None:
+    run_dir, res = run
+    (run_dir / "ledger.jsonl").unlink()
+    res = copy.deepcopy(res)
+    res["privacy"] = {
+        "mode": "none",
+        "unit": None,
+        "delta": None,
+        "accountant": None,
+        "epsilon": None,
+    }
+    res["secure_aggregation"] = "none"
+    for r in res["rounds"]:
+        del r["epsilon"]
+    del res["audit"]
+    _, page = render(run_dir, res)
+    assert set(page.sections) == ALL_SECTIONS - {"privacy", "ledger", "audit"}
+    assert "Differential privacy was not active" in page.text["statement"]
+    assert "up to 3 individual updates per round, in the clear" in page.text["secure"]
+    assert "ε total" not in [h for h, _ in page.tables["rounds"][0]]
+
+
+def test_minimal_results(tmp_path: Path) -> None:
+    _, page = render(tmp_path, {"rounds": [{"round": 1, "accuracy": 0.3}]})
+    assert page.sections == ["training"]
+    assert body_rows(page, "rounds") == [[("1", 1), ("0.3", 0.3)]]
+    _, page = render(tmp_path, {})
+    assert page.sections == []
+
+
+@pytest.mark.usefixtures("fast_plots")
+def test_strings_are_escaped(run: tuple[Path, dict[str, Any]]) -> None:
+    run_dir, res = run
+    evil = '<script>alert("x")</script>'
+    res = copy.deepcopy(res)
+    res["data"]["class_names"] = [evil]
+    res["data"]["source"] = "manifest"
+    res["data"]["manifest"] = evil
+    res["audit"][evil] = {"auc": 0.5}
+    res["final"]["missing_modality_accuracy"][evil] = 0.1
+    text, page = render(run_dir, res, verify=False)
+    assert "<script" not in text
+    assert "script" not in page.tags
+    assert text.count("&lt;script&gt;") >= 4
+    assert evil in page.text["statement"]  # shown as text, never as markup
+
+
+def test_bad_run_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"no results\.json"):
+        render_report(tmp_path)
+    (tmp_path / "results.json").write_text("[1, 2]")
+    with pytest.raises(DataError, match="JSON object"):
+        render_report(tmp_path)
+    (tmp_path / "results.json").write_text("{not json")
+    with pytest.raises(DataError, match="not readable JSON"):
+        render_report(tmp_path)
+
+
+@pytest.mark.usefixtures("fast_plots")
+def test_damaged_ledger_is_reported_not_fatal(run: tuple[Path, dict[str, Any]]) -> None:
+    run_dir, res = run
+    with (run_dir / "ledger.jsonl").open("a") as f:
+        f.write('{"type": "release", "release": 99, "gro')  # a write cut short by a crash
+    _, page = render(run_dir, res)
+    assert "ledger" in page.sections
+    rows = {k: v for (k, _), (_, v) in body_rows(page, "ledger")}
+    assert rows["unreadable lines (skipped)"] == 1
+    assert "truncated last line" in page.text["ledger"]
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="headless Chromium is not installed")
+def test_chromium_renders_screenshot(run: tuple[Path, dict[str, Any]]) -> None:
+    run_dir, res = run
+    _, _ = render(run_dir, res)
+    shot = run_dir / "shot.png"
+    subprocess.run(
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--disable-gpu",
+            "--no-sandbox",
+            f"--screenshot={shot}",
+            "--window-size=1000,3000",
+            (run_dir / "report.html").as_uri(),
+        ],
+        check=True,
+        timeout=60,
+        capture_output=True,
+    )
+    from PIL import Image
+
+    with Image.open(shot) as img:
+        assert img.size == (1000, 3000)
+        assert len(set(img.convert("L").getdata())) > 16  # text and plots, not a blank page
+    assert shutil.which(str(CHROMIUM))
