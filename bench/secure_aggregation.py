@@ -291,13 +291,159 @@ def secagg_scaling(params: int, clients: list[int]) -> list[dict[str, Any]]:
     return rows
 
 
+def bench_flower_round(clients: int, repeats: int, hidden: int) -> dict[str, Any]:
+    """Wall time and bytes of whole training rounds in ONE Flower simulation (Ray backend):
+    plaintext, Umbra SecAgg+ and Umbra CKKS rounds interleaved on the same warm workers,
+    from the same global model (local training included). The first pass is a warm-up."""
+    import logging
+    import tempfile
+    from types import SimpleNamespace
+
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.simulation import run_simulation
+
+    import umbra.secure.plugins  # noqa: F401  (registers the secure round transports)
+    from umbra.config import FederationConfig
+    from umbra.data.sources.synthetic import make_synthetic
+    from umbra.federation.client_app import ClientSpec, make_client_app
+    from umbra.federation.client_data import write_federation_data
+    from umbra.federation.rounds import TRAIN_ROUNDS
+    from umbra.federation.server_app import initial_arrays
+    from umbra.federation.strategies import build_strategy
+    from umbra.federation.train import TrainSettings
+    from umbra.models import ModelSpec, parameter_modality
+
+    root = Path(tempfile.mkdtemp(prefix="umbra-bench-flower-"))
+    data = make_synthetic(n=250 * clients, num_classes=4, seed=0)
+    parts = [
+        np.sort(p) for p in np.array_split(np.random.default_rng(0).permutation(len(data)), clients)
+    ]
+    masks = [np.ones((len(p), len(data.modalities)), dtype=bool) for p in parts]
+    write_federation_data(root / "train", data, parts, masks)
+    model_spec = ModelSpec.from_data(data, hidden=hidden).to_dict()
+    params = int(sum(a.size for a in initial_arrays(model_spec, 0).values()))
+    secure = {
+        "aggregation": "secagg+",
+        "threshold": 0.67,
+        "clip_range": 4.0,
+        "ckks_params": "umbra",
+        "dropout_clients": [],
+    }
+    client = make_client_app(
+        ClientSpec(
+            data_dir=str(root / "train"),
+            state_dir=str(root / "state"),
+            model_spec=model_spec,
+            settings=TrainSettings(epochs=1, batch_size=32),
+            seed=0,
+            actions=("secagg", "ckks"),
+            extra={"secure": secure},
+        )
+    )
+    modes = ("none", "secagg+", "ckks")
+    rows: dict[str, dict[str, list[float]]] = {m: {"wall_s": [], "bytes_up": []} for m in modes}
+    server = ServerApp()
+
+    @server.main()
+    def _main(grid: Grid, context: Context) -> None:
+        while len(list(grid.get_node_ids())) < clients:
+            time.sleep(0.1)
+        fed = FederationConfig.model_validate({"num_clients": clients})
+        strategy = build_strategy(
+            "fedavg",
+            fed,
+            key_modality=parameter_modality,
+            fraction_train=1.0,
+            fraction_evaluate=0.0,
+            min_train_nodes=clients,
+            min_evaluate_nodes=0,
+            min_available_nodes=clients,
+        )
+        arrays = initial_arrays(model_spec, 0)
+        spec = SimpleNamespace(extra={"secure": secure}, node_timeout_s=600.0)
+        rnd = 0
+        for rep in range(repeats + 1):
+            for mode in modes:
+                rnd += 1
+                start = time.perf_counter()
+                out = TRAIN_ROUNDS[mode](strategy, grid, rnd, arrays, spec)
+                wall = time.perf_counter() - start
+                if out.record is None:
+                    raise RuntimeError(f"{mode} round aborted: {out.note}")
+                if rep:
+                    rows[mode]["wall_s"].append(wall)
+                    rows[mode]["bytes_up"].append(out.bytes_up / max(out.clients, 1))
+
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    run_simulation(
+        server_app=server,
+        client_app=client,
+        num_supernodes=clients,
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"num_cpus": 2, "include_dashboard": False, "log_to_driver": False},
+        },
+    )
+    base = float(np.median(rows["none"]["wall_s"]))
+    base_bytes = float(np.median(rows["none"]["bytes_up"]))
+    return {
+        "clients": clients,
+        "params": params,
+        "repeats": repeats,
+        "modes": {
+            m: {
+                "round_s_median": float(np.median(r["wall_s"])),
+                "round_ratio": float(np.median(r["wall_s"])) / base,
+                "bytes_up_per_client": float(np.median(r["bytes_up"])),
+                "bytes_ratio": float(np.median(r["bytes_up"])) / base_bytes,
+            }
+            for m, r in rows.items()
+        },
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--params", type=int, default=1_000_000)
     ap.add_argument("--scaling-params", type=int, default=10_000)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument(
+        "--flower-round",
+        action="store_true",
+        help="only time whole rounds in one Flower simulation (plaintext vs SecAgg+ vs CKKS) "
+        "and merge them into --out",
+    )
+    ap.add_argument("--flower-clients", type=int, default=4)
+    ap.add_argument("--flower-repeats", type=int, default=3)
+    ap.add_argument("--flower-hidden", type=int, default=128)
     args = ap.parse_args()
+    if args.flower_round:
+        flower = bench_flower_round(args.flower_clients, args.flower_repeats, args.flower_hidden)
+        flower["command"] = (
+            "PYTHONPATH=src .venv/bin/python bench/secure_aggregation.py --flower-round "
+            f"--flower-clients {args.flower_clients} --flower-repeats {args.flower_repeats} "
+            f"--flower-hidden {args.flower_hidden}"
+        )
+        previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+        previous["flower_round"] = flower
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(previous, indent=2))
+        print(
+            f"\nWhole training rounds in one Flower simulation ({flower['clients']} clients, "
+            f"{flower['params']:,} parameters, median of {flower['repeats']})\n"
+        )
+        print("| round transport | round s | round / plaintext | bytes up/client | bytes ratio |")
+        print("|---|---:|---:|---:|---:|")
+        for name, m in flower["modes"].items():
+            print(
+                f"| {name} | {m['round_s_median']:.2f} | {m['round_ratio']:.2f}x | "
+                f"{m['bytes_up_per_client']:,.0f} | {m['bytes_ratio']:.2f}x |"
+            )
+        print(f"\nwrote {args.out}")
+        return
     rng = np.random.default_rng(0)
     updates = [rng.normal(0, 0.1, args.params).astype(np.float32) for _ in range(args.clients)]
     ref = np.sum([u.astype(np.float64) for u in updates], axis=0)

@@ -102,6 +102,7 @@ def train_local(
     n = len(data)
     if n == 0:
         raise ValueError("cannot train on an empty data set")
+    torch.manual_seed(seed)  # dropout layers draw from the global generator
     gen = torch.Generator().manual_seed(seed)
     model.train()
     opt = torch.optim.SGD(
@@ -267,6 +268,7 @@ def train_local_dp(
     if scaffold is not None:
         c, c_i = scaffold
         correction = {k: torch.from_numpy(np.asarray(c[k] - c_i[k])) for k in params}
+    torch.manual_seed(seed)  # dropout layers (not the DP noise, which uses OS entropy)
     gen = torch.Generator().manual_seed(seed)
     records = 0
     for idx in poisson_batches(n, sample_rate=sample_rate, steps=steps, generator=gen):

@@ -1,0 +1,366 @@
+"""SecAgg+ and CKKS over Flower: the workflows driven through a fake Grid that runs the
+real ClientApp in-process (no Ray), compared against the plaintext modality-aware rule."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+import numpy as np
+import pytest
+import tenseal as ts
+import torch
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from flwr.common.serde import message_to_proto
+from flwr.serverapp import Grid
+
+import umbra.secure.plugins  # noqa: F401  (registers the workflows and client actions)
+from umbra.config import FederationConfig
+from umbra.data.sources.synthetic import make_synthetic
+from umbra.federation.client_app import ClientSpec, make_client_app
+from umbra.federation.client_data import write_federation_data
+from umbra.federation.records import from_record, to_record
+from umbra.federation.rounds import TRAIN_ROUNDS
+from umbra.federation.server_app import initial_arrays
+from umbra.federation.strategies import ModalityFedAvg, build_strategy
+from umbra.federation.train import TrainSettings
+from umbra.models import ModelSpec, parameter_modality
+from umbra.secure.contribution import int_template, make_contribution, payload_template
+from umbra.secure.secagg.quantize import PayloadLayout
+from umbra.secure.transport import decode_proto
+
+N_CLIENTS = 4
+MODS = ("image", "audio", "text")
+
+
+class FakeGrid:
+    """Delivers messages to the real ClientApp in-process, one persistent Context per node.
+
+    Records every message the server received (``received``) and the secret-bearing
+    client state after every call (``client_states``); ``tamper(stage, node, reply)`` may
+    rewrite a reply.
+    """
+
+    def __init__(self, app: Any, num_nodes: int) -> None:
+        self.app = app
+        self.node_ids = [1000 + 7 * i for i in range(num_nodes)]
+        self.contexts = {
+            node: Context(
+                run_id=1,
+                node_id=node,
+                node_config={"partition-id": i, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config={},
+            )
+            for i, node in enumerate(self.node_ids)
+        }
+        self.received: list[Message] = []
+        self.client_states: list[dict[str, Any]] = []
+        self.tamper: Callable[[str, int, Message], Message] | None = None
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.node_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], timeout: float | None = None
+    ) -> list[Message]:
+        replies = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            ctx = self.contexts[node]
+            # nn.Dropout draws from torch's global RNG: seed it per node so that the
+            # plaintext reference and the secure round train identically
+            torch.manual_seed(node)
+            try:
+                reply = self.app(msg, ctx)
+            except Exception as err:  # the simulation engine turns these into error replies
+                reply = Message(Error(code=1, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
+            for name in ("secagg-state", "ckks-state"):
+                if name in ctx.state:
+                    self.client_states.append(dict(ctx.state.config_records[name]))
+            if self.tamper is not None and not reply.has_error():
+                reply = self.tamper(str(msg.content["config"].get("stage", "")), node, reply)
+            self.received.append(reply)
+            replies.append(reply)
+        return replies
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("fed")
+    data = make_synthetic(n=160, num_classes=3, modalities=MODS, seed=3)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(data))
+    parts = [np.sort(p) for p in np.array_split(order, N_CLIENTS)]
+    masks = []
+    for i, p in enumerate(parts):
+        mk = np.ones((len(p), len(MODS)), dtype=bool)
+        if i == 0:
+            mk[:, 1] = False  # client 0 has no audio
+        if i == 2:
+            mk[: len(p) // 2, 2] = False  # half of client 2's records lack text
+        masks.append(mk)
+    masks[3][:, 1] = False  # nobody but clients 1 and 2 hold audio
+    write_federation_data(root / "train", data, parts, masks)
+    model_spec = ModelSpec.from_data(data, hidden=8, embed_dim=8).to_dict()
+    return {"root": root, "model_spec": model_spec}
+
+
+def _client_spec(federation: dict[str, Any], secure: dict[str, Any], action: str) -> ClientSpec:
+    return ClientSpec(
+        data_dir=str(federation["root"] / "train"),
+        state_dir=str(federation["root"] / "state"),
+        model_spec=federation["model_spec"],
+        settings=TrainSettings(epochs=1, batch_size=16, lr=0.05),
+        seed=7,
+        actions=(action,),
+        extra={"secure": secure},
+    )
+
+
+def _strategy(name: str) -> ModalityFedAvg:
+    fed = FederationConfig.model_validate({"strategy": name, "num_clients": N_CLIENTS})
+    return build_strategy(
+        name,
+        fed,
+        key_modality=parameter_modality,
+        fraction_train=1.0,
+        fraction_evaluate=0.0,
+        min_train_nodes=N_CLIENTS,
+        min_evaluate_nodes=0,
+        min_available_nodes=N_CLIENTS,
+    )
+
+
+class _Spec:
+    def __init__(self, secure: dict[str, Any]) -> None:
+        self.extra = {"secure": secure}
+        self.node_timeout_s = 60.0
+
+
+def _secure(mode: str, **kw: Any) -> dict[str, Any]:
+    base = {
+        "aggregation": mode,
+        "threshold": 0.67,
+        "clip_range": 4.0,
+        "ckks_params": "umbra",
+        "dropout_clients": [],
+    }
+    return {**base, **kw}
+
+
+def _plain_replies(
+    grid: FakeGrid, strategy: ModalityFedAvg, rnd: int, x: dict[str, np.ndarray]
+) -> dict[int, Message]:
+    """Plaintext train replies per partition id (the reference's inputs)."""
+    msgs = list(strategy.configure_train(rnd, to_record(x), ConfigRecord(), cast(Grid, grid)))
+    out = {}
+    for reply in grid.send_and_receive(msgs):
+        metrics = next(iter(reply.content.metric_records.values()))
+        out[int(metrics["partition-id"])] = reply  # type: ignore[arg-type]
+    return out
+
+
+def _reference(
+    strategy_name: str,
+    replies: dict[int, Message],
+    keep: Iterable[int],
+    rnd: int,
+    x: dict[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """The plaintext strategy's aggregate of the kept clients' replies."""
+    strategy = _strategy(strategy_name)
+    list(
+        strategy.configure_train(
+            rnd, to_record(x), ConfigRecord(), cast(Grid, FakeGrid(None, N_CLIENTS))
+        )
+    )
+    record, _ = strategy.aggregate_train(rnd, [replies[i] for i in keep])
+    assert record is not None
+    return from_record(record)
+
+
+def _rel_err(
+    got: dict[str, np.ndarray], want: dict[str, np.ndarray], x: dict[str, np.ndarray]
+) -> tuple[float, float]:
+    """(max relative error of the update, relative error of the model), over all keys."""
+    num = sum(float(np.sum((got[k].astype(np.float64) - want[k]) ** 2)) for k in want)
+    upd = sum(float(np.sum((want[k].astype(np.float64) - x[k]) ** 2)) for k in want)
+    mod = sum(float(np.sum(want[k].astype(np.float64) ** 2)) for k in want)
+    return float(np.sqrt(num / upd)), float(np.sqrt(num / mod))
+
+
+def _run(
+    federation: dict[str, Any], mode: str, strategy_name: str, **secure_kw: Any
+) -> dict[str, Any]:
+    secure = _secure(mode, **secure_kw)
+    action = {"secagg+": "secagg", "ckks": "ckks"}[mode]
+    app = make_client_app(_client_spec(federation, secure, action))
+    grid = FakeGrid(app, N_CLIENTS)
+    x = initial_arrays(federation["model_spec"], seed=1)
+    strategy = _strategy(strategy_name)
+    outcome = TRAIN_ROUNDS[mode](strategy, cast(Grid, grid), 1, x, _Spec(secure))
+    return {"outcome": outcome, "grid": grid, "x": x, "app": app, "strategy": strategy}
+
+
+@pytest.mark.parametrize("mode", ["secagg+", "ckks"])
+@pytest.mark.parametrize("strategy_name", ["fedavg", "fedadam"])
+def test_secure_aggregate_matches_plaintext(
+    federation: dict[str, Any], mode: str, strategy_name: str
+) -> None:
+    run = _run(federation, mode, strategy_name)
+    outcome = run["outcome"]
+    assert outcome.record is not None, outcome.note
+    assert outcome.clients == N_CLIENTS
+    replies = _plain_replies(run["grid"], _strategy(strategy_name), 1, run["x"])
+    want = _reference(strategy_name, replies, range(N_CLIENTS), 1, run["x"])
+    got = from_record(outcome.record)
+    assert set(got) == set(want)
+    upd_err, model_err = _rel_err(got, want, run["x"])
+    assert upd_err < 1e-4 and model_err < 1e-5, (upd_err, model_err)
+    # the audio encoder moved only by clients 1 and 2: check that the rule is modality-aware
+    audio = [k for k in want if parameter_modality(k) == "audio"]
+    fedavg_plain = {
+        k: np.mean(
+            [from_record(replies[i].content.array_records["arrays"])[k] for i in range(N_CLIENTS)],
+            axis=0,
+        )
+        for k in audio
+    }  # type: ignore[arg-type]
+    if strategy_name == "fedavg":
+        assert any(not np.allclose(want[k], fedavg_plain[k], atol=1e-6) for k in audio)
+    # byte accounting: every client, both directions, real serialized sizes
+    assert set(outcome.per_client) == set(range(N_CLIENTS))
+    assert all(v["up"] > 0 and v["down"] > 0 for v in outcome.per_client.values())
+    assert outcome.bytes_up == sum(v["up"] for v in outcome.per_client.values())
+    sent_up = sum(
+        message_to_proto(m).ByteSize()
+        for m in run["grid"].received[: len(run["grid"].received) - N_CLIENTS]
+    )
+    assert outcome.bytes_up == sent_up
+    assert outcome.metrics is not None and "train-total" in outcome.metrics
+
+
+@pytest.mark.parametrize("mode", ["secagg+", "ckks"])
+def test_dropout_after_masking_is_recovered(federation: dict[str, Any], mode: str) -> None:
+    run = _run(federation, mode, "fedavg", dropout_clients=[1])
+    outcome = run["outcome"]
+    assert outcome.record is not None, outcome.note
+    assert outcome.clients == N_CLIENTS - 1
+    replies = _plain_replies(run["grid"], _strategy("fedavg"), 1, run["x"])
+    want = _reference("fedavg", replies, [0, 2, 3], 1, run["x"])
+    upd_err, _ = _rel_err(from_record(outcome.record), want, run["x"])
+    assert upd_err < 1e-4
+
+
+@pytest.mark.parametrize("mode", ["secagg+", "ckks"])
+def test_below_threshold_aborts_and_keeps_model(
+    federation: dict[str, Any], mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        run = _run(federation, mode, "fedavg", dropout_clients=[1, 2])
+    outcome = run["outcome"]
+    assert outcome.record is None
+    assert (outcome.note and "threshold" in outcome.note) or "< 3" in (outcome.note or "")
+    assert outcome.bytes_up > 0
+    assert "aborted" in caplog.text
+
+
+def test_malformed_masked_vector_excluded(
+    federation: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    secure = _secure("secagg+")
+    app = make_client_app(_client_spec(federation, secure, "secagg"))
+    grid = FakeGrid(app, N_CLIENTS)
+    bad = grid.node_ids[3]
+
+    def tamper(stage: str, node: int, reply: Message) -> Message:
+        if stage == "collect_masked" and node == bad:
+            arr = reply.content.array_records["secure-arrays"]
+            masked = arr["masked"].numpy()
+            arr["masked"] = type(arr["masked"])(masked[:-1].copy())
+        return reply
+
+    grid.tamper = tamper
+    x = initial_arrays(federation["model_spec"], seed=1)
+    with caplog.at_level(logging.WARNING):
+        outcome = TRAIN_ROUNDS["secagg+"](
+            _strategy("fedavg"), cast(Grid, grid), 1, x, _Spec(secure)
+        )
+    assert outcome.record is not None
+    assert outcome.clients == N_CLIENTS - 1
+    assert "client 3 excluded: masked vector has shape" in caplog.text
+    grid.tamper = None
+    replies = _plain_replies(grid, _strategy("fedavg"), 1, x)
+    want = _reference("fedavg", replies, [0, 1, 2], 1, x)
+    assert _rel_err(from_record(outcome.record), want, x)[0] < 1e-4
+
+
+def _secret_values(states: list[dict[str, Any]]) -> set[bytes]:
+    keys = {"c_key", "s_key", "self_seed", "x25519", "keyring"}
+    return {bytes(v) for st in states for k, v in st.items() if k in keys}
+
+
+def _all_received_bytes(grid: FakeGrid) -> bytes:
+    return b"".join(message_to_proto(m).SerializeToString() for m in grid.received)
+
+
+@pytest.mark.parametrize("mode", ["secagg+", "ckks"])
+def test_server_never_holds_an_update_or_a_secret(
+    federation: dict[str, Any], mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG):
+        run = _run(federation, mode, "fedavg")
+    grid, outcome = run["grid"], run["outcome"]
+    secrets = _secret_values(grid.client_states)
+    assert len(secrets) >= N_CLIENTS + 1
+    wire = _all_received_bytes(grid)
+    stored = pickle.dumps((outcome, run["strategy"].state_arrays(), run["strategy"].global_arrays))
+    for s in secrets:
+        chunk = s[len(s) // 2 - 16 : len(s) // 2 + 16]  # a serialized keyring starts with a header
+        assert chunk not in wire
+        assert chunk not in stored
+        assert chunk.hex() not in caplog.text and repr(chunk) not in caplog.text
+
+    replies = _plain_replies(grid, _strategy("fedavg"), 1, run["x"])
+    if mode == "secagg+":
+        # masked vectors are uncorrelated with the encoded contributions they hide
+        shapes = {k: v.shape for k, v in run["x"].items()}
+        layout = PayloadLayout.from_arrays(
+            payload_template(shapes), int_template(), clip=4.0, num_clients=N_CLIENTS
+        )
+        masked = [
+            decode_proto(m.content)["masked"]
+            for m in grid.received
+            if not m.has_error() and "masked" in m.content.array_records.get("secure-arrays", {})
+        ]
+        assert len(masked) == N_CLIENTS
+        for pid, reply in replies.items():
+            metrics: dict[str, Any] = dict(next(iter(reply.content.metric_records.values())))
+            c = make_contribution(
+                run["x"],
+                from_record(reply.content.array_records["arrays"]),
+                metrics,
+                key_modality=parameter_modality,
+                weight_scale=1000.0,
+            )
+            enc = layout.encode(c.floats, c.ints, rng=np.random.default_rng(0)).astype(np.float64)
+            for m in masked:
+                corr = np.corrcoef(enc, m.astype(np.float64))[0, 1]
+                assert abs(corr) < 0.1, (pid, corr)
+    else:
+        # the server's context holds no secret key: its ciphertexts cannot be decrypted
+        provision = [
+            decode_proto(m.content)
+            for m in grid.received
+            if not m.has_error() and "server_context" in m.content.config_records.get("secure", {})
+        ]
+        assert len(provision) == 1
+        server_ctx = ts.context_from(bytes(provision[0]["server_context"]))
+        assert not server_ctx.has_secret_key()
+        with pytest.raises(ValueError):
+            server_ctx.secret_key()
+        # and it cannot open the keyring relayed through it
+        assert all(s[len(s) // 2 - 16 : len(s) // 2 + 16] not in wire for s in secrets)
