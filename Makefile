@@ -8,13 +8,18 @@ APT_PKGS := dataset-fashion-mnist espeak-ng libsndfile1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test install system lint typecheck check smoke bench clean
+.PHONY: demo test install system lint smoke bench clean
 
 demo: install
+	$(BIN)/umbra data prepare --preset default
+	rm -rf runs/demo
 	$(BIN)/umbra run --preset default --out runs/demo
 
+# One check for humans and CI: lint, types, then the whole suite (slow end-to-end runs included).
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy src
+	$(BIN)/python -m pytest -q --durations=20
 
 # Debian packages, only the missing ones (apt-get update only when something is missing).
 system:
@@ -39,13 +44,15 @@ lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy src
 
-check: lint test
-
 smoke: install
 	$(BIN)/umbra run --preset smoke --out runs/smoke
 
 bench: install
 	$(BIN)/python bench/round_overhead.py
+	$(BIN)/python bench/strategies.py
+	$(BIN)/python bench/dpsgd_overhead.py
+	$(BIN)/python bench/secure_aggregation.py
+	$(BIN)/python bench/manifest_load.py
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache

@@ -16,6 +16,7 @@ each run (actor start-up) is excluded from the per-round mean.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import statistics
@@ -99,7 +100,7 @@ def bare_flower(cfg, prep, model_spec, work: Path) -> list[float]:  # type: igno
             fraction_evaluate=0.0,
             min_available_nodes=fed.num_clients,
             min_train_nodes=fed.num_clients,
-        ).start(  # fmt: skip
+        ).start(
             grid=grid,
             initial_arrays=ArrayRecord(model.state_dict()),
             num_rounds=fed.rounds,
@@ -109,7 +110,7 @@ def bare_flower(cfg, prep, model_spec, work: Path) -> list[float]:  # type: igno
     logging.getLogger("flwr").setLevel(logging.WARNING)
     run_simulation(server_app=server, client_app=client, num_supernodes=fed.num_clients,
                    backend_config=BACKEND)  # type: ignore[arg-type]  # fmt: skip
-    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]  # round r = eval r-1 -> eval r
+    return [b - a for a, b in itertools.pairwise(stamps)]  # round r = eval r-1 -> eval r
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ def test_override_types_are_parsed() -> None:
             "federation.strategy=fedprox",
             "federation.rounds=7",
             "data.alpha=0.1",
-            'data.missing={image=0.0, audio=0.5, text=0.2}',
+            "data.missing={image=0.0, audio=0.5, text=0.2}",
             "run.progress=false",
         ],
     )
@@ -57,7 +57,7 @@ def test_override_types_are_parsed() -> None:
         ("federation.strategy=fedsgd", "federation.strategy"),
         ("federation.num_clients=0", "federation.num_clients"),
         ("federation.num_clients=500", "federation.num_clients = 500"),
-        ("data.absent={\"9\" = [\"audio\"]}", "data.absent names client 9"),
+        ('data.absent={"9" = ["audio"]}', "data.absent names client 9"),
         ("federation.rounds=abc", "federation.rounds"),
         ("noequals", "expected section.key=value"),
     ],
@@ -71,7 +71,7 @@ def test_bad_values_name_the_key(override: str, message: str) -> None:
 
 
 def test_unknown_key_lists_valid_keys() -> None:
-    with pytest.raises(ConfigError, match="valid keys: .*alpha"):
+    with pytest.raises(ConfigError, match=r"valid keys: .*alpha"):
         load_config("smoke", overrides=["data.alpah=0.3"])
 
 

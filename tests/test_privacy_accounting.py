@@ -45,8 +45,9 @@ def test_epsilon_matches_dp_accounting_and_opacus(q, sigma, steps, delta):
     pld = epsilon_for(ev, delta=delta, accountant="pld")
     # dp-accounting used directly, one composition call with a count.
     assert rdp == pytest.approx(_direct(RdpAccountant(), q, sigma, steps, delta), rel=1e-12)
-    direct_pld = _direct(PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION), q, sigma,
-                         steps, delta)
+    direct_pld = _direct(
+        PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION), q, sigma, steps, delta
+    )
     assert pld == pytest.approx(direct_pld, rel=1e-9)
     # An independent implementation: Opacus' RDP (same analysis, other orders) and PRV.
     o_rdp = RDPAccountant()
@@ -83,15 +84,18 @@ def test_group_composition_equals_sigma_eff_in_rdp():
     composed = RdpAccountant()
     composed.compose(
         E.SelfComposedDpEvent(
-            E.PoissonSampledDpEvent(q, E.ComposedDpEvent([E.GaussianDpEvent(s) for s in sig.values()])),
+            E.PoissonSampledDpEvent(
+                q, E.ComposedDpEvent([E.GaussianDpEvent(s) for s in sig.values()])
+            ),
             steps,
         )
     )
     eff = float(np.sum(np.asarray(list(sig.values())) ** -2.0) ** -0.5)
     single = _direct(RdpAccountant(), q, eff, steps, delta)
     assert composed.get_epsilon(delta) == pytest.approx(single, rel=1e-12)
-    ours = epsilon_for(dpsgd_event(noise_multiplier=sig, sample_rate=q, steps=steps),
-                       delta=delta, accountant="rdp")
+    ours = epsilon_for(
+        dpsgd_event(noise_multiplier=sig, sample_rate=q, steps=steps), delta=delta, accountant="rdp"
+    )
     assert ours == pytest.approx(single, rel=1e-12)
 
 
@@ -101,31 +105,42 @@ def test_group_composition_equals_sigma_eff_in_pld_without_sampling():
     steps, delta = 20, 1e-5
     native = PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION)
     native.compose(E.ComposedDpEvent([E.GaussianDpEvent(s) for s in sig.values()]), steps)
-    ours = epsilon_for(dpsgd_event(noise_multiplier=sig, sample_rate=1.0, steps=steps),
-                       delta=delta, accountant="pld")
+    ours = epsilon_for(
+        dpsgd_event(noise_multiplier=sig, sample_rate=1.0, steps=steps),
+        delta=delta,
+        accountant="pld",
+    )
     assert ours == pytest.approx(native.get_epsilon(delta), rel=2e-3)
     # And PLD's Poisson-sampled path is exactly the σ_eff event.
     eff = effective_noise_multiplier(sig.values())
-    assert epsilon_for(dpsgd_event(noise_multiplier=sig, sample_rate=0.1, steps=50), delta=delta) \
-        == epsilon_for(dpsgd_event(noise_multiplier=eff, sample_rate=0.1, steps=50), delta=delta)
+    assert epsilon_for(
+        dpsgd_event(noise_multiplier=sig, sample_rate=0.1, steps=50), delta=delta
+    ) == epsilon_for(dpsgd_event(noise_multiplier=eff, sample_rate=0.1, steps=50), delta=delta)
 
 
 @pytest.mark.parametrize("accountant", ["pld", "rdp"])
 def test_per_group_and_total(accountant):
     sig = {"image": 1.0, "audio": 2.0, "shared": 1.0}
-    eps = dpsgd_epsilons(noise_multipliers=sig, sample_rate=0.02, steps=200, delta=1e-5,
-                         accountant=accountant)
+    eps = dpsgd_epsilons(
+        noise_multipliers=sig, sample_rate=0.02, steps=200, delta=1e-5, accountant=accountant
+    )
     for g, s in sig.items():
-        assert eps[g] == epsilon_for(dpsgd_event(noise_multiplier=s, sample_rate=0.02, steps=200),
-                                     delta=1e-5, accountant=accountant)
+        assert eps[g] == epsilon_for(
+            dpsgd_event(noise_multiplier=s, sample_rate=0.02, steps=200),
+            delta=1e-5,
+            accountant=accountant,
+        )
     assert eps["image"] == eps["shared"] > eps["audio"]
     assert eps["total"] > eps["image"]
     # The total is the shared-sample composition: one Gaussian with σ_eff per step. (It is
     # NOT bounded by composing the groups as if each had its own Poisson sample: the shared
     # sample correlates the releases and amplification is weaker at small σ_eff.)
     eff = effective_noise_multiplier(sig.values())
-    assert eps["total"] == epsilon_for(dpsgd_event(noise_multiplier=eff, sample_rate=0.02,
-                                                   steps=200), delta=1e-5, accountant=accountant)
+    assert eps["total"] == epsilon_for(
+        dpsgd_event(noise_multiplier=eff, sample_rate=0.02, steps=200),
+        delta=1e-5,
+        accountant=accountant,
+    )
 
 
 def test_client_level_event_is_per_round_composition():
@@ -134,8 +149,11 @@ def test_client_level_event_is_per_round_composition():
     acc = RdpAccountant()
     for _ in range(rounds):
         acc.compose(per_round)
-    ours = epsilon_for(client_dp_event(noise_multiplier=sigma, sample_rate=q, rounds=rounds),
-                       delta=1e-5, accountant="rdp")
+    ours = epsilon_for(
+        client_dp_event(noise_multiplier=sigma, sample_rate=q, rounds=rounds),
+        delta=1e-5,
+        accountant="rdp",
+    )
     assert ours == pytest.approx(acc.get_epsilon(1e-5), rel=1e-12)
 
 
@@ -150,13 +168,16 @@ def test_compose_steps_merges_rounds():
 
 def test_edge_cases():
     assert epsilon_for(delta=1e-5) == 0.0
-    assert epsilon_for(dpsgd_event(noise_multiplier=1.0, sample_rate=0.1, steps=0),
-                       delta=1e-5) == 0.0
-    assert math.isinf(epsilon_for(dpsgd_event(noise_multiplier=0.0, sample_rate=0.1, steps=3),
-                                  delta=1e-5))
+    assert (
+        epsilon_for(dpsgd_event(noise_multiplier=1.0, sample_rate=0.1, steps=0), delta=1e-5) == 0.0
+    )
+    assert math.isinf(
+        epsilon_for(dpsgd_event(noise_multiplier=0.0, sample_rate=0.1, steps=3), delta=1e-5)
+    )
     assert gaussian_event(noise_multiplier={"a": 2.0}) == gaussian_event(noise_multiplier=2.0)
     assert gaussian_event(noise_multiplier={"b": 1.0, "a": 2.0}) == gaussian_event(
-        noise_multiplier={"a": 2.0, "b": 1.0})
+        noise_multiplier={"a": 2.0, "b": 1.0}
+    )
 
 
 @pytest.mark.parametrize(

@@ -55,12 +55,19 @@ _plans = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-@given(plan=_plans, shares=st.lists(st.floats(0.05, 1.0), min_size=3, max_size=3),
-       use_targets=st.booleans())
+@settings(
+    max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(
+    plan=_plans,
+    shares=st.lists(st.floats(0.05, 1.0), min_size=3, max_size=3),
+    use_targets=st.booleans(),
+)
 def test_allocation_never_overshoots(plan, shares, use_targets):
     spec = {g: s * plan["epsilon"] for g, s in zip(GROUPS, shares, strict=True)}
-    kwargs = {"targets": spec} if use_targets else {"weights": dict(zip(GROUPS, shares, strict=True))}
+    kwargs = (
+        {"targets": spec} if use_targets else {"weights": dict(zip(GROUPS, shares, strict=True))}
+    )
     alloc = allocate_budget(accountant="rdp-int", tol=1e-2, **plan, **kwargs)
     steps = plan["steps_per_round"] * plan["rounds"]
     assert alloc.steps == steps
@@ -81,9 +88,16 @@ def test_allocation_never_overshoots(plan, shares, use_targets):
 
 
 def test_weights_order_noise_and_shares():
-    alloc = allocate_budget(epsilon=3.0, delta=1e-5, sample_rate=0.02, steps_per_round=50,
-                            rounds=4, weights={"image": 2.0, "audio": 1.0, "shared": 2.0},
-                            accountant="rdp-int", tol=1e-2)
+    alloc = allocate_budget(
+        epsilon=3.0,
+        delta=1e-5,
+        sample_rate=0.02,
+        steps_per_round=50,
+        rounds=4,
+        weights={"image": 2.0, "audio": 1.0, "shared": 2.0},
+        accountant="rdp-int",
+        tol=1e-2,
+    )
     s = alloc.noise_multipliers
     assert s["audio"] > s["image"] == pytest.approx(s["shared"])
     # σ_g^-2 ∝ w_g: audio gets half of image's share of the privacy loss.
@@ -95,22 +109,41 @@ def test_weights_order_noise_and_shares():
 
 def test_targets_that_overshoot_are_scaled_down():
     targets = {"audio": 1.0, "shared": 2.5}
-    alloc = allocate_budget(epsilon=3.0, delta=1e-5, sample_rate=0.02, steps_per_round=50,
-                            rounds=4, targets=targets, accountant="rdp-int", tol=1e-2)
+    alloc = allocate_budget(
+        epsilon=3.0,
+        delta=1e-5,
+        sample_rate=0.02,
+        steps_per_round=50,
+        rounds=4,
+        targets=targets,
+        accountant="rdp-int",
+        tol=1e-2,
+    )
     assert alloc.scale > 1.0  # the targets compose above 3
     assert alloc.epsilon_total <= 3.0
     assert all(alloc.epsilons[g] <= targets[g] for g in targets)
     # Relative noise levels of the separately calibrated targets are kept.
-    ref = {g: calibrate_noise_multiplier(epsilon=t, delta=1e-5, sample_rate=0.02, steps=200,
-                                         accountant="rdp-int", tol=1e-2) for g, t in targets.items()}
+    ref = {
+        g: calibrate_noise_multiplier(
+            epsilon=t, delta=1e-5, sample_rate=0.02, steps=200, accountant="rdp-int", tol=1e-2
+        )
+        for g, t in targets.items()
+    }
     for g in targets:
         assert alloc.noise_multipliers[g] / ref[g] == pytest.approx(alloc.scale, rel=1e-6)
 
 
 def test_targets_that_fit_are_kept():
     targets = {"image": 0.5, "audio": 0.2}
-    alloc = allocate_budget(epsilon=3.0, delta=1e-5, sample_rate=0.02, steps_per_round=50,
-                            rounds=2, targets=targets, accountant="rdp-int")
+    alloc = allocate_budget(
+        epsilon=3.0,
+        delta=1e-5,
+        sample_rate=0.02,
+        steps_per_round=50,
+        rounds=2,
+        targets=targets,
+        accountant="rdp-int",
+    )
     assert alloc.scale == 1.0
     for g, t in targets.items():
         assert alloc.epsilons[g] <= t
@@ -144,8 +177,15 @@ def test_calibration_pld_is_tight():
     ],
 )
 def test_config_errors_name_the_setting(kwargs, setting):
-    base = {"epsilon": 3.0, "delta": 1e-5, "sample_rate": 0.02, "steps_per_round": 10,
-            "rounds": 2, "weights": {"image": 1.0, "shared": 1.0}, "accountant": "rdp"}
+    base = {
+        "epsilon": 3.0,
+        "delta": 1e-5,
+        "sample_rate": 0.02,
+        "steps_per_round": 10,
+        "rounds": 2,
+        "weights": {"image": 1.0, "shared": 1.0},
+        "accountant": "rdp",
+    }
     base.update(kwargs)
     with pytest.raises(ConfigError, match=re.escape(setting)):
         allocate_budget(**base)
@@ -160,5 +200,6 @@ def test_validate_helpers():
     with pytest.raises(ConfigError, match=r"privacy\.targets\.audio"):
         Budget(epsilon=3.0, delta=1e-5, groups={"audio": -1.0})
     with pytest.raises(ConfigError, match="cannot be reached"):
-        calibrate_noise_multiplier(epsilon=1e-4, delta=1e-5, sample_rate=1.0, steps=10**6,
-                                   accountant="rdp-int")
+        calibrate_noise_multiplier(
+            epsilon=1e-4, delta=1e-5, sample_rate=1.0, steps=10**6, accountant="rdp-int"
+        )

@@ -50,8 +50,10 @@ def test_central_noise_spread():
 def test_sum_of_shares_carries_the_full_noise():
     sigma, c, n = 1.1, 2.0, 8
     g = np.random.default_rng(2)
-    shares = [noise_share((200, 200), noise_multiplier=sigma, clip_norm=c, num_clients=n,
-                          generator=g) for _ in range(n)]
+    shares = [
+        noise_share((200, 200), noise_multiplier=sigma, clip_norm=c, num_clients=n, generator=g)
+        for _ in range(n)
+    ]
     one = shares[0]
     assert one.std() == pytest.approx(sigma * c / np.sqrt(n), rel=0.02)
     total = np.sum(shares, axis=0)
@@ -63,25 +65,37 @@ def test_sum_of_shares_carries_the_full_noise():
 
 def test_noise_shares_like_keeps_shapes_and_dtypes():
     upd = _update(np.random.default_rng(3))
-    out = noise_shares_like(upd, noise_multiplier=1.0, clip_norm=1.0, num_clients=4,
-                            generator=np.random.default_rng(4))
+    out = noise_shares_like(
+        upd, noise_multiplier=1.0, clip_norm=1.0, num_clients=4, generator=np.random.default_rng(4)
+    )
     for k, a in upd.items():
         assert out[k].shape == a.shape and out[k].dtype == a.dtype
         assert not np.array_equal(out[k], a)
 
 
 def test_seeded_noise_is_reproducible():
-    a = noise_share((10,), noise_multiplier=1.0, clip_norm=1.0, num_clients=3,
-                    generator=np.random.default_rng(7))
-    b = noise_share((10,), noise_multiplier=1.0, clip_norm=1.0, num_clients=3,
-                    generator=np.random.default_rng(7))
+    a = noise_share(
+        (10,),
+        noise_multiplier=1.0,
+        clip_norm=1.0,
+        num_clients=3,
+        generator=np.random.default_rng(7),
+    )
+    b = noise_share(
+        (10,),
+        noise_multiplier=1.0,
+        clip_norm=1.0,
+        num_clients=3,
+        generator=np.random.default_rng(7),
+    )
     np.testing.assert_array_equal(a, b)
 
 
 def test_parameter_validation():
     with pytest.warns(UserWarning, match="not differentially private"):
-        out = central_noise({"w": np.ones(3)}, noise_multiplier=0.0, clip_norm=1.0,
-                            rng=np.random.default_rng(0))
+        out = central_noise(
+            {"w": np.ones(3)}, noise_multiplier=0.0, clip_norm=1.0, rng=np.random.default_rng(0)
+        )
     np.testing.assert_array_equal(out["w"], np.ones(3))
     with pytest.raises(ValueError, match="noise_multiplier"):
         noise_share((3,), noise_multiplier=-0.1, clip_norm=1.0, num_clients=2)

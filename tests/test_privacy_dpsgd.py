@@ -19,19 +19,34 @@ class TinyMultimodal(nn.Module):
 
     def __init__(self, embedding: bool = False) -> None:
         super().__init__()
-        text = (nn.Sequential(nn.Embedding(11, 8), nn.Flatten(), nn.Linear(24, 8)) if embedding
-                else nn.Sequential(nn.Linear(5, 8), nn.ReLU()))
-        self.encoders = nn.ModuleDict({
-            "image": nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4), nn.ReLU(),
-                                   nn.Flatten(), nn.Linear(4 * 6 * 6, 8)),
-            "text": text,
-        })
+        text = (
+            nn.Sequential(nn.Embedding(11, 8), nn.Flatten(), nn.Linear(24, 8))
+            if embedding
+            else nn.Sequential(nn.Linear(5, 8), nn.ReLU())
+        )
+        self.encoders = nn.ModuleDict(
+            {
+                "image": nn.Sequential(
+                    nn.Conv2d(1, 4, 3),
+                    nn.GroupNorm(2, 4),
+                    nn.ReLU(),
+                    nn.Flatten(),
+                    nn.Linear(4 * 6 * 6, 8),
+                ),
+                "text": text,
+            }
+        )
         self.projections = nn.ModuleDict({m: nn.Linear(8, 6) for m in MODS})
         self.head = nn.Sequential(nn.LayerNorm(6), nn.Linear(6, 3))
 
     def forward(self, x: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
-        z = torch.stack([torch.where(mask[:, j:j + 1], self.projections[m](self.encoders[m](x[m])),
-                                     0.0) for j, m in enumerate(MODS)], dim=1)  # (B, M, D)
+        z = torch.stack(
+            [
+                torch.where(mask[:, j : j + 1], self.projections[m](self.encoders[m](x[m])), 0.0)
+                for j, m in enumerate(MODS)
+            ],
+            dim=1,
+        )  # (B, M, D)
         return self.head(z.sum(dim=1))
 
 
@@ -44,11 +59,14 @@ def _groups(model: nn.Module) -> dict[str, list[str]]:
 
 def _batch(b: int, embedding: bool = False, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
-    text = (torch.randint(0, 11, (b, 3), generator=g) if embedding
-            else torch.randn(b, 5, generator=g))
-    return {"x": {"image": torch.randn(b, 1, 8, 8, generator=g), "text": text},
-            "mask": torch.rand(b, 2, generator=g) > 0.3,
-            "y": torch.randint(0, 3, (b,), generator=g)}
+    text = (
+        torch.randint(0, 11, (b, 3), generator=g) if embedding else torch.randn(b, 5, generator=g)
+    )
+    return {
+        "x": {"image": torch.randn(b, 1, 8, 8, generator=g), "text": text},
+        "mask": torch.rand(b, 2, generator=g) > 0.3,
+        "y": torch.randint(0, 3, (b,), generator=g),
+    }
 
 
 def _loss(model: nn.Module, batch: dict) -> torch.Tensor:
@@ -62,8 +80,11 @@ def _reference(model: nn.Module, groups, clip, batch, denom) -> dict[str, torch.
     b = batch["y"].shape[0]
     for i in range(b):
         model.zero_grad()
-        one = {"x": {k: v[i:i + 1] for k, v in batch["x"].items()},
-               "mask": batch["mask"][i:i + 1], "y": batch["y"][i:i + 1]}
+        one = {
+            "x": {k: v[i : i + 1] for k, v in batch["x"].items()},
+            "mask": batch["mask"][i : i + 1],
+            "y": batch["y"][i : i + 1],
+        }
         _loss(model, one).sum().backward()
         for g, names in groups.items():
             norm = torch.sqrt(sum((params[n].grad.double() ** 2).sum() for n in names))
@@ -73,19 +94,26 @@ def _reference(model: nn.Module, groups, clip, batch, denom) -> dict[str, torch.
     return {n: r / denom for n, r in ref.items()}
 
 
-@pytest.mark.parametrize(("backend", "embedding"),
-                         [("functorch", False), ("functorch", True), ("opacus", False),
-                          ("opacus", True)])
+@pytest.mark.parametrize(
+    ("backend", "embedding"),
+    [("functorch", False), ("functorch", True), ("opacus", False), ("opacus", True)],
+)
 def test_clipping_is_exact_against_single_record_loop(backend, embedding):
     torch.manual_seed(0)
     model = TinyMultimodal(embedding)
     twin = copy.deepcopy(model)
     groups = _groups(model)
     clip = {"image": 0.3, "text": 0.05, "shared": 0.2}  # small: most records get clipped
-    dp = DPSGD(model, groups=groups, clip_norms=clip,
-               noise_multipliers={"image": 1.0, "text": 1.0, "shared": 1.0},
-               sample_rate=0.5, num_samples=20, generator=torch.Generator().manual_seed(1),
-               backend=backend)
+    dp = DPSGD(
+        model,
+        groups=groups,
+        clip_norms=clip,
+        noise_multipliers={"image": 1.0, "text": 1.0, "shared": 1.0},
+        sample_rate=0.5,
+        num_samples=20,
+        generator=torch.Generator().manual_seed(1),
+        backend=backend,
+    )
     dp.noise_multipliers = dict.fromkeys(clip, 0.0)  # isolate the clipping
     batch = _batch(9, embedding)
     stats = dp.step(_loss, batch)
@@ -102,26 +130,38 @@ def test_clipping_is_exact_against_single_record_loop(backend, embedding):
 
 def test_noise_std_on_empty_and_full_batches():
     torch.manual_seed(0)
-    model = nn.ModuleDict({"encoders": nn.ModuleDict({"image": nn.Linear(40, 40)}),
-                           "head": nn.Linear(40, 30)})
+    model = nn.ModuleDict(
+        {"encoders": nn.ModuleDict({"image": nn.Linear(40, 40)}), "head": nn.Linear(40, 30)}
+    )
 
     def loss(m, batch):
         return (m["head"](m["encoders"]["image"](batch)) ** 2).mean(dim=1)
 
-    groups = {"image": ["encoders.image.weight", "encoders.image.bias"],
-              "shared": ["head.weight", "head.bias"]}
+    groups = {
+        "image": ["encoders.image.weight", "encoders.image.bias"],
+        "shared": ["head.weight", "head.bias"],
+    }
     clip = {"image": 0.5, "shared": 2.0}
     sigma = {"image": 1.5, "shared": 0.7}
     q, n = 0.1, 200
     gen = torch.Generator().manual_seed(3)
-    dp = DPSGD(model, groups=groups, clip_norms=clip, noise_multipliers=sigma,
-               sample_rate=q, num_samples=n, generator=gen)
+    dp = DPSGD(
+        model,
+        groups=groups,
+        clip_norms=clip,
+        noise_multipliers=sigma,
+        sample_rate=q,
+        num_samples=n,
+        generator=gen,
+    )
     params = dict(model.named_parameters())
 
     def noise_of(batch, clean):
         dp.step(loss, batch)
-        return {g: torch.cat([(params[k].grad * q * n - clean.get(k, 0)).flatten()
-                              for k in names]) for g, names in groups.items()}
+        return {
+            g: torch.cat([(params[k].grad * q * n - clean.get(k, 0)).flatten() for k in names])
+            for g, names in groups.items()
+        }
 
     # Empty Poisson batch: the gradient is pure noise N(0, (σC)²) / (qN).
     empty = noise_of(torch.zeros(0, 40), {})
@@ -144,17 +184,29 @@ def test_noise_std_on_empty_and_full_batches():
 
 
 def test_poisson_batches_seeded_and_variable():
-    a = [b.tolist() for b in poisson_batches(50, sample_rate=0.1, steps=40,
-                                             generator=torch.Generator().manual_seed(5))]
-    b = [b.tolist() for b in poisson_batches(50, sample_rate=0.1, steps=40,
-                                             generator=torch.Generator().manual_seed(5))]
+    a = [
+        b.tolist()
+        for b in poisson_batches(
+            50, sample_rate=0.1, steps=40, generator=torch.Generator().manual_seed(5)
+        )
+    ]
+    b = [
+        b.tolist()
+        for b in poisson_batches(
+            50, sample_rate=0.1, steps=40, generator=torch.Generator().manual_seed(5)
+        )
+    ]
     assert a == b and len(a) == 40
     sizes = [len(x) for x in a]
     assert len(set(sizes)) > 3  # variable size
     assert sum(sizes) / 40 == pytest.approx(5.0, abs=1.5)  # mean qN
     assert all(len(set(x)) == len(x) and all(0 <= i < 50 for i in x) for x in a)
-    tiny = [len(x) for x in poisson_batches(5, sample_rate=0.01, steps=30,
-                                            generator=torch.Generator().manual_seed(6))]
+    tiny = [
+        len(x)
+        for x in poisson_batches(
+            5, sample_rate=0.01, steps=30, generator=torch.Generator().manual_seed(6)
+        )
+    ]
     assert 0 in tiny  # empty batches happen
     assert len(list(poisson_batches(10, sample_rate=0.25))) == 4  # default: one expected epoch
 
@@ -162,8 +214,12 @@ def test_poisson_batches_seeded_and_variable():
 def test_validation():
     model = TinyMultimodal()
     groups = _groups(model)
-    ok = {"clip_norms": dict.fromkeys(groups, 1.0), "noise_multipliers": dict.fromkeys(groups, 1.0),
-          "sample_rate": 0.1, "num_samples": 10}
+    ok = {
+        "clip_norms": dict.fromkeys(groups, 1.0),
+        "noise_multipliers": dict.fromkeys(groups, 1.0),
+        "sample_rate": 0.1,
+        "num_samples": 10,
+    }
     with pytest.raises(ValueError, match="no group"):
         DPSGD(model, groups={**groups, "shared": groups["shared"][:1]}, **ok)
     with pytest.raises(ValueError, match="unknown parameter"):
@@ -171,13 +227,19 @@ def test_validation():
     with pytest.raises(ValueError, match="clip_norms"):
         DPSGD(model, groups=groups, **{**ok, "clip_norms": {**ok["clip_norms"], "text": 0.0}})
     with pytest.raises(ValueError, match="noise_multipliers"):
-        DPSGD(model, groups=groups,
-              **{**ok, "noise_multipliers": {**ok["noise_multipliers"], "text": -1.0}})
+        DPSGD(
+            model,
+            groups=groups,
+            **{**ok, "noise_multipliers": {**ok["noise_multipliers"], "text": -1.0}},
+        )
     with pytest.raises(ValueError, match="sample_rate"):
         DPSGD(model, groups=groups, **{**ok, "sample_rate": 0.0})
     with pytest.warns(UserWarning, match="not differentially private"):
-        dp = DPSGD(model, groups=groups,
-                   **{**ok, "noise_multipliers": {**ok["noise_multipliers"], "text": 0.0}})
+        dp = DPSGD(
+            model,
+            groups=groups,
+            **{**ok, "noise_multipliers": {**ok["noise_multipliers"], "text": 0.0}},
+        )
     with pytest.raises(ValueError, match="per-record losses"):
         dp.step(lambda m, b: _loss(m, b).sum(), _batch(3))
     dp.close()
@@ -188,20 +250,34 @@ def test_with_umbra_multimodal_net(backend):
     from umbra.models import ModelSpec, MultimodalNet, parameter_groups
 
     torch.manual_seed(0)
-    spec = ModelSpec(input_shapes={"image": (1, 8, 8), "text": (6,)}, num_classes=3,
-                     hidden=8, embed_dim=4, dropout=0.0)
+    spec = ModelSpec(
+        input_shapes={"image": (1, 8, 8), "text": (6,)},
+        num_classes=3,
+        hidden=8,
+        embed_dim=4,
+        dropout=0.0,
+    )
     model = MultimodalNet(spec)
     twin = copy.deepcopy(model)
     groups = parameter_groups(model)
     clip = {"image": 0.2, "text": 0.1, "shared": 0.3}
-    dp = DPSGD(model, groups=groups, clip_norms=clip, noise_multipliers=dict.fromkeys(clip, 1.0),
-               sample_rate=0.25, num_samples=24, generator=torch.Generator().manual_seed(0),
-               backend=backend)
+    dp = DPSGD(
+        model,
+        groups=groups,
+        clip_norms=clip,
+        noise_multipliers=dict.fromkeys(clip, 1.0),
+        sample_rate=0.25,
+        num_samples=24,
+        generator=torch.Generator().manual_seed(0),
+        backend=backend,
+    )
     dp.noise_multipliers = dict.fromkeys(clip, 0.0)
     g = torch.Generator().manual_seed(1)
-    batch = {"x": {"image": torch.rand(6, 1, 8, 8, generator=g), "text": torch.randn(6, 6, generator=g)},
-             "mask": torch.tensor([[1, 1], [1, 0], [0, 1], [1, 1], [0, 1], [1, 0]], dtype=torch.bool),
-             "y": torch.randint(0, 3, (6,), generator=g)}
+    batch = {
+        "x": {"image": torch.rand(6, 1, 8, 8, generator=g), "text": torch.randn(6, 6, generator=g)},
+        "mask": torch.tensor([[1, 1], [1, 0], [0, 1], [1, 1], [0, 1], [1, 0]], dtype=torch.bool),
+        "y": torch.randint(0, 3, (6,), generator=g),
+    }
     dp.step(_loss, batch)
     assert dp.backend == backend
     ref = _reference(twin, groups, clip, batch, denom=0.25 * 24)

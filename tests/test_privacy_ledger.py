@@ -22,8 +22,9 @@ Q, STEPS, DELTA = 0.02, 25, 1e-5
 
 
 def _release(rnd: int, party: str, sig=SIG, steps=STEPS) -> Release:
-    return Release.dpsgd(round=rnd, party=party, sample_rate=Q, steps=steps,
-                         noise_multipliers=sig, clip_norms=CLIP)
+    return Release.dpsgd(
+        round=rnd, party=party, sample_rate=Q, steps=steps, noise_multipliers=sig, clip_norms=CLIP
+    )
 
 
 def _independent(sigmas: list[float], steps: int, accountant: str = "pld") -> float:
@@ -54,8 +55,13 @@ def test_lines_and_fsync_before_return(tmp_path, monkeypatch):
     # The release's lines were on disk when fsync ran, i.e. before record() returned.
     assert len(seen) == 2
     lines = [json.loads(x) for x in seen[-1].splitlines()]
-    assert lines[0] == {"type": "header", "version": 1, "unit": "example", "delta": DELTA,
-                        "accountant": "pld"}
+    assert lines[0] == {
+        "type": "header",
+        "version": 1,
+        "unit": "example",
+        "delta": DELTA,
+        "accountant": "pld",
+    }
     assert [x["group"] for x in lines[1:]] == list(SIG)
     assert len({x["release"] for x in lines[1:]}) == 1  # one release, one id
     for x in lines[1:]:
@@ -87,15 +93,24 @@ def test_replay_equals_independent_epsilon(tmp_path, accountant):
     # ε after round 1 only.
     early = replay(path, up_to_round=1)
     assert early.epsilon["total"] == pytest.approx(
-        _independent(list(SIG.values()), STEPS, accountant), rel=1e-9)
+        _independent(list(SIG.values()), STEPS, accountant), rel=1e-9
+    )
 
 
 def test_client_level_server_releases(tmp_path):
     path = tmp_path / "ledger.jsonl"
     led = PrivacyLedger(path, unit="client", delta=DELTA, accountant="rdp")
     for rnd in range(1, 6):
-        led.record(Release.dpsgd(round=rnd, party="server", sample_rate=0.3, steps=1,
-                                 noise_multipliers={"all": 1.1}, clip_norms={"all": 0.7}))
+        led.record(
+            Release.dpsgd(
+                round=rnd,
+                party="server",
+                sample_rate=0.3,
+                steps=1,
+                noise_multipliers={"all": 1.1},
+                clip_norms={"all": 0.7},
+            )
+        )
     rep = replay(path)
     acc = RdpAccountant()
     for _ in range(5):
@@ -171,7 +186,8 @@ def test_two_writers_on_one_file(tmp_path):
     rep = replay(path)
     assert rep.releases == 4
     assert rep.epsilon["total"] == pytest.approx(
-        _independent(list(SIG.values()), 4 * STEPS, "rdp"), rel=1e-9)
+        _independent(list(SIG.values()), 4 * STEPS, "rdp"), rel=1e-9
+    )
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):
@@ -185,8 +201,9 @@ def test_resume_with_other_settings_is_refused(tmp_path):
 
 def test_budget_stop_exactly_at_the_boundary(tmp_path):
     k = 4  # rounds that fit exactly
-    cap = epsilon_for(dpsgd_event(noise_multiplier=SIG, sample_rate=Q, steps=k * STEPS),
-                      delta=DELTA)
+    cap = epsilon_for(
+        dpsgd_event(noise_multiplier=SIG, sample_rate=Q, steps=k * STEPS), delta=DELTA
+    )
     budget = Budget(epsilon=cap, delta=DELTA)
     led = PrivacyLedger(tmp_path / "ledger.jsonl", unit="example", delta=DELTA)
     for rnd in range(1, k + 1):
@@ -199,8 +216,9 @@ def test_budget_stop_exactly_at_the_boundary(tmp_path):
 
 
 def test_budget_stop_on_a_group_cap(tmp_path):
-    cap_audio = epsilon_for(dpsgd_event(noise_multiplier=SIG["audio"], sample_rate=Q,
-                                        steps=2 * STEPS), delta=DELTA)
+    cap_audio = epsilon_for(
+        dpsgd_event(noise_multiplier=SIG["audio"], sample_rate=Q, steps=2 * STEPS), delta=DELTA
+    )
     budget = Budget(epsilon=100.0, delta=DELTA, groups={"audio": cap_audio})
     led = PrivacyLedger(tmp_path / "ledger.jsonl", unit="example", delta=DELTA)
     led.record(_release(1, "a"))
@@ -221,11 +239,23 @@ def test_budget_stop_on_a_group_cap(tmp_path):
     ],
 )
 def test_bad_release(kwargs, match):
-    base = {"round": 1, "party": "a", "sample_rate": Q, "steps": 1,
-            "noise_multipliers": SIG, "clip_norms": CLIP}
+    base = {
+        "round": 1,
+        "party": "a",
+        "sample_rate": Q,
+        "steps": 1,
+        "noise_multipliers": SIG,
+        "clip_norms": CLIP,
+    }
     base.update(kwargs)
     with pytest.raises(ValueError, match=match):
         Release.dpsgd(**base)
     with pytest.raises(ValueError, match="noise_multiplier"):
-        Release.dpsgd(round=1, party="a", sample_rate=Q, steps=1,
-                      noise_multipliers={"image": 0.0}, clip_norms={"image": 1.0})
+        Release.dpsgd(
+            round=1,
+            party="a",
+            sample_rate=Q,
+            steps=1,
+            noise_multipliers={"image": 0.0},
+            clip_norms={"image": 1.0},
+        )

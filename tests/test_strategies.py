@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -73,7 +73,9 @@ def test_plain_average_equals_flower_fedavg_and_numpy(n_clients: int, seed: int)
     for k in KEYS:
         ref = sum(wi * a[k].astype(np.float64) for wi, a in zip(w, arrays, strict=True))
         np.testing.assert_allclose(from_record(ours)[k], ref, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(from_record(ours)[k], from_record(flower)[k], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            from_record(ours)[k], from_record(flower)[k], rtol=1e-5, atol=1e-6
+        )
 
 
 def test_modality_aware_ignores_clients_without_the_modality() -> None:

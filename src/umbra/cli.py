@@ -197,6 +197,30 @@ data_app = typer.Typer(help="Inspect bring-your-own data.", no_args_is_help=True
 app.add_typer(data_app, name="data")
 
 
+@data_app.command("prepare")
+def data_prepare(
+    preset: Annotated[str, typer.Option(help="preset whose data to prepare")] = "default",
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override one setting: section.key=value")
+    ] = None,
+) -> None:
+    """Build (or check) the cached features of a preset's data set, without training."""
+    import time
+
+    from umbra.config import load_config
+    from umbra.experiment import prepare_data
+
+    cfg = load_config(preset, overrides=set_ or [])
+    t0 = time.perf_counter()
+    prep = prepare_data(cfg)
+    console.print(
+        f"{cfg.data.source}: {len(prep.train)} training records over {len(prep.parts)} clients, "
+        f"{len(prep.test)} test records, modalities {', '.join(prep.train.modalities)} "
+        f"({time.perf_counter() - t0:.1f} s)",
+        highlight=False,
+    )
+
+
 @data_app.command("inspect")
 def data_inspect(
     manifest: Annotated[Path, typer.Argument(help="a CSV or Parquet manifest")],

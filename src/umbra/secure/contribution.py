@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -224,3 +225,21 @@ def next_weight_scale(int_sums: Mapping[str, np.ndarray]) -> float:
     if clients < 1 or examples < 1:
         return DEFAULT_WEIGHT_SCALE
     return max(1.0, examples / clients)
+
+
+def client_dp_from_sums(
+    x: Mapping[str, np.ndarray],
+    float_sums: Mapping[str, np.ndarray],
+    int_sums: Mapping[str, np.ndarray],
+    dp: Any,
+    *,
+    sampled: int,
+) -> dict[str, np.ndarray]:
+    """Client-level DP under secure aggregation: the summed clipped (noised) deltas, the
+    server's noise top-up and the fixed ``qN`` divisor (`umbra.federation.rounds.client_dp_model`).
+    """
+    from umbra.federation.rounds import client_dp_model
+
+    received = int(np.asarray(int_sums["clients"]).ravel()[0])
+    summed = {k: np.asarray(float_sums[k], dtype=np.float64) for k in x}
+    return client_dp_model(dict(x), summed, received=received, sampled=sampled, dp=dp)

@@ -23,9 +23,9 @@ from flwr.app import ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
 from umbra.federation.records import to_record
-from umbra.federation.rounds import RoundOutcome, strategy_step
+from umbra.federation.rounds import RoundOutcome, prepare_train_messages, strategy_step
 from umbra.federation.strategies import ModalityFedAvg
-from umbra.secure.contribution import combine_sums, next_weight_scale
+from umbra.secure.contribution import client_dp_from_sums, combine_sums, next_weight_scale
 from umbra.secure.he.ckks import CkksAggregator, HeAbort
 from umbra.secure.he.client_mod import (
     STAGE_ADVERTISE,
@@ -62,6 +62,7 @@ class CkksWorkflow:
         *,
         secure: Mapping[str, Any],
         timeout_s: float,
+        spec: Any = None,
     ) -> None:
         self.strategy = strategy
         self.round = server_round
@@ -72,9 +73,15 @@ class CkksWorkflow:
         self.params_name = str(self.secure.get("ckks_params", "umbra"))
         self.params = params_of(self.params_name)
         self.clip = float(self.secure.get("clip_range", 4.0))
+        # DP (when on): client sampling, and the ledger written before any release
+        self.dp = getattr(spec, "dp", None)
+        messages = (
+            prepare_train_messages(strategy, grid, server_round, dict(arrays), spec)
+            if spec is not None
+            else strategy.configure_train(server_round, to_record(arrays), ConfigRecord(), grid)
+        )
         self.train_content: dict[int, RecordDict] = {
-            m.metadata.dst_node_id: m.content
-            for m in strategy.configure_train(server_round, to_record(arrays), ConfigRecord(), grid)
+            m.metadata.dst_node_id: m.content for m in messages
         }
         self.nodes = sorted(self.train_content)
         n = max(1, len(self.nodes))
@@ -213,6 +220,9 @@ class CkksWorkflow:
                 key_modality=self.strategy.key_modality,
                 weight_scale=self.weight_scale,
             )
+            if self.dp is not None and self.dp.client_level:
+                averaged = client_dp_from_sums(self.arrays, float_sums, int_sums, self.dp,
+                                               sampled=len(self.nodes))  # fmt: skip
         except (HeAbort, ValueError, KeyError) as err:
             log.error("ckks round %d aborted, model unchanged: %s", self.round, err)
             return self._outcome(None, None, note=str(err))
@@ -244,6 +254,12 @@ def ckks_train_round(
     """Round transport ``"ckks"`` (see `umbra.federation.rounds.TrainRound`)."""
     secure = dict(getattr(spec, "extra", {}).get("secure", {}))
     workflow = CkksWorkflow(
-        strategy, grid, rnd, arrays, secure=secure, timeout_s=float(spec.node_timeout_s)
+        strategy,
+        grid,
+        rnd,
+        arrays,
+        secure=secure,
+        timeout_s=float(spec.node_timeout_s),
+        spec=spec,
     )
     return workflow.run_round()

@@ -24,10 +24,11 @@ from flwr.app import ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
 from umbra.federation.records import to_record
-from umbra.federation.rounds import RoundOutcome, strategy_step
+from umbra.federation.rounds import RoundOutcome, prepare_train_messages, strategy_step
 from umbra.federation.strategies import ModalityFedAvg
 from umbra.secure.contribution import (
     DEFAULT_WEIGHT_SCALE,
+    client_dp_from_sums,
     combine_sums,
     int_template,
     next_weight_scale,
@@ -87,15 +88,22 @@ class SecAggPlusWorkflow:
         *,
         secure: Mapping[str, Any],
         timeout_s: float,
+        spec: Any = None,
     ) -> None:
         self.strategy = strategy
         self.arrays = dict(arrays)
         self.secure = dict(secure)
         self.run = run_state(strategy)
         self.weight_scale = self.run.weight_scale
+        # DP (when on): client sampling, and the ledger written before any release
+        self.dp = getattr(spec, "dp", None)
+        messages = (
+            prepare_train_messages(strategy, grid, server_round, dict(arrays), spec)
+            if spec is not None
+            else strategy.configure_train(server_round, to_record(arrays), ConfigRecord(), grid)
+        )
         self.train_content: dict[int, RecordDict] = {
-            m.metadata.dst_node_id: m.content
-            for m in strategy.configure_train(server_round, to_record(arrays), ConfigRecord(), grid)
+            m.metadata.dst_node_id: m.content for m in messages
         }
         self.nodes = sorted(self.train_content)
         self.exchange = StageExchange(grid, MESSAGE_TYPE, timeout_s, server_round)
@@ -167,6 +175,9 @@ class SecAggPlusWorkflow:
                 key_modality=self.strategy.key_modality,
                 weight_scale=self.weight_scale,
             )
+            if self.dp is not None and self.dp.client_level:
+                averaged = client_dp_from_sums(self.arrays, float_sums, int_sums, self.dp,
+                                               sampled=len(self.nodes))  # fmt: skip
         except ValueError as err:
             log.error("secagg+ round %d aborted: %s", self.config.round_number, err)
             return self._outcome(None, None, note=str(err))
@@ -200,6 +211,12 @@ def secagg_train_round(
     """Round transport ``"secagg+"`` (see `umbra.federation.rounds.TrainRound`)."""
     secure = dict(getattr(spec, "extra", {}).get("secure", {}))
     workflow = SecAggPlusWorkflow(
-        strategy, grid, rnd, arrays, secure=secure, timeout_s=float(spec.node_timeout_s)
+        strategy,
+        grid,
+        rnd,
+        arrays,
+        secure=secure,
+        timeout_s=float(spec.node_timeout_s),
+        spec=spec,
     )
     return workflow.run_round()
