@@ -94,10 +94,16 @@ def umbra_dpsgd(data: dict[str, Tensor], n: int, batch: int, seed: int, *, backe
     model = new_model(seed)
     groups = parameter_groups(model)
     q = batch / n
-    dp = DPSGD(model, groups=groups, clip_norms=dict.fromkeys(groups, 1.0),
-               noise_multipliers=dict.fromkeys(groups, 1.0), sample_rate=q, num_samples=n,
-               generator=torch.Generator().manual_seed(seed),
-               backend=backend)  # type: ignore[arg-type]
+    dp = DPSGD(
+        model,
+        groups=groups,
+        clip_norms=dict.fromkeys(groups, 1.0),
+        noise_multipliers=dict.fromkeys(groups, 1.0),
+        sample_rate=q,
+        num_samples=n,
+        generator=torch.Generator().manual_seed(seed),
+        backend=backend,
+    )  # type: ignore[arg-type]
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     gen = torch.Generator().manual_seed(seed)
 
@@ -130,7 +136,10 @@ def opacus(data: dict[str, Tensor], n: int, batch: int, seed: int) -> Epoch:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pm, popt, ploader = PrivacyEngine().make_private(
-            module=model, optimizer=opt, data_loader=loader, noise_multiplier=1.0,
+            module=model,
+            optimizer=opt,
+            data_loader=loader,
+            noise_multiplier=1.0,
             max_grad_norm=1.0,
         )
 
@@ -169,8 +178,9 @@ def main() -> None:
         "opacus": opacus(data, args.n, args.batch, args.seed),
     }
     if args.ablation:
-        variants["umbra[opacus hooks]"] = umbra_dpsgd(data, args.n, args.batch, args.seed,
-                                                      backend="opacus")
+        variants["umbra[opacus hooks]"] = umbra_dpsgd(
+            data, args.n, args.batch, args.seed, backend="opacus"
+        )
     times: dict[str, list[float]] = {k: [] for k in variants}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -185,19 +195,33 @@ def main() -> None:
                 times[name].append(time.perf_counter() - t0)
     base = statistics.median(times["non-private"])
     results = {
-        name: {"epoch_s": ts, "median_s": statistics.median(ts),
-               "ratio": statistics.median(ts) / base}
+        name: {
+            "epoch_s": ts,
+            "median_s": statistics.median(ts),
+            "ratio": statistics.median(ts) / base,
+        }
         for name, ts in times.items()
     }
     out = {
         "bench": "dpsgd_overhead",
-        "config": {"n": args.n, "batch": args.batch, "epochs": args.epochs,
-                   "threads": args.threads, "device": str(DEVICE), "shapes": SHAPES, "model": "MultimodalNet default",
-                   "parameters": sum(p.numel() for p in new_model(0).parameters())},
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpus": os.cpu_count(),
-                    "gpu": torch.cuda.get_device_name() if DEVICE.type == "cuda" else None,
-                    "torch": torch.__version__, "numpy": np.__version__},
+        "config": {
+            "n": args.n,
+            "batch": args.batch,
+            "epochs": args.epochs,
+            "threads": args.threads,
+            "device": str(DEVICE),
+            "shapes": SHAPES,
+            "model": "MultimodalNet default",
+            "parameters": sum(p.numel() for p in new_model(0).parameters()),
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "gpu": torch.cuda.get_device_name() if DEVICE.type == "cuda" else None,
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+        },
         "results": results,
     }
     rows = ["| variant | median s / epoch | ratio to non-private |", "|---|---:|---:|"]
@@ -205,10 +229,19 @@ def main() -> None:
     table = "\n".join(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "dpsgd_overhead.json").write_text(json.dumps(out, indent=2) + "\n")
-    cmd = "python bench/dpsgd_overhead.py " + " ".join(
-        f"--{k} {v}" for k, v in (("n", args.n), ("epochs", args.epochs), ("threads", args.threads),
-                                  ("device", args.device))
-    ) + (" --ablation" if args.ablation else "")
+    cmd = (
+        "python bench/dpsgd_overhead.py "
+        + " ".join(
+            f"--{k} {v}"
+            for k, v in (
+                ("n", args.n),
+                ("epochs", args.epochs),
+                ("threads", args.threads),
+                ("device", args.device),
+            )
+        )
+        + (" --ablation" if args.ablation else "")
+    )
     (args.out / "dpsgd_overhead.md").write_text(f"`{cmd}`\n\n{table}\n")
     print(table)
 

@@ -150,6 +150,17 @@ class PrivacyConfig(_Section):
     clip_norms: dict[str, float] = Field(
         default_factory=dict, description="example DP: per-group clip overriding clip_norm"
     )
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="example DP: expected Poisson batch of DP-SGD (default federation.batch_size)",
+    )
+    lr: float | None = Field(
+        None, gt=0, description="example DP: client learning rate under DP-SGD"
+    )
+    momentum: float | None = Field(
+        None, ge=0, lt=1, description="example DP: client SGD momentum under DP-SGD"
+    )
     noise_multiplier: float | None = Field(
         None,
         ge=0,

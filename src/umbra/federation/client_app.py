@@ -164,6 +164,14 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
             groups = parameter_groups(model)
             sig = {g: float(config[dp_config_keys(g)[0]]) for g in groups}  # type: ignore[arg-type]
             clip = {g: float(config[dp_config_keys(g)[1]]) for g in groups}  # type: ignore[arg-type]
+            dp_settings = TrainSettings(
+                **{
+                    **settings.__dict__,
+                    "lr": float(config.get("dp-lr", settings.lr)),  # type: ignore[arg-type]
+                    "momentum": float(config.get("dp-momentum", settings.momentum)),  # type: ignore[arg-type]
+                }
+            )
+            settings = dp_settings  # SCAFFOLD's control update uses the step actually taken
             metrics = train_local_dp(
                 model,
                 batchable,

@@ -82,7 +82,7 @@ class PrivacyController:
         self.mode: str = privacy.mode
         self.groups = list(groups)
         self.rounds = int(rounds)
-        self.batch_size = int(batch_size)
+        self.batch_size = int(privacy.batch_size or batch_size)
         self.local_epochs = float(local_epochs)
         self.num_clients = int(num_clients)
         unknown = sorted(set(privacy.clip_norms) - set(self.groups))
@@ -219,6 +219,10 @@ class PrivacyController:
             if self.mode == "example":
                 plan = self.plans[pid]
                 cfg.update({"dp-q": plan.sample_rate, "dp-steps": plan.steps})
+                if self.cfg.lr is not None:
+                    cfg["dp-lr"] = float(self.cfg.lr)
+                if self.cfg.momentum is not None:
+                    cfg["dp-momentum"] = float(self.cfg.momentum)
                 for g, s in plan.noise_multipliers.items():
                     ks, kc = dp_config_keys(g)
                     cfg[ks], cfg[kc] = s, clips[g]
