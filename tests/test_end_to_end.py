@@ -76,7 +76,7 @@ def test_killed_run_resumes_to_the_same_result(smoke_run: Path, tmp_path: Path) 
         proc.wait()
     assert not (out / "results.json").exists()
     done = json.loads((out / "checkpoints" / "latest.json").read_text())["round"]
-    assert 1 <= done < 3
+    assert done in (1, 2)  # killed after round 1 or 2 finished, before round 3
 
     _umbra("run", "--resume", str(out))
     resumed = json.loads((out / "results.json").read_text())

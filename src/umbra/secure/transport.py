@@ -20,6 +20,7 @@ from flwr.serverapp import Grid
 
 from umbra.errors import UmbraError
 from umbra.federation.records import message_bytes
+from umbra.federation.rounds import RoundOutcome
 
 __all__ = [
     "ARRAYS_RECORD",
@@ -159,6 +160,20 @@ class StageExchange:
                 self.partition[node] = pid
             replies[node] = proto
         return replies
+
+    def outcome(
+        self, record: Any, metrics: Any, *, note: str | None = None, clients: int = 0
+    ) -> RoundOutcome:
+        """The round's outcome with every stage's bytes (``record=None``: round aborted)."""
+        return RoundOutcome(
+            record=record,
+            metrics=metrics,
+            bytes_up=self.bytes_up,
+            bytes_down=self.bytes_down,
+            clients=clients,
+            per_client=self.per_client(),
+            note=note,
+        )
 
     def per_client(self) -> dict[int, dict[str, int]]:
         """Bytes per partition id, ``{"up", "down"}`` summed over stages (known nodes)."""

@@ -236,16 +236,7 @@ class CkksWorkflow:
     def _outcome(
         self, record: Any, metrics: Any, *, note: str | None = None, clients: int = 0
     ) -> RoundOutcome:
-        ex = self.exchange
-        return RoundOutcome(
-            record=record,
-            metrics=metrics,
-            bytes_up=ex.bytes_up,
-            bytes_down=ex.bytes_down,
-            clients=clients,
-            per_client=ex.per_client(),
-            note=note,
-        )
+        return self.exchange.outcome(record, metrics, note=note, clients=clients)
 
 
 def ckks_train_round(
