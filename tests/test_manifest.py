@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from PIL import Image
 from rich.console import Console
 
@@ -51,6 +52,7 @@ def fake_text(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
         return np.stack([fake_embedding(t) for t in texts]) if texts else np.zeros((0, DIM))
 
     monkeypatch.setattr(text, "embed_texts", embed)
+    monkeypatch.setattr(text, "warm_up", lambda texts, cache_dir=None: False)
     return calls
 
 
@@ -235,8 +237,6 @@ def test_damaged_cache_is_ignored(media: Path, fake_text: list[list[str]]) -> No
 
 def test_round_trip_through_training(tmp_path: Path, fake_text: list[list[str]]) -> None:
     """Real files -> manifest -> per-client standardisation -> local training that fits."""
-    import torch
-
     from umbra.federation.train import Batchable, TrainSettings, evaluate, train_local
     from umbra.models import ModelSpec, MultimodalNet
 
@@ -280,6 +280,167 @@ def test_round_trip_through_training(tmp_path: Path, fake_text: list[list[str]])
         torch.set_num_threads(threads)
     assert float(after["loss"]) < 0.5 * float(before["loss"])  # type: ignore[arg-type]
     assert float(after["accuracy"]) >= 0.75  # type: ignore[arg-type]  # chance: 1/3
+
+
+# --------------------------------------------------------------------------- fast path = reference
+
+
+def _reference_features(
+    root: Path, rows: list[list[str]], image_shape: tuple[int, int, int]
+) -> dict[str, list[np.ndarray | None]]:
+    """Features computed the straightforward way, one record at a time, no cache."""
+    ref: dict[str, list[np.ndarray | None]] = {"image": [], "audio": [], "text": []}
+    for _, img, wav, txt in rows:
+        ref["image"].append(
+            mf.decode_image((root / img).read_bytes(), image_shape) if img else None
+        )
+        if wav:
+            wave, rate = sf.read(root / wav, dtype="float64", always_2d=True)
+            ref["audio"].append(speech.log_mel(wave.mean(axis=1), rate))
+        else:
+            ref["audio"].append(None)
+        ref["text"].append(fake_embedding(txt) if txt else None)
+    return ref
+
+
+@pytest.mark.parametrize("image_shape", [(1, 28, 28), (3, 12, 9)])
+def test_batched_load_equals_per_record_reference(
+    tmp_path: Path,
+    fake_text: list[list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+    image_shape: tuple[int, int, int],
+) -> None:
+    """Threads, batches that end mid-manifest, de-duplicated files and texts, the cache:
+    every feature equals the one-record-at-a-time reference (decode_image, log_mel)."""
+    import dataclasses
+
+    rng = np.random.default_rng(7)
+    (tmp_path / "f").mkdir()
+    rates = (8000, 11025, 16000, 22050, 44100)
+    for k in range(9):  # random pixels: resizing and colour conversion must match exactly
+        mode, size = [("RGB", (40, 30)), ("L", (17, 64)), ("RGBA", (28, 28))][k % 3]
+        arr = rng.integers(0, 256, size=(size[1], size[0], len(mode)), dtype=np.uint8)
+        img = Image.fromarray(arr[..., 0] if mode == "L" else arr, mode)
+        if k % 4 == 3:
+            img.convert("RGB").save(tmp_path / "f" / f"{k}.jpg", quality=90)
+        else:
+            img.save(tmp_path / "f" / f"{k}.png")
+        rate, ch = rates[k % len(rates)], 1 + k % 2
+        seconds = [0.3, 1.0, 2.0, 2.7][k % 4]  # shorter and longer than the 2 s window
+        wave = 0.2 * rng.standard_normal((int(rate * seconds), ch)).astype(np.float32)
+        write_wave(tmp_path / "f" / f"{k}.wav", wave, rate)
+    (tmp_path / "f" / "copy.png").write_bytes((tmp_path / "f" / "0.png").read_bytes())
+    images = sorted(p.name for p in (tmp_path / "f").iterdir() if p.suffix in (".png", ".jpg"))
+    texts = [f"item {i % 11}" + " word" * (i % 13) for i in range(40)]  # repeats, lengths
+    rows = [
+        [
+            str(i % 3),
+            f"f/{images[i % len(images)]}" if i % 6 != 1 else "",
+            f"f/{i % 9}.wav" if i % 5 != 2 else "",
+            texts[i] if i % 7 != 3 else "",
+        ]
+        for i in range(40)
+    ]
+    path = write_csv(tmp_path / "m.csv", ["label", "image", "audio", "text"], rows)
+    for name in ("_image_featurizer", "_audio_featurizer"):  # batches of 4: many batches
+        make = getattr(mf, name)
+        monkeypatch.setattr(mf, name, lambda *a, make=make: dataclasses.replace(make(*a), batch=4))
+    ref = _reference_features(tmp_path, rows, image_shape)
+    for attempt in ("first", "cached"):
+        d = load_manifest(path, image_shape=image_shape, cache_dir=tmp_path / "cache").data
+        for m, j in (("image", 0), ("audio", 1), ("text", 2)):
+            np.testing.assert_array_equal(d.mask[:, j], [r is not None for r in ref[m]])
+            for i, want in enumerate(ref[m]):
+                got = d.features[m][i]
+                if want is None:
+                    assert not got.any(), (attempt, m, i)
+                else:
+                    np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"{attempt} {m} {i}")
+    # the text source got the non-empty texts in row order (it de-duplicates and caches)
+    assert fake_text == [[r[3] for r in rows if r[3]]] * 2
+
+
+class _FakeSentenceModel(torch.nn.Module):
+    """A stand-in for SentenceTransformer: ``preprocess`` pads token ids per batch, the
+    forward pass mean-pools a fixed embedding over the unpadded tokens, then normalises."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.table = torch.nn.Parameter(torch.randn(128, DIM, generator=gen))
+        self.batches: list[int] = []
+
+    @staticmethod
+    def ids(t: str) -> list[int]:
+        return [1 + ord(ch) % 127 for ch in t] or [0]
+
+    def preprocess(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        self.batches.append(len(texts))
+        width = max(len(self.ids(t)) for t in texts)
+        ids = torch.zeros(len(texts), width, dtype=torch.long)
+        mask = torch.zeros(len(texts), width)
+        for i, t in enumerate(texts):
+            ids[i, : len(self.ids(t))] = torch.tensor(self.ids(t))
+            mask[i, : len(self.ids(t))] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        assert torch.get_num_threads() == 1 and not torch.is_grad_enabled()
+        emb = self.table[features["input_ids"]] * features["attention_mask"][..., None]
+        pooled = emb.sum(1) / features["attention_mask"].sum(1, keepdim=True)
+        return {"sentence_embedding": torch.nn.functional.normalize(pooled, dim=1)}
+
+    def one(self, t: str) -> np.ndarray:
+        with torch.no_grad():
+            pooled = self.table[torch.tensor(self.ids(t))].mean(0)
+            return torch.nn.functional.normalize(pooled, dim=0).numpy()
+
+
+def test_parallel_text_encoding_keeps_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Length-sorted batches in worker threads: each embedding lands on its own text."""
+    model = _FakeSentenceModel()
+    rng = np.random.default_rng(3)
+    texts = ["".join(rng.choice(list("abcdefgh "), size=int(n))) for n in rng.integers(0, 40, 50)]
+    texts = list(dict.fromkeys(texts))
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(text, "_cpus", lambda: 2)
+    out = text._encode(model, texts, batch_size=7)
+    assert torch.get_num_threads() == threads  # restored
+    assert model.batches == [7] * (len(texts) // 7) + [len(texts) % 7] * bool(len(texts) % 7)
+    want = np.stack([model.one(t) for t in texts])
+    np.testing.assert_allclose(out, want, atol=1e-6)
+
+
+def test_text_warm_up_only_when_a_text_is_new(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loads: list[int] = []
+    monkeypatch.setattr(text, "_MODEL", None)
+    monkeypatch.setattr(text, "_WARM_UP", None)
+    monkeypatch.setattr(text, "_model", lambda: loads.append(1))
+    store = tmp_path / "text" / f"{text.TEXT_MODEL}.npz"
+    mf.atomic_savez(store, keys=np.array([text.text_key("old")]), emb=np.zeros((1, DIM)))
+    assert not text.warm_up(["old", "old"], tmp_path)  # all embedded: no model needed
+    assert text.warm_up(["old", "new"], tmp_path)
+    assert text._WARM_UP is not None
+    text._WARM_UP.join(timeout=30)
+    assert loads == [1]
+
+
+def test_manifest_warms_up_encoder_only_for_valid_text_rows(
+    media: Path, fake_text: list[list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    warmed: list[list[str]] = []
+    monkeypatch.setattr(text, "warm_up", lambda texts, cache_dir=None: warmed.append(texts))
+    rows = good_rows()
+    load_manifest(write_csv(media / "m.csv", HEADER, rows), cache_dir=media / "cache")
+    assert warmed == [[r[5] for r in rows if r[5]]]
+    rows[0][2] = ""  # an empty label: the load fails, the encoder is not needed
+    with pytest.raises(ManifestError):
+        load_manifest(write_csv(media / "m.csv", HEADER, rows), cache_dir=media / "cache")
+    assert len(warmed) == 1
+    load_manifest(media / "m.csv", cache_dir=media / "cache", on_bad_rows="skip")
+    assert len(warmed) == 2
 
 
 # --------------------------------------------------------------------------- validation
@@ -574,3 +735,21 @@ def test_real_text_encoder(tmp_path: Path) -> None:
     e = d.features["text"]
     np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-4)
     assert e[0] @ e[1] > e[0] @ e[2] + 0.2
+
+
+@pytest.mark.slow
+def test_real_text_encoder_parallel_equals_encode() -> None:
+    """The threaded, length-sorted path gives SentenceTransformer.encode's embeddings."""
+    sentence = "a red leather handbag with long straps and a golden zip for evening wear"
+    texts = [f"{sentence[: 4 + (13 * i) % len(sentence)]} no. {i}" for i in range(20)]
+    model = text._model()
+    got = text._encode(model, texts, batch_size=8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny batches: on a busy machine OpenMP threads only spin
+    try:
+        one_by_one = np.stack([model.encode([t], convert_to_numpy=True)[0] for t in texts])
+        together = model.encode(texts, batch_size=128, convert_to_numpy=True)
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_allclose(got, one_by_one, atol=1e-5)
+    np.testing.assert_allclose(got, together, atol=1e-5)

@@ -174,7 +174,9 @@ class ManifestData:
         label_names: class names; ``data.labels`` index into them.
         tabular_columns: the ``tab:`` column names, in feature order.
         skipped_rows: the problems of the skipped rows.
-        timings: seconds spent per phase (``validate``, ``image``, ``audio``, ``text``).
+        timings: seconds spent per phase (``validate``, ``image``, ``audio``, ``text``);
+            the sentence encoder loads in the background during ``image``/``audio``,
+            so ``text`` holds the embedding and only the rest of that load.
     """
 
     data: MultimodalData
@@ -387,6 +389,9 @@ class _Featurizer:
 
 
 def _image_featurizer(shape: tuple[int, int, int]) -> _Featurizer:
+    from PIL import Image
+
+    Image.preinit()  # import the PNG/JPEG plugins now, not first in a worker thread
     c, h, w = shape
     return _Featurizer(
         shape=shape,
@@ -419,7 +424,8 @@ def _audio_featurizer() -> _Featurizer:
     hashes every upper-case constant of the speech module (rates, FFT sizes, feature
     normalisation), so cached features are recomputed when any of them changes.
     """
-    from scipy.signal import resample_poly
+    import soundfile  # noqa: F401  (imported here, not first in a worker thread)
+    from scipy.signal import firwin, resample_poly  # noqa: F401
 
     from umbra.data.sources import speech
 
@@ -454,6 +460,13 @@ def _text() -> tuple[Callable[..., np.ndarray], int]:
     from umbra.data.sources import text
 
     return text.embed_texts, int(text.TEXT_DIM)
+
+
+def _text_warm_up() -> Callable[..., bool]:
+    """:func:`umbra.data.sources.text.warm_up`, imported lazily."""
+    from umbra.data.sources import text
+
+    return text.warm_up
 
 
 def content_key(data: bytes) -> str:
@@ -498,6 +511,9 @@ class FeatureCache:
 
     def take(self, keys: Sequence[str]) -> np.ndarray:
         """Values of ``keys`` stacked to (len(keys), *shape)."""
+        if not self._new:  # e.g. after flush(): one gather, no per-key copies
+            rows = np.fromiter((self._keys[k] for k in keys), dtype=np.intp, count=len(keys))
+            return self._values[rows]
         out = np.empty((len(keys), *self.shape), dtype=np.float32)
         old = [(i, self._keys[k]) for i, k in enumerate(keys) if k not in self._new]
         if old:
@@ -1018,14 +1034,18 @@ def load_manifest(
     # column, so that one report lists every problem at once.
     features: dict[str, np.ndarray] = {}
     present: dict[str, np.ndarray] = {}
-    featurizers: dict[str, Callable[[], _Featurizer]] = {
+    makers: dict[str, Callable[[], _Featurizer]] = {
         "image": lambda: _image_featurizer(image_shape),
         "audio": _audio_featurizer,
     }
-    for m, make in featurizers.items():
-        if m not in mod_cols:
-            continue
-        feat = make()
+    # Made (and their libraries imported) in this thread before the encoder warm-up starts.
+    featurizers = {m: make() for m, make in makers.items() if m in mod_cols}
+    if "text" in mod_cols and (on_bad_rows == "skip" or not bad):
+        # Load the sentence encoder in the background while the files are decoded; texts
+        # are still embedded only after validation passed.
+        assert parsed.texts is not None
+        _text_warm_up()([t for t in parsed.texts if t is not None], cache_dir=cache_dir)
+    for m, feat in featurizers.items():
         cache = FeatureCache(cache_root, f"{feat.tag}-v{_CACHE_VERSION}", feat.shape)
         keys, errs = _file_features(parsed.paths[m], cache, feat, m, rows)
         bad += errs
@@ -1077,10 +1097,11 @@ def load_manifest(
     )
     index = {lab: j for j, lab in enumerate(names)}
     modalities = tuple(mod_cols)
-    mask = np.stack([present[m] for m in modalities], axis=1)[kept]  # (N, M)
+    everything = len(kept) == n  # no row skipped: no need to copy the feature arrays
+    mask = np.stack([present[m] for m in modalities], axis=1)  # (N, M)
     data = MultimodalData(
-        features={m: features[m][kept] for m in modalities},
-        mask=mask,
+        features={m: features[m] if everything else features[m][kept] for m in modalities},
+        mask=mask if everything else mask[kept],
         labels=np.array([index[parsed.labels[i]] for i in kept], dtype=np.int64),
         modalities=modalities,
         class_names=names,
