@@ -1,4 +1,4 @@
-"""FedAvg vs FedProx vs FedAdam vs SCAFFOLD under strong label skew (Dirichlet α = 0.1).
+"""FedAvg vs FedAvgM vs FedProx vs FedAdam vs SCAFFOLD under strong label skew (Dirichlet α = 0.1).
 
 Every strategy runs the `baseline` preset (same data, model, seed and number of rounds)
 through Umbra's Flower simulation, one after the other in this process:
@@ -19,7 +19,7 @@ import umbra  # noqa: F401
 from umbra.config import load_config
 from umbra.experiment import run_experiment
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "scaffold")
+STRATEGIES = ("fedavg", "fedavgm", "fedprox", "fedadam", "scaffold")
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,6 +15,7 @@ from umbra.federation.strategies import (
     ModalityFedAvg,
     Scaffold,
     UmbraFedAdam,
+    UmbraFedAvgM,
     UmbraFedProx,
     modality_weighted_average,
     scaffold_server_update,
@@ -186,3 +187,48 @@ def test_scaffold_round_sends_control_and_updates_it() -> None:
         np.testing.assert_allclose(new[k], (ys[0][k] + ys[1][k]) / 2, rtol=1e-5)
         # 2 of 4 clients took part: c = 0 + 2/4 * mean(Δc)
         np.testing.assert_allclose(s.control[k], 0.5 * (dcs[0][k] + dcs[1][k]) / 2, rtol=1e-5)  # type: ignore[index]
+
+
+def test_fedavgm_matches_flower_fedavgm_when_not_modality_aware() -> None:
+    rng = np.random.default_rng(8)
+    ours = UmbraFedAvgM(server_learning_rate=0.7, server_momentum=0.9)
+    ref = FedAvgM(server_learning_rate=0.7, server_momentum=0.9)
+    glob = _arrays(rng)
+    for rnd in (1, 2, 3):
+        replies = [_reply(_arrays(rng), _counts(10 * (i + 1), 1, 1, 1), i) for i in range(3)]
+        list(ours.configure_train(rnd, to_record(glob), ConfigRecord(), FakeGrid(3)))  # type: ignore[arg-type]
+        list(ref.configure_train(rnd, to_record(glob), ConfigRecord(), FakeGrid(3)))  # type: ignore[arg-type]
+        a = from_record(ours.aggregate_train(rnd, replies)[0])  # type: ignore[arg-type]
+        b = from_record(ref.aggregate_train(rnd, replies)[0])  # type: ignore[arg-type]
+        for k in KEYS:
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-7)
+        glob = a
+    # momentum round-trips through a checkpoint (by name) into a fresh strategy
+    fresh = UmbraFedAvgM(server_learning_rate=0.7, server_momentum=0.9)
+    fresh.load_state_arrays(dict(reversed(list(ours.state_arrays().items()))))
+    replies = [_reply(_arrays(rng), _counts(5, 1, 1, 1), i) for i in range(2)]
+    for s in (ours, fresh):
+        list(s.configure_train(4, to_record(glob), ConfigRecord(), FakeGrid(2)))  # type: ignore[arg-type]
+    a = from_record(ours.aggregate_train(4, replies)[0])  # type: ignore[arg-type]
+    b = from_record(fresh.aggregate_train(4, replies)[0])  # type: ignore[arg-type]
+    for k in KEYS:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_fedavgm_without_momentum_is_the_modality_aware_average() -> None:
+    rng = np.random.default_rng(9)
+    glob = _arrays(rng)
+    replies = [
+        _reply(_arrays(rng), _counts(10, 10, 0, 5), 0),
+        _reply(_arrays(rng), _counts(20, 4, 20, 0), 1),
+    ]
+    m = UmbraFedAvgM(server_learning_rate=1.0, server_momentum=0.0)
+    m.set_modality_map(parameter_modality)
+    plain = ModalityFedAvg()
+    plain.set_modality_map(parameter_modality)
+    for s in (m, plain):
+        list(s.configure_train(1, to_record(glob), ConfigRecord(), FakeGrid(2)))  # type: ignore[arg-type]
+    a = from_record(m.aggregate_train(1, replies)[0])  # type: ignore[arg-type]
+    b = from_record(plain.aggregate_train(1, replies)[0])  # type: ignore[arg-type]
+    for k in KEYS:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-6)

@@ -107,7 +107,7 @@ class FederationConfig(_Section):
     mode: Literal["federated", "centralized"] = Field(
         "federated", description="federated on Flower, or a centralized baseline on pooled data"
     )
-    strategy: Literal["fedavg", "fedprox", "fedadam", "scaffold"] = Field(
+    strategy: Literal["fedavg", "fedavgm", "fedprox", "fedadam", "scaffold"] = Field(
         "fedavg", description="server strategy"
     )
     modality_aware: bool = Field(
@@ -127,6 +127,8 @@ class FederationConfig(_Section):
     server_beta2: float = Field(0.99, ge=0, lt=1, description="FedAdam β2")
     server_tau: float = Field(1e-3, gt=0, description="FedAdam adaptivity τ")
     scaffold_server_lr: float = Field(1.0, gt=0, description="SCAFFOLD global step size η_g")
+    fedavgm_server_lr: float = Field(1.0, gt=0, description="FedAvgM server learning rate")
+    fedavgm_momentum: float = Field(0.9, ge=0, lt=1, description="FedAvgM server momentum β")
 
 
 class PrivacyConfig(_Section):

@@ -16,7 +16,7 @@ from sklearn.metrics import f1_score
 from torch import Tensor, nn
 
 from umbra.data.dataset import MultimodalData, modality_subsets
-from umbra.models import MultimodalNet, modality_dropout, multimodal_loss
+from umbra.models import MultimodalNet, channels_last, modality_dropout, multimodal_loss
 
 __all__ = [
     "Batchable",
@@ -102,6 +102,19 @@ def train_local(
     n = len(data)
     if n == 0:
         raise ValueError("cannot train on an empty data set")
+    with channels_last(model):
+        return _train_local(model, data, settings, seed=seed, scaffold=scaffold)
+
+
+def _train_local(
+    model: MultimodalNet,
+    data: Batchable,
+    settings: TrainSettings,
+    *,
+    seed: int,
+    scaffold: tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]] | None,
+) -> dict[str, float]:
+    n = len(data)
     torch.manual_seed(seed)  # dropout layers draw from the global generator
     gen = torch.Generator().manual_seed(seed)
     model.train()
@@ -184,6 +197,17 @@ def evaluate(
     only its modalities (equivalent to masking the others, since fusion is masked).
     Returns ``{"accuracy", "macro_f1", "loss", "subsets": {"image+text": acc, ...}}``.
     """
+    with channels_last(model):
+        return _evaluate(model, data, subsets=subsets, batch_size=batch_size)
+
+
+def _evaluate(
+    model: MultimodalNet,
+    data: Batchable,
+    *,
+    subsets: Sequence[tuple[str, ...]] | None,
+    batch_size: int,
+) -> dict[str, object]:
     model.eval()
     mods = model.modalities
     subsets = list(subsets) if subsets is not None else modality_subsets(mods)

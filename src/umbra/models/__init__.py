@@ -1,6 +1,6 @@
 """Models: per-modality encoders, projections into one embedding space, masked fusion, losses."""
 
-from umbra.models.encoders import build_encoder, encoder_names, register_encoder
+from umbra.models.encoders import build_encoder, channels_last, encoder_names, register_encoder
 from umbra.models.fusion import MaskedMeanFusion, masked_mean, modality_dropout
 from umbra.models.losses import info_nce, multimodal_loss
 from umbra.models.multimodal import (
@@ -18,6 +18,7 @@ __all__ = [
     "ModelSpec",
     "MultimodalNet",
     "build_encoder",
+    "channels_last",
     "encoder_names",
     "info_nce",
     "masked_mean",

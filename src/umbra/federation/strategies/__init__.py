@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from umbra.federation.strategies.fedadam import UmbraFedAdam
+from umbra.federation.strategies.fedavgm import UmbraFedAvgM
 from umbra.federation.strategies.fedprox import UmbraFedProx
 from umbra.federation.strategies.modality import (
     CONTROL_PREFIX,
@@ -21,6 +22,7 @@ __all__ = [
     "ModalityFedAvg",
     "Scaffold",
     "UmbraFedAdam",
+    "UmbraFedAvgM",
     "UmbraFedProx",
     "build_strategy",
     "count_key",
@@ -59,6 +61,12 @@ def _fedadam(fed: Any, **common: Any) -> ModalityFedAvg:
     )
 
 
+def _fedavgm(fed: Any, **common: Any) -> ModalityFedAvg:
+    return UmbraFedAvgM(
+        server_learning_rate=fed.fedavgm_server_lr, server_momentum=fed.fedavgm_momentum, **common
+    )
+
+
 def _scaffold(fed: Any, **common: Any) -> ModalityFedAvg:
     return Scaffold(server_lr=fed.scaffold_server_lr, **common)
 
@@ -84,6 +92,7 @@ def build_strategy(
 
 for _name, _factory in (
     ("fedavg", _fedavg),
+    ("fedavgm", _fedavgm),
     ("fedprox", _fedprox),
     ("fedadam", _fedadam),
     ("scaffold", _scaffold),
