@@ -63,10 +63,14 @@ class QuantizationSpec:
 
 def quantize(x: np.ndarray, *, spec: QuantizationSpec, rng: np.random.Generator) -> np.ndarray:
     """Clip, shift and stochastically round ``x`` to uint32 levels in ``[0, spec.max_level]``."""
-    v = (np.clip(np.asarray(x, dtype=np.float64), -spec.clip, spec.clip) + spec.clip) * spec.scale
-    q = np.floor(v + rng.random(v.shape))
-    np.minimum(q, spec.max_level, out=q)
-    return q.astype(np.uint32)
+    v = np.array(x, dtype=np.float64)  # a private copy: every step below is in place
+    np.clip(v, -spec.clip, spec.clip, out=v)
+    v += spec.clip
+    v *= spec.scale
+    v += rng.random(v.shape)
+    np.floor(v, out=v)
+    np.minimum(v, spec.max_level, out=v)
+    return v.astype(np.uint32)
 
 
 def dequantize_sum(total: np.ndarray, *, spec: QuantizationSpec, num_summed: int) -> np.ndarray:
