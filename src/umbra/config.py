@@ -227,7 +227,12 @@ class AuditConfig(_Section):
 class RunConfig(_Section):
     seed: int = Field(0, ge=0, description="seed for data, partition, initialisation and training")
     eval_every: int = Field(1, ge=1, description="evaluate the global model every k rounds")
-    threads: int = Field(1, ge=1, le=64, description="torch threads per client process")
+    threads: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="torch threads per client process (and for the centralized baseline)",
+    )
     num_cpus: int = Field(2, ge=1, le=256, description="CPUs given to Flower's simulation engine")
     progress: bool = Field(True, description="show the per-round progress line")
     tensorboard: bool = Field(False, description="also write TensorBoard scalars")

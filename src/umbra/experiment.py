@@ -377,7 +377,7 @@ def _run_centralized(
     else:
         arrays, history, start = latest.arrays, list(latest.state["history"]), latest.round
     model = load_model(model_spec, arrays)
-    torch.set_num_threads(cfg.run.num_cpus)
+    torch.set_num_threads(cfg.run.threads)  # as each client: one thread unless configured
     for rnd in range(start + 1, cfg.federation.rounds + 1):
         t0 = time.perf_counter()
         metrics = train_local(model, data, _settings(cfg), seed=cfg.run.seed * 100003 + rnd)
