@@ -1,23 +1,36 @@
-"""Secure aggregation benchmark: plaintext sum vs Umbra SecAgg+ vs TenSEAL vs Umbra CKKS.
+"""Secure aggregation benchmark: plaintext vs SecAgg+ (Umbra's, Flower's) vs TenSEAL vs Umbra CKKS.
 
-One aggregation round of ``--clients`` clients x ``--params`` float32 parameters, measured
-in process on this machine: client compute (mean seconds per client: encode/mask or
+Default mode, in process on this machine: one aggregation of ``--clients`` clients x
+``--params`` float32 parameters: client compute (mean seconds per client: encode/mask or
 encrypt, plus decrypting the aggregate for CKKS), server compute (seconds), bytes each client
-uploads, and the relative error of the aggregate against the float64 plaintext sum. Also
-how SecAgg+ server cost grows from 10 to 100 clients on a smaller vector, and a sweep of CKKS
+uploads, and the relative error of the aggregate against the float64 plaintext sum. The
+"Flower SecAgg+ masking functions" row only calls Flower's masking/unmasking helpers in
+process; it is NOT Flower's SecAgg+ workflow (for that see ``--flower-round``). Also how
+SecAgg+ server cost grows from 10 to 100 clients on a smaller vector, and a sweep of CKKS
 parameters (bytes per client). Writes ``bench/results/secure_aggregation.json`` and prints
-a markdown table of ratios to the plaintext sum.
+markdown tables of ratios to the plaintext sum.
+
+``--flower-round``: whole training rounds in Flower simulations (Ray backend), ratios to the
+plaintext round of the same simulation: Umbra's rounds (plaintext, Umbra SecAgg+, Umbra
+CKKS) in one simulation, and Flower's own SecAgg+ through its legacy API (``DefaultWorkflow``
++ ``SecAggPlusWorkflow`` + ``secaggplus_mod``) against Flower's plaintext FedAvg round in
+another; same clients, model (``--flower-hidden 448``: 1,000,996 parameters), data and local
+training. Merged into the results file under ``flower_round``.
 
 Run:  PYTHONPATH=src .venv/bin/python bench/secure_aggregation.py
+      PYTHONPATH=src .venv/bin/python bench/secure_aggregation.py --flower-round
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +41,7 @@ from umbra.secure.he import PRESETS, CkksAggregator, CkksKeyring, CkksParams
 from umbra.secure.secagg import run_secagg_round
 
 RESULTS = Path(__file__).resolve().parent / "results" / "secure_aggregation.json"
+FLOWER_MASKING_ROW = "Flower SecAgg+ masking functions only, in process (not its workflow)"
 CLIP = 1.0
 
 
@@ -110,10 +124,13 @@ def bench_umbra_ckks(updates: list[np.ndarray], ref: np.ndarray, preset: str) ->
     }
 
 
-def bench_flower_secaggplus(
+def bench_flower_masking_functions(
     updates: list[np.ndarray], ref: np.ndarray, *, neighbours: int
 ) -> dict[str, Any]:
-    """Flower 1.42's own SecAgg+ masking and unmasking code, called in process.
+    """Flower 1.42's SecAgg+ masking and unmasking helper functions, called in process.
+
+    NOT Flower's SecAgg+ workflow: ``bench_flower_legacy_rounds`` runs that one
+    (``SecAggPlusWorkflow`` + ``secaggplus_mod`` in a simulation).
 
     Mirrors ``secaggplus_mod._collect_masked_vectors`` (client) and the unmask stage of
     ``SecAggPlusWorkflow`` (server) with Flower's defaults (clipping 8.0, 2^22 levels,
@@ -177,8 +194,10 @@ def bench_flower_secaggplus(
         "server_s": server_s,
         "bytes_up": sum(map(len, uploads[0])),
         "rel_err": _rel_err(out, ref),
-        "note": "Flower's own masking/unmasking functions in process (no key exchange stages, "
-        "no simulation engine); masks from numpy MT19937 seeded with a 32-bit value",
+        "note": "only Flower's masking/unmasking helper functions in process, NOT its SecAgg+ "
+        "workflow (no key exchange stages, no messages, no simulation engine; see "
+        "flower_round.flower_legacy_simulation); masks from numpy MT19937 seeded with a "
+        "32-bit value",
     }
 
 
@@ -291,31 +310,166 @@ def secagg_scaling(params: int, clients: list[int]) -> list[dict[str, Any]]:
     return rows
 
 
-def bench_flower_round(clients: int, repeats: int, hidden: int) -> dict[str, Any]:
-    """Wall time and bytes of whole training rounds in ONE Flower simulation (Ray backend):
-    plaintext, Umbra SecAgg+ and Umbra CKKS rounds interleaved on the same warm workers,
-    from the same global model (local training included). The first pass is a warm-up."""
-    import logging
+# --- Whole rounds in Flower simulations (Ray backend) ---------------------------------------
+#
+# Two simulations, each comparing its secure rounds with plaintext rounds run interleaved on
+# the same warm workers: (1) Umbra's Message-API rounds (plaintext, Umbra SecAgg+, Umbra CKKS);
+# (2) Flower's legacy API (DefaultWorkflow with its default fit workflow vs SecAggPlusWorkflow
+# + secaggplus_mod). Both train the same model on the same client data with the same
+# ``train_local``. Bytes are the protobuf sizes of the messages (``message_bytes``) measured
+# by the same grid wrapper in both; client seconds are measured around the ClientApp call.
+
+
+class _MeasuredGrid:
+    """Delegates to a Flower Grid; records per-node message bytes and time spent waiting in
+    ``send_and_receive`` (the rest of a round's wall time is server compute). The byte
+    measurement's own time is kept apart so it can be left out of the round's wall time."""
+
+    def __init__(self, grid: Any) -> None:
+        self._grid = grid
+        self.reset()
+
+    def reset(self) -> None:
+        self.up: dict[int, int] = {}
+        self.down: dict[int, int] = {}
+        self.wait_s = 0.0
+        self.measure_s = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        from umbra.federation.records import message_bytes
+
+        messages = list(messages)
+        t0 = time.perf_counter()
+        for m in messages:
+            node = m.metadata.dst_node_id
+            self.down[node] = self.down.get(node, 0) + message_bytes([m])
+        t1 = time.perf_counter()
+        replies = list(self._grid.send_and_receive(messages, *args, **kwargs))
+        t2 = time.perf_counter()
+        for r in replies:
+            node = r.metadata.src_node_id
+            self.up[node] = self.up.get(node, 0) + message_bytes([r])
+        self.measure_s += (t1 - t0) + (time.perf_counter() - t2)
+        self.wait_s += t2 - t1
+        return replies
+
+
+def _timed_client_app(inner: Any, log_path: str) -> Any:
+    """A ClientApp that runs ``inner`` and appends ``{node, s}`` per message to ``log_path``
+    (simulation workers are local processes; one short append per message)."""
+    from flwr.clientapp import ClientApp
+
+    class _Timed(ClientApp):
+        def __call__(self, message: Any, context: Any) -> Any:
+            t0 = time.perf_counter()
+            out = inner(message, context)
+            line = json.dumps({"node": int(context.node_id), "s": time.perf_counter() - t0})
+            with open(log_path, "a") as fh:
+                fh.write(line + "\n")
+            return out
+
+    return _Timed()
+
+
+class _RoundLog:
+    """Collects one simulation's per-round measurements (the first pass is the warm-up)."""
+
+    def __init__(self, modes: tuple[str, ...], client_log: Path) -> None:
+        self.rows: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+        self.client_log = client_log
+        self._pos = 0
+
+    def _client_seconds(self) -> dict[int, float]:
+        with open(self.client_log) as fh:
+            fh.seek(self._pos)
+            lines = fh.readlines()
+            self._pos = fh.tell()
+        per_node: dict[int, float] = {}
+        for line in lines:
+            rec = json.loads(line)
+            per_node[rec["node"]] = per_node.get(rec["node"], 0.0) + rec["s"]
+        return per_node
+
+    def add(
+        self,
+        mode: str,
+        elapsed: float,
+        grid: _MeasuredGrid,
+        *,
+        keep: bool,
+        reported_up: float | None = None,
+    ) -> None:
+        client = self._client_seconds()  # always read, so the next round starts clean
+        if not keep:
+            return
+        wall = elapsed - grid.measure_s
+        row = {
+            "wall_s": wall,
+            "server_s": wall - grid.wait_s,
+            "client_s": float(np.mean(list(client.values()))),
+            "bytes_up": float(np.mean(list(grid.up.values()))),
+            "bytes_down": float(np.mean(list(grid.down.values()))),
+        }
+        if reported_up is not None:  # the round's own accounting, as a cross-check
+            row["reported_bytes_up"] = reported_up
+        self.rows[mode].append(row)
+
+    def summary(self, baseline: str) -> dict[str, dict[str, float]]:
+        med = {
+            m: {k: float(np.median([r[k] for r in rs])) for k in rs[0]}
+            for m, rs in self.rows.items()
+        }
+        base = med[baseline]
+        return {
+            m: {
+                "round_s_median": r["wall_s"],
+                "round_ratio": r["wall_s"] / base["wall_s"],
+                "server_s_median": r["server_s"],
+                "client_s_median": r["client_s"],
+                "client_ratio": r["client_s"] / base["client_s"],
+                "bytes_up_per_client": r["bytes_up"],
+                "bytes_ratio": r["bytes_up"] / base["bytes_up"],
+                "bytes_down_per_client": r["bytes_down"],
+                "rounds_measured": len(self.rows[m]),
+                "round_s_each": [round(x["wall_s"], 3) for x in self.rows[m]],
+                **(
+                    {"round_reported_bytes_up_per_client": r["reported_bytes_up"]}
+                    if "reported_bytes_up" in r
+                    else {}
+                ),
+            }
+            for m, r in med.items()
+        }
+
+
+@dataclass
+class _SimSetup:
+    root: Path
+    clients: int
+    records: int
+    model_spec: dict[str, Any]
+    params: int
+    settings: Any  # umbra.federation.train.TrainSettings
+
+    @property
+    def data_dir(self) -> str:
+        return str(self.root / "train")
+
+
+def _sim_setup(clients: int, records: int, hidden: int) -> _SimSetup:
     import tempfile
-    from types import SimpleNamespace
 
-    from flwr.app import Context
-    from flwr.serverapp import Grid, ServerApp
-    from flwr.simulation import run_simulation
-
-    import umbra.secure.plugins  # noqa: F401  (registers the secure round transports)
-    from umbra.config import FederationConfig
     from umbra.data.sources.synthetic import make_synthetic
-    from umbra.federation.client_app import ClientSpec, make_client_app
     from umbra.federation.client_data import write_federation_data
-    from umbra.federation.rounds import TRAIN_ROUNDS
     from umbra.federation.server_app import initial_arrays
-    from umbra.federation.strategies import build_strategy
     from umbra.federation.train import TrainSettings
-    from umbra.models import ModelSpec, parameter_modality
+    from umbra.models import ModelSpec
 
     root = Path(tempfile.mkdtemp(prefix="umbra-bench-flower-"))
-    data = make_synthetic(n=250 * clients, num_classes=4, seed=0)
+    data = make_synthetic(n=records * clients, num_classes=4, seed=0)
     parts = [
         np.sort(p) for p in np.array_split(np.random.default_rng(0).permutation(len(data)), clients)
     ]
@@ -323,6 +477,52 @@ def bench_flower_round(clients: int, repeats: int, hidden: int) -> dict[str, Any
     write_federation_data(root / "train", data, parts, masks)
     model_spec = ModelSpec.from_data(data, hidden=hidden).to_dict()
     params = int(sum(a.size for a in initial_arrays(model_spec, 0).values()))
+    return _SimSetup(
+        root, clients, records, model_spec, params, TrainSettings(epochs=1, batch_size=32)
+    )
+
+
+def _run_sim(server: Any, client: Any, clients: int) -> None:
+    import logging
+
+    from flwr.simulation import run_simulation
+
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    run_simulation(
+        server_app=server,
+        client_app=client,
+        num_supernodes=clients,
+        backend_config={
+            # 2 workers: this machine has 2 cores; the server's work runs in the driver
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {
+                "num_cpus": min(2, os.cpu_count() or 2),
+                "include_dashboard": False,
+                "log_to_driver": False,
+            },
+        },
+    )
+
+
+def bench_umbra_rounds(setup: _SimSetup, repeats: int) -> dict[str, Any]:
+    """Umbra's Message-API rounds in ONE Flower simulation (Ray backend): plaintext, Umbra
+    SecAgg+ and Umbra CKKS interleaved on the same warm workers, from the same global model
+    (local training included). The first pass is a warm-up."""
+    from types import SimpleNamespace
+
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+
+    import umbra.secure.plugins  # noqa: F401  (registers the secure round transports)
+    from umbra.config import FederationConfig
+    from umbra.federation.client_app import ClientSpec, make_client_app
+    from umbra.federation.rounds import TRAIN_ROUNDS
+    from umbra.federation.server_app import initial_arrays
+    from umbra.federation.strategies import build_strategy
+    from umbra.models import parameter_modality
+
+    clients = setup.clients
     secure = {
         "aggregation": "secagg+",
         "threshold": 0.67,
@@ -330,25 +530,28 @@ def bench_flower_round(clients: int, repeats: int, hidden: int) -> dict[str, Any
         "ckks_params": "umbra",
         "dropout_clients": [],
     }
+    client_log = setup.root / "umbra-client-times.jsonl"
+    client_log.touch()
     client = make_client_app(
         ClientSpec(
-            data_dir=str(root / "train"),
-            state_dir=str(root / "state"),
-            model_spec=model_spec,
-            settings=TrainSettings(epochs=1, batch_size=32),
+            data_dir=setup.data_dir,
+            state_dir=str(setup.root / "state"),
+            model_spec=setup.model_spec,
+            settings=setup.settings,
             seed=0,
             actions=("secagg", "ckks"),
             extra={"secure": secure},
         )
     )
     modes = ("none", "secagg+", "ckks")
-    rows: dict[str, dict[str, list[float]]] = {m: {"wall_s": [], "bytes_up": []} for m in modes}
+    log = _RoundLog(modes, client_log)
     server = ServerApp()
 
     @server.main()
     def _main(grid: Grid, context: Context) -> None:
         while len(list(grid.get_node_ids())) < clients:
             time.sleep(0.1)
+        measured = _MeasuredGrid(grid)
         fed = FederationConfig.model_validate({"num_clients": clients})
         strategy = build_strategy(
             "fedavg",
@@ -360,48 +563,207 @@ def bench_flower_round(clients: int, repeats: int, hidden: int) -> dict[str, Any
             min_evaluate_nodes=0,
             min_available_nodes=clients,
         )
-        arrays = initial_arrays(model_spec, 0)
+        arrays = initial_arrays(setup.model_spec, 0)
         spec = SimpleNamespace(extra={"secure": secure}, node_timeout_s=600.0)
         rnd = 0
         for rep in range(repeats + 1):
             for mode in modes:
                 rnd += 1
+                measured.reset()
                 start = time.perf_counter()
-                out = TRAIN_ROUNDS[mode](strategy, grid, rnd, arrays, spec)
-                wall = time.perf_counter() - start
+                out = TRAIN_ROUNDS[mode](strategy, measured, rnd, arrays, spec)
+                elapsed = time.perf_counter() - start
                 if out.record is None:
                     raise RuntimeError(f"{mode} round aborted: {out.note}")
-                if rep:
-                    rows[mode]["wall_s"].append(wall)
-                    rows[mode]["bytes_up"].append(out.bytes_up / max(out.clients, 1))
+                if out.clients != clients:
+                    raise RuntimeError(f"{mode} round: {out.clients} of {clients} clients")
+                log.add(
+                    mode, elapsed, measured, keep=rep > 0, reported_up=out.bytes_up / out.clients
+                )
 
-    logging.getLogger("flwr").setLevel(logging.ERROR)
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    run_simulation(
-        server_app=server,
-        client_app=client,
-        num_supernodes=clients,
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": 2, "include_dashboard": False, "log_to_driver": False},
-        },
-    )
-    base = float(np.median(rows["none"]["wall_s"]))
-    base_bytes = float(np.median(rows["none"]["bytes_up"]))
+    _run_sim(server, _timed_client_app(client, str(client_log)), clients)
     return {
-        "clients": clients,
-        "params": params,
-        "repeats": repeats,
-        "modes": {
-            m: {
-                "round_s_median": float(np.median(r["wall_s"])),
-                "round_ratio": float(np.median(r["wall_s"])) / base,
-                "bytes_up_per_client": float(np.median(r["bytes_up"])),
-                "bytes_ratio": float(np.median(r["bytes_up"])) / base_bytes,
-            }
-            for m, r in rows.items()
-        },
+        "api": "Umbra (Flower Message API: flwr.serverapp.ServerApp main, Grid)",
+        "modes": log.summary("none"),
     }
+
+
+def bench_flower_legacy_rounds(setup: _SimSetup, repeats: int) -> dict[str, Any]:
+    """Flower's own SecAgg+ through its legacy API in ONE Flower simulation: a legacy
+    ServerApp main running ``DefaultWorkflow`` on a ``LegacyContext`` whose fit rounds
+    alternate between Flower's default fit workflow (plaintext FedAvg) and
+    ``SecAggPlusWorkflow``; clients are a ``ClientApp(client_fn=..., mods=[...])`` over a
+    ``NumPyClient`` whose ``fit`` runs the same ``train_local`` as Umbra's client, with
+    ``secaggplus_mod`` applied to the SecAgg+ rounds' messages."""
+    from flwr.app import Context
+    from flwr.app.message_type import MessageType
+    from flwr.client import NumPyClient
+    from flwr.client.mod import secaggplus_mod
+    from flwr.clientapp import ClientApp
+    from flwr.common import ndarrays_to_parameters
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+    from flwr.server import LegacyContext, ServerConfig
+    from flwr.server.strategy import FedAvg
+    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+    from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+    from flwr.server.workflow.default_workflows import default_fit_workflow
+    from flwr.serverapp import Grid, ServerApp
+
+    from umbra.federation.client_data import load_client_data
+    from umbra.federation.server_app import initial_arrays
+    from umbra.federation.train import Batchable, get_arrays, set_arrays, train_local
+    from umbra.models import ModelSpec, MultimodalNet
+
+    clients = setup.clients
+    init = initial_arrays(setup.model_spec, 0)
+    keys = list(init)
+    data_dir, model_spec, settings = setup.data_dir, setup.model_spec, setup.settings
+
+    class _Client(NumPyClient):
+        def __init__(self, partition: int) -> None:
+            self.partition = partition
+
+        def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> Any:
+            import torch
+
+            torch.set_num_threads(1)  # as Umbra's ClientSpec.threads
+            data = load_client_data(data_dir, self.partition)
+            model = MultimodalNet(ModelSpec.from_dict(model_spec))
+            set_arrays(model, dict(zip(keys, parameters, strict=True)))
+            train_local(model, Batchable.from_data(data), settings, seed=self.partition)
+            out = get_arrays(model)
+            return [out[k] for k in keys], len(data), {}
+
+    def client_fn(context: Context) -> Any:
+        return _Client(int(context.node_config["partition-id"])).to_client()
+
+    def secaggplus_rounds_only(msg: Any, ctxt: Any, call_next: Any) -> Any:
+        """Flower's ``secaggplus_mod`` on SecAgg+ messages; the plaintext rounds' train
+        messages (no SecAgg+ configs, which the mod requires) go straight to the client."""
+        if (
+            msg.metadata.message_type == MessageType.TRAIN
+            and RECORD_KEY_CONFIGS not in msg.content.config_records
+        ):
+            return call_next(msg, ctxt)
+        return secaggplus_mod(msg, ctxt, call_next)
+
+    client_log = setup.root / "flower-client-times.jsonl"
+    client_log.touch()
+    client = ClientApp(client_fn=client_fn, mods=[secaggplus_rounds_only])
+    # Umbra's SecAgg+ at 10 clients: 8 neighbours, threshold ceil(0.67 n). Flower counts a
+    # node's own share: num_shares = 8 neighbours + 1 = 9, threshold 7 shares of 9.
+    neighbours = min(clients - 1, 8)
+    flows = {
+        "none": default_fit_workflow,
+        "secagg+": SecAggPlusWorkflow(
+            num_shares=neighbours + 1,
+            reconstruction_threshold=min(neighbours, max(2, math.ceil(0.67 * (neighbours + 1)))),
+        ),
+    }
+    modes = tuple(flows)
+    log = _RoundLog(modes, client_log)
+
+    # Each mode keeps its own global model, as in two separate runs interleaved on the same
+    # workers: SecAggPlusWorkflow hands the strategy a float64 aggregate, so after its first
+    # round Flower's SecAgg+ global model (the next download) is float64, while plaintext
+    # FedAvg's stays float32.
+    models: dict[str, Any] = {}
+
+    def fit_round(grid: Any, context: Any) -> None:
+        rnd = int(context.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND])
+        mode = modes[(rnd - 1) % len(modes)]
+        if mode in models:
+            context.state.array_records[MAIN_PARAMS_RECORD] = models[mode]
+        before = context.state.array_records[MAIN_PARAMS_RECORD]
+        grid.reset()
+        start = time.perf_counter()
+        flows[mode](grid, context)
+        elapsed = time.perf_counter() - start
+        if context.state.array_records[MAIN_PARAMS_RECORD] is before:
+            raise RuntimeError(f"Flower legacy {mode} round {rnd} did not update the model")
+        models[mode] = context.state.array_records[MAIN_PARAMS_RECORD]
+        log.add(mode, elapsed, grid, keep=rnd > len(modes))
+
+    server = ServerApp()
+
+    @server.main()
+    def _main(grid: Grid, context: Context) -> None:
+        strategy = FedAvg(
+            fraction_fit=1.0,
+            fraction_evaluate=0.0,
+            min_fit_clients=clients,
+            min_evaluate_clients=0,
+            min_available_clients=clients,
+            initial_parameters=ndarrays_to_parameters([init[k] for k in keys]),
+        )
+        legacy = LegacyContext(
+            context=context,
+            config=ServerConfig(num_rounds=len(modes) * (repeats + 1)),
+            strategy=strategy,
+        )
+        DefaultWorkflow(fit_workflow=fit_round)(_MeasuredGrid(grid), legacy)
+
+    _run_sim(server, _timed_client_app(client, str(client_log)), clients)
+    return {
+        "api": "Flower legacy API (LegacyContext, DefaultWorkflow, SecAggPlusWorkflow, "
+        "secaggplus_mod, NumPyClient)",
+        "secaggplus": {
+            "num_shares": neighbours + 1,
+            "reconstruction_threshold": flows["secagg+"].reconstruction_threshold,
+            "clipping_range": flows["secagg+"].clipping_range,
+            "quantization_range": flows["secagg+"].quantization_range,
+            "modulus_range": flows["secagg+"].modulus_range,
+        },
+        "modes": log.summary("none"),
+    }
+
+
+SIM_NOTES = (
+    "Each simulation interleaves its rounds on the same warm Ray workers (2 CPUs, 1 per "
+    "client task); the first pass is a warm-up, then medians over the measured rounds. A "
+    "round = send the global model to every client, each client loads its partition and "
+    "runs Umbra's train_local (1 epoch, batch 32: light on purpose, the point is aggregation "
+    "overhead), returns its update (plaintext, masked, or encrypted, with all protocol "
+    "stages), server aggregates and updates the model. round_s = round wall time minus the "
+    "benchmark's own byte measurement; server_s = round_s minus time waiting in "
+    "grid.send_and_receive; client_s = mean per client of the seconds spent in the "
+    "ClientApp over all the round's messages (incl. local training); bytes = protobuf sizes "
+    "of the messages (umbra.federation.records.message_bytes) summed over the round's "
+    "stages, mean per client. Ratios are to the plaintext round of the same simulation. "
+    "Umbra's rounds all start from the same initial model; in the Flower legacy simulation "
+    "each mode keeps its own global model (Flower's SecAgg+ aggregate is float64, so its "
+    "download is 8 bytes per parameter after the first round)."
+)
+
+
+def bench_flower_round(
+    clients: int, repeats: int, hidden: int, records: int, sims: tuple[str, ...]
+) -> dict[str, Any]:
+    setup = _sim_setup(clients, records, hidden)
+    load_start = os.getloadavg()[0]
+    out: dict[str, Any] = {
+        "clients": clients,
+        "params": setup.params,
+        "hidden": hidden,
+        "records_per_client": records,
+        "local_training": "umbra train_local, 1 epoch, batch 32, "
+        f"{setup.settings.steps(records)} SGD steps per client",
+        "repeats": repeats,
+        "notes": SIM_NOTES,
+    }
+    try:
+        if "umbra" in sims:
+            out["umbra_simulation"] = bench_umbra_rounds(setup, repeats)
+        if "flower-legacy" in sims:
+            out["flower_legacy_simulation"] = bench_flower_legacy_rounds(setup, repeats)
+    finally:
+        shutil.rmtree(setup.root, ignore_errors=True)
+    out["machine"] = {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_average_1m": {"start": load_start, "end": os.getloadavg()[0]},
+    }
+    return out
 
 
 def main() -> None:
@@ -413,35 +775,61 @@ def main() -> None:
     ap.add_argument(
         "--flower-round",
         action="store_true",
-        help="only time whole rounds in one Flower simulation (plaintext vs SecAgg+ vs CKKS) "
-        "and merge them into --out",
+        help="only time whole rounds in Flower simulations (Umbra: plaintext vs SecAgg+ vs "
+        "CKKS; Flower legacy API: plaintext FedAvg vs Flower's SecAgg+) and merge them into --out",
     )
-    ap.add_argument("--flower-clients", type=int, default=4)
-    ap.add_argument("--flower-repeats", type=int, default=3)
-    ap.add_argument("--flower-hidden", type=int, default=128)
+    ap.add_argument("--flower-clients", type=int, default=10)
+    ap.add_argument("--flower-repeats", type=int, default=3, help="measured passes after 1 warm-up")
+    ap.add_argument(
+        "--flower-hidden", type=int, default=448, help="model width; 448 -> 1,000,996 parameters"
+    )
+    ap.add_argument("--flower-records", type=int, default=64, help="training records per client")
+    ap.add_argument(
+        "--flower-sims",
+        default="umbra,flower-legacy",
+        help="comma-separated subset of: umbra, flower-legacy",
+    )
     args = ap.parse_args()
     if args.flower_round:
-        flower = bench_flower_round(args.flower_clients, args.flower_repeats, args.flower_hidden)
+        sims = tuple(x.strip() for x in args.flower_sims.split(",") if x.strip())
+        unknown = set(sims) - {"umbra", "flower-legacy"}
+        if unknown or not sims:
+            ap.error(f"--flower-sims: unknown {sorted(unknown)}")
+        flower = bench_flower_round(
+            args.flower_clients, args.flower_repeats, args.flower_hidden, args.flower_records, sims
+        )
         flower["command"] = (
             "PYTHONPATH=src .venv/bin/python bench/secure_aggregation.py --flower-round "
             f"--flower-clients {args.flower_clients} --flower-repeats {args.flower_repeats} "
-            f"--flower-hidden {args.flower_hidden}"
+            f"--flower-hidden {args.flower_hidden} --flower-records {args.flower_records} "
+            f"--flower-sims {','.join(sims)}"
         )
         previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+        old = previous.get("flower_round", {})
+        same = all(old.get(k) == flower[k] for k in ("clients", "params", "records_per_client"))
+        for key in ("umbra_simulation", "flower_legacy_simulation"):
+            if key not in flower and same and key in old:  # keep the simulation not rerun
+                flower[key] = old[key]
+                flower.setdefault("earlier_commands", {})[key] = old.get("command")
         previous["flower_round"] = flower
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(previous, indent=2))
         print(
-            f"\nWhole training rounds in one Flower simulation ({flower['clients']} clients, "
-            f"{flower['params']:,} parameters, median of {flower['repeats']})\n"
+            f"\nWhole training rounds in Flower simulations ({flower['clients']} clients, "
+            f"{flower['params']:,} parameters, median of {flower['repeats']} after a warm-up)\n"
         )
-        print("| round transport | round s | round / plaintext | bytes up/client | bytes ratio |")
-        print("|---|---:|---:|---:|---:|")
-        for name, m in flower["modes"].items():
-            print(
-                f"| {name} | {m['round_s_median']:.2f} | {m['round_ratio']:.2f}x | "
-                f"{m['bytes_up_per_client']:,.0f} | {m['bytes_ratio']:.2f}x |"
-            )
+        print(
+            "| simulation | round | round s | round / plaintext | server s | client s "
+            "| bytes up/client | bytes ratio |"
+        )
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
+        for key in ("umbra_simulation", "flower_legacy_simulation"):
+            for name, m in flower.get(key, {}).get("modes", {}).items():
+                print(
+                    f"| {key} | {name} | {m['round_s_median']:.2f} | {m['round_ratio']:.2f}x | "
+                    f"{m['server_s_median']:.2f} | {m['client_s_median']:.2f} | "
+                    f"{m['bytes_up_per_client']:,.0f} | {m['bytes_ratio']:.3f}x |"
+                )
         print(f"\nwrote {args.out}")
         return
     rng = np.random.default_rng(0)
@@ -452,7 +840,7 @@ def main() -> None:
     methods["plaintext sum"] = bench_plaintext(updates)
     methods["Umbra SecAgg+"] = bench_secagg(updates, ref)
     methods["Umbra SecAgg+ (1 dropout)"] = bench_secagg(updates, ref, dropouts=1)
-    methods["Flower SecAgg+ (its functions, in process)"] = bench_flower_secaggplus(
+    methods[FLOWER_MASKING_ROW] = bench_flower_masking_functions(
         updates, ref, neighbours=min(args.clients - 1, 8)
     )
     methods["TenSEAL default (N=8192, [60,40,40,60])"] = bench_tenseal(updates, ref)
