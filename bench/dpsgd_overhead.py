@@ -3,18 +3,28 @@
 All variants train the same model (``umbra.models.MultimodalNet`` at its default size) on
 the same synthetic data of fmnist-avt shapes (image (1, 28, 28), audio (1, 32, 32), text
 (384,), 10 classes, random missing modalities), batch 64 (expected batch size q·N for the
-Poisson-sampled variants), in one process with the same thread count. Epochs of the
-variants are interleaved (round-robin) so that load changes on a shared machine hit all of
-them alike; the median epoch time per variant is reported with its ratio to non-private.
+Poisson-sampled variants; ``--batch 64 256`` also times DP-SGD's default batch 256), in one
+process with the same thread count. Epochs of all variants and batch sizes are interleaved
+(round-robin) so that load changes on a shared machine hit them alike; per variant the
+median epoch time is reported with its ratio to the non-private median at the same batch
+size, and the "paired ratio" (median over rounds of variant epoch / non-private epoch of
+the same round), which is steadier on a loaded machine. oneDNN's primitive cache is
+raised (``ONEDNN_PRIMITIVE_CACHE_CAPACITY``, unless set) so that the interleaved variants'
+Poisson batch shapes do not evict each other's compiled conv kernels.
 
 Variants:
-  non-private      shuffled batches, mean cross-entropy, ``loss.backward()``.
-  umbra            :class:`umbra.privacy.DPSGD` (default ``torch.func`` backend), 4 groups
-                   (image/audio/text/shared), exact per-sample clipping, Poisson batches.
+  non-private      shuffled batches, mean cross-entropy, ``loss.backward()``, conv encoders
+                   channels-last as in ``train_local`` (within 3 % of NCHW here).
+  umbra            :class:`umbra.privacy.DPSGD` (default ``"bookkeeping"`` backend: one
+                   forward + one backward pass, ghost norms for Linear), 4 groups
+                   (image/audio/text/shared), exact per-sample clipping, Poisson batches,
+                   channels-last as in ``train_local_dp``.
   opacus           ``PrivacyEngine().make_private(...)`` defaults (Poisson loader, flat clip).
-  --ablation adds: DPSGD's ``"opacus"`` backend (GradSampleModule hooks, same clipping).
+  --ablation adds: DPSGD's other backends, ``"functorch"`` (``vmap(grad)``) and ``"opacus"``
+                   (GradSampleModule hooks), same clipping, NCHW (Opacus needs it).
 
-    .venv/bin/python bench/dpsgd_overhead.py [--n 1024] [--epochs 3] [--threads 2] [--ablation]
+    .venv/bin/python bench/dpsgd_overhead.py [--n 1024] [--batch 64] [--epochs 3] [--threads 2]
+        [--ablation]
 
 Writes bench/results/dpsgd_overhead.json (and .md) and prints a markdown table.
 """
@@ -29,8 +39,16 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
+
+# Interleaving 3-5 variants x several batch sizes in one process, each Poisson-sampled (a new
+# batch size, hence new oneDNN conv kernels, almost every step), overflows oneDNN's default
+# cache of 1024 compiled primitives: the DP variants then recompile kernels every step, which
+# a process that trains one way would not. A larger cache (read when torch loads) removes
+# that artefact; the non-private variant (fixed batch size) is unaffected.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
 
 import numpy as np
 import torch
@@ -38,7 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import umbra  # noqa: F401  (silences protobuf gencode warnings)
-from umbra.models import ModelSpec, MultimodalNet, parameter_groups
+from umbra.models import ModelSpec, MultimodalNet, channels_last, parameter_groups
 from umbra.privacy.dpsgd import DPSGD, poisson_batches
 
 SHAPES = {"image": (1, 28, 28), "audio": (1, 32, 32), "text": (384,)}
@@ -81,11 +99,12 @@ def nonprivate(data: dict[str, Tensor], n: int, batch: int, seed: int) -> Epoch:
     gen = torch.Generator().manual_seed(seed)
 
     def epoch() -> None:
-        for idx in torch.randperm(n, generator=gen).split(batch):
-            b = take(data, idx)
-            opt.zero_grad()
-            F.cross_entropy(model(b["x"], b["mask"]), b["y"]).backward()
-            opt.step()
+        with channels_last(model):  # as umbra.federation.train.train_local runs it
+            for idx in torch.randperm(n, generator=gen).split(batch):
+                b = take(data, idx)
+                opt.zero_grad()
+                F.cross_entropy(model(b["x"], b["mask"]), b["y"]).backward()
+                opt.step()
 
     return epoch
 
@@ -108,9 +127,11 @@ def umbra_dpsgd(data: dict[str, Tensor], n: int, batch: int, seed: int, *, backe
     gen = torch.Generator().manual_seed(seed)
 
     def epoch() -> None:
-        for idx in poisson_batches(n, sample_rate=q, steps=n // batch, generator=gen):
-            dp.step(per_sample_loss, take(data, idx))
-            opt.step()
+        # Channels-last as in train_local_dp, for the backend that is exact in any layout.
+        with channels_last(model) if backend == "bookkeeping" else nullcontext():
+            for idx in poisson_batches(n, sample_rate=q, steps=n // batch, generator=gen):
+                dp.step(per_sample_loss, take(data, idx))
+                opt.step()
 
     return epoch
 
@@ -155,10 +176,12 @@ def opacus(data: dict[str, Tensor], n: int, batch: int, seed: int) -> Epoch:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=1024, help="records per epoch")
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument(
+        "--batch", type=int, nargs="+", default=[64], help="(expected) batch size(s), e.g. 64 256"
+    )
     ap.add_argument("--epochs", type=int, default=3, help="timed epochs per variant")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--ablation", action="store_true", help="also umbra-backward and torch.func")
+    ap.add_argument("--ablation", action="store_true", help="also DPSGD's other backends")
     ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
@@ -172,43 +195,47 @@ def main() -> None:
         if DEVICE.type == "cuda":
             torch.cuda.synchronize()
 
-    variants: dict[str, Epoch] = {
-        "non-private": nonprivate(data, args.n, args.batch, args.seed),
-        "umbra": umbra_dpsgd(data, args.n, args.batch, args.seed, backend="functorch"),
-        "opacus": opacus(data, args.n, args.batch, args.seed),
-    }
-    if args.ablation:
-        variants["umbra[opacus hooks]"] = umbra_dpsgd(
-            data, args.n, args.batch, args.seed, backend="opacus"
-        )
-    times: dict[str, list[float]] = {k: [] for k in variants}
+    # (batch, variant) -> epoch; all of them interleaved, so load changes hit them alike.
+    variants: dict[tuple[int, str], Epoch] = {}
+    for b in args.batch:
+        variants[b, "non-private"] = nonprivate(data, args.n, b, args.seed)
+        variants[b, "umbra"] = umbra_dpsgd(data, args.n, b, args.seed, backend="bookkeeping")
+        variants[b, "opacus"] = opacus(data, args.n, b, args.seed)
+        if args.ablation:
+            for backend, label in (("functorch", "torch.func vmap"), ("opacus", "opacus hooks")):
+                variants[b, f"umbra[{label}]"] = umbra_dpsgd(
+                    data, args.n, b, args.seed, backend=backend
+                )
+    times: dict[tuple[int, str], list[float]] = {k: [] for k in variants}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for fn in variants.values():  # warm-up: allocator, Opacus hooks, vmap tracing
             fn()
         for _ in range(args.epochs):
-            for name, fn in variants.items():
+            for key, fn in variants.items():
                 sync()
                 t0 = time.perf_counter()
                 fn()
                 sync()
-                times[name].append(time.perf_counter() - t0)
-    base = statistics.median(times["non-private"])
-    results = {
-        name: {
+                times[key].append(time.perf_counter() - t0)
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for (b, name), ts in times.items():
+        base = times[b, "non-private"]
+        results.setdefault(f"batch {b}", {})[name] = {
             "epoch_s": ts,
             "median_s": statistics.median(ts),
-            "ratio": statistics.median(ts) / base,
+            "ratio": statistics.median(ts) / statistics.median(base),
+            # median over rounds of this epoch / the non-private epoch of the same round
+            "paired_ratio": statistics.median(t / t0 for t, t0 in zip(ts, base, strict=True)),
         }
-        for name, ts in times.items()
-    }
     out = {
         "bench": "dpsgd_overhead",
         "config": {
             "n": args.n,
-            "batch": args.batch,
+            "batches": args.batch,
             "epochs": args.epochs,
             "threads": args.threads,
+            "onednn_primitive_cache_capacity": os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"],
             "device": str(DEVICE),
             "shapes": SHAPES,
             "model": "MultimodalNet default",
@@ -218,14 +245,23 @@ def main() -> None:
             "platform": platform.platform(),
             "processor": platform.processor(),
             "cpus": os.cpu_count(),
+            "load_avg_1m": os.getloadavg()[0],
             "gpu": torch.cuda.get_device_name() if DEVICE.type == "cuda" else None,
             "torch": torch.__version__,
             "numpy": np.__version__,
         },
         "results": results,
     }
-    rows = ["| variant | median s / epoch | ratio to non-private |", "|---|---:|---:|"]
-    rows += [f"| {k} | {v['median_s']:.3f} | {v['ratio']:.2f}x |" for k, v in results.items()]
+    rows = [
+        "| batch | variant | median s / epoch | ratio to non-private | paired ratio |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    rows += [
+        f"| {b.split()[1]} | {k} | {v['median_s']:.3f} | {v['ratio']:.2f}x |"
+        f" {v['paired_ratio']:.2f}x |"
+        for b, res in results.items()
+        for k, v in res.items()
+    ]
     table = "\n".join(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "dpsgd_overhead.json").write_text(json.dumps(out, indent=2) + "\n")
@@ -235,6 +271,7 @@ def main() -> None:
             f"--{k} {v}"
             for k, v in (
                 ("n", args.n),
+                ("batch", " ".join(map(str, args.batch))),
                 ("epochs", args.epochs),
                 ("threads", args.threads),
                 ("device", args.device),

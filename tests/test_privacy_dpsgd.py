@@ -73,30 +73,43 @@ def _loss(model: nn.Module, batch: dict) -> torch.Tensor:
     return F.cross_entropy(model(batch["x"], batch["mask"]), batch["y"], reduction="none")
 
 
-def _reference(model: nn.Module, groups, clip, batch, denom) -> dict[str, torch.Tensor]:
-    """Clipped gradient sum from a plain loop over single records (no Opacus)."""
+def _record(batch, i: int):
+    """Record i of a (nested) dict of tensors, as a batch of one."""
+    if isinstance(batch, dict):
+        return {k: _record(v, i) for k, v in batch.items()}
+    return batch[i : i + 1]
+
+
+def _reference_with_norms(model: nn.Module, groups, clip, batch, denom, loss=None):
+    """Clipped gradient sum from a plain loop over single records (no Opacus, no hooks),
+    and the per-group per-record gradient norms ``group -> (B,)``."""
+    loss = loss or _loss
     params = dict(model.named_parameters())
     ref = {n: torch.zeros_like(p) for n, p in params.items()}
     b = batch["y"].shape[0]
+    norms = {g: torch.zeros(b, dtype=torch.float64) for g in groups}
     for i in range(b):
         model.zero_grad()
-        one = {
-            "x": {k: v[i : i + 1] for k, v in batch["x"].items()},
-            "mask": batch["mask"][i : i + 1],
-            "y": batch["y"][i : i + 1],
-        }
-        _loss(model, one).sum().backward()
+        loss(model, _record(batch, i)).sum().backward()
         for g, names in groups.items():
-            norm = torch.sqrt(sum((params[n].grad.double() ** 2).sum() for n in names))
+            grads = [params[n].grad for n in names if params[n].grad is not None]
+            norm = torch.sqrt(sum((t.double() ** 2).sum() for t in grads))
+            norms[g][i] = norm
             f = min(1.0, clip[g] / float(norm)) if norm > 0 else 1.0
             for n in names:
-                ref[n] += f * params[n].grad
-    return {n: r / denom for n, r in ref.items()}
+                if params[n].grad is not None:
+                    ref[n] += f * params[n].grad
+    return {n: r / denom for n, r in ref.items()}, norms
+
+
+def _reference(model: nn.Module, groups, clip, batch, denom) -> dict[str, torch.Tensor]:
+    """Clipped gradient sum from a plain loop over single records (no Opacus)."""
+    return _reference_with_norms(model, groups, clip, batch, denom)[0]
 
 
 @pytest.mark.parametrize(
     ("backend", "embedding"),
-    [("functorch", False), ("functorch", True), ("opacus", False), ("opacus", True)],
+    [(b, e) for b in ("bookkeeping", "functorch", "opacus") for e in (False, True)],
 )
 def test_clipping_is_exact_against_single_record_loop(backend, embedding):
     torch.manual_seed(0)
@@ -245,7 +258,7 @@ def test_validation():
     dp.close()
 
 
-@pytest.mark.parametrize("backend", ["functorch", "opacus"])
+@pytest.mark.parametrize("backend", ["bookkeeping", "functorch", "opacus"])
 def test_with_umbra_multimodal_net(backend):
     from umbra.models import ModelSpec, MultimodalNet, parameter_groups
 
@@ -284,3 +297,210 @@ def test_with_umbra_multimodal_net(backend):
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, ref[n], rtol=1e-5, atol=1e-7)
     dp.close()
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_bookkeeping_every_group_with_missing_modalities(layout):
+    """The default backend on an Umbra net with three modalities (two conv encoders, the text
+    encoder's LayerNorm + MLP): clipped sums and per-group norms match the batch-size-1 loop for
+    every group, with records missing one or two modalities (and some after modality dropout),
+    with the conv encoders in either memory layout (train_local_dp runs them channels-last)."""
+    from contextlib import nullcontext
+
+    from umbra.models import (
+        ModelSpec,
+        MultimodalNet,
+        channels_last,
+        modality_dropout,
+        parameter_groups,
+    )
+
+    torch.manual_seed(0)
+    spec = ModelSpec(
+        input_shapes={"image": (1, 8, 8), "audio": (1, 10, 6), "text": (12,)},
+        num_classes=4,
+        hidden=8,
+        embed_dim=5,
+        dropout=0.0,
+    )
+    model = MultimodalNet(spec)
+    twin = copy.deepcopy(model)
+    groups = parameter_groups(model)
+    assert set(groups) == {"image", "audio", "text", "shared"}
+    clip = {"image": 0.3, "audio": 0.05, "text": 0.1, "shared": 0.2}
+    dp = DPSGD(
+        model,
+        groups=groups,
+        clip_norms=clip,
+        noise_multipliers=dict.fromkeys(clip, 1.0),
+        sample_rate=0.5,
+        num_samples=20,
+    )
+    assert dp.backend == "bookkeeping"
+    dp.noise_multipliers = dict.fromkeys(clip, 0.0)
+    g = torch.Generator().manual_seed(2)
+    b = 10
+    mask = torch.tensor(
+        [[1, 1, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1]]
+        + [[1, 1, 1]] * 3,
+        dtype=torch.bool,
+    )
+    mask = torch.cat([mask[:7], modality_dropout(mask[7:], 0.5, g)])
+    batch = {
+        "x": {
+            "image": torch.rand(b, 1, 8, 8, generator=g),
+            "audio": torch.randn(b, 1, 10, 6, generator=g),
+            "text": torch.randn(b, 12, generator=g),
+        },
+        "mask": mask,
+        "y": torch.randint(0, 4, (b,), generator=g),
+    }
+    with channels_last(model) if layout == "channels_last" else nullcontext():
+        stats = dp.step(_loss, batch)
+    ref, norms = _reference_with_norms(twin, groups, clip, batch, denom=0.5 * 20)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref[n], rtol=1e-5, atol=1e-7, msg=n)
+    for grp, c in clip.items():
+        assert stats.mean_norm[grp] == pytest.approx(float(norms[grp].mean()), rel=1e-5)
+        assert stats.clipped_fraction[grp] == pytest.approx(float((norms[grp] > c).double().mean()))
+        assert stats.clipped_fraction[grp] > 0
+    # A record without a modality contributes nothing to that modality's group.
+    assert float(norms["audio"][1]) == 0.0 and float(norms["image"][2]) == 0.0
+    dp.close()
+    assert all(not m._forward_hooks for m in model.modules())
+    if layout == "channels_last":  # Opacus' own hooks would be silently wrong: refused
+        opacus_dp = DPSGD(
+            twin,
+            groups=groups,
+            clip_norms=clip,
+            noise_multipliers=dict.fromkeys(clip, 1.0),
+            sample_rate=0.5,
+            num_samples=20,
+            backend="opacus",
+        )
+        with channels_last(twin), pytest.raises(ValueError, match="channels-last"):
+            opacus_dp.step(_loss, batch)
+        opacus_dp.close()
+
+
+class _Awkward(nn.Module):
+    """Layers off the default model's paths: a Linear called twice, a Linear on (B, T, d),
+    strided dilated convs (one input channel: im2col; two: records as groups), a grouped
+    conv, channels-last activations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, stride=2, dilation=2, padding=1)
+        self.mono = nn.Conv2d(1, 4, (3, 2), stride=(2, 1), dilation=(1, 2), padding=(1, 0))
+        self.grouped = nn.Conv2d(4, 4, 3, padding=1, groups=2, bias=False)
+        self.seq = nn.Linear(3, 5)
+        self.twice = nn.Linear(5, 5)
+        self.head = nn.Linear(4 + 5, 3)
+
+    def forward(self, x: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        img = x["image"].contiguous(memory_format=torch.channels_last)
+        z = torch.relu(self.grouped(torch.relu(self.conv(img)))).mean(dim=(2, 3))  # (B, 4)
+        z = z + torch.tanh(self.mono(img[:, :1])).mean(dim=(2, 3))
+        s = torch.tanh(self.seq(x["seq"])).mean(dim=1)  # (B, 5)
+        s = self.twice(torch.tanh(self.twice(s)))
+        s = torch.where(mask[:, 1:2], s, 0.0)
+        return self.head(torch.cat([z, s], dim=1))
+
+
+def test_bookkeeping_shared_layers_sequences_strides_channels_last():
+    torch.manual_seed(0)
+    model = _Awkward()
+    model.conv.weight.data = model.conv.weight.data.contiguous(memory_format=torch.channels_last)
+    twin = copy.deepcopy(model)
+    names = [n for n, _ in model.named_parameters()]
+    groups = {
+        "image": [n for n in names if n.startswith(("conv", "mono", "grouped"))],
+        "seq": [n for n in names if n.startswith(("seq", "twice"))],
+        "shared": [n for n in names if n.startswith("head")],
+    }
+    clip = {"image": 0.05, "seq": 0.1, "shared": 0.3}
+    dp = DPSGD(
+        model,
+        groups=groups,
+        clip_norms=clip,
+        noise_multipliers=dict.fromkeys(clip, 1.0),
+        sample_rate=0.5,
+        num_samples=14,
+    )
+    dp.noise_multipliers = dict.fromkeys(clip, 0.0)
+    g = torch.Generator().manual_seed(3)
+    batch = {
+        "x": {
+            "image": torch.randn(7, 2, 9, 9, generator=g),
+            "seq": torch.randn(7, 4, 3, generator=g),
+        },
+        "mask": torch.rand(7, 2, generator=g) > 0.3,
+        "y": torch.randint(0, 3, (7,), generator=g),
+    }
+    stats = dp.step(_loss, batch)
+    ref, norms = _reference_with_norms(twin, groups, clip, batch, denom=0.5 * 14)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref[n], rtol=1e-5, atol=1e-7, msg=n)
+    for grp in clip:
+        assert stats.mean_norm[grp] == pytest.approx(float(norms[grp].mean()), rel=1e-5)
+    dp.close()
+
+
+def test_bookkeeping_refuses_what_it_cannot_do_exactly():
+    class Raw(nn.Module):  # a parameter used outside any layer with a per-record rule
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoders = nn.ModuleDict({"image": nn.Linear(4, 2)})
+            self.scale = nn.Parameter(torch.ones(2))
+
+        def forward(self, x):
+            return self.encoders["image"](x) * self.scale
+
+    raw = Raw()
+    kw = {"sample_rate": 0.5, "num_samples": 8}
+    groups = {"image": ["encoders.image.weight", "encoders.image.bias"], "shared": ["scale"]}
+    ones = dict.fromkeys(groups, 1.0)
+    with pytest.raises(ValueError, match="functorch"):
+        DPSGD(raw, groups=groups, clip_norms=ones, noise_multipliers=ones, **kw)
+    DPSGD(raw, groups=groups, clip_norms=ones, noise_multipliers=ones, backend="functorch", **kw)
+
+    inplace = nn.Sequential(nn.Linear(4, 3), nn.ReLU(inplace=True), nn.Linear(3, 2))
+    groups = {"shared": [n for n, _ in inplace.named_parameters()]}
+    dp = DPSGD(
+        inplace, groups=groups, clip_norms={"shared": 1.0}, noise_multipliers={"shared": 1.0}, **kw
+    )
+    with pytest.raises(RuntimeError, match="in place"):
+        dp.step(lambda m, x: m(x).sum(dim=1), torch.randn(3, 4))
+    dp.close()
+
+
+def test_clipped_sum_mixed_terms_against_materialised_reference():
+    """The pure clipping kernel: ghost (outer-product) terms, small terms concatenated, a large
+    term on its own and an absent one give the same sums as clipping materialised gradients."""
+    from umbra.privacy.bookkeeping import CONCAT_MAX, OuterProduct, clipped_sum
+
+    g = torch.Generator().manual_seed(7)
+    b = 5
+    params = [torch.empty(3, 4), torch.empty(3), torch.empty(2, 2), torch.empty(CONCAT_MAX + 1)]
+    params.append(torch.empty(6))
+    a, go = torch.randn(b, 4, generator=g), torch.randn(b, 3, generator=g)
+    terms = [
+        OuterProduct(a, go),
+        go,
+        torch.randn(b, 2, 2, generator=g),
+        torch.randn(b, CONCAT_MAX + 1, generator=g) * 0.01,
+        None,
+    ]
+    dense = [go.unsqueeze(2) * a.unsqueeze(1), go, terms[2], terms[3], torch.zeros(b, 6)]
+    per_record = torch.cat([t.reshape(b, -1) for t in dense], dim=1).double()
+    norms = per_record.norm(dim=1)
+    clip = float(norms.median())
+    f = torch.clamp(clip / norms, max=1.0)
+    flat, views, got_norms = clipped_sum(terms, params, clip)
+    torch.testing.assert_close(got_norms, norms, rtol=1e-6, atol=0)
+    for t, v in zip(dense, views, strict=True):
+        torch.testing.assert_close(
+            v.double(), torch.tensordot(f, t.double(), dims=1), rtol=1e-5, atol=1e-6
+        )
+    assert flat.numel() == sum(p.numel() for p in params)
+    assert 0 < float((norms > clip).double().mean()) < 1

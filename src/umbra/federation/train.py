@@ -295,18 +295,21 @@ def train_local_dp(
     torch.manual_seed(seed)  # dropout layers (not the DP noise, which uses OS entropy)
     gen = torch.Generator().manual_seed(seed)
     records = 0
-    for idx in poisson_batches(n, sample_rate=sample_rate, steps=steps, generator=gen):
-        inputs, mask, labels = data.take(idx)
-        mask = modality_dropout(mask, settings.modality_dropout, gen)
-        dp.step(_per_record_ce, (inputs, mask, labels))
-        for k, p in params.items():
-            if p.grad is None:
-                continue
-            if start:
-                p.grad.add_(settings.proximal_mu * (p.detach() - start[k]))
-            if correction:
-                p.grad.add_(correction[k])
-        opt.step()
-        records += len(idx)
+    # Channels-last convs as in train_local: DPSGD's default (book-keeping) backend is exact
+    # for any memory layout (tests/test_privacy_dpsgd.py).
+    with channels_last(model):
+        for idx in poisson_batches(n, sample_rate=sample_rate, steps=steps, generator=gen):
+            inputs, mask, labels = data.take(idx)
+            mask = modality_dropout(mask, settings.modality_dropout, gen)
+            dp.step(_per_record_ce, (inputs, mask, labels))
+            for k, p in params.items():
+                if p.grad is None:
+                    continue
+                if start:
+                    p.grad.add_(settings.proximal_mu * (p.detach() - start[k]))
+                if correction:
+                    p.grad.add_(correction[k])
+            opt.step()
+            records += len(idx)
     dp.close()
     return {"steps": float(steps), "train-records": float(records)}

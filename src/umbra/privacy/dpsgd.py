@@ -16,15 +16,32 @@ fusion and head), and for every step
 The groups share one Poisson sample, so a step is the composition of the groups' Gaussian
 mechanisms on that sample; see :mod:`umbra.privacy.accounting` for how it is accounted.
 
-Per-record gradients: ``torch.func`` (``functional_call`` + ``vmap(grad)``) by default, or
-Opacus' ``GradSampleModule`` hooks with ``backend="opacus"``; both are exact and agree with a
-batch-size-1 loop (tests). Chosen by measurement (``bench/dpsgd_overhead.py``, default
-``MultimodalNet`` on fmnist-avt shapes, batch 64, 2 CPU threads of an otherwise idle
-16-core x86 host, torch 2.11): ``torch.func`` 2.20x the non-private epoch time, Opacus hooks
-2.93x, Opacus' ``make_private`` 2.72x. (Taking the backward pass w.r.t. the inputs under
-the hooks, to skip the summed parameter gradients, measured 3.02x: no gain, not kept.)
-Per-group norms and the clipped sums are computed once per parameter as a norm over
-``(B, P)`` and a ``(B,) x (B, P)`` product.
+Per-record gradients (three exact backends; all agree with a batch-size-1 loop, see tests):
+
+* ``"bookkeeping"`` (default, :mod:`umbra.privacy.bookkeeping`): one forward and one
+  backward pass with forward hooks (book-keeping clipping, Bu et al. 2023,
+  https://arxiv.org/abs/2210.00038). The backward pass asks only for the layers' output
+  gradients, so the summed parameter gradients are never computed; per-record norms come
+  from ghost norms ``‖a_i‖²‖g_i‖²`` for ``Linear`` layers and from materialised per-record
+  gradients for ``Conv2d`` (its own weight-gradient kernel, records as groups) and the
+  norm layers (Opacus' grad samplers); the clipped sum is ``(g ∘ f)ᵀ a`` per ``Linear`` and
+  ``f · ∇`` otherwise.
+* ``"functorch"``: ``torch.func`` ``functional_call`` + ``vmap(grad)``; the loss is
+  evaluated on batches of one record, so any model that runs under ``vmap`` works.
+* ``"opacus"``: Opacus' ``GradSampleModule`` hooks.
+
+Chosen by measurement (``bench/dpsgd_overhead.py --batch 64 256``, default ``MultimodalNet``
+on fmnist-avt shapes, 2-core x86 CPU, torch 2.13, 2 threads), epoch time over non-private
+training at batch 64 / 256: book-keeping 1.37x / 1.23x (1.31x / 1.25x with 1 thread),
+``vmap`` 2.31x / 2.47x, Opacus hooks 2.86x / 3.52x, Opacus' ``make_private`` 2.92x / 3.61x.
+Most of the gain: no summed parameter gradients, no per-record ``Linear`` weight gradients
+(95 % of the parameters), and conv weight gradients from oneDNN's own kernel.
+
+Exactness needs a per-record-separable loss: record i's loss must depend on record i only.
+``"functorch"`` enforces it by construction; the hook backends rely on it, like Opacus.
+Layers that mix records (BatchNorm) are refused; the InfoNCE alignment term couples the
+records of a batch and is left out of DP-SGD training (:func:`umbra.federation.train.train_local_dp`
+trains with cross-entropy alone), whatever the backend.
 
 Noise is drawn from a ``torch.Generator``; seeded generators make simulations reproducible
 and are acceptable for simulated DP noise. With ``generator=None`` a generator seeded from
@@ -46,11 +63,13 @@ from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from umbra.privacy.bookkeeping import BookKeeper, PerSample, clipped_sum
+
 __all__ = ["DPSGD", "StepStats", "poisson_batches"]
 
 PerSampleLossFn = Callable[[nn.Module, Any], Tensor]
-Backend = Literal["functorch", "opacus"]
-BACKENDS: tuple[str, ...] = ("functorch", "opacus")
+Backend = Literal["bookkeeping", "functorch", "opacus"]
+BACKENDS: tuple[str, ...] = ("bookkeeping", "functorch", "opacus")
 
 
 class _LossOfOne(nn.Module):
@@ -156,8 +175,10 @@ class DPSGD:
 
     Args:
         model: the model. Only layers Opacus supports (no BatchNorm: it mixes records).
-            With ``backend="opacus"`` Opacus hooks are attached to it (:meth:`close`
-            detaches them) and it must be in ``train()`` mode.
+            With ``backend="bookkeeping"`` forward hooks are attached to every layer that
+            owns a trainable parameter (they record only inside :meth:`step`), with
+            ``backend="opacus"`` Opacus' hooks (it must then be in ``train()`` mode);
+            :meth:`close` detaches either.
         groups: group -> parameter names (``model.named_parameters()`` names); must cover
             every trainable parameter exactly once.
         clip_norms: group -> C_g > 0.
@@ -166,9 +187,12 @@ class DPSGD:
         num_samples: N >= 1 local records; gradients are divided by q·N.
         generator: torch generator for the noise (seeded = reproducible simulation);
             None draws a seed from os.urandom.
-        backend: how per-record gradients are computed: ``"functorch"`` (``torch.func``
-            ``vmap(grad)``, the default, fastest in ``bench/dpsgd_overhead.py``) or
-            ``"opacus"`` (Opacus ``GradSampleModule`` hooks). Both give the same gradients.
+        backend: how per-record gradients are computed: ``"bookkeeping"`` (the default,
+            fastest in ``bench/dpsgd_overhead.py``; every parametrised layer must be a
+            ``Linear``, a ``Conv2d`` or have an Opacus grad sampler, and layer outputs must
+            not be modified in place), ``"functorch"`` (``vmap(grad)``; any layer that runs
+            under ``vmap``) or ``"opacus"`` (``GradSampleModule`` hooks). All give the same
+            gradients for a per-record-separable loss.
     """
 
     def __init__(
@@ -181,7 +205,7 @@ class DPSGD:
         sample_rate: float,
         num_samples: int,
         generator: torch.Generator | None = None,
-        backend: Backend = "functorch",
+        backend: Backend = "bookkeeping",
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -233,6 +257,7 @@ class DPSGD:
         }
         self.backend = backend
         self._gsm: GradSampleModule | None = None
+        self._bk: BookKeeper | None = None
         self._names = {id(p): n for n, p in params.items()}
         if backend == "opacus":
             self._gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum", strict=True)
@@ -240,6 +265,8 @@ class DPSGD:
             errors = GradSampleModule.validate(model, strict=False)
             if errors:  # same layer rules as Opacus (no BatchNorm: it mixes records)
                 raise ValueError(f"model is not DP-SGD compatible: {errors}")
+            if backend == "bookkeeping":
+                self._bk = BookKeeper(model, [p for ps in self._params.values() for p in ps])
 
     @property
     def expected_batch_size(self) -> float:
@@ -247,13 +274,33 @@ class DPSGD:
         return self.sample_rate * self.num_samples
 
     def close(self) -> None:
-        """Detach Opacus' hooks from the model (``"opacus"`` backend; no-op otherwise)."""
+        """Detach the hooks from the model (``"bookkeeping"``/``"opacus"``; no-op otherwise)."""
         if self._gsm is not None:
             self._gsm.remove_hooks()
+        if self._bk is not None:
+            self._bk.close()
+
+    def _check_losses(self, losses: Tensor, batch_size: int) -> None:
+        if losses.dim() != 1 or losses.shape[0] != batch_size:
+            raise ValueError(
+                f"per_sample_loss_fn must return per-record losses of shape ({batch_size},),"
+                f" got {tuple(losses.shape)}"
+            )
+
+    def _per_sample_bookkeeping(
+        self, loss_fn: PerSampleLossFn, batch: Any, batch_size: int
+    ) -> dict[str, list[PerSample | None]]:
+        """Per-record gradient terms per group from one forward and one backward pass."""
+        assert self._bk is not None
+        with self._bk.record():
+            losses = loss_fn(self.model, batch)
+        self._check_losses(losses, batch_size)
+        terms = self._bk.backward(losses.sum())
+        return {g: [terms.get(id(p)) for p in plist] for g, plist in self._params.items()}
 
     def _per_sample_grads_functorch(
         self, loss_fn: PerSampleLossFn, batch: Any, batch_size: int
-    ) -> dict[str, list[Tensor]]:
+    ) -> dict[str, list[PerSample | None]]:
         """Per-record gradients ``(B, *p.shape)`` per group via ``vmap(grad(...))``."""
         wrapper = _LossOfOne(self.model, loss_fn)
         params = {
@@ -277,6 +324,17 @@ class DPSGD:
             for g, plist in self._params.items()
         }
 
+    def _check_layout(self) -> None:
+        for name, module in self.model.named_modules():
+            w = getattr(module, "weight", None)
+            conv = isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d)
+            if conv and isinstance(w, Tensor) and not w.is_contiguous():
+                raise ValueError(
+                    f"backend='opacus' needs contiguous (NCHW) conv layers, {name!r} is"
+                    " channels-last: Opacus' conv grad sampler assumes NCHW strides."
+                    " Use backend='bookkeeping' (any layout)"
+                )
+
     def _reset(self) -> None:
         for module in self.model.modules():
             if hasattr(module, "activations"):
@@ -292,24 +350,20 @@ class DPSGD:
 
     def _per_sample_grads(
         self, loss_fn: PerSampleLossFn, batch: Any, batch_size: int
-    ) -> dict[str, list[Tensor]]:
+    ) -> dict[str, list[PerSample | None]]:
         """Per-record gradients ``(B, *p.shape)`` per group, via Opacus' hooks."""
         assert self._gsm is not None
         self._gsm.enable_hooks()
         try:
             losses = loss_fn(self.model, batch)
-            if losses.dim() != 1 or losses.shape[0] != batch_size:
-                raise ValueError(
-                    f"per_sample_loss_fn must return per-record losses of shape ({batch_size},),"
-                    f" got {tuple(losses.shape)}"
-                )
+            self._check_losses(losses, batch_size)
             with warnings.catch_warnings():
                 # Layers fed integer inputs (embeddings): expected, Opacus handles them.
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")
                 losses.sum().backward()
         finally:
             self._gsm.disable_hooks()
-        grads: dict[str, list[Tensor]] = {}
+        grads: dict[str, list[PerSample | None]] = {}
         for g, plist in self._params.items():
             gs = [getattr(p, "grad_sample", None) for p in plist]
             if any(not isinstance(t, Tensor) for t in gs):
@@ -338,44 +392,41 @@ class DPSGD:
         if any(int(t.shape[0]) != batch_size for t in leaves):
             raise ValueError("every tensor in batch must have the same size along dim 0")
         if self.backend == "opacus":
+            self._check_layout()
             self._reset()
-        clipped: dict[str, float] = {}
-        mean_norm: dict[str, float] = {}
-        summed: dict[str, list[Tensor]] = {}
-        if batch_size == 0:
-            for g, plist in self._params.items():
-                summed[g] = [torch.zeros_like(p) for p in plist]
-                clipped[g] = 0.0
-                mean_norm[g] = 0.0
-        else:
-            if self.backend == "functorch":
+        clipped: dict[str, float] = dict.fromkeys(self._params, 0.0)
+        mean_norm: dict[str, float] = dict.fromkeys(self._params, 0.0)
+        per_sample: dict[str, list[PerSample | None]] = {
+            g: [None] * len(plist) for g, plist in self._params.items()
+        }
+        if batch_size > 0:
+            if self.backend == "bookkeeping":
+                per_sample = self._per_sample_bookkeeping(per_sample_loss_fn, batch, batch_size)
+            elif self.backend == "functorch":
                 per_sample = self._per_sample_grads_functorch(per_sample_loss_fn, batch, batch_size)
             else:
                 per_sample = self._per_sample_grads(per_sample_loss_fn, batch, batch_size)
-            for g, gs in per_sample.items():
-                c = self.clip_norms[g]
-                # Per-parameter norms in the gradients' dtype, combined in float64: (B,).
-                per_param = torch.stack([t.reshape(batch_size, -1).norm(dim=1) for t in gs])
-                norms = per_param.double().pow(2).sum(dim=0).sqrt()  # (B,)
-                # min(1, C / ‖g_i‖); a zero gradient keeps factor 1.
-                factor = torch.where(norms > c, c / norms.clamp_min(1e-300), 1.0)
-                f = factor.to(gs[0].dtype)
-                # Σ_i f_i g_i as one (B,) x (B, P) product per parameter.
-                summed[g] = [torch.tensordot(f, t, dims=1) for t in gs]
-                clipped[g] = float((norms > c).double().mean())
-                mean_norm[g] = float(norms.mean())
-            if self.backend == "opacus":
-                self._reset()
         scale = 1.0 / self.expected_batch_size
-        for g, plist in self._params.items():
-            std = self.noise_multipliers[g] * self.clip_norms[g]
-            for p, s in zip(plist, summed[g], strict=True):
-                noise = (
-                    torch.normal(
-                        0.0, std, size=tuple(p.shape), generator=self.generator, dtype=p.dtype
+        with torch.no_grad():
+            for g, plist in self._params.items():
+                if not plist:
+                    continue
+                c = self.clip_norms[g]
+                flat, views, norms = clipped_sum(per_sample[g], plist, c)
+                if norms.numel():
+                    clipped[g] = float((norms > c).double().mean())
+                    mean_norm[g] = float(norms.mean())
+                std = self.noise_multipliers[g] * self.clip_norms[g]
+                if std > 0:
+                    # One draw per group: N(0, (σ_g C_g)²) i.i.d. per coordinate.
+                    flat.add_(
+                        torch.normal(
+                            0.0, std, size=flat.shape, generator=self.generator, dtype=flat.dtype
+                        ).to(flat.device)
                     )
-                    if std > 0
-                    else torch.zeros_like(p)
-                )
-                p.grad = ((s + noise.to(p.device)) * scale).detach()
+                flat.mul_(scale)
+                for p, v in zip(plist, views, strict=True):
+                    p.grad = v.to(device=p.device, dtype=p.dtype)  # no copy when they match
+        if batch_size > 0 and self.backend == "opacus":
+            self._reset()
         return StepStats(batch_size=batch_size, clipped_fraction=clipped, mean_norm=mean_norm)
