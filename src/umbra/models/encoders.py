@@ -84,8 +84,8 @@ class ChannelsLast(nn.Module):
     """Lay a batched ``(B, C, H, W)`` input out channels-last (NHWC), values unchanged.
 
     oneDNN's CPU convolutions, pooling and GroupNorm run 1.5-2x faster on NHWC tensors.
-    Off by default (inputs pass through untouched) so that per-sample-gradient code sees
-    plain NCHW tensors; :func:`channels_last` switches it on for ordinary training and
+    Off by default (inputs pass through untouched) so that third-party per-sample-gradient
+    code sees plain NCHW tensors; :func:`channels_last` switches it on for training and
     evaluation. Unbatched inputs (one record under ``torch.func.vmap``) always pass through.
     """
 
@@ -112,11 +112,12 @@ def _set_layout(model: nn.Module, enabled: bool) -> None:
 def channels_last(model: nn.Module) -> Iterator[nn.Module]:
     """Run ``model``'s conv encoders channels-last (NHWC) inside the block, NCHW after it.
 
-    Values, gradients and parameter names are unchanged; only memory layout differs. Kept
-    out of per-sample-gradient code on purpose: Opacus' conv grad sampler unfolds
-    activations assuming NCHW strides and returns wrong per-sample gradients on NHWC ones.
-    An optimizer built inside the block keeps working after it (parameters are the same
-    objects).
+    Values, gradients and parameter names are unchanged; only memory layout differs.
+    Ordinary training, evaluation and Umbra's book-keeping DP-SGD (exact for any layout) run
+    inside it. Keep Opacus' own hooks out: its conv grad sampler unfolds activations
+    assuming NCHW strides and returns wrong per-sample gradients on NHWC ones (the
+    ``"opacus"`` DP-SGD backend refuses channels-last convs). An optimizer built inside the
+    block keeps working after it (parameters are the same objects).
     """
     _set_layout(model, True)
     try:
