@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
@@ -124,20 +126,29 @@ def test_reply_order_does_not_change_the_result_bitwise() -> None:
         np.testing.assert_array_equal(a[k], b[k])
 
 
+def _same_rounds(
+    ours: Any, ref: Any, rng: np.random.Generator, *, rtol: float
+) -> dict[str, np.ndarray]:
+    """Three rounds of 3 clients through both strategies; their aggregates must agree.
+    Returns the last aggregate (the global model after round 3)."""
+    glob = _arrays(rng)
+    for rnd in (1, 2, 3):
+        replies = [_reply(_arrays(rng), _counts(10 * (i + 1), 1, 1, 1), i) for i in range(3)]
+        list(ours.configure_train(rnd, to_record(glob), ConfigRecord(), FakeGrid(3)))
+        list(ref.configure_train(rnd, to_record(glob), ConfigRecord(), FakeGrid(3)))
+        a = from_record(ours.aggregate_train(rnd, replies)[0])
+        b = from_record(ref.aggregate_train(rnd, replies)[0])
+        for k in KEYS:
+            np.testing.assert_allclose(a[k], b[k], rtol=rtol, atol=1e-7)
+        glob = a
+    return glob
+
+
 def test_fedadam_matches_flower_fedadam_when_not_modality_aware() -> None:
     rng = np.random.default_rng(3)
     ours = UmbraFedAdam(eta=0.05, beta_1=0.9, beta_2=0.99, tau=1e-3)
     ref = FedAdam(eta=0.05, beta_1=0.9, beta_2=0.99, tau=1e-3)
-    glob = _arrays(rng)
-    for rnd in (1, 2, 3):
-        replies = [_reply(_arrays(rng), _counts(10 * (i + 1), 1, 1, 1), i) for i in range(3)]
-        list(ours.configure_train(rnd, to_record(glob), ConfigRecord(), FakeGrid(3)))  # type: ignore[arg-type]
-        list(ref.configure_train(rnd, to_record(glob), ConfigRecord(), FakeGrid(3)))  # type: ignore[arg-type]
-        a = from_record(ours.aggregate_train(rnd, replies)[0])  # type: ignore[arg-type]
-        b = from_record(ref.aggregate_train(rnd, replies)[0])  # type: ignore[arg-type]
-        for k in KEYS:
-            np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-7)
-        glob = a
+    _same_rounds(ours, ref, rng, rtol=1e-5)
     # state round-trips through checkpoints
     state = ours.state_arrays()
     fresh = UmbraFedAdam(eta=0.05)
@@ -193,16 +204,7 @@ def test_fedavgm_matches_flower_fedavgm_when_not_modality_aware() -> None:
     rng = np.random.default_rng(8)
     ours = UmbraFedAvgM(server_learning_rate=0.7, server_momentum=0.9)
     ref = FedAvgM(server_learning_rate=0.7, server_momentum=0.9)
-    glob = _arrays(rng)
-    for rnd in (1, 2, 3):
-        replies = [_reply(_arrays(rng), _counts(10 * (i + 1), 1, 1, 1), i) for i in range(3)]
-        list(ours.configure_train(rnd, to_record(glob), ConfigRecord(), FakeGrid(3)))  # type: ignore[arg-type]
-        list(ref.configure_train(rnd, to_record(glob), ConfigRecord(), FakeGrid(3)))  # type: ignore[arg-type]
-        a = from_record(ours.aggregate_train(rnd, replies)[0])  # type: ignore[arg-type]
-        b = from_record(ref.aggregate_train(rnd, replies)[0])  # type: ignore[arg-type]
-        for k in KEYS:
-            np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-7)
-        glob = a
+    glob = _same_rounds(ours, ref, rng, rtol=1e-6)
     # momentum round-trips through a checkpoint (by name) into a fresh strategy
     fresh = UmbraFedAvgM(server_learning_rate=0.7, server_momentum=0.9)
     fresh.load_state_arrays(dict(reversed(list(ours.state_arrays().items()))))
