@@ -321,9 +321,12 @@ def secagg_scaling(params: int, clients: list[int]) -> list[dict[str, Any]]:
 
 
 class _MeasuredGrid:
-    """Delegates to a Flower Grid; records per-node message bytes and time spent waiting in
-    ``send_and_receive`` (the rest of a round's wall time is server compute). The byte
-    measurement's own time is kept apart so it can be left out of the round's wall time."""
+    """Delegates to a Flower Grid; records per-node message bytes and time spent waiting for
+    replies (the rest of a round's wall time is server compute). Flower's workflows call
+    ``send_and_receive``; Umbra's rounds push and pull themselves
+    (`umbra.federation.messaging`), so pushes and pulls are measured too: the wait of one
+    push runs until the pull that brings its last reply. The byte measurement's own time
+    is kept apart so it can be left out of the round's wall time."""
 
     def __init__(self, grid: Any) -> None:
         self._grid = grid
@@ -334,26 +337,45 @@ class _MeasuredGrid:
         self.down: dict[int, int] = {}
         self.wait_s = 0.0
         self.measure_s = 0.0
+        self._pending: set[str] = set()
+        self._pushed_at = 0.0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
 
-    def send_and_receive(self, messages: Any, *args: Any, **kwargs: Any) -> list[Any]:
+    def _count(self, book: dict[int, int], msgs: list[Any], *, src: bool) -> None:
         from umbra.federation.records import message_bytes
 
-        messages = list(messages)
         t0 = time.perf_counter()
-        for m in messages:
-            node = m.metadata.dst_node_id
-            self.down[node] = self.down.get(node, 0) + message_bytes([m])
+        for m in msgs:
+            node = m.metadata.src_node_id if src else m.metadata.dst_node_id
+            book[node] = book.get(node, 0) + message_bytes([m])
+        self.measure_s += time.perf_counter() - t0
+
+    def push_messages(self, messages: Any) -> list[str]:
+        messages = list(messages)
+        self._count(self.down, messages, src=False)
+        self._pushed_at = time.perf_counter()
+        ids = list(self._grid.push_messages(messages))
+        self._pending = set(ids)
+        return ids
+
+    def pull_messages(self, message_ids: Any) -> list[Any]:
+        replies = list(self._grid.pull_messages(message_ids))
+        if replies and self._pending:
+            self._pending.difference_update(r.metadata.reply_to_message_id for r in replies)
+            if not self._pending:
+                self.wait_s += time.perf_counter() - self._pushed_at
+        self._count(self.up, replies, src=True)
+        return replies
+
+    def send_and_receive(self, messages: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        messages = list(messages)
+        self._count(self.down, messages, src=False)
         t1 = time.perf_counter()
         replies = list(self._grid.send_and_receive(messages, *args, **kwargs))
-        t2 = time.perf_counter()
-        for r in replies:
-            node = r.metadata.src_node_id
-            self.up[node] = self.up.get(node, 0) + message_bytes([r])
-        self.measure_s += (t1 - t0) + (time.perf_counter() - t2)
-        self.wait_s += t2 - t1
+        self.wait_s += time.perf_counter() - t1
+        self._count(self.up, replies, src=True)
         return replies
 
 

@@ -19,6 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 
 from umbra.errors import UmbraError
+from umbra.federation.messaging import send_and_receive
 from umbra.federation.records import message_bytes, to_record
 from umbra.federation.strategies import ModalityFedAvg, count_key
 from umbra.federation.strategies.modality import strip_prefix
@@ -186,7 +187,7 @@ def plain_train_round(
     dp: RoundPrivacy | None = getattr(spec, "dp", None)
     messages = prepare_train_messages(strategy, grid, rnd, arrays, spec)
     down = {m.metadata.dst_node_id: message_bytes([m]) for m in messages}
-    replies = list(grid.send_and_receive(messages, timeout=spec.node_timeout_s)) if messages else []
+    replies = send_and_receive(grid, messages, timeout=spec.node_timeout_s) if messages else []
     ok = [m for m in replies if not m.has_error()]
     for m in replies:
         if m.has_error():

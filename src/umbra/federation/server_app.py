@@ -23,6 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 from umbra.errors import BudgetExhausted, UmbraError
 from umbra.federation.checkpoint import load_latest, save_checkpoint
 from umbra.federation.client_data import load_client_data
+from umbra.federation.messaging import send_and_receive
 from umbra.federation.records import from_record
 from umbra.federation.rounds import TRAIN_ROUNDS, RoundPrivacy
 from umbra.federation.strategies import build_strategy
@@ -177,7 +178,7 @@ def query_clients(grid: Grid, timeout_s: float) -> dict[int, tuple[int, int]]:
         for n in nodes
     ]
     out: dict[int, tuple[int, int]] = {}
-    for reply in grid.send_and_receive(msgs, timeout=timeout_s):
+    for reply in send_and_receive(grid, msgs, timeout=timeout_s):
         if reply.has_error():
             raise UmbraError(
                 f"client {reply.metadata.src_node_id} did not answer: {reply.error.reason}"

@@ -19,6 +19,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from umbra.errors import UmbraError
+from umbra.federation.messaging import send_and_receive
 from umbra.federation.records import message_bytes
 from umbra.federation.rounds import RoundOutcome
 
@@ -130,7 +131,7 @@ class StageExchange:
             self.down[node] = self.down.get(node, 0) + message_bytes([msg])
             messages.append(msg)
         replies: dict[int, dict[str, Any]] = {}
-        for reply in self.grid.send_and_receive(messages, timeout=self.timeout_s):
+        for reply in send_and_receive(self.grid, messages, timeout=self.timeout_s):
             node = reply.metadata.src_node_id
             self.up[node] = self.up.get(node, 0) + message_bytes([reply])
             if reply.has_error():
