@@ -28,7 +28,10 @@ from umbra.federation.strategies import ModalityFedAvg, build_strategy
 from umbra.federation.train import TrainSettings
 from umbra.models import ModelSpec, parameter_modality
 from umbra.secure.contribution import int_template, make_contribution, payload_template
+from umbra.secure.secagg import crypto
+from umbra.secure.secagg.protocol import ProtocolViolation
 from umbra.secure.secagg.quantize import PayloadLayout
+from umbra.secure.secagg.workflow import run_state
 from umbra.secure.transport import decode_proto
 
 N_CLIENTS = 4
@@ -38,9 +41,11 @@ MODS = ("image", "audio", "text")
 class FakeGrid:
     """Delivers messages to the real ClientApp in-process, one persistent Context per node.
 
-    Records every message the server received (``received``) and the secret-bearing
-    client state after every call (``client_states``); ``tamper(stage, node, reply)`` may
-    rewrite a reply.
+    Records every message the server received (``received``), the stage, round and nodes
+    of every message exchange (``exchanges``), the last request each node got
+    (``last_request``) and the secret-bearing client state after every call
+    (``client_states``, with the pre-keys also in ``prekey_states``);
+    ``tamper(stage, node, reply)`` may rewrite a reply.
     """
 
     def __init__(self, app: Any, num_nodes: int) -> None:
@@ -58,6 +63,9 @@ class FakeGrid:
         }
         self.received: list[Message] = []
         self.client_states: list[dict[str, Any]] = []
+        self.prekey_states: list[dict[str, Any]] = []
+        self.exchanges: list[tuple[int, str, list[int]]] = []
+        self.last_request: dict[int, Message] = {}
         self.tamper: Callable[[str, int, Message], Message] | None = None
 
     def get_node_ids(self) -> list[int]:
@@ -67,9 +75,16 @@ class FakeGrid:
         self, messages: Iterable[Message], timeout: float | None = None
     ) -> list[Message]:
         replies = []
+        messages = list(messages)
+        if messages:
+            cfg = messages[0].content.config_records["config"]
+            rnd = int(cfg["server-round"])  # type: ignore[arg-type]
+            nodes = sorted(m.metadata.dst_node_id for m in messages)
+            self.exchanges.append((rnd, str(cfg.get("stage", "")), nodes))
         for msg in messages:
             node = msg.metadata.dst_node_id
             ctx = self.contexts[node]
+            self.last_request[node] = msg
             # nn.Dropout draws from torch's global RNG: seed it per node so that the
             # plaintext reference and the secure round train identically
             torch.manual_seed(node)
@@ -77,9 +92,11 @@ class FakeGrid:
                 reply = self.app(msg, ctx)
             except Exception as err:  # the simulation engine turns these into error replies
                 reply = Message(Error(code=1, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
-            for name in ("secagg-state", "ckks-state"):
+            for name in ("secagg-state", "ckks-state", "secagg-next"):
                 if name in ctx.state:
                     self.client_states.append(dict(ctx.state.config_records[name]))
+            if "secagg-next" in ctx.state:
+                self.prekey_states.append(dict(ctx.state.config_records["secagg-next"]))
             if self.tamper is not None and not reply.has_error():
                 reply = self.tamper(str(msg.content["config"].get("stage", "")), node, reply)
             self.received.append(reply)
@@ -350,6 +367,23 @@ def test_server_never_holds_an_update_or_a_secret(
             for m in masked:
                 corr = np.corrcoef(enc, m.astype(np.float64))[0, 1]
                 assert abs(corr) < 0.1, (pid, corr)
+        # the pre-keys for the next round: public halves on the wire, private halves only
+        # in the node's Context (their absence from the wire is checked above)
+        sent_ahead = {
+            (bytes(p["next_pk_c"]), bytes(p["next_pk_s"]))
+            for m in grid.received
+            if not m.has_error() and "next_pk_c" in m.content.config_records.get("secure", {})
+            for p in [decode_proto(m.content)]
+        }
+        held = {
+            (
+                crypto.public_from_private_bytes(p["c_key"]),
+                crypto.public_from_private_bytes(p["s_key"]),
+            )
+            for p in grid.prekey_states
+        }
+        assert len(sent_ahead) == N_CLIENTS and held == sent_ahead
+        assert set(run_state(run["strategy"]).prekeys.values()) == sent_ahead  # public only
     else:
         # the server's context holds no secret key: its ciphertexts cannot be decrypted
         provision = [
@@ -364,3 +398,150 @@ def test_server_never_holds_an_update_or_a_secret(
             server_ctx.secret_key()
         # and it cannot open the keyring relayed through it
         assert all(s[len(s) // 2 - 16 : len(s) // 2 + 16] not in wire for s in secrets)
+
+
+# ------------------------------------------------------------------ pre-keys (SecAgg+)
+
+ROUND_STAGES = ("advertise_keys", "share_keys", "collect_masked", "unmask")
+
+
+def _secure_rounds(
+    federation: dict[str, Any],
+    rounds: int,
+    *,
+    before: Callable[[int, FakeGrid], None] | None = None,
+    **secure_kw: Any,
+) -> dict[str, Any]:
+    """``rounds`` consecutive SecAgg+ FedAvg rounds on one grid and one strategy (one run);
+    ``before(rnd, grid)`` runs ahead of each round (tamper hooks, Context edits)."""
+    secure = _secure("secagg+", **secure_kw)
+    grid = FakeGrid(make_client_app(_client_spec(federation, secure, "secagg")), N_CLIENTS)
+    strategy = _strategy("fedavg")
+    x = initial_arrays(federation["model_spec"], seed=1)
+    inputs, outcomes = [], []
+    for rnd in range(1, rounds + 1):
+        if before is not None:
+            before(rnd, grid)
+        inputs.append(x)
+        outcome = TRAIN_ROUNDS["secagg+"](strategy, cast(Grid, grid), rnd, x, _Spec(secure))
+        outcomes.append(outcome)
+        if outcome.record is not None:
+            x = from_record(outcome.record)
+    grid.tamper = None
+    return {"grid": grid, "inputs": inputs, "outcomes": outcomes}
+
+
+def _stages(grid: FakeGrid, rnd: int) -> list[tuple[str, list[int]]]:
+    """The SecAgg+ message exchanges of round ``rnd``: (stage, nodes), in order."""
+    return [(s, nodes) for r, s, nodes in grid.exchanges if r == rnd and s in ROUND_STAGES]
+
+
+def _check_plaintext(run: dict[str, Any], rnd: int, keep: Iterable[int]) -> None:
+    """Round ``rnd``'s secure aggregate equals the plaintext FedAvg of the kept clients."""
+    outcome, x = run["outcomes"][rnd - 1], run["inputs"][rnd - 1]
+    assert outcome.record is not None, outcome.note
+    replies = _plain_replies(run["grid"], _strategy("fedavg"), rnd, x)
+    want = _reference("fedavg", replies, keep, rnd, x)
+    upd_err, model_err = _rel_err(from_record(outcome.record), want, x)
+    assert upd_err < 1e-4 and model_err < 1e-5, (rnd, upd_err, model_err)
+
+
+def test_prekeys_save_the_advertise_exchange_after_the_first_round(
+    federation: dict[str, Any],
+) -> None:
+    run = _secure_rounds(federation, 3)
+    grid = run["grid"]
+    assert [s for s, _ in _stages(grid, 1)] == list(ROUND_STAGES)
+    for rnd in (2, 3):
+        assert [s for s, _ in _stages(grid, rnd)] == list(ROUND_STAGES[1:]), rnd
+        assert all(nodes == sorted(grid.node_ids) for _, nodes in _stages(grid, rnd))
+        assert run["outcomes"][rnd - 1].clients == N_CLIENTS
+    # every round's pre-keys are fresh: no public key reappears in a later round
+    sent_ahead = [
+        decode_proto(m.content)["next_pk_s"]
+        for m in grid.received
+        if not m.has_error() and "next_pk_s" in m.content.config_records.get("secure", {})
+    ]
+    assert len(sent_ahead) == 3 * N_CLIENTS and len(set(sent_ahead)) == len(sent_ahead)
+    for rnd in (1, 2, 3):
+        _check_plaintext(run, rnd, range(N_CLIENTS))
+
+
+def _drop_at_masking(node_index: int, in_round: int) -> Callable[[int, FakeGrid], None]:
+    """Before-hook: in round ``in_round``, the masked input of that node never arrives."""
+
+    def before(rnd: int, grid: FakeGrid) -> None:
+        bad = grid.node_ids[node_index]
+
+        def tamper(stage: str, node: int, reply: Message) -> Message:
+            if stage == "collect_masked" and node == bad:
+                del reply.content["secure"]  # undecodable: the server sees a dropout
+            return reply
+
+        grid.tamper = tamper if rnd == in_round else None
+
+    return before
+
+
+def test_node_dropped_last_round_gets_an_advertise_exchange(federation: dict[str, Any]) -> None:
+    run = _secure_rounds(federation, 2, before=_drop_at_masking(1, in_round=1))
+    grid = run["grid"]
+    assert run["outcomes"][0].clients == N_CLIENTS - 1
+    # round 2: only the node without pre-keys is asked to advertise; then all four stages
+    stages = _stages(grid, 2)
+    assert stages[0] == ("advertise_keys", [grid.node_ids[1]])
+    assert [s for s, _ in stages[1:]] == list(ROUND_STAGES[1:])
+    assert all(nodes == sorted(grid.node_ids) for _, nodes in stages[1:])
+    assert run["outcomes"][1].clients == N_CLIENTS
+    _check_plaintext(run, 2, range(N_CLIENTS))
+
+
+def test_prekeys_are_single_use(
+    federation: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    refused: list[str] = []
+
+    def before(rnd: int, grid: FakeGrid) -> None:
+        node = grid.node_ids[2]
+        if rnd == 2:
+            # replay the share_keys request right after the node consumed its pre-keys
+
+            def tamper(stage: str, n: int, reply: Message) -> Message:
+                if stage == "share_keys" and n == node:
+                    with pytest.raises(ProtocolViolation, match="pre-keys") as err:
+                        grid.app(grid.last_request[node], grid.contexts[node])
+                    refused.append(str(err.value))
+                return reply
+
+            grid.tamper = tamper
+        if rnd == 3:
+            grid.tamper = None
+            del grid.contexts[node].state["secagg-next"]  # e.g. the node lost its Context
+
+    with caplog.at_level(logging.WARNING):
+        run = _secure_rounds(federation, 3, before=before)
+    grid = run["grid"]
+    assert len(refused) == 1
+    assert run["outcomes"][1].clients == N_CLIENTS  # the replay changed nothing
+    _check_plaintext(run, 2, range(N_CLIENTS))
+    # round 3: the server used the node's pre-keys, the node holds none: it refuses
+    # share_keys with an error reply, which the server treats as a dropout
+    assert [s for s, _ in _stages(grid, 3)] == list(ROUND_STAGES[1:])
+    assert "pre-keys it does not hold" in caplog.text
+    outcome = run["outcomes"][2]
+    assert outcome.record is not None and outcome.clients == N_CLIENTS - 1
+    _check_plaintext(run, 3, [0, 1, 3])
+
+
+def test_prekeys_off_keeps_four_exchanges(federation: dict[str, Any]) -> None:
+    run = _secure_rounds(federation, 2, prekeys=False)
+    grid = run["grid"]
+    for rnd in (1, 2):
+        assert [s for s, _ in _stages(grid, rnd)] == list(ROUND_STAGES), rnd
+        assert run["outcomes"][rnd - 1].clients == N_CLIENTS
+    assert not grid.prekey_states
+    assert not any(
+        "next_pk_c" in m.content.config_records.get("secure", {})
+        for m in grid.received
+        if not m.has_error()
+    )

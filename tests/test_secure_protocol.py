@@ -433,3 +433,46 @@ def test_masks_differ_across_rounds_and_clients() -> None:
         for b in keys[a_i + 1 :]:
             # independent uniform vectors share a position with probability 2^-32
             assert np.count_nonzero(masked[a] == masked[b]) <= 1, (a, b)
+
+
+def test_adopted_prekeys_leave_the_state_advertise_keys_would() -> None:
+    """Clients 1 and 3 adopt pre-keys instead of advertising: same state, same sum."""
+    n, size = 4, 16
+    rng = np.random.default_rng(5)
+    updates = _updates(n, size, seed=5)
+    layout = PayloadLayout.from_arrays({"u": updates[0]}, clip=CLIP, num_clients=n)
+    cfg = SecAggConfig(round_number=2, num_clients=n, threshold=3, vector_length=layout.size)
+    server = SecAggPlusServer(cfg)
+    clients = [SecAggPlusClient(i) for i in range(n)]
+    pre = {i: (crypto.generate_keypair(), crypto.generate_keypair()) for i in (1, 3)}
+    req = server.advertise_keys(list(range(n)))
+    rep = {}
+    for i in req:
+        if i in pre:
+            c, s = (crypto.private_bytes(k.private) for k in pre[i])
+            rep[i] = clients[i].adopt_keys(req[i], c, s)
+        else:
+            rep[i] = clients[i].advertise_keys(req[i])
+    reference = SecAggPlusClient(1)
+    assert rep[1].keys() == reference.advertise_keys(req[1]).keys()
+    assert (rep[1][Key.PK_C], rep[1][Key.PK_S]) == (pre[1][0].public, pre[1][1].public)
+    got, want = clients[1].state, reference.state
+    assert (got.stage, got.config, got.client_id) == (want.stage, want.config, want.client_id)
+    assert got.c_keys is not None and got.s_keys is not None
+    assert (got.c_keys.public, got.s_keys.public) == (pre[1][0].public, pre[1][1].public)
+    assert "c_keys" not in repr(clients[1]) and pre[1][0].public.hex() not in repr(clients[1])
+    req = server.share_keys(rep)
+    rep = {i: clients[i].share_keys(req[i]) for i in req}
+    req = server.collect_masked(rep)
+    rep = {
+        i: clients[i].collect_masked_input(req[i], vector=layout.encode({"u": updates[i]}, rng=rng))
+        for i in req
+        if i != 3
+    }  # client 3 (on pre-keys) drops: its pre-key mask key gets reconstructed
+    req = server.unmask(rep)
+    rep = {i: clients[i].unmask(req[i]) for i in req}
+    total, summed = server.aggregate(rep)
+    out = layout.decode_sum(total, num_summed=summed)[0]["u"]
+    np.testing.assert_allclose(out, _reference(updates, (0, 1, 2)), atol=_tolerance(n, 3))
+    with pytest.raises(ValueError, match="32 bytes"):
+        SecAggPlusClient(0).adopt_keys(req[0] | cfg.to_message(), b"\x01" * 31, bytes(32))

@@ -208,6 +208,11 @@ class SecureConfig(_Section):
     ckks_params: Literal["umbra", "umbra-digits", "tenseal-default"] = Field(
         "umbra", description="CKKS parameter preset (all ≥ 128-bit security)"
     )
+    prekeys: bool = Field(
+        True,
+        description="SecAgg+: clients send their next round's public keys with the unmask "
+        "reply, saving the advertise exchange (one round trip) from their second round on",
+    )
     dropout_clients: list[int] = Field(
         default_factory=list,
         description="fault injection: partition ids that drop out after masking, every round",

@@ -16,6 +16,18 @@ process tree (Flower's engine moves Contexts between its workers), which is a te
 set-up, not a trust boundary. The server never receives a Context, so these secrets never
 reach results.json, checkpoints or anything the server pickles; they are deleted when the
 client sends its unmask reply and overwritten at the next round's first stage.
+
+Pre-keys (one message exchange less per round). When the unmask request sets
+``secagg-next-keys``, the client answers it, forgets the round's secrets and then draws two
+fresh X25519 key pairs for the next round it takes part in: the public halves ride on the
+unmask reply (``Key.NEXT_PK_C`` / ``Key.NEXT_PK_S``), the private halves go into the
+ConfigRecord ``"secagg-next"`` of ``context.state``, under the same trust assumption as
+``"secagg-state"``. In that next round the server skips the advertise exchange for the
+node: its share_keys request, flagged ``secagg-prekeys``, carries the round configuration
+and the node's ``secagg-id``, and the client deletes ``"secagg-next"`` before adopting the
+keys (`SecAggPlusClient.adopt_keys`), so a pre-key pair serves one round only and a
+replayed request is refused. An advertise request means the server holds no pre-keys for
+the node: stale ones are deleted.
 """
 
 from __future__ import annotations
@@ -39,10 +51,14 @@ from umbra.secure.contribution import (
 )
 from umbra.secure.secagg import crypto
 from umbra.secure.secagg.constants import (
+    CFG_NEXT_KEYS,
+    CFG_PREKEYS,
+    CFG_SECAGG_ID,
     STAGE_ADVERTISE_KEYS,
     STAGE_COLLECT_MASKED,
     STAGE_SHARE_KEYS,
     STAGE_UNMASK,
+    Key,
 )
 from umbra.secure.secagg.protocol import (
     ClientState,
@@ -53,12 +69,22 @@ from umbra.secure.secagg.protocol import (
 from umbra.secure.secagg.quantize import PayloadLayout
 from umbra.secure.transport import decode_proto, reply_content
 
-__all__ = ["STATE_RECORD", "load_client", "make_secagg_handler", "save_client"]
+__all__ = [
+    "NEXT_RECORD",
+    "STATE_RECORD",
+    "issue_prekeys",
+    "load_client",
+    "make_secagg_handler",
+    "save_client",
+    "take_prekeys",
+]
 
 log = logging.getLogger("umbra")
 
 #: Name of the ConfigRecord in ``context.state`` holding the client's round state.
 STATE_RECORD = "secagg-state"
+#: Name of the ConfigRecord in ``context.state`` holding the private pre-keys (one use).
+NEXT_RECORD = "secagg-next"
 
 
 class DropoutInjected(RuntimeError):
@@ -129,10 +155,8 @@ def load_client(context: Context) -> SecAggPlusClient | None:
     st.masked_with = tuple(int(j) for j in rec.get("masked_with", []))  # type: ignore[union-attr]
     st.rejected = tuple(int(j) for j in rec.get("rejected", []))  # type: ignore[union-attr]
     if "c_key" in rec and "s_key" in rec:
-        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
-        st.c_keys = crypto.KeyPair(X25519PrivateKey.from_private_bytes(bytes(rec["c_key"])))  # type: ignore[arg-type]
-        st.s_keys = crypto.KeyPair(X25519PrivateKey.from_private_bytes(bytes(rec["s_key"])))  # type: ignore[arg-type]
+        st.c_keys = crypto.keypair_from(bytes(rec["c_key"]))  # type: ignore[arg-type]
+        st.s_keys = crypto.keypair_from(bytes(rec["s_key"]))  # type: ignore[arg-type]
     if "self_seed" in rec:
         st.self_seed = bytes(rec["self_seed"])  # type: ignore[arg-type]
     return client
@@ -142,6 +166,28 @@ def forget_client(context: Context) -> None:
     """Delete the stored round state (secrets included)."""
     if STATE_RECORD in context.state:
         del context.state[STATE_RECORD]
+
+
+def issue_prekeys(context: Context) -> dict[str, bytes]:
+    """Draw the key pairs of the node's next round; store the private halves, return the
+    public ones (``Key.NEXT_PK_C`` / ``Key.NEXT_PK_S``) for the unmask reply."""
+    c_keys, s_keys = crypto.generate_keypair(), crypto.generate_keypair()
+    context.state[NEXT_RECORD] = ConfigRecord(
+        {
+            "c_key": crypto.private_bytes(c_keys.private),
+            "s_key": crypto.private_bytes(s_keys.private),
+        }
+    )
+    return {Key.NEXT_PK_C: c_keys.public, Key.NEXT_PK_S: s_keys.public}
+
+
+def take_prekeys(context: Context) -> tuple[bytes, bytes] | None:
+    """Remove and return the stored private pre-keys ``(c, s)`` (None if there are none)."""
+    if NEXT_RECORD not in context.state:
+        return None
+    rec = context.state.config_records[NEXT_RECORD]
+    del context.state[NEXT_RECORD]  # before any use: a pre-key pair serves one round only
+    return bytes(rec["c_key"]), bytes(rec["s_key"])  # type: ignore[arg-type]
 
 
 def _rng() -> np.random.Generator:
@@ -190,11 +236,20 @@ def make_secagg_handler(train_fn: TrainFn, spec: ClientSpec) -> TrainFn:
 
     def handler(msg: Message, context: Context) -> Message:
         pid = int(context.node_config["partition-id"])
-        stage = str(msg.content["config"]["stage"])
+        cfg_rec = msg.content.config_records["config"]
+        stage = str(cfg_rec["stage"])
         proto = decode_proto(msg.content)
         if stage == STAGE_ADVERTISE_KEYS:
-            client = SecAggPlusClient(int(msg.content["config"]["secagg-id"]))  # type: ignore[arg-type]
+            take_prekeys(context)  # the server holds none for this node: drop stale ones
+            client = SecAggPlusClient(int(cfg_rec[CFG_SECAGG_ID]))  # type: ignore[arg-type]
             reply = client.advertise_keys(proto)
+        elif stage == STAGE_SHARE_KEYS and bool(cfg_rec.get(CFG_PREKEYS, False)):
+            prekeys = take_prekeys(context)
+            if prekeys is None:
+                raise ProtocolViolation(f"client {pid}: share_keys on pre-keys it does not hold")
+            client = SecAggPlusClient(int(cfg_rec[CFG_SECAGG_ID]))  # type: ignore[arg-type]
+            client.adopt_keys(proto, *prekeys)
+            reply = client.share_keys(proto)
         else:
             loaded = load_client(context)
             if loaded is None:
@@ -220,6 +275,8 @@ def make_secagg_handler(train_fn: TrainFn, spec: ClientSpec) -> TrainFn:
             elif stage == STAGE_UNMASK:
                 reply = client.unmask(proto)
                 forget_client(context)
+                if bool(cfg_rec.get(CFG_NEXT_KEYS, False)):
+                    reply.update(issue_prekeys(context))
                 return Message(content=reply_content(reply, partition_id=pid), reply_to=msg)
             else:
                 raise ProtocolViolation(f"client {pid}: unknown stage {stage!r}")

@@ -10,6 +10,9 @@ from typing import Final
 
 __all__ = [
     "AEAD_KEY_INFO",
+    "CFG_NEXT_KEYS",
+    "CFG_PREKEYS",
+    "CFG_SECAGG_ID",
     "COMMIT_LABEL",
     "KEY_BYTES",
     "MASK_INFO",
@@ -35,6 +38,13 @@ STAGE_SHARE_KEYS: Final = "share_keys"
 STAGE_COLLECT_MASKED: Final = "collect_masked"
 STAGE_UNMASK: Final = "unmask"
 STAGES: Final = (STAGE_ADVERTISE_KEYS, STAGE_SHARE_KEYS, STAGE_COLLECT_MASKED, STAGE_UNMASK)
+
+# Entries of a request's Flower ConfigRecord "config" (beside "stage" and "server-round").
+CFG_SECAGG_ID: Final = "secagg-id"  # the node's protocol id in this round (0..n-1)
+# unmask request: also send two fresh public keys for the node's next round (pre-keys)
+CFG_NEXT_KEYS: Final = "secagg-next-keys"
+# share_keys request without an advertise stage: the client uses its stored pre-keys
+CFG_PREKEYS: Final = "secagg-prekeys"
 
 # Ring Z_{2^32}: masked vectors travel as little-endian uint32 (4 bytes per parameter).
 RING_BITS: Final = 32
@@ -87,3 +97,6 @@ class Key:
     THRESHOLD: Final = "threshold"
     SHARE_THRESHOLD: Final = "share_threshold"
     DEGREE: Final = "degree"
+    # unmask reply: public halves of the pre-keys for the client's next round (32 bytes)
+    NEXT_PK_C: Final = "next_pk_c"
+    NEXT_PK_S: Final = "next_pk_s"

@@ -36,6 +36,7 @@ __all__ = [
     "commit_seed",
     "generate_keypair",
     "hkdf",
+    "keypair_from",
     "load_public_key",
     "new_seed",
     "prg_uint32",
@@ -73,6 +74,13 @@ class KeyPair:
 def generate_keypair() -> KeyPair:
     """A fresh X25519 key pair from the OS CSPRNG."""
     return KeyPair(X25519PrivateKey.generate())
+
+
+def keypair_from(raw: bytes) -> KeyPair:
+    """The key pair of a raw 32-byte X25519 private key (e.g. stored by `private_bytes`)."""
+    if not isinstance(raw, bytes | bytearray) or len(raw) != KEY_BYTES:
+        raise ValueError(f"an X25519 private key is {KEY_BYTES} bytes")
+    return KeyPair(X25519PrivateKey.from_private_bytes(bytes(raw)))
 
 
 def new_seed(length: int = KEY_BYTES) -> bytes:

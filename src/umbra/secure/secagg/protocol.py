@@ -4,7 +4,9 @@ Transport-independent state machines for the semi-honest SecAgg+ protocol, itsel
 sparse-graph version of Bonawitz et al. (CCS 2017, https://eprint.iacr.org/2017/281):
 
 1. **advertise keys** - each client creates two X25519 key pairs (``c``: share
-   encryption, ``s``: pairwise masks) and sends the public halves;
+   encryption, ``s``: pairwise masks) and sends the public halves (or adopts, with
+   `SecAggPlusClient.adopt_keys`, single-use pre-keys whose public halves it sent ahead
+   with its previous round's unmask reply, which saves this message exchange);
 2. **share keys** - the server relays the roster and a graph seed; each client draws a
    self-mask seed ``b``, Shamir-shares ``b`` and its mask secret key among its neighbours
    (threshold ``tau``) and sends the shares encrypted (ChaCha20-Poly1305) to each neighbour
@@ -267,10 +269,27 @@ class SecAggPlusClient:
 
     def advertise_keys(self, msg: Mapping[str, Any]) -> Message:
         """Stage 1: accept the round configuration, create key pairs, send public keys."""
+        return self._use_keys(msg, crypto.generate_keypair(), crypto.generate_keypair())
+
+    def adopt_keys(self, msg: Mapping[str, Any], c_private: bytes, s_private: bytes) -> Message:
+        """Stage 1 without a message exchange: take this round's key pairs from pre-keys.
+
+        ``msg`` carries the round configuration (`SecAggConfig.to_message`, what the
+        advertise request holds); ``c_private`` / ``s_private`` are the raw 32-byte private
+        keys whose public halves the client sent ahead in its previous unmask reply
+        (``Key.NEXT_PK_C`` / ``Key.NEXT_PK_S``). Leaves the state exactly as
+        `advertise_keys` would and returns the reply it would have sent (the server builds
+        that reply from the stored public keys). The caller must use a pre-key pair for one
+        round only: reused mask keys would let shares revealed in one round unmask another.
+        """
+        return self._use_keys(msg, crypto.keypair_from(c_private), crypto.keypair_from(s_private))
+
+    def _use_keys(
+        self, msg: Mapping[str, Any], c_keys: crypto.KeyPair, s_keys: crypto.KeyPair
+    ) -> Message:
         st = self.state
         st.config = SecAggConfig.from_message(msg)
-        st.c_keys = crypto.generate_keypair()
-        st.s_keys = crypto.generate_keypair()
+        st.c_keys, st.s_keys = c_keys, s_keys
         st.stage = STAGE_ADVERTISE_KEYS
         return {
             Key.ROUND: st.config.round_number,

@@ -1,9 +1,20 @@
-"""Server side of SecAgg+ over Flower: one training round as four ``train.secagg`` stages.
+"""Server side of SecAgg+ over Flower: one training round as ``train.secagg`` stages.
 
 `SecAggPlusWorkflow` drives `SecAggPlusServer` through the Grid, one method per stage
 (advertise keys -> share keys -> collect masked inputs -> unmask); the third stage carries
-the strategy's train message (global arrays, config), so the clients train there. The
-server only ever holds public keys, encrypted shares, masked vectors and the unmasked
+the strategy's train message (global arrays, config), so the clients train there.
+
+Pre-keys (``secure.prekeys``, on unless set to false): the unmask request asks every
+survivor for the public halves of two fresh key pairs for its next round; the server keeps
+them per run (public data only) and, in the node's next round, builds its advertise reply
+from them instead of asking, each pair used for one round. A round then costs four message
+exchanges for the nodes without pre-keys (first round, dropped out last round, server
+restarted) and three when every node has them. Pre-keys pass the same checks as
+advertised keys (`SecAggPlusServer.share_keys`); the share_keys request of a node on
+pre-keys carries the round configuration and ``secagg-id`` its advertise request would
+have carried (client side: `umbra.secure.secagg.client_mod`).
+
+The server only ever holds public keys, encrypted shares, masked vectors and the unmasked
 *sum* of the weighted contributions (`umbra.secure.contribution`), which it divides by
 the summed counts and hands to the strategy (`strategy_step`: FedAvg keeps the average,
 FedAdam/SCAFFOLD apply their server step). Fewer than ``t = ceil(threshold * n)``
@@ -35,10 +46,15 @@ from umbra.secure.contribution import (
     payload_template,
 )
 from umbra.secure.secagg.constants import (
+    CFG_NEXT_KEYS,
+    CFG_PREKEYS,
+    CFG_SECAGG_ID,
+    KEY_BYTES,
     STAGE_ADVERTISE_KEYS,
     STAGE_COLLECT_MASKED,
     STAGE_SHARE_KEYS,
     STAGE_UNMASK,
+    Key,
 )
 from umbra.secure.secagg.protocol import SecAggAbort, SecAggConfig, SecAggPlusServer
 from umbra.secure.secagg.quantize import PayloadLayout
@@ -64,13 +80,15 @@ class _RunState:
 
     weight_scale: float = DEFAULT_WEIGHT_SCALE
     seen_digests: set[bytes] = field(default_factory=set, repr=False)
+    #: node id -> (pk_c, pk_s) sent ahead in its last unmask reply; used by one round only
+    prekeys: dict[int, tuple[bytes, bytes]] = field(default_factory=dict, repr=False)
 
 
 _RUNS: weakref.WeakKeyDictionary[Any, _RunState] = weakref.WeakKeyDictionary()
 
 
 def run_state(strategy: Any) -> _RunState:
-    """Per-run public state (weight scale ``B``, digests of past masked vectors)."""
+    """Per-run public state (weight scale ``B``, digests of past masked vectors, pre-keys)."""
     if strategy not in _RUNS:
         _RUNS[strategy] = _RunState()
     return _RUNS[strategy]
@@ -121,6 +139,8 @@ class SecAggPlusWorkflow:
             vector_length=self.layout.size,
         )
         self.server = SecAggPlusServer(self.config, seen_digests=self.run.seen_digests)
+        self.use_prekeys = bool(self.secure.get("prekeys", True))
+        self.prekeyed: set[int] = set()  # nodes whose keys this round are stored pre-keys
 
     # node id <-> protocol id (0..n-1 in node order)
     def _to_nodes(self, requests: Mapping[int, Any]) -> dict[int, Any]:
@@ -131,13 +151,41 @@ class SecAggPlusWorkflow:
         return {index[node]: msg for node, msg in replies.items() if node in index}
 
     def advertise_keys(self) -> dict[int, dict[str, Any]]:
+        """Advertise replies: rebuilt from stored pre-keys where a node has them, asked for
+        through the Grid from the other nodes only (no exchange when all have them)."""
         requests = self._to_nodes(self.server.advertise_keys(list(range(len(self.nodes)))))
-        ids = {node: {"secagg-id": i} for i, node in enumerate(self.nodes)}
-        return self._to_ids(self.exchange.send(STAGE_ADVERTISE_KEYS, requests, per_node_config=ids))
+        stored = {n: self.run.prekeys.pop(n) for n in self.nodes if n in self.run.prekeys}
+        if not self.use_prekeys:
+            stored = {}  # popped all the same: the advertise request makes the node drop them
+        self.prekeyed = set(stored)
+        replies: dict[int, dict[str, Any]] = {}
+        for i, node in enumerate(self.nodes):
+            if node in stored:
+                pk_c, pk_s = stored[node]
+                replies[i] = {
+                    Key.ROUND: self.config.round_number,
+                    Key.CLIENT_ID: i,
+                    Key.PK_C: pk_c,
+                    Key.PK_S: pk_s,
+                }
+        asked = {node: req for node, req in requests.items() if node not in stored}
+        if asked:
+            ids = {node: {CFG_SECAGG_ID: i} for i, node in enumerate(self.nodes)}
+            replies.update(
+                self._to_ids(self.exchange.send(STAGE_ADVERTISE_KEYS, asked, per_node_config=ids))
+            )
+        return replies
 
     def share_keys(self, replies: Mapping[int, Any]) -> dict[int, dict[str, Any]]:
+        """Neighbours' keys; nodes on pre-keys also get what the advertise request carries."""
         requests = self._to_nodes(self.server.share_keys(replies))
-        return self._to_ids(self.exchange.send(STAGE_SHARE_KEYS, requests))
+        round_config = self.config.to_message()
+        flags: dict[int, dict[str, Any]] = {}
+        for i, node in enumerate(self.nodes):
+            if node in self.prekeyed and node in requests:
+                requests[node] = {**round_config, **requests[node]}
+                flags[node] = {CFG_SECAGG_ID: i, CFG_PREKEYS: True}
+        return self._to_ids(self.exchange.send(STAGE_SHARE_KEYS, requests, per_node_config=flags))
 
     def collect_masked_inputs(self, replies: Mapping[int, Any]) -> dict[int, dict[str, Any]]:
         requests = self._to_nodes(self.server.collect_masked(replies))
@@ -154,10 +202,26 @@ class SecAggPlusWorkflow:
 
     def unmask(self, replies: Mapping[int, Any]) -> tuple[np.ndarray, int]:
         requests = self._to_nodes(self.server.unmask(replies))
-        return self.server.aggregate(self._to_ids(self.exchange.send(STAGE_UNMASK, requests)))
+        ask = {CFG_NEXT_KEYS: True} if self.use_prekeys else None
+        answers = self._to_ids(self.exchange.send(STAGE_UNMASK, requests, config=ask))
+        self._store_prekeys(answers)
+        return self.server.aggregate(answers)
+
+    def _store_prekeys(self, replies: Mapping[int, Mapping[str, Any]]) -> None:
+        """Keep the public pre-keys of well-formed unmask replies (checked when used)."""
+        if not self.use_prekeys:
+            return
+        for i, msg in replies.items():
+            pk_c, pk_s = msg.get(Key.NEXT_PK_C), msg.get(Key.NEXT_PK_S)
+            if (
+                msg.get(Key.ROUND) == self.config.round_number
+                and msg.get(Key.CLIENT_ID) == i
+                and all(isinstance(k, bytes) and len(k) == KEY_BYTES for k in (pk_c, pk_s))
+            ):
+                self.run.prekeys[self.nodes[i]] = (bytes(pk_c), bytes(pk_s))  # type: ignore[arg-type]
 
     def run_round(self) -> RoundOutcome:
-        """All four stages; an abort returns ``RoundOutcome(record=None, note=reason)``."""
+        """All stages; an abort returns ``RoundOutcome(record=None, note=reason)``."""
         if not self.nodes:
             return self._outcome(None, None, note="no client sampled")
         try:
