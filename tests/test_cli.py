@@ -49,6 +49,10 @@ def _assert_user_error(proc: subprocess.CompletedProcess[str], *needles: str) ->
         (["--preset", "smoke", "--set", "federation.num_clients=2",
           "--set", 'data.absent={"0"=["audio"], "1"=["audio"]}'],
          ["removes ['audio'] at every client"]),
+        (["--preset", "smoke", "--set", "model.encoders.audio=spectrogram"],
+         ["model.encoders", "audio -> spectrogram", "spectral-stats"]),
+        (["--preset", "smoke", "--set", "model.encoders.video=spectral-stats"],
+         ["model.encoders", "lacks: ['video']"]),
     ],
 )  # fmt: skip
 def test_config_errors(args: list[str], needles: list[str], tmp_path: Path) -> None:

@@ -80,6 +80,8 @@ def test_spec_from_data_and_roundtrip() -> None:
         ({"dropout": 1.0}, "dropout"),
         ({"input_shapes": {}}, "input_shapes"),
         ({"input_shapes": {"video": (3, 8, 8)}}, "video"),
+        ({"encoders": {"text": "spectrogram"}}, "text -> spectrogram"),
+        ({"encoders": {"audio": "spectral-stats"}}, "lacks"),
     ],
 )
 def test_spec_rejects_bad_values(kwargs: dict[str, object], word: str) -> None:
@@ -101,6 +103,35 @@ def test_registry_rejects_duplicates_and_unknown_names() -> None:
 def test_conv_encoder_any_size(shape: tuple[int, ...]) -> None:
     enc = build_encoder("image", shape, hidden=10)
     assert enc(torch.randn(2, *shape)).shape == (2, 10)
+
+
+def test_spectral_stats_encoder_matches_numpy_and_ignores_time_shift() -> None:
+    """Band means and (population) standard deviations over time, as numpy computes them;
+    rolling the frames in time leaves the output unchanged; unbatched input = batched row;
+    a spec choosing it round-trips and builds it for that modality only."""
+    from umbra.models.encoders import SpectralStats
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 5, 7, generator=gen)  # (B, C, F, T)
+    stats = SpectralStats(3)(x)
+    a = x.numpy().reshape(3, 10, 7)
+    ref = np.concatenate([a.mean(-1), np.sqrt(a.var(-1) + 1e-5)], axis=1)
+    np.testing.assert_allclose(stats.numpy(), ref, rtol=1e-5, atol=1e-6)
+    enc = build_encoder("spectral-stats", (2, 5, 7), hidden=4).eval()
+    out = enc(x)
+    assert out.shape == (3, 4)
+    torch.testing.assert_close(enc(torch.roll(x, shifts=3, dims=-1)), out)
+    torch.testing.assert_close(enc(x[1]), out[1])  # unbatched (one record under vmap)
+    assert build_encoder("spectral-stats", (5, 7), hidden=4)(x[:, 0]).shape == (3, 4)
+    with pytest.raises(ValueError, match="spectral-stats"):
+        build_encoder("spectral-stats", (7,), hidden=4)
+    spec = tiny_spec(encoders={"audio": "spectral-stats"})
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+    model = MultimodalNet(spec)
+    assert isinstance(model.encoders["audio"][0], SpectralStats)
+    assert not any(isinstance(m, SpectralStats) for m in model.encoders["image"].modules())
+    old = {k: v for k, v in spec.to_dict().items() if k != "encoders"}  # pre-encoders checkpoint
+    assert ModelSpec.from_dict(old).encoders == {}
 
 
 def test_default_model_size() -> None:

@@ -258,22 +258,29 @@ def test_validation():
     dp.close()
 
 
+@pytest.mark.parametrize("audio_stats", [False, True], ids=["image+text", "+spectral-stats"])
 @pytest.mark.parametrize("backend", ["bookkeeping", "functorch", "opacus"])
-def test_with_umbra_multimodal_net(backend):
+def test_with_umbra_multimodal_net(backend, audio_stats):
     from umbra.models import ModelSpec, MultimodalNet, parameter_groups
 
     torch.manual_seed(0)
+    shapes: dict[str, tuple[int, ...]] = {"image": (1, 8, 8), "text": (6,)}
+    if audio_stats:  # the small audio encoder: LayerNorm + Linear over time-pooled band stats
+        shapes["audio"] = (1, 10, 6)
     spec = ModelSpec(
-        input_shapes={"image": (1, 8, 8), "text": (6,)},
+        input_shapes=shapes,
         num_classes=3,
         hidden=8,
         embed_dim=4,
         dropout=0.0,
+        encoders={"audio": "spectral-stats"} if audio_stats else {},
     )
     model = MultimodalNet(spec)
     twin = copy.deepcopy(model)
     groups = parameter_groups(model)
     clip = {"image": 0.2, "text": 0.1, "shared": 0.3}
+    if audio_stats:
+        clip["audio"] = 0.15
     dp = DPSGD(
         model,
         groups=groups,
@@ -286,11 +293,12 @@ def test_with_umbra_multimodal_net(backend):
     )
     dp.noise_multipliers = dict.fromkeys(clip, 0.0)
     g = torch.Generator().manual_seed(1)
-    batch = {
-        "x": {"image": torch.rand(6, 1, 8, 8, generator=g), "text": torch.randn(6, 6, generator=g)},
-        "mask": torch.tensor([[1, 1], [1, 0], [0, 1], [1, 1], [0, 1], [1, 0]], dtype=torch.bool),
-        "y": torch.randint(0, 3, (6,), generator=g),
-    }
+    x = {"image": torch.rand(6, 1, 8, 8, generator=g), "text": torch.randn(6, 6, generator=g)}
+    mask = torch.tensor([[1, 1], [1, 0], [0, 1], [1, 1], [0, 1], [1, 0]], dtype=torch.bool)
+    if audio_stats:
+        x["audio"] = torch.randn(6, 1, 10, 6, generator=g)
+        mask = torch.cat([mask, torch.tensor([[1], [1], [0], [0], [1], [1]], dtype=torch.bool)], 1)
+    batch = {"x": x, "mask": mask, "y": torch.randint(0, 3, (6,), generator=g)}
     dp.step(_loss, batch)
     assert dp.backend == backend
     ref = _reference(twin, groups, clip, batch, denom=0.25 * 24)

@@ -101,6 +101,11 @@ class ModelConfig(_Section):
     )
     align_weight: float = Field(0.1, ge=0, description="weight of the cross-modal InfoNCE loss")
     temperature: float = Field(0.1, gt=0, description="InfoNCE temperature")
+    encoders: dict[str, str] = Field(
+        default_factory=dict,
+        description="modality -> registered encoder name where it differs from the modality's "
+        'own (e.g. audio = "spectral-stats": small, suits DP-SGD)',
+    )
 
 
 class FederationConfig(_Section):

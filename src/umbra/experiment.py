@@ -267,12 +267,17 @@ def _settings(cfg: Config) -> TrainSettings:
 def _model_spec(cfg: Config, data: MultimodalData) -> dict[str, Any]:
     from umbra.models import ModelSpec
 
-    return ModelSpec.from_data(
-        data,
-        hidden=cfg.model.hidden,
-        embed_dim=cfg.model.embed_dim,
-        dropout=cfg.model.dropout,
-    ).to_dict()
+    try:
+        spec = ModelSpec.from_data(
+            data,
+            hidden=cfg.model.hidden,
+            embed_dim=cfg.model.embed_dim,
+            dropout=cfg.model.dropout,
+            encoders=dict(cfg.model.encoders),
+        )
+    except ValueError as err:
+        raise ConfigError(f"model.encoders: {err}") from err
+    return spec.to_dict()
 
 
 def _run_federated(

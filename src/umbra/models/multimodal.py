@@ -17,7 +17,7 @@ what per-modality clipping and budgets key on (:func:`parameter_modality`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -54,6 +54,8 @@ class ModelSpec:
         hidden: width of every encoder's output, >= 1.
         embed_dim: width of the shared embedding space and of the head's hidden layer, >= 1.
         dropout: dropout probability in encoders and head, in [0, 1).
+        encoders: modality -> registered encoder name, for modalities that do not use the
+            encoder registered under their own name (e.g. ``{"audio": "spectral-stats"}``).
     """
 
     input_shapes: dict[str, tuple[int, ...]]
@@ -61,17 +63,24 @@ class ModelSpec:
     hidden: int = 128
     embed_dim: int = 64
     dropout: float = 0.1
+    encoders: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.input_shapes:
             raise ValueError("input_shapes must name at least one modality")
         shapes = {str(m): tuple(int(s) for s in shp) for m, shp in self.input_shapes.items()}
-        unknown = [m for m in shapes if m not in encoder_names()]
+        choice = {str(m): str(e) for m, e in self.encoders.items()}
+        extra = sorted(set(choice) - set(shapes))
+        if extra:
+            raise ValueError(f"encoders names modalities the data lacks: {extra}")
+        unknown = [m for m in shapes if choice.get(m, m) not in encoder_names()]
         if unknown:
             raise ValueError(
-                f"input_shapes has modalities without an encoder: {unknown};"
+                f"no registered encoder for modalities {unknown}"
+                f" ({', '.join(f'{m} -> {choice.get(m, m)}' for m in unknown)});"
                 f" registered: {', '.join(encoder_names())}"
             )
+        object.__setattr__(self, "encoders", choice)
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
         if self.hidden < 1:
@@ -105,6 +114,7 @@ class ModelSpec:
             "hidden": self.hidden,
             "embed_dim": self.embed_dim,
             "dropout": self.dropout,
+            "encoders": dict(self.encoders),
         }
 
     @classmethod
@@ -129,7 +139,9 @@ class MultimodalNet(nn.Module):
         self.modalities: tuple[str, ...] = spec.modalities
         self.encoders = nn.ModuleDict(
             {
-                m: build_encoder(m, shape, hidden=spec.hidden, dropout=spec.dropout)
+                m: build_encoder(
+                    spec.encoders.get(m, m), shape, hidden=spec.hidden, dropout=spec.dropout
+                )
                 for m, shape in spec.input_shapes.items()
             }
         )
