@@ -1,6 +1,7 @@
 """Time per local epoch: non-private SGD vs Umbra's per-group DP-SGD vs Opacus' make_private.
 
-All variants train the same model (``umbra.models.MultimodalNet`` at its default size) on
+All variants train the same model (``umbra.models.MultimodalNet`` with the sizes and
+encoders of ``--preset``'s [model] section, by default the ``default`` preset's) on
 the same synthetic data of fmnist-avt shapes (image (1, 28, 28), audio (1, 32, 32), text
 (384,), 10 classes, random missing modalities), batch 64 (expected batch size q·N for the
 Poisson-sampled variants; ``--batch 64 256`` also times DP-SGD's default batch 256), in one
@@ -85,9 +86,24 @@ def per_sample_loss(model: nn.Module, batch: dict[str, Any]) -> Tensor:
     return F.cross_entropy(model(batch["x"], batch["mask"]), batch["y"], reduction="none")
 
 
+#: ModelSpec sizes and encoder choices, from ``--preset``'s [model] section (set in main)
+MODEL_KW: dict[str, Any] = {}
+
+
+def model_kwargs(preset: str) -> dict[str, Any]:
+    """hidden, embed_dim and encoders of a preset's model; ``"spec-defaults"``: ModelSpec's."""
+    if preset == "spec-defaults":
+        return {}
+    from umbra.config import load_config
+
+    mdl = load_config(preset).model
+    return {"hidden": mdl.hidden, "embed_dim": mdl.embed_dim, "encoders": dict(mdl.encoders)}
+
+
 def new_model(seed: int) -> MultimodalNet:
     torch.manual_seed(seed)
-    return MultimodalNet(ModelSpec(input_shapes=SHAPES, num_classes=NUM_CLASSES)).to(DEVICE)
+    spec = ModelSpec(input_shapes=SHAPES, num_classes=NUM_CLASSES, **MODEL_KW)
+    return MultimodalNet(spec).to(DEVICE)
 
 
 Epoch = Callable[[], None]
@@ -184,10 +200,17 @@ def main() -> None:
     ap.add_argument("--ablation", action="store_true", help="also DPSGD's other backends")
     ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--preset",
+        default="default",
+        help="take the model's sizes and encoders from this preset ('spec-defaults': hidden "
+        "128, conv audio encoder)",
+    )
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
     global DEVICE
     DEVICE = torch.device(args.device)
+    MODEL_KW.update(model_kwargs(args.preset))
     torch.set_num_threads(args.threads)
     data = {k: v.to(DEVICE) for k, v in make_data(args.n, args.seed).items()}
 
@@ -238,7 +261,7 @@ def main() -> None:
             "onednn_primitive_cache_capacity": os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"],
             "device": str(DEVICE),
             "shapes": SHAPES,
-            "model": "MultimodalNet default",
+            "model": {"class": "MultimodalNet", "preset": args.preset, **MODEL_KW},
             "parameters": sum(p.numel() for p in new_model(0).parameters()),
         },
         "machine": {
@@ -275,6 +298,7 @@ def main() -> None:
                 ("epochs", args.epochs),
                 ("threads", args.threads),
                 ("device", args.device),
+                ("preset", args.preset),
             )
         )
         + (" --ablation" if args.ablation else "")
