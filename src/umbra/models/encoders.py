@@ -222,10 +222,11 @@ def spectral_stats_encoder(input_shape: tuple[int, ...], hidden: int, dropout: f
     bands = 1
     for s in input_shape[:-1]:
         bands *= s
+    # No dropout (``dropout`` is accepted for the factory signature): on 2·C·F summary
+    # features it only slowed learning (baseline fused 0.926 with it, 0.937 without).
     return nn.Sequential(
         SpectralStats(len(input_shape)),
         nn.LayerNorm(2 * bands),
-        nn.Dropout(dropout),
         nn.Linear(2 * bands, hidden),
         nn.ReLU(),
     )
