@@ -102,6 +102,16 @@ def _reference_with_norms(model: nn.Module, groups, clip, batch, denom, loss=Non
     return {n: r / denom for n, r in ref.items()}, norms
 
 
+def _clipping_only(model: nn.Module, groups, clip, *, sample_rate: float, num_samples: int,
+                   **kw) -> DPSGD:  # fmt: skip
+    """DPSGD built with σ = 1 for every group (σ = 0 warns), then noise off: clipping alone."""
+    dp = DPSGD(model, groups=groups, clip_norms=clip,
+               noise_multipliers=dict.fromkeys(clip, 1.0), sample_rate=sample_rate,
+               num_samples=num_samples, **kw)  # fmt: skip
+    dp.noise_multipliers = dict.fromkeys(clip, 0.0)
+    return dp
+
+
 def _reference(model: nn.Module, groups, clip, batch, denom) -> dict[str, torch.Tensor]:
     """Clipped gradient sum from a plain loop over single records (no Opacus)."""
     return _reference_with_norms(model, groups, clip, batch, denom)[0]
@@ -117,17 +127,8 @@ def test_clipping_is_exact_against_single_record_loop(backend, embedding):
     twin = copy.deepcopy(model)
     groups = _groups(model)
     clip = {"image": 0.3, "text": 0.05, "shared": 0.2}  # small: most records get clipped
-    dp = DPSGD(
-        model,
-        groups=groups,
-        clip_norms=clip,
-        noise_multipliers={"image": 1.0, "text": 1.0, "shared": 1.0},
-        sample_rate=0.5,
-        num_samples=20,
-        generator=torch.Generator().manual_seed(1),
-        backend=backend,
-    )
-    dp.noise_multipliers = dict.fromkeys(clip, 0.0)  # isolate the clipping
+    dp = _clipping_only(model, groups, clip, sample_rate=0.5, num_samples=20,
+                        generator=torch.Generator().manual_seed(1), backend=backend)  # fmt: skip
     batch = _batch(9, embedding)
     stats = dp.step(_loss, batch)
     assert stats.batch_size == 9 and 0 < stats.clipped_fraction["text"] <= 1
@@ -281,17 +282,8 @@ def test_with_umbra_multimodal_net(backend, audio_stats):
     clip = {"image": 0.2, "text": 0.1, "shared": 0.3}
     if audio_stats:
         clip["audio"] = 0.15
-    dp = DPSGD(
-        model,
-        groups=groups,
-        clip_norms=clip,
-        noise_multipliers=dict.fromkeys(clip, 1.0),
-        sample_rate=0.25,
-        num_samples=24,
-        generator=torch.Generator().manual_seed(0),
-        backend=backend,
-    )
-    dp.noise_multipliers = dict.fromkeys(clip, 0.0)
+    dp = _clipping_only(model, groups, clip, sample_rate=0.25, num_samples=24,
+                        generator=torch.Generator().manual_seed(0), backend=backend)  # fmt: skip
     g = torch.Generator().manual_seed(1)
     x = {"image": torch.rand(6, 1, 8, 8, generator=g), "text": torch.randn(6, 6, generator=g)}
     mask = torch.tensor([[1, 1], [1, 0], [0, 1], [1, 1], [0, 1], [1, 0]], dtype=torch.bool)
@@ -336,16 +328,8 @@ def test_bookkeeping_every_group_with_missing_modalities(layout):
     groups = parameter_groups(model)
     assert set(groups) == {"image", "audio", "text", "shared"}
     clip = {"image": 0.3, "audio": 0.05, "text": 0.1, "shared": 0.2}
-    dp = DPSGD(
-        model,
-        groups=groups,
-        clip_norms=clip,
-        noise_multipliers=dict.fromkeys(clip, 1.0),
-        sample_rate=0.5,
-        num_samples=20,
-    )
+    dp = _clipping_only(model, groups, clip, sample_rate=0.5, num_samples=20)
     assert dp.backend == "bookkeeping"
-    dp.noise_multipliers = dict.fromkeys(clip, 0.0)
     g = torch.Generator().manual_seed(2)
     b = 10
     mask = torch.tensor(
@@ -427,15 +411,7 @@ def test_bookkeeping_shared_layers_sequences_strides_channels_last():
         "shared": [n for n in names if n.startswith("head")],
     }
     clip = {"image": 0.05, "seq": 0.1, "shared": 0.3}
-    dp = DPSGD(
-        model,
-        groups=groups,
-        clip_norms=clip,
-        noise_multipliers=dict.fromkeys(clip, 1.0),
-        sample_rate=0.5,
-        num_samples=14,
-    )
-    dp.noise_multipliers = dict.fromkeys(clip, 0.0)
+    dp = _clipping_only(model, groups, clip, sample_rate=0.5, num_samples=14)
     g = torch.Generator().manual_seed(3)
     batch = {
         "x": {

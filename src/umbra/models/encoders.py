@@ -12,6 +12,7 @@ raise), the way Opacus registers its accountants.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -219,9 +220,7 @@ def spectral_stats_encoder(input_shape: tuple[int, ...], hidden: int, dropout: f
         raise ValueError(
             f"spectral-stats encoder needs a (C, F, T) or (F, T) input_shape, got {input_shape}"
         )
-    bands = 1
-    for s in input_shape[:-1]:
-        bands *= s
+    bands = math.prod(input_shape[:-1])
     # No dropout (``dropout`` is accepted for the factory signature): on 2·C·F summary
     # features it only slowed learning (baseline fused 0.926 with it, 0.937 without).
     return nn.Sequential(
