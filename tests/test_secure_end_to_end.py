@@ -1,5 +1,13 @@
 """End-to-end: `umbra run --preset smoke` with SecAgg+ and with CKKS on Flower's simulation
-engine reach the plaintext run's accuracy (within 1 point) and record real bytes.
+engine aggregate what the plaintext run aggregates and record real bytes.
+
+What secure aggregation promises is the same sum: after round 1 (same start, same client
+updates) the global model must equal the plaintext run's to within the scheme's rounding
+(measured: relative L2 4e-8 for SecAgg+'s 32-bit fixed point, 8e-9 for CKKS). Later rounds
+are not compared parameter by parameter: local SGD amplifies that 1e-8 difference to ~3e-3
+after one more round (2 epochs), and the final accuracy of the 3-round smoke run then moves
+by up to ~1.5 points on 1,000 test records (measured 0.667-0.681 for CKKS against 0.681),
+so the final accuracy only has to stay within ``TOLERANCE`` of the plaintext run's.
 
 Slow (each run starts Flower's Ray backend): marked ``slow``.
 """
@@ -13,7 +21,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+
+from umbra.federation.checkpoint import load_round
 
 pytestmark = pytest.mark.slow
 
@@ -22,11 +33,14 @@ UMBRA = [sys.executable, "-m", "umbra.cli"]
 # share every random stream and differ by quantization error alone (dropout is seeded per
 # round and client too, but its masks then act on slightly different weights).
 SMOKE = ["--preset", "smoke", "--set", "run.progress=false", "--set", "model.dropout=0"]
-#: accuracy points (absolute) a secure run may lose against the plaintext run
-TOLERANCE = 0.01
+#: accuracy (absolute) a secure run may lose against the plaintext run after 3 rounds
+TOLERANCE = 0.03
+#: relative L2 distance allowed between the secure and plaintext global models after round 1
+ROUND1_REL_L2 = 1e-6
 
 
 def _run(out: Path, *extra: str) -> dict[str, Any]:
+    """Run the smoke preset into ``out``; the results, with ``out`` under ``"_out"``."""
     proc = subprocess.run(
         [*UMBRA, "run", *SMOKE, *extra, "--out", str(out)],
         capture_output=True,
@@ -36,7 +50,15 @@ def _run(out: Path, *extra: str) -> dict[str, Any]:
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result: dict[str, Any] = json.loads((out / "results.json").read_text())
+    result["_out"] = out
     return result
+
+
+def _rel_l2(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    assert sorted(a) == sorted(b)
+    diff = sum(float(np.sum((a[k].astype(np.float64) - b[k]) ** 2)) for k in a)
+    norm = sum(float(np.sum(a[k].astype(np.float64) ** 2)) for k in a)
+    return float(np.sqrt(diff / norm))
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +71,9 @@ def test_secure_run_matches_plaintext(plaintext: dict[str, Any], mode: str, tmp_
     res = _run(tmp_path / "run", "--set", f"secure.aggregation={mode}")
     assert res["secure_aggregation"] == mode
     assert plaintext["secure_aggregation"] == "none"
+    plain_r1 = load_round(plaintext["_out"] / "checkpoints", 1).arrays
+    secure_r1 = load_round(res["_out"] / "checkpoints", 1).arrays
+    assert 0 < _rel_l2(plain_r1, secure_r1) < ROUND1_REL_L2  # > 0: the secure path really ran
     assert res["final"]["accuracy"] >= plaintext["final"]["accuracy"] - TOLERANCE
     assert [r["round"] for r in res["rounds"]] == [1, 2, 3]
     for row in res["rounds"]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Checkpoint", "atomic_write_text", "load_latest", "save_checkpoint"]
+__all__ = ["Checkpoint", "atomic_write_text", "load_latest", "load_round", "save_checkpoint"]
 
 
 @dataclass
@@ -75,16 +75,24 @@ def save_checkpoint(
     return final
 
 
+def _load_folder(folder: Path, server_round: int) -> Checkpoint:
+    return Checkpoint(
+        round=server_round,
+        arrays=_loadz(folder / "model.npz"),
+        strategy=_loadz(folder / "strategy.npz"),
+        state=json.loads((folder / "state.json").read_text()),
+    )
+
+
+def load_round(root: Path, server_round: int) -> Checkpoint:
+    """The checkpoint of one completed round under ``root`` (FileNotFoundError if absent)."""
+    return _load_folder(root / f"round_{server_round:04d}", server_round)
+
+
 def load_latest(root: Path) -> Checkpoint | None:
     """The newest complete checkpoint under ``root``, or None if there is none."""
     pointer = root / "latest.json"
     if not pointer.exists():
         return None
     meta = json.loads(pointer.read_text())
-    folder = root / meta["path"]
-    return Checkpoint(
-        round=int(meta["round"]),
-        arrays=_loadz(folder / "model.npz"),
-        strategy=_loadz(folder / "strategy.npz"),
-        state=json.loads((folder / "state.json").read_text()),
-    )
+    return _load_folder(root / meta["path"], int(meta["round"]))
