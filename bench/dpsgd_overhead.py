@@ -2,8 +2,9 @@
 
 All variants train the same model (``umbra.models.MultimodalNet`` with the sizes and
 encoders of ``--preset``'s [model] section, by default the ``default`` preset's) on
-the same synthetic data of fmnist-avt shapes (image (1, 28, 28), audio (1, 32, 32), text
-(384,), 10 classes, random missing modalities), batch 64 (expected batch size q·N for the
+the same synthetic data of fmnist-avt shapes (image (1, 28, 28), or (81, 7, 7) when the
+preset's ``data.image_features`` is ``"scattering"``; audio (1, 32, 32), text (384,); 10
+classes, random missing modalities), batch 64 (expected batch size q·N for the
 Poisson-sampled variants; ``--batch 64 256`` also times DP-SGD's default batch 256), in one
 process with the same thread count. Epochs of all variants and batch sizes are interleaved
 (round-robin) so that load changes on a shared machine hit them alike; per variant the
@@ -60,7 +61,7 @@ import umbra  # noqa: F401  (silences protobuf gencode warnings)
 from umbra.models import ModelSpec, MultimodalNet, channels_last, parameter_groups
 from umbra.privacy.dpsgd import DPSGD, poisson_batches
 
-SHAPES = {"image": (1, 28, 28), "audio": (1, 32, 32), "text": (384,)}
+SHAPES: dict[str, tuple[int, ...]] = {"image": (1, 28, 28), "audio": (1, 32, 32), "text": (384,)}
 NUM_CLASSES = 10
 
 
@@ -98,6 +99,18 @@ def model_kwargs(preset: str) -> dict[str, Any]:
 
     mdl = load_config(preset).model
     return {"hidden": mdl.hidden, "embed_dim": mdl.embed_dim, "encoders": dict(mdl.encoders)}
+
+
+def image_shape(preset: str) -> tuple[int, ...]:
+    """Per-record image features of a preset: pixels, or their scattering coefficients."""
+    if preset == "spec-defaults":
+        return SHAPES["image"]
+    from umbra.config import load_config
+    from umbra.data.scattering import scattering_shape
+
+    if load_config(preset).data.image_features == "scattering":
+        return scattering_shape((1, 28, 28))
+    return (1, 28, 28)
 
 
 def new_model(seed: int) -> MultimodalNet:
@@ -211,6 +224,7 @@ def main() -> None:
     global DEVICE
     DEVICE = torch.device(args.device)
     MODEL_KW.update(model_kwargs(args.preset))
+    SHAPES["image"] = image_shape(args.preset)
     torch.set_num_threads(args.threads)
     data = {k: v.to(DEVICE) for k, v in make_data(args.n, args.seed).items()}
 

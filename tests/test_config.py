@@ -59,6 +59,7 @@ def test_override_types_are_parsed() -> None:
         ("federation.num_clients=500", "federation.num_clients = 500"),
         ('data.absent={"9" = ["audio"]}', "data.absent names client 9"),
         ("federation.rounds=abc", "federation.rounds"),
+        ("data.image_features=fourier", "data.image_features"),
         ("noequals", "expected section.key=value"),
     ],
 )

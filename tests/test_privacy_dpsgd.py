@@ -259,22 +259,27 @@ def test_validation():
     dp.close()
 
 
-@pytest.mark.parametrize("audio_stats", [False, True], ids=["image+text", "+spectral-stats"])
+@pytest.mark.parametrize("variant", ["image+text", "+spectral-stats", "scattering+text"])
 @pytest.mark.parametrize("backend", ["bookkeeping", "functorch", "opacus"])
-def test_with_umbra_multimodal_net(backend, audio_stats):
+def test_with_umbra_multimodal_net(backend, variant):
     from umbra.models import ModelSpec, MultimodalNet, parameter_groups
 
     torch.manual_seed(0)
-    shapes: dict[str, tuple[int, ...]] = {"image": (1, 8, 8), "text": (6,)}
+    audio_stats = variant == "+spectral-stats"
+    # the scattering head (GroupNorm + Linear) on (C, H, W) coefficients instead of the CNN
+    image_shape = (9, 3, 3) if variant == "scattering+text" else (1, 8, 8)
+    encoders = {"image": "scattering"} if variant == "scattering+text" else {}
+    shapes: dict[str, tuple[int, ...]] = {"image": image_shape, "text": (6,)}
     if audio_stats:  # the small audio encoder: LayerNorm + Linear over time-pooled band stats
         shapes["audio"] = (1, 10, 6)
+        encoders["audio"] = "spectral-stats"
     spec = ModelSpec(
         input_shapes=shapes,
         num_classes=3,
         hidden=8,
         embed_dim=4,
         dropout=0.0,
-        encoders={"audio": "spectral-stats"} if audio_stats else {},
+        encoders=encoders,
     )
     model = MultimodalNet(spec)
     twin = copy.deepcopy(model)
@@ -285,7 +290,7 @@ def test_with_umbra_multimodal_net(backend, audio_stats):
     dp = _clipping_only(model, groups, clip, sample_rate=0.25, num_samples=24,
                         generator=torch.Generator().manual_seed(0), backend=backend)  # fmt: skip
     g = torch.Generator().manual_seed(1)
-    x = {"image": torch.rand(6, 1, 8, 8, generator=g), "text": torch.randn(6, 6, generator=g)}
+    x = {"image": torch.rand(6, *image_shape, generator=g), "text": torch.randn(6, 6, generator=g)}
     mask = torch.tensor([[1, 1], [1, 0], [0, 1], [1, 1], [0, 1], [1, 0]], dtype=torch.bool)
     if audio_stats:
         x["audio"] = torch.randn(6, 1, 10, 6, generator=g)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from umbra.federation.checkpoint import load_latest
 from umbra.privacy.ledger import read_ledger, replay
 
 pytestmark = pytest.mark.slow
@@ -30,11 +31,17 @@ def _umbra(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_example_level_dp_run_reports_what_the_ledger_says(tmp_path: Path) -> None:
     out = tmp_path / "dp"
+    # images as scattering coefficients with the GroupNorm + Linear head, as in `default`
     _umbra("run", *SMOKE, "--set", "privacy.mode=example", "--set", "privacy.epsilon=2",
            "--set", "privacy.delta=1e-4",
            "--set", "privacy.weights={image=2.0, audio=0.5, text=1.0, shared=1.0}",
+           "--set", "data.image_features=scattering", "--set", "model.encoders.image=scattering",
            "--out", str(out))  # fmt: skip
     res = json.loads((out / "results.json").read_text())
+    assert res["config"]["data"]["image_features"] == "scattering"
+    ckpt = load_latest(out / "checkpoints")  # the image head is Linear(81 * 7 * 7 -> hidden)
+    assert ckpt is not None
+    assert ckpt.arrays["encoders.image.2.weight"].shape == (res["config"]["model"]["hidden"], 3969)
     ledger = read_ledger(out / "ledger.jsonl")
     report = replay(out / "ledger.jsonl")
     # one release per client per round, written by the server before each round

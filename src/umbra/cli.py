@@ -213,9 +213,13 @@ def data_prepare(
     cfg = load_config(preset, overrides=set_ or [])
     t0 = time.perf_counter()
     prep = prepare_data(cfg)
+    images = ""
+    if "image" in prep.train.modalities:
+        shape = "x".join(str(s) for s in prep.train.feature_shapes()["image"])
+        images = f", images as {cfg.data.image_features} ({shape})"
     console.print(
         f"{cfg.data.source}: {len(prep.train)} training records over {len(prep.parts)} clients, "
-        f"{len(prep.test)} test records, modalities {', '.join(prep.train.modalities)} "
+        f"{len(prep.test)} test records, modalities {', '.join(prep.train.modalities)}{images} "
         f"({time.perf_counter() - t0:.1f} s)",
         highlight=False,
     )

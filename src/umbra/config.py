@@ -76,6 +76,11 @@ class DataConfig(_Section):
     cache_dir: str | None = Field(
         None, description="feature cache (default $UMBRA_CACHE or ~/.cache/umbra)"
     )
+    image_features: Literal["pixels", "scattering"] = Field(
+        "pixels",
+        description="images as pixels, or as fixed wavelet-scattering coefficients (kymatio, "
+        "J=2, L=8; computed once and cached): far better under DP-SGD",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:

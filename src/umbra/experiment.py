@@ -161,8 +161,35 @@ def _prepare_manifest(cfg: Config) -> PreparedData:
     return PreparedData(train, test, parts, [masked[i] for i in parts], extra)
 
 
+def _image_features(data: MultimodalData, cfg: Config) -> MultimodalData:
+    """``data`` with its images replaced by what ``data.image_features`` asks for."""
+    if cfg.data.image_features == "pixels":
+        return data
+    from umbra.data.scattering import scattering_features
+
+    if "image" not in data.modalities:
+        raise ConfigError(
+            f"data.image_features = {cfg.data.image_features!r} needs an image modality; "
+            f"the data has {list(data.modalities)}"
+        )
+    try:
+        feats = scattering_features(data.features["image"], cfg.data.cache_dir)
+    except ValueError as err:
+        raise ConfigError(f"data.image_features = 'scattering': {err}") from err
+    return MultimodalData({**data.features, "image": feats}, data.mask, data.labels,
+                          data.modalities, data.class_names, data.ids)  # fmt: skip
+
+
 def prepare_data(cfg: Config) -> PreparedData:
-    """Load the data set, split it across clients and apply the missing-modality pattern."""
+    """Load the data set, split it across clients and apply the missing-modality pattern;
+    images become scattering coefficients when ``data.image_features`` says so."""
+    prep = _prepare_pixels(cfg)
+    prep.train = _image_features(prep.train, cfg)
+    prep.test = _image_features(prep.test, cfg)
+    return prep
+
+
+def _prepare_pixels(cfg: Config) -> PreparedData:
     from umbra.data.partition import absent_modalities, apply_missing, partition
 
     if cfg.data.source == "manifest":

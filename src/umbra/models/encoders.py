@@ -28,6 +28,7 @@ __all__ = [
     "encoder_names",
     "mlp_encoder",
     "register_encoder",
+    "scattering_encoder",
     "spectral_stats_encoder",
 ]
 
@@ -231,8 +232,33 @@ def spectral_stats_encoder(input_shape: tuple[int, ...], hidden: int, dropout: f
     )
 
 
+def scattering_encoder(input_shape: tuple[int, ...], hidden: int, dropout: float) -> nn.Module:
+    """GroupNorm, then one Linear to ``hidden``, ReLU: the head for fixed scattering features.
+
+    For ``(C, H, W)`` wavelet-scattering coefficients (``data.image_features = "scattering"``,
+    81 channels of 7x7 per 28x28 grayscale image). Tramèr & Boneh (ICLR 2021) train a linear
+    model on GroupNorm'd ScatterNet features (groups of 3 channels) under DP-SGD; this is that
+    model with a ``hidden``-wide output feeding the fusion. 3,969·hidden weights (127k at
+    hidden 32), but a convex-like problem that the few clipped, noised steps of a DP budget
+    solve well: on the ``default`` preset image-only accuracy under DP went from 0.71 (conv
+    encoder on pixels) to 0.80-0.82, fused from 0.805 to 0.865-0.867. No dropout (the
+    argument is accepted for the factory signature).
+    """
+    if len(input_shape) != 3:
+        raise ValueError(f"scattering encoder needs a (C, H, W) input_shape, got {input_shape}")
+    channels = input_shape[0]
+    groups = channels // 3 if channels % 3 == 0 else 1
+    return nn.Sequential(
+        nn.GroupNorm(groups, channels),
+        nn.Flatten(),
+        nn.Linear(math.prod(input_shape), hidden),
+        nn.ReLU(),
+    )
+
+
 register_encoder("image", conv_encoder)  # (C, H, W) pixels in [0, 1]
 register_encoder("audio", conv_encoder)  # (1, n_mels, frames) log-mel
 register_encoder("text", embedding_encoder)  # (384,) MiniLM sentence embedding
 register_encoder("tabular", mlp_encoder)  # (k,) standardized numbers
 register_encoder("spectral-stats", spectral_stats_encoder)  # (C, F, T) spectrogram, small
+register_encoder("scattering", scattering_encoder)  # (C·81, H/4, W/4) scattering coefficients
