@@ -69,30 +69,37 @@ def info_nce(
         )
     first = embeddings[mods[0]]
     batch = mask.shape[0]
-    pair_losses: list[tuple[Tensor, Tensor]] = []  # (records index (n,), per-record loss (n,))
-    for a, b in itertools.combinations(range(len(mods)), 2):
-        rows = torch.nonzero(mask[:, a] & mask[:, b]).squeeze(1)  # (n,)
-        if rows.numel() < 2:
-            continue
-        za = F.normalize(embeddings[mods[a]][rows], dim=1)  # (n, D)
-        zb = F.normalize(embeddings[mods[b]][rows], dim=1)  # (n, D)
-        sim = za @ zb.T / temperature  # (n, n)
-        target = torch.arange(rows.numel(), device=sim.device)
-        per_record = 0.5 * (
-            F.cross_entropy(sim, target, reduction="none")
-            + F.cross_entropy(sim.T, target, reduction="none")
-        )  # (n,)
-        pair_losses.append((rows, per_record))
-    if not pair_losses:
-        zero = first.new_zeros(())
-        return zero if reduction == "mean" else first.new_zeros((batch,))
+    pairs = list(itertools.combinations(range(len(mods)), 2))
+    if not pairs or batch < 2:
+        return first.new_zeros(()) if reduction == "mean" else first.new_zeros((batch,))
+    # All pairs at once (one bmm, no per-pair gathers): a record outside a pair is masked out
+    # of that pair's rows (no loss) and columns (no negative). Same values as looping over the
+    # pairs on the records holding both; the batched form runs ~3x fewer small kernels.
+    z = F.normalize(torch.stack([embeddings[m] for m in mods]), dim=2)  # (M, B, D)
+    ia = torch.tensor([a for a, _ in pairs], device=z.device)
+    ib = torch.tensor([b for _, b in pairs], device=z.device)
+    both = mask[:, ia] & mask[:, ib]  # (B, P)
+    valid = both.T  # (P, B)
+    n = valid.sum(dim=1)  # (P,) records per pair
+    sim = torch.bmm(z[ia], z[ib].transpose(1, 2)) / temperature  # (P, B, B)
+    # exp(-inf) = 0, but a row with no valid column would be NaN: a large finite value
+    # underflows to exactly 0 in the softmax and keeps every entry finite.
+    hide = torch.finfo(sim.dtype).min / 4
+    rows_ok = valid.unsqueeze(2)  # (P, B, 1)
+    cols_ok = valid.unsqueeze(1)  # (P, 1, B)
+    diag = torch.diagonal
+    ce_ab = -diag(torch.log_softmax(sim.masked_fill(~cols_ok, hide), dim=2), dim1=1, dim2=2)
+    ce_ba = -diag(torch.log_softmax(sim.masked_fill(~rows_ok, hide), dim=1), dim1=1, dim2=2)
+    per_record = torch.where(valid, 0.5 * (ce_ab + ce_ba), torch.zeros_like(ce_ab))  # (P, B)
+    usable = n >= 2  # pairs with a single record have no negatives: skipped
+    n_pairs = int(usable.sum())
+    if n_pairs == 0:
+        return first.new_zeros(()) if reduction == "mean" else first.new_zeros((batch,))
+    count = n.to(z.dtype)
+    weight = torch.where(usable, 1.0 / count.clamp(min=1.0), torch.zeros_like(count))
     if reduction == "mean":
-        return torch.stack([loss.mean() for _, loss in pair_losses]).mean()
-    shares = first.new_zeros((batch,))
-    scale = batch / len(pair_losses)
-    for rows, loss in pair_losses:
-        shares = shares.index_add(0, rows, loss * (scale / rows.numel()))
-    return shares
+        return (per_record.sum(dim=1) * weight).sum() / n_pairs
+    return (per_record * weight.unsqueeze(1)).sum(dim=0) * (batch / n_pairs)
 
 
 def multimodal_loss(
