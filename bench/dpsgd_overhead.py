@@ -5,7 +5,8 @@ encoders of ``--preset``'s [model] section, by default the ``default`` preset's)
 the same synthetic data of fmnist-avt shapes (image (1, 28, 28), or (81, 7, 7) when the
 preset's ``data.image_features`` is ``"scattering"``; audio (1, 32, 32), text (384,); 10
 classes, random missing modalities), batch 64 (expected batch size q·N for the
-Poisson-sampled variants; ``--batch 64 256`` also times DP-SGD's default batch 256), in one
+Poisson-sampled variants; ``--batch 64 256 512`` also times the batch the ``default``
+preset's DP-SGD runs with, 512), in one
 process with the same thread count. Epochs of all variants and batch sizes are interleaved
 (round-robin) so that load changes on a shared machine hit them alike; per variant the
 median epoch time is reported with its ratio to the non-private median at the same batch
@@ -91,26 +92,19 @@ def per_sample_loss(model: nn.Module, batch: dict[str, Any]) -> Tensor:
 MODEL_KW: dict[str, Any] = {}
 
 
-def model_kwargs(preset: str) -> dict[str, Any]:
-    """hidden, embed_dim and encoders of a preset's model; ``"spec-defaults"``: ModelSpec's."""
+def from_preset(preset: str) -> tuple[dict[str, Any], tuple[int, ...]]:
+    """A preset's ModelSpec sizes and encoders, and its per-record image features (pixels, or
+    their scattering coefficients); ``"spec-defaults"``: ModelSpec's defaults on pixels."""
     if preset == "spec-defaults":
-        return {}
-    from umbra.config import load_config
-
-    mdl = load_config(preset).model
-    return {"hidden": mdl.hidden, "embed_dim": mdl.embed_dim, "encoders": dict(mdl.encoders)}
-
-
-def image_shape(preset: str) -> tuple[int, ...]:
-    """Per-record image features of a preset: pixels, or their scattering coefficients."""
-    if preset == "spec-defaults":
-        return SHAPES["image"]
+        return {}, (1, 28, 28)
     from umbra.config import load_config
     from umbra.data.scattering import scattering_shape
 
-    if load_config(preset).data.image_features == "scattering":
-        return scattering_shape((1, 28, 28))
-    return (1, 28, 28)
+    cfg = load_config(preset)
+    mdl = cfg.model
+    kw = {"hidden": mdl.hidden, "embed_dim": mdl.embed_dim, "encoders": dict(mdl.encoders)}
+    image = (1, 28, 28)
+    return kw, scattering_shape(image) if cfg.data.image_features == "scattering" else image
 
 
 def new_model(seed: int) -> MultimodalNet:
@@ -223,8 +217,8 @@ def main() -> None:
     args = ap.parse_args()
     global DEVICE
     DEVICE = torch.device(args.device)
-    MODEL_KW.update(model_kwargs(args.preset))
-    SHAPES["image"] = image_shape(args.preset)
+    model_kw, SHAPES["image"] = from_preset(args.preset)
+    MODEL_KW.update(model_kw)
     torch.set_num_threads(args.threads)
     data = {k: v.to(DEVICE) for k, v in make_data(args.n, args.seed).items()}
 

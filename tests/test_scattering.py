@@ -44,6 +44,19 @@ def test_constant_image_keeps_its_mean_and_no_oscillation(tmp_path: Path) -> Non
         assert np.abs(f[1:]).max() < 1e-3
 
 
+def test_each_record_is_transformed_alone(tmp_path: Path) -> None:
+    """The transform is fixed and per record (what makes it free of privacy cost): a record's
+    coefficients do not change with the other records it is computed with."""
+    batch = _images(4, h=8, w=8)
+    together = scattering_features(batch, tmp_path)
+    for i in range(4):
+        alone = scattering_features(batch[i : i + 1], tmp_path)
+        np.testing.assert_array_equal(together[i : i + 1], alone)
+    changed = batch.copy()
+    changed[1:] = _images(3, h=8, w=8, seed=5)
+    np.testing.assert_array_equal(scattering_features(changed, tmp_path)[0], together[0])
+
+
 def test_channels_are_transformed_separately(tmp_path: Path) -> None:
     rgb = _images(3, c=3, h=8, w=8)
     got = scattering_features(rgb, tmp_path)

@@ -12,12 +12,13 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
-__all__ = ["atomic_savez", "default_cache_dir", "params_key", "resolve_cache_dir"]
+__all__ = ["atomic_save", "atomic_savez", "default_cache_dir", "params_key", "resolve_cache_dir"]
 
 #: Environment variable that overrides the default cache folder.
 CACHE_ENV = "UMBRA_CACHE"
@@ -44,11 +45,21 @@ def params_key(params: dict[str, Any], *, length: int = 16) -> str:
 
 def atomic_savez(path: Path, **arrays: np.ndarray) -> None:
     """``np.savez`` (uncompressed, fast to load) to ``path`` atomically."""
+    _atomic_write(path, ".tmp.npz", lambda fh: np.savez(fh, **arrays))  # type: ignore[arg-type]
+
+
+def atomic_save(path: Path, array: np.ndarray) -> None:
+    """``np.save`` one array to ``path`` (``.npy``: memory-mappable) atomically."""
+    _atomic_write(path, ".tmp.npy", lambda fh: np.save(fh, array))
+
+
+def _atomic_write(path: Path, suffix: str, write: Callable[[BinaryIO], None]) -> None:
+    """Write through ``write`` to a temporary file beside ``path``, then rename it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.npz", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=suffix, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)  # type: ignore[arg-type]
+            write(fh)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -17,13 +17,11 @@ ample), keyed by the sha256 of the images and the transform's parameters.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from umbra.data.cache import resolve_cache_dir
+from umbra.data.cache import atomic_save, resolve_cache_dir
 
 __all__ = ["SCATTERING_J", "SCATTERING_L", "scattering_features", "scattering_shape"]
 
@@ -110,13 +108,5 @@ def scattering_features(images: np.ndarray, cache_dir: Path | str | None = None)
         except (OSError, ValueError):
             pass  # unreadable: recompute and overwrite
     feats = _compute(images)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, feats)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_save(path, feats)
     return feats
