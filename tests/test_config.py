@@ -23,10 +23,17 @@ def test_every_preset_validates() -> None:
 
 
 def test_baseline_is_default_without_protection() -> None:
+    """Same data and model; the federations differ only in the DP schedule (one joint
+    DP-SGD step per round with server momentum, see docs/decisions.md)."""
     base, default = load_config("baseline"), load_config("default")
     assert base.privacy.mode == "none" and base.secure.aggregation == "none"
     assert base.data == default.data and base.model == default.model
-    assert base.federation == default.federation
+    schedule = {"strategy", "fedavgm_momentum", "rounds"}
+    assert base.federation.model_dump(exclude=schedule) == default.federation.model_dump(
+        exclude=schedule
+    )
+    assert default.privacy.noise == "distributed" and default.secure.aggregation == "secagg+"
+    assert base.federation.strategy == "fedavg"
 
 
 def test_override_types_are_parsed() -> None:
@@ -97,3 +104,19 @@ def test_apply_override_refuses_scalar_as_section() -> None:
     raw = {"data": 3}
     with pytest.raises(ConfigError, match="not a section"):
         apply_override(raw, "data.alpha=1")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["privacy.mode=example", "privacy.noise=distributed"], "needs secure.aggregation"),
+        (["privacy.mode=client", "privacy.noise=distributed"], "needs secure.aggregation"),
+        (["privacy.mode=example", "privacy.noise=distributed", "secure.aggregation=secagg+",
+          "federation.strategy=scaffold"], "federation.strategy = 'scaffold'"),
+    ],
+)  # fmt: skip
+def test_distributed_noise_needs_secure_aggregation(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config("smoke", overrides=overrides)
+    assert "privacy.noise" in str(info.value) and "\n" not in str(info.value)
+    load_config("smoke", overrides=[*overrides[:2], "secure.aggregation=ckks"])  # accepted

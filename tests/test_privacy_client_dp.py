@@ -105,3 +105,25 @@ def test_parameter_validation():
         central_noise({"w": np.ones(3)}, noise_multiplier=1.0, clip_norm=-1.0)
     with pytest.raises(ValueError, match="num_clients"):
         noise_share((3,), noise_multiplier=1.0, clip_norm=1.0, num_clients=0)
+
+
+def test_shares_are_sized_for_the_smallest_accepted_aggregate() -> None:
+    from umbra.privacy.client_dp import share_multiplier, shares_needed
+    from umbra.secure.secagg.workflow import round_threshold
+
+    for n in range(1, 30):
+        for frac in (0.51, 0.67, 0.8, 1.0):
+            t = shares_needed(frac, n)
+            assert t == round_threshold(frac, n)  # the very t SecAgg+ and CKKS enforce
+            assert t >= frac * n - 1e-9 and t - 1 < frac * n and 1 <= t <= n
+    assert shares_needed(0.67, 8) == 6
+    # t shares of multiplier σ/√t sum to σ: the smallest accepted aggregate is fully noised
+    rng = np.random.default_rng(7)
+    sigma, t = 1.7, 6
+    total = rng.normal(0.0, share_multiplier(sigma, t), size=(t, 200_000)).sum(axis=0)
+    assert np.std(total) == pytest.approx(sigma, rel=0.01)
+    for bad in (0.5, 0.0, 1.01):
+        with pytest.raises(ValueError, match="threshold"):
+            shares_needed(bad, 8)
+    with pytest.raises(ValueError, match="shares"):
+        share_multiplier(1.0, 0)

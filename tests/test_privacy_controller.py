@@ -11,7 +11,7 @@ import pytest
 from umbra.config import PrivacyConfig
 from umbra.errors import BudgetExhausted, ConfigError
 from umbra.privacy.controller import PrivacyController
-from umbra.privacy.ledger import replay
+from umbra.privacy.ledger import Release, replay
 
 GROUPS = ["image", "audio", "text", "shared"]
 
@@ -129,3 +129,71 @@ def test_config_rejects_zero_noise_and_bad_budget() -> None:
         PrivacyConfig(mode="example", epsilon=0.0)
     with pytest.raises(ValueError):
         PrivacyConfig(mode="example", delta=1.0)
+
+
+def test_distributed_example_dp_plans_one_joint_step_per_round(tmp_path: Path) -> None:
+    """Distributed noise: one step per round whatever local_epochs says, every record of the
+    federation sampled at one rate q = B·K/N (a centralized step of expected batch B·K),
+    one σ_g for every silo, each silo's step rescaled by n_i·K/N, and every silo's ε within
+    its targets and the total."""
+    sizes = {0: 400, 1: 900, 2: 2500}
+    ctl = _controller(tmp_path, rounds=4, noise="distributed", accountant="rdp")
+    ctl.plan_clients(sizes)
+    q = 32 * 3 / 3800
+    for pid, plan in ctl.plans.items():
+        assert plan.steps == 1 and plan.sample_rate == pytest.approx(q)
+        assert plan.noise_multipliers == ctl.plans[0].noise_multipliers
+        assert ctl.scales[pid] == pytest.approx(sizes[pid] * 3 / 3800)
+    for rnd in range(1, 5):
+        cfgs = ctl.before_round(rnd, [0, 1, 2])
+        assert {c["dp-steps"] for c in cfgs.values()} == {1}
+        assert cfgs[2]["dp-scale"] == pytest.approx(2500 * 3 / 3800)
+    rep = replay(tmp_path / "ledger.jsonl")
+    for pid, plan in ctl.plans.items():
+        eps = rep.per_party[str(pid)]
+        assert 1.98 <= eps["total"] <= 2.0 + 1e-9
+        assert eps == rep.per_party["0"]  # the same for every silo
+        assert all(eps[g] <= plan.targets[g] + 1e-9 for g in GROUPS)
+    # the accountant's own view of silo 1: 4 Poisson-sampled joint Gaussian steps
+    acc = dp_accounting.rdp.RdpAccountant()
+    step = dp_accounting.PoissonSampledDpEvent(
+        q,
+        dp_accounting.ComposedDpEvent(
+            [dp_accounting.GaussianDpEvent(ctl.plans[1].noise_multipliers[g]) for g in GROUPS]
+        ),
+    )
+    acc.compose(dp_accounting.SelfComposedDpEvent(step, 4))
+    assert rep.per_party["1"]["total"] == pytest.approx(acc.get_epsilon(1e-4), rel=1e-6)
+    # Identical histories: one silo is checked and reported per round, and its ε is the
+    # maximum over all silos in every group (the full replay computed every silo above).
+    assert len(ctl.ledger.report(worst_only=True).per_party) == 1
+    assert ctl.epsilon() == pytest.approx(rep.epsilon, rel=1e-12)
+    # ...and the budget still stops the round after the planned ones, before any release
+    lines = (tmp_path / "ledger.jsonl").read_text().count("\n")
+    with pytest.raises(BudgetExhausted):
+        ctl.before_round(5, [0, 1, 2])
+    assert (tmp_path / "ledger.jsonl").read_text().count("\n") == lines
+
+
+def test_dominant_parties_are_the_largest_rate_of_each_history() -> None:
+    from umbra.privacy.ledger import LedgerContents, compute_report, dominant_parties
+
+    def rel(party: str, rnd: int, q: float, sigma: float = 1.3) -> Release:
+        return Release.dpsgd(round=rnd, party=party, sample_rate=q, steps=1,
+                             noise_multipliers={"image": sigma, "shared": 2.0},
+                             clip_norms={"image": 1.0, "shared": 1.0})  # fmt: skip
+
+    parties = {
+        "a": [rel("a", r, 0.05) for r in (1, 2, 3)],
+        "b": [rel("b", r, 0.08) for r in (1, 2, 3)],  # dominates a
+        "c": [rel("c", r, 0.01, sigma=0.9) for r in (1, 2, 3)],  # other σ: own class
+        "d": [rel("d", 1, 0.2), rel("d", 2, 0.01), rel("d", 3, 0.01)],  # varying q
+        "e": [rel("e", r, 0.3) for r in (1, 2)],  # other rounds: own class
+    }
+    assert dominant_parties(parties) == ["b", "c", "d", "e"]
+    contents = LedgerContents("example", 1e-5, "pld", [r for rs in parties.values() for r in rs])
+    full = compute_report(contents)
+    fast = compute_report(contents, worst_only=True)
+    assert full.per_party["a"]["total"] < full.per_party["b"]["total"]  # monotone in q
+    assert all(full.per_party["a"][k] <= full.per_party["b"][k] for k in full.per_party["a"])
+    assert fast.epsilon == full.epsilon and fast.worst_party == full.worst_party

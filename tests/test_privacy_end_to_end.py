@@ -11,9 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from umbra.federation.checkpoint import load_latest
+from umbra.federation.checkpoint import load_latest, load_round
+from umbra.models import parameter_modality
 from umbra.privacy.ledger import read_ledger, replay
 
 pytestmark = pytest.mark.slow
@@ -73,3 +75,41 @@ def test_client_level_distributed_noise_under_secagg(tmp_path: Path) -> None:
     assert res["privacy"]["epsilon"]["total"] == pytest.approx(report.epsilon["total"])
     assert [r.party for r in read_ledger(out / "ledger.jsonl").releases] == ["server", "server"]
     assert all(r["bytes_up"] > 0 for r in res["rounds"])
+
+
+def test_example_level_distributed_noise_under_secagg(tmp_path: Path) -> None:
+    """Distributed DP-SGD: one joint step per round whose sum carries σ_g C_g of noise.
+
+    At a small ε the noise dwarfs the clipped gradients, so the global model's change in a
+    round is, per coordinate of group g, N(0, (lr σ_g C_g / (B √(K t)))²): K silos each add
+    a share σ_g/√t (t = the SecAgg+ threshold), the sum is divided by K and by the expected
+    batch B. Shares sized for K instead of t would give √(t/K) = 0.87 of that.
+    """
+    out = tmp_path / "xdp"
+    lr, batch = 1.0, 32
+    _umbra("run", *SMOKE, "--set", "privacy.mode=example", "--set", "privacy.noise=distributed",
+           "--set", "privacy.epsilon=0.05", "--set", "privacy.delta=1e-4",
+           "--set", f"privacy.lr={lr}", "--set", f"privacy.batch_size={batch}",
+           "--set", "secure.aggregation=secagg+", "--out", str(out))  # fmt: skip
+    res = json.loads((out / "results.json").read_text())
+    report = replay(out / "ledger.jsonl")
+    assert res["privacy"]["noise"] == "distributed"
+    assert res["privacy"]["epsilon"]["total"] == pytest.approx(report.epsilon["total"], rel=1e-12)
+    assert 0 < report.epsilon["total"] <= 0.05
+    releases = read_ledger(out / "ledger.jsonl").releases
+    assert sorted((r.round, r.party) for r in releases) == [(n, str(c)) for n in (1, 2)
+                                                            for c in range(4)]  # fmt: skip
+    assert {r.steps for r in releases} == {1}
+    sigmas = {tuple(sorted(r.noise_multipliers.items())) for r in releases}
+    assert len(sigmas) == 1  # one σ per group for every silo: the joint step's noise
+    sigma = dict(next(iter(sigmas)))
+    clips = res["privacy"]["clip_norms"]
+    k, t = 4, 3  # smoke's clients; ceil(0.67 * 4)
+    x1 = load_round(out / "checkpoints", 1).arrays
+    x2 = load_round(out / "checkpoints", 2).arrays
+    for group in ("image", "text"):
+        keys = [n for n in x1 if parameter_modality(n) == group and "num_batches" not in n]
+        step = np.concatenate([(x2[n] - x1[n]).ravel() for n in keys]).astype(np.float64)
+        expected = lr * sigma[group] * clips[group] / (batch * np.sqrt(k * t))
+        assert step.size > 5000
+        assert np.std(step) / expected == pytest.approx(1.0, abs=0.03), group

@@ -346,6 +346,15 @@ def test_statement_is_generated_from_results(run: tuple[Path, dict[str, Any]]) -
     assert "in the clear" in parts2["Protections in this run"]
     assert "ε = 12.50" in parts2["Privacy budget"] and "OVER it" in parts2["Privacy budget"]
     assert "does NOT match" in parts2["Privacy budget"]
+    # Distributed example-level noise: the statement says where the noise was and what
+    # the bound assumes.
+    shared = copy.deepcopy(res)
+    shared["privacy"]["noise"] = "distributed"
+    parts3 = {p.title: " ".join(p.sentences) for p in privacy_statement(shared, ledger)}
+    assert "one DP-SGD step per round taken jointly" in parts3["Protections in this run"]
+    assert "before any update left" not in parts3["Protections in this run"]
+    assert "does not collude with organisations" in parts3["Trust assumptions"]
+    assert "does not collude" not in parts["Trust assumptions"]
     # No data, no statement: nothing is said that the results do not back.
     assert privacy_statement({}) == []
     only_secure = privacy_statement({"secure_aggregation": "ckks"})

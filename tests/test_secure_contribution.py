@@ -81,6 +81,11 @@ def test_combined_sums_equal_modality_weighted_average(cv: bool) -> None:
     assert agg["num-examples"] == n_ex.sum()
     assert agg["train-total"] == pytest.approx(float((n_ex * loss).sum() / n_ex.sum()))
     assert next_weight_scale(ints) == pytest.approx(n_ex.mean())
+    # The model keys come back in the global model's order whatever order the sums have
+    # (Flower's FedAvgM pairs old and new arrays by position).
+    shuffled = dict(reversed(list(floats.items())))
+    again, _ = combine_sums(shuffled, ints, x, key_modality=parameter_modality, weight_scale=scale)
+    assert list(again)[: len(x)] == list(x)
 
 
 def test_ring_and_ckks_payloads_round_trip_within_quantization() -> None:

@@ -180,7 +180,10 @@ class PrivacyConfig(_Section):
     )
     noise: Literal["central", "distributed"] = Field(
         "central",
-        description="client DP: noise added by the server, or shared out among the clients",
+        description="central: client DP noise added by the server, example DP noise by each "
+        "client's own DP-SGD; distributed (needs secure aggregation): shared out among the "
+        "clients so only the sum carries the full noise (example DP: one joint DP-SGD step "
+        "per round)",
     )
     client_rate: float = Field(
         1.0, gt=0, le=1, description="client DP: Poisson rate q at which clients join a round"
@@ -295,6 +298,18 @@ class Config(_Section):
                 "privacy.mode = 'client' with federation.strategy = 'scaffold' is not supported: "
                 "control variates would leave the clients without clipping or noise"
             )
+        if self.privacy.noise == "distributed" and self.privacy.mode != "none":
+            if self.secure.aggregation == "none":
+                raise ValueError(
+                    "privacy.noise = 'distributed' needs secure.aggregation = 'secagg+' or "
+                    "'ckks': in the clear every update would carry only its share of the noise"
+                )
+            if self.privacy.mode == "example" and self.federation.strategy == "scaffold":
+                raise ValueError(
+                    "privacy.noise = 'distributed' with federation.strategy = 'scaffold' is "
+                    "not supported: one joint DP-SGD step per round leaves no local drift to "
+                    "correct"
+                )
         if self.privacy.mode != "none" and self.data.source == "fmnist-avt":
             per_client = self.data.n_train / self.federation.num_clients
             if self.privacy.delta > 1.0 / max(1.0, per_client) and self.privacy.mode == "example":

@@ -384,6 +384,25 @@ def _run_federated(
     return result["arrays"], result["history"], server_spec.status
 
 
+def _privacy_line(cfg: Config) -> str:
+    """One status line saying what the DP run does each round."""
+    p = cfg.privacy
+    head = f"differential privacy: ε = {p.epsilon:g}, δ = {p.delta:g} per "
+    if p.mode == "client":
+        return head + f"client, client-level DP ({p.noise} noise, client rate {p.client_rate:g})"
+    batch = p.batch_size or cfg.federation.batch_size
+    if p.noise == "distributed":
+        return head + (
+            f"record, one joint DP-SGD step per round (expected batch {batch} per client; "
+            f"each adds a share of the noise under {cfg.secure.aggregation}; "
+            "federation.local_epochs does not apply)"
+        )
+    return head + (
+        f"record, DP-SGD in each client ({cfg.federation.local_epochs:g} local epochs "
+        f"per round, expected batch {batch})"
+    )
+
+
 def _run_centralized(
     cfg: Config,
     run_dir: Path,
@@ -483,6 +502,8 @@ def run_experiment(
         f"{cfg.federation.mode} training: {cfg.federation.num_clients} clients, "
         f"{cfg.federation.rounds} rounds, strategy {cfg.federation.strategy}"
     )
+    if cfg.privacy.mode != "none":
+        say(_privacy_line(cfg))
     writer = None
     if cfg.run.tensorboard:
         from torch.utils.tensorboard import SummaryWriter

@@ -19,11 +19,10 @@ import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from umbra.federation.client_data import load_client_data
+from umbra.federation.client_data import client_records, load_client_data
 from umbra.federation.records import from_record, to_record
 from umbra.federation.strategies.modality import CONTROL_PREFIX, count_key
 from umbra.federation.train import (
-    Batchable,
     TrainSettings,
     get_arrays,
     scaffold_control_update,
@@ -32,7 +31,7 @@ from umbra.federation.train import (
     train_local_dp,
 )
 from umbra.models import ModelSpec, MultimodalNet, parameter_groups
-from umbra.privacy.client_dp import clip_update, noise_share
+from umbra.privacy.client_dp import clip_update, noise_share, share_multiplier
 from umbra.privacy.controller import CLIENT_GROUP, dp_config_keys
 
 #: ``dp-mode`` values in a train ConfigRecord.
@@ -143,7 +142,7 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
             k[len(CONTROL_PREFIX) :]: v for k, v in incoming.items() if k.startswith(CONTROL_PREFIX)
         }
 
-        data = load_client_data(spec.data_dir, client)
+        data, batchable = client_records(spec.data_dir, client)
         model = MultimodalNet(ModelSpec.from_dict(spec.model_spec))
         set_arrays(model, x)
         settings = spec.settings
@@ -157,7 +156,6 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
                 k: np.zeros_like(v) for k, v in c.items()
             }
         dp_mode = int(config.get("dp-mode", 0))  # type: ignore[arg-type]
-        batchable = Batchable.from_data(data)
         seed = round_seed(spec.seed, server_round, client)
         scaffold = (c, c_i) if c_i is not None else None
         if dp_mode == DP_EXAMPLE:
@@ -172,6 +170,9 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
                 }
             )
             settings = dp_settings  # SCAFFOLD's control update uses the step actually taken
+            shares = int(config.get("dp-noise-shares", 0))  # type: ignore[arg-type]
+            if shares > 0:  # distributed noise: this silo adds 1/√shares of each group's noise
+                sig = {g: share_multiplier(s, shares) for g, s in sig.items()}
             metrics = train_local_dp(
                 model,
                 batchable,
@@ -201,6 +202,13 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
             out.update({CONTROL_PREFIX + k: new_c_i[k] - c_i[k] for k in new_c_i})
         if dp_mode == DP_CLIENT:
             out, metrics = _client_dp_update(x, y, config, metrics)
+        elif dp_mode == DP_EXAMPLE and int(config.get("dp-noise-shares", 0)) > 0:  # type: ignore[arg-type]
+            # One noisy step, summed unweighted: scaled by q·n_i / B̄ (``dp-scale``, B̄ the
+            # mean expected batch), the sum over K clients divided by K is
+            # -lr/(qN) · (Σ clipped gradients + the full noise): a centralized DP-SGD step.
+            scale = float(config.get("dp-scale", 1.0))  # type: ignore[arg-type]
+            out = {k: ((y[k] - x[k]) * scale).astype(y[k].dtype) for k in x}
+            metrics = {**metrics, "dp-unweighted": 1.0}
         counts = data.counts()
         reply_metrics: dict[str, int | float | list[int] | list[float]] = {
             "num-examples": len(data),

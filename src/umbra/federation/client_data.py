@@ -15,8 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from umbra.data.dataset import MultimodalData
+from umbra.federation.train import Batchable
 
-__all__ = ["load_client_data", "load_pooled", "write_federation_data"]
+__all__ = ["client_records", "load_client_data", "load_pooled", "write_federation_data"]
+
+#: Clients whose records one process keeps ready between rounds (a simulation actor serves
+#: several clients; a SuperNode serves one).
+CACHED_CLIENTS = 8
 
 
 def write_federation_data(
@@ -57,3 +62,20 @@ def load_client_data(folder: str, client: int) -> MultimodalData:
     pooled, part = load_pooled(folder)
     idx = part[f"idx_{client}"]
     return pooled.subset(idx).with_mask(part[f"mask_{client}"])
+
+
+def client_records(folder: str, client: int) -> tuple[MultimodalData, Batchable]:
+    """Client ``client``'s records and their tensors, kept per process between rounds.
+
+    Loading, masking and converting 6,000 records costs about 100 ms, more than a DP-SGD
+    step; the cache is keyed by the partition file's modification time, so a folder written
+    again is read again.
+    """
+    stamp = (Path(folder) / "partition.npz").stat().st_mtime_ns
+    return _client_records(folder, client, stamp)
+
+
+@lru_cache(maxsize=CACHED_CLIENTS)
+def _client_records(folder: str, client: int, stamp: int) -> tuple[MultimodalData, Batchable]:
+    data = load_client_data(folder, client)
+    return data, Batchable.from_data(data)

@@ -24,7 +24,7 @@ from umbra.federation.records import message_bytes, to_record
 from umbra.federation.strategies import ModalityFedAvg, count_key
 from umbra.federation.strategies.modality import strip_prefix
 from umbra.models import parameter_modality
-from umbra.privacy.client_dp import noised_mean_update
+from umbra.privacy.client_dp import noised_mean_update, shares_needed
 from umbra.privacy.controller import PrivacyController
 
 __all__ = [
@@ -137,11 +137,18 @@ def prepare_train_messages(
         return messages
     pids = [dp.node_pids[m.metadata.dst_node_id] for m in messages]
     plans = dp.controller.before_round(rnd, pids)  # ledger written before any release
+    shares = 0
+    if dp.client_level and dp.controller.cfg.noise == "distributed":
+        shares = len(messages)  # the server tops up the shares of clients that drop out
+    elif dp.controller.distributed_example:
+        # sized for the smallest aggregate the secure aggregation accepts: no top-up needed
+        threshold = float(getattr(spec, "extra", {}).get("secure", {}).get("threshold", 1.0))
+        shares = shares_needed(threshold, len(messages))
     out = []
     for m, pid in zip(messages, pids, strict=True):
         config = ConfigRecord({**dict(m.content.config_records["config"]), **plans[pid]})
-        if dp.client_level and dp.controller.cfg.noise == "distributed":
-            config["dp-noise-shares"] = len(messages)
+        if shares:
+            config["dp-noise-shares"] = shares
         content = RecordDict({"arrays": m.content.array_records["arrays"], "config": config})
         out.append(Message(content=content, dst_node_id=m.metadata.dst_node_id,
                            message_type=m.metadata.message_type))  # fmt: skip
@@ -185,6 +192,11 @@ def plain_train_round(
     noised (:func:`client_dp_model`) and handed to the strategy as one averaged model.
     """
     dp: RoundPrivacy | None = getattr(spec, "dp", None)
+    if dp is not None and dp.controller.distributed_example:
+        raise UmbraError(
+            "example-level DP with distributed noise needs secure aggregation: in the clear "
+            "each update would carry only its share of the noise"
+        )
     messages = prepare_train_messages(strategy, grid, rnd, arrays, spec)
     down = {m.metadata.dst_node_id: message_bytes([m]) for m in messages}
     replies = send_and_receive(grid, messages, timeout=spec.node_timeout_s) if messages else []

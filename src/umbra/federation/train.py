@@ -50,7 +50,11 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class Batchable:
-    """A :class:`MultimodalData` as torch tensors, sliced into batches without copies."""
+    """A :class:`MultimodalData` as torch tensors; :meth:`take` gathers float32 batches.
+
+    float16 features (scattering coefficients) stay float16 here, half the memory of a
+    client's cached records; batches are widened to float32 (exactly) when taken.
+    """
 
     inputs: dict[str, Tensor]
     mask: Tensor  # (N, M) bool
@@ -58,10 +62,7 @@ class Batchable:
 
     @classmethod
     def from_data(cls, data: MultimodalData) -> Batchable:
-        inputs = {
-            m: torch.from_numpy(np.ascontiguousarray(data.features[m], dtype=np.float32))
-            for m in data.modalities
-        }
+        inputs = {m: torch.from_numpy(_tensor_ready(data.features[m])) for m in data.modalities}
         return cls(
             inputs,
             torch.from_numpy(np.ascontiguousarray(data.mask, dtype=bool)),
@@ -72,7 +73,18 @@ class Batchable:
         return int(self.labels.shape[0])
 
     def take(self, idx: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-        return {m: x[idx] for m, x in self.inputs.items()}, self.mask[idx], self.labels[idx]
+        return (
+            {m: x[idx].float() for m, x in self.inputs.items()},
+            self.mask[idx],
+            self.labels[idx],
+        )
+
+
+def _tensor_ready(features: np.ndarray) -> np.ndarray:
+    """float16 kept, anything else float32; contiguous and writable (torch shares it)."""
+    dtype = np.float16 if features.dtype == np.float16 else np.float32
+    out = np.ascontiguousarray(features, dtype=dtype)
+    return out if out.flags.writeable else out.copy()
 
 
 def get_arrays(model: nn.Module) -> dict[str, np.ndarray]:

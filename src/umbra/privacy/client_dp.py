@@ -39,6 +39,8 @@ __all__ = [
     "noise_share",
     "noise_shares_like",
     "noised_mean_update",
+    "share_multiplier",
+    "shares_needed",
     "update_norm",
 ]
 
@@ -110,6 +112,27 @@ def central_noise(
     }
 
 
+def shares_needed(threshold: float, num_clients: int) -> int:
+    """``t = ceil(threshold · n)``: the fewest contributions a secure aggregate of ``n``
+    clients accepts (SecAgg+ cannot unmask, and the CKKS round aborts, with fewer).
+
+    Distributed noise is sized for ``t`` shares, so any aggregate the server can obtain
+    carries at least the full noise, whoever drops out.
+    """
+    if not 0.5 < threshold <= 1.0:
+        raise ValueError(f"threshold must be in (0.5, 1], got {threshold}")
+    if isinstance(num_clients, bool) or int(num_clients) != num_clients or num_clients < 1:
+        raise ValueError(f"num_clients must be an integer >= 1, got {num_clients!r}")
+    return max(1, min(int(num_clients), math.ceil(threshold * num_clients - 1e-9)))
+
+
+def share_multiplier(noise_multiplier: float, shares: int) -> float:
+    """σ / √t: the noise multiplier of one of ``t`` shares whose sum has multiplier σ."""
+    if isinstance(shares, bool) or int(shares) != shares or shares < 1:
+        raise ValueError(f"shares must be an integer >= 1, got {shares!r}")
+    return _check_sigma(noise_multiplier) / math.sqrt(shares)
+
+
 def noise_share(
     shape: tuple[int, ...],
     *,
@@ -129,7 +152,7 @@ def noise_share(
     """
     if isinstance(num_clients, bool) or int(num_clients) != num_clients or num_clients < 1:
         raise ValueError(f"num_clients must be an integer >= 1, got {num_clients!r}")
-    std = _check_sigma(noise_multiplier) * _check_clip(clip_norm) / math.sqrt(num_clients)
+    std = share_multiplier(noise_multiplier, num_clients) * _check_clip(clip_norm)
     g = generator if generator is not None else np.random.default_rng()
     return g.normal(0.0, std, size=shape).astype(dtype)
 

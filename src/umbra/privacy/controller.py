@@ -14,6 +14,16 @@ fusion/head) has its own clip norm and noise multiplier σ_{i,g}, allocated so t
 group's ε and the composed total stay within budget for the planned rounds. ε is per client;
 the report gives the worst client.
 
+With ``privacy.noise = "distributed"`` (secure aggregation required) the silos run one
+DP-SGD step per round *together* (Heikkilä et al. 2020, cross-silo distributed DP-SGD):
+every record is Poisson-sampled at one rate ``q = batch_size · K / N``; each silo clips its
+sample's per-record gradients, adds ``1/√t`` of the step's noise (``t`` = the fewest
+contributions the secure aggregate accepts) and scales its step by ``n_i · K / N``, so the
+only thing anyone sees, the sum, is one step of centralized DP-SGD over all records with at
+least ``N(0, σ_g² C_g²)`` per group (√t less noise on the mean gradient than K silos each
+noising their own). A record's ε is that of ``σ_g``, ``q`` and one step per round; what the
+strategy's server optimiser does with the sum is post-processing.
+
 Client-level DP (DP-FedAvg, McMahan et al. 2018): clients join each round with Poisson
 rate q, clip their update to C, and Gaussian noise σC is added to the sum (by the server,
 or shared out among the clients under secure aggregation). One group, ``"all"``.
@@ -29,7 +39,7 @@ from typing import Any
 
 from umbra.errors import BudgetExhausted, ConfigError
 from umbra.privacy.budget import Allocation, Budget, allocate_budget, calibrate_noise_multiplier
-from umbra.privacy.ledger import PrivacyLedger, Release
+from umbra.privacy.ledger import PrivacyLedger, Release, dominant_parties
 
 __all__ = ["CLIENT_GROUP", "ClientPlan", "PrivacyController", "dp_config_keys"]
 
@@ -85,6 +95,8 @@ class PrivacyController:
         self.batch_size = int(privacy.batch_size or batch_size)
         self.local_epochs = float(local_epochs)
         self.num_clients = int(num_clients)
+        #: example-level DP with noise shared out among the silos under secure aggregation
+        self.distributed_example = self.mode == "example" and privacy.noise == "distributed"
         unknown = sorted(set(privacy.clip_norms) - set(self.groups))
         if unknown:
             raise ConfigError(
@@ -97,6 +109,9 @@ class PrivacyController:
             accountant=privacy.accountant,
         )
         self.plans: dict[int, ClientPlan] = {}
+        #: distributed DP-SGD: n_i · K / N, the factor turning a client's step (divided by
+        #: its own expected batch q·n_i) into its share of the joint step
+        self.scales: dict[int, float] = {}
         self._cache: dict[tuple[float, int], Allocation] = {}
         self.client_sigma: float | None = None
         if self.mode == "client":
@@ -130,6 +145,12 @@ class PrivacyController:
         if self.mode != "example":
             return
         weights, targets = self._weights()
+        total = sum(sizes.values())
+        # Distributed DP-SGD samples every record of the federation at one rate, the
+        # Poisson rate of a centralized step of expected batch B·K (B per organisation on
+        # average): the smallest organisation no longer sets the noise for everyone.
+        joint_q = min(1.0, self.batch_size * len(sizes) / total) if total > 0 else 1.0
+        self.scales = {pid: n * len(sizes) / total for pid, n in sizes.items()} if total else {}
         for pid, n in sorted(sizes.items()):
             if n < 1:
                 raise ConfigError(f"client {pid} holds no records")
@@ -138,8 +159,10 @@ class PrivacyController:
                     f"privacy.delta = {self.cfg.delta:g} exceeds 1 / n = {1.0 / n:.2g} for "
                     f"client {pid} ({n} records)"
                 )
-            q = min(1.0, self.batch_size / n)
-            steps = max(1, math.ceil(self.local_epochs / q))
+            q = joint_q if self.distributed_example else min(1.0, self.batch_size / n)
+            # Distributed noise covers one step per round: a silo's later local steps would
+            # depend on its own partial noise only.
+            steps = 1 if self.distributed_example else max(1, math.ceil(self.local_epochs / q))
             key = (q, steps)
             if key not in self._cache:
                 self._cache[key] = allocate_budget(
@@ -157,6 +180,20 @@ class PrivacyController:
             self.plans[pid] = ClientPlan(
                 q, steps, dict(alloc.noise_multipliers), dict(alloc.targets)
             )
+        if self.distributed_example and self.plans:
+            # One noise for the joint step: every silo's share is sized for the most
+            # demanding silo's σ_g (largest q), so the sum protects every silo's records at
+            # least as its own plan requires (a larger σ only lowers that silo's ε). With
+            # one σ_g for all, ε is monotone in q, so the largest-q silo's targets bound
+            # every silo: they become everyone's caps.
+            common = {
+                g: max(p.noise_multipliers[g] for p in self.plans.values()) for g in self.groups
+            }
+            top = max(self.plans.values(), key=lambda p: p.sample_rate)
+            self.plans = {
+                pid: ClientPlan(p.sample_rate, p.steps, dict(common), dict(top.targets))
+                for pid, p in self.plans.items()
+            }
 
     def budget(self, pid: int | None = None) -> Budget:
         if self.mode == "example" and pid is not None and self.cfg.targets is not None:
@@ -201,7 +238,7 @@ class PrivacyController:
             if self.mode == "client"
             else [self._release(rnd, pid) for pid in clients]
         )
-        for rel in releases:
+        for rel in self._to_check(releases):
             party = None if rel.party == "server" else int(rel.party)
             if self.ledger.would_exceed(rel, self.budget(party)):
                 spent = self.ledger.spent(rel.party)["total"] if self.ledger.releases else 0.0
@@ -219,6 +256,10 @@ class PrivacyController:
             if self.mode == "example":
                 plan = self.plans[pid]
                 cfg.update({"dp-q": plan.sample_rate, "dp-steps": plan.steps})
+                if self.distributed_example:
+                    # q·n_i / (mean expected batch): the client's step is then divided by the
+                    # federation's mean expected batch, as one centralized step would be
+                    cfg["dp-scale"] = self.scales[pid]
                 if self.cfg.lr is not None:
                     cfg["dp-lr"] = float(self.cfg.lr)
                 if self.cfg.momentum is not None:
@@ -232,10 +273,33 @@ class PrivacyController:
             out[pid] = cfg
         return out
 
+    def _to_check(self, releases: list[Release]) -> list[Release]:
+        """The releases whose budget check implies the others' (see `dominant_parties`).
+
+        Parties with the same budget whose histories differ only by a constant Poisson rate
+        spend less at a smaller rate, so only the largest rate of each such class needs the
+        (PLD) check. Saves 8 × 5 accountant runs per round in distributed DP-SGD.
+        """
+        budgets = {
+            rel.party: self.budget(None if rel.party == "server" else int(rel.party))
+            for rel in releases
+        }
+        signatures = {
+            (b.epsilon, b.delta, tuple(sorted(b.groups.items()))) for b in budgets.values()
+        }
+        if len(signatures) != 1:
+            return releases
+        history = {
+            rel.party: [*(r for r in self.ledger.contents.releases if r.party == rel.party), rel]
+            for rel in releases
+        }
+        keep = set(dominant_parties(history))
+        return [rel for rel in releases if rel.party in keep]
+
     # ------------------------------------------------------------------- reporting
     def epsilon(self) -> dict[str, float]:
         """ε spent so far: ``{"total", <group>...}`` (worst client for example-level DP)."""
-        rep = self.ledger.report()
+        rep = self.ledger.report(worst_only=True)
         eps = dict(rep.epsilon)
         if self.mode == "client":  # one flat group: each modality spends the total
             total = eps.get("total", 0.0)
@@ -266,6 +330,7 @@ class PrivacyController:
                 }
                 for pid, p in sorted(self.plans.items())
             }
+            out["noise"] = self.cfg.noise
         else:
             out.update(
                 noise_multiplier=self.client_sigma,

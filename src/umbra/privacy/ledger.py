@@ -352,12 +352,34 @@ def _party_epsilons(
     return out
 
 
+def dominant_parties(parties: Mapping[str, Sequence[Release]]) -> list[str]:
+    """The parties whose ε bounds every other party's, in every group and in total.
+
+    Two parties whose releases are identical (rounds, steps, σ_g, C_g) except for one
+    constant Poisson rate each are ordered by that rate: amplification by subsampling is
+    monotone in q, so the larger rate spends at least as much in every group. This is the
+    case of distributed DP-SGD, where every silo uses the same σ_g and only its own
+    ``q_i = B / n_i`` differs. Only the largest-rate party of each such class is returned;
+    a party with varying rates is its own class.
+    """
+    best: dict[Any, tuple[float, str]] = {}
+    for party, rel in parties.items():
+        rates = {r.sample_rate for r in rel}
+        history = tuple((r.round, r.steps, r.groups) for r in rel)
+        key: Any = (history, None if len(rates) == 1 else party)
+        q = max(rates) if rates else 0.0
+        if key not in best or q > best[key][0]:
+            best[key] = (q, party)
+    return sorted(p for _, p in best.values())
+
+
 def compute_report(
     contents: LedgerContents,
     *,
     up_to_round: int | None = None,
     accountant: str | None = None,
     delta: float | None = None,
+    worst_only: bool = False,
 ) -> LedgerReport:
     """ε per party, per group and in total from parsed ledger contents.
 
@@ -365,6 +387,8 @@ def compute_report(
         contents: from :func:`read_ledger` (or :attr:`PrivacyLedger.contents`).
         up_to_round: count only releases with ``round <= up_to_round`` (ε after that round).
         accountant, delta: override the header's (e.g. to cross-check with RDP).
+        worst_only: compute only the :func:`dominant_parties` (``per_party`` then holds only
+            them); ``epsilon`` and ``worst_party`` are the same as for all parties.
     """
     acc = accountant or contents.accountant
     d = contents.delta if delta is None else delta
@@ -372,6 +396,8 @@ def compute_report(
     parties: dict[str, list[Release]] = {}
     for r in rel:
         parties.setdefault(r.party, []).append(r)
+    if worst_only:
+        parties = {p: parties[p] for p in dominant_parties(parties)}
     per_party = {p: _party_epsilons(rs, delta=d, accountant=acc) for p, rs in parties.items()}
     epsilon: dict[str, float] = {"total": 0.0}
     for eps in per_party.values():
@@ -497,9 +523,9 @@ class PrivacyLedger:
         self._append(_release_lines(release, secrets.token_hex(8)))
         self.contents.releases.append(release)
 
-    def report(self, *, up_to_round: int | None = None) -> LedgerReport:
+    def report(self, *, up_to_round: int | None = None, worst_only: bool = False) -> LedgerReport:
         """ε of everything recorded so far (same computation as :func:`replay`)."""
-        return compute_report(self.contents, up_to_round=up_to_round)
+        return compute_report(self.contents, up_to_round=up_to_round, worst_only=worst_only)
 
     def spent(self, party: str, extra: Iterable[Release] = ()) -> dict[str, float]:
         """``{"total", <group>...}`` ε of ``party``'s recorded releases plus ``extra``."""

@@ -21,7 +21,8 @@ skipped, never an error)::
            missing_modality_accuracy: {"image+text": acc, ...}}
     privacy.{mode ("none" = off), unit: "example"|"client", delta, accountant,
              epsilon: {total, <modality>} (or a number), target_epsilon,
-             noise_added_by: "server"|"clients", noise_multiplier, clip_norm
+             noise: "central"|"distributed", noise_added_by: "server"|"clients",
+             noise_multiplier, clip_norm
              (numbers or {group: number})}
     secure_aggregation: "none"|"secagg+"|"ckks", or {mode, threshold, dropped, ...}
     audit: {<attack>: {<metric>: number | {..} , roc: {fpr: [], tpr: []}, ...}}
@@ -288,7 +289,15 @@ def _privacy(results: Mapping[str, Any]) -> str:
     eps = eps if isinstance(eps, Mapping) else {"total": eps}
     settings = [
         [k, p.get(k)]
-        for k in ("mode", "unit", "delta", "accountant", "target_epsilon", "noise_added_by")
+        for k in (
+            "mode",
+            "unit",
+            "noise",
+            "delta",
+            "accountant",
+            "target_epsilon",
+            "noise_added_by",
+        )
         if p.get(k) is not None
     ]
     for k in ("noise_multiplier", "clip_norm"):

@@ -432,6 +432,12 @@ def _protections_part(results: Mapping[str, Any]) -> StatementPart | None:
                 "gradient was clipped and noised before any update left",
                 "client": "on each organisation's whole update, which was clipped and noised",
             }.get(unit, "")
+            if unit == "example" and _distributed(results):
+                where = (
+                    "in one DP-SGD step per round taken jointly by the organisations: every "
+                    "record's gradient was clipped and each organisation added a share of the "
+                    "noise, so that only the securely aggregated sum carried all of it"
+                )
             s.append(
                 f"Differential privacy was active at the {unit or 'reported'} level"
                 + (f", {where}." if where else ".")
@@ -493,10 +499,18 @@ def _trust_part(results: Mapping[str, Any]) -> StatementPart | None:
         )
     if privacy_on(results):
         noise_by = get_in(results, "privacy", "noise_added_by")
-        if get_in(results, "privacy", "unit") == "client" and noise_by == "server":
+        central = noise_by == "server" or get_in(results, "privacy", "noise") == "central"
+        if get_in(results, "privacy", "unit") == "client" and central:
             s.append(
                 "The client-level noise was added by the server, which must be trusted to "
                 "add it; the ε bound then holds against everyone who sees the model."
+            )
+        elif _distributed(results):
+            s.append(
+                "The noise was shared out among the organisations: the ε bound holds for the "
+                "aggregated sums and the model, provided the server does not collude with "
+                "organisations to remove their shares. A single organisation's update, which "
+                "nobody sees in the clear, carries only its share."
             )
         else:
             s.append(
@@ -504,6 +518,10 @@ def _trust_part(results: Mapping[str, Any]) -> StatementPart | None:
                 "whatever else they know."
             )
     return StatementPart("Trust assumptions", tuple(s))
+
+
+def _distributed(results: Mapping[str, Any]) -> bool:
+    return get_in(results, "privacy", "noise") == "distributed"
 
 
 def _budget_part(results: Mapping[str, Any], ledger: LedgerSummary | None) -> StatementPart | None:

@@ -198,9 +198,12 @@ def combine_sums(
     weights = np.asarray(int_sums["weights"], dtype=np.float64)
     divisor = weights if dp else weights / weight_scale
     averaged: dict[str, np.ndarray] = {}
-    for key, total in float_sums.items():
-        if key.startswith(_METRIC_PREFIX):
-            continue
+    # The global model's key order: strategies such as Flower's FedAvgM pair old and new
+    # arrays by position.
+    order = [k for k in x if k in float_sums]
+    order += [k for k in float_sums if k not in x and not k.startswith(_METRIC_PREFIX)]
+    for key in order:
+        total = float_sums[key]
         w = divisor[_group(key, key_modality)]
         is_cv = key.startswith(CONTROL_PREFIX)
         base = None if is_cv else np.asarray(x[key])

@@ -24,7 +24,6 @@ survivors: the round aborts, nothing is revealed and the model stays unchanged.
 from __future__ import annotations
 
 import logging
-import math
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from flwr.serverapp import Grid
 from umbra.federation.records import to_record
 from umbra.federation.rounds import RoundOutcome, prepare_train_messages, strategy_step
 from umbra.federation.strategies import ModalityFedAvg
+from umbra.privacy.client_dp import shares_needed
 from umbra.secure.contribution import (
     DEFAULT_WEIGHT_SCALE,
     client_dp_from_sums,
@@ -69,9 +69,7 @@ MESSAGE_TYPE = "train.secagg"
 
 def round_threshold(fraction: float, num_clients: int) -> int:
     """``t = ceil(fraction * n)`` clients, for ``fraction`` in (0.5, 1]."""
-    if not 0.5 < fraction <= 1.0:
-        raise ValueError(f"threshold must be in (0.5, 1], got {fraction}")
-    return max(1, min(num_clients, math.ceil(fraction * num_clients - 1e-9)))
+    return shares_needed(fraction, max(1, num_clients))
 
 
 @dataclass
