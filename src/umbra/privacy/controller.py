@@ -150,7 +150,9 @@ class PrivacyController:
         # Poisson rate of a centralized step of expected batch B·K (B per organisation on
         # average): the smallest organisation no longer sets the noise for everyone.
         joint_q = min(1.0, self.batch_size * len(sizes) / total) if total > 0 else 1.0
-        self.scales = {pid: n * len(sizes) / total for pid, n in sizes.items()} if total else {}
+        # (so every silo gets the same plan: one q, one σ_g, one set of caps)
+        if self.distributed_example and total:
+            self.scales = {pid: n * len(sizes) / total for pid, n in sizes.items()}
         for pid, n in sorted(sizes.items()):
             if n < 1:
                 raise ConfigError(f"client {pid} holds no records")
@@ -180,20 +182,6 @@ class PrivacyController:
             self.plans[pid] = ClientPlan(
                 q, steps, dict(alloc.noise_multipliers), dict(alloc.targets)
             )
-        if self.distributed_example and self.plans:
-            # One noise for the joint step: every silo's share is sized for the most
-            # demanding silo's σ_g (largest q), so the sum protects every silo's records at
-            # least as its own plan requires (a larger σ only lowers that silo's ε). With
-            # one σ_g for all, ε is monotone in q, so the largest-q silo's targets bound
-            # every silo: they become everyone's caps.
-            common = {
-                g: max(p.noise_multipliers[g] for p in self.plans.values()) for g in self.groups
-            }
-            top = max(self.plans.values(), key=lambda p: p.sample_rate)
-            self.plans = {
-                pid: ClientPlan(p.sample_rate, p.steps, dict(common), dict(top.targets))
-                for pid, p in self.plans.items()
-            }
 
     def budget(self, pid: int | None = None) -> Budget:
         if self.mode == "example" and pid is not None and self.cfg.targets is not None:
