@@ -71,17 +71,24 @@ def test_aggregate_equals_plaintext_sum_under_dropouts(data: st.DataObject) -> N
     assert not tr.excluded and not tr.flagged
 
 
-def test_sparse_graph_masks_with_log_n_neighbours_and_recovers_dropouts() -> None:
-    n, t = 24, 12
+def test_sparse_graph_masks_with_its_neighbours_and_recovers_dropouts() -> None:
+    n, t, degree = 24, 12, 10
     updates = _updates(n, 64, seed=3)
-    agg, tr = run_secagg_round(updates, threshold=t, clip_range=CLIP, dropouts={3, 9, 17})
+    agg, tr = run_secagg_round(
+        updates, threshold=t, clip_range=CLIP, dropouts={3, 9, 17}, degree=degree
+    )
     ref = _reference(updates, tr.survivors)
     assert np.abs(agg - ref).max() <= _tolerance(n, len(tr.survivors))
     masked_with = {
         c: set(m[Key.MASKED_WITH].tolist()) for s, c, m in tr.received if s == "collect_masked"
     }
-    degree = SecAggConfig(round_number=1, num_clients=n, threshold=t, vector_length=1).degree
-    assert degree == 10 < n - 1
+    assert [s for s, c, _ in tr.sent if c == 0] == [
+        "advertise_keys",
+        "reveal_seed",
+        "share_keys",
+        "collect_masked",
+        "unmask",
+    ]
     assert all(len(m) <= degree for m in masked_with.values())
     # symmetric: i masks with j iff j masks with i (among survivors)
     for i, mi in masked_with.items():
