@@ -526,7 +526,7 @@ def _sparse_setup(n: int = 10, t: int = 6, degree: int = 4) -> tuple[Any, list[A
     cfg = SecAggConfig(round_number=2, num_clients=n, threshold=t, vector_length=3, degree=degree)
     assert not cfg.complete
     server = SecAggPlusServer(cfg)
-    clients = [SecAggPlusClient(i) for i in range(n)]
+    clients = [SecAggPlusClient(i, check_graph=False) for i in range(n)]  # explicit degree
     req = server.advertise_keys(list(range(n)))
     rep = {i: clients[i].advertise_keys(req[i]) for i in req}
     return server, clients, rep
@@ -596,3 +596,22 @@ def test_a_forged_reveal_aborts_the_round() -> None:
 
     with pytest.raises(SecAggAbort, match="did not reveal"):
         run_secagg_round(_updates(10, 4), threshold=6, clip_range=CLIP, degree=4, tamper=forge)
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+def test_client_refuses_a_weaker_graph_or_threshold_than_it_requires() -> None:
+    good = SecAggConfig(round_number=1, num_clients=8, threshold=6, vector_length=2)
+    assert SecAggPlusClient(0, threshold_fraction=0.67).advertise_keys(good.to_message())
+    weak_graph = SecAggConfig(
+        round_number=1, num_clients=8, threshold=6, vector_length=2, degree=4, share_threshold=2
+    )
+    with pytest.raises(
+        ProtocolViolation, match=r"graph parameters \(degree 4, Shamir threshold 2\)"
+    ):
+        SecAggPlusClient(0).advertise_keys(weak_graph.to_message())
+    low_t = SecAggConfig(round_number=1, num_clients=8, threshold=2, vector_length=2)
+    SecAggPlusClient(0).advertise_keys(low_t.to_message())  # no expectation: accepted
+    with pytest.raises(ProtocolViolation, match=r"threshold 2 of 8 is below the configured 0\.67"):
+        SecAggPlusClient(0, threshold_fraction=0.67).advertise_keys(low_t.to_message())

@@ -244,6 +244,8 @@ def make_secagg_handler(train_fn: TrainFn, spec: ClientSpec) -> TrainFn:
     """Factory registered as the ``secagg`` client action (``train.secagg`` messages)."""
     secure = dict(spec.extra.get("secure", {}))
     dropouts = {int(c) for c in secure.get("dropout_clients", [])}
+    # the organisation's own threshold: a server asking for fewer survivors is refused
+    fraction = float(secure.get("threshold", 0.67))
 
     def handler(msg: Message, context: Context) -> Message:
         pid = int(context.node_config["partition-id"])
@@ -252,13 +254,19 @@ def make_secagg_handler(train_fn: TrainFn, spec: ClientSpec) -> TrainFn:
         proto = decode_proto(msg.content)
         if stage == STAGE_ADVERTISE_KEYS:
             take_prekeys(context)  # the server holds none for this node: drop stale ones
-            client = SecAggPlusClient(int(cfg_rec[CFG_SECAGG_ID]))  # type: ignore[arg-type]
+            client = SecAggPlusClient(
+                int(cfg_rec[CFG_SECAGG_ID]),  # type: ignore[arg-type]
+                threshold_fraction=fraction,
+            )
             reply = client.advertise_keys(proto)
         elif stage == STAGE_SHARE_KEYS and bool(cfg_rec.get(CFG_PREKEYS, False)):
             prekeys = take_prekeys(context)
             if prekeys is None:
                 raise ProtocolViolation(f"client {pid}: share_keys on pre-keys it does not hold")
-            client = SecAggPlusClient(int(cfg_rec[CFG_SECAGG_ID]))  # type: ignore[arg-type]
+            client = SecAggPlusClient(
+                int(cfg_rec[CFG_SECAGG_ID]),  # type: ignore[arg-type]
+                threshold_fraction=fraction,
+            )
             client.adopt_keys(proto, *prekeys)
             reply = client.share_keys(proto)
         else:

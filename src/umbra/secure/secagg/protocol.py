@@ -281,10 +281,24 @@ class ClientState:
 class SecAggPlusClient:
     """Client side of SecAgg+: one method per stage, each taking the server's message."""
 
-    def __init__(self, client_id: int) -> None:
+    def __init__(
+        self,
+        client_id: int,
+        *,
+        threshold_fraction: float | None = None,
+        check_graph: bool = True,
+    ) -> None:
+        """``threshold_fraction``: the client's own configured threshold; it refuses a round
+        whose threshold is below ``ceil(threshold_fraction * n)``. ``check_graph``: refuse a
+        round whose degree and Shamir threshold are not `graph.graph_parameters`' (off only
+        for rounds run with explicit parameters, which carry no guarantee)."""
         if not 0 <= client_id < 1 << 32:
             raise ValueError(f"client_id must be in [0, 2^32), got {client_id}")
+        if threshold_fraction is not None and not 0 < threshold_fraction <= 1:
+            raise ValueError(f"threshold_fraction must be in (0, 1], got {threshold_fraction}")
         self.state = ClientState(client_id=client_id)
+        self.threshold_fraction = threshold_fraction
+        self.check_graph = check_graph
 
     def __repr__(self) -> str:
         return f"SecAggPlusClient({self.state!r})"
@@ -316,7 +330,9 @@ class SecAggPlusClient:
         self, msg: Mapping[str, Any], c_keys: crypto.KeyPair, s_keys: crypto.KeyPair
     ) -> Message:
         st = self.state
-        st.config = SecAggConfig.from_message(msg)
+        cfg = SecAggConfig.from_message(msg)
+        self._check_parameters(cfg)
+        st.config = cfg
         st.c_keys, st.s_keys = c_keys, s_keys
         st.stage = STAGE_ADVERTISE_KEYS
         reply: Message = {
@@ -331,6 +347,26 @@ class SecAggPlusClient:
                 st.graph_randomness, client_id=st.client_id, round_number=st.config.round_number
             )
         return reply
+
+    def _check_parameters(self, cfg: SecAggConfig) -> None:
+        """Refuse a server-chosen threshold or graph weaker than what this client expects:
+        a lower ``t`` or ``tau`` would let fewer colluders reconstruct its secrets."""
+        me, n = self.state.client_id, cfg.num_clients
+        if self.threshold_fraction is not None:
+            needed = math.ceil(self.threshold_fraction * n - 1e-9)
+            if cfg.threshold < needed:
+                raise ProtocolViolation(
+                    f"client {me}: threshold {cfg.threshold} of {n} is below the configured "
+                    f"{self.threshold_fraction:g} ({needed})"
+                )
+        if self.check_graph:
+            want = graph_parameters(n, cfg.threshold)
+            if (cfg.degree, cfg.share_threshold) != (want.degree, want.share_threshold):
+                raise ProtocolViolation(
+                    f"client {me}: graph parameters (degree {cfg.degree}, Shamir threshold "
+                    f"{cfg.share_threshold}) differ from the required ({want.degree}, "
+                    f"{want.share_threshold}) for threshold {cfg.threshold} of {n}"
+                )
 
     def reveal_seed(self, msg: Mapping[str, Any]) -> Message:
         """Stage 1b (sparse graphs): check the relayed commitments, reveal ``r_i``.
@@ -1094,7 +1130,8 @@ def run_secagg_round(
     )
     transcript = Transcript()
     server = SecAggPlusServer(config, seen_digests=seen_digests)
-    clients = {i: SecAggPlusClient(i) for i in range(n)}
+    explicit = degree != -1 or share_threshold != -1
+    clients = {i: SecAggPlusClient(i, check_graph=not explicit) for i in range(n)}
     gone: set[int] = set()
 
     def exchange(
