@@ -613,3 +613,21 @@ def test_sparse_graph_over_flower_fixes_the_seed_by_commit_reveal(
     graphs = [st for st in grid.client_states if "graph.ids" in st and "roster" in st]
     assert graphs  # the clients stored the roster and the commitments between stages
     assert not grid.prekey_states
+
+
+def test_clients_refuse_a_server_that_lowers_the_threshold(
+    federation: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The organisations configured 0.9 (t = 4 of 4); a server asking for 0.67 (t = 3)
+    gets no key advertisement and the round aborts before any share exists."""
+    clients_secure = _secure("secagg+", threshold=0.9)
+    grid = FakeGrid(make_client_app(_client_spec(federation, clients_secure, "secagg")), 4)
+    x = initial_arrays(federation["model_spec"], seed=1)
+    with caplog.at_level(logging.WARNING):
+        outcome = TRAIN_ROUNDS["secagg+"](
+            _strategy("fedavg"), cast(Grid, grid), 1, x, _Spec(_secure("secagg+"))
+        )
+    assert outcome.record is None
+    assert "0 valid key advertisements < threshold 3" in (outcome.note or "")
+    assert "threshold 3 of 4 is below the configured 0.9" in caplog.text
+    assert not any(s == "share_keys" for _, s, _ in grid.exchanges)
