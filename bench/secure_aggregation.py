@@ -62,12 +62,18 @@ def bench_plaintext(updates: list[np.ndarray]) -> dict[str, Any]:
 
 
 def bench_secagg(
-    updates: list[np.ndarray], ref: np.ndarray, *, dropouts: int = 0
+    updates: list[np.ndarray],
+    ref: np.ndarray,
+    *,
+    dropouts: int = 0,
+    threshold: int | None = None,
+    degree: int = -1,
 ) -> dict[str, Any]:
     n = len(updates)
     dropped = set(range(n - dropouts, n))
+    t = max(2, (2 * n) // 3) if threshold is None else threshold
     agg, tr = run_secagg_round(
-        updates, threshold=max(2, (2 * n) // 3), clip_range=CLIP, dropouts=dropped
+        updates, threshold=t, clip_range=CLIP, dropouts=dropped, degree=degree
     )
     survivors = tr.survivors
     ref_s = ref - sum(updates[i].astype(np.float64) for i in dropped) if dropped else ref
@@ -308,6 +314,48 @@ def secagg_scaling(params: int, clients: list[int]) -> list[dict[str, Any]]:
             r = bench_secagg(ups, ref, dropouts=drop)
             rows.append({"clients": n, "params": params, **r})
     return rows
+
+
+def secagg_graph(params: int, clients: int, repeats: int) -> dict[str, Any]:
+    """SecAgg+ at ``clients`` clients, threshold ``ceil(0.67 n)``, ``n - t`` dropouts: the
+    complete graph `graph_parameters` picks against the sparse degree ``2 ceil(log2 n)``
+    used before (which cannot survive ``n - t`` dropouts, so it runs with none), medians of
+    ``repeats`` in-process rounds; and the collusion bound at 8, 100 and 1,000 clients."""
+    from umbra.secure.secagg.graph import collusion_bound
+
+    n = clients
+    t = math.ceil(0.67 * n)
+    rng = np.random.default_rng(2)
+    ups = [rng.normal(0, 0.1, params).astype(np.float32) for _ in range(n)]
+    ref = np.sum([u.astype(np.float64) for u in ups], axis=0)
+    sparse_k = min(n - 1, 2 * math.ceil(math.log2(n)))
+    rows = []
+    for label, degree, drop in (
+        (f"complete (k = {n - 1})", -1, 0),
+        (f"complete (k = {n - 1}), {n - t} dropouts", -1, n - t),
+        (f"sparse (k = {sparse_k}), before", sparse_k, 0),
+    ):
+        runs = [
+            bench_secagg(ups, ref, dropouts=drop, threshold=t, degree=degree)
+            for _ in range(repeats)
+        ]
+        med = {k: float(np.median([r[k] for r in runs])) for k in ("client_s", "server_s")}
+        rows.append({"graph": label, "clients": n, "params": params, **runs[-1], **med})
+    bounds = []
+    for m in (8, 100, 1000):
+        b = collusion_bound(m, math.ceil(0.67 * m))
+        bounds.append(
+            {
+                "clients": m,
+                "threshold": b.threshold,
+                "degree": b.degree,
+                "share_threshold": b.share_threshold,
+                "complete": b.complete,
+                "colluders": b.colluders,
+                "failure_probability": b.failure_probability,
+            }
+        )
+    return {"rounds": rows, "collusion_bound": bounds}
 
 
 # --- Whole rounds in Flower simulations (Ray backend) ---------------------------------------
@@ -811,7 +859,42 @@ def main() -> None:
         default="umbra,flower-legacy",
         help="comma-separated subset of: umbra, flower-legacy",
     )
+    ap.add_argument(
+        "--graph",
+        action="store_true",
+        help="only SecAgg+'s graph: complete vs the former sparse degree at --clients clients "
+        "and --scaling-params parameters, and the collusion bound; merged into --out",
+    )
+    ap.add_argument("--graph-repeats", type=int, default=3)
     args = ap.parse_args()
+    if args.graph:
+        graph = secagg_graph(args.scaling_params, args.clients, args.graph_repeats)
+        graph["command"] = (
+            "PYTHONPATH=src .venv/bin/python bench/secure_aggregation.py --graph "
+            f"--clients {args.clients} --scaling-params {args.scaling_params} "
+            f"--graph-repeats {args.graph_repeats}"
+        )
+        previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+        previous["secagg_graph"] = graph
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(previous, indent=2))
+        print("| SecAgg+ graph | client s | server s | bytes up/client | ratio client s |")
+        print("|---|---:|---:|---:|---:|")
+        base = graph["rounds"][-1]["client_s"]
+        for r in graph["rounds"]:
+            print(
+                f"| {r['graph']} | {r['client_s']:.3f} | {r['server_s']:.3f} | "
+                f"{r['bytes_up']:,.0f} | {r['client_s'] / base:.2f} |"
+            )
+        print("\n| n | t | degree | Shamir threshold | colluders tolerated | failure prob. |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        for b in graph["collusion_bound"]:
+            print(
+                f"| {b['clients']} | {b['threshold']} | {b['degree']} | {b['share_threshold']} "
+                f"| {b['colluders']} | {b['failure_probability']:.1e} |"
+            )
+        print(f"\nwrote {args.out}")
+        return
     if args.flower_round:
         sims = tuple(x.strip() for x in args.flower_sims.split(",") if x.strip())
         unknown = set(sims) - {"umbra", "flower-legacy"}

@@ -545,3 +545,89 @@ def test_prekeys_off_keeps_four_exchanges(federation: dict[str, Any]) -> None:
         for m in grid.received
         if not m.has_error()
     )
+
+
+# ----------------------------------------------------------------------------- graph
+
+
+@pytest.fixture(scope="module")
+def federation8(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("fed8")
+    data = make_synthetic(n=240, num_classes=3, modalities=MODS, seed=4)
+    parts = [np.sort(p) for p in np.array_split(np.random.default_rng(1).permutation(240), 8)]
+    masks = [np.ones((len(p), len(MODS)), dtype=bool) for p in parts]
+    write_federation_data(root / "train", data, parts, masks)
+    model_spec = ModelSpec.from_data(data, hidden=8, embed_dim=8).to_dict()
+    return {"root": root, "model_spec": model_spec}
+
+
+def test_two_of_eight_dropouts_complete_over_flower(federation8: dict[str, Any]) -> None:
+    """threshold 0.67 of 8 = 6: the n - t = 2 dropouts of the fault injection are recovered
+    and the aggregate is the plaintext FedAvg of the other six."""
+    n = 8
+    secure = _secure("secagg+", dropout_clients=[1, 5])
+    grid = FakeGrid(make_client_app(_client_spec(federation8, secure, "secagg")), n)
+    fed = FederationConfig.model_validate({"strategy": "fedavg", "num_clients": n})
+    kw = {"key_modality": parameter_modality, "fraction_train": 1.0, "fraction_evaluate": 0.0}
+    strategy = build_strategy(
+        "fedavg", fed, **kw, min_train_nodes=n, min_evaluate_nodes=0, min_available_nodes=n
+    )
+    x = initial_arrays(federation8["model_spec"], seed=1)
+    outcome = TRAIN_ROUNDS["secagg+"](strategy, cast(Grid, grid), 1, x, _Spec(secure))
+    assert outcome.record is not None, outcome.note
+    assert outcome.clients == n - 2
+    reference = build_strategy(
+        "fedavg", fed, **kw, min_train_nodes=n, min_evaluate_nodes=0, min_available_nodes=n
+    )
+    msgs = list(reference.configure_train(1, to_record(x), ConfigRecord(), cast(Grid, grid)))
+    replies = {}
+    for reply in grid.send_and_receive(msgs):
+        metrics = next(iter(reply.content.metric_records.values()))
+        replies[int(metrics["partition-id"])] = reply  # type: ignore[arg-type]
+    record, _ = reference.aggregate_train(1, [replies[i] for i in (0, 2, 3, 4, 6, 7)])
+    assert record is not None
+    upd_err, model_err = _rel_err(from_record(outcome.record), from_record(record), x)
+    # 32-bit fixed point over 8 clients; any other set of clients is off by O(0.1)
+    assert upd_err < 1e-3 and model_err < 1e-5
+
+
+def test_sparse_graph_over_flower_fixes_the_seed_by_commit_reveal(
+    federation: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sparse graph (forced here at n = 4: degree 2, threshold 2) adds the reveal exchange,
+    goes without pre-keys, and every client derives the server's graph from the reveals."""
+    from umbra.secure.secagg import protocol
+    from umbra.secure.secagg.graph import GraphParameters
+
+    monkeypatch.setattr(
+        protocol, "graph_parameters", lambda n, t: GraphParameters(2, 2, False, 0.0, 0.0)
+    )
+    run = _secure_rounds(federation, 2)
+    grid = run["grid"]
+    stages = ("advertise_keys", "reveal_seed", "share_keys", "collect_masked", "unmask")
+    for rnd in (1, 2):
+        got = [s for r, s, _ in grid.exchanges if r == rnd and s in stages]
+        assert got == list(stages), rnd
+        assert run["outcomes"][rnd - 1].clients == N_CLIENTS
+        _check_plaintext(run, rnd, range(N_CLIENTS))
+    graphs = [st for st in grid.client_states if "graph.ids" in st and "roster" in st]
+    assert graphs  # the clients stored the roster and the commitments between stages
+    assert not grid.prekey_states
+
+
+def test_clients_refuse_a_server_that_lowers_the_threshold(
+    federation: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The organisations configured 0.9 (t = 4 of 4); a server asking for 0.67 (t = 3)
+    gets no key advertisement and the round aborts before any share exists."""
+    clients_secure = _secure("secagg+", threshold=0.9)
+    grid = FakeGrid(make_client_app(_client_spec(federation, clients_secure, "secagg")), 4)
+    x = initial_arrays(federation["model_spec"], seed=1)
+    with caplog.at_level(logging.WARNING):
+        outcome = TRAIN_ROUNDS["secagg+"](
+            _strategy("fedavg"), cast(Grid, grid), 1, x, _Spec(_secure("secagg+"))
+        )
+    assert outcome.record is None
+    assert "0 valid key advertisements < threshold 3" in (outcome.note or "")
+    assert "threshold 3 of 4 is below the configured 0.9" in caplog.text
+    assert not any(s == "share_keys" for _, s, _ in grid.exchanges)

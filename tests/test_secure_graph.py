@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from umbra.secure.secagg.constants import COMPLETE_GRAPH_MAX_CLIENTS
 from umbra.secure.secagg.graph import default_degree, neighbour_graph, shuffle_ids
 
 
@@ -45,12 +46,12 @@ def test_graph_depends_only_on_seed_and_ids() -> None:
     )
 
 
-def test_default_degree_is_logarithmic() -> None:
+def test_default_degree_is_complete_up_to_the_cut_off_then_sparse() -> None:
     assert default_degree(1) == 0
-    assert default_degree(5) == 4  # complete graph for small n
-    assert default_degree(10) == 8
-    assert default_degree(100) == 14
-    assert default_degree(1000) == 20
+    assert default_degree(8) == 7  # complete: 2 of 8 dropouts must be recoverable
+    assert default_degree(100) == 99
+    assert default_degree(COMPLETE_GRAPH_MAX_CLIENTS) == COMPLETE_GRAPH_MAX_CLIENTS - 1
+    assert default_degree(1000) < 999  # sparse beyond the cut-off
 
 
 def test_shuffle_is_a_uniform_permutation() -> None:

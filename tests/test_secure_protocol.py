@@ -71,17 +71,24 @@ def test_aggregate_equals_plaintext_sum_under_dropouts(data: st.DataObject) -> N
     assert not tr.excluded and not tr.flagged
 
 
-def test_sparse_graph_masks_with_log_n_neighbours_and_recovers_dropouts() -> None:
-    n, t = 24, 12
+def test_sparse_graph_masks_with_its_neighbours_and_recovers_dropouts() -> None:
+    n, t, degree = 24, 12, 10
     updates = _updates(n, 64, seed=3)
-    agg, tr = run_secagg_round(updates, threshold=t, clip_range=CLIP, dropouts={3, 9, 17})
+    agg, tr = run_secagg_round(
+        updates, threshold=t, clip_range=CLIP, dropouts={3, 9, 17}, degree=degree
+    )
     ref = _reference(updates, tr.survivors)
     assert np.abs(agg - ref).max() <= _tolerance(n, len(tr.survivors))
     masked_with = {
         c: set(m[Key.MASKED_WITH].tolist()) for s, c, m in tr.received if s == "collect_masked"
     }
-    degree = SecAggConfig(round_number=1, num_clients=n, threshold=t, vector_length=1).degree
-    assert degree == 10 < n - 1
+    assert [s for s, c, _ in tr.sent if c == 0] == [
+        "advertise_keys",
+        "reveal_seed",
+        "share_keys",
+        "collect_masked",
+        "unmask",
+    ]
     assert all(len(m) <= degree for m in masked_with.values())
     # symmetric: i masks with j iff j masks with i (among survivors)
     for i, mi in masked_with.items():
@@ -476,3 +483,135 @@ def test_adopted_prekeys_leave_the_state_advertise_keys_would() -> None:
     np.testing.assert_allclose(out, _reference(updates, (0, 1, 2)), atol=_tolerance(n, 3))
     with pytest.raises(ValueError, match="32 bytes"):
         SecAggPlusClient(0).adopt_keys(req[0] | cfg.to_message(), b"\x01" * 31, bytes(32))
+
+
+# ----------------------------------------------------------------------------- n - t dropouts
+
+
+@pytest.mark.parametrize("stage", ["share_keys", "collect_masked", "unmask"])
+def test_two_of_eight_dropouts_complete(stage: str) -> None:
+    """t = ceil(0.67 * 8) = 6: any n - t = 2 dropouts must be recovered (complete graph)."""
+    n, t = 8, 6
+    updates = _updates(n, 32, seed=8)
+    agg, tr = run_secagg_round(updates, threshold=t, clip_range=CLIP, dropouts={stage: {1, 5}})
+    assert tr.aborted is None
+    in_sum = tuple(range(n)) if stage == "unmask" else (0, 2, 3, 4, 6, 7)
+    assert tr.survivors == in_sum
+    assert np.abs(agg - _reference(updates, in_sum)).max() <= _tolerance(n, len(in_sum))
+
+
+@pytest.mark.slow  # about 30 s of CPU: pycryptodome's pure-Python Shamir at t = 67
+def test_a_third_of_a_hundred_clients_drop_and_the_round_completes() -> None:
+    n, t = 100, 67
+    dropped = set(range(0, 99, 3))  # 33 clients, spread over the roster
+    assert len(dropped) == n - t
+    updates = _updates(n, 4, seed=100)
+    agg, tr = run_secagg_round(updates, threshold=t, clip_range=CLIP, dropouts=dropped)
+    assert tr.aborted is None
+    assert tr.survivors == tuple(i for i in range(n) if i not in dropped)
+    assert np.abs(agg - _reference(updates, tr.survivors)).max() <= _tolerance(n, n - len(dropped))
+
+
+def test_one_dropout_too_many_aborts_naming_the_numbers() -> None:
+    with pytest.raises(SecAggAbort, match=r"5 surviving clients < threshold 6") as info:
+        run_secagg_round(_updates(8, 4), threshold=6, clip_range=CLIP, dropouts={1, 4, 5})
+    assert info.value.transcript is not None
+    assert not [m for s, _, m in info.value.transcript.sent if s == "unmask"]
+
+
+# ----------------------------------------------------------------------------- graph seed
+
+
+def _sparse_setup(n: int = 10, t: int = 6, degree: int = 4) -> tuple[Any, list[Any], Any]:
+    cfg = SecAggConfig(round_number=2, num_clients=n, threshold=t, vector_length=3, degree=degree)
+    assert not cfg.complete
+    server = SecAggPlusServer(cfg)
+    clients = [SecAggPlusClient(i, check_graph=False) for i in range(n)]  # explicit degree
+    req = server.advertise_keys(list(range(n)))
+    rep = {i: clients[i].advertise_keys(req[i]) for i in req}
+    return server, clients, rep
+
+
+def test_clients_derive_the_graph_from_their_reveals_not_from_the_server() -> None:
+    from umbra.secure.secagg.graph import graph_seed, neighbour_graph
+
+    server, clients, rep = _sparse_setup()
+    req = server.reveal_seed(rep)
+    reveals = {i: clients[i].reveal_seed(req[i]) for i in req}
+    req = server.share_keys(reveals)
+    opened = {i: bytes(m[Key.GRAPH_REVEAL]) for i, m in reveals.items()}
+    want = neighbour_graph(list(range(10)), degree=4, seed=graph_seed(opened, round_number=2))
+    # a server that wants a graph of its choosing can only send other reveals: each one
+    # must open its commitment, so every substitution is refused
+    for victim in (0, 7):
+        bad = dict(req[3])
+        forged = list(bad[Key.GRAPH_REVEALS])
+        forged[victim] = bytes(32)
+        bad[Key.GRAPH_REVEALS] = forged
+        with pytest.raises(ProtocolViolation, match="does not match its commitment"):
+            SecAggPlusClient.share_keys(_copy_client(clients[3]), bad)
+    bad = dict(req[3])
+    bad[Key.IDS] = np.asarray([j for j in range(10) if j != 5], dtype=np.int64)
+    with pytest.raises(ProtocolViolation, match="roster changed"):
+        SecAggPlusClient.share_keys(_copy_client(clients[3]), bad)
+    for i in req:
+        clients[i].share_keys(req[i])
+        assert clients[i].state.graph == want == server.state.graph
+
+
+def _copy_client(client: SecAggPlusClient) -> SecAggPlusClient:
+    twin = SecAggPlusClient(client.state.client_id)
+    st, src = twin.state, client.state
+    for name in ("stage", "config", "c_keys", "s_keys", "roster", "graph_randomness"):
+        setattr(st, name, getattr(src, name))
+    st.graph_commitments = dict(src.graph_commitments)
+    return twin
+
+
+def test_reveal_request_with_an_altered_commitment_is_refused() -> None:
+    server, clients, rep = _sparse_setup()
+    req = server.reveal_seed(rep)
+    bad = dict(req[2])
+    commitments = list(bad[Key.GRAPH_COMMITMENTS])
+    commitments[2] = bytes(32)
+    bad[Key.GRAPH_COMMITMENTS] = commitments
+    with pytest.raises(ProtocolViolation, match="commitment is missing or altered"):
+        clients[2].reveal_seed(bad)
+
+
+def test_a_missing_reveal_aborts_the_round() -> None:
+    with pytest.raises(SecAggAbort, match="did not reveal the graph randomness") as info:
+        run_secagg_round(
+            _updates(10, 4), threshold=6, clip_range=CLIP, degree=4, dropouts={"reveal_seed": {4}}
+        )
+    assert info.value.transcript is not None
+    assert not [m for s, _, m in info.value.transcript.sent if s == "share_keys"]
+
+
+def test_a_forged_reveal_aborts_the_round() -> None:
+    def forge(stage: str, cid: int, msg: dict[str, Any]) -> dict[str, Any]:
+        if stage == "reveal_seed" and cid == 3:
+            return {**msg, Key.GRAPH_REVEAL: bytes(32)}
+        return msg
+
+    with pytest.raises(SecAggAbort, match="did not reveal"):
+        run_secagg_round(_updates(10, 4), threshold=6, clip_range=CLIP, degree=4, tamper=forge)
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+def test_client_refuses_a_weaker_graph_or_threshold_than_it_requires() -> None:
+    good = SecAggConfig(round_number=1, num_clients=8, threshold=6, vector_length=2)
+    assert SecAggPlusClient(0, threshold_fraction=0.67).advertise_keys(good.to_message())
+    weak_graph = SecAggConfig(
+        round_number=1, num_clients=8, threshold=6, vector_length=2, degree=4, share_threshold=2
+    )
+    with pytest.raises(
+        ProtocolViolation, match=r"graph parameters \(degree 4, Shamir threshold 2\)"
+    ):
+        SecAggPlusClient(0).advertise_keys(weak_graph.to_message())
+    low_t = SecAggConfig(round_number=1, num_clients=8, threshold=2, vector_length=2)
+    SecAggPlusClient(0).advertise_keys(low_t.to_message())  # no expectation: accepted
+    with pytest.raises(ProtocolViolation, match=r"threshold 2 of 8 is below the configured 0\.67"):
+        SecAggPlusClient(0, threshold_fraction=0.67).advertise_keys(low_t.to_message())

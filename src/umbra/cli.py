@@ -1,7 +1,8 @@
 """The ``umbra`` command line.
 
-Every user-facing error (bad config, bad data, a run folder that cannot be resumed) is a
-one-line message on stderr and exit code 2, without a traceback.
+Every user-facing error (bad config, bad data, a run folder that cannot be resumed, a run
+whose every round aborted) is a one-line message on stderr and exit code 2, without a
+traceback.
 """
 
 from __future__ import annotations
@@ -43,10 +44,11 @@ def _round_line(total: int) -> Any:
         loss_s = f"loss {loss:.3f}" if loss is not None else ""
         eps = row.get("epsilon")
         eps_s = f"  ε {eps['total']:.2f}" if isinstance(eps, dict) and "total" in eps else ""
+        abort_s = f"  [red]aborted: {row.get('note', '')}[/]" if row.get("aborted") else ""
         console.print(
             f"[cyan]round {row['round']:>3}/{total}[/]  {acc_s}  {loss_s}  "
             f"↑ {_fmt_bytes(row['bytes_up'])}  ↓ {_fmt_bytes(row['bytes_down'])}  "
-            f"{row['clients']} clients  {row['wall_s']:.1f} s{eps_s}",
+            f"{row['clients']} clients  {row['wall_s']:.1f} s{eps_s}{abort_s}",
             highlight=False,
         )
 

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["BudgetExhausted", "ConfigError", "DataError", "ResumeError", "UmbraError"]
+__all__ = [
+    "AllRoundsAborted",
+    "BudgetExhausted",
+    "ConfigError",
+    "DataError",
+    "ResumeError",
+    "UmbraError",
+]
 
 
 class UmbraError(Exception):
@@ -23,3 +30,8 @@ class ResumeError(UmbraError):
 
 class BudgetExhausted(UmbraError):
     """The next privacy-consuming release would exceed the configured budget."""
+
+
+class AllRoundsAborted(UmbraError):
+    """Every round of a run aborted (e.g. too few secure-aggregation survivors): nothing was
+    learned. results.json is written first, each round's row saying why."""

@@ -550,4 +550,7 @@ def run_experiment(
     from umbra.report import render_report
 
     render_report(run_dir)
+    from umbra.federation.server_app import check_some_round_completed
+
+    check_some_round_completed(history)  # exit code 2 when nothing was learned
     return results

@@ -20,7 +20,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from umbra.errors import BudgetExhausted, UmbraError
+from umbra.errors import AllRoundsAborted, BudgetExhausted, UmbraError
 from umbra.federation.checkpoint import load_latest, save_checkpoint
 from umbra.federation.client_data import load_client_data
 from umbra.federation.messaging import send_and_receive
@@ -30,7 +30,13 @@ from umbra.federation.strategies import build_strategy
 from umbra.federation.train import Batchable, evaluate, get_arrays, set_arrays
 from umbra.models import ModelSpec, MultimodalNet, parameter_groups, parameter_modality
 
-__all__ = ["RoundReport", "ServerSpec", "initial_arrays", "make_server_app"]
+__all__ = [
+    "RoundReport",
+    "ServerSpec",
+    "check_some_round_completed",
+    "initial_arrays",
+    "make_server_app",
+]
 
 log = logging.getLogger("umbra")
 
@@ -133,7 +139,7 @@ def run_rounds(spec: ServerSpec, grid: Grid) -> tuple[dict[str, np.ndarray], lis
             spec.status["stopped"] = str(stop)
             break
         if outcome.record is None:
-            log.warning("round %d aborted (%s); the global model is unchanged", rnd, outcome.note)
+            log.error("round %d aborted (%s); the global model is unchanged", rnd, outcome.note)
         else:
             arrays = from_record(outcome.record)
         train_metrics = outcome.metrics
@@ -146,6 +152,8 @@ def run_rounds(spec: ServerSpec, grid: Grid) -> tuple[dict[str, np.ndarray], lis
             "aborted": outcome.record is None,
             "train_loss": _metric(train_metrics, "train-total"),
         }
+        if outcome.record is None:
+            row["note"] = outcome.note or "aborted"
         if rnd % spec.eval_every == 0 or rnd == fed.rounds:
             set_arrays(model, arrays)
             ev = evaluate(model, test, subsets=[])
@@ -166,6 +174,17 @@ def run_rounds(spec: ServerSpec, grid: Grid) -> tuple[dict[str, np.ndarray], lis
     if controller is not None:
         spec.status["privacy"] = controller.summary()
     return arrays, history
+
+
+def check_some_round_completed(history: list[RoundReport]) -> None:
+    """Raise AllRoundsAborted when rounds ran and every one of them aborted (the model
+    never moved from its initialisation); the first round's reason is the message."""
+    if history and all(row.get("aborted") for row in history):
+        reason = history[0].get("note") or "no reason recorded"
+        raise AllRoundsAborted(
+            f"all {len(history)} rounds aborted, the model is untrained (round "
+            f"{history[0]['round']}: {reason})"
+        )
 
 
 def query_clients(grid: Grid, timeout_s: float) -> dict[int, tuple[int, int]]:

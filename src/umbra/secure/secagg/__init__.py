@@ -1,6 +1,11 @@
 """SecAgg+ secure aggregation (Bell et al., CCS 2020): primitives and protocol state machines."""
 
-from umbra.secure.secagg.graph import default_degree, neighbour_graph
+from umbra.secure.secagg.graph import (
+    collusion_bound,
+    default_degree,
+    graph_parameters,
+    neighbour_graph,
+)
 from umbra.secure.secagg.protocol import (
     ClientState,
     ProtocolViolation,
@@ -29,8 +34,10 @@ __all__ = [
     "SecAggPlusServer",
     "ServerState",
     "Transcript",
+    "collusion_bound",
     "combine_shares",
     "default_degree",
+    "graph_parameters",
     "message_nbytes",
     "neighbour_graph",
     "run_secagg_round",

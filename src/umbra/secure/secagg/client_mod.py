@@ -37,7 +37,7 @@ import os
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message
+from flwr.app import ConfigRecord, Context, Error, Message
 
 from umbra.federation.client_app import ClientSpec, TrainFn
 from umbra.federation.records import from_record
@@ -56,6 +56,7 @@ from umbra.secure.secagg.constants import (
     CFG_SECAGG_ID,
     STAGE_ADVERTISE_KEYS,
     STAGE_COLLECT_MASKED,
+    STAGE_REVEAL_SEED,
     STAGE_SHARE_KEYS,
     STAGE_UNMASK,
     Key,
@@ -70,6 +71,7 @@ from umbra.secure.secagg.quantize import PayloadLayout
 from umbra.secure.transport import decode_proto, reply_content
 
 __all__ = [
+    "DROPOUT_ERROR_CODE",
     "NEXT_RECORD",
     "STATE_RECORD",
     "issue_prekeys",
@@ -87,8 +89,8 @@ STATE_RECORD = "secagg-state"
 NEXT_RECORD = "secagg-next"
 
 
-class DropoutInjected(RuntimeError):
-    """Fault injection: this client drops out after masking (``secure.dropout_clients``)."""
+#: Error code of the reply a fault-injected dropout sends (``secure.dropout_clients``)
+DROPOUT_ERROR_CODE = 4101
 
 
 def _pairs(prefix: str, mapping: dict[int, bytes]) -> dict[str, Any]:
@@ -130,6 +132,11 @@ def save_client(context: Context, client: SecAggPlusClient) -> None:
         rec["s_key"] = crypto.private_bytes(st.s_keys.private)
     if st.self_seed is not None:
         rec["self_seed"] = st.self_seed
+    if st.graph_randomness is not None:
+        rec["graph_r"] = st.graph_randomness
+    if st.roster:
+        rec["roster"] = list(st.roster)
+    rec.update(_pairs("gc", st.graph_commitments))
     context.state[STATE_RECORD] = ConfigRecord(rec)
 
 
@@ -159,6 +166,10 @@ def load_client(context: Context) -> SecAggPlusClient | None:
         st.s_keys = crypto.keypair_from(bytes(rec["s_key"]))  # type: ignore[arg-type]
     if "self_seed" in rec:
         st.self_seed = bytes(rec["self_seed"])  # type: ignore[arg-type]
+    if "graph_r" in rec:
+        st.graph_randomness = bytes(rec["graph_r"])  # type: ignore[arg-type]
+    st.roster = tuple(int(j) for j in rec.get("roster", []))  # type: ignore[union-attr]
+    st.graph_commitments = _unpairs(rec, "gc")
     return client
 
 
@@ -233,6 +244,8 @@ def make_secagg_handler(train_fn: TrainFn, spec: ClientSpec) -> TrainFn:
     """Factory registered as the ``secagg`` client action (``train.secagg`` messages)."""
     secure = dict(spec.extra.get("secure", {}))
     dropouts = {int(c) for c in secure.get("dropout_clients", [])}
+    # the organisation's own threshold: a server asking for fewer survivors is refused
+    fraction = float(secure.get("threshold", 0.67))
 
     def handler(msg: Message, context: Context) -> Message:
         pid = int(context.node_config["partition-id"])
@@ -241,13 +254,19 @@ def make_secagg_handler(train_fn: TrainFn, spec: ClientSpec) -> TrainFn:
         proto = decode_proto(msg.content)
         if stage == STAGE_ADVERTISE_KEYS:
             take_prekeys(context)  # the server holds none for this node: drop stale ones
-            client = SecAggPlusClient(int(cfg_rec[CFG_SECAGG_ID]))  # type: ignore[arg-type]
+            client = SecAggPlusClient(
+                int(cfg_rec[CFG_SECAGG_ID]),  # type: ignore[arg-type]
+                threshold_fraction=fraction,
+            )
             reply = client.advertise_keys(proto)
         elif stage == STAGE_SHARE_KEYS and bool(cfg_rec.get(CFG_PREKEYS, False)):
             prekeys = take_prekeys(context)
             if prekeys is None:
                 raise ProtocolViolation(f"client {pid}: share_keys on pre-keys it does not hold")
-            client = SecAggPlusClient(int(cfg_rec[CFG_SECAGG_ID]))  # type: ignore[arg-type]
+            client = SecAggPlusClient(
+                int(cfg_rec[CFG_SECAGG_ID]),  # type: ignore[arg-type]
+                threshold_fraction=fraction,
+            )
             client.adopt_keys(proto, *prekeys)
             reply = client.share_keys(proto)
         else:
@@ -255,7 +274,9 @@ def make_secagg_handler(train_fn: TrainFn, spec: ClientSpec) -> TrainFn:
             if loaded is None:
                 raise ProtocolViolation(f"client {pid}: stage {stage!r} before advertise_keys")
             client = loaded
-            if stage == STAGE_SHARE_KEYS:
+            if stage == STAGE_REVEAL_SEED:
+                reply = client.reveal_seed(proto)
+            elif stage == STAGE_SHARE_KEYS:
                 reply = client.share_keys(proto)
             elif stage == STAGE_COLLECT_MASKED:
                 cfg = client.state.config
@@ -282,7 +303,9 @@ def make_secagg_handler(train_fn: TrainFn, spec: ClientSpec) -> TrainFn:
                 raise ProtocolViolation(f"client {pid}: unknown stage {stage!r}")
         save_client(context, client)
         if stage == STAGE_COLLECT_MASKED and pid in dropouts:
-            raise DropoutInjected(f"client {pid} drops out after masking (fault injection)")
+            # an error reply, as the engine makes of a crashed client, without its traceback
+            reason = f"client {pid} drops out after masking (fault injection)"
+            return Message(Error(code=DROPOUT_ERROR_CODE, reason=reason), reply_to=msg)
         return Message(content=reply_content(reply, partition_id=pid), reply_to=msg)
 
     return handler

@@ -14,12 +14,18 @@ __all__ = [
     "CFG_PREKEYS",
     "CFG_SECAGG_ID",
     "COMMIT_LABEL",
+    "COMPLETE_GRAPH_MAX_CLIENTS",
+    "CORRECTNESS_BITS",
+    "CORRUPT_FRACTION",
+    "GRAPH_COMMIT_LABEL",
+    "GRAPH_SEED_LABEL",
     "KEY_BYTES",
     "MASK_INFO",
     "NONCE_BYTES",
     "PAIR_SEED_INFO",
     "RING_BITS",
     "RING_DTYPE",
+    "SECURITY_BITS",
     "SEED_BYTES",
     "SELF_MASK_INFO",
     "SHARE_AAD_LABEL",
@@ -27,17 +33,43 @@ __all__ = [
     "STAGES",
     "STAGE_ADVERTISE_KEYS",
     "STAGE_COLLECT_MASKED",
+    "STAGE_REVEAL_SEED",
     "STAGE_SHARE_KEYS",
     "STAGE_UNMASK",
     "Key",
 ]
 
 # Stages, in protocol order (Bell et al., CCS 2020, Fig. 2; Bonawitz et al., CCS 2017, Fig. 4).
+# The reveal stage runs only on sparse graphs: clients commit to graph randomness in
+# advertise_keys and reveal it there, so the graph seed is fixed before anyone can steer it.
 STAGE_ADVERTISE_KEYS: Final = "advertise_keys"
+STAGE_REVEAL_SEED: Final = "reveal_seed"
 STAGE_SHARE_KEYS: Final = "share_keys"
 STAGE_COLLECT_MASKED: Final = "collect_masked"
 STAGE_UNMASK: Final = "unmask"
-STAGES: Final = (STAGE_ADVERTISE_KEYS, STAGE_SHARE_KEYS, STAGE_COLLECT_MASKED, STAGE_UNMASK)
+STAGES: Final = (
+    STAGE_ADVERTISE_KEYS,
+    STAGE_REVEAL_SEED,
+    STAGE_SHARE_KEYS,
+    STAGE_COLLECT_MASKED,
+    STAGE_UNMASK,
+)
+
+# Graph parameters (Bell et al., CCS 2020, Thm. 3.6 style bounds; `graph.graph_parameters`).
+# Up to this many clients every client masks with and shares among all others (the complete
+# graph of Bonawitz et al., CCS 2017): no statistical failure, t - 1 colluders tolerated.
+# The cost is the server's Shamir reconstruction (pycryptodome, pure Python), measured with
+# a third of the clients dropped: n = 128 complete (t = 86) about 28 s per round, n = 129
+# sparse (k = 112, tau = 70) 19 s, n = 256 complete 419 s against 77 s sparse - so the
+# complete graph stops where it becomes several times dearer than the sparse one.
+COMPLETE_GRAPH_MAX_CLIENTS: Final = 128
+# sigma: an honest client's update is exposed with probability <= 2^-SECURITY_BITS per round
+SECURITY_BITS: Final = 40
+# eta: a round with at most n - t dropouts fails with probability <= 2^-CORRECTNESS_BITS
+CORRECTNESS_BITS: Final = 20
+# gamma: the fraction of clients that may collude with the server that sparse graphs are
+# sized for (the complete graph tolerates t - 1 colluders, whatever gamma)
+CORRUPT_FRACTION: Final = 1 / 3
 
 # Entries of a request's Flower ConfigRecord "config" (beside "stage" and "server-round").
 CFG_SECAGG_ID: Final = "secagg-id"  # the node's protocol id in this round (0..n-1)
@@ -65,6 +97,8 @@ MASK_INFO: Final = b"umbra/secagg+/v1/pairwise-mask"
 SELF_MASK_INFO: Final = b"umbra/secagg+/v1/self-mask"
 SHARE_AAD_LABEL: Final = b"umbra/secagg+/v1/share"
 COMMIT_LABEL: Final = b"umbra/secagg+/v1/self-seed-commitment"
+GRAPH_COMMIT_LABEL: Final = b"umbra/secagg+/v1/graph-randomness-commitment"
+GRAPH_SEED_LABEL: Final = b"umbra/secagg+/v1/graph-seed"
 
 
 class Key:
@@ -75,7 +109,10 @@ class Key:
     PK_C: Final = "pk_c"  # X25519 public key for share encryption (32 bytes)
     PK_S: Final = "pk_s"  # X25519 public key for pairwise masks (32 bytes)
     IDS: Final = "ids"  # int64 array of client ids
-    GRAPH_SEED: Final = "graph_seed"
+    GRAPH_COMMITMENT: Final = "graph_commitment"  # H(r_i), sent with the public keys
+    GRAPH_COMMITMENTS: Final = "graph_commitments"  # the roster's H(r_j), in roster order
+    GRAPH_REVEAL: Final = "graph_reveal"  # r_i (32 bytes)
+    GRAPH_REVEALS: Final = "graph_reveals"  # the roster's r_j, in roster order
     TO: Final = "to"
     FROM: Final = "from"
     CIPHERTEXTS: Final = "ciphertexts"

@@ -5,7 +5,8 @@
   the round number and a purpose label are bound in through HKDF, so masks differ per
   round and per use;
 * ChaCha20-Poly1305 authenticated encryption of the share messages relayed by the server;
-* a SHA-256 commitment to the self-mask seed (lets the server check reconstructions).
+* a SHA-256 commitment to the self-mask seed (lets the server check reconstructions), and
+  one to the client's graph randomness (commit-reveal of the graph seed).
 
 Randomness comes from the OS CSPRNG only (``os.urandom`` inside `cryptography`).
 """
@@ -25,7 +26,13 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from umbra.secure.secagg.constants import COMMIT_LABEL, KEY_BYTES, NONCE_BYTES, RING_DTYPE
+from umbra.secure.secagg.constants import (
+    COMMIT_LABEL,
+    GRAPH_COMMIT_LABEL,
+    KEY_BYTES,
+    NONCE_BYTES,
+    RING_DTYPE,
+)
 
 __all__ = [
     "AuthenticationError",
@@ -33,6 +40,7 @@ __all__ = [
     "aead_decrypt",
     "aead_encrypt",
     "agree",
+    "commit_graph_randomness",
     "commit_seed",
     "generate_keypair",
     "hkdf",
@@ -168,3 +176,12 @@ def commit_seed(seed: bytes, *, client_id: int, round_number: int) -> bytes:
     """SHA-256 commitment to a random seed (hiding: the seed has >= 128 bits of entropy)."""
     header = COMMIT_LABEL + struct.pack("<QQ", client_id, round_number)
     return hashlib.sha256(header + seed).digest()
+
+
+def commit_graph_randomness(randomness: bytes, *, client_id: int, round_number: int) -> bytes:
+    """SHA-256 commitment to a client's 32-byte graph randomness ``r_i`` (hiding and binding:
+    the server learns nothing of ``r_i`` from it and the client cannot change it later)."""
+    if len(randomness) != KEY_BYTES:
+        raise ValueError(f"graph randomness must be {KEY_BYTES} bytes, got {len(randomness)}")
+    header = GRAPH_COMMIT_LABEL + struct.pack("<QQ", client_id, round_number)
+    return hashlib.sha256(header + randomness).digest()

@@ -6,8 +6,13 @@ sparse-graph version of Bonawitz et al. (CCS 2017, https://eprint.iacr.org/2017/
 1. **advertise keys** - each client creates two X25519 key pairs (``c``: share
    encryption, ``s``: pairwise masks) and sends the public halves (or adopts, with
    `SecAggPlusClient.adopt_keys`, single-use pre-keys whose public halves it sent ahead
-   with its previous round's unmask reply, which saves this message exchange);
-2. **share keys** - the server relays the roster and a graph seed; each client draws a
+   with its previous round's unmask reply, which saves this message exchange); on a sparse
+   graph it also draws 32 random bytes ``r_i`` and sends the commitment ``H(r_i)``;
+1b. **reveal seed** (sparse graphs only) - the server relays the roster and all
+   commitments; each client checks its own is there and reveals ``r_i``;
+2. **share keys** - the server relays the roster (and on a sparse graph every ``r_j``:
+   each client checks them against the commitments and derives the graph seed
+   ``H(r_1 .. r_n)`` itself, so the server cannot choose the graph); each client draws a
    self-mask seed ``b``, Shamir-shares ``b`` and its mask secret key among its neighbours
    (threshold ``tau``) and sends the shares encrypted (ChaCha20-Poly1305) to each neighbour
    through the server, with a commitment to ``b``;
@@ -21,7 +26,11 @@ sparse-graph version of Bonawitz et al. (CCS 2017, https://eprint.iacr.org/2017/
 
 Messages are plain dicts of ints, bytes, lists of bytes and numpy arrays (keys in
 `constants.Key`), ready to be put into Flower records. Threat model: honest-but-curious
-server, fewer than ``tau`` colluding clients per neighbourhood. There is no consistency
+server colluding with fewer than ``t`` clients on the complete graph (``n <=
+COMPLETE_GRAPH_MAX_CLIENTS``), with a ``CORRUPT_FRACTION`` of the clients on the sparse
+graph beyond, except with probability ``2^-SECURITY_BITS`` (`graph.collusion_bound`).
+The graph seed is unbiased except that the server may abort a round after the reveals
+(a visible aborted round, after which the next round draws a fresh graph). There is no consistency
 check round (the signatures of the malicious-server variant of Bell et al.), so a server
 that sent different survivor lists to different clients could unmask one client; a
 malicious client can still send any well-formed vector (input validation is the poisoning
@@ -59,11 +68,12 @@ from umbra.secure.secagg.constants import (
     SHARE_PLAINTEXT_BYTES,
     STAGE_ADVERTISE_KEYS,
     STAGE_COLLECT_MASKED,
+    STAGE_REVEAL_SEED,
     STAGE_SHARE_KEYS,
     STAGE_UNMASK,
     Key,
 )
-from umbra.secure.secagg.graph import default_degree, neighbour_graph
+from umbra.secure.secagg.graph import graph_parameters, graph_seed, neighbour_graph
 from umbra.secure.secagg.quantize import PayloadLayout
 from umbra.secure.secagg.shamir import combine_shares, split_secret
 
@@ -110,8 +120,12 @@ class SecAggConfig:
 
     ``threshold`` (t) is the minimum number of surviving clients; ``share_threshold``
     (tau) is the Shamir threshold inside each neighbourhood of ``degree + 1`` holders
-    (the owner holds one share). Defaults: ``degree = min(n-1, 2 ceil(log2 n))``;
-    ``tau = t`` on the complete graph, else ``ceil(t (degree + 1) / n)`` (at least 2).
+    (the owner holds one share). Defaults: `graph.graph_parameters` - the complete graph
+    with ``tau = t`` up to ``COMPLETE_GRAPH_MAX_CLIENTS`` clients, so any ``n - t``
+    dropouts are recovered; beyond, Bell et al.'s degree and threshold for the configured
+    security and correctness. An explicit ``degree`` without ``share_threshold`` gets
+    ``tau = t`` on the complete graph, else ``ceil(t (degree + 1) / n)`` (at least 2):
+    explicit parameters carry no statistical guarantee.
     """
 
     round_number: int
@@ -131,7 +145,12 @@ class SecAggConfig:
             raise ValueError(f"threshold must be in [1, num_clients={n}], got {self.threshold}")
         if self.vector_length < 0:
             raise ValueError(f"vector_length must be >= 0, got {self.vector_length}")
-        degree = default_degree(n) if self.degree == -1 else self.degree
+        if self.degree == -1 and self.share_threshold == -1:
+            params = graph_parameters(n, self.threshold)
+            object.__setattr__(self, "degree", params.degree)
+            object.__setattr__(self, "share_threshold", params.share_threshold)
+            return
+        degree = graph_parameters(n, self.threshold).degree if self.degree == -1 else self.degree
         if not 0 <= degree <= max(n - 1, 0):
             raise ValueError(f"degree must be in [0, {n - 1}], got {degree}")
         if degree < n - 1:
@@ -151,6 +170,11 @@ class SecAggConfig:
             warnings.warn(
                 "share_threshold=1 hands every neighbour the secrets in clear", stacklevel=2
             )
+
+    @property
+    def complete(self) -> bool:
+        """Every client is every other's neighbour (no graph seed is needed)."""
+        return self.degree >= self.num_clients - 1
 
     def to_message(self) -> Message:
         return {
@@ -237,6 +261,10 @@ class ClientState:
     pk_s: dict[int, bytes] = field(default_factory=dict, repr=False)
     masked_with: tuple[int, ...] = ()
     rejected: tuple[int, ...] = ()
+    #: sparse graphs: the roster and its graph commitments, as relayed in reveal_seed
+    roster: tuple[int, ...] = field(default=(), repr=False)
+    graph_commitments: dict[int, bytes] = field(default_factory=dict, repr=False)
+    graph_randomness: bytes | None = field(default=None, repr=False)
     c_keys: crypto.KeyPair | None = field(default=None, repr=False)
     s_keys: crypto.KeyPair | None = field(default=None, repr=False)
     self_seed: bytes | None = field(default=None, repr=False)
@@ -253,10 +281,24 @@ class ClientState:
 class SecAggPlusClient:
     """Client side of SecAgg+: one method per stage, each taking the server's message."""
 
-    def __init__(self, client_id: int) -> None:
+    def __init__(
+        self,
+        client_id: int,
+        *,
+        threshold_fraction: float | None = None,
+        check_graph: bool = True,
+    ) -> None:
+        """``threshold_fraction``: the client's own configured threshold; it refuses a round
+        whose threshold is below ``ceil(threshold_fraction * n)``. ``check_graph``: refuse a
+        round whose degree and Shamir threshold are not `graph.graph_parameters`' (off only
+        for rounds run with explicit parameters, which carry no guarantee)."""
         if not 0 <= client_id < 1 << 32:
             raise ValueError(f"client_id must be in [0, 2^32), got {client_id}")
+        if threshold_fraction is not None and not 0 < threshold_fraction <= 1:
+            raise ValueError(f"threshold_fraction must be in (0, 1], got {threshold_fraction}")
         self.state = ClientState(client_id=client_id)
+        self.threshold_fraction = threshold_fraction
+        self.check_graph = check_graph
 
     def __repr__(self) -> str:
         return f"SecAggPlusClient({self.state!r})"
@@ -288,32 +330,126 @@ class SecAggPlusClient:
         self, msg: Mapping[str, Any], c_keys: crypto.KeyPair, s_keys: crypto.KeyPair
     ) -> Message:
         st = self.state
-        st.config = SecAggConfig.from_message(msg)
+        cfg = SecAggConfig.from_message(msg)
+        self._check_parameters(cfg)
+        st.config = cfg
         st.c_keys, st.s_keys = c_keys, s_keys
         st.stage = STAGE_ADVERTISE_KEYS
-        return {
+        reply: Message = {
             Key.ROUND: st.config.round_number,
             Key.CLIENT_ID: st.client_id,
             Key.PK_C: st.c_keys.public,
             Key.PK_S: st.s_keys.public,
         }
+        if not st.config.complete:
+            st.graph_randomness = crypto.new_seed(KEY_BYTES)
+            reply[Key.GRAPH_COMMITMENT] = crypto.commit_graph_randomness(
+                st.graph_randomness, client_id=st.client_id, round_number=st.config.round_number
+            )
+        return reply
+
+    def _check_parameters(self, cfg: SecAggConfig) -> None:
+        """Refuse a server-chosen threshold or graph weaker than what this client expects:
+        a lower ``t`` or ``tau`` would let fewer colluders reconstruct its secrets."""
+        me, n = self.state.client_id, cfg.num_clients
+        if self.threshold_fraction is not None:
+            needed = math.ceil(self.threshold_fraction * n - 1e-9)
+            if cfg.threshold < needed:
+                raise ProtocolViolation(
+                    f"client {me}: threshold {cfg.threshold} of {n} is below the configured "
+                    f"{self.threshold_fraction:g} ({needed})"
+                )
+        if self.check_graph:
+            want = graph_parameters(n, cfg.threshold)
+            if (cfg.degree, cfg.share_threshold) != (want.degree, want.share_threshold):
+                raise ProtocolViolation(
+                    f"client {me}: graph parameters (degree {cfg.degree}, Shamir threshold "
+                    f"{cfg.share_threshold}) differ from the required ({want.degree}, "
+                    f"{want.share_threshold}) for threshold {cfg.threshold} of {n}"
+                )
+
+    def reveal_seed(self, msg: Mapping[str, Any]) -> Message:
+        """Stage 1b (sparse graphs): check the relayed commitments, reveal ``r_i``.
+
+        The request carries the roster and every roster member's commitment; the client
+        refuses it unless its own commitment is there unchanged, and keeps them all to check
+        the reveals the server relays next (`share_keys`).
+        """
+        st = self.state
+        cfg = self._check_round(msg)
+        me = st.client_id
+        if st.stage != STAGE_ADVERTISE_KEYS or cfg.complete or st.graph_randomness is None:
+            raise ProtocolViolation(f"client {me}: reveal_seed out of order")
+        try:
+            roster = _ids(msg[Key.IDS])
+            commitments = [bytes(c) for c in msg[Key.GRAPH_COMMITMENTS]]
+        except (KeyError, TypeError, ValueError) as err:
+            raise ProtocolViolation(f"client {me}: malformed reveal_seed message") from err
+        if len(commitments) != len(roster) or len(set(roster)) != len(roster):
+            raise ProtocolViolation(f"client {me}: roster and commitments do not match")
+        mine = crypto.commit_graph_randomness(
+            st.graph_randomness, client_id=me, round_number=cfg.round_number
+        )
+        relayed = dict(zip(roster, commitments, strict=True))
+        if relayed.get(me) != mine:
+            raise ProtocolViolation(f"client {me}: its graph commitment is missing or altered")
+        if len(roster) < cfg.threshold:
+            raise ProtocolViolation(f"client {me}: roster smaller than the threshold")
+        st.roster, st.graph_commitments = tuple(sorted(roster)), relayed
+        st.stage = STAGE_REVEAL_SEED
+        return {
+            Key.ROUND: cfg.round_number,
+            Key.CLIENT_ID: me,
+            Key.GRAPH_REVEAL: st.graph_randomness,
+        }
+
+    def _graph_seed(self, roster: list[int], msg: Mapping[str, Any]) -> bytes:
+        """The graph seed from the relayed reveals, each checked against its commitment."""
+        st = self.state
+        cfg = self._check_round(msg)
+        me = st.client_id
+        if tuple(sorted(roster)) != st.roster:
+            raise ProtocolViolation(f"client {me}: roster changed after the commitments")
+        try:
+            reveals = [bytes(r) for r in msg[Key.GRAPH_REVEALS]]
+        except (KeyError, TypeError, ValueError) as err:
+            raise ProtocolViolation(f"client {me}: malformed graph reveals") from err
+        if len(reveals) != len(roster):
+            raise ProtocolViolation(f"client {me}: one graph reveal per roster member needed")
+        opened = dict(zip(roster, reveals, strict=True))
+        for j, r in opened.items():
+            if (
+                len(r) != KEY_BYTES
+                or crypto.commit_graph_randomness(r, client_id=j, round_number=cfg.round_number)
+                != st.graph_commitments[j]
+            ):
+                raise ProtocolViolation(
+                    f"client {me}: graph randomness of client {j} does not match its commitment"
+                )
+        if opened[me] != st.graph_randomness:
+            raise ProtocolViolation(f"client {me}: its own graph randomness was replaced")
+        return graph_seed(opened, round_number=cfg.round_number)
 
     def share_keys(self, msg: Mapping[str, Any]) -> Message:
         """Stage 2: derive the graph, Shamir-share ``b`` and ``sk_s`` among neighbours."""
         st = self.state
         cfg = self._check_round(msg)
-        if st.stage != STAGE_ADVERTISE_KEYS or st.c_keys is None or st.s_keys is None:
+        expected_stage = STAGE_ADVERTISE_KEYS if cfg.complete else STAGE_REVEAL_SEED
+        if st.stage != expected_stage or st.c_keys is None or st.s_keys is None:
             raise ProtocolViolation(f"client {st.client_id}: share_keys out of order")
         me = st.client_id
         try:
             roster = _ids(msg[Key.IDS])
-            seed = bytes(msg[Key.GRAPH_SEED])
             key_ids = _ids(msg[Key.KEY_IDS])
             pk_c, pk_s = list(msg[Key.PK_C]), list(msg[Key.PK_S])
         except (KeyError, TypeError, ValueError) as err:
             raise ProtocolViolation(f"client {me}: malformed share_keys message") from err
-        if me not in roster or len(seed) != KEY_BYTES:
-            raise ProtocolViolation(f"client {me}: not in the roster or bad graph seed")
+        if me not in roster or len(set(roster)) != len(roster):
+            raise ProtocolViolation(f"client {me}: not in the roster or repeated ids")
+        if len(roster) < cfg.threshold:
+            raise ProtocolViolation(f"client {me}: roster smaller than the threshold")
+        # complete graph: no randomness needed; sparse: the clients' seed, never the server's
+        seed = bytes(KEY_BYTES) if cfg.complete else self._graph_seed(roster, msg)
         st.graph = neighbour_graph(roster, degree=min(cfg.degree, len(roster) - 1), seed=seed)
         holders = _holders(me, st.graph)
         if key_ids != holders or len(pk_c) != len(holders) or len(pk_s) != len(holders):
@@ -474,6 +610,7 @@ class SecAggPlusClient:
         st = self.state
         st.b_shares, st.sk_shares, st.self_seed = {}, {}, None
         st.c_keys = st.s_keys = None
+        st.graph_randomness = None
 
 
 # ----------------------------------------------------------------------------- server
@@ -489,6 +626,8 @@ class ServerState:
     pk_c: dict[int, bytes] = field(default_factory=dict, repr=False)
     pk_s: dict[int, bytes] = field(default_factory=dict, repr=False)
     graph_seed: bytes = b""
+    graph_commitments: dict[int, bytes] = field(default_factory=dict, repr=False)
+    graph_reveals: dict[int, bytes] = field(default_factory=dict, repr=False)
     graph: dict[int, frozenset[int]] = field(default_factory=dict, repr=False)
     u1: tuple[int, ...] = ()
     u2: tuple[int, ...] = ()
@@ -570,9 +709,10 @@ class SecAggPlusServer:
         st.stage = STAGE_ADVERTISE_KEYS
         return {cid: st.config.to_message() for cid in st.invited}
 
-    def share_keys(self, replies: Mapping[int, Mapping[str, Any]]) -> dict[int, Message]:
-        """Check advertised keys, fix the graph, and send each client its neighbours' keys."""
+    def _accept_keys(self, replies: Mapping[int, Mapping[str, Any]]) -> None:
+        """Check advertised keys (and graph commitments on a sparse graph); fix ``u1``."""
         st = self.state
+        sparse = not st.config.complete
         probe = X25519PrivateKey.generate()
         seen: dict[bytes, int] = {}
         candidates = []
@@ -590,32 +730,99 @@ class SecAggPlusServer:
             if pk_c == pk_s:
                 self._exclude(cid, "the two public keys are equal")
                 continue
+            if sparse and not _is_bytes(msg.get(Key.GRAPH_COMMITMENT), KEY_BYTES):
+                self._exclude(cid, "missing or malformed graph commitment")
+                continue
             for pk in (bytes(pk_c), bytes(pk_s)):
                 if pk in seen:
                     self._exclude(cid, f"public key already used by client {seen[pk]} (replayed)")
                     self._exclude(seen[pk], f"public key also sent by client {cid} (replayed)")
                 seen[pk] = cid
             st.pk_c[cid], st.pk_s[cid] = bytes(pk_c), bytes(pk_s)
+            if sparse:
+                st.graph_commitments[cid] = bytes(msg[Key.GRAPH_COMMITMENT])
             candidates.append(cid)
         st.u1 = tuple(c for c in candidates if c not in st.excluded)
         if len(st.u1) < st.config.threshold:
-            raise self._abort(f"{len(st.u1)} valid key advertisements < threshold")
-        st.graph_seed = crypto.new_seed()
+            raise self._abort(
+                f"{len(st.u1)} valid key advertisements < threshold {st.config.threshold}"
+            )
+
+    def reveal_seed(self, replies: Mapping[int, Mapping[str, Any]]) -> dict[int, Message]:
+        """Sparse graphs: check advertised keys, relay the roster's graph commitments."""
+        st = self.state
+        if st.config.complete:
+            raise ValueError("the complete graph needs no graph seed: call share_keys")
+        self._accept_keys(replies)
+        request = {
+            Key.ROUND: st.config.round_number,
+            Key.IDS: np.asarray(st.u1, dtype=np.int64),
+            Key.GRAPH_COMMITMENTS: [st.graph_commitments[j] for j in st.u1],
+        }
+        st.stage = STAGE_REVEAL_SEED
+        return {cid: dict(request) for cid in st.u1}
+
+    def _accept_reveals(self, replies: Mapping[int, Mapping[str, Any]]) -> None:
+        """Every roster member must reveal randomness matching its commitment, else abort:
+        dropping a late or unwelcome reveal would let the server choose among seeds."""
+        st = self.state
+        missing = []
+        for cid in st.u1:
+            msg = replies.get(cid)
+            if msg is None or not self._valid_header(cid, msg, st.u1):
+                missing.append(cid)
+                continue
+            raw: Any = msg.get(Key.GRAPH_REVEAL)
+            reveal = bytes(raw) if _is_bytes(raw, KEY_BYTES) else b""
+            if (
+                not reveal
+                or crypto.commit_graph_randomness(
+                    reveal, client_id=cid, round_number=st.config.round_number
+                )
+                != st.graph_commitments[cid]
+            ):
+                self._exclude(cid, "graph randomness does not match its commitment")
+                missing.append(cid)
+                continue
+            st.graph_reveals[cid] = reveal
+        if missing:
+            raise self._abort(
+                f"{len(missing)} clients did not reveal the graph randomness they committed "
+                f"to (ids {missing[:8]}); the graph cannot be drawn without them"
+            )
+
+    def share_keys(self, replies: Mapping[int, Mapping[str, Any]]) -> dict[int, Message]:
+        """Fix the graph and send each client its neighbours' keys.
+
+        Complete graph: ``replies`` are the advertise replies. Sparse graph: the reveal
+        replies (after `reveal_seed`); the graph seed is the hash of every reveal.
+        """
+        st = self.state
+        sparse = not st.config.complete
+        if sparse:
+            if st.stage != STAGE_REVEAL_SEED:
+                raise ValueError("a sparse graph needs the reveal_seed stage first")
+            self._accept_reveals(replies)
+            st.graph_seed = graph_seed(st.graph_reveals, round_number=st.config.round_number)
+        else:
+            self._accept_keys(replies)
         st.graph = neighbour_graph(
-            st.u1, degree=min(st.config.degree, len(st.u1) - 1), seed=st.graph_seed
+            st.u1, degree=min(st.config.degree, len(st.u1) - 1), seed=st.graph_seed or bytes(32)
         )
         ids = np.asarray(st.u1, dtype=np.int64)
+        reveals = [st.graph_reveals[j] for j in st.u1] if sparse else None
         requests = {}
         for cid in st.u1:
             holders = _holders(cid, st.graph)
             requests[cid] = {
                 Key.ROUND: st.config.round_number,
                 Key.IDS: ids,
-                Key.GRAPH_SEED: st.graph_seed,
                 Key.KEY_IDS: np.asarray(holders, dtype=np.int64),
                 Key.PK_C: [st.pk_c[j] for j in holders],
                 Key.PK_S: [st.pk_s[j] for j in holders],
             }
+            if reveals is not None:
+                requests[cid][Key.GRAPH_REVEALS] = reveals
         st.stage = STAGE_SHARE_KEYS
         return requests
 
@@ -648,7 +855,7 @@ class SecAggPlusServer:
             u2.append(cid)
         st.u2 = tuple(u2)
         if len(st.u2) < st.config.threshold:
-            raise self._abort(f"{len(st.u2)} clients shared keys < threshold")
+            raise self._abort(f"{len(st.u2)} clients shared keys < threshold {st.config.threshold}")
         requests = {}
         for cid in st.u2:
             senders = tuple(j for j in sorted(st.graph[cid]) if j in st.u2)
@@ -712,7 +919,9 @@ class SecAggPlusServer:
         for cid in st.dropped:
             st.masked.pop(cid, None)
         if len(st.survivors) < st.config.threshold:
-            raise self._abort(f"{len(st.survivors)} surviving clients < threshold")
+            raise self._abort(
+                f"{len(st.survivors)} surviving clients < threshold {st.config.threshold}"
+            )
         request = {
             Key.ROUND: st.config.round_number,
             Key.SURVIVORS: np.asarray(st.survivors, dtype=np.int64),
@@ -798,7 +1007,9 @@ class SecAggPlusServer:
                 if j in sk_shares:
                     sk_shares[j][cid] = bytes(s)
         if responders < cfg.threshold:
-            raise self._abort(f"{responders} clients answered the unmask request < threshold")
+            raise self._abort(
+                f"{responders} clients answered the unmask request < threshold {cfg.threshold}"
+            )
         n = cfg.vector_length
         total = np.zeros(n, dtype=np.uint32)
         for i in st.survivors:
@@ -897,6 +1108,7 @@ def run_secagg_round(
     )
     unknown = set(drop) - {
         STAGE_ADVERTISE_KEYS,
+        STAGE_REVEAL_SEED,
         STAGE_SHARE_KEYS,
         STAGE_COLLECT_MASKED,
         STAGE_UNMASK,
@@ -918,7 +1130,8 @@ def run_secagg_round(
     )
     transcript = Transcript()
     server = SecAggPlusServer(config, seen_digests=seen_digests)
-    clients = {i: SecAggPlusClient(i) for i in range(n)}
+    explicit = degree != -1 or share_threshold != -1
+    clients = {i: SecAggPlusClient(i, check_graph=not explicit) for i in range(n)}
     gone: set[int] = set()
 
     def exchange(
@@ -964,6 +1177,9 @@ def run_secagg_round(
     try:
         req = timed(server.advertise_keys, list(range(n)))
         rep = exchange(STAGE_ADVERTISE_KEYS, req, lambda c, m: clients[c].advertise_keys(m))
+        if not config.complete:
+            req = timed(server.reveal_seed, rep)
+            rep = exchange(STAGE_REVEAL_SEED, req, lambda c, m: clients[c].reveal_seed(m))
         req = timed(server.share_keys, rep)
         rep = exchange(STAGE_SHARE_KEYS, req, lambda c, m: clients[c].share_keys(m))
         req = timed(server.collect_masked, rep)

@@ -18,7 +18,11 @@ The server only ever holds public keys, encrypted shares, masked vectors and the
 *sum* of the weighted contributions (`umbra.secure.contribution`), which it divides by
 the summed counts and hands to the strategy (`strategy_step`: FedAvg keeps the average,
 FedAdam/SCAFFOLD apply their server step). Fewer than ``t = ceil(threshold * n)``
-survivors: the round aborts, nothing is revealed and the model stays unchanged.
+survivors: the round aborts, nothing is revealed, the model stays unchanged and the
+round's row in results.json says why (``aborted``, ``note``). Up to
+``COMPLETE_GRAPH_MAX_CLIENTS`` sampled clients the graph is complete, so any ``n - t``
+dropouts are recovered; beyond, the sparse graph adds one exchange (``reveal_seed``: the
+clients fix the graph seed by commit-reveal) and pre-keys are not used.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from umbra.secure.secagg.constants import (
     KEY_BYTES,
     STAGE_ADVERTISE_KEYS,
     STAGE_COLLECT_MASKED,
+    STAGE_REVEAL_SEED,
     STAGE_SHARE_KEYS,
     STAGE_UNMASK,
     Key,
@@ -137,7 +142,8 @@ class SecAggPlusWorkflow:
             vector_length=self.layout.size,
         )
         self.server = SecAggPlusServer(self.config, seen_digests=self.run.seen_digests)
-        self.use_prekeys = bool(self.secure.get("prekeys", True))
+        # sparse graphs need every client's graph commitment, sent with its advertised keys
+        self.use_prekeys = bool(self.secure.get("prekeys", True)) and self.config.complete
         self.prekeyed: set[int] = set()  # nodes whose keys this round are stored pre-keys
 
     # node id <-> protocol id (0..n-1 in node order)
@@ -173,6 +179,11 @@ class SecAggPlusWorkflow:
                 self._to_ids(self.exchange.send(STAGE_ADVERTISE_KEYS, asked, per_node_config=ids))
             )
         return replies
+
+    def reveal_seed(self, replies: Mapping[int, Any]) -> dict[int, dict[str, Any]]:
+        """Sparse graphs only: relay the graph commitments, collect the reveals."""
+        requests = self._to_nodes(self.server.reveal_seed(replies))
+        return self._to_ids(self.exchange.send(STAGE_REVEAL_SEED, requests))
 
     def share_keys(self, replies: Mapping[int, Any]) -> dict[int, dict[str, Any]]:
         """Neighbours' keys; nodes on pre-keys also get what the advertise request carries."""
@@ -223,9 +234,10 @@ class SecAggPlusWorkflow:
         if not self.nodes:
             return self._outcome(None, None, note="no client sampled")
         try:
-            total, summed = self.unmask(
-                self.collect_masked_inputs(self.share_keys(self.advertise_keys()))
-            )
+            keys = self.advertise_keys()
+            if not self.config.complete:
+                keys = self.reveal_seed(keys)
+            total, summed = self.unmask(self.collect_masked_inputs(self.share_keys(keys)))
         except SecAggAbort as err:
             return self._outcome(None, None, note=str(err))
         float_sums, int_sums = self.layout.decode_sum(total, num_summed=summed)
