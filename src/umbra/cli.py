@@ -165,11 +165,12 @@ def privacy_ledger(
         )
     console.print(table)
     console.print(
-        f"reported ε (worst party {report.worst_party}): "
-        + ", ".join(f"{k} = {v:.3f}" for k, v in report.epsilon.items()),
+        f"reported ε (worst party {report.worst_party}; for observers who do not see the "
+        "sample): " + ", ".join(f"{k} = {v:.3f}" for k, v in report.epsilon.items()),
         highlight=False,
     )
     results = run_dir / "results.json" if run_dir.is_dir() else None
+    _print_observers(contents, results)
     if results is not None and results.exists():
         claimed = (json.loads(results.read_text()).get("privacy") or {}).get("epsilon") or {}
         if claimed:
@@ -179,6 +180,41 @@ def privacy_ledger(
             console.print(f"ledger ε {verdict} results.json")
     for note in report.warnings:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+def _print_observers(contents: Any, results: Path | None) -> None:
+    """ε of the ledger for each observer (server, other organisations, model holder)."""
+    import json
+
+    from umbra.privacy.observers import observer_epsilons, observer_views
+
+    cfg: dict[str, Any] = {}
+    if results is not None and results.exists():
+        cfg = json.loads(results.read_text()).get("config") or {}
+    noise = (cfg.get("privacy") or {}).get("noise")
+    secure = (cfg.get("secure") or {}).get("aggregation")
+    views = observer_views(
+        unit=contents.unit, noise=noise or "distributed", secure=secure or "secagg+"
+    )
+    table = Table(title="ε per observer (recomputed from the ledger)")
+    for col in ("observer", "ε total", "amplified", "what it sees"):
+        table.add_column(col, justify="right" if col == "ε total" else "left")
+    for name, o in observer_epsilons(contents, views).items():
+        eps = o["epsilon"]
+        table.add_row(
+            name.replace("_", " "),
+            f"{eps['total']:.3f}" if eps is not None else "none holds",
+            "yes" if o["amplified"] else "no",
+            o["why"],
+        )
+    console.print(table)
+    if noise is None and contents.unit == "client":
+        console.print(
+            "[yellow]note:[/] no results.json beside the ledger: the table assumes the noise "
+            "was shared out under secure aggregation; if the server added it, no ε holds "
+            "against the server",
+            highlight=False,
+        )
 
 
 @app.command()
