@@ -556,23 +556,18 @@ def _umbra(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
     return proc
 
 
+CLIENT_DP = [
+    *("--set", "privacy.mode=client", "--set", "privacy.epsilon=8"),
+    *("--set", "privacy.client_rate=0.5", "--set", "privacy.noise_multiplier=1.0"),
+]
+
+
 @pytest.fixture(scope="module")
 def client_dp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real client-level DP smoke run: central noise, half the clients per round."""
     out = tmp_path_factory.mktemp("cdp") / "run"
-    _umbra(
-        "run",
-        *SMOKE,
-        "--set",
-        "privacy.mode=client",
-        "--set",
-        "privacy.epsilon=8",
-        "--set",
-        "privacy.client_rate=0.5",
-        "--out",
-        str(out),
-        env={"UMBRA_CLIENT_STATE": str(out.parent / "clients")},
-    )
+    _umbra("run", *SMOKE, *CLIENT_DP, "--out", str(out),
+           env={"UMBRA_CLIENT_STATE": str(out.parent / "clients")})  # fmt: skip
     return out
 
 
@@ -657,3 +652,24 @@ def test_real_scaffold_run_keeps_client_state_out_of_the_run_folder(tmp_path: Pa
     assert not [p for p in out.rglob("*") if "scaffold" in p.name or "client_" in p.name]
     saved = sorted(p.name for p in clients.rglob("scaffold_r*.npz"))
     assert saved.count("scaffold_r2.npz") == 4  # every organisation keeps its own c_i
+
+
+@pytest.mark.slow
+def test_real_run_resume_with_its_ledger_continues(client_dp_run: Path, tmp_path: Path) -> None:
+    """The positive control: an intact ledger resumes, and ε keeps counting from it."""
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(client_dp_run, run)
+    _umbra("run", "--resume", str(run), *SMOKE, *CLIENT_DP, "--set", "federation.rounds=3")
+    res = json.loads((run / "results.json").read_text())
+    assert [r["round"] for r in res["rounds"]] == [1, 2, 3] and res["stopped"] is None
+    assert sorted(r.round for r in read_ledger(run / "ledger.jsonl").releases) == [1, 2, 3]
+    p = res["privacy"]
+    want = _pld_epsilon(
+        dp_event.SelfComposedDpEvent(
+            dp_event.PoissonSampledDpEvent(0.5, dp_event.GaussianDpEvent(1.0)), 3
+        ),
+        p["delta"],
+    )
+    assert p["observers"]["model_holder"]["epsilon"]["total"] == pytest.approx(want, rel=1e-6)

@@ -77,7 +77,7 @@ def observer_views(*, unit: str, noise: str, secure: str) -> dict[str, ObserverV
     if noise not in ("central", "distributed"):
         raise ValueError(f"noise must be 'central' or 'distributed', got {noise!r}")
     if unit == "example":
-        why = "records are Poisson-sampled secretly (CSPRNG) inside each organisation"
+        why = "each organisation Poisson-samples its records secretly, from a CSPRNG"
         return {
             "server": ObserverView("server", False, False, why + "; it sees only "
                                    + ("the sum of " if secure != "none" else "") + "noised updates"),

@@ -490,7 +490,7 @@ def _protections_part(results: Mapping[str, Any]) -> StatementPart | None:
             if unit == "example":
                 s.append(
                     "Each organisation drew its records' Poisson samples from an OS-seeded "
-                    "cryptographic generator and told nobody which records they held."
+                    "cryptographic generator and told nobody which records a sample held."
                 )
             elif unit == "client":
                 s.append(
@@ -560,7 +560,10 @@ def _trust_part(results: Mapping[str, Any]) -> StatementPart | None:
                 else ""
             )
         else:
-            collude = " unless it obtains the decryption key from an organisation"
+            collude = (
+                " unless it colludes with organisations holding the decryption key (or enough "
+                "of its shares)"
+            )
         s.append(
             "The server is assumed honest-but-curious: it follows the protocol but may try "
             "to learn from what it receives; it never held an individual organisation's "
@@ -571,15 +574,12 @@ def _trust_part(results: Mapping[str, Any]) -> StatementPart | None:
             "protocol exchanges keys among them)."
         )
     elif mode == "none":
-        s.append(
-            "The server is trusted with every organisation's individual update; channels are "
-            "assumed authenticated and encrypted, so nobody else reads them."
-        )
+        s.append("The server is trusted with every organisation's individual update.")
     if mode is not None:
         s.append(
-            "Channels are assumed authenticated (TLS on the Deployment Engine); who talks to "
-            "the server, and when, is visible to anyone watching the network, like the "
-            "server itself."
+            "Channels are assumed authenticated and encrypted (TLS on the Deployment Engine), "
+            "so nobody else reads the updates; who talks to the server, and when, is visible "
+            "to anyone watching the network, as it is to the server."
         )
     if privacy_on(results):
         unit = get_in(results, "privacy", "unit")
