@@ -42,7 +42,11 @@ def _round_line(total: int) -> Any:
         loss = row.get("loss")
         loss_s = f"loss {loss:.3f}" if loss is not None else ""
         eps = row.get("epsilon")
-        eps_s = f"  ε {eps['total']:.2f}" if isinstance(eps, dict) and "total" in eps else ""
+        eps_s = (
+            f"  ε {eps['total']:.2f} (model holder)"
+            if isinstance(eps, dict) and "total" in eps
+            else ""
+        )
         console.print(
             f"[cyan]round {row['round']:>3}/{total}[/]  {acc_s}  {loss_s}  "
             f"↑ {_fmt_bytes(row['bytes_up'])}  ↓ {_fmt_bytes(row['bytes_down'])}  "
@@ -118,6 +122,18 @@ def run(
     if results.get("stopped"):
         console.print(f"[yellow]stopped early:[/] {results['stopped']}", highlight=False)
     console.print(_final_table(results))
+    observers = (results.get("privacy") or {}).get("observers") or {}
+    if observers:
+        console.print(
+            "ε per observer: "
+            + "; ".join(
+                f"{name.replace('_', ' ')} "
+                + (f"{o['epsilon']['total']:.2f}" if o.get("epsilon") else "none holds")
+                + ("" if o.get("amplified") or not o.get("epsilon") else " (no amplification)")
+                for name, o in observers.items()
+            ),
+            highlight=False,
+        )
     t = results["timing"]
     console.print(
         f"results: {run_dir / 'results.json'}  (data {t['data_s']:.0f} s, "

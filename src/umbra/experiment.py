@@ -471,7 +471,7 @@ def _run_federated(
 def _privacy_line(cfg: Config) -> str:
     """One status line saying what the DP run does each round."""
     p = cfg.privacy
-    head = f"differential privacy: ε = {p.epsilon:g}, δ = {p.delta:g} per "
+    head = f"differential privacy: ε = {p.epsilon:g} (for the model holder), δ = {p.delta:g} per "
     if p.mode == "client":
         return head + f"client, client-level DP ({p.noise} noise, client rate {p.client_rate:g})"
     batch = p.batch_size or cfg.federation.batch_size
