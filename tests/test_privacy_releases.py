@@ -503,6 +503,8 @@ def test_ledger_coverage_checks(tmp_path: Path) -> None:
     path = run / "ledger.jsonl"
     digest = json.loads((run / "checkpoints" / "round_0003" / "state.json").read_text())["ledger"]
     check_coverage(path, through_round=3, digest=digest)  # intact: fine
+    with pytest.raises(ResumeError, match=r"delta = 1e-05, the run.s config 0\.001"):
+        check_coverage(path, through_round=3, header={"unit": "client", "delta": 1e-3})
     with path.open("a") as f:  # releases appended after the checkpoint are fine
         f.write(
             json.dumps(

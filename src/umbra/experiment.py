@@ -316,8 +316,11 @@ def _check_ledger(run_dir: Path, cfg: Config) -> None:
         return
     from umbra.privacy.ledger import check_coverage
 
+    p = cfg.privacy
+    header = {"unit": "example" if p.mode == "example" else "client", "delta": p.delta,
+              "accountant": p.accountant}  # fmt: skip
     check_coverage(run_dir / "ledger.jsonl", through_round=latest.round,
-                   digest=latest.state.get("ledger"))  # fmt: skip
+                   digest=latest.state.get("ledger"), header=header)  # fmt: skip
 
 
 def privacy_results(cfg: Config, run_dir: Path, summary: dict[str, Any] | None) -> dict[str, Any]:

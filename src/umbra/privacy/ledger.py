@@ -453,7 +453,11 @@ def ledger_digest(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def check_coverage(
-    path: str | os.PathLike[str], *, through_round: int, digest: Mapping[str, Any] | None = None
+    path: str | os.PathLike[str],
+    *,
+    through_round: int,
+    digest: Mapping[str, Any] | None = None,
+    header: Mapping[str, Any] | None = None,
 ) -> None:
     """Refuse to resume unless the ledger covers rounds ``1..through_round``.
 
@@ -463,6 +467,7 @@ def check_coverage(
         digest: :func:`ledger_digest` recorded with that checkpoint; when given, the file's
             first ``digest["bytes"]`` bytes must hash to ``digest["sha256"]`` (a truncated,
             shortened or edited ledger fails; releases appended later are fine).
+        header: expected ``unit``, ``delta`` and ``accountant`` (the run's config).
 
     Raises:
         ResumeError: one line naming what is missing.
@@ -492,6 +497,13 @@ def check_coverage(
         contents = read_ledger(p)
     except DataError as err:
         raise ResumeError(f"cannot resume the privacy ledger: {err}") from None
+    for key, want in (header or {}).items():
+        got = getattr(contents, key)
+        if got != want:
+            raise ResumeError(
+                f"cannot resume: the privacy ledger {p} has {key} = {got!r}, the run's config "
+                f"{want!r}"
+            )
     missing = sorted(set(range(1, through_round + 1)) - {r.round for r in contents.releases})
     if missing:
         shown = ", ".join(map(str, missing[:5])) + ("..." if len(missing) > 5 else "")
