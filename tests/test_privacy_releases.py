@@ -594,6 +594,9 @@ def test_real_run_epsilon_per_observer(client_dp_run: Path) -> None:
     assert obs["other_clients"]["epsilon"]["total"] == pytest.approx(want, rel=1e-6)
     assert obs["server"]["epsilon"] is None  # it added the noise itself
     assert all(r["train_loss"] is None for r in res["rounds"])  # never sent under DP
+    # un-noised per-client statistics stay out of results.json (client level: even sizes)
+    assert [set(c) for c in res["data"]["clients"]] == [{"client"}] * 4
+    assert "withheld" in res["data"]["clients_withheld"]
     shown = _umbra("privacy", "ledger", str(client_dp_run)).stdout
     assert "ε per observer" in shown and "none holds" in shown and "model holder" in shown
 

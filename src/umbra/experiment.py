@@ -309,6 +309,22 @@ def resume_config(run_dir: Path, requested: Config | None) -> Config:
     return requested
 
 
+def _client_summary(cfg: Config, prep: PreparedData) -> dict[str, Any]:
+    """``data.clients`` of results.json: under DP only what the organisations reveal
+    (zero-out: example-level, the record count; client-level, nothing), since per-client
+    label and modality counts are un-noised statistics of the records."""
+    clients = prep.client_summary()
+    if cfg.privacy.mode == "none":
+        return {"clients": clients}
+    keep = ("client", "records") if cfg.privacy.mode == "example" else ("client",)
+    return {
+        "clients": [{k: c[k] for k in keep} for c in clients],
+        "clients_withheld": "Per-organisation label and modality counts"
+        + (" and record counts" if cfg.privacy.mode == "client" else "")
+        + " are withheld under differential privacy (they are not noised).",
+    }
+
+
 def _check_ledger(run_dir: Path, cfg: Config) -> None:
     """Refuse to resume a DP run whose ledger does not cover its checkpoint's rounds."""
     latest = load_latest(run_dir / "checkpoints")
@@ -616,7 +632,7 @@ def run_experiment(
             "class_names": list(prep.train.class_names),
             "n_train": len(prep.train),
             "n_test": len(prep.test),
-            "clients": prep.client_summary(),
+            **_client_summary(cfg, prep),
             **prep.extra,
         },
         "rounds": history,

@@ -462,19 +462,31 @@ def _data(results: Mapping[str, Any]) -> str:
         return ""
     mods = get_in(results, "data", "modalities", default=[])
     names = get_in(results, "data", "class_names", default=[])
+    clients = [c for c in clients if isinstance(c, Mapping)]
+    # under DP the run withholds what its organisations keep private: show only what is there
+    has = {k: any(k in c for c in clients) for k in ("records", "per_modality", "labels")}
     rows = []
     for c in clients:
-        if not isinstance(c, Mapping):
-            continue
         labels = c.get("labels")
         nz = sum(1 for x in labels if is_number(x) and x > 0) if isinstance(labels, list) else None
         rows.append(
-            [c.get("client"), c.get("records"), *[get_in(c, "per_modality", m) for m in mods], nz]
+            [c.get("client")]
+            + ([c.get("records")] if has["records"] else [])
+            + ([get_in(c, "per_modality", m) for m in mods] if has["per_modality"] else [])
+            + ([nz] if has["labels"] else [])
         )
-    header = ["organisation", "records", *[f"with {m}" for m in mods], "classes held"]
+    header = (
+        ["organisation"]
+        + (["records"] if has["records"] else [])
+        + ([f"with {m}" for m in mods] if has["per_modality"] else [])
+        + (["classes held"] if has["labels"] else [])
+    )
     intro = ""
     if names:
         intro = f"<p>{len(names)} classes: {_e(', '.join(map(str, names)))}.</p>"
+    withheld = get_in(results, "data", "clients_withheld")
+    if isinstance(withheld, str):
+        intro += f"<p>{_e(withheld)}</p>"
     return _section("data", "Organisations and their data", intro + _table("clients", header, rows))
 
 
