@@ -128,7 +128,8 @@ def prepare_train_messages(
 
     Client-level DP samples clients with Poisson rate q (:func:`poisson_client_sample`, a
     CSPRNG: the sample must be unpredictable to everyone but the server, which draws it and
-    is therefore accounted without amplification, see :mod:`umbra.privacy.observers`). Before any message exists, the DP controller checks the budget and
+    is therefore accounted without amplification, see :mod:`umbra.privacy.observers`).
+    Before any message exists, the DP controller checks the budget and
     writes the round's releases to the ledger (fsynced); then each message gets its own
     ConfigRecord with that client's noise plan. May raise
     :class:`~umbra.errors.BudgetExhausted`.
