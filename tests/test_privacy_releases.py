@@ -599,6 +599,7 @@ def test_real_run_epsilon_per_observer(client_dp_run: Path) -> None:
     assert "withheld" in res["data"]["clients_withheld"]
     shown = _umbra("privacy", "ledger", str(client_dp_run)).stdout
     assert "ε per observer" in shown and "none holds" in shown and "model holder" in shown
+    assert "ledger ε matches results.json" in shown  # client level: "all" vs per modality
 
 
 @pytest.mark.slow

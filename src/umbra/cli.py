@@ -166,7 +166,10 @@ def privacy_ledger(
         highlight=False,
     )
     groups = sorted({g for r in contents.releases for g in r.noise_multipliers})
-    table = Table(title="ε recomputed from the ledger (per party; worst party first)")
+    table = Table(
+        title="ε recomputed from the ledger, per party (worst first), for observers who do "
+        "not see the sample"
+    )
     table.add_column("party")
     table.add_column("releases", justify="right")
     for g in groups:
@@ -190,8 +193,12 @@ def privacy_ledger(
     if results is not None and results.exists():
         claimed = (json.loads(results.read_text()).get("privacy") or {}).get("epsilon") or {}
         if claimed:
-            same = all(abs(claimed.get(k, 0.0) - v) <= 1e-9 * max(1.0, v)
-                       for k, v in report.epsilon.items())  # fmt: skip
+            # client-level DP has one group ("all") that results.json reports per modality
+            keys = [k for k in report.epsilon if k in claimed] if "total" in claimed else []
+            same = bool(keys) and all(
+                abs(claimed[k] - report.epsilon[k]) <= 1e-9 * max(1.0, report.epsilon[k])
+                for k in keys
+            )
             verdict = "[green]matches[/]" if same else "[red]DIFFERS FROM[/]"
             console.print(f"ledger ε {verdict} results.json")
     for note in report.warnings:
