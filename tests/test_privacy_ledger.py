@@ -61,6 +61,7 @@ def test_lines_and_fsync_before_return(tmp_path, monkeypatch):
         "unit": "example",
         "delta": DELTA,
         "accountant": "pld",
+        "adjacency": "zero-out",
     }
     assert [x["group"] for x in lines[1:]] == list(SIG)
     assert len({x["release"] for x in lines[1:]}) == 1  # one release, one id

@@ -145,7 +145,8 @@ def full_results(ledger: Path) -> dict[str, Any]:
                 "num_clients": 3,
                 "rounds": 3,
             },
-            "secure": {"aggregation": "secagg+", "threshold": 2},
+            "secure": {"aggregation": "secagg+", "threshold": 0.67},
+            "privacy": {"mode": "example", "noise": "central"},
         },
         "data": {
             "source": "fmnist-avt",
@@ -189,16 +190,24 @@ def full_results(ledger: Path) -> dict[str, Any]:
                 "audio+text": 0.55,
             },
         },
+        # the format experiment.privacy_results writes
         "privacy": {
-            "mode": "dpsgd",
+            "mode": "example",
             "unit": "example",
+            "noise": "central",
             "delta": 1e-5,
             "accountant": "pld",
+            "adjacency": "zero-out",
+            "budget": {"epsilon": 8.0, "delta": 1e-5},
             "epsilon": eps_final,
-            "target_epsilon": 8.0,
+            "epsilon_observer": "model_holder",
+            "observers": {
+                name: {"epsilon": eps_final, "amplified": True, "why": "records sampled secretly"}
+                for name in ("server", "other_clients", "model_holder")
+            },
             "noise_multiplier": {"image": 1.1, "audio": 1.3, "text": 0.9},
         },
-        "secure_aggregation": {"mode": "secagg+", "threshold": 2, "dropped": 1},
+        "secure_aggregation": "secagg+",
         "audit": {
             "membership": {
                 "auc": 0.5312,
@@ -320,13 +329,21 @@ def test_statement_is_generated_from_results(run: tuple[Path, dict[str, Any]]) -
     )
     assert "over 3 rounds" in parts["Data that stayed with each organisation"]
     assert "at the example level" in parts["Protections in this run"]
-    assert "the sum of at least 2 organisations" in parts["Protections in this run"]
-    assert "1 organisation dropped out" in parts["Protections in this run"]
-    assert "colludes with 2 or more organisations" in parts["Trust assumptions"]
+    # the threshold is a fraction of a round's organisations: ⌈0.67 · 3⌉ = 3
+    assert (
+        "the sum of at least 67% of the round's organisations (3 of 3 when all take part)"
+        in parts["Protections in this run"]
+    )
+    assert "Shamir threshold, 67% of the round's organisations" in parts["Trust assumptions"]
+    assert "no training loss, no per-modality record counts" in parts["Protections in this run"]
     eps = res["privacy"]["epsilon"]
     budget = parts["Privacy budget"]
     assert f"ε = {fmt_eps(eps['total'])}, δ = {fmt_delta(1e-5)}" in budget
     assert "PLD accountant" in budget
+    assert "against whoever holds the trained models" in budget
+    assert "zero-out neighbours" in budget
+    for who in ("the server", "any other organisation", "whoever holds the trained models"):
+        assert f"Against {who}: ε = {fmt_eps(eps['total'])}, with amplification" in budget
     for m in MODS:
         assert f"{m} ε = {fmt_eps(eps[m])}" in budget
     assert "9 releases over 3 rounds" in budget and "the same value" in budget

@@ -43,7 +43,11 @@ def _round_line(total: int) -> Any:
         loss = row.get("loss")
         loss_s = f"loss {loss:.3f}" if loss is not None else ""
         eps = row.get("epsilon")
-        eps_s = f"  ε {eps['total']:.2f}" if isinstance(eps, dict) and "total" in eps else ""
+        eps_s = (
+            f"  ε {eps['total']:.2f} (model holder)"
+            if isinstance(eps, dict) and "total" in eps
+            else ""
+        )
         abort_s = f"  [red]aborted: {row.get('note', '')}[/]" if row.get("aborted") else ""
         console.print(
             f"[cyan]round {row['round']:>3}/{total}[/]  {acc_s}  {loss_s}  "
@@ -120,6 +124,18 @@ def run(
     if results.get("stopped"):
         console.print(f"[yellow]stopped early:[/] {results['stopped']}", highlight=False)
     console.print(_final_table(results))
+    observers = (results.get("privacy") or {}).get("observers") or {}
+    if observers:
+        console.print(
+            "ε per observer: "
+            + "; ".join(
+                f"{name.replace('_', ' ')} "
+                + (f"{o['epsilon']['total']:.2f}" if o.get("epsilon") else "none holds")
+                + ("" if o.get("amplified") or not o.get("epsilon") else " (no amplification)")
+                for name, o in observers.items()
+            ),
+            highlight=False,
+        )
     t = results["timing"]
     console.print(
         f"results: {run_dir / 'results.json'}  (data {t['data_s']:.0f} s, "
@@ -152,7 +168,10 @@ def privacy_ledger(
         highlight=False,
     )
     groups = sorted({g for r in contents.releases for g in r.noise_multipliers})
-    table = Table(title="ε recomputed from the ledger (per party; worst party first)")
+    table = Table(
+        title="ε recomputed from the ledger, per party (worst first), for observers who do "
+        "not see the sample"
+    )
     table.add_column("party")
     table.add_column("releases", justify="right")
     for g in groups:
@@ -167,20 +186,60 @@ def privacy_ledger(
         )
     console.print(table)
     console.print(
-        f"reported ε (worst party {report.worst_party}): "
-        + ", ".join(f"{k} = {v:.3f}" for k, v in report.epsilon.items()),
+        f"reported ε (worst party {report.worst_party}; for observers who do not see the "
+        "sample): " + ", ".join(f"{k} = {v:.3f}" for k, v in report.epsilon.items()),
         highlight=False,
     )
     results = run_dir / "results.json" if run_dir.is_dir() else None
+    _print_observers(contents, results)
     if results is not None and results.exists():
         claimed = (json.loads(results.read_text()).get("privacy") or {}).get("epsilon") or {}
         if claimed:
-            same = all(abs(claimed.get(k, 0.0) - v) <= 1e-9 * max(1.0, v)
-                       for k, v in report.epsilon.items())  # fmt: skip
+            # client-level DP has one group ("all") that results.json reports per modality
+            keys = [k for k in report.epsilon if k in claimed] if "total" in claimed else []
+            same = bool(keys) and all(
+                abs(claimed[k] - report.epsilon[k]) <= 1e-9 * max(1.0, report.epsilon[k])
+                for k in keys
+            )
             verdict = "[green]matches[/]" if same else "[red]DIFFERS FROM[/]"
             console.print(f"ledger ε {verdict} results.json")
     for note in report.warnings:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+def _print_observers(contents: Any, results: Path | None) -> None:
+    """ε of the ledger for each observer (server, other organisations, model holder)."""
+    import json
+
+    from umbra.privacy.observers import observer_epsilons, observer_views
+
+    cfg: dict[str, Any] = {}
+    if results is not None and results.exists():
+        cfg = json.loads(results.read_text()).get("config") or {}
+    noise = (cfg.get("privacy") or {}).get("noise")
+    secure = (cfg.get("secure") or {}).get("aggregation")
+    views = observer_views(
+        unit=contents.unit, noise=noise or "distributed", secure=secure or "secagg+"
+    )
+    table = Table(title="ε per observer (recomputed from the ledger)")
+    for col in ("observer", "ε total", "amplified", "what it sees"):
+        table.add_column(col, justify="right" if col == "ε total" else "left")
+    for name, o in observer_epsilons(contents, views).items():
+        eps = o["epsilon"]
+        table.add_row(
+            name.replace("_", " "),
+            f"{eps['total']:.3f}" if eps is not None else "none holds",
+            "yes" if o["amplified"] else "no",
+            o["why"],
+        )
+    console.print(table)
+    if noise is None and contents.unit == "client":
+        console.print(
+            "[yellow]note:[/] no results.json beside the ledger: the table assumes the noise "
+            "was shared out under secure aggregation; if the server added it, no ε holds "
+            "against the server",
+            highlight=False,
+        )
 
 
 @app.command()

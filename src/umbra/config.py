@@ -82,8 +82,21 @@ class DataConfig(_Section):
         "J=2, L=8; computed once and cached): far better under DP-SGD",
     )
 
+    tabular_stats: str | dict[str, list[float]] = Field(
+        "identity",
+        description="manifest tab: columns: 'identity' (values used as given), public "
+        "statistics {name = [mean, std]} or a JSON file of them, or 'per-client' (each "
+        "organisation's own; not under DP: it makes every record depend on the others)",
+    )
+
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
+        if isinstance(self.tabular_stats, dict):
+            for col, ms in self.tabular_stats.items():
+                if len(ms) != 2 or not ms[1] > 0:
+                    raise ValueError(
+                        f"data.tabular_stats.{col} must be [mean, std] with std > 0, got {ms}"
+                    )
         for m, r in self.missing.items():
             if not 0.0 <= r <= 1.0:
                 raise ValueError(f"data.missing.{m} = {r} is outside [0, 1]")
@@ -292,6 +305,12 @@ class Config(_Section):
             raise ValueError(
                 "privacy.mode needs federation.mode = 'federated' (the centralized baseline "
                 "is the non-private reference)"
+            )
+        if self.privacy.mode != "none" and self.data.tabular_stats == "per-client":
+            raise ValueError(
+                "data.tabular_stats = 'per-client' is not allowed under differential privacy "
+                "(each record's features would depend on every other record's); use 'identity' "
+                "or public statistics"
             )
         if self.privacy.mode == "client" and self.federation.strategy == "scaffold":
             raise ValueError(

@@ -8,6 +8,7 @@ the centralized baseline), and writes ``results.json`` and ``checkpoints/`` into
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -31,8 +32,10 @@ from umbra.federation.train import Batchable, TrainSettings, evaluate, get_array
 
 __all__ = [
     "PreparedData",
+    "client_state_root",
     "final_metrics",
     "prepare_data",
+    "privacy_results",
     "resume_config",
     "run_experiment",
 ]
@@ -114,8 +117,8 @@ def _stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> np.nd
 
 def _prepare_manifest(cfg: Config) -> PreparedData:
     """A user's manifest: hold out a stratified test set, split by its `client` column
-    (or the configured partitioner), standardise tabular values per client."""
-    from umbra.data.manifest import load_manifest, standardize_tabular
+    (or the configured partitioner), scale tabular values (:func:`_scale_tabular`)."""
+    from umbra.data.manifest import load_manifest
     from umbra.data.partition import partition
 
     md = load_manifest(
@@ -148,17 +151,45 @@ def _prepare_manifest(cfg: Config) -> PreparedData:
         parts = partition(train.labels, n_clients, scheme=cfg.data.partition,
                           alpha=cfg.data.alpha, seed=cfg.run.seed,
                           min_size=min(cfg.data.min_client_size, len(train) // n_clients))  # fmt: skip
-    if "tabular" in train.modalities:  # each client's own statistics: no pooling of raw data
+    scaling = None
+    if "tabular" in train.modalities:
+        base = Path(str(cfg.data.manifest)).parent
+        train, test, scaling = _scale_tabular(cfg, train, test, parts, md.tabular_columns, base)
+    masked = train.mask  # a manifest's empty cells are its missingness: none is added
+    extra = {"manifest": str(cfg.data.manifest), "skipped_rows": md.skipped,
+             "tabular_standardization": scaling}  # fmt: skip
+    return PreparedData(train, test, parts, [masked[i] for i in parts], extra)
+
+
+def _scale_tabular(
+    cfg: Config,
+    train: MultimodalData,
+    test: MultimodalData,
+    parts: list[np.ndarray],
+    columns: tuple[str, ...],
+    base: Path,
+) -> tuple[MultimodalData, MultimodalData, str]:
+    """Tabular features as ``data.tabular_stats`` says: ``"identity"`` (as given), public
+    statistics (fixed, no record enters them) or ``"per-client"`` (each organisation's own
+    mean/std; config validation refuses it under DP, and so does this function)."""
+    from umbra.data.manifest import read_tabular_stats, standardize_tabular
+
+    how = cfg.data.tabular_stats
+    if how == "identity":
+        return train, test, "identity"
+    if how == "per-client":
+        if cfg.privacy.mode != "none":
+            raise ConfigError(
+                "data.tabular_stats = 'per-client' is not allowed under differential privacy"
+            )
         feats = train.features["tabular"].copy()
-        for idx in parts:
+        for idx in parts:  # each client's own statistics: no pooling of raw data
             feats[idx] = standardize_tabular(train.subset(idx)).features["tabular"]
         train = MultimodalData({**train.features, "tabular": feats}, train.mask, train.labels,
                                train.modalities, train.class_names, train.ids)  # fmt: skip
-        test = standardize_tabular(test)
-    masked = train.mask  # a manifest's empty cells are its missingness: none is added
-    extra = {"manifest": str(cfg.data.manifest), "skipped_rows": md.skipped,
-             "tabular_standardization": "per-client"}  # fmt: skip
-    return PreparedData(train, test, parts, [masked[i] for i in parts], extra)
+        return train, standardize_tabular(test), "per-client"
+    moments = read_tabular_stats(how, columns, base=base)
+    return standardize_tabular(train, moments), standardize_tabular(test, moments), "public"
 
 
 def _image_features(data: MultimodalData, cfg: Config) -> MultimodalData:
@@ -259,8 +290,10 @@ def resume_config(run_dir: Path, requested: Config | None) -> Config:
         saved = validate_config(json.loads(path.read_text()))
     except (json.JSONDecodeError, ConfigError) as err:
         raise ResumeError(f"{path}: unreadable config ({err})") from None
-    if load_latest(run_dir / "checkpoints") is None:
+    latest = load_latest(run_dir / "checkpoints")
+    if latest is None:
         raise ResumeError(f"{run_dir} has no completed round to resume from")
+    _check_ledger(run_dir, saved)
     if requested is None:
         return saved
     if config_fingerprint(requested) != config_fingerprint(saved):
@@ -274,6 +307,75 @@ def resume_config(run_dir: Path, requested: Config | None) -> Config:
             f"{saved.federation.rounds}"
         )
     return requested
+
+
+def _client_summary(cfg: Config, prep: PreparedData) -> dict[str, Any]:
+    """``data.clients`` of results.json: under DP only what the organisations reveal
+    (zero-out: example-level, the record count; client-level, nothing), since per-client
+    label and modality counts are un-noised statistics of the records."""
+    clients = prep.client_summary()
+    if cfg.privacy.mode == "none":
+        return {"clients": clients}
+    keep = ("client", "records") if cfg.privacy.mode == "example" else ("client",)
+    return {
+        "clients": [{k: c[k] for k in keep} for c in clients],
+        "clients_withheld": "Per-organisation label and modality counts"
+        + (" and record counts" if cfg.privacy.mode == "client" else "")
+        + " are withheld under differential privacy (they are not noised).",
+    }
+
+
+def _check_ledger(run_dir: Path, cfg: Config) -> None:
+    """Refuse to resume a DP run whose ledger does not cover its checkpoint's rounds."""
+    latest = load_latest(run_dir / "checkpoints")
+    if cfg.privacy.mode == "none" or latest is None:
+        return
+    from umbra.privacy.ledger import check_coverage
+
+    p = cfg.privacy
+    header = {"unit": "example" if p.mode == "example" else "client", "delta": p.delta,
+              "accountant": p.accountant}  # fmt: skip
+    check_coverage(run_dir / "ledger.jsonl", through_round=latest.round,
+                   digest=latest.state.get("ledger"), header=header)  # fmt: skip
+
+
+def privacy_results(cfg: Config, run_dir: Path, summary: dict[str, Any] | None) -> dict[str, Any]:
+    """``results.json``'s ``privacy`` object: the controller's summary plus ε per observer.
+
+    ``epsilon`` (the budgeted value) is the one for ``epsilon_observer``; ``observers``
+    gives the server's, the other organisations' and the model holder's ε, recomputed from
+    the ledger (:mod:`umbra.privacy.observers`); ``None`` means no ε holds against it.
+    """
+    if summary is None:
+        return {"mode": "none", "unit": None, "delta": None, "accountant": None,
+                "epsilon": None}  # fmt: skip
+    from umbra.privacy.accounting import ADJACENCY
+    from umbra.privacy.ledger import read_ledger
+    from umbra.privacy.observers import observer_epsilons, observer_views
+
+    views = observer_views(unit=cfg.privacy.mode, noise=cfg.privacy.noise,
+                           secure=cfg.secure.aggregation)  # fmt: skip
+    observers = observer_epsilons(read_ledger(run_dir / "ledger.jsonl"), views)
+    return {**summary, "adjacency": ADJACENCY, "secure": cfg.secure.aggregation,
+            "epsilon_observer": "model_holder", "observers": observers}  # fmt: skip
+
+
+def client_state_root(run_dir: Path) -> Path:
+    """Where simulated organisations keep their own state (SCAFFOLD's c_i): a client-side
+    folder keyed by the run, never inside the server's run folder.
+
+    ``$UMBRA_CLIENT_STATE`` or ``~/.local/state/umbra/clients``, then a hash of the run
+    folder's path (so a resumed run finds its clients' state again). On the Deployment
+    Engine each SuperNode names its own folder with the node config key ``state-dir``.
+    """
+    root = os.environ.get("UMBRA_CLIENT_STATE") or str(
+        Path.home() / ".local" / "state" / "umbra" / "clients"
+    )
+    key = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16]
+    out = Path(root).resolve() / key
+    if out.is_relative_to(run_dir.resolve()):
+        raise ConfigError(f"client state {out} would sit inside the run folder {run_dir}")
+    return out
 
 
 def _settings(cfg: Config) -> TrainSettings:
@@ -352,13 +454,14 @@ def _run_federated(
     client = make_client_app(
         ClientSpec(
             data_dir=str(fed_dir / "train"),
-            state_dir=str(run_dir / "client_state"),
+            state_dir=str(client_state_root(run_dir)),
             model_spec=model_spec,
             settings=_settings(cfg),
             seed=cfg.run.seed,
             threads=cfg.run.threads,
             actions=actions,
             extra={"secure": secure},
+            privacy_unit=cfg.privacy.mode,
         )
     )
     logging.getLogger("flwr").setLevel(logging.ERROR)
@@ -387,7 +490,7 @@ def _run_federated(
 def _privacy_line(cfg: Config) -> str:
     """One status line saying what the DP run does each round."""
     p = cfg.privacy
-    head = f"differential privacy: ε = {p.epsilon:g}, δ = {p.delta:g} per "
+    head = f"differential privacy: ε = {p.epsilon:g} (for the model holder), δ = {p.delta:g} per "
     if p.mode == "client":
         return head + f"client, client-level DP ({p.noise} noise, client rate {p.client_rate:g})"
     batch = p.batch_size or cfg.federation.batch_size
@@ -493,6 +596,8 @@ def run_experiment(
                 f"{run_dir} already holds a run; use --resume {run_dir} or another --out"
             )
         atomic_write_text(run_dir / CONFIG_FILE, json.dumps(cfg.model_dump(mode="json"), indent=2))
+    else:
+        _check_ledger(run_dir, cfg)
     say(f"preparing data ({cfg.data.source})")
     t0 = time.perf_counter()
     prep = prepare_data(cfg)
@@ -527,13 +632,12 @@ def run_experiment(
             "class_names": list(prep.train.class_names),
             "n_train": len(prep.train),
             "n_test": len(prep.test),
-            "clients": prep.client_summary(),
+            **_client_summary(cfg, prep),
             **prep.extra,
         },
         "rounds": history,
         "final": final_metrics(model, prep.test),
-        "privacy": status.get("privacy")
-        or {"mode": "none", "unit": None, "delta": None, "accountant": None, "epsilon": None},
+        "privacy": privacy_results(cfg, run_dir, status.get("privacy")),
         "stopped": status.get("stopped"),
         "secure_aggregation": cfg.secure.aggregation,
         "bytes": {

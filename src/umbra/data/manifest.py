@@ -32,6 +32,14 @@ organisations, so it is offered as pure functions on one partition:
 standardisation), and :func:`tabular_moments` / :class:`TabularMoments` — (count, sum, sum of
 squares) per client — whose sums can be aggregated securely and fed back to
 :func:`standardize_tabular` as global statistics.
+
+Under differential privacy neither is allowed: statistics computed from the records make
+every record's standardised features depend on every other record's, so one record's
+clipped gradient no longer bounds its influence (the sensitivity argument of DP-SGD,
+Abadi et al. 2016, https://arxiv.org/abs/1607.00133, assumes each example's gradient is a
+function of that example alone). :func:`public_moments` turns statistics the user declares
+public (:func:`read_tabular_stats`) into fixed moments instead, and ``"identity"`` uses the
+values as given.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ import csv
 import functools
 import hashlib
 import io
+import json
 import math
 import os
 import re
@@ -74,6 +83,8 @@ __all__ = [
     "inspect_manifest",
     "load_manifest",
     "moments_by_client",
+    "public_moments",
+    "read_tabular_stats",
     "standardize_tabular",
     "summarize_manifest",
     "tabular_moments",
@@ -274,6 +285,54 @@ def moments_by_client(data: MultimodalData, clients: Sequence[str]) -> dict[str,
     return {
         c: tabular_moments(x[ix], data.mask[ix, j]) for c, ix in client_indices(clients).items()
     }
+
+
+def public_moments(mean: Sequence[float], std: Sequence[float]) -> TabularMoments:
+    """Fixed :class:`TabularMoments` whose ``mean`` and ``std`` are the given public values
+    (no record enters them)."""
+    m = np.asarray(mean, dtype=np.float64)
+    s = np.asarray(std, dtype=np.float64)
+    if m.shape != s.shape or m.ndim != 1:
+        raise ValueError(f"mean and std must be 1-D of one length, got {m.shape} and {s.shape}")
+    if not np.all(np.isfinite(m)) or not np.all(np.isfinite(s)) or np.any(s <= 0):
+        raise ValueError("public statistics must be finite with std > 0")
+    return TabularMoments(1.0, m, s * s + m * m)
+
+
+def read_tabular_stats(
+    stats: str | Mapping[str, Sequence[float]], columns: Sequence[str], *, base: Path | None = None
+) -> TabularMoments:
+    """Public per-column ``[mean, std]`` for the manifest's ``tab:`` ``columns``.
+
+    Args:
+        stats: ``{name: [mean, std]}`` (``name`` with or without the ``tab:`` prefix), or
+            the path of a JSON file holding that object (relative to ``base``).
+        columns: the tabular column names in feature order.
+
+    Raises:
+        DataError: unreadable file, a column without statistics, or a malformed entry.
+    """
+    if isinstance(stats, str):
+        path = Path(stats)
+        if base is not None and not path.is_absolute():
+            path = base / path
+        try:
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise DataError(f"data.tabular_stats: cannot read {path}: {err}") from None
+        if not isinstance(loaded, dict):
+            raise DataError(f"data.tabular_stats: {path} must hold a JSON object")
+        stats = loaded
+    table = {k.removeprefix("tab:"): v for k, v in stats.items()}
+    names = [c.removeprefix("tab:") for c in columns]
+    missing = [n for n in names if n not in table]
+    if missing:
+        raise DataError(f"data.tabular_stats has no [mean, std] for column(s) {missing}")
+    try:
+        pairs = [(float(table[n][0]), float(table[n][1])) for n in names]
+        return public_moments([p[0] for p in pairs], [p[1] for p in pairs])
+    except (TypeError, IndexError, ValueError) as err:
+        raise DataError(f"data.tabular_stats: {err}") from None
 
 
 def standardize_tabular(

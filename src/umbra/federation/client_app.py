@@ -4,6 +4,16 @@
 the app to its workers). Each train message carries the global arrays (and, for SCAFFOLD,
 the control variate under ``cv.``); the reply carries the updated arrays and a
 MetricRecord with ``num-examples``, ``n-<modality>`` counts and the ``partition-id``.
+
+Under differential privacy the organisation reveals only what the zero-out neighbouring
+relation keeps public (:data:`umbra.privacy.accounting.ADJACENCY`, :func:`public_metrics`):
+with example-level DP its record count (a null record still occupies its slot), with
+client-level DP nothing but its partition id. Losses, per-modality counts, sampled batch
+sizes and update norms are functions of the private records and stay with the client.
+
+Client state (SCAFFOLD's control variate c_i) is kept on the client's side, in the node's
+own ``state-dir`` (node config) or else under ``ClientSpec.state_dir``, which must not be
+the server's run folder.
 """
 
 from __future__ import annotations
@@ -40,7 +50,9 @@ DP_EXAMPLE, DP_CLIENT = 1, 2
 __all__ = [
     "CLIENT_ACTIONS",
     "ClientSpec",
+    "client_state_dir",
     "make_client_app",
+    "public_metrics",
     "register_client_action",
     "round_seed",
 ]
@@ -48,7 +60,12 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ClientSpec:
-    """Everything a ClientApp needs, picklable (no secrets)."""
+    """Everything a ClientApp needs, picklable (no secrets).
+
+    ``state_dir`` is the client-side root of per-node state (a node's own ``state-dir`` in
+    its node config overrides it); ``privacy_unit`` is the organisation's own DP unit
+    (``"none"``, ``"example"``, ``"client"``), which decides what its replies may reveal.
+    """
 
     data_dir: str
     state_dir: str
@@ -59,6 +76,7 @@ class ClientSpec:
     #: extra train actions (``message_type="train.<name>"``) from :data:`CLIENT_ACTIONS`
     actions: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    privacy_unit: str = "none"
 
 
 TrainFn = Callable[[Message, Context], Message]
@@ -78,6 +96,51 @@ def register_client_action(name: str, factory: ClientAction) -> None:
 def round_seed(seed: int, server_round: int, client: int) -> int:
     """A per-(run, round, client) training seed, stable across processes."""
     return zlib.crc32(f"{seed}/{server_round}/{client}".encode()) & 0x7FFFFFFF
+
+
+Metrics = dict[str, int | float | list[int] | list[float]]
+
+#: reply keys that carry no information about the private records (schedule and protocol)
+_PUBLIC_KEYS = ("partition-id", "dp-unweighted")
+
+
+def public_metrics(
+    unit: str,
+    *,
+    partition_id: int,
+    num_examples: int,
+    counts: dict[str, int],
+    metrics: dict[str, float],
+) -> Metrics:
+    """The reply/info metrics an organisation may send under its DP ``unit``.
+
+    ``"none"``: everything (record count, per-modality counts, training metrics).
+    ``"example"`` (zero-out adjacency: the slot count is public): ``num-examples`` and, so
+    that modality-aware averaging still has a weight, ``n-<m> = num-examples`` for every
+    modality; no loss, no sampled-batch size. ``"client"``: only the partition id (the
+    whole client is the unit; its size is private too).
+    """
+    if unit == "none":
+        return {
+            "num-examples": num_examples,
+            "partition-id": partition_id,
+            **{count_key(m): n for m, n in counts.items()},
+            **metrics,
+        }
+    if unit not in ("example", "client"):
+        raise ValueError(f"privacy unit must be 'none', 'example' or 'client', got {unit!r}")
+    out: Metrics = {"partition-id": partition_id}
+    if unit == "example":
+        out["num-examples"] = num_examples
+        out.update({count_key(m): num_examples for m in counts})
+    out.update({k: metrics[k] for k in _PUBLIC_KEYS if k in metrics})
+    return out
+
+
+def client_state_dir(spec: ClientSpec, node_config: Any, client: int) -> Path:
+    """Where this node keeps its own state: the node's ``state-dir`` or ``spec.state_dir``."""
+    own = node_config.get("state-dir") if hasattr(node_config, "get") else None
+    return Path(str(own) if own else spec.state_dir) / f"client_{client}"
 
 
 def _load_control(state_dir: Path, server_round: int) -> dict[str, np.ndarray] | None:
@@ -149,7 +212,7 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
         mu = float(config.get("proximal-mu", 0.0))  # type: ignore[arg-type]
         if mu != settings.proximal_mu:
             settings = TrainSettings(**{**settings.__dict__, "proximal_mu": mu})
-        state_dir = Path(spec.state_dir) / f"client_{client}"
+        state_dir = client_state_dir(spec, context.node_config, client)
         c_i = None
         if c:
             c_i = _load_control(state_dir, server_round) or {
@@ -210,26 +273,29 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
             out = {k: ((y[k] - x[k]) * scale).astype(y[k].dtype) for k in x}
             metrics = {**metrics, "dp-unweighted": 1.0}
         counts = data.counts()
-        reply_metrics: dict[str, int | float | list[int] | list[float]] = {
-            "num-examples": len(data),
-            "partition-id": client,
-            **{count_key(m): counts[m] for m in data.modalities},
-            **metrics,
-        }
+        reply_metrics = public_metrics(
+            spec.privacy_unit,
+            partition_id=client,
+            num_examples=len(data),
+            counts={m: counts[m] for m in data.modalities},
+            metrics=metrics,
+        )
         content = RecordDict({"arrays": to_record(out), "metrics": MetricRecord(reply_metrics)})
         return Message(content=content, reply_to=msg)
 
     @app.query()
     def info(msg: Message, context: Context) -> Message:
-        """Public metadata the server plans with: record counts (as FedAvg reveals them)."""
+        """Public metadata the server plans with (:func:`public_metrics`, no training)."""
         client = int(context.node_config["partition-id"])
         data = load_client_data(spec.data_dir, client)
         counts = data.counts()
-        metrics: dict[str, int | float | list[int] | list[float]] = {
-            "num-examples": len(data),
-            "partition-id": client,
-            **{count_key(m): counts[m] for m in data.modalities},
-        }
+        metrics = public_metrics(
+            spec.privacy_unit,
+            partition_id=client,
+            num_examples=len(data),
+            counts={m: counts[m] for m in data.modalities},
+            metrics={},
+        )
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
     for name in spec.actions:

@@ -10,7 +10,8 @@ and lets the strategy aggregate them; secure aggregation workflows register thei
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import secrets
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ __all__ = [
     "TrainRound",
     "client_dp_model",
     "plain_train_round",
+    "poisson_client_sample",
     "prepare_train_messages",
     "register_train_round",
     "reply_partition",
@@ -108,6 +110,13 @@ class _SubsetGrid:
         return getattr(self._grid, name)
 
 
+def poisson_client_sample(nodes: Iterable[int], rate: float) -> list[int]:
+    """Each node independently with probability ``rate``, drawn from the OS CSPRNG
+    (``secrets.SystemRandom``), never from a seeded generator."""
+    rng = secrets.SystemRandom()
+    return [n for n in sorted(nodes) if rng.random() < rate]
+
+
 def prepare_train_messages(
     strategy: ModalityFedAvg,
     grid: Grid,
@@ -117,8 +126,10 @@ def prepare_train_messages(
 ) -> list[Message]:
     """The round's train messages, with privacy applied when DP is on.
 
-    Client-level DP samples clients with Poisson rate q (OS entropy: the sample must be
-    unpredictable). Before any message exists, the DP controller checks the budget and
+    Client-level DP samples clients with Poisson rate q (:func:`poisson_client_sample`, a
+    CSPRNG: the sample must be unpredictable to everyone but the server, which draws it and
+    is therefore accounted without amplification, see :mod:`umbra.privacy.observers`).
+    Before any message exists, the DP controller checks the budget and
     writes the round's releases to the ledger (fsynced); then each message gets its own
     ConfigRecord with that client's noise plan. May raise
     :class:`~umbra.errors.BudgetExhausted`.
@@ -126,9 +137,8 @@ def prepare_train_messages(
     dp: RoundPrivacy | None = getattr(spec, "dp", None)
     view: Any = grid
     if dp is not None and dp.client_level:
-        rng = np.random.default_rng()
         q = float(dp.controller.cfg.client_rate)
-        view = _SubsetGrid(grid, [n for n in sorted(grid.get_node_ids()) if rng.random() < q])
+        view = _SubsetGrid(grid, poisson_client_sample(grid.get_node_ids(), q))
     if dp is not None and not list(view.get_node_ids()):
         dp.controller.before_round(rnd, [])  # an empty sample still releases noise
         return []
@@ -217,7 +227,7 @@ def plain_train_round(
             for k, v in m.content.array_records["arrays"].items():
                 summed[k] += v.numpy()
         new = client_dp_model(arrays, summed, received=len(ok), sampled=len(messages), dp=dp)
-        losses = [_loss(m) for m in ok]
+        losses = [x for m in ok if np.isfinite(x := _loss(m))]  # DP clients keep their loss
         metrics = {"train-total": float(np.mean(losses))} if losses else {}
         record, agg_metrics = strategy_step(strategy, rnd, new, metrics)
     else:

@@ -103,6 +103,11 @@ def run_rounds(spec: ServerSpec, grid: Grid) -> tuple[dict[str, np.ndarray], lis
     else:
         arrays, history, start = latest.arrays, list(latest.state["history"]), latest.round
         strategy.load_state_arrays(latest.strategy)
+        if spec.privacy is not None and spec.privacy.mode != "none":
+            from umbra.privacy.ledger import check_coverage
+
+            check_coverage(run_dir / "ledger.jsonl", through_round=start,
+                           digest=latest.state.get("ledger"))  # fmt: skip
         log.info("resuming after round %d", start)
     model = MultimodalNet(ModelSpec.from_dict(spec.model_spec))
     test = Batchable.from_data(load_client_data(spec.test_dir, 0))
@@ -150,7 +155,8 @@ def run_rounds(spec: ServerSpec, grid: Grid) -> tuple[dict[str, np.ndarray], lis
             "bytes_down": outcome.bytes_down,
             "bytes_per_client": {str(k): v for k, v in sorted(outcome.per_client.items())},
             "aborted": outcome.record is None,
-            "train_loss": _metric(train_metrics, "train-total"),
+            # under DP the clients keep their losses (they are not noised)
+            "train_loss": _metric(train_metrics, "train-total") if controller is None else None,
         }
         if outcome.record is None:
             row["note"] = outcome.note or "aborted"
@@ -162,12 +168,17 @@ def run_rounds(spec: ServerSpec, grid: Grid) -> tuple[dict[str, np.ndarray], lis
             row["epsilon"] = controller.epsilon()
         row["wall_s"] = time.perf_counter() - t0
         history.append(row)
+        state: dict[str, Any] = {"history": history}
+        if controller is not None:  # what a resume must find again (see check_coverage)
+            from umbra.privacy.ledger import ledger_digest
+
+            state["ledger"] = ledger_digest(controller.ledger.path)
         save_checkpoint(
             ckpt_dir,
             server_round=rnd,
             arrays=arrays,
             strategy=strategy.state_arrays(),
-            state={"history": history},
+            state=state,
         )
         if spec.on_round is not None:
             spec.on_round(row)
@@ -188,7 +199,9 @@ def check_some_round_completed(history: list[RoundReport]) -> None:
 
 
 def query_clients(grid: Grid, timeout_s: float) -> dict[int, tuple[int, int]]:
-    """node id -> (partition id, record count), asked of every connected client."""
+    """node id -> (partition id, record count), asked of every connected client.
+
+    The record count is 0 where the client keeps it private (client-level DP)."""
     nodes = sorted(grid.get_node_ids())
     msgs = [
         Message(
@@ -205,7 +218,7 @@ def query_clients(grid: Grid, timeout_s: float) -> dict[int, tuple[int, int]]:
         metrics = next(iter(reply.content.metric_records.values()))
         out[reply.metadata.src_node_id] = (
             int(metrics["partition-id"]),  # type: ignore[arg-type]
-            int(metrics["num-examples"]),  # type: ignore[arg-type]
+            int(metrics.get("num-examples", 0)),  # type: ignore[arg-type]
         )
     if len(out) != len(nodes):
         raise UmbraError(f"only {len(out)} of {len(nodes)} clients answered the info query")

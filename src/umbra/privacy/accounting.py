@@ -50,10 +50,12 @@ from collections.abc import Callable, Iterable, Mapping
 
 from dp_accounting import dp_event
 from dp_accounting.pld import PLDAccountant
+from dp_accounting.privacy_accountant import NeighboringRelation as NeighborRel
 from dp_accounting.privacy_accountant import PrivacyAccountant
 from dp_accounting.rdp import RdpAccountant
 
 __all__ = [
+    "ADJACENCY",
     "DEFAULT_ACCOUNTANT",
     "AccountantFactory",
     "accountant_names",
@@ -110,8 +112,24 @@ def make_accountant(name: str = DEFAULT_ACCOUNTANT) -> PrivacyAccountant:
     return factory()
 
 
-register_accountant("pld", lambda: PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION))
-register_accountant("rdp", RdpAccountant)
+#: The neighbouring relation every ε is computed under: *zero-out* (dp-accounting's
+#: ``REPLACE_SPECIAL``): two data sets are neighbours when one record (client-level DP: one
+#: client's whole contribution) is replaced by a null element that contributes nothing
+#: (Kairouz et al. 2021, https://arxiv.org/abs/2103.00039, §5; Ponomareva et al. 2023,
+#: "How to DP-fy ML", https://arxiv.org/abs/2303.00654, §2.1). The slot stays, so the number
+#: of records an organisation holds is public and may plan sampling rates; what the null
+#: element lacks (its modalities, its loss) is private. For the Poisson-subsampled Gaussian
+#: events used here dp-accounting gives the same ε as under add/remove.
+ADJACENCY = "zero-out"
+_RELATION = NeighborRel.REPLACE_SPECIAL
+
+register_accountant(
+    "pld",
+    lambda: PLDAccountant(
+        value_discretization_interval=PLD_DISCRETIZATION, neighboring_relation=_RELATION
+    ),
+)
+register_accountant("rdp", lambda: RdpAccountant(neighboring_relation=_RELATION))
 
 
 # --------------------------------------------------------------------------- validation

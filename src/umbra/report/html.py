@@ -13,14 +13,16 @@ skipped, never an error)::
     config.federation.{mode, strategy, num_clients, rounds}
     config.data.{source, manifest}, config.secure.threshold
     data.{source, manifest, modalities[], class_names[], n_train, n_test,
-          skipped_rows, tabular_standardization: "per-client"|"secure",
+          skipped_rows, tabular_standardization: "identity"|"public"|"per-client",
           clients: [{client, records, per_modality: {m: n}, labels: [n per class]}]}
     rounds[]: {round, clients (number or list), accuracy, macro_f1, loss, train_loss,
                bytes_up, bytes_down, wall_s, epsilon: {total, <modality>: ...}}
     final.{accuracy, macro_f1, loss, per_modality_accuracy: {<m>..., fused},
            missing_modality_accuracy: {"image+text": acc, ...}}
     privacy.{mode ("none" = off), unit: "example"|"client", delta, accountant,
-             epsilon: {total, <modality>} (or a number), target_epsilon,
+             epsilon: {total, <modality>} (or a number), budget.epsilon, target_epsilon,
+             epsilon_observer, adjacency, client_rate,
+             observers: {<observer>: {epsilon: {total, ...} | null, amplified, why}},
              noise: "central"|"distributed", noise_added_by: "server"|"clients",
              noise_multiplier, clip_norm
              (numbers or {group: number})}
@@ -149,7 +151,9 @@ def _summary(results: Mapping[str, Any]) -> str:
         delta = get_in(results, "privacy", "delta")
         if is_number(total):
             d = f", δ={fmt_delta(delta)}" if is_number(delta) else ""
-            cards.append((f"ε{d}", f"{total:.2f}"))
+            who = get_in(results, "privacy", "epsilon_observer")
+            seen = f" ({str(who).replace('_', ' ')})" if isinstance(who, str) else ""
+            cards.append((f"ε{d}{seen}", f"{total:.2f}"))
     elif "privacy" in results:
         cards.append(("differential privacy", "off"))
     mode, _ = secure_mode(results)
@@ -292,7 +296,10 @@ def _privacy(results: Mapping[str, Any]) -> str:
         for k in (
             "mode",
             "unit",
+            "adjacency",
             "noise",
+            "client_rate",
+            "epsilon_observer",
             "delta",
             "accountant",
             "target_epsilon",
@@ -308,6 +315,20 @@ def _privacy(results: Mapping[str, Any]) -> str:
             settings.append([k, v])
     body = _table("privacy", ["setting", "value"], settings)
     body += _table("epsilon", ["group", "ε"], [[k, v] for k, v in eps.items() if is_number(v)])
+    observers = p.get("observers")
+    if isinstance(observers, Mapping) and observers:
+        rows = []
+        for name, o in observers.items():
+            if not isinstance(o, Mapping):
+                continue
+            total = get_in(o, "epsilon", "total")
+            rows.append([
+                str(name).replace("_", " "),
+                total if is_number(total) else "none holds",
+                "yes" if o.get("amplified") else "no",
+                str(o.get("why", "")),
+            ])  # fmt: skip
+        body += _table("observers", ["observer", "ε total", "amplified", "what it sees"], rows)
     rounds = _rounds(results)
     keys: list[str] = []
     for r in rounds:
@@ -441,19 +462,31 @@ def _data(results: Mapping[str, Any]) -> str:
         return ""
     mods = get_in(results, "data", "modalities", default=[])
     names = get_in(results, "data", "class_names", default=[])
+    clients = [c for c in clients if isinstance(c, Mapping)]
+    # under DP the run withholds what its organisations keep private: show only what is there
+    has = {k: any(k in c for c in clients) for k in ("records", "per_modality", "labels")}
     rows = []
     for c in clients:
-        if not isinstance(c, Mapping):
-            continue
         labels = c.get("labels")
         nz = sum(1 for x in labels if is_number(x) and x > 0) if isinstance(labels, list) else None
         rows.append(
-            [c.get("client"), c.get("records"), *[get_in(c, "per_modality", m) for m in mods], nz]
+            [c.get("client")]
+            + ([c.get("records")] if has["records"] else [])
+            + ([get_in(c, "per_modality", m) for m in mods] if has["per_modality"] else [])
+            + ([nz] if has["labels"] else [])
         )
-    header = ["organisation", "records", *[f"with {m}" for m in mods], "classes held"]
+    header = (
+        ["organisation"]
+        + (["records"] if has["records"] else [])
+        + ([f"with {m}" for m in mods] if has["per_modality"] else [])
+        + (["classes held"] if has["labels"] else [])
+    )
     intro = ""
     if names:
         intro = f"<p>{len(names)} classes: {_e(', '.join(map(str, names)))}.</p>"
+    withheld = get_in(results, "data", "clients_withheld")
+    if isinstance(withheld, str):
+        intro += f"<p>{_e(withheld)}</p>"
     return _section("data", "Organisations and their data", intro + _table("clients", header, rows))
 
 

@@ -3,7 +3,13 @@
 Every sentence is built from a field of the results (or of the ledger) and appears only
 when that field is present; nothing about a run is written here as a fixed fact. The
 wording of each protection follows the threat model of DESIGN.md ("Privacy semantics"):
-an honest-but-curious server, clients that keep their raw data, an observed network.
+an honest-but-curious server, clients that keep their raw data, authenticated and
+encrypted channels whose traffic metadata (who talks to the server) is observable.
+
+It reads what :func:`umbra.experiment.run_experiment` writes: ``secure_aggregation`` (a
+mode string), ``config.secure.threshold`` (a *fraction* of a round's participants),
+``privacy.{unit, noise, adjacency, budget, epsilon_observer, observers}`` (ε per observer,
+:mod:`umbra.privacy.observers`) and ``data.tabular_standardization``.
 
 Also here: :func:`summarize_ledger`, the figures of ``ledger.jsonl`` that the report shows
 (and, through :func:`umbra.privacy.ledger.replay`, ε recomputed from the ledger alone).
@@ -164,11 +170,21 @@ def secure_mode(results: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]
     return None, {}
 
 
-def _threshold(results: Mapping[str, Any], details: Mapping[str, Any]) -> int | None:
+def _threshold(results: Mapping[str, Any], details: Mapping[str, Any]) -> float | None:
+    """The unmasking threshold as a fraction of a round's participants, in (0, 1]."""
     for t in (details.get("threshold"), get_in(results, "config", "secure", "threshold")):
-        if is_number(t):
-            return int(t)
+        if is_number(t) and 0 < t <= 1:
+            return float(t)
     return None
+
+
+def _threshold_phrase(t: float, n_clients: int | None) -> str:
+    """``"67% of the round's organisations (3 of 4 when all take part)"``."""
+    pct = f"{100 * t:.0f}% of the round's organisations"
+    if n_clients:
+        need = max(1, math.ceil(t * n_clients - 1e-9))
+        return f"{pct} ({need} of {n_clients} when all take part)"
+    return pct
 
 
 def _clients(results: Mapping[str, Any]) -> tuple[int | None, int | None]:
@@ -414,23 +430,52 @@ def _data_part(results: Mapping[str, Any]) -> StatementPart | None:
         )
     std = get_in(results, "data", "tabular_standardization")
     if "tabular" in mods and isinstance(std, str):
-        how = {
-            "per-client": "with each organisation's own mean and standard deviation",
-            "secure": "with statistics summed under secure aggregation",
-        }.get(std, f"({std})")
-        s.append(f"Tabular values were standardised {how}, never by pooling raw values.")
+        s.append(
+            {
+                "identity": "Tabular values were used as given: no statistic of the records "
+                "entered their scaling.",
+                "public": "Tabular values were standardised with per-column statistics the "
+                "user declared public: no record entered them.",
+                "per-client": "Tabular values were standardised with each organisation's own "
+                "mean and standard deviation (never by pooling raw values), so every record's "
+                "features depend on the other records of its organisation.",
+            }.get(std, f"Tabular values were scaled as follows: {std}.")
+        )
     return StatementPart("Data that stayed with each organisation", tuple(s))
+
+
+#: Plain names of the observers of :mod:`umbra.privacy.observers`.
+_OBSERVER_NAMES = {
+    "server": "the server",
+    "other_clients": "any other organisation",
+    "model_holder": "whoever holds the trained models",
+}
+
+
+def _observers(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    obs = get_in(results, "privacy", "observers")
+    if not isinstance(obs, Mapping):
+        return {}
+    return {str(k): dict(v) for k, v in obs.items() if isinstance(v, Mapping)}
 
 
 def _protections_part(results: Mapping[str, Any]) -> StatementPart | None:
     s: list[str] = []
+    mode, details = secure_mode(results)
+    n_clients, _ = _clients(results)
     if "privacy" in results:
         if privacy_on(results):
             unit = get_in(results, "privacy", "unit")
             where = {
                 "example": "inside each organisation's training (DP-SGD): every record's "
                 "gradient was clipped and noised before any update left",
-                "client": "on each organisation's whole update, which was clipped and noised",
+                "client": "on each organisation's whole update, which was clipped to a fixed "
+                + (
+                    "norm; each organisation added a share of the Gaussian noise, so that "
+                    "only the securely aggregated sum carried all of it"
+                    if _distributed(results)
+                    else "norm; the server added Gaussian noise to the sum"
+                ),
             }.get(unit, "")
             if unit == "example" and _distributed(results):
                 where = (
@@ -442,12 +487,34 @@ def _protections_part(results: Mapping[str, Any]) -> StatementPart | None:
                 f"Differential privacy was active at the {unit or 'reported'} level"
                 + (f", {where}." if where else ".")
             )
+            if unit == "example":
+                s.append(
+                    "Each organisation drew its records' Poisson samples from an OS-seeded "
+                    "cryptographic generator and told nobody which records a sample held."
+                )
+            elif unit == "client":
+                s.append(
+                    "The server drew each round's sample of organisations (each joined with "
+                    f"probability {fmt_num(get_in(results, 'privacy', 'client_rate'), 3)}) from "
+                    "an OS-seeded cryptographic generator."
+                    if is_number(get_in(results, "privacy", "client_rate"))
+                    else "The server drew each round's sample of organisations."
+                )
+            s.append(
+                "Under differential privacy the organisations sent no training loss, no "
+                "per-modality record counts and no sampled batch sizes to the server"
+                + (
+                    "; only their record counts (public under the zero-out neighbouring "
+                    "relation) and the noised updates."
+                    if unit == "example"
+                    else "; not even their record counts: only the clipped updates."
+                )
+            )
         else:
             s.append(
                 "Differential privacy was not active: the trained model carries no formal "
                 "bound on what it reveals about any single record or organisation."
             )
-    mode, details = secure_mode(results)
     t = _threshold(results, details)
     if mode == "none":
         s.append(
@@ -455,7 +522,7 @@ def _protections_part(results: Mapping[str, Any]) -> StatementPart | None:
             "update in the clear."
         )
     elif mode == "secagg+":
-        need = f" of at least {t} organisations" if t is not None else ""
+        need = f" of at least {_threshold_phrase(t, n_clients)}" if t is not None else ""
         s.append(
             "Secure aggregation (SecAgg+) was active: each update was masked before it left "
             f"its organisation, and the server could only unmask the sum{need} per round."
@@ -482,28 +549,45 @@ def _protections_part(results: Mapping[str, Any]) -> StatementPart | None:
 def _trust_part(results: Mapping[str, Any]) -> StatementPart | None:
     mode, details = secure_mode(results)
     t = _threshold(results, details)
+    n_clients, _ = _clients(results)
     s: list[str] = []
     if mode in ("secagg+", "ckks"):
-        collude = (
-            f" unless it colludes with {t} or more organisations" if mode == "secagg+" and t else ""
-        )
+        if mode == "secagg+":
+            collude = (
+                " unless it colludes with enough of an organisation's neighbours to reach the "
+                f"Shamir threshold, {_threshold_phrase(t, n_clients)}"
+                if t is not None
+                else ""
+            )
+        else:
+            collude = (
+                " unless it colludes with organisations holding the decryption key (or enough "
+                "of its shares)"
+            )
         s.append(
             "The server is assumed honest-but-curious: it follows the protocol but may try "
             "to learn from what it receives; it never held an individual organisation's "
             f"update in the clear{collude}."
         )
-    elif mode == "none":
         s.append(
-            "The server is trusted with every organisation's individual update, and so is "
-            "anyone who can read the traffic between them."
+            "The organisations taking part in a round learn who else takes part (the "
+            "protocol exchanges keys among them)."
+        )
+    elif mode == "none":
+        s.append("The server is trusted with every organisation's individual update.")
+    if mode is not None:
+        s.append(
+            "Channels are assumed authenticated and encrypted (TLS on the Deployment Engine), "
+            "so nobody else reads the updates; who talks to the server, and when, is visible "
+            "to anyone watching the network, as it is to the server."
         )
     if privacy_on(results):
-        noise_by = get_in(results, "privacy", "noise_added_by")
-        central = noise_by == "server" or get_in(results, "privacy", "noise") == "central"
-        if get_in(results, "privacy", "unit") == "client" and central:
+        unit = get_in(results, "privacy", "unit")
+        central = get_in(results, "privacy", "noise") == "central"
+        if unit == "client" and central:
             s.append(
                 "The client-level noise was added by the server, which must be trusted to "
-                "add it; the ε bound then holds against everyone who sees the model."
+                "add it: no ε holds against the server."
             )
         elif _distributed(results):
             s.append(
@@ -514,14 +598,41 @@ def _trust_part(results: Mapping[str, Any]) -> StatementPart | None:
             )
         else:
             s.append(
-                "The ε bound holds against anyone who sees the released model or updates, "
-                "whatever else they know."
+                "Each organisation added its noise before its update left it: the ε bound "
+                "holds against the server, the other organisations and whoever holds the "
+                "models, whatever else they know."
             )
     return StatementPart("Trust assumptions", tuple(s))
 
 
 def _distributed(results: Mapping[str, Any]) -> bool:
     return get_in(results, "privacy", "noise") == "distributed"
+
+
+def _budget_target(results: Mapping[str, Any]) -> float | None:
+    for t in (
+        get_in(results, "privacy", "budget", "epsilon"),
+        get_in(results, "privacy", "target_epsilon"),
+    ):
+        if is_number(t):
+            return float(t)
+    return None
+
+
+def _observer_sentence(name: str, entry: Mapping[str, Any]) -> str:
+    who = _OBSERVER_NAMES.get(name, name.replace("_", " "))
+    why = entry.get("why")
+    because = f" ({why})" if isinstance(why, str) and why else ""
+    eps = entry.get("epsilon")
+    total = eps.get("total") if isinstance(eps, Mapping) else None
+    if not is_number(total):
+        return f"Against {who}: no ε holds{because}."
+    amp = (
+        "with amplification by sampling"
+        if entry.get("amplified")
+        else "without amplification by sampling"
+    )
+    return f"Against {who}: ε = {fmt_eps(float(total))}, {amp}{because}."
 
 
 def _budget_part(results: Mapping[str, Any], ledger: LedgerSummary | None) -> StatementPart | None:
@@ -531,6 +642,7 @@ def _budget_part(results: Mapping[str, Any], ledger: LedgerSummary | None) -> St
     delta = get_in(results, "privacy", "delta")
     unit = get_in(results, "privacy", "unit")
     acc = get_in(results, "privacy", "accountant")
+    observer = get_in(results, "privacy", "epsilon_observer")
     s: list[str] = []
     if "total" in eps:
         d = f", δ = {fmt_delta(float(delta))}" if is_number(delta) else ""
@@ -538,15 +650,31 @@ def _budget_part(results: Mapping[str, Any], ledger: LedgerSummary | None) -> St
             "example": " for any single record (the worst organisation's value)",
             "client": " for any single organisation's participation",
         }.get(unit, "")
+        seen = (
+            f", against {_OBSERVER_NAMES.get(str(observer), str(observer))}"
+            if isinstance(observer, str)
+            else ""
+        )
         by = f", computed with the {str(acc).upper()} accountant" if acc else ""
-        s.append(f"The whole run spent (ε = {fmt_eps(eps['total'])}{d}){who}{by}.")
+        s.append(f"The whole run spent (ε = {fmt_eps(eps['total'])}{d}){who}{seen}{by}.")
+    if get_in(results, "privacy", "adjacency") == "zero-out":
+        s.append(
+            "ε compares data sets that differ by one "
+            + ("organisation's contribution" if unit == "client" else "record")
+            + " replaced by a null one that contributes nothing (zero-out neighbours), so "
+            "the number of "
+            + ("organisations" if unit == "client" else "records an organisation holds")
+            + " is public while their content is protected."
+        )
     per = {k: v for k, v in eps.items() if k != "total"}
     if per:
         s.append("Per modality: " + _join([f"{m} ε = {fmt_eps(v)}" for m, v in per.items()]) + ".")
-    target = get_in(results, "privacy", "target_epsilon")
-    if is_number(target) and "total" in eps:
-        rel = "within" if eps["total"] <= float(target) + 1e-9 else "OVER"
-        s.append(f"The configured budget was ε = {fmt_eps(float(target))}; the run is {rel} it.")
+    for name, entry in _observers(results).items():
+        s.append(_observer_sentence(name, entry))
+    target = _budget_target(results)
+    if target is not None and "total" in eps:
+        rel = "within" if eps["total"] <= target + 1e-9 else "OVER"
+        s.append(f"The configured budget was ε = {fmt_eps(target)}; the run is {rel} it.")
     if ledger is not None:
         s.append(
             f"The privacy ledger records {_plural(ledger.releases, 'release')} over "
