@@ -177,7 +177,7 @@ def discrete_gaussian_pmf(sigma: float, support: np.ndarray) -> np.ndarray:
     ±(σ·40 + 10), beyond which the mass is below float64 resolution)."""
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
-    half = int(math.ceil(40 * sigma)) + 10
+    half = math.ceil(40 * sigma) + 10
     k = np.arange(-half, half + 1, dtype=np.float64)
     norm = float(np.exp(-np.square(k) / (2 * sigma * sigma)).sum())
     s = np.asarray(support, dtype=np.float64)

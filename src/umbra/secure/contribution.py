@@ -27,9 +27,11 @@ Training metrics (``train-*`` losses) are aggregated securely too, weighted by
 ``num-examples`` and divided by `METRIC_SCALE` so that they fit the same range.
 
 DP hook: a reply whose metrics hold ``dp-unweighted = 1`` carries arrays that are already
-the client's clipped and noised *update* (a delta). They are contributed as sent with
-weight 1 (a uniform sum), and the server adds ``sum / number of summed clients`` to
-``x``; the counts are still summed. A round mixing both kinds aborts.
+the client's clipped *update* (a delta): noised (central mode, CKKS shares) or noiseless
+with its per-group sensitivities (``dp-sens-<group>``) when SecAgg+ adds the noise after
+quantisation (:func:`integer_noise_for`, the distributed discrete Gaussian). They are
+contributed as sent with weight 1 (a uniform sum), and the server adds ``sum / number of
+summed clients`` to ``x``; the counts are still summed. A round mixing both kinds aborts.
 """
 
 from __future__ import annotations
@@ -41,6 +43,14 @@ from typing import Any
 import numpy as np
 
 from umbra.data.dataset import MODALITIES
+from umbra.privacy.controller import (
+    CLIENT_GROUP,
+    DP_INTEGER_NOISE,
+    DP_NOISE_SHARES,
+    dp_config_keys,
+    dp_sensitivity_key,
+)
+from umbra.privacy.ddg import IntegerNoise, plan_integer_noise
 
 __all__ = [
     "CONTROL_PREFIX",
@@ -53,6 +63,7 @@ __all__ = [
     "clipped_fraction",
     "combine_sums",
     "int_template",
+    "integer_noise_for",
     "make_contribution",
     "next_weight_scale",
     "payload_template",
@@ -160,6 +171,54 @@ def make_contribution(
         "clients": np.ones(1, dtype=np.int64),
     }
     return Contribution(floats=floats, ints=ints)
+
+
+def integer_noise_for(
+    config: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    sizes: Mapping[str, int],
+    *,
+    key_group: Callable[[str], str],
+    scale: float,
+    half_range: float,
+) -> IntegerNoise | None:
+    """The integer-domain noise of one client's DP contribution, or None (no such round).
+
+    Args:
+        config: the round's ConfigRecord (``dp-noise-shares`` = t, ``dp-integer-noise``,
+            ``dp-mode``, ``dp-sigma-<group>``).
+        metrics: the local train reply's metrics (``dp-unweighted``, ``dp-sens-<group>``:
+            each group's L2 sensitivity in the contribution's float units).
+        sizes: DP-released array name -> number of coordinates (the model's arrays).
+        key_group: array name -> parameter group (example-level DP; client-level DP has
+            the one group ``"all"``).
+        scale: the quantiser's integer units per float unit.
+        half_range: the largest distance from its centre a client's level may take.
+
+    Raises:
+        ValueError: the reply is not a DP update, or carries no sensitivities.
+        DDGError: the plan's shares are too narrow (τ) or too wide for the ring.
+    """
+    shares = int(config.get(DP_NOISE_SHARES, 0))
+    if shares <= 0 or not bool(config.get(DP_INTEGER_NOISE, False)):
+        return None
+    if int(metrics.get(DP_UNWEIGHTED, 0)) != 1:
+        raise ValueError("a round with integer DP noise needs a DP update (dp-unweighted)")
+    prefix = dp_sensitivity_key("")
+    sens = {k[len(prefix) :]: float(v) for k, v in metrics.items() if k.startswith(prefix)}
+    if not sens:
+        raise ValueError("the DP update carries no per-group sensitivities (dp-sens-<group>)")
+    client_level = int(config.get("dp-mode", 0)) == 2
+    return plan_integer_noise(
+        sizes,
+        key_group=(lambda _: CLIENT_GROUP) if client_level else key_group,
+        noise_multipliers={g: float(config[dp_config_keys(g)[0]]) for g in sens},
+        sensitivities=sens,
+        shares=shares,
+        scale=scale,
+        half_range=half_range,
+        client_level=client_level,
+    )
 
 
 def clipped_fraction(contribution: Contribution, *, clip: float) -> float:
