@@ -29,9 +29,10 @@ from umbra.privacy.controller import (
     CLIENT_GROUP,
     DP_INTEGER_NOISE,
     DP_NOISE_SHARES,
+    DP_RANGE,
     PrivacyController,
 )
-from umbra.privacy.ddg import plan_integer_noise
+from umbra.privacy.ddg import plan_integer_noise, range_divisor
 from umbra.privacy.randomness import SecureRandom
 
 __all__ = [
@@ -163,8 +164,8 @@ def prepare_train_messages(
         if secure.get("aggregation") == "secagg+":
             # discrete Gaussian shares after quantisation: refuse a bad plan before any release
             extra[DP_INTEGER_NOISE] = True
-            check_integer_noise(dp, arrays, secure, len(messages),
-                                int(extra[DP_NOISE_SHARES]), extra.get("dp-lr"))  # fmt: skip
+            extra[DP_RANGE] = check_integer_noise(dp, arrays, secure, len(messages),
+                                                  int(extra[DP_NOISE_SHARES]), extra.get("dp-lr"))  # fmt: skip
     plans = dp.controller.before_round(rnd, pids)  # ledger written before any release
     out = []
     for m, pid in zip(messages, pids, strict=True):
@@ -182,22 +183,29 @@ def check_integer_noise(
     num_clients: int,
     shares: int,
     lr: float | None,
-) -> None:
-    """Plan-time check of the distributed discrete Gaussian (the clients recompute it).
+) -> int:
+    """Plan-time choice and check of the distributed discrete Gaussian (clients recompute it).
 
-    Raises :class:`~umbra.privacy.ddg.DDGError` when τ is not negligible or the shares do
-    not fit the ring, before the round's releases are written.
+    Returns ρ (``dp-range``), the power-of-two divisor that keeps a contribution's values
+    (at most ``C``, or ``2 lr C_g`` for a joint DP-SGD step with a batch twice the expected
+    one) and 12 standard deviations of its noise share inside half the quantisation range.
+    Raises :class:`~umbra.privacy.ddg.DDGError` when τ is not negligible or the shares still
+    do not fit, before the round's releases are written.
     """
     from umbra.secure.secagg.quantize import QuantizationSpec
 
     spec = QuantizationSpec(clip=float(secure.get("clip_range", 4.0)), num_clients=num_clients)
     ctl = dp.controller
-    sens = ctl.release_sensitivities(float(lr or 0.0) if not dp.client_level else 1.0)
+    sens = ctl.release_sensitivities(1.0 if dp.client_level else float(lr or 0.0))
     sigmas = (
         {CLIENT_GROUP: float(ctl.client_sigma or 0.0)}
         if dp.client_level
         else next(iter(ctl.plans.values())).noise_multipliers
     )
+    clips = ctl.clip_norms()
+    value_bound = max(clips.values()) * (1.0 if dp.client_level else 2.0 * float(lr or 0.0))
+    share_std = max(sigmas[g] * sens[g] for g in sens) / np.sqrt(shares)
+    rho = range_divisor(value_bound=value_bound, share_std=share_std, clip=spec.clip)
     plan_integer_noise(
         {k: int(v.size) for k, v in arrays.items() if not k.startswith("cv.")},
         key_group=(lambda _: CLIENT_GROUP)
@@ -206,10 +214,11 @@ def check_integer_noise(
         noise_multipliers=sigmas,
         sensitivities=sens,
         shares=shares,
-        scale=spec.scale,
+        scale=spec.scale / rho,
         half_range=spec.clip * spec.scale,
         client_level=dp.client_level,
     )
+    return rho
 
 
 def client_dp_model(

@@ -45,6 +45,7 @@ __all__ = [
     "CLIENT_GROUP",
     "DP_INTEGER_NOISE",
     "DP_NOISE_SHARES",
+    "DP_RANGE",
     "ClientPlan",
     "PrivacyController",
     "dp_config_keys",
@@ -58,6 +59,9 @@ DP_NOISE_SHARES = "dp-noise-shares"
 #: ConfigRecord key: distributed noise goes into the integer domain of SecAgg+ (discrete
 #: Gaussian shares after quantisation, :mod:`umbra.privacy.ddg`) instead of the float update.
 DP_INTEGER_NOISE = "dp-integer-noise"
+#: ConfigRecord key: ρ, the power of two a DP contribution is divided by before SecAgg+
+#: quantisation so that it and its noise share fit the range (:func:`~umbra.privacy.ddg.range_divisor`).
+DP_RANGE = "dp-range"
 
 
 def dp_config_keys(group: str) -> tuple[str, str]:

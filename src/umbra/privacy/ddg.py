@@ -62,6 +62,7 @@ __all__ = [
     "plan_group",
     "plan_integer_noise",
     "randomized_round",
+    "range_divisor",
     "rounding_sensitivity",
 ]
 
@@ -190,6 +191,23 @@ def plan_group(
     return DDGGroup(float(noise_multiplier), float(sensitivity), int(shares), share_sigma, tau)
 
 
+def range_divisor(*, value_bound: float, share_std: float, clip: float) -> int:
+    """ρ: the smallest power of two with ``(value_bound + 12 share_std) / ρ ≤ clip / 2``.
+
+    A DP contribution travels divided by ρ so that its values and its noise share stay well
+    inside the quantiser's ``±clip`` (no value clipped, no level out of the ring's
+    per-client range); the resolution left, ``scale / ρ`` integer units per float unit, is
+    what the plan's sensitivity and shares are computed in.
+    """
+    for name, v in (("value_bound", value_bound), ("share_std", share_std)):
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+    if not (math.isfinite(clip) and clip > 0):
+        raise ValueError(f"clip must be a finite number > 0, got {clip}")
+    need = 2 * (value_bound + 12 * share_std) / clip
+    return 1 if need <= 1 else 1 << math.ceil(math.log2(need))
+
+
 @dataclass(frozen=True)
 class IntegerNoise:
     """Which arrays of a contribution get integer-domain DP noise, and how much.
@@ -236,17 +254,17 @@ def plan_integer_noise(
         DDGError: τ not negligible, or a share's tail (12 std) reaching half the range.
     """
     groups = {k: key_group(k) for k in sizes}
-    if set(groups.values()) != set(sensitivities) or set(sensitivities) - set(noise_multipliers):
-        raise ValueError(
-            f"groups of the arrays {sorted(set(groups.values()))} do not match the plan's "
-            f"{sorted(sensitivities)}"
-        )
-    dims = {g: 0 for g in sensitivities}
+    missing = sorted(set(groups.values()) - (set(sensitivities) & set(noise_multipliers)))
+    if missing:
+        raise ValueError(f"arrays of the groups {missing} have no noise plan")
+    dims: dict[str, int] = {}
     for k, n in sizes.items():
-        dims[groups[k]] += int(n)
+        dims[groups[k]] = dims.get(groups[k], 0) + int(n)
     plans: dict[str, DDGGroup] = {}
     bounds: dict[str, float] = {}
     for g, sens in sensitivities.items():
+        if g not in dims:
+            continue  # a group with no arrays releases nothing
         c_int = float(sens) * float(scale)
         if client_level:
             bounds[g] = conditional_rounding_bound(c_int, dims[g])

@@ -47,6 +47,7 @@ from umbra.privacy.controller import (
     CLIENT_GROUP,
     DP_INTEGER_NOISE,
     DP_NOISE_SHARES,
+    DP_RANGE,
     dp_config_keys,
     dp_sensitivity_key,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "Contribution",
     "clipped_fraction",
     "combine_sums",
+    "dp_range_of",
     "int_template",
     "integer_noise_for",
     "make_contribution",
@@ -115,13 +117,15 @@ def payload_template(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndar
 
 
 def int_template() -> dict[str, np.ndarray]:
-    """Zero int arrays of the payload: counts, applied weights, DP flag, client count."""
+    """Zero int arrays of the payload: counts, applied weights, DP flag, client count, and
+    the DP range divisor ρ (each DP contribution's floats travel divided by it)."""
     g = len(WEIGHT_GROUPS)
     return {
         "counts": np.zeros(g, dtype=np.int64),
         "weights": np.zeros(g, dtype=np.int64),
         "dp": np.zeros(1, dtype=np.int64),
         "clients": np.zeros(1, dtype=np.int64),
+        "dp-range": np.zeros(1, dtype=np.int64),
     }
 
 
@@ -132,6 +136,7 @@ def make_contribution(
     *,
     key_modality: KeyModality,
     weight_scale: float,
+    dp_range: int = 1,
 ) -> Contribution:
     """Weighted update of one client (see the module docstring).
 
@@ -142,15 +147,20 @@ def make_contribution(
             ``dp-unweighted``).
         key_modality: parameter name -> modality or None (shared).
         weight_scale: ``B > 0``, the public normaliser announced by the server.
+        dp_range: ρ >= 1, the public divisor of a DP contribution's floats (the round's
+            ``dp-range``, chosen so that noise shares fit the quantisation range); the
+            server multiplies the sums back (:func:`combine_sums`).
     """
     if not (np.isfinite(weight_scale) and weight_scale > 0):
         raise ValueError(f"weight_scale must be a finite float > 0, got {weight_scale}")
+    if isinstance(dp_range, bool) or int(dp_range) != dp_range or dp_range < 1:
+        raise ValueError(f"dp_range must be an integer >= 1, got {dp_range!r}")
     counts = np.array([int(metrics.get(k, 0)) for k in WEIGHT_GROUPS], dtype=np.int64)
     if np.any(counts < 0):
         raise ValueError("counts must be >= 0")
     dp = int(metrics.get(DP_UNWEIGHTED, 0)) == 1
     weights = np.ones_like(counts) if dp else counts
-    scale = 1.0 if dp else 1.0 / weight_scale
+    scale = 1.0 / dp_range if dp else 1.0 / weight_scale
     floats: dict[str, np.ndarray] = {}
     for key in sorted(reply_arrays):
         y = np.asarray(reply_arrays[key], dtype=np.float64)
@@ -161,7 +171,7 @@ def make_contribution(
                 raise ValueError(f"reply array {key!r} is not in the global model")
             delta = y - np.asarray(x[key], dtype=np.float64)
         floats[key] = delta * (weights[_group(key, key_modality)] * scale)
-    n_ex = float(counts[0]) * (1.0 if dp else scale)
+    n_ex = float(counts[0]) * scale
     for m in METRIC_KEYS:
         floats[_METRIC_PREFIX + m] = np.array([float(metrics.get(m, 0.0)) * n_ex / METRIC_SCALE])
     ints = {
@@ -169,8 +179,22 @@ def make_contribution(
         "weights": weights.astype(np.int64),
         "dp": np.array([int(dp)], dtype=np.int64),
         "clients": np.ones(1, dtype=np.int64),
+        "dp-range": np.array([int(dp_range) if dp else 0], dtype=np.int64),
     }
     return Contribution(floats=floats, ints=ints)
+
+
+def dp_range_of(int_sums: Mapping[str, np.ndarray]) -> int:
+    """ρ of a DP aggregate (every contribution must have used the same), 1 otherwise."""
+    clients = int(np.asarray(int_sums["clients"]).ravel()[0])
+    dp = int(np.asarray(int_sums["dp"]).ravel()[0])
+    if not dp or "dp-range" not in int_sums:
+        return 1
+    total = int(np.asarray(int_sums["dp-range"]).ravel()[0])
+    rho = total // max(clients, 1)
+    if rho < 1 or rho * clients != total:
+        raise ValueError(f"DP contributions used different range divisors (sum {total})")
+    return rho
 
 
 def integer_noise_for(
@@ -192,7 +216,8 @@ def integer_noise_for(
         sizes: DP-released array name -> number of coordinates (the model's arrays).
         key_group: array name -> parameter group (example-level DP; client-level DP has
             the one group ``"all"``).
-        scale: the quantiser's integer units per float unit.
+        scale: the quantiser's integer units per float unit (before the round's ``dp-range``
+            ρ divides the contribution: the plan works in ``scale / ρ``).
         half_range: the largest distance from its centre a client's level may take.
 
     Raises:
@@ -215,7 +240,7 @@ def integer_noise_for(
         noise_multipliers={g: float(config[dp_config_keys(g)[0]]) for g in sens},
         sensitivities=sens,
         shares=shares,
-        scale=scale,
+        scale=scale / int(config.get(DP_RANGE, 1)),
         half_range=half_range,
         client_level=client_level,
     )
@@ -256,6 +281,9 @@ def combine_sums(
     counts = np.asarray(int_sums["counts"], dtype=np.int64)
     weights = np.asarray(int_sums["weights"], dtype=np.float64)
     divisor = weights if dp else weights / weight_scale
+    rho = dp_range_of(int_sums)
+    if rho != 1:
+        float_sums = {k: np.asarray(v, dtype=np.float64) * rho for k, v in float_sums.items()}
     averaged: dict[str, np.ndarray] = {}
     # The global model's key order: strategies such as Flower's FedAvgM pair old and new
     # arrays by position.
@@ -303,5 +331,6 @@ def client_dp_from_sums(
     from umbra.federation.rounds import client_dp_model
 
     received = int(np.asarray(int_sums["clients"]).ravel()[0])
-    summed = {k: np.asarray(float_sums[k], dtype=np.float64) for k in x}
+    rho = dp_range_of(int_sums)
+    summed = {k: np.asarray(float_sums[k], dtype=np.float64) * rho for k in x}
     return client_dp_model(dict(x), summed, received=received, sampled=sampled, dp=dp)

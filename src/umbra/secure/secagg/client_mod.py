@@ -41,6 +41,7 @@ from flwr.app import ConfigRecord, Context, Message
 from umbra.federation.client_app import ClientSpec, TrainFn
 from umbra.federation.records import from_record
 from umbra.models import SHARED_GROUP, parameter_modality
+from umbra.privacy.controller import DP_RANGE
 from umbra.privacy.randomness import SecureRandom
 from umbra.secure.contribution import (
     CONTROL_PREFIX,
@@ -204,7 +205,7 @@ def masked_contribution_vector(
     Returns ``(vector, clipped fraction)``. Public parameters come from the message's
     ConfigRecord ``"config"``: ``clip-range``, ``weight-scale``, ``modality-aware``, and in
     a DP round with distributed noise the plan (``dp-noise-shares`` = t,
-    ``dp-integer-noise``, ``dp-sigma-<group>``). Then the DP arrays arrive noiseless with
+    ``dp-integer-noise``, ``dp-sigma-<group>``, ``dp-range``). Then the DP arrays arrive noiseless with
     their per-group sensitivities in the local reply metrics (``dp-sens-<group>``) and
     get the distributed discrete Gaussian (`umbra.secure.contribution.integer_noise_for`):
     randomised rounding and a share ``N_Z(0, σ_g² Δ_g² / t)`` per coordinate; a value the
@@ -223,6 +224,7 @@ def masked_contribution_vector(
         metrics,  # type: ignore[arg-type]
         key_modality=key_modality,
         weight_scale=float(cfg["weight-scale"]),  # type: ignore[arg-type]
+        dp_range=int(cfg.get(DP_RANGE, 1)),  # type: ignore[arg-type]
     )
     shapes = {k: tuple(v.shape) for k, v in incoming.items()}
     layout = PayloadLayout.from_arrays(
