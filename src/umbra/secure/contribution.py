@@ -31,7 +31,8 @@ the client's clipped *update* (a delta): noised (central mode, CKKS shares) or n
 with its per-group sensitivities (``dp-sens-<group>``) when SecAgg+ adds the noise after
 quantisation (:func:`integer_noise_for`, the distributed discrete Gaussian). They are
 contributed as sent with weight 1 (a uniform sum), and the server adds ``sum / number of
-summed clients`` to ``x``; the counts are still summed. A round mixing both kinds aborts.
+summed clients`` to ``x``; the counts are still summed, the training losses are not sent
+(they are not differentially private). A round mixing both kinds aborts.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def int_template() -> dict[str, np.ndarray]:
         "weights": np.zeros(g, dtype=np.int64),
         "dp": np.zeros(1, dtype=np.int64),
         "clients": np.zeros(1, dtype=np.int64),
-        "dp-range": np.zeros(1, dtype=np.int64),
+        "dp-range": np.zeros(2, dtype=np.int64),
     }
 
 
@@ -173,27 +174,36 @@ def make_contribution(
         floats[key] = delta * (weights[_group(key, key_modality)] * scale)
     n_ex = float(counts[0]) * scale
     for m in METRIC_KEYS:
-        floats[_METRIC_PREFIX + m] = np.array([float(metrics.get(m, 0.0)) * n_ex / METRIC_SCALE])
+        # a DP round releases no training loss: it is data-dependent and carries no noise
+        value = 0.0 if dp else float(metrics.get(m, 0.0)) * n_ex / METRIC_SCALE
+        floats[_METRIC_PREFIX + m] = np.array([value])
     ints = {
         "counts": counts,
         "weights": weights.astype(np.int64),
         "dp": np.array([int(dp)], dtype=np.int64),
         "clients": np.ones(1, dtype=np.int64),
-        "dp-range": np.array([int(dp_range) if dp else 0], dtype=np.int64),
+        # ρ and ρ²: the sums show whether every contribution used the same ρ
+        "dp-range": np.array([int(dp_range), int(dp_range) ** 2] if dp else [0, 0], dtype=np.int64),
     }
     return Contribution(floats=floats, ints=ints)
 
 
 def dp_range_of(int_sums: Mapping[str, np.ndarray]) -> int:
-    """ρ of a DP aggregate (every contribution must have used the same), 1 otherwise."""
+    """ρ of a DP aggregate, 1 otherwise.
+
+    Every contribution must have used the same ρ: with ``k`` clients, ``Σρ_i = kρ`` and
+    ``Σρ_i² = kρ²`` hold together only when all ``ρ_i = ρ`` (Cauchy–Schwarz equality).
+    """
     clients = int(np.asarray(int_sums["clients"]).ravel()[0])
     dp = int(np.asarray(int_sums["dp"]).ravel()[0])
     if not dp or "dp-range" not in int_sums:
         return 1
-    total = int(np.asarray(int_sums["dp-range"]).ravel()[0])
+    total, squares = (int(v) for v in np.asarray(int_sums["dp-range"]).ravel()[:2])
     rho = total // max(clients, 1)
-    if rho < 1 or rho * clients != total:
-        raise ValueError(f"DP contributions used different range divisors (sum {total})")
+    if rho < 1 or rho * clients != total or rho * rho * clients != squares:
+        raise ValueError(
+            f"DP contributions used different range divisors (sums {total}, {squares})"
+        )
     return rho
 
 
@@ -301,7 +311,9 @@ def combine_sums(
         mean = np.asarray(total, dtype=np.float64) / w
         averaged[key] = (mean if base is None else base.astype(np.float64) + mean).astype(dtype)
     metrics: dict[str, float] = {k: float(v) for k, v in zip(WEIGHT_GROUPS, counts, strict=True)}
-    n_ex = float(counts[0]) if dp else float(counts[0]) / weight_scale
+    if dp:  # DP contributions carry no training loss (see make_contribution)
+        return averaged, metrics
+    n_ex = float(counts[0]) / weight_scale
     for m in METRIC_KEYS:
         s = float(np.asarray(float_sums[_METRIC_PREFIX + m]).ravel()[0]) * METRIC_SCALE
         metrics[m] = s / n_ex if n_ex > 0 else 0.0
