@@ -83,7 +83,9 @@ def register_client_action(name: str, factory: ClientAction) -> None:
 
 
 def round_seed(seed: int, server_round: int, client: int) -> int:
-    """A per-(run, round, client) training seed, stable across processes."""
+    """A per-(run, round, client) seed for non-private choices (batch order, modality
+    dropout), stable across processes. Never for DP sampling or noise: those come from
+    :class:`~umbra.privacy.randomness.SecureRandom`."""
     return zlib.crc32(f"{seed}/{server_round}/{client}".encode()) & 0x7FFFFFFF
 
 

@@ -16,17 +16,22 @@ the report gives the worst client.
 
 With ``privacy.noise = "distributed"`` (secure aggregation required) the silos run one
 DP-SGD step per round *together* (Heikkilä et al. 2020, cross-silo distributed DP-SGD):
-every record is Poisson-sampled at one rate ``q = batch_size · K / N``; each silo clips its
+every record is Poisson-sampled at one rate ``q = batch_size · K / N`` (from the privacy
+stream of :mod:`umbra.privacy.randomness`, never from ``run.seed``); each silo clips its
 sample's per-record gradients, adds ``1/√t`` of the step's noise (``t`` = the fewest
 contributions the secure aggregate accepts) and scales its step by ``n_i · K / N``, so the
 only thing anyone sees, the sum, is one step of centralized DP-SGD over all records with at
 least ``N(0, σ_g² C_g²)`` per group (√t less noise on the mean gradient than K silos each
-noising their own). A record's ε is that of ``σ_g``, ``q`` and one step per round; what the
-strategy's server optimiser does with the sum is post-processing.
+noising their own). Under SecAgg+ the shares are discrete Gaussians added after
+quantisation, sized for the rounding-inflated sensitivity (:mod:`umbra.privacy.ddg`), so
+the noise multiplier of the integer release is still ``σ_g``. A record's ε is that of
+``σ_g``, ``q`` and one step per round; what the strategy's server optimiser does with the
+sum is post-processing.
 
 Client-level DP (DP-FedAvg, McMahan et al. 2018): clients join each round with Poisson
 rate q, clip their update to C, and Gaussian noise σC is added to the sum (by the server,
-or shared out among the clients under secure aggregation). One group, ``"all"``.
+or shared out among the clients under secure aggregation in ``t`` shares, with no top-up
+by the server). One group, ``"all"``.
 """
 
 from __future__ import annotations
