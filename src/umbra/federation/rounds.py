@@ -188,7 +188,7 @@ def check_integer_noise(
 
     Returns ρ (``dp-range``), the power-of-two divisor that keeps a contribution's values
     (at most ``C``, or ``2 lr C_g`` for a joint DP-SGD step with a batch twice the expected
-    one) and 12 standard deviations of its noise share inside half the quantisation range.
+    one) and 12 standard deviations of its noise share inside the quantisation range.
     Raises :class:`~umbra.privacy.ddg.DDGError` when τ is not negligible or the shares still
     do not fit, before the round's releases are written.
     """

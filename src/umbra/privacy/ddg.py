@@ -192,7 +192,7 @@ def plan_group(
 
 
 def range_divisor(*, value_bound: float, share_std: float, clip: float) -> int:
-    """ρ: the smallest power of two with ``(value_bound + 12 share_std) / ρ ≤ clip / 2``.
+    """ρ: the smallest power of two with ``(value_bound + 12 share_std) / ρ ≤ clip``.
 
     A DP contribution travels divided by ρ so that its values and its noise share stay well
     inside the quantiser's ``±clip`` (no value clipped, no level out of the ring's
@@ -204,7 +204,7 @@ def range_divisor(*, value_bound: float, share_std: float, clip: float) -> int:
             raise ValueError(f"{name} must be a finite number >= 0, got {v}")
     if not (math.isfinite(clip) and clip > 0):
         raise ValueError(f"clip must be a finite number > 0, got {clip}")
-    need = 2 * (value_bound + 12 * share_std) / clip
+    need = (value_bound + 12 * share_std) / clip
     return 1 if need <= 1 else 1 << math.ceil(math.log2(need))
 
 
@@ -251,7 +251,7 @@ def plan_integer_noise(
         client_level: conditional rounding (the client's whole vector is the unit).
 
     Raises:
-        DDGError: τ not negligible, or a share's tail (12 std) reaching half the range.
+        DDGError: τ not negligible, or a share's tail (12 std) beyond the range.
     """
     groups = {k: key_group(k) for k in sizes}
     missing = sorted(set(groups.values()) - (set(sensitivities) & set(noise_multipliers)))
@@ -273,10 +273,10 @@ def plan_integer_noise(
             delta2 = rounding_sensitivity(c_int, dims[g])
         plan = plan_group(noise_multiplier=float(noise_multipliers[g]), sensitivity=delta2,
                           shares=shares)  # fmt: skip
-        if 12 * plan.share_sigma > half_range / 2:
+        if 12 * plan.share_sigma > half_range:
             raise DDGError(
                 f"group {g!r}: discrete Gaussian shares of std {plan.share_sigma:.3g} do not fit"
-                f" half of the ring's per-client range ±{half_range:.3g} (raise secure.clip_range)"
+                f" the ring's per-client range ±{half_range:.3g} (raise secure.clip_range)"
             )
         plans[g] = plan
     return IntegerNoise(
