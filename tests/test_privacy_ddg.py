@@ -189,3 +189,56 @@ def test_client_level_plan_uses_the_conditional_rounding_bound() -> None:
     assert noise.norm_bound == {"all": bound}
     assert noise.plans["all"].sensitivity == bound
     assert noise.share_sigma["all"] == pytest.approx(0.9 * bound / math.sqrt(3))
+
+
+def _secagg_messages(delta_scale: float, rho: int) -> tuple[object, object, dict]:
+    from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+
+    from umbra.federation.records import to_record
+
+    x = {
+        "encoders.image.net.0.weight": np.zeros((40, 50), np.float32),
+        "head.weight": np.zeros((10, 40), np.float32),
+    }
+    rng = SecureRandom.for_testing(8)
+    delta = {k: rng.normal(v.shape, std=delta_scale) for k, v in x.items()}
+    config = ConfigRecord({
+        "server-round": 1, "clip-range": 4.0, "weight-scale": 100.0, "modality-aware": True,
+        "dp-mode": 1, "dp-noise-shares": 3, "dp-integer-noise": True, "dp-range": rho,
+        "dp-sigma-image": 2.0, "dp-clip-image": 0.5, "dp-sigma-shared": 3.0,
+        "dp-clip-shared": 1.0,
+    })  # fmt: skip
+    msg = Message(RecordDict({"arrays": to_record(x), "config": config}), dst_node_id=1,
+                  message_type=MessageType.TRAIN)  # fmt: skip
+    metrics = MetricRecord({"num-examples": 100, "n-image": 100, "dp-unweighted": 1.0,
+                            "dp-sens-image": 0.01, "dp-sens-shared": 0.02})  # fmt: skip
+    reply = Message(RecordDict({"arrays": to_record(delta), "metrics": metrics}), reply_to=msg)
+    return msg, reply, delta
+
+
+def test_masked_contribution_vector_adds_the_planned_shares_and_refuses_clipping() -> None:
+    """The client side of a SecAgg+ DP round: the encoded model arrays minus the encoded
+    noiseless values are discrete Gaussian shares of the planned std per group."""
+    from umbra.secure.secagg.client_mod import masked_contribution_vector
+
+    n, rho = 4, 2
+    msg, reply, delta = _secagg_messages(0.05, rho)
+    vector, clipped = masked_contribution_vector(msg, reply, num_clients=n)  # type: ignore[arg-type]
+    assert clipped == 0.0
+    spec = QuantizationSpec(clip=4.0, num_clients=n)
+    scale = spec.scale / rho  # integer units per float unit of the update
+    # payload order: sorted model keys first ("encoders..." then "head...")
+    offset = 0
+    for key, group, sigma, sens in (("encoders.image.net.0.weight", "image", 2.0, 0.01),
+                                    ("head.weight", "shared", 3.0, 0.02)):  # fmt: skip
+        size = delta[key].size
+        levels = vector[offset : offset + size].astype(np.float64)
+        offset += size
+        noise = levels - spec.clip * spec.scale - delta[key].ravel() * scale
+        plan = plan_group(noise_multiplier=sigma,
+                          sensitivity=rounding_sensitivity(sens * scale, size), shares=3)  # fmt: skip
+        assert abs(noise.mean()) < 5 * plan.share_sigma / math.sqrt(size), group
+        assert noise.std() == pytest.approx(plan.share_sigma, rel=0.06), group
+    msg, reply, _ = _secagg_messages(5.0, 1)  # values far beyond ±clip_range
+    with pytest.raises(DDGError, match="refusing to clip"):
+        masked_contribution_vector(msg, reply, num_clients=n)  # type: ignore[arg-type]
