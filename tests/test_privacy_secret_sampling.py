@@ -113,3 +113,13 @@ def test_non_private_training_stays_bit_reproducible() -> None:
         outs.append(get_arrays(m))
     for k in outs[0]:
         np.testing.assert_array_equal(outs[0][k], outs[1][k])
+
+
+def test_dp_training_reports_no_sample_sizes() -> None:
+    """Reply metrics leave the client: nothing derived from the secret sample is in them."""
+    model, data = _net_and_data()
+    groups = parameter_groups(model)
+    metrics = train_local_dp(model, data, TrainSettings(lr=0.1), sample_rate=0.3, steps=3,
+                             noise_multipliers=dict.fromkeys(groups, 1.0),
+                             clip_norms=dict.fromkeys(groups, 0.5), seed=0)  # fmt: skip
+    assert metrics == {"steps": 3.0}

@@ -324,7 +324,6 @@ def train_local_dp(
         correction = {k: torch.from_numpy(np.asarray(c[k] - c_i[k])) for k in params}
     torch.manual_seed(seed)  # dropout layers (not the DP sample or noise)
     gen = torch.Generator().manual_seed(seed)  # modality dropout (not private)
-    records = 0
     # Channels-last convs as in train_local: DPSGD's default (book-keeping) backend is exact
     # for any memory layout (tests/test_privacy_dpsgd.py).
     with channels_last(model):
@@ -346,6 +345,7 @@ def train_local_dp(
                         g64 = p.grad.detach().double() + settings.weight_decay * p.detach().double()
                         release[k] = (-settings.lr * g64).numpy()
             opt.step()
-            records += len(idx)
     dp.close()
-    return {"steps": float(steps), "train-records": float(records)}
+    # No realised batch sizes in the metrics: they are a function of the secret Poisson
+    # sample (a record's presence shifts their distribution) and metrics leave the client.
+    return {"steps": float(steps)}
