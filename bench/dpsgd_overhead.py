@@ -143,16 +143,14 @@ def umbra_dpsgd(data: dict[str, Tensor], n: int, batch: int, seed: int, *, backe
         noise_multipliers=dict.fromkeys(groups, 1.0),
         sample_rate=q,
         num_samples=n,
-        generator=torch.Generator().manual_seed(seed),
         backend=backend,
-    )  # type: ignore[arg-type]
+    )  # type: ignore[arg-type]  # sample and noise from the ChaCha20 privacy stream
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    gen = torch.Generator().manual_seed(seed)
 
     def epoch() -> None:
         # Channels-last as in train_local_dp, for the backend that is exact in any layout.
         with channels_last(model) if backend == "bookkeeping" else nullcontext():
-            for idx in poisson_batches(n, sample_rate=q, steps=n // batch, generator=gen):
+            for idx in poisson_batches(n, sample_rate=q, steps=n // batch):
                 dp.step(per_sample_loss, take(data, idx))
                 opt.step()
 

@@ -10,8 +10,10 @@ from umbra.privacy.client_dp import (
     clip_update,
     noise_share,
     noise_shares_like,
+    noised_mean_update,
     update_norm,
 )
+from umbra.privacy.randomness import SecureRandom
 
 
 def _update(rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -40,7 +42,7 @@ def test_clip_update_matches_numpy():
 def test_central_noise_spread():
     sigma, c = 1.3, 0.7
     total = {"w": np.full((300, 300), 5.0)}
-    out = central_noise(total, noise_multiplier=sigma, clip_norm=c, rng=np.random.default_rng(1))
+    out = central_noise(total, noise_multiplier=sigma, clip_norm=c, rng=SecureRandom.for_testing(1))
     noise = out["w"] - 5.0
     # 90,000 draws: the sample std is within ~0.5 % of σC, the mean within a few σC/300.
     assert noise.std() == pytest.approx(sigma * c, rel=0.015)
@@ -49,7 +51,7 @@ def test_central_noise_spread():
 
 def test_sum_of_shares_carries_the_full_noise():
     sigma, c, n = 1.1, 2.0, 8
-    g = np.random.default_rng(2)
+    g = SecureRandom.for_testing(2)
     shares = [
         noise_share((200, 200), noise_multiplier=sigma, clip_norm=c, num_clients=n, generator=g)
         for _ in range(n)
@@ -66,35 +68,55 @@ def test_sum_of_shares_carries_the_full_noise():
 def test_noise_shares_like_keeps_shapes_and_dtypes():
     upd = _update(np.random.default_rng(3))
     out = noise_shares_like(
-        upd, noise_multiplier=1.0, clip_norm=1.0, num_clients=4, generator=np.random.default_rng(4)
+        upd,
+        noise_multiplier=1.0,
+        clip_norm=1.0,
+        num_clients=4,
+        generator=SecureRandom.for_testing(4),
     )
     for k, a in upd.items():
         assert out[k].shape == a.shape and out[k].dtype == a.dtype
         assert not np.array_equal(out[k], a)
 
 
-def test_seeded_noise_is_reproducible():
-    a = noise_share(
-        (10,),
-        noise_multiplier=1.0,
-        clip_norm=1.0,
-        num_clients=3,
-        generator=np.random.default_rng(7),
+def test_noise_is_secret_but_a_test_key_reproduces_it():
+    def share(generator: SecureRandom | None) -> np.ndarray:
+        return noise_share((10,), noise_multiplier=1.0, clip_norm=1.0, num_clients=3,
+                           generator=generator)  # fmt: skip
+
+    np.testing.assert_array_equal(
+        share(SecureRandom.for_testing(7)), share(SecureRandom.for_testing(7))
     )
-    b = noise_share(
-        (10,),
-        noise_multiplier=1.0,
-        clip_norm=1.0,
-        num_clients=3,
-        generator=np.random.default_rng(7),
+    assert not np.array_equal(share(None), share(None))  # production: fresh OS-keyed stream
+    summed = {"w": np.zeros(1000)}
+    a = central_noise(summed, noise_multiplier=1.0, clip_norm=1.0)["w"]
+    b = central_noise(summed, noise_multiplier=1.0, clip_norm=1.0)["w"]
+    assert not np.array_equal(a, b)
+
+
+def test_t_shares_need_no_top_up():
+    """Shares sized for t: the mean update from the t-share sum is noised at σC/(qN) with
+    ``noise_already_added = 1`` (nothing added by the server); central mode adds all of it."""
+    sigma, c, t, qn = 1.2, 0.5, 6, 3.0
+    g = SecureRandom.for_testing(11)
+    shares = sum(
+        noise_share((300, 300), noise_multiplier=sigma, clip_norm=c, num_clients=t, generator=g)
+        for _ in range(t)
     )
-    np.testing.assert_array_equal(a, b)
+    out = noised_mean_update({"w": shares}, noise_multiplier=sigma, clip_norm=c,
+                             expected_clients=qn, noise_already_added=1.0)["w"]  # fmt: skip
+    np.testing.assert_allclose(out, (shares / qn).astype(np.float32))  # no top-up
+    assert float(np.std(out.astype(np.float64))) == pytest.approx(sigma * c / qn, rel=0.01)
+    central = noised_mean_update({"w": np.zeros((300, 300))}, noise_multiplier=sigma,
+                                 clip_norm=c, expected_clients=qn, noise_already_added=0.0,
+                                 rng=g)["w"]  # fmt: skip
+    assert float(np.std(central.astype(np.float64))) == pytest.approx(sigma * c / qn, rel=0.01)
 
 
 def test_parameter_validation():
     with pytest.warns(UserWarning, match="not differentially private"):
         out = central_noise(
-            {"w": np.ones(3)}, noise_multiplier=0.0, clip_norm=1.0, rng=np.random.default_rng(0)
+            {"w": np.ones(3)}, noise_multiplier=0.0, clip_norm=1.0, rng=SecureRandom.for_testing(0)
         )
     np.testing.assert_array_equal(out["w"], np.ones(3))
     with pytest.raises(ValueError, match="noise_multiplier"):

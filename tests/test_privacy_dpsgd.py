@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from umbra.privacy.dpsgd import DPSGD, poisson_batches
+from umbra.privacy.randomness import SecureRandom
 
 MODS = ("image", "text")
 
@@ -128,7 +131,7 @@ def test_clipping_is_exact_against_single_record_loop(backend, embedding):
     groups = _groups(model)
     clip = {"image": 0.3, "text": 0.05, "shared": 0.2}  # small: most records get clipped
     dp = _clipping_only(model, groups, clip, sample_rate=0.5, num_samples=20,
-                        generator=torch.Generator().manual_seed(1), backend=backend)  # fmt: skip
+                        rng=SecureRandom.for_testing(1), backend=backend)  # fmt: skip
     batch = _batch(9, embedding)
     stats = dp.step(_loss, batch)
     assert stats.batch_size == 9 and 0 < stats.clipped_fraction["text"] <= 1
@@ -158,7 +161,6 @@ def test_noise_std_on_empty_and_full_batches():
     clip = {"image": 0.5, "shared": 2.0}
     sigma = {"image": 1.5, "shared": 0.7}
     q, n = 0.1, 200
-    gen = torch.Generator().manual_seed(3)
     dp = DPSGD(
         model,
         groups=groups,
@@ -166,7 +168,7 @@ def test_noise_std_on_empty_and_full_batches():
         noise_multipliers=sigma,
         sample_rate=q,
         num_samples=n,
-        generator=gen,
+        rng=SecureRandom.for_testing(3),
     )
     params = dict(model.named_parameters())
 
@@ -197,32 +199,58 @@ def test_noise_std_on_empty_and_full_batches():
     assert not torch.equal(empty["image"], full["image"])
 
 
-def test_poisson_batches_seeded_and_variable():
-    a = [
-        b.tolist()
-        for b in poisson_batches(
-            50, sample_rate=0.1, steps=40, generator=torch.Generator().manual_seed(5)
-        )
-    ]
-    b = [
-        b.tolist()
-        for b in poisson_batches(
-            50, sample_rate=0.1, steps=40, generator=torch.Generator().manual_seed(5)
-        )
-    ]
-    assert a == b and len(a) == 40
+def test_poisson_batches_test_stream_and_variable():
+    def draw(key: int) -> list[list[int]]:
+        stream = SecureRandom.for_testing(key)
+        return [b.tolist() for b in poisson_batches(50, sample_rate=0.1, steps=40, rng=stream)]
+
+    a = draw(5)
+    assert a == draw(5) and len(a) == 40  # a fixed test key reproduces the stream
     sizes = [len(x) for x in a]
     assert len(set(sizes)) > 3  # variable size
     assert sum(sizes) / 40 == pytest.approx(5.0, abs=1.5)  # mean qN
     assert all(len(set(x)) == len(x) and all(0 <= i < 50 for i in x) for x in a)
     tiny = [
         len(x)
-        for x in poisson_batches(
-            5, sample_rate=0.01, steps=30, generator=torch.Generator().manual_seed(6)
-        )
+        for x in poisson_batches(5, sample_rate=0.01, steps=30, rng=SecureRandom.for_testing(6))
     ]
     assert 0 in tiny  # empty batches happen
     assert len(list(poisson_batches(10, sample_rate=0.25))) == 4  # default: one expected epoch
+
+
+def test_poisson_batches_are_secret_and_poisson():
+    """Production calls take no seed: two calls draw different samples; the inclusion
+    counts follow Binomial(steps, q) per record (mean and spread)."""
+    n, q, steps = 400, 0.05, 200
+    first = [b.tolist() for b in poisson_batches(n, sample_rate=q, steps=steps)]
+    second = [b.tolist() for b in poisson_batches(n, sample_rate=q, steps=steps)]
+    assert first != second
+    counts = np.zeros(n)
+    for b in first:
+        counts[b] += 1
+    assert counts.mean() == pytest.approx(steps * q, abs=4 * np.sqrt(steps * q * (1 - q) / n))
+    assert counts.var() == pytest.approx(steps * q * (1 - q), rel=0.2)
+
+
+def test_deferred_noise_leaves_the_clipped_sum_only():
+    torch.manual_seed(0)
+    model = TinyMultimodal(False)
+    twin = copy.deepcopy(model)
+    groups = _groups(model)
+    clip = {"image": 0.3, "text": 0.05, "shared": 0.2}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "not private" warning: the noise comes later
+        dp = DPSGD(model, groups=groups, clip_norms=clip, noise_multipliers=dict.fromkeys(clip, 0.0),
+                   sample_rate=0.5, num_samples=20, deferred_noise=True)  # fmt: skip
+    batch = _batch(9, False)
+    dp.step(_loss, batch)
+    ref = _reference(twin, groups, clip, batch, denom=0.5 * 20)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref[name], rtol=1e-5, atol=1e-7)
+    dp.close()
+    with pytest.raises(ValueError, match="deferred_noise"):
+        DPSGD(model, groups=groups, clip_norms=clip, noise_multipliers=dict.fromkeys(clip, 1.0),
+              sample_rate=0.5, num_samples=20, deferred_noise=True)  # fmt: skip
 
 
 def test_validation():
@@ -288,7 +316,7 @@ def test_with_umbra_multimodal_net(backend, variant):
     if audio_stats:
         clip["audio"] = 0.15
     dp = _clipping_only(model, groups, clip, sample_rate=0.25, num_samples=24,
-                        generator=torch.Generator().manual_seed(0), backend=backend)  # fmt: skip
+                        rng=SecureRandom.for_testing(0), backend=backend)  # fmt: skip
     g = torch.Generator().manual_seed(1)
     x = {"image": torch.rand(6, *image_shape, generator=g), "text": torch.randn(6, 6, generator=g)}
     mask = torch.tensor([[1, 1], [1, 0], [0, 1], [1, 1], [0, 1], [1, 0]], dtype=torch.bool)

@@ -82,7 +82,9 @@ def test_example_level_distributed_noise_under_secagg(tmp_path: Path) -> None:
 
     At a small ε the noise dwarfs the clipped gradients, so the global model's change in a
     round is, per coordinate of group g, N(0, (lr σ_g C_g / (B √(K t)))²): K silos each add
-    a share σ_g/√t (t = the SecAgg+ threshold), the sum is divided by K and by the expected
+    a discrete Gaussian share of variance σ_g² Δ_g² / t in SecAgg+'s integer units after
+    quantisation (t = the SecAgg+ threshold; Δ_g = γ C_g + √d_g, the rounding's inflation of
+    the sensitivity, is below 0.1 % here), the sum is divided by K and by the expected
     batch B. Shares sized for K instead of t would give √(t/K) = 0.87 of that.
     """
     out = tmp_path / "xdp"

@@ -146,3 +146,43 @@ def test_bad_arguments() -> None:
     c = make_contribution(x, ys[0], metrics[0], key_modality=parameter_modality, weight_scale=1.0)
     with pytest.raises(ValueError, match="clip"):
         flatten_contribution(c, clip=-1.0)
+
+
+def test_dp_range_divisor_round_trips_and_dp_rounds_release_no_loss() -> None:
+    """A DP contribution travels divided by the round's ρ through the ring, with discrete
+    Gaussian shares; the server multiplies ρ back; the training loss is not sent."""
+    from umbra.privacy.ddg import IntegerNoise
+    from umbra.privacy.randomness import SecureRandom
+    from umbra.secure.contribution import dp_range_of
+
+    x, ys, metrics = _clients(4, seed=5)
+    deltas = [{k: (y[k] - x[k]) * 20.0 for k in x} for y in ys]  # values up to ~±60: > clip 4
+    dp_metrics = [{**m, "dp-unweighted": 1} for m in metrics]
+    rho = 32
+    contribs = [
+        make_contribution(x, d, m, key_modality=parameter_modality, weight_scale=50.0, dp_range=rho)
+        for d, m in zip(deltas, dp_metrics, strict=True)
+    ]
+    assert all(not c.floats[k].any() for c in contribs for k in c.floats if k.startswith("metric/"))
+    layout = PayloadLayout.from_arrays(payload_template(SHAPES), int_template(), clip=4.0,
+                                       num_clients=4)  # fmt: skip
+    noise = IntegerNoise(groups=dict.fromkeys(SHAPES, "g"), share_sigma={"g": 50.0},
+                         norm_bound=None, plans={})  # fmt: skip
+    rng = SecureRandom.for_testing(3)
+    total = np.sum([layout.encode(c.floats, c.ints, rng=rng, noise=noise).astype(np.uint64)
+                    for c in contribs], axis=0) % (1 << 32)  # fmt: skip
+    f_ring, i_ring = layout.decode_sum(total.astype(np.uint32), num_summed=4)
+    assert dp_range_of(i_ring) == rho
+    got, agg = combine_sums(f_ring, i_ring, x, key_modality=parameter_modality, weight_scale=50.0)
+    scale = ((2**32 - 1) // 4) / (2 * 4.0)  # integer units per float unit
+    noise_std = 50.0 * 2 * rho / scale / 4  # 4 shares of std 50, times ρ, in the mean of 4
+    for k in x:
+        want = x[k] + np.mean([d[k] for d in deltas], axis=0)
+        np.testing.assert_allclose(got[k], want, atol=8 * noise_std)
+    assert not any(k.startswith("train-") for k in agg)
+    # contributions that disagree on ρ cannot be combined
+    odd = make_contribution(x, deltas[0], dp_metrics[0], key_modality=parameter_modality,
+                            weight_scale=50.0, dp_range=rho * 2)  # fmt: skip
+    floats, ints = _sum([odd, *contribs[1:]])
+    with pytest.raises(ValueError, match="range divisors"):
+        combine_sums(floats, ints, x, key_modality=parameter_modality, weight_scale=50.0)

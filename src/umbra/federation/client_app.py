@@ -42,7 +42,14 @@ from umbra.federation.train import (
 )
 from umbra.models import ModelSpec, MultimodalNet, parameter_groups
 from umbra.privacy.client_dp import clip_update, noise_share, share_multiplier
-from umbra.privacy.controller import CLIENT_GROUP, dp_config_keys
+from umbra.privacy.controller import (
+    CLIENT_GROUP,
+    DP_INTEGER_NOISE,
+    DP_NOISE_SHARES,
+    dp_config_keys,
+    dp_sensitivity_key,
+)
+from umbra.privacy.randomness import SecureRandom
 
 #: ``dp-mode`` values in a train ConfigRecord.
 DP_EXAMPLE, DP_CLIENT = 1, 2
@@ -94,7 +101,9 @@ def register_client_action(name: str, factory: ClientAction) -> None:
 
 
 def round_seed(seed: int, server_round: int, client: int) -> int:
-    """A per-(run, round, client) training seed, stable across processes."""
+    """A per-(run, round, client) seed for non-private choices (batch order, modality
+    dropout), stable across processes. Never for DP sampling or noise: those come from
+    :class:`~umbra.privacy.randomness.SecureRandom`."""
     return zlib.crc32(f"{seed}/{server_round}/{client}".encode()) & 0x7FFFFFFF
 
 
@@ -172,21 +181,29 @@ def _client_dp_update(
     config: Any,
     metrics: dict[str, float],
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Client-level DP: the clipped update Δ = y - x (plus a share of the noise when the
-    noise is distributed). The reply is summed unweighted (``dp-unweighted``)."""
+    """Client-level DP: the clipped update Δ = y - x, summed unweighted (``dp-unweighted``).
+
+    Distributed noise: under SecAgg+ (``dp-integer-noise``) the update leaves here noiseless
+    and gets a discrete Gaussian share after quantisation (its sensitivity, the clip, rides
+    in the local metrics); otherwise (CKKS) this client adds a continuous share
+    ``N(0, σ²C²/t)`` from the privacy stream, ``t`` the secure threshold.
+    """
     sigma_key, clip_key = dp_config_keys(CLIENT_GROUP)
     clip = float(config[clip_key])
-    delta, norm = clip_update({k: y[k] - x[k] for k in x}, clip)
-    share_among = int(config.get("dp-noise-shares", 0))
-    if share_among > 0:
-        gen = np.random.default_rng()  # OS entropy: the noise must be unpredictable
+    delta, _ = clip_update({k: y[k] - x[k] for k in x}, clip)
+    shares = int(config.get(DP_NOISE_SHARES, 0))
+    out = {**metrics, "dp-unweighted": 1.0}
+    if shares > 0 and bool(config.get(DP_INTEGER_NOISE, False)):
+        out[dp_sensitivity_key(CLIENT_GROUP)] = clip
+    elif shares > 0:
+        private = SecureRandom()  # the noise must be unpredictable
         delta = {
             k: (v + noise_share(v.shape, noise_multiplier=float(config[sigma_key]),
-                                clip_norm=clip, num_clients=share_among, generator=gen)
+                                clip_norm=clip, num_clients=shares, generator=private)
                 ).astype(v.dtype)
             for k, v in delta.items()
         }  # fmt: skip
-    return delta, {**metrics, "dp-unweighted": 1.0, "update-norm": norm}
+    return delta, out
 
 
 def make_client_app(spec: ClientSpec) -> ClientApp:
@@ -221,6 +238,7 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
         dp_mode = int(config.get("dp-mode", 0))  # type: ignore[arg-type]
         seed = round_seed(spec.seed, server_round, client)
         scaffold = (c, c_i) if c_i is not None else None
+        release: dict[str, np.ndarray] | None = None  # distributed DP-SGD under SecAgg+
         if dp_mode == DP_EXAMPLE:
             groups = parameter_groups(model)
             sig = {g: float(config[dp_config_keys(g)[0]]) for g in groups}  # type: ignore[arg-type]
@@ -233,9 +251,15 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
                 }
             )
             settings = dp_settings  # SCAFFOLD's control update uses the step actually taken
-            shares = int(config.get("dp-noise-shares", 0))  # type: ignore[arg-type]
-            if shares > 0:  # distributed noise: this silo adds 1/√shares of each group's noise
+            shares = int(config.get(DP_NOISE_SHARES, 0))  # type: ignore[arg-type]
+            integer_noise = shares > 0 and bool(config.get(DP_INTEGER_NOISE, False))
+            if integer_noise:  # SecAgg+: noise added after quantisation, not here
+                if int(config["dp-steps"]) != 1:  # type: ignore[arg-type]
+                    raise ValueError("distributed DP-SGD takes exactly one step per round")
+                sig = dict.fromkeys(sig, 0.0)
+            elif shares > 0:  # CKKS: this silo adds 1/√shares of each group's noise
                 sig = {g: share_multiplier(s, shares) for g, s in sig.items()}
+            release = {} if integer_noise else None
             metrics = train_local_dp(
                 model,
                 batchable,
@@ -246,7 +270,18 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
                 clip_norms=clip,
                 seed=seed,
                 scaffold=scaffold,
+                deferred_noise=integer_noise,
+                release=release,
             )
+            if integer_noise:
+                # A record moves Σ clipped by ≤ C_g; the reply below is dp-scale · (y - x)
+                # with y - x = -lr Σ clipped / (q n_i) + data-independent terms.
+                factor = (
+                    float(config.get("dp-scale", 1.0))  # type: ignore[arg-type]
+                    * settings.lr
+                    / (float(config["dp-q"]) * len(batchable))  # type: ignore[arg-type]
+                )
+                metrics.update({dp_sensitivity_key(g): factor * c for g, c in clip.items()})
         else:
             metrics = train_local(model, batchable, settings, seed=seed, scaffold=scaffold)
         y = get_arrays(model)
@@ -265,12 +300,15 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
             out.update({CONTROL_PREFIX + k: new_c_i[k] - c_i[k] for k in new_c_i})
         if dp_mode == DP_CLIENT:
             out, metrics = _client_dp_update(x, y, config, metrics)
-        elif dp_mode == DP_EXAMPLE and int(config.get("dp-noise-shares", 0)) > 0:  # type: ignore[arg-type]
+        elif dp_mode == DP_EXAMPLE and int(config.get(DP_NOISE_SHARES, 0)) > 0:  # type: ignore[arg-type]
             # One noisy step, summed unweighted: scaled by q·n_i / B̄ (``dp-scale``, B̄ the
             # mean expected batch), the sum over K clients divided by K is
             # -lr/(qN) · (Σ clipped gradients + the full noise): a centralized DP-SGD step.
             scale = float(config.get("dp-scale", 1.0))  # type: ignore[arg-type]
-            out = {k: ((y[k] - x[k]) * scale).astype(y[k].dtype) for k in x}
+            if release is not None:  # SecAgg+: float64 from the gradient, noise added later
+                out = {k: release[k] * scale if k in release else np.zeros(x[k].shape) for k in x}
+            else:
+                out = {k: ((y[k] - x[k]) * scale).astype(y[k].dtype) for k in x}
             metrics = {**metrics, "dp-unweighted": 1.0}
         counts = data.counts()
         reply_metrics = public_metrics(

@@ -10,7 +10,6 @@ and lets the strategy aggregate them; secure aggregation workflows register thei
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,15 +23,24 @@ from umbra.federation.messaging import send_and_receive
 from umbra.federation.records import message_bytes, to_record
 from umbra.federation.strategies import ModalityFedAvg, count_key
 from umbra.federation.strategies.modality import strip_prefix
-from umbra.models import parameter_modality
+from umbra.models import SHARED_GROUP, parameter_modality
 from umbra.privacy.client_dp import noised_mean_update, shares_needed
-from umbra.privacy.controller import PrivacyController
+from umbra.privacy.controller import (
+    CLIENT_GROUP,
+    DP_INTEGER_NOISE,
+    DP_NOISE_SHARES,
+    DP_RANGE,
+    PrivacyController,
+)
+from umbra.privacy.ddg import plan_integer_noise, range_divisor
+from umbra.privacy.randomness import SecureRandom
 
 __all__ = [
     "TRAIN_ROUNDS",
     "RoundOutcome",
     "RoundPrivacy",
     "TrainRound",
+    "check_integer_noise",
     "client_dp_model",
     "plain_train_round",
     "poisson_client_sample",
@@ -111,10 +119,11 @@ class _SubsetGrid:
 
 
 def poisson_client_sample(nodes: Iterable[int], rate: float) -> list[int]:
-    """Each node independently with probability ``rate``, drawn from the OS CSPRNG
-    (``secrets.SystemRandom``), never from a seeded generator."""
-    rng = secrets.SystemRandom()
-    return [n for n in sorted(nodes) if rng.random() < rate]
+    """Each node independently with probability ``rate``, drawn from the privacy stream
+    (:class:`~umbra.privacy.randomness.SecureRandom`), never from a seeded generator."""
+    ordered = sorted(nodes)
+    keep = SecureRandom().bernoulli(rate, len(ordered))
+    return [n for n, k in zip(ordered, keep, strict=True) if k]
 
 
 def prepare_train_messages(
@@ -126,13 +135,16 @@ def prepare_train_messages(
 ) -> list[Message]:
     """The round's train messages, with privacy applied when DP is on.
 
-    Client-level DP samples clients with Poisson rate q (:func:`poisson_client_sample`, a
-    CSPRNG: the sample must be unpredictable to everyone but the server, which draws it and
-    is therefore accounted without amplification, see :mod:`umbra.privacy.observers`).
-    Before any message exists, the DP controller checks the budget and
-    writes the round's releases to the ledger (fsynced); then each message gets its own
-    ConfigRecord with that client's noise plan. May raise
-    :class:`~umbra.errors.BudgetExhausted`.
+    Client-level DP samples clients with Poisson rate q (:func:`poisson_client_sample`,
+    from the privacy stream: the sample must be unpredictable to everyone but the server,
+    which draws it and is therefore accounted without amplification, see
+    :mod:`umbra.privacy.observers`). Distributed noise is split into ``t`` shares
+    (``dp-noise-shares``, the secure threshold); under SecAgg+ the shares are discrete
+    Gaussians added after quantisation (``dp-integer-noise``), whose plan is checked here
+    first. Before any message exists, the DP controller checks the budget and writes the
+    round's releases to the ledger (fsynced); then each message gets its own ConfigRecord
+    with that client's noise plan. May raise :class:`~umbra.errors.BudgetExhausted` or
+    :class:`~umbra.privacy.ddg.DDGError`.
     """
     dp: RoundPrivacy | None = getattr(spec, "dp", None)
     view: Any = grid
@@ -146,23 +158,75 @@ def prepare_train_messages(
     if dp is None:
         return messages
     pids = [dp.node_pids[m.metadata.dst_node_id] for m in messages]
+    secure = dict(getattr(spec, "extra", {}).get("secure", {}))
+    extra: dict[str, Any] = {}
+    if dp.controller.cfg.noise == "distributed":
+        # Shares sized for the smallest aggregate the secure aggregation accepts: every sum
+        # the server can unmask carries the full noise, no top-up.
+        extra[DP_NOISE_SHARES] = shares_needed(float(secure.get("threshold", 1.0)), len(messages))
+        if dp.controller.distributed_example:
+            lr = dp.controller.cfg.lr or getattr(getattr(spec, "federation", None), "lr", None)
+            if lr is None:
+                raise UmbraError("distributed DP-SGD needs a learning rate (privacy.lr)")
+            extra["dp-lr"] = float(lr)
+        if secure.get("aggregation") == "secagg+":
+            # discrete Gaussian shares after quantisation: refuse a bad plan before any release
+            extra[DP_INTEGER_NOISE] = True
+            extra[DP_RANGE] = check_integer_noise(dp, arrays, secure, len(messages),
+                                                  int(extra[DP_NOISE_SHARES]), extra.get("dp-lr"))  # fmt: skip
     plans = dp.controller.before_round(rnd, pids)  # ledger written before any release
-    shares = 0
-    if dp.client_level and dp.controller.cfg.noise == "distributed":
-        shares = len(messages)  # the server tops up the shares of clients that drop out
-    elif dp.controller.distributed_example:
-        # sized for the smallest aggregate the secure aggregation accepts: no top-up needed
-        threshold = float(getattr(spec, "extra", {}).get("secure", {}).get("threshold", 1.0))
-        shares = shares_needed(threshold, len(messages))
     out = []
     for m, pid in zip(messages, pids, strict=True):
-        config = ConfigRecord({**dict(m.content.config_records["config"]), **plans[pid]})
-        if shares:
-            config["dp-noise-shares"] = shares
+        config = ConfigRecord({**dict(m.content.config_records["config"]), **plans[pid], **extra})
         content = RecordDict({"arrays": m.content.array_records["arrays"], "config": config})
         out.append(Message(content=content, dst_node_id=m.metadata.dst_node_id,
                            message_type=m.metadata.message_type))  # fmt: skip
     return out
+
+
+def check_integer_noise(
+    dp: RoundPrivacy,
+    arrays: dict[str, np.ndarray],
+    secure: dict[str, Any],
+    num_clients: int,
+    shares: int,
+    lr: float | None,
+) -> int:
+    """Plan-time choice and check of the distributed discrete Gaussian (clients recompute it).
+
+    Returns ρ (``dp-range``), the power-of-two divisor that keeps a contribution's values
+    (at most ``C``, or ``2 lr C_g`` for a joint DP-SGD step with a batch twice the expected
+    one) and 12 standard deviations of its noise share inside the quantisation range.
+    Raises :class:`~umbra.privacy.ddg.DDGError` when τ is not negligible or the shares still
+    do not fit, before the round's releases are written.
+    """
+    from umbra.secure.secagg.quantize import QuantizationSpec
+
+    spec = QuantizationSpec(clip=float(secure.get("clip_range", 4.0)), num_clients=num_clients)
+    ctl = dp.controller
+    sens = ctl.release_sensitivities(1.0 if dp.client_level else float(lr or 0.0))
+    sigmas = (
+        {CLIENT_GROUP: float(ctl.client_sigma or 0.0)}
+        if dp.client_level
+        else next(iter(ctl.plans.values())).noise_multipliers
+    )
+    clips = ctl.clip_norms()
+    value_bound = max(clips.values()) * (1.0 if dp.client_level else 2.0 * float(lr or 0.0))
+    share_std = max(sigmas[g] * sens[g] for g in sens) / np.sqrt(shares)
+    rho = range_divisor(value_bound=value_bound, share_std=share_std, clip=spec.clip)
+    plan_integer_noise(
+        {k: int(v.size) for k, v in arrays.items() if not k.startswith("cv.")},
+        key_group=(lambda _: CLIENT_GROUP)
+        if dp.client_level
+        else (lambda k: parameter_modality(k) or SHARED_GROUP),
+        noise_multipliers=sigmas,
+        sensitivities=sens,
+        shares=shares,
+        scale=spec.scale / rho,
+        half_range=spec.clip * spec.scale,
+        client_level=dp.client_level,
+    )
+    return rho
 
 
 def client_dp_model(
@@ -177,8 +241,9 @@ def client_dp_model(
     ctl = dp.controller
     sigma = float(ctl.client_sigma or 0.0)
     clip = ctl.clip_norms()["all"]
-    distributed = ctl.cfg.noise == "distributed"
-    carried = (received / sampled) if (distributed and sampled) else 0.0
+    # Distributed shares are sized for the secure threshold t: any sum the server can unmask
+    # (k >= t contributions) already carries the full noise; central noise is added here.
+    carried = 1.0 if ctl.cfg.noise == "distributed" else 0.0
     mean = noised_mean_update(
         summed,
         noise_multiplier=sigma,

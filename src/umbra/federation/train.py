@@ -268,6 +268,8 @@ def train_local_dp(
     clip_norms: Mapping[str, float],
     seed: int,
     scaffold: tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]] | None = None,
+    deferred_noise: bool = False,
+    release: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Example-level DP-SGD (Abadi et al. 2016, https://arxiv.org/abs/1607.00133).
 
@@ -275,17 +277,31 @@ def train_local_dp(
     gradients clipped per parameter group (modality encoders, shared part) to
     ``clip_norms[g]`` and noised with ``N(0, (σ_g C_g)²)`` by :class:`umbra.privacy.DPSGD`.
     The InfoNCE alignment term couples the records of a batch, so it is left out here;
-    modality dropout is per record and stays. The DP noise generator is seeded from the OS
-    (the noise must be unpredictable); batch sampling and dropout use ``seed``.
+    modality dropout is per record and stays.
+
+    Randomness: the Poisson sample and the noise come from a fresh
+    :class:`~umbra.privacy.randomness.SecureRandom` (``os.urandom``), never from ``seed``:
+    an observer who knows ``run.seed`` must not learn which records a step used. ``seed``
+    drives only non-private choices (modality dropout, dropout layers).
+
+    ``deferred_noise``: no noise here (``noise_multipliers`` must be 0, ``steps`` 1); the
+    clipped step is released only through SecAgg+, which adds discrete Gaussian shares after
+    quantisation (:mod:`umbra.privacy.ddg`). ``release`` (if given) receives that step's
+    update ``-lr (g + wd·x)`` per parameter in float64, computed from the gradient rather
+    than as ``y - x`` of float32 weights (whose rounding would depend on the data).
     FedProx's proximal gradient and SCAFFOLD's correction are data-independent and are added
     after the private gradient (post-processing).
     """
     from umbra.models import parameter_groups
     from umbra.privacy.dpsgd import DPSGD, poisson_batches
+    from umbra.privacy.randomness import SecureRandom
 
     n = len(data)
+    if deferred_noise and steps != 1:
+        raise ValueError(f"deferred noise releases one step, got steps={steps}")
     model.train()
     groups = parameter_groups(model)
+    private = SecureRandom()  # the Poisson sample and the noise: secret, never from seed
     dp = DPSGD(
         model,
         groups=groups,
@@ -293,6 +309,8 @@ def train_local_dp(
         noise_multipliers=dict(noise_multipliers),
         sample_rate=sample_rate,
         num_samples=n,
+        rng=private,
+        deferred_noise=deferred_noise,
     )
     opt = torch.optim.SGD(
         model.parameters(), lr=settings.lr, momentum=settings.momentum,
@@ -304,13 +322,12 @@ def train_local_dp(
     if scaffold is not None:
         c, c_i = scaffold
         correction = {k: torch.from_numpy(np.asarray(c[k] - c_i[k])) for k in params}
-    torch.manual_seed(seed)  # dropout layers (not the DP noise, which uses OS entropy)
-    gen = torch.Generator().manual_seed(seed)
-    records = 0
+    torch.manual_seed(seed)  # dropout layers (not the DP sample or noise)
+    gen = torch.Generator().manual_seed(seed)  # modality dropout (not private)
     # Channels-last convs as in train_local: DPSGD's default (book-keeping) backend is exact
     # for any memory layout (tests/test_privacy_dpsgd.py).
     with channels_last(model):
-        for idx in poisson_batches(n, sample_rate=sample_rate, steps=steps, generator=gen):
+        for idx in poisson_batches(n, sample_rate=sample_rate, steps=steps, rng=private):
             inputs, mask, labels = data.take(idx)
             mask = modality_dropout(mask, settings.modality_dropout, gen)
             dp.step(_per_record_ce, (inputs, mask, labels))
@@ -321,7 +338,14 @@ def train_local_dp(
                     p.grad.add_(settings.proximal_mu * (p.detach() - start[k]))
                 if correction:
                     p.grad.add_(correction[k])
+            if release is not None:
+                # SGD's first step (momentum buffer = gradient): -lr (g + wd·x)
+                for k, p in params.items():
+                    if p.grad is not None:
+                        g64 = p.grad.detach().double() + settings.weight_decay * p.detach().double()
+                        release[k] = (-settings.lr * g64).numpy()
             opt.step()
-            records += len(idx)
     dp.close()
-    return {"steps": float(steps), "train-records": float(records)}
+    # No realised batch sizes in the metrics: they are a function of the secret Poisson
+    # sample (a record's presence shifts their distribution) and metrics leave the client.
+    return {"steps": float(steps)}

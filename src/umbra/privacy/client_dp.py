@@ -10,19 +10,18 @@ Gaussian mechanism with noise multiplier σ on a Poisson sample of clients; acco
 Noise can be added
 
 * *centrally* (:func:`central_noise`) by a trusted server on the plaintext sum, or
-* *distributed* (:func:`noise_share`): each of ``n`` clients adds an independent share
-  ``N(0, σ² C² / n)`` to its clipped update before secure aggregation, so the sum the server
-  decrypts carries the full ``N(0, σ² C²)`` and no single update is ever seen in the clear.
-  The sum of ``k`` shares has variance ``k/n · σ² C²``: when clients may drop out, pass the
-  smallest number of clients the secure aggregation accepts (its threshold) as ``n`` so the
-  surviving sum is never under-noised.
+* *distributed* (:func:`noise_share`): each client adds an independent share
+  ``N(0, σ² C² / t)`` to its clipped update before secure aggregation, with ``t`` the
+  fewest contributions the secure aggregate accepts (:func:`shares_needed`): any sum the
+  server can obtain holds ``k ≥ t`` shares, hence at least the full ``N(0, σ² C²)``, with no
+  top-up by the server, and no single update is ever seen in the clear. (Under SecAgg+ the
+  shares are discrete Gaussians added after quantisation instead: :mod:`umbra.privacy.ddg`.)
 
-Noise comes from a seeded NumPy ``Generator`` (PCG64). That is fine for simulation and
-reproducible tests; a deployment that needs DP against an adversary who can predict the
-generator's state should seed it from ``os.urandom`` (the default when ``rng`` is None here
-is ``np.random.default_rng()``, which NumPy seeds from the OS entropy pool). Floating-point
-Gaussian sampling is also known to leak through its low-order bits (Mironov 2012); that is
-out of scope here.
+All noise comes from :class:`~umbra.privacy.randomness.SecureRandom` (ChaCha20 keyed from
+``os.urandom``): noise whose generator state an observer can predict protects nothing.
+Tests may pass :meth:`SecureRandom.for_testing`; nothing here accepts a seed. Floating-point
+Gaussian sampling is known to leak through its low-order bits (Mironov 2012); the integer
+path of SecAgg+ (discrete Gaussian) avoids it, this float path does not.
 """
 
 from __future__ import annotations
@@ -32,6 +31,8 @@ import warnings
 from collections.abc import Mapping
 
 import numpy as np
+
+from umbra.privacy.randomness import SecureRandom
 
 __all__ = [
     "central_noise",
@@ -95,7 +96,7 @@ def central_noise(
     *,
     noise_multiplier: float,
     clip_norm: float,
-    rng: np.random.Generator | None = None,
+    rng: SecureRandom | None = None,
 ) -> dict[str, np.ndarray]:
     """``total`` (a sum of clipped updates) plus ``N(0, (σ C)²)`` noise per coordinate.
 
@@ -105,9 +106,9 @@ def central_noise(
         ValueError: ``noise_multiplier`` < 0 or ``clip_norm`` ≤ 0 (σ = 0 only warns).
     """
     std = _check_sigma(noise_multiplier) * _check_clip(clip_norm)
-    g = rng if rng is not None else np.random.default_rng()
+    g = rng if rng is not None else SecureRandom()
     return {
-        k: (np.asarray(a) + g.normal(0.0, std, size=np.shape(a))).astype(np.asarray(a).dtype)
+        k: (np.asarray(a) + g.normal(np.shape(a), std=std)).astype(np.asarray(a).dtype)
         for k, a in total.items()
     }
 
@@ -139,7 +140,7 @@ def noise_share(
     noise_multiplier: float,
     clip_norm: float,
     num_clients: int,
-    generator: np.random.Generator | None = None,
+    generator: SecureRandom | None = None,
     dtype: np.dtype | type = np.float64,
 ) -> np.ndarray:
     """One client's share of distributed noise: ``N(0, σ² C² / n)`` per coordinate.
@@ -153,8 +154,8 @@ def noise_share(
     if isinstance(num_clients, bool) or int(num_clients) != num_clients or num_clients < 1:
         raise ValueError(f"num_clients must be an integer >= 1, got {num_clients!r}")
     std = share_multiplier(noise_multiplier, num_clients) * _check_clip(clip_norm)
-    g = generator if generator is not None else np.random.default_rng()
-    return g.normal(0.0, std, size=shape).astype(dtype)
+    g = generator if generator is not None else SecureRandom()
+    return g.normal(shape, std=std).astype(dtype)
 
 
 def noise_shares_like(
@@ -163,10 +164,10 @@ def noise_shares_like(
     noise_multiplier: float,
     clip_norm: float,
     num_clients: int,
-    generator: np.random.Generator | None = None,
+    generator: SecureRandom | None = None,
 ) -> dict[str, np.ndarray]:
     """``update`` plus this client's :func:`noise_share` for every array (same dtypes)."""
-    g = generator if generator is not None else np.random.default_rng()
+    g = generator if generator is not None else SecureRandom()
     out = {}
     for k, a in update.items():
         arr = np.asarray(a)
@@ -188,15 +189,16 @@ def noised_mean_update(
     clip_norm: float,
     expected_clients: float,
     noise_already_added: float,
-    rng: np.random.Generator | None = None,
+    rng: SecureRandom | None = None,
 ) -> dict[str, np.ndarray]:
     """The DP-FedAvg mean update from a sum of clipped client updates.
 
-    ``summed`` = Σ clip(Δ_i) (+ the clients' distributed noise shares). The server tops the
-    noise up to the full ``N(0, σ² C²)``: ``noise_already_added`` is the fraction of that
-    variance the clients' shares carry (0 with central noise; k/m when k of m sampled
-    clients added shares of variance σ²C²/m). The result is divided by the *expected*
-    number of clients qN (a fixed denominator keeps the sensitivity at C / qN).
+    ``summed`` = Σ clip(Δ_i) (+ the clients' distributed noise shares). ``noise_already_added``
+    is the fraction of the full ``N(0, σ² C²)`` variance the sum already carries: 0 with
+    central noise (the server adds all of it here), 1 with distributed noise (shares sized
+    for the secure threshold ``t``: every unmaskable sum carries the full noise, no top-up).
+    A fraction in between is topped up. The result is divided by the *expected* number of
+    clients qN (a fixed denominator keeps the sensitivity at C / qN).
 
     Raises:
         ValueError: ``expected_clients`` ≤ 0 or ``noise_already_added`` outside [0, 1].

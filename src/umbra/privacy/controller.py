@@ -16,17 +16,22 @@ the report gives the worst client.
 
 With ``privacy.noise = "distributed"`` (secure aggregation required) the silos run one
 DP-SGD step per round *together* (Heikkilä et al. 2020, cross-silo distributed DP-SGD):
-every record is Poisson-sampled at one rate ``q = batch_size · K / N``; each silo clips its
+every record is Poisson-sampled at one rate ``q = batch_size · K / N`` (from the privacy
+stream of :mod:`umbra.privacy.randomness`, never from ``run.seed``); each silo clips its
 sample's per-record gradients, adds ``1/√t`` of the step's noise (``t`` = the fewest
 contributions the secure aggregate accepts) and scales its step by ``n_i · K / N``, so the
 only thing anyone sees, the sum, is one step of centralized DP-SGD over all records with at
 least ``N(0, σ_g² C_g²)`` per group (√t less noise on the mean gradient than K silos each
-noising their own). A record's ε is that of ``σ_g``, ``q`` and one step per round; what the
-strategy's server optimiser does with the sum is post-processing.
+noising their own). Under SecAgg+ the shares are discrete Gaussians added after
+quantisation, sized for the rounding-inflated sensitivity (:mod:`umbra.privacy.ddg`), so
+the noise multiplier of the integer release is still ``σ_g``. A record's ε is that of
+``σ_g``, ``q`` and one step per round; what the strategy's server optimiser does with the
+sum is post-processing.
 
 Client-level DP (DP-FedAvg, McMahan et al. 2018): clients join each round with Poisson
 rate q, clip their update to C, and Gaussian noise σC is added to the sum (by the server,
-or shared out among the clients under secure aggregation). One group, ``"all"``.
+or shared out among the clients under secure aggregation in ``t`` shares, with no top-up
+by the server). One group, ``"all"``.
 """
 
 from __future__ import annotations
@@ -41,15 +46,37 @@ from umbra.errors import BudgetExhausted, ConfigError
 from umbra.privacy.budget import Allocation, Budget, allocate_budget, calibrate_noise_multiplier
 from umbra.privacy.ledger import PrivacyLedger, Release, dominant_parties
 
-__all__ = ["CLIENT_GROUP", "ClientPlan", "PrivacyController", "dp_config_keys"]
+__all__ = [
+    "CLIENT_GROUP",
+    "DP_INTEGER_NOISE",
+    "DP_NOISE_SHARES",
+    "DP_RANGE",
+    "ClientPlan",
+    "PrivacyController",
+    "dp_config_keys",
+    "dp_sensitivity_key",
+]
 
 #: The single parameter group of client-level DP.
 CLIENT_GROUP = "all"
+#: ConfigRecord key: t, the shares distributed noise is split into (0: central noise).
+DP_NOISE_SHARES = "dp-noise-shares"
+#: ConfigRecord key: distributed noise goes into the integer domain of SecAgg+ (discrete
+#: Gaussian shares after quantisation, :mod:`umbra.privacy.ddg`) instead of the float update.
+DP_INTEGER_NOISE = "dp-integer-noise"
+#: ConfigRecord key: ρ, the power of two a DP contribution is divided by before SecAgg+
+#: quantisation so that it and its noise share fit the range (:func:`~umbra.privacy.ddg.range_divisor`).
+DP_RANGE = "dp-range"
 
 
 def dp_config_keys(group: str) -> tuple[str, str]:
     """ConfigRecord keys carrying a group's noise multiplier and clip norm to a client."""
     return f"dp-sigma-{group}", f"dp-clip-{group}"
+
+
+def dp_sensitivity_key(group: str) -> str:
+    """Local train-reply metric: the group's L2 sensitivity in the contribution's float units."""
+    return f"dp-sens-{group}"
 
 
 @dataclass(frozen=True)
@@ -112,6 +139,8 @@ class PrivacyController:
         #: distributed DP-SGD: n_i · K / N, the factor turning a client's step (divided by
         #: its own expected batch q·n_i) into its share of the joint step
         self.scales: dict[int, float] = {}
+        #: distributed DP-SGD: B̄ = qN / K, the divisor of the joint step's gradient sum
+        self.mean_expected_batch: float | None = None
         self._cache: dict[tuple[float, int], Allocation] = {}
         self.client_sigma: float | None = None
         if self.mode == "client":
@@ -153,6 +182,7 @@ class PrivacyController:
         # (so every silo gets the same plan: one q, one σ_g, one set of caps)
         if self.distributed_example and total:
             self.scales = {pid: n * len(sizes) / total for pid, n in sizes.items()}
+            self.mean_expected_batch = joint_q * total / len(sizes)
         for pid, n in sorted(sizes.items()):
             if n < 1:
                 raise ConfigError(f"client {pid} holds no records")
@@ -182,6 +212,18 @@ class PrivacyController:
             self.plans[pid] = ClientPlan(
                 q, steps, dict(alloc.noise_multipliers), dict(alloc.targets)
             )
+
+    def release_sensitivities(self, lr: float) -> dict[str, float]:
+        """Per group, the L2 sensitivity of one client's distributed-noise contribution in
+        its float units: ``lr · C_g / B̄`` for a record in the joint DP-SGD step (the client
+        sends ``dp-scale · (y - x)``, one step of size ``lr`` on ``Σ clipped / (q n_i)``),
+        ``C`` for a client's clipped update (client-level DP)."""
+        clips = self.clip_norms()
+        if self.mode == "client":
+            return clips
+        if self.mean_expected_batch is None:
+            raise ValueError("release sensitivities exist for distributed DP only")
+        return {g: float(lr) * c / self.mean_expected_batch for g, c in clips.items()}
 
     def budget(self, pid: int | None = None) -> Budget:
         if self.mode == "example" and pid is not None and self.cfg.targets is not None:

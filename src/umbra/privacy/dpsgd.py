@@ -43,27 +43,32 @@ Layers that mix records (BatchNorm) are refused; the InfoNCE alignment term coup
 records of a batch and is left out of DP-SGD training (:func:`umbra.federation.train.train_local_dp`
 trains with cross-entropy alone), whatever the backend.
 
-Noise is drawn from a ``torch.Generator``; seeded generators make simulations reproducible
-and are acceptable for simulated DP noise. With ``generator=None`` a generator seeded from
-``os.urandom`` is used.
+Randomness. The Poisson sample and the noise come from :class:`~umbra.privacy.randomness.
+SecureRandom` (ChaCha20 keyed from ``os.urandom``; Opacus' ``secure_mode``), never from a
+seeded generator: amplification by subsampling holds only against an observer who cannot
+predict the sample, and predictable noise is no noise. Nothing here accepts a seed.
+
+Distributed noise. With ``deferred_noise=True`` no noise is added here: the clipped sums
+are released only through secure aggregation, which adds the noise in the integer domain
+after quantisation (distributed discrete Gaussian, :mod:`umbra.secure.secagg.quantize`).
 """
 
 from __future__ import annotations
 
 import math
-import secrets
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from opacus import GradSampleModule
-from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from umbra.privacy.bookkeeping import BookKeeper, PerSample, clipped_sum
+from umbra.privacy.randomness import SecureRandom
 
 __all__ = ["DPSGD", "StepStats", "poisson_batches"]
 
@@ -91,18 +96,22 @@ def poisson_batches(
     *,
     sample_rate: float,
     steps: int | None = None,
-    generator: torch.Generator | None = None,
+    rng: SecureRandom | None = None,
 ) -> Iterator[Tensor]:
     """Poisson-sampled batch indices: each record is in each batch independently w.p. q.
+
+    The sample is secret (the subsampling amplification assumes the observer cannot
+    predict it): the Bernoulli masks come from ``rng``, a fresh :class:`SecureRandom`
+    (``os.urandom``) when None. Same distribution as Opacus' ``UniformWithReplacementSampler``.
 
     Args:
         num_samples: N >= 1 records.
         sample_rate: q in (0, 1].
         steps: number of batches (default ``int(1 / q)``, one expected epoch).
-        generator: seeded torch generator (reproducible); None draws one from os.urandom.
+        rng: the privacy stream (tests pass :meth:`SecureRandom.for_testing`).
 
     Yields:
-        int64 index tensors of variable length (possibly 0).
+        int64 index tensors of variable length (possibly 0), in increasing order.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -110,18 +119,10 @@ def poisson_batches(
         raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
     if steps is not None and steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    gen = generator if generator is not None else _urandom_generator()
-    sampler = UniformWithReplacementSampler(
-        num_samples=num_samples, sample_rate=sample_rate, generator=gen, steps=steps
-    )
-    for idx in sampler:
-        yield torch.as_tensor(idx, dtype=torch.long)
-
-
-def _urandom_generator() -> torch.Generator:
-    g = torch.Generator()
-    g.manual_seed(secrets.randbits(63))
-    return g
+    r = rng if rng is not None else SecureRandom()
+    for _ in range(int(1 / sample_rate) if steps is None else steps):
+        mask = r.bernoulli(sample_rate, num_samples)
+        yield torch.from_numpy(np.flatnonzero(mask).astype(np.int64))
 
 
 @dataclass(frozen=True)
@@ -167,9 +168,9 @@ class DPSGD:
     Usage::
 
         dp = DPSGD(model, groups=parameter_groups(model), clip_norms={...},
-                   noise_multipliers={...}, sample_rate=q, num_samples=N, generator=g)
+                   noise_multipliers={...}, sample_rate=q, num_samples=N)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        for idx in poisson_batches(N, sample_rate=q, steps=T, generator=g):
+        for idx in poisson_batches(N, sample_rate=q, steps=T):
             dp.step(per_sample_loss, make_batch(idx))   # fills p.grad
             opt.step()
 
@@ -185,8 +186,12 @@ class DPSGD:
         noise_multipliers: group -> σ_g >= 0 (noise std = σ_g C_g; 0 warns: not private).
         sample_rate: Poisson rate q in (0, 1] of the batches fed to :meth:`step`.
         num_samples: N >= 1 local records; gradients are divided by q·N.
-        generator: torch generator for the noise (seeded = reproducible simulation);
-            None draws a seed from os.urandom.
+        rng: the privacy stream for the noise; None (production) draws a fresh
+            :class:`SecureRandom` from ``os.urandom``. Tests pass
+            :meth:`SecureRandom.for_testing`.
+        deferred_noise: add no noise here because secure aggregation adds it later to the
+            quantised clipped sums (distributed discrete Gaussian); ``noise_multipliers``
+            must then be 0 (no warning is given).
         backend: how per-record gradients are computed: ``"bookkeeping"`` (the default,
             fastest in ``bench/dpsgd_overhead.py``; every parametrised layer must be a
             ``Linear``, a ``Conv2d`` or have an Opacus grad sampler, and layer outputs must
@@ -204,8 +209,9 @@ class DPSGD:
         noise_multipliers: Mapping[str, float],
         sample_rate: float,
         num_samples: int,
-        generator: torch.Generator | None = None,
+        rng: SecureRandom | None = None,
         backend: Backend = "bookkeeping",
+        deferred_noise: bool = False,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -225,7 +231,12 @@ class DPSGD:
         for g, s in noise_multipliers.items():
             if not (math.isfinite(s) and s >= 0):
                 raise ValueError(f"noise_multipliers[{g!r}] must be a finite number >= 0, got {s}")
-            if s == 0:
+            if deferred_noise and s != 0:
+                raise ValueError(
+                    f"noise_multipliers[{g!r}] must be 0 with deferred_noise (the noise is added"
+                    f" after quantisation), got {s}"
+                )
+            if s == 0 and not deferred_noise:
                 warnings.warn(
                     f"noise_multipliers[{g!r}] = 0: group {g!r} is trained without noise,"
                     " its updates are not differentially private",
@@ -250,7 +261,8 @@ class DPSGD:
         self.num_samples = int(num_samples)
         self.clip_norms = {g: float(c) for g, c in clip_norms.items()}
         self.noise_multipliers = {g: float(s) for g, s in noise_multipliers.items()}
-        self.generator = generator if generator is not None else _urandom_generator()
+        self.rng = rng if rng is not None else SecureRandom()
+        self.deferred_noise = bool(deferred_noise)
         # group -> trainable parameters, in model order.
         self._params: dict[str, list[nn.Parameter]] = {
             g: [params[n] for n in plist if params[n].requires_grad] for g, plist in groups.items()
@@ -420,9 +432,9 @@ class DPSGD:
                 if std > 0:
                     # One draw per group: N(0, (σ_g C_g)²) i.i.d. per coordinate.
                     flat.add_(
-                        torch.normal(
-                            0.0, std, size=flat.shape, generator=self.generator, dtype=flat.dtype
-                        ).to(flat.device)
+                        self.rng.torch_normal(
+                            flat.shape, std=std, dtype=flat.dtype, device=flat.device
+                        )
                     )
                 flat.mul_(scale)
                 for p, v in zip(plist, views, strict=True):

@@ -27,9 +27,12 @@ Training metrics (``train-*`` losses) are aggregated securely too, weighted by
 ``num-examples`` and divided by `METRIC_SCALE` so that they fit the same range.
 
 DP hook: a reply whose metrics hold ``dp-unweighted = 1`` carries arrays that are already
-the client's clipped and noised *update* (a delta). They are contributed as sent with
-weight 1 (a uniform sum), and the server adds ``sum / number of summed clients`` to
-``x``; the counts are still summed. A round mixing both kinds aborts.
+the client's clipped *update* (a delta): noised (central mode, CKKS shares) or noiseless
+with its per-group sensitivities (``dp-sens-<group>``) when SecAgg+ adds the noise after
+quantisation (:func:`integer_noise_for`, the distributed discrete Gaussian). They are
+contributed as sent with weight 1 (a uniform sum), and the server adds ``sum / number of
+summed clients`` to ``x``; the counts are still summed, the training losses are not sent
+(they are not differentially private). A round mixing both kinds aborts.
 """
 
 from __future__ import annotations
@@ -41,6 +44,15 @@ from typing import Any
 import numpy as np
 
 from umbra.data.dataset import MODALITIES
+from umbra.privacy.controller import (
+    CLIENT_GROUP,
+    DP_INTEGER_NOISE,
+    DP_NOISE_SHARES,
+    DP_RANGE,
+    dp_config_keys,
+    dp_sensitivity_key,
+)
+from umbra.privacy.ddg import IntegerNoise, plan_integer_noise
 
 __all__ = [
     "CONTROL_PREFIX",
@@ -52,7 +64,9 @@ __all__ = [
     "Contribution",
     "clipped_fraction",
     "combine_sums",
+    "dp_range_of",
     "int_template",
+    "integer_noise_for",
     "make_contribution",
     "next_weight_scale",
     "payload_template",
@@ -104,13 +118,15 @@ def payload_template(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndar
 
 
 def int_template() -> dict[str, np.ndarray]:
-    """Zero int arrays of the payload: counts, applied weights, DP flag, client count."""
+    """Zero int arrays of the payload: counts, applied weights, DP flag, client count, and
+    the DP range divisor ρ (each DP contribution's floats travel divided by it)."""
     g = len(WEIGHT_GROUPS)
     return {
         "counts": np.zeros(g, dtype=np.int64),
         "weights": np.zeros(g, dtype=np.int64),
         "dp": np.zeros(1, dtype=np.int64),
         "clients": np.zeros(1, dtype=np.int64),
+        "dp-range": np.zeros(2, dtype=np.int64),
     }
 
 
@@ -121,6 +137,7 @@ def make_contribution(
     *,
     key_modality: KeyModality,
     weight_scale: float,
+    dp_range: int = 1,
 ) -> Contribution:
     """Weighted update of one client (see the module docstring).
 
@@ -131,15 +148,20 @@ def make_contribution(
             ``dp-unweighted``).
         key_modality: parameter name -> modality or None (shared).
         weight_scale: ``B > 0``, the public normaliser announced by the server.
+        dp_range: ρ >= 1, the public divisor of a DP contribution's floats (the round's
+            ``dp-range``, chosen so that noise shares fit the quantisation range); the
+            server multiplies the sums back (:func:`combine_sums`).
     """
     if not (np.isfinite(weight_scale) and weight_scale > 0):
         raise ValueError(f"weight_scale must be a finite float > 0, got {weight_scale}")
+    if isinstance(dp_range, bool) or int(dp_range) != dp_range or dp_range < 1:
+        raise ValueError(f"dp_range must be an integer >= 1, got {dp_range!r}")
     counts = np.array([int(metrics.get(k, 0)) for k in WEIGHT_GROUPS], dtype=np.int64)
     if np.any(counts < 0):
         raise ValueError("counts must be >= 0")
     dp = int(metrics.get(DP_UNWEIGHTED, 0)) == 1
     weights = np.ones_like(counts) if dp else counts
-    scale = 1.0 if dp else 1.0 / weight_scale
+    scale = 1.0 / dp_range if dp else 1.0 / weight_scale
     floats: dict[str, np.ndarray] = {}
     for key in sorted(reply_arrays):
         y = np.asarray(reply_arrays[key], dtype=np.float64)
@@ -150,16 +172,88 @@ def make_contribution(
                 raise ValueError(f"reply array {key!r} is not in the global model")
             delta = y - np.asarray(x[key], dtype=np.float64)
         floats[key] = delta * (weights[_group(key, key_modality)] * scale)
-    n_ex = float(counts[0]) * (1.0 if dp else scale)
+    n_ex = float(counts[0]) * scale
     for m in METRIC_KEYS:
-        floats[_METRIC_PREFIX + m] = np.array([float(metrics.get(m, 0.0)) * n_ex / METRIC_SCALE])
+        # a DP round releases no training loss: it is data-dependent and carries no noise
+        value = 0.0 if dp else float(metrics.get(m, 0.0)) * n_ex / METRIC_SCALE
+        floats[_METRIC_PREFIX + m] = np.array([value])
     ints = {
         "counts": counts,
         "weights": weights.astype(np.int64),
         "dp": np.array([int(dp)], dtype=np.int64),
         "clients": np.ones(1, dtype=np.int64),
+        # ρ and ρ²: the sums show whether every contribution used the same ρ
+        "dp-range": np.array([int(dp_range), int(dp_range) ** 2] if dp else [0, 0], dtype=np.int64),
     }
     return Contribution(floats=floats, ints=ints)
+
+
+def dp_range_of(int_sums: Mapping[str, np.ndarray]) -> int:
+    """ρ of a DP aggregate, 1 otherwise.
+
+    Every contribution must have used the same ρ: with ``k`` clients, ``Σρ_i = kρ`` and
+    ``Σρ_i² = kρ²`` hold together only when all ``ρ_i = ρ`` (Cauchy–Schwarz equality).
+    """
+    clients = int(np.asarray(int_sums["clients"]).ravel()[0])
+    dp = int(np.asarray(int_sums["dp"]).ravel()[0])
+    if not dp or "dp-range" not in int_sums:
+        return 1
+    total, squares = (int(v) for v in np.asarray(int_sums["dp-range"]).ravel()[:2])
+    rho = total // max(clients, 1)
+    if rho < 1 or rho * clients != total or rho * rho * clients != squares:
+        raise ValueError(
+            f"DP contributions used different range divisors (sums {total}, {squares})"
+        )
+    return rho
+
+
+def integer_noise_for(
+    config: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    sizes: Mapping[str, int],
+    *,
+    key_group: Callable[[str], str],
+    scale: float,
+    half_range: float,
+) -> IntegerNoise | None:
+    """The integer-domain noise of one client's DP contribution, or None (no such round).
+
+    Args:
+        config: the round's ConfigRecord (``dp-noise-shares`` = t, ``dp-integer-noise``,
+            ``dp-mode``, ``dp-sigma-<group>``).
+        metrics: the local train reply's metrics (``dp-unweighted``, ``dp-sens-<group>``:
+            each group's L2 sensitivity in the contribution's float units).
+        sizes: DP-released array name -> number of coordinates (the model's arrays).
+        key_group: array name -> parameter group (example-level DP; client-level DP has
+            the one group ``"all"``).
+        scale: the quantiser's integer units per float unit (before the round's ``dp-range``
+            ρ divides the contribution: the plan works in ``scale / ρ``).
+        half_range: the largest distance from its centre a client's level may take.
+
+    Raises:
+        ValueError: the reply is not a DP update, or carries no sensitivities.
+        DDGError: the plan's shares are too narrow (τ) or too wide for the ring.
+    """
+    shares = int(config.get(DP_NOISE_SHARES, 0))
+    if shares <= 0 or not bool(config.get(DP_INTEGER_NOISE, False)):
+        return None
+    if int(metrics.get(DP_UNWEIGHTED, 0)) != 1:
+        raise ValueError("a round with integer DP noise needs a DP update (dp-unweighted)")
+    prefix = dp_sensitivity_key("")
+    sens = {k[len(prefix) :]: float(v) for k, v in metrics.items() if k.startswith(prefix)}
+    if not sens:
+        raise ValueError("the DP update carries no per-group sensitivities (dp-sens-<group>)")
+    client_level = int(config.get("dp-mode", 0)) == 2
+    return plan_integer_noise(
+        sizes,
+        key_group=(lambda _: CLIENT_GROUP) if client_level else key_group,
+        noise_multipliers={g: float(config[dp_config_keys(g)[0]]) for g in sens},
+        sensitivities=sens,
+        shares=shares,
+        scale=scale / int(config.get(DP_RANGE, 1)),
+        half_range=half_range,
+        client_level=client_level,
+    )
 
 
 def clipped_fraction(contribution: Contribution, *, clip: float) -> float:
@@ -197,6 +291,9 @@ def combine_sums(
     counts = np.asarray(int_sums["counts"], dtype=np.int64)
     weights = np.asarray(int_sums["weights"], dtype=np.float64)
     divisor = weights if dp else weights / weight_scale
+    rho = dp_range_of(int_sums)
+    if rho != 1:
+        float_sums = {k: np.asarray(v, dtype=np.float64) * rho for k, v in float_sums.items()}
     averaged: dict[str, np.ndarray] = {}
     # The global model's key order: strategies such as Flower's FedAvgM pair old and new
     # arrays by position.
@@ -214,7 +311,9 @@ def combine_sums(
         mean = np.asarray(total, dtype=np.float64) / w
         averaged[key] = (mean if base is None else base.astype(np.float64) + mean).astype(dtype)
     metrics: dict[str, float] = {k: float(v) for k, v in zip(WEIGHT_GROUPS, counts, strict=True)}
-    n_ex = float(counts[0]) if dp else float(counts[0]) / weight_scale
+    if dp:  # DP contributions carry no training loss (see make_contribution)
+        return averaged, metrics
+    n_ex = float(counts[0]) / weight_scale
     for m in METRIC_KEYS:
         s = float(np.asarray(float_sums[_METRIC_PREFIX + m]).ravel()[0]) * METRIC_SCALE
         metrics[m] = s / n_ex if n_ex > 0 else 0.0
@@ -244,5 +343,6 @@ def client_dp_from_sums(
     from umbra.federation.rounds import client_dp_model
 
     received = int(np.asarray(int_sums["clients"]).ravel()[0])
-    summed = {k: np.asarray(float_sums[k], dtype=np.float64) for k in x}
+    rho = dp_range_of(int_sums)
+    summed = {k: np.asarray(float_sums[k], dtype=np.float64) * rho for k in x}
     return client_dp_model(dict(x), summed, received=received, sampled=sampled, dp=dp)

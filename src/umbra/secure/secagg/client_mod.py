@@ -33,7 +33,6 @@ the node: stale ones are deleted.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import numpy as np
@@ -41,11 +40,14 @@ from flwr.app import ConfigRecord, Context, Error, Message
 
 from umbra.federation.client_app import ClientSpec, TrainFn
 from umbra.federation.records import from_record
-from umbra.models import parameter_modality
+from umbra.models import SHARED_GROUP, parameter_modality
+from umbra.privacy.controller import DP_RANGE
+from umbra.privacy.randomness import SecureRandom
 from umbra.secure.contribution import (
     CONTROL_PREFIX,
     clipped_fraction,
     int_template,
+    integer_noise_for,
     make_contribution,
     payload_template,
 )
@@ -67,7 +69,7 @@ from umbra.secure.secagg.protocol import (
     SecAggConfig,
     SecAggPlusClient,
 )
-from umbra.secure.secagg.quantize import PayloadLayout
+from umbra.secure.secagg.quantize import PayloadLayout, QuantizationSpec
 from umbra.secure.transport import decode_proto, reply_content
 
 __all__ = [
@@ -201,9 +203,9 @@ def take_prekeys(context: Context) -> tuple[bytes, bytes] | None:
     return bytes(rec["c_key"]), bytes(rec["s_key"])  # type: ignore[arg-type]
 
 
-def _rng() -> np.random.Generator:
-    """Stochastic-rounding noise (not secret), seeded from the OS CSPRNG."""
-    return np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
+def _rng() -> SecureRandom:
+    """Rounding (and, in DP rounds, the discrete Gaussian share): the privacy stream."""
+    return SecureRandom()
 
 
 def masked_contribution_vector(
@@ -212,7 +214,13 @@ def masked_contribution_vector(
     """Encode the weighted contribution of ``train_reply`` for the ring (uint32 vector).
 
     Returns ``(vector, clipped fraction)``. Public parameters come from the message's
-    ConfigRecord ``"config"``: ``clip-range``, ``weight-scale``, ``modality-aware``.
+    ConfigRecord ``"config"``: ``clip-range``, ``weight-scale``, ``modality-aware``, and in
+    a DP round with distributed noise the plan (``dp-noise-shares`` = t,
+    ``dp-integer-noise``, ``dp-sigma-<group>``, ``dp-range``). Then the DP arrays arrive noiseless with
+    their per-group sensitivities in the local reply metrics (``dp-sens-<group>``) and
+    get the distributed discrete Gaussian (`umbra.secure.contribution.integer_noise_for`):
+    randomised rounding and a share ``N_Z(0, σ_g² Δ_g² / t)`` per coordinate; a value the
+    quantiser would clip or a level that could wrap refuses the round (``DDGError``).
     """
     cfg = msg.content["config"]
     clip = float(cfg["clip-range"])  # type: ignore[arg-type]
@@ -227,17 +235,32 @@ def masked_contribution_vector(
         metrics,  # type: ignore[arg-type]
         key_modality=key_modality,
         weight_scale=float(cfg["weight-scale"]),  # type: ignore[arg-type]
+        dp_range=int(cfg.get(DP_RANGE, 1)),  # type: ignore[arg-type]
     )
     shapes = {k: tuple(v.shape) for k, v in incoming.items()}
     layout = PayloadLayout.from_arrays(
         payload_template(shapes), int_template(), clip=clip, num_clients=num_clients
     )
-    vector = layout.encode(contribution.floats, contribution.ints, rng=_rng())
+    spec = QuantizationSpec(clip=clip, num_clients=num_clients)
+    noise = integer_noise_for(
+        dict(cfg),
+        metrics,
+        {k: v.size for k, v in x.items()},
+        key_group=_privacy_group,
+        scale=spec.scale,
+        half_range=spec.clip * spec.scale,
+    )
+    vector = layout.encode(contribution.floats, contribution.ints, rng=_rng(), noise=noise)
     return vector, clipped_fraction(contribution, clip=clip)
 
 
 def _shared(_: str) -> str | None:
     return None
+
+
+def _privacy_group(key: str) -> str:
+    """The DP parameter group of a model array (`umbra.models.parameter_groups`)."""
+    return parameter_modality(key) or SHARED_GROUP
 
 
 def make_secagg_handler(train_fn: TrainFn, spec: ClientSpec) -> TrainFn:

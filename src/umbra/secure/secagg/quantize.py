@@ -4,9 +4,16 @@ Floats are clipped to ``[-clip, clip]``, shifted to ``[0, 2 clip]`` and scaled s
 client's value lies in ``[0, L]`` with ``L = floor((2^32 - 1) / num_clients)``: the sum of
 up to ``num_clients`` encodings never wraps modulo 2^32 (headroom). Rounding to integers
 is stochastic (unbiased: E[q] = v), as in Bell et al. (CCS 2020, §5) and Kairouz et al.
-(ICML 2021, "distributed discrete Gaussian"). The rounding noise comes from a seeded numpy
-Generator: it is not secret (masks, never made here, come from `crypto.prg_uint32`).
+(ICML 2021, "distributed discrete Gaussian"), with uniforms from the privacy stream
+(:class:`~umbra.privacy.randomness.SecureRandom`) in production.
 Integer vectors (e.g. per-modality example counts) travel unscaled and sum exactly.
+
+DP segments (:class:`~umbra.privacy.ddg.IntegerNoise`, the distributed discrete Gaussian of
+:mod:`umbra.privacy.ddg`): the values arrive clipped and scaled but noiseless; they are
+never clipped here (a value beyond ``±clip`` refuses the round), rounded with randomised
+rounding (conditional, with a norm bound, for client-level DP), given a discrete Gaussian
+share ``N_Z(0, s²)`` per coordinate in integer units, and refused if any level would leave
+``[0, L]`` (the ring sum would wrap). The decoder is the same: the noise is zero-mean.
 """
 
 from __future__ import annotations
@@ -18,14 +25,21 @@ from typing import Literal
 
 import numpy as np
 
+from umbra.privacy.ddg import DDGError, IntegerNoise, conditional_round, randomized_round
+from umbra.privacy.randomness import SecureRandom
 from umbra.secure.secagg.constants import RING_BITS
 
+#: Uniform source of the (non-DP) stochastic rounding: the privacy stream or, in tests, numpy.
+Uniforms = np.random.Generator | SecureRandom
+
 __all__ = [
+    "IntegerNoise",
     "PayloadLayout",
     "QuantizationSpec",
     "Segment",
     "dequantize_sum",
     "quantize",
+    "quantize_with_noise",
 ]
 
 _RING_MAX = (1 << RING_BITS) - 1
@@ -61,16 +75,66 @@ class QuantizationSpec:
         return self.max_level / (2.0 * self.clip)
 
 
-def quantize(x: np.ndarray, *, spec: QuantizationSpec, rng: np.random.Generator) -> np.ndarray:
+def _uniform(rng: Uniforms, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.uniform(shape) if isinstance(rng, SecureRandom) else rng.random(shape)
+
+
+def quantize(x: np.ndarray, *, spec: QuantizationSpec, rng: Uniforms) -> np.ndarray:
     """Clip, shift and stochastically round ``x`` to uint32 levels in ``[0, spec.max_level]``."""
     v = np.array(x, dtype=np.float64)  # a private copy: every step below is in place
     np.clip(v, -spec.clip, spec.clip, out=v)
     v += spec.clip
     v *= spec.scale
-    v += rng.random(v.shape)
+    v += _uniform(rng, v.shape)
     np.floor(v, out=v)
     np.minimum(v, spec.max_level, out=v)
     return v.astype(np.uint32)
+
+
+def quantize_with_noise(
+    x: np.ndarray,
+    *,
+    spec: QuantizationSpec,
+    share_sigma: float,
+    rng: SecureRandom,
+    norm_bound: float | None = None,
+    what: str = "update",
+) -> np.ndarray:
+    """One client's DP encoding of ``x`` (float, noiseless): levels + a discrete Gaussian share.
+
+    ``level = R((x + clip)·scale) + N_Z(0, share_sigma²)`` per coordinate, ``R`` unbiased
+    randomised rounding from ``rng`` (conditional on ``‖R(v) - clip·scale‖₂ ≤ norm_bound``
+    when given: Kairouz et al. 2021, §4).
+
+    Raises:
+        DDGError: a value of ``x`` lies beyond ``±clip`` (it would be clipped, biasing the
+            analysed sum), or a noisy level leaves ``[0, max_level]`` (the ring sum could
+            wrap). The round must not be released; nothing is clipped silently.
+    """
+    v = np.array(x, dtype=np.float64).ravel()
+    if not np.all(np.isfinite(v)):
+        raise DDGError(f"DP {what} holds non-finite values")
+    peak = float(np.abs(v).max()) if v.size else 0.0
+    if peak > spec.clip:
+        raise DDGError(
+            f"DP {what} reaches {peak:.4g}, beyond the quantisation range ±{spec.clip:g}"
+            " (secure.clip_range): refusing to clip it"
+        )
+    center = spec.clip * spec.scale
+    v += spec.clip
+    v *= spec.scale
+    if norm_bound is None:
+        levels = randomized_round(v, rng)
+    else:
+        levels = conditional_round(v, center=center, bound=norm_bound, rng=rng)
+    levels += rng.discrete_gaussian(share_sigma, v.shape)
+    low, high = (float(levels.min()), float(levels.max())) if levels.size else (0.0, 0.0)
+    if low < 0 or high > spec.max_level:
+        raise DDGError(
+            f"DP {what} with its noise share leaves the ring's per-client range"
+            f" [0, {spec.max_level}] (levels {low:.0f}..{high:.0f}): the secure sum would wrap"
+        )
+    return levels.astype(np.uint32)
 
 
 def dequantize_sum(total: np.ndarray, *, spec: QuantizationSpec, num_summed: int) -> np.ndarray:
@@ -137,11 +201,16 @@ class PayloadLayout:
         floats: Mapping[str, np.ndarray],
         ints: Mapping[str, np.ndarray] | None = None,
         *,
-        rng: np.random.Generator,
+        rng: Uniforms,
+        noise: IntegerNoise | None = None,
     ) -> np.ndarray:
-        """Flatten and encode one client's arrays into a uint32 vector of length `size`."""
+        """Flatten and encode one client's arrays into a uint32 vector of length `size`.
+
+        With ``noise``, the float segments it names are encoded per group by
+        :func:`quantize_with_noise` (``rng`` must then be a :class:`SecureRandom`).
+        """
         ints = ints or {}
-        parts = []
+        parts: dict[str, np.ndarray] = {}
         for seg in self.segments:
             source = floats if seg.kind == "float" else ints
             if seg.name not in source:
@@ -150,18 +219,52 @@ class PayloadLayout:
             if arr.shape != seg.shape:
                 raise ValueError(f"array {seg.name!r} has shape {arr.shape}, expected {seg.shape}")
             if seg.kind == "float":
+                if noise is not None and seg.name in noise.groups:
+                    continue  # below, one group at a time
                 spec = QuantizationSpec(clip=seg.clip, num_clients=self.num_clients)
-                parts.append(quantize(arr.ravel(), spec=spec, rng=rng))
+                parts[seg.name] = quantize(arr.ravel(), spec=spec, rng=rng)
             else:
                 limit = _RING_MAX // self.num_clients
                 if arr.size and (
                     not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0 or arr.max() > limit
                 ):
                     raise ValueError(f"int array {seg.name!r} must hold integers in [0, {limit}]")
-                parts.append(arr.ravel().astype(np.uint32))
+                parts[seg.name] = arr.ravel().astype(np.uint32)
+        if noise is not None:
+            parts.update(self._encode_noisy(floats, noise, rng))
         if not parts:
             return np.zeros(0, dtype=np.uint32)
-        return np.concatenate(parts)
+        return np.concatenate([parts[seg.name] for seg in self.segments])
+
+    def _encode_noisy(
+        self, floats: Mapping[str, np.ndarray], noise: IntegerNoise, rng: Uniforms
+    ) -> dict[str, np.ndarray]:
+        if not isinstance(rng, SecureRandom):
+            raise TypeError("DP noise and rounding must come from a SecureRandom stream")
+        by_group: dict[str, list[Segment]] = {}
+        for seg in self.segments:
+            if seg.kind == "float" and seg.name in noise.groups:
+                by_group.setdefault(noise.groups[seg.name], []).append(seg)
+        unknown = sorted(set(noise.groups) - {s.name for s in self.segments if s.kind == "float"})
+        if unknown:
+            raise ValueError(f"noise names segments not in the layout: {unknown}")
+        out: dict[str, np.ndarray] = {}
+        for group, segs in by_group.items():
+            clips = {s.clip for s in segs}
+            if len(clips) != 1:
+                raise ValueError(f"group {group!r} mixes quantisation ranges {sorted(clips)}")
+            spec = QuantizationSpec(clip=clips.pop(), num_clients=self.num_clients)
+            flat = np.concatenate(
+                [np.asarray(floats[s.name], dtype=np.float64).ravel() for s in segs]
+            )
+            bound = None if noise.norm_bound is None else noise.norm_bound[group]
+            levels = quantize_with_noise(flat, spec=spec, share_sigma=noise.share_sigma[group],
+                                         rng=rng, norm_bound=bound, what=f"group {group!r}")  # fmt: skip
+            offset = 0
+            for s in segs:
+                out[s.name] = levels[offset : offset + s.size]
+                offset += s.size
+        return out
 
     def decode_sum(
         self, total: np.ndarray, *, num_summed: int
