@@ -197,8 +197,8 @@ def _secagg_messages(delta_scale: float, rho: int) -> tuple[object, object, dict
     from umbra.federation.records import to_record
 
     x = {
-        "encoders.image.net.0.weight": np.zeros((40, 50), np.float32),
-        "head.weight": np.zeros((10, 40), np.float32),
+        "encoders.image.net.0.weight": np.zeros((40, 200), np.float32),
+        "head.weight": np.zeros((10, 600), np.float32),
     }
     rng = SecureRandom.for_testing(8)
     delta = {k: rng.normal(v.shape, std=delta_scale) for k, v in x.items()}
