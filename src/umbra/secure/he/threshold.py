@@ -96,10 +96,10 @@ class ThresholdParams:
     """
 
     poly_modulus_degree: int = 8192
-    data_bits: tuple[int, ...] = (40, 40)
+    data_bits: tuple[int, ...] = (45, 45)
     special_bits: int = 60
     statistical_bits: int = 30
-    precision: float = 1e-4
+    precision: float = 1e-8
     precision_sigmas: float = 6.5
     tail_sigmas: float = 8.0
 
@@ -539,18 +539,40 @@ def _round_width(primes: Sequence[int], drop: int) -> int:
     return max(1, ((q + (1 << drop >> 1)) >> drop).bit_length())
 
 
+def _pack_wide(w: np.ndarray, width: int) -> bytes:
+    """Bit-pack non-negative Python ints (object array) below 2^width, width <= 128."""
+    if width <= 64:
+        return pack_bits(w.astype(np.uint64), width)
+    lo = (w & ((1 << 64) - 1)).astype(np.uint64)
+    return pack_bits(lo, 64) + pack_bits((w >> 64).astype(np.uint64), width - 64)
+
+
+def _unpack_wide(data: bytes, width: int, n: int) -> np.ndarray:
+    if width <= 64:
+        return unpack_bits(data, width, n).astype(object)
+    head = 8 * n
+    if len(data) < head:
+        raise ValueError(f"expected more than {head} bytes, got {len(data)}")
+    lo = unpack_bits(data[:head], 64, n).astype(object)
+    hi = unpack_bits(data[head:], width - 64, n).astype(object)
+    return lo + (hi << 64)
+
+
+def _wide_bytes(width: int, n: int) -> int:
+    return -(-width * n // 8) if width <= 64 else 8 * n + -(-(width - 64) * n // 8)
+
+
 def _pack_rounded(poly: np.ndarray, primes: Sequence[int], drop: int) -> bytes:
     """Coefficient-domain poly -> round(v / 2^drop) bit-packed (v in [0, Q))."""
     width = _round_width(primes, drop)
-    if width > 64:
-        raise ValueError("rounded values exceed 64 bits: drop more bits")
+    if width > 128:
+        raise ValueError("rounded values exceed 128 bits")
     v = _compose(poly, primes)
-    w = ((v + ((1 << drop) >> 1)) >> drop).astype(np.uint64)
-    return pack_bits(w, width)
+    return _pack_wide((v + ((1 << drop) >> 1)) >> drop, width)
 
 
 def _unpack_rounded(data: bytes, primes: Sequence[int], drop: int, n: int) -> np.ndarray:
-    w = unpack_bits(data, _round_width(primes, drop), n).astype(object)
+    w = _unpack_wide(data, _round_width(primes, drop), n)
     return np.stack([((w % p) * pow(2, drop, p) % p).astype(np.uint64) for p in primes])
 
 
@@ -587,7 +609,7 @@ def pack_ciphertext(ring: Ring, ct: Any, *, c0_drop_bits: int) -> bytes:
 
 def ciphertext_bytes(ring: Ring, *, c0_drop_bits: int) -> int:
     """Length of a `pack_ciphertext` blob."""
-    head = -(-_round_width(ring.data_primes, c0_drop_bits) * ring.n // 8)
+    head = _wide_bytes(_round_width(ring.data_primes, c0_drop_bits), ring.n)
     return head + sum(-(-p.bit_length() * ring.n // 8) for p in ring.data_primes)
 
 
@@ -599,7 +621,7 @@ def unpack_ciphertext(
     Raises CiphertextError for a blob of the wrong length or residues out of range."""
     if not isinstance(data, bytes | bytearray):
         raise CiphertextError("ciphertext is not bytes")
-    head = -(-_round_width(ring.data_primes, c0_drop_bits) * ring.n // 8)
+    head = _wide_bytes(_round_width(ring.data_primes, c0_drop_bits), ring.n)
     if len(data) != ciphertext_bytes(ring, c0_drop_bits=c0_drop_bits):
         raise CiphertextError(
             f"ciphertext has {len(data)} bytes, expected "
@@ -661,7 +683,7 @@ def partial_decrypt(
 
 
 def share_bytes(ring: Ring, *, drop_bits: int) -> int:
-    return -(-_round_width(ring.data_primes, drop_bits) * ring.n // 8)
+    return _wide_bytes(_round_width(ring.data_primes, drop_bits), ring.n)
 
 
 def pack_share(ring: Ring, h: np.ndarray, *, drop_bits: int) -> bytes:
