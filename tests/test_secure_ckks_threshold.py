@@ -166,7 +166,7 @@ class Federation:
             self.fin[me] = holder.finish(self.cfgs[me], self.states[me], request, run_id=RUN)
         self.seen.append(self.fin)
         self.plan = holder.holder_plan(self.cfgs[0], self.states[0])
-        self.ring = th.Ring.of(PARAMS)
+        self.ring = th.Ring.of(self.plan.params)
 
     def encrypt(self, values: dict[int, np.ndarray], rnd: int) -> dict[int, dict[str, Any]]:
         out = {
@@ -236,10 +236,10 @@ def test_t_shares_recover_the_sum_and_t_minus_1_reveal_nothing(fed: Federation) 
     shares = fed.shares(total, [0, 2, 4], 1)
     out = decode_sum(fed.plan, total, shares, length=fed.length)
     assert np.max(np.abs(out - ref)) < PARAMS.precision
-    # t-1 of the same shares: the decoding is noise far larger than the values, and
+    # t-1 of the same shares: the decoding is noise 100x larger than the values, and
     # uncorrelated with them
     partial = decode_sum(fed.plan, total, {j: shares[j] for j in (0, 2)}, length=fed.length)
-    assert np.median(np.abs(partial - ref)) > 1e3 * np.max(np.abs(ref))
+    assert np.median(np.abs(partial - ref)) > 100 * np.max(np.abs(ref))
     assert abs(np.corrcoef(partial, ref)[0, 1]) < 0.1
 
 
@@ -273,7 +273,8 @@ def test_key_recovery_fails_on_the_flooded_threshold_decryption(fed: Federation)
     )
     wrong = decrypt_with(ring.context, ring.data_primes, ring.to_ntt(c0b), c1b, guess,
                          fed.plan.scale)[: fed.length]  # fmt: skip
-    assert np.median(np.abs(wrong - x)) > 1e3
+    assert np.median(np.abs(wrong - x)) > 100 * np.max(np.abs(x))
+    assert abs(np.corrcoef(wrong, x)[0, 1]) < 0.1
     # control: the true s does decrypt it (the attack's decryption is not the failure)
     right = decrypt_with(ring.context, ring.data_primes, ring.to_ntt(c0b), c1b, fed.secret(),
                          fed.plan.scale)[: fed.length]  # fmt: skip
@@ -516,3 +517,31 @@ def test_server_side_objects_never_contain_a_secret(fed: Federation) -> None:
     assert not any(
         isinstance(v, bytes) and len(v) == 2 * 8 * fed.ring.n for v in fed.plan.__dict__.values()
     )
+
+
+def test_uint64_modular_arithmetic_matches_python_ints() -> None:
+    """The overflow-free uint64 paths (products of 45-bit residues, 90-bit CRT, rounding)
+    against exact Python-int arithmetic."""
+    ring = th.Ring.of(PARAMS)
+    rng = np.random.default_rng(11)
+    q0, q1 = ring.data_primes
+    for q in (q0, q1, (1 << 47) - 115):
+        a = rng.integers(0, q, 4096, dtype=np.uint64)
+        b = rng.integers(0, q, 4096, dtype=np.uint64)
+        a[:2], b[:2] = q - 1, q - 1
+        want = [int(x) * int(y) % q for x, y in zip(a, b, strict=True)]
+        assert th.mulmod_u64(a, b, q).tolist() == want
+    poly = np.stack([rng.integers(0, q, 4096, dtype=np.uint64) for q in (q0, q1)])
+    poly[:, 0] = [q0 - 1, q1 - 1]
+    exact = th._compose(poly, [q0, q1])
+    lo, hi = th._compose2(poly, [q0, q1])
+    assert [int(x) + (int(y) << 64) for x, y in zip(lo, hi, strict=True)] == list(exact)
+    for drop in (1, 20, 30, 63):
+        r_lo, r_hi = th._round_shift(lo, hi, drop)
+        want = [(int(v) + (1 << (drop - 1))) >> drop for v in exact]
+        assert [int(x) + (int(y) << 64) for x, y in zip(r_lo, r_hi, strict=True)] == want
+        blob = th._pack_rounded(poly, [q0, q1], drop)
+        back = th._unpack_rounded(blob, [q0, q1], drop, 4096)
+        q = q0 * q1
+        for j, p in enumerate((q0, q1)):
+            assert back[j].tolist() == [(w << drop) % q % p for w in want]

@@ -105,10 +105,11 @@ def make_plan(
     clip: float,
 ) -> th.ThresholdPlan:  # fmt: skip
     """The run's `ThresholdPlan`: t = ceil(threshold * holders), tau = rounds x
-    ciphertexts per round (``length`` reals)."""
+    ciphertexts per round (``length`` reals), data primes fitted to the value range
+    (`threshold.ThresholdPlan.fit`)."""
     per = params.values_per_ciphertext
-    return th.ThresholdPlan(
-        params=params,
+    return th.ThresholdPlan.fit(
+        params,
         holders=holders,
         threshold=round_threshold(threshold, holders),
         max_decryptions=max(1, rounds) * max(1, -(-length // per)),
@@ -201,7 +202,7 @@ def keygen(
     length = int(request["length"])
     plan = make_plan(cfg.params, holders=len(ids), threshold=cfg.threshold, rounds=cfg.rounds,
                      length=length, clip=cfg.clip)  # fmt: skip
-    ring = th.Ring.of(cfg.params)
+    ring = th.Ring.of(plan.params)
     a = th.common_poly(ring, seed)
     secret, b = th.keygen_share(ring, a)
     k = len(ring.data_primes)
@@ -225,6 +226,7 @@ def keygen(
         seed=seed,
         own=shares[cfg.client_id + 1].astype("<u8").tobytes(),
         length=length,
+        n=len(ids),
         t=plan.threshold,
         stage=STAGE_KEYGEN,
     )
@@ -243,7 +245,7 @@ def finish(
     """Stage 4: verify each holder's signed ``b_i``, sum the collective key, open the
     shares addressed to us and keep ``sigma_j`` only."""
     _expect(state, run_id, STAGE_KEYGEN)
-    ring = th.Ring.of(cfg.params)
+    ring = th.Ring.of(holder_plan(cfg, state).params)
     ids = [int(i) for i in np.asarray(request["ids"]).tolist()]
     peers = [int(i) for i in state["peers"]]
     t = int(state["t"])
@@ -301,14 +303,15 @@ def _expect(state: Mapping[str, Any], run_id: int, stage: str) -> None:
 
 
 def holder_plan(cfg: HolderConfig, state: Mapping[str, Any]) -> th.ThresholdPlan:
-    """The plan fixed at setup, from our own configuration and the holder count."""
-    return make_plan(cfg.params, holders=len(state["holders"]), threshold=cfg.threshold,
+    """The plan fixed at key generation, from our own configuration and the number of
+    clients that took part in it."""
+    return make_plan(cfg.params, holders=int(state["n"]), threshold=cfg.threshold,
                      rounds=cfg.rounds, length=int(state["length"]), clip=cfg.clip)  # fmt: skip
 
 
 def public_key(cfg: HolderConfig, state: Mapping[str, Any]) -> Any:
     """The collective SEAL public key ``(b, a)`` (no secret)."""
-    ring = th.Ring.of(cfg.params)
+    ring = th.Ring.of(holder_plan(cfg, state).params)
     b = th.unpack_residues(bytes(state["b"]), ring.key_primes, ring.n)
     return ring.public_key(b, th.common_poly(ring, bytes(state["seed"])))
 
@@ -328,7 +331,7 @@ def encrypt_update(
         )
     if x.size and not float(np.max(np.abs(x))) <= cfg.clip:
         raise ValueError(f"values must lie in [-{cfg.clip:g}, {cfg.clip:g}]")
-    ring = th.Ring.of(cfg.params)
+    ring = th.Ring.of(plan.params)
     pk = public_key(cfg, state)
     chunks = to_slot_chunks(x, slots=ring.n // 2, complex_slots=True)
     cts = [
@@ -358,7 +361,7 @@ def decryption_share(
     if state.get("stage") != "ready":
         raise DecryptionRefused(f"client {me}: no key share")
     plan = holder_plan(cfg, state)
-    ring = th.Ring.of(cfg.params)
+    ring = th.Ring.of(plan.params)
     subset = [int(i) for i in np.asarray(request["T"]).tolist()]
     holders = {int(i) for i in state["holders"]}
     if len(set(subset)) != len(subset) or len(subset) < plan.threshold:

@@ -38,13 +38,15 @@ ciphertext's noise is only the rounding term (`fresh_noise_bound`).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import math
 import os
 import struct
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -68,6 +70,7 @@ __all__ = [
     "fresh_noise_bound",
     "keygen_share",
     "lagrange_at_zero",
+    "mulmod_u64",
     "pack_bits",
     "pack_ciphertext",
     "pack_residues",
@@ -188,6 +191,33 @@ class ThresholdPlan:
                 "decryptions; lower secure.clip_range or the rounds"
             )
 
+    @classmethod
+    def fit(
+        cls,
+        params: ThresholdParams,
+        *,
+        holders: int,
+        threshold: int,
+        max_decryptions: int,
+        clip: float,
+    ) -> ThresholdPlan:
+        """The plan with the smallest data modulus (two primes) that decodes a sum of
+        ``holders`` values in ``[-clip, clip]`` at ``params.precision``: ciphertexts, and
+        so the bytes sent, are as small as the precision and the value range allow."""
+        widest = replace(params, data_bits=(48, 48))
+        trial = cls(
+            widest, holders, threshold, max_decryptions, clip
+        )  # raises if even 96 bits fail
+        need = 2 * (2 * math.sqrt(2) * trial.scale * holders * clip + 16 * trial.noise_std)
+        bits = max(60, math.ceil(math.log2(need)) + 1)
+        for total in range(bits, 97):
+            candidate = replace(params, data_bits=((total + 1) // 2, total // 2))
+            try:
+                return cls(candidate, holders, threshold, max_decryptions, clip)
+            except ValueError:
+                continue
+        return trial
+
     @property
     def noise_bound(self) -> float:
         """``B`` for the sum of all holders' fresh ciphertexts (`fresh_noise_bound`)."""
@@ -209,13 +239,14 @@ class ThresholdPlan:
 
     @property
     def c0_drop_bits(self) -> int:
-        """Low bits of ``c0`` not sent: the rounding error is <= sigma_flood / 8."""
-        return max(0, math.floor(math.log2(self.flood_sigma)) - 3)
+        """Low bits of ``c0`` not sent: the rounding error is <= sigma_flood / 2 (its
+        uniform std <= 0.15 sigma_flood, about 1% of the decryption noise's variance)."""
+        return max(1, math.floor(math.log2(self.flood_sigma)) - 1)
 
     @property
     def share_drop_bits(self) -> int:
         """Low bits of a decryption share not sent (rounding of an already flooded value)."""
-        return max(0, math.floor(math.log2(self.flood_sigma)) - 3)
+        return max(1, math.floor(math.log2(self.flood_sigma)) - 1)
 
     @property
     def noise_std(self) -> float:
@@ -278,6 +309,53 @@ def _seal_blob(body: bytes, compr: int = 0) -> bytes:
 def _dyn_array(values: np.ndarray) -> bytes:
     flat = np.ascontiguousarray(values, dtype="<u8").reshape(-1)
     return _seal_blob(struct.pack("<Q", flat.size) + flat.tobytes())
+
+
+@functools.cache
+def _zstd() -> Any:
+    """The system's libzstd through ctypes, or None."""
+    name = ctypes.util.find_library("zstd") or "libzstd.so.1"
+    try:
+        lib = ctypes.CDLL(name)
+    except OSError:
+        return None
+    lib.ZSTD_decompress.restype = ctypes.c_size_t
+    lib.ZSTD_decompress.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
+                                    ctypes.c_size_t]  # fmt: skip
+    lib.ZSTD_isError.restype = ctypes.c_uint
+    lib.ZSTD_isError.argtypes = [ctypes.c_size_t]
+    return lib
+
+
+def _read_serialized(obj: Any, count: int) -> np.ndarray | None:
+    """The last ``count`` uint64 of ``obj``'s SEAL serialization (its data array), or None
+    when the format is not the expected one (then the caller reads element-wise)."""
+    path = _scratch()
+    try:
+        obj.save(path)
+        with open(path, "rb") as fh:
+            blob = fh.read()
+    finally:
+        os.remove(path)
+    if len(blob) < 16 or blob[:5] != _HEADER:
+        return None
+    body = blob[16:]
+    if blob[5] == 2:
+        lib = _zstd()
+        if lib is None:
+            return None
+        cap = 1024 + 8 * count
+        dst = ctypes.create_string_buffer(cap)
+        n = lib.ZSTD_decompress(dst, cap, body, len(body))
+        if lib.ZSTD_isError(n):
+            return None
+        body = dst.raw[:n]
+    elif blob[5] != 0:
+        return None
+    tail = 8 * count
+    if len(body) < tail + 8 or struct.unpack("<Q", body[-tail - 8 : -tail])[0] != count:
+        return None
+    return np.frombuffer(body[-tail:], dtype="<u8").astype(np.uint64)
 
 
 class Ring:
@@ -363,9 +441,17 @@ class Ring:
 
     @staticmethod
     def read(obj: Any, shape: tuple[int, ...]) -> np.ndarray:
-        """The uint64 data of a SEAL Ciphertext/Plaintext as an array of ``shape``."""
+        """The uint64 data of a SEAL Ciphertext/Plaintext as an array of ``shape``.
+
+        Fast path: SEAL's own serialization (zstd, decompressed with the system's
+        libzstd); else element by element through ``dyn_array()``."""
+        count = math.prod(shape)
+        fast = _read_serialized(obj, count)
+        if fast is not None:
+            return fast.reshape(shape)
         da = obj.dyn_array()
-        count = int(da.size())
+        if int(da.size()) != count:
+            raise ValueError(f"SEAL object holds {int(da.size())} values, expected {count}")
         out = np.fromiter((da[i] for i in range(count)), dtype=np.uint64, count=count)
         return out.reshape(shape)
 
@@ -525,13 +611,57 @@ def unpack_bits(data: bytes, width: int, count: int) -> np.ndarray:
 
 
 def _compose(poly: np.ndarray, primes: Sequence[int]) -> np.ndarray:
-    """CRT: residues (primes, N) -> Python ints in [0, Q) (object array)."""
+    """CRT: residues (primes, N) -> Python ints in [0, Q) (object array; reference path)."""
     q = math.prod(primes)
     acc = np.zeros(poly.shape[1], dtype=object)
     for j, p in enumerate(primes):
         hat = q // p
         acc = acc + poly[j].astype(object) * (hat * pow(hat, -1, p) % q)
     return acc % q
+
+
+_LIMB = 15
+_MASK64 = np.uint64((1 << 64) - 1)
+
+
+def mulmod_u64(a: np.ndarray, b: np.ndarray | int, q: int) -> np.ndarray:
+    """``a * b mod q`` for uint64 arrays below ``q < 2^48`` without overflow: Horner over
+    15-bit limbs of ``b`` (every intermediate stays below 2^64)."""
+    if q >= 1 << 48:
+        raise ValueError("mulmod_u64 needs q < 2^48")
+    qq = np.uint64(q)
+    bb = np.asarray(b, dtype=np.uint64)
+    r = np.zeros(np.broadcast(np.asarray(a), bb).shape, dtype=np.uint64)
+    for shift in range(45, -1, -_LIMB):
+        limb = (bb >> np.uint64(shift)) & np.uint64((1 << _LIMB) - 1)
+        r = ((r << np.uint64(_LIMB)) + np.asarray(a, dtype=np.uint64) * limb) % qq
+    return r
+
+
+def _compose2(poly: np.ndarray, primes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """CRT (Garner) of two residues below 2^48 into 128-bit values (lo, hi) in [0, Q)."""
+    q0, q1 = primes
+    r0, r1 = poly[0].astype(np.uint64), poly[1].astype(np.uint64)
+    d = (r1 + np.uint64(q1) - r0 % np.uint64(q1)) % np.uint64(q1)
+    t = mulmod_u64(d, pow(q0, -1, q1), q1)  # v = r0 + q0 t, t < q1
+    lo, hi = r0.copy(), np.zeros_like(r0)
+    for shift in range(0, 48, _LIMB):
+        x = ((t >> np.uint64(shift)) & np.uint64((1 << _LIMB) - 1)) * np.uint64(q0)  # < 2^63
+        add_lo = x << np.uint64(shift)
+        add_hi = x >> np.uint64(64 - shift) if shift else np.zeros_like(x)
+        new_lo = lo + add_lo
+        hi = hi + add_hi + (new_lo < lo).astype(np.uint64)
+        lo = new_lo
+    return lo, hi
+
+
+def _round_shift(lo: np.ndarray, hi: np.ndarray, drop: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(v + 2^(drop-1)) >> drop`` on 128-bit (lo, hi), 0 < drop < 64."""
+    half = np.uint64(1 << (drop - 1))
+    new_lo = lo + half
+    hi = hi + (new_lo < lo).astype(np.uint64)
+    d = np.uint64(drop)
+    return (new_lo >> d) | (hi << np.uint64(64 - drop)), hi >> d
 
 
 def _round_width(primes: Sequence[int], drop: int) -> int:
@@ -567,12 +697,32 @@ def _pack_rounded(poly: np.ndarray, primes: Sequence[int], drop: int) -> bytes:
     width = _round_width(primes, drop)
     if width > 128:
         raise ValueError("rounded values exceed 128 bits")
+    if len(primes) == 2 and max(primes) < 1 << 48 and 0 < drop < 64:
+        lo, hi = _round_shift(*_compose2(poly, primes), drop)
+        if width <= 64:
+            return pack_bits(lo, width)
+        return pack_bits(lo, 64) + pack_bits(hi, width - 64)
     v = _compose(poly, primes)
     return _pack_wide((v + ((1 << drop) >> 1)) >> drop, width)
 
 
 def _unpack_rounded(data: bytes, primes: Sequence[int], drop: int, n: int) -> np.ndarray:
-    w = _unpack_wide(data, _round_width(primes, drop), n)
+    width = _round_width(primes, drop)
+    if max(primes) < 1 << 48 and drop < 64:
+        if width <= 64:
+            lo, hi = unpack_bits(data, width, n), np.zeros(n, dtype=np.uint64)
+        else:
+            head = 8 * n
+            if len(data) < head:
+                raise ValueError(f"expected more than {head} bytes, got {len(data)}")
+            lo, hi = unpack_bits(data[:head], 64, n), unpack_bits(data[head:], width - 64, n)
+        rows = []
+        for p in primes:
+            pp = np.uint64(p)
+            w = (mulmod_u64(hi % pp, pow(2, 64, p), p) + lo % pp) % pp
+            rows.append(mulmod_u64(w, pow(2, drop, p), p))
+        return np.stack(rows)
+    w = _unpack_wide(data, width, n)
     return np.stack([((w % p) * pow(2, drop, p) % p).astype(np.uint64) for p in primes])
 
 
@@ -677,8 +827,12 @@ def partial_decrypt(
     `flood_noise` output: an unflooded share leaks the secret key (Li & Micciancio 2021).
     """
     primes = ring.data_primes
-    weighted = _mulmod(share, np.array([[lam] for lam in lagrange], dtype=object), primes)
-    product = _mulmod(c1, weighted, primes)
+    product = np.stack(
+        [
+            mulmod_u64(c1[j], mulmod_u64(share[j], lam % q, q), q)
+            for j, (q, lam) in enumerate(zip(primes, lagrange, strict=True))
+        ]
+    )
     return add_polys([ring.to_coeff(product), _signed_to_residues(noise, primes)], primes)
 
 

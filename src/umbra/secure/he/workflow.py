@@ -211,7 +211,7 @@ class CkksWorkflow:
                 "blobs": blobs,
             }
         fin = self._send(STAGE_FINISH, finish_req)
-        plan = make_plan(self.params, holders=len(done_ids), threshold=self.threshold,
+        plan = make_plan(self.params, holders=len(order), threshold=self.threshold,
                          rounds=self.rounds, length=self.length, clip=self.clip)  # fmt: skip
         if len(fin) < plan.threshold:
             raise CkksAbort(f"{len(fin)} clients hold key shares < threshold {plan.threshold}")
