@@ -25,10 +25,9 @@ ciphertext count, a second request in a round, or past the run's decryption budg
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -218,13 +217,13 @@ def keygen(
             continue
         key = crypto.agree(private, bytes(pk), info=_pair_info(run_id, cfg.client_id, j))
         blobs.append(
-            crypto.aead_encrypt(key, shares[j + 1].astype("<u8").tobytes(),
+            crypto.aead_encrypt(key, th.pack_residues(shares[j + 1], ring.data_primes),
                                 aad=_share_aad(run_id, cfg.client_id, j))
         )  # fmt: skip
     b_blob = th.pack_residues(b, ring.key_primes)
     state.update(
         seed=seed,
-        own=shares[cfg.client_id + 1].astype("<u8").tobytes(),
+        own=th.pack_residues(shares[cfg.client_id + 1], ring.data_primes),
         length=length,
         n=len(ids),
         t=plan.threshold,
@@ -256,7 +255,7 @@ def finish(
     seed = bytes(state["seed"])
     private = X25519PrivateKey.from_private_bytes(bytes(state["x25519"]))
     pk_of = dict(zip(peers, state["peer_pks"], strict=True))
-    k, n = len(ring.data_primes), ring.n
+    n = ring.n
     bs, evaluations = [], []
     for i, b_blob, sig, blob in zip(ids, request["bs"], request["sigs"], request["blobs"],
                                     strict=True):  # fmt: skip
@@ -276,12 +275,11 @@ def finish(
                 )
             except crypto.AuthenticationError as err:
                 raise SetupError(f"client {i}: its secret-key share does not authenticate") from err
-        share = np.frombuffer(raw, dtype="<u8").astype(np.uint64)
-        if share.size != k * n or np.any(
-            share.reshape(k, n) >= np.asarray(ring.data_primes, dtype=np.uint64)[:, None]
-        ):
-            raise SetupError(f"client {i}: malformed secret-key share")
-        evaluations.append(share.reshape(k, n))
+        try:
+            share = th.unpack_residues(raw, ring.data_primes, n)
+        except ValueError as err:
+            raise SetupError(f"client {i}: malformed secret-key share ({err})") from err
+        evaluations.append(share)
     b = th.add_polys(bs, ring.key_primes)
     sigma = th.add_polys(evaluations, ring.data_primes)
     b_blob = th.pack_residues(b, ring.key_primes)
@@ -400,8 +398,3 @@ def decryption_share(
         )
         shares.append(th.pack_share(ring, h, drop_bits=plan.share_drop_bits))
     return {"round": round_number, "client_id": me, "shares": shares}
-
-
-def lagrange_ok(xs: Sequence[int]) -> bool:
-    """Distinct nonzero abscissae (a valid decryption set)."""
-    return len(set(xs)) == len(xs) and all(x > 0 for x in xs) and math.prod(xs) > 0

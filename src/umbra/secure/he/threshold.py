@@ -30,10 +30,16 @@ multiple of ``2^c0_drop_bits`` in the *coefficient* domain (SEAL's inverse NTT f
 each decryption share to ``2^share_drop_bits``, both far below the flooding noise.
 
 Security (HomomorphicEncryption.org standard, Albrecht et al. 2018, Table 1, ternary
-secret, classical 128-bit: log2 q <= 218 for N = 8192). Defaults: N = 8192, ciphertexts
-over two 40-bit primes, keys over those plus one 60-bit special prime (140 bits). SEAL's
-public-key encryption runs at the key level and divides by the special prime, so a fresh
-ciphertext's noise is only the rounding term (`fresh_noise_bound`).
+secret, classical 128-bit: log2 q <= 218 for N = 8192). N = 8192; ciphertexts carry two
+data primes whose size `ThresholdPlan.fit` chooses per run (the smallest modulus that
+decodes the sum of the run's value range at ``precision``, 60..96 bits); keys add one
+60-bit special prime (at most 156 bits). SEAL's public-key encryption runs at the key level
+and divides by the special prime, so a fresh ciphertext's noise is only the rounding term
+(`fresh_noise_bound`).
+
+Precision: every decrypted sum value is within ``precision`` (default 1e-8) of the exact
+sum with ``precision_sigmas`` (6.5) standard deviations of margin; the scale is the power of
+two that achieves it given the flooding noise (`ThresholdPlan.scale_bits`).
 """
 
 from __future__ import annotations
