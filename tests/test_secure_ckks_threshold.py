@@ -226,6 +226,9 @@ def test_plan_is_128_bit_and_threshold_from_own_config(fed: Federation) -> None:
     assert sum(bits) <= single_key.HE_STANDARD_MAX_LOG_Q[PARAMS.poly_modulus_degree]
     assert fed.plan.threshold == math.ceil(FRACTION * N_HOLDERS) == 3
     assert fed.plan.max_decryptions == ROUNDS * 1
+    # t > N/2 shares per release, at most tau per holder: floor(N tau / t) releases in all
+    assert fed.plan.released_bound == N_HOLDERS * ROUNDS // 3 == 5
+    assert fed.plan.flood_sigma == pytest.approx(math.sqrt(12 * 5) * 2**15 * fed.plan.noise_bound)
     assert fed.plan.value_bound >= N_HOLDERS * CLIP
     with pytest.raises(ValueError, match="security bound"):
         th.ThresholdParams(data_bits=(48, 48, 48, 48), special_bits=60)

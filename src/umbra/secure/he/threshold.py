@@ -172,7 +172,8 @@ class ThresholdPlan:
 
     ``holders``: key holders (N in t-out-of-N); ``threshold``: t; ``max_decryptions``: tau,
     the ciphertexts the key may ever decrypt (rounds x ciphertexts per round; holders
-    refuse beyond it); ``clip``: each client's values lie in ``[-clip, clip]``.
+    refuse beyond it; the flooding covers `released_bound`); ``clip``: each client's values
+    lie in ``[-clip, clip]``.
     """
 
     params: ThresholdParams
@@ -236,10 +237,17 @@ class ThresholdPlan:
         )
 
     @property
+    def released_bound(self) -> int:
+        """Decryptions the server can ever obtain: each needs t shares and each holder
+        gives at most ``max_decryptions``, so at most ``floor(holders tau / t)`` (below
+        ``2 tau`` as t > holders/2). The flooding is sized for this count."""
+        return max(1, self.holders * self.max_decryptions // self.threshold)
+
+    @property
     def flood_sigma(self) -> float:
         return flood_sigma(
             bound=self.noise_bound,
-            max_decryptions=self.max_decryptions,
+            max_decryptions=self.released_bound,
             statistical_bits=self.params.statistical_bits,
         )
 
