@@ -308,6 +308,23 @@ def test_collective_key_structure_b_equals_minus_a_s_plus_e(fed: Federation) -> 
     centered = np.where(e[0] > q0 // 2, e[0].astype(np.int64) - q0, e[0].astype(np.int64))
     assert np.max(np.abs(centered)) <= 41 and 2.5 < centered.std() < 4.0  # SEAL: std 3.2, cap 41
     assert k == 3 and b.shape == (k, ring.n)
+    # the collective key itself, at the data primes (where s is shared): b + a s = sum e_i,
+    # with s = sum_j lambda_j sigma_j reconstructed from t holders' shares (Python ints)
+    s = fed.secret()
+    kd = len(ring.data_primes)
+    e_sum = np.stack(
+        [
+            ((b[j].astype(object) + a[j].astype(object) * s[j].astype(object)) % q).astype(
+                np.uint64
+            )
+            for j, q in enumerate(ring.data_primes)
+        ]
+    )
+    e_all = ring.to_coeff(e_sum)[0]
+    c_all = np.where(e_all > q0 // 2, e_all.astype(np.int64) - q0, e_all.astype(np.int64))
+    sd = 3.2 * math.sqrt(N_HOLDERS)
+    assert np.max(np.abs(c_all)) <= 41 * N_HOLDERS and 0.8 * sd < c_all.std() < 1.2 * sd
+    assert kd == 2
     # the collective key encrypts, and t holders decrypt (the structure's end-to-end check)
     total, ref = _aggregate(fed, 3, seed=3)
     out = decode_sum(fed.plan, total, fed.shares(total, [0, 1, 2], 3), length=fed.length)

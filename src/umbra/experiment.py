@@ -335,7 +335,9 @@ def _run_federated(
 
         private, roster = generate_identities(range(cfg.federation.num_clients))
         rounds = cfg.federation.rounds
-        client_extra.update({"ckks-identity": private, "ckks-roster": roster, "ckks-rounds": rounds})
+        client_extra.update(
+            {"ckks-identity": private, "ckks-roster": roster, "ckks-rounds": rounds}
+        )
         server_extra.update({"ckks-roster": roster, "ckks-rounds": rounds})
     fed_dir = run_dir / ".federation"
     write_federation_data(fed_dir / "train", prep.train, prep.parts, prep.masks)

@@ -51,7 +51,7 @@ import math
 import os
 import struct
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -69,7 +69,6 @@ __all__ = [
     "ciphertext_bytes",
     "combine",
     "common_poly",
-    "decryption_xs",
     "encrypt",
     "flood_noise",
     "flood_sigma",
@@ -872,8 +871,3 @@ def combine(
     total = add_polys([c0, *shares], ring.data_primes)
     pt = ring.plaintext(ring.to_ntt(total), scale=scale)
     return np.asarray(ring.encoder.decode_complex(pt))
-
-
-def decryption_xs(holders: Mapping[int, Any] | Iterable[int]) -> list[int]:
-    """Shamir abscissae of holder ids (``x = id + 1``)."""
-    return [int(i) + 1 for i in holders]
