@@ -17,7 +17,12 @@ CKKS) in one simulation, and Flower's own SecAgg+ through its legacy API (``Defa
 another; same clients, model (``--flower-hidden 448``: 1,000,996 parameters), data and local
 training. Merged into the results file under ``flower_round``.
 
+``--ckks-only``: only the CKKS rows (Umbra's threshold CKKS - what a run uses -, the
+single-key scheme it replaced as a baseline, TenSEAL's tutorial parameters) and the
+plaintext sum, merged into an existing results file of the same size.
+
 Run:  PYTHONPATH=src .venv/bin/python bench/secure_aggregation.py
+      PYTHONPATH=src .venv/bin/python bench/secure_aggregation.py --ckks-only
       PYTHONPATH=src .venv/bin/python bench/secure_aggregation.py --flower-round
 """
 

@@ -515,6 +515,9 @@ def test_values_outside_the_range_are_refused(fed: Federation) -> None:
     x[3] = 1.5 * CLIP
     with pytest.raises(ValueError, match=r"values must lie in \[-1, 1\]"):
         holder.encrypt_update(fed.cfgs[0], fed.states[0], x, round_number=1)
+    x[3] = np.nan
+    with pytest.raises(ValueError, match="client 0: update has non-finite values"):
+        holder.encrypt_update(fed.cfgs[0], fed.states[0], x, round_number=1)
     with pytest.raises(ValueError, match="update has 10 values"):
         holder.encrypt_update(fed.cfgs[0], fed.states[0], np.zeros(10), round_number=1)
     with pytest.raises(ValueError, match="exceeds the decodable range"):

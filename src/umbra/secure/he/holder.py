@@ -327,6 +327,10 @@ def encrypt_update(
             f"client {cfg.client_id}: update has {x.size} values, the run's key was set up "
             f"for {int(state['length'])}"
         )
+    if not np.all(np.isfinite(x)):
+        raise ValueError(
+            f"client {cfg.client_id}: update has non-finite values (training diverged)"
+        )
     if x.size and not float(np.max(np.abs(x))) <= cfg.clip:
         raise ValueError(f"values must lie in [-{cfg.clip:g}, {cfg.clip:g}]")
     ring = th.Ring.of(plan.params)
