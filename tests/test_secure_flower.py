@@ -289,6 +289,31 @@ def test_below_threshold_aborts_and_keeps_model(
     assert "aborted" in caplog.text
 
 
+def test_ckks_key_swapped_by_the_server_is_refused(
+    federation: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An active server that replaces client 2's advertised X25519 key (to open the key
+    shares sent to it) is caught by every receiver's signature check: the round aborts
+    and the log names the client."""
+    secure = _secure("ckks")
+    grid = FakeGrid(make_client_app(_client_spec(federation, secure, "ckks")), N_CLIENTS)
+    target = grid.node_ids[2]
+
+    def tamper(stage: str, node: int, reply: Message) -> Message:
+        if stage == "advertise" and node == target:
+            cfg = reply.content.config_records["secure"]
+            cfg["pk"] = crypto.generate_keypair().public
+        return reply
+
+    grid.tamper = tamper
+    x = initial_arrays(federation["model_spec"], seed=1)
+    with caplog.at_level(logging.WARNING):
+        outcome = TRAIN_ROUNDS["ckks"](_strategy("fedavg"), cast(Grid, grid), 1, x, _Spec(secure))
+    assert outcome.record is None
+    assert "did not reveal" in (outcome.note or "")
+    assert "client 2: bad signature on its advertise message" in caplog.text
+
+
 def test_malformed_masked_vector_excluded(
     federation: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:

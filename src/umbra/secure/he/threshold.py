@@ -801,7 +801,7 @@ def unpack_ciphertext(
 def encrypt(ring: Ring, public_key: Any, slots: np.ndarray, *, scale: float) -> Any:
     """SEAL public-key encryption of ``N/2`` complex slot values at the data level."""
     pt = sealapi.Plaintext()
-    ring.encoder.encode([complex(z) for z in np.asarray(slots)], scale, pt)
+    ring.encoder.encode(np.asarray(slots, dtype=np.complex128).tolist(), scale, pt)
     ct = sealapi.Ciphertext()
     sealapi.Encryptor(ring.context, public_key).encrypt(pt, ct)
     return ct
