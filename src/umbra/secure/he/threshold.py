@@ -252,14 +252,15 @@ class ThresholdPlan:
 
     @property
     def c0_drop_bits(self) -> int:
-        """Low bits of ``c0`` not sent: the rounding error is <= sigma_flood / 2 (its
-        uniform std <= 0.15 sigma_flood, about 1% of the decryption noise's variance)."""
-        return max(1, math.floor(math.log2(self.flood_sigma)) - 1)
+        """Low bits of ``c0`` not sent: the rounding error is uniform with std at most
+        ``sigma_flood / sqrt(12)`` (counted in `noise_std`, hence in the scale)."""
+        return max(1, math.floor(math.log2(self.flood_sigma)))
 
     @property
     def share_drop_bits(self) -> int:
-        """Low bits of a decryption share not sent (rounding of an already flooded value)."""
-        return max(1, math.floor(math.log2(self.flood_sigma)) - 1)
+        """Low bits of a decryption share not sent (rounding of an already flooded value;
+        uniform error with std at most ``sigma_flood / sqrt(12)``, counted in `noise_std`)."""
+        return max(1, math.floor(math.log2(self.flood_sigma)))
 
     @property
     def noise_std(self) -> float:
