@@ -535,6 +535,11 @@ def test_server_side_objects_never_contain_a_secret(fed: Federation) -> None:
         for off in range(0, len(sigma) - 32, len(sigma) // 7):
             assert sigma[off : off + 32] not in view
         assert "x25519" not in state and "own" not in state  # dropped after setup
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(fed.cfgs[0])
+    assert "identity" not in repr(fed.cfgs[0]) and fed.cfgs[0].identity_key.hex() not in repr(
+        fed.cfgs[0]
+    )
     # no Shamir evaluation of any holder appears either (only AEAD ciphertexts of them)
     assert fed.plan.__dict__.keys() >= {"params", "holders", "threshold"}
     assert not any(

@@ -98,6 +98,9 @@ class HolderConfig:
     def __repr__(self) -> str:
         return f"HolderConfig(client_id={self.client_id}, rounds={self.rounds})"
 
+    def __reduce__(self) -> Any:
+        raise TypeError("HolderConfig holds an identity key and cannot be pickled")
+
 
 def make_plan(
     params: th.ThresholdParams, *, holders: int, threshold: float, rounds: int, length: int,
