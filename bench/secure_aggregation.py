@@ -178,12 +178,18 @@ def bench_threshold_ckks(
     reveals = [timed(i, holder.reveal, cfgs[i], states[i], adv_req, run_id=run) for i in range(n)]
     rev_req = {"ids": np.arange(n), "nonces": [r["nonce"] for r in reveals], "length": length}
     kg = [timed(i, holder.keygen, cfgs[i], states[i], rev_req, run_id=run) for i in range(n)]
+    fins: list[dict[str, Any]] = []
     for i in range(n):
         fin_req = {"ids": np.arange(n), "bs": [k["b"] for k in kg], "sigs": [k["sig"] for k in kg],
                    "blobs": [k["blobs"][i] for k in kg]}  # fmt: skip
         fin = timed(i, holder.finish, cfgs[i], states[i], fin_req, run_id=run)
+        fins.append(fin)
         up[i] += size(ads[i]) + size(reveals[i]) + size(kg[i]) + size(fin)
         down[i] += size(adv_req) + size(rev_req) + size(fin_req)
+    acks = {"ack_ids": np.arange(n), "acks": [f["sig"] for f in fins]}
+    for i in range(n):
+        timed(i, holder.check_key_acks, cfgs[i], states[i], acks, run_id=run)
+        down[i] += size(acks)  # sent with the first round's model
     setup_up, setup_down = float(np.mean(up)), float(np.mean(down))
     plan = holder.holder_plan(cfgs[0], states[0])
 

@@ -165,6 +165,9 @@ class Federation:
             self.seen.append(request)
             self.fin[me] = holder.finish(self.cfgs[me], self.states[me], request, run_id=RUN)
         self.seen.append(self.fin)
+        self.acks = {"ack_ids": self.ads["ids"], "acks": [self.fin[i]["sig"] for i in ids]}
+        for i in ids:
+            holder.check_key_acks(self.cfgs[i], self.states[i], self.acks, run_id=RUN)
         self.plan = holder.holder_plan(self.cfgs[0], self.states[0])
         self.ring = th.Ring.of(self.plan.params)
 
@@ -573,3 +576,24 @@ def test_uint64_modular_arithmetic_matches_python_ints() -> None:
         q = q0 * q1
         for j, p in enumerate((q0, q1)):
             assert back[j].tolist() == [(w << drop) % q % p for w in want]
+
+
+def test_a_key_not_confirmed_by_t_holders_is_refused() -> None:
+    """An active server that gives holders different key sets cannot collect t
+    confirmations of the same key: encryption is refused before any update is encrypted."""
+    fed = Federation(n=4, length=500, rounds=1)
+    state = {k: v for k, v in fed.states[0].items() if k != "acked"}
+    cfg = fed.cfgs[0]
+    with pytest.raises(holder.SetupError, match="no confirmed collective key"):
+        holder.encrypt_update(cfg, state, np.zeros(500), round_number=1)
+    # a confirmation over a different key (here: another holder's signature on another b)
+    bad = {**fed.acks, "acks": [*fed.acks["acks"][:3], fed.acks["acks"][0]]}
+    with pytest.raises(identity.IdentityError, match="client 3: bad signature on its finish"):
+        holder.check_key_acks(cfg, dict(state), bad, run_id=RUN)
+    few = {"ack_ids": np.array([0, 1]), "acks": fed.acks["acks"][:2]}
+    with pytest.raises(
+        holder.SetupError, match="2 key holders confirmed the collective key < threshold 3"
+    ):
+        holder.check_key_acks(cfg, dict(state), few, run_id=RUN)
+    holder.check_key_acks(cfg, state, fed.acks, run_id=RUN)
+    holder.encrypt_update(cfg, state, np.zeros(500), round_number=1)

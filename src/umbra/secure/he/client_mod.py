@@ -107,6 +107,7 @@ def make_ckks_handler(train_fn: TrainFn, spec: ClientSpec) -> TrainFn:
             reply = holder.finish(cfg, state, proto, run_id=run_id)
         elif stage == STAGE_COLLECT:
             rnd = int(proto["round"])
+            holder.check_key_acks(cfg, state, proto, run_id=run_id)  # before training
             train_reply = train_fn(msg, context)
             incoming = from_record(msg.content.array_records["arrays"])
             x = {k: v for k, v in incoming.items() if not k.startswith(CONTROL_PREFIX)}

@@ -17,6 +17,7 @@ Setup, once per run (Mouchet et al., PoPETs 2021, with t-out-of-N Shamir sharing
    under X25519 + HKDF + ChaCha20-Poly1305 bound to (run, sender, recipient); ``b_i`` signed;
 4. `finish`: verify every ``b_i`` signature, ``b = sum b_i``; ``sigma_j = sum_i f_i(x_j)``.
 
+Before the first encryption, `check_key_acks`: every holder signed the same collective key.
 Every round: `encrypt_update` (public-key encryption under ``(b, a)``) and
 `decryption_share` (flooded partial decryption; refused for a set smaller than t, a wrong
 ciphertext count, a second request in a round, or past the run's decryption budget).
@@ -53,6 +54,7 @@ __all__ = [
     "HolderConfig",
     "SetupError",
     "advertise",
+    "check_key_acks",
     "decryption_share",
     "encrypt_update",
     "finish",
@@ -317,12 +319,46 @@ def public_key(cfg: HolderConfig, state: Mapping[str, Any]) -> Any:
     return ring.public_key(b, th.common_poly(ring, bytes(state["seed"])))
 
 
+def check_key_acks(
+    cfg: HolderConfig,
+    state: dict[str, Any],
+    request: Mapping[str, Any],
+    *,
+    run_id: int,
+) -> None:
+    """Before the first encryption: at least t key holders signed the same (seed,
+    collective key) as ours, so a server that handed holders different key sets (to get a
+    key whose secret fewer holders share, or its own) is detected. Checked once,
+    remembered in the state."""
+    if state.get("acked"):
+        return
+    if state.get("stage") != "ready":
+        raise SetupError(f"client {cfg.client_id}: no collective key yet")
+    ids = [int(i) for i in np.asarray(request.get("ack_ids", [])).tolist()]
+    sigs = list(request.get("acks", []))
+    holders = {int(i) for i in state["holders"]}
+    t = int(state["t"])
+    if len(set(ids)) != len(ids) or not set(ids) <= holders or len(ids) < t:
+        raise SetupError(
+            f"client {cfg.client_id}: {len(set(ids) & holders)} key holders confirmed the "
+            f"collective key < threshold {t}"
+        )
+    if len(sigs) != len(ids):
+        raise SetupError(f"client {cfg.client_id}: key confirmations are inconsistent")
+    payload = bytes(state["seed"]) + bytes(state["b"])
+    for i, sig in zip(ids, sigs, strict=True):
+        identity.verify(cfg.roster, sig, run_id=run_id, stage=STAGE_FINISH, client_id=i,
+                        payload=payload)  # fmt: skip
+    state["acked"] = True
+
+
 def encrypt_update(
     cfg: HolderConfig, state: Mapping[str, Any], vector: np.ndarray, *, round_number: int
 ) -> dict[str, Any]:
-    """Encrypt a contribution vector (values in ``[-clip, clip]``) under the collective key."""
-    if state.get("stage") != "ready":
-        raise SetupError(f"client {cfg.client_id}: no collective key yet")
+    """Encrypt a contribution vector (values in ``[-clip, clip]``) under the collective key
+    (after `check_key_acks`)."""
+    if state.get("stage") != "ready" or not state.get("acked"):
+        raise SetupError(f"client {cfg.client_id}: no confirmed collective key yet")
     plan = holder_plan(cfg, state)
     x = np.asarray(vector, dtype=np.float64).ravel()
     if x.size != int(state["length"]):

@@ -65,6 +65,7 @@ class KeySetup:
     """Public result of the run's key setup (the server's view)."""
 
     holders: dict[int, int] = field(default_factory=dict)  # client id -> node id
+    acks: dict[int, bytes] = field(default_factory=dict)  # client id -> signed key
     length: int = 0
     plan: ThresholdPlan | None = None
     bytes_up: int = 0
@@ -216,6 +217,7 @@ class CkksWorkflow:
         if len(fin) < plan.threshold:
             raise CkksAbort(f"{len(fin)} clients hold key shares < threshold {plan.threshold}")
         self.keys.holders = {int(kg[n]["client_id"]): n for n in fin}
+        self.keys.acks = {int(fin[n]["client_id"]): bytes(fin[n]["sig"]) for n in fin}
         self.keys.length = self.length
         self.keys.plan = plan
         self.keys.bytes_up = self.exchange.bytes_up - up0
@@ -226,7 +228,13 @@ class CkksWorkflow:
     # ------------------------------------------------------------------ round
 
     def collect(self) -> dict[int, dict[str, Any]]:
-        requests = {node: {"round": self.round} for node in self.nodes}
+        ids = sorted(self.keys.acks)
+        request = {
+            "round": self.round,
+            "ack_ids": np.asarray(ids, dtype=np.int64),
+            "acks": [self.keys.acks[i] for i in ids],
+        }
+        requests = {node: request for node in self.nodes}
         replies = self._send(STAGE_COLLECT, requests, base=self.train_content)
         return {int(r["client_id"]): r for r in replies.values()}
 
