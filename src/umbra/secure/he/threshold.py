@@ -646,7 +646,8 @@ def mulmod_u64(a: np.ndarray, b: np.ndarray | int, q: int) -> np.ndarray:
     qq = np.uint64(q)
     bb = np.asarray(b, dtype=np.uint64)
     r = np.zeros(np.broadcast(np.asarray(a), bb).shape, dtype=np.uint64)
-    for shift in range(45, -1, -_LIMB):
+    top = int(bb.max()).bit_length() if bb.size else 0  # skip all-zero leading limbs
+    for shift in range(_LIMB * ((max(top, 1) - 1) // _LIMB), -1, -_LIMB):
         limb = (bb >> np.uint64(shift)) & np.uint64((1 << _LIMB) - 1)
         r = ((r << np.uint64(_LIMB)) + np.asarray(a, dtype=np.uint64) * limb) % qq
     return r
@@ -733,7 +734,9 @@ def _unpack_rounded(data: bytes, primes: Sequence[int], drop: int, n: int) -> np
         rows = []
         for p in primes:
             pp = np.uint64(p)
-            w = (mulmod_u64(hi % pp, pow(2, 64, p), p) + lo % pp) % pp
+            w = lo % pp
+            if width > 64:
+                w = (mulmod_u64(hi % pp, pow(2, 64, p), p) + w) % pp
             rows.append(mulmod_u64(w, pow(2, drop, p), p))
         return np.stack(rows)
     w = _unpack_wide(data, width, n)
