@@ -474,7 +474,7 @@ class Ring:
         if not poly.any():
             return poly.copy()
         k = len(self.data_primes)
-        ct = self.ciphertext(np.stack([poly, poly]), ntt=True, scale=1.0)
+        ct = self.ciphertext(np.stack([poly, self._one(ntt=True)]), ntt=True, scale=1.0)
         self.evaluator.transform_from_ntt_inplace(ct)
         return self.read(ct, (2, k, self.n))[0]
 
@@ -483,9 +483,21 @@ class Ring:
         if not poly.any():
             return poly.copy()
         k = len(self.data_primes)
-        ct = self.ciphertext(np.stack([poly, poly]), ntt=False, scale=1.0)
+        ct = self.ciphertext(np.stack([poly, self._one(ntt=False)]), ntt=False, scale=1.0)
         self.evaluator.transform_to_ntt_inplace(ct)
         return self.read(ct, (2, k, self.n))[0]
+
+    def _one(self, *, ntt: bool) -> np.ndarray:
+        """The constant polynomial 1 (all ones in the NTT domain, ``[1, 0, ...]`` in the
+        coefficient domain): a filler second polynomial for SEAL's ciphertext-only
+        transforms (a zero one makes the ciphertext "transparent") that transforms into
+        the other, equally compressible, form."""
+        k = len(self.data_primes)
+        if ntt:
+            return np.ones((k, self.n), dtype=np.uint64)
+        one = np.zeros((k, self.n), dtype=np.uint64)
+        one[:, 0] = 1
+        return one
 
 
 # ---------------------------------------------------------------- modular helpers
