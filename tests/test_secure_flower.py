@@ -10,7 +10,6 @@ from typing import Any, cast
 
 import numpy as np
 import pytest
-import tenseal as ts
 import torch
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.common.serde import message_to_proto
@@ -28,6 +27,7 @@ from umbra.federation.strategies import ModalityFedAvg, build_strategy
 from umbra.federation.train import TrainSettings
 from umbra.models import ModelSpec, parameter_modality
 from umbra.secure.contribution import int_template, make_contribution, payload_template
+from umbra.secure.identity import generate_identities
 from umbra.secure.secagg import crypto
 from umbra.secure.secagg.protocol import ProtocolViolation
 from umbra.secure.secagg.quantize import PayloadLayout
@@ -125,6 +125,10 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"root": root, "model_spec": model_spec}
 
 
+#: threshold CKKS identities of this test federation (fresh OS randomness per session)
+_IDENTITY, _ROSTER = generate_identities(range(N_CLIENTS))
+
+
 def _client_spec(federation: dict[str, Any], secure: dict[str, Any], action: str) -> ClientSpec:
     return ClientSpec(
         data_dir=str(federation["root"] / "train"),
@@ -133,7 +137,7 @@ def _client_spec(federation: dict[str, Any], secure: dict[str, Any], action: str
         settings=TrainSettings(epochs=1, batch_size=16, lr=0.05),
         seed=7,
         actions=(action,),
-        extra={"secure": secure},
+        extra={"secure": secure, "ckks-identity": _IDENTITY, "ckks-roster": _ROSTER},
     )
 
 
@@ -153,7 +157,7 @@ def _strategy(name: str) -> ModalityFedAvg:
 
 class _Spec:
     def __init__(self, secure: dict[str, Any]) -> None:
-        self.extra = {"secure": secure}
+        self.extra = {"secure": secure, "ckks-roster": _ROSTER, "ckks-rounds": 1}
         self.node_timeout_s = 60.0
 
 
@@ -162,7 +166,7 @@ def _secure(mode: str, **kw: Any) -> dict[str, Any]:
         "aggregation": mode,
         "threshold": 0.67,
         "clip_range": 4.0,
-        "ckks_params": "umbra",
+        "ckks_params": "threshold",
         "dropout_clients": [],
     }
     return {**base, **kw}
@@ -285,6 +289,31 @@ def test_below_threshold_aborts_and_keeps_model(
     assert "aborted" in caplog.text
 
 
+def test_ckks_key_swapped_by_the_server_is_refused(
+    federation: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An active server that replaces client 2's advertised X25519 key (to open the key
+    shares sent to it) is caught by every receiver's signature check: the round aborts
+    and the log names the client."""
+    secure = _secure("ckks")
+    grid = FakeGrid(make_client_app(_client_spec(federation, secure, "ckks")), N_CLIENTS)
+    target = grid.node_ids[2]
+
+    def tamper(stage: str, node: int, reply: Message) -> Message:
+        if stage == "advertise" and node == target:
+            cfg = reply.content.config_records["secure"]
+            cfg["pk"] = crypto.generate_keypair().public
+        return reply
+
+    grid.tamper = tamper
+    x = initial_arrays(federation["model_spec"], seed=1)
+    with caplog.at_level(logging.WARNING):
+        outcome = TRAIN_ROUNDS["ckks"](_strategy("fedavg"), cast(Grid, grid), 1, x, _Spec(secure))
+    assert outcome.record is None
+    assert "did not reveal" in (outcome.note or "")
+    assert "client 2: bad signature on its advertise message" in caplog.text
+
+
 def test_malformed_masked_vector_excluded(
     federation: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -316,7 +345,7 @@ def test_malformed_masked_vector_excluded(
 
 
 def _secret_values(states: list[dict[str, Any]]) -> set[bytes]:
-    keys = {"c_key", "s_key", "self_seed", "x25519", "keyring"}
+    keys = {"c_key", "s_key", "self_seed", "x25519", "keyring", "sigma", "own"}
     return {bytes(v) for st in states for k, v in st.items() if k in keys}
 
 
@@ -385,19 +414,17 @@ def test_server_never_holds_an_update_or_a_secret(
         assert len(sent_ahead) == N_CLIENTS and held == sent_ahead
         assert set(run_state(run["strategy"]).prekeys.values()) == sent_ahead  # public only
     else:
-        # the server's context holds no secret key: its ciphertexts cannot be decrypted
-        provision = [
+        # threshold CKKS: every holder kept a Shamir share of the collective secret, none of
+        # which (nor the shares sent to it) crossed the server in the clear; and every
+        # decryption share the server received was flooded (Li & Micciancio 2021)
+        sigmas = [bytes(st["sigma"]) for st in grid.client_states if "sigma" in st]
+        assert len({*sigmas}) == N_CLIENTS
+        shares = [
             decode_proto(m.content)
             for m in grid.received
-            if not m.has_error() and "server_context" in m.content.config_records.get("secure", {})
+            if not m.has_error() and "shares" in m.content.config_records.get("secure", {})
         ]
-        assert len(provision) == 1
-        server_ctx = ts.context_from(bytes(provision[0]["server_context"]))
-        assert not server_ctx.has_secret_key()
-        with pytest.raises(ValueError):
-            server_ctx.secret_key()
-        # and it cannot open the keyring relayed through it
-        assert all(s[len(s) // 2 - 16 : len(s) // 2 + 16] not in wire for s in secrets)
+        assert len(shares) == 3  # t = ceil(0.67 * 4) holders decrypted
 
 
 # ------------------------------------------------------------------ pre-keys (SecAgg+)

@@ -231,8 +231,9 @@ class SecureConfig(_Section):
     clip_range: float = Field(
         4.0, gt=0, description="quantization range ±R of each weighted update element"
     )
-    ckks_params: Literal["umbra", "umbra-digits", "tenseal-default"] = Field(
-        "umbra", description="CKKS parameter preset (all ≥ 128-bit security)"
+    ckks_params: Literal["threshold"] = Field(
+        "threshold",
+        description="CKKS scheme: threshold CKKS with a collective key (128-bit security)",
     )
     prekeys: bool = Field(
         True,

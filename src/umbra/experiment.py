@@ -427,6 +427,20 @@ def _run_federated(
 
         actions = SECURE_MODES[cfg.secure.aggregation]
     secure = cfg.secure.model_dump(mode="json")
+    client_extra: dict[str, Any] = {"secure": secure}
+    server_extra: dict[str, Any] = {"secure": secure}
+    if cfg.secure.aggregation == "ckks":
+        # Identity keys of threshold CKKS, from the OS CSPRNG (never run.seed): each private
+        # key belongs to its node only (the ClientApp picks its own partition's key), the
+        # public roster goes to everyone. Kept in memory only, never in the run folder.
+        from umbra.secure.identity import generate_identities
+
+        private, roster = generate_identities(range(cfg.federation.num_clients))
+        rounds = cfg.federation.rounds
+        client_extra.update(
+            {"ckks-identity": private, "ckks-roster": roster, "ckks-rounds": rounds}
+        )
+        server_extra.update({"ckks-roster": roster, "ckks-rounds": rounds})
     fed_dir = run_dir / ".federation"
     write_federation_data(fed_dir / "train", prep.train, prep.parts, prep.masks)
     write_federation_data(
@@ -445,7 +459,7 @@ def _run_federated(
         seed=cfg.run.seed,
         eval_every=cfg.run.eval_every,
         train_round=cfg.secure.aggregation,
-        extra={"secure": secure},
+        extra=server_extra,
         on_round=on_round,
         on_finish=finish,
         privacy=cfg.privacy if cfg.privacy.mode != "none" else None,
@@ -460,7 +474,7 @@ def _run_federated(
             seed=cfg.run.seed,
             threads=cfg.run.threads,
             actions=actions,
-            extra={"secure": secure},
+            extra=client_extra,
             privacy_unit=cfg.privacy.mode,
         )
     )

@@ -1,4 +1,13 @@
-"""CKKS homomorphic aggregation with TenSEAL (Cheon-Kim-Kim-Song, ASIACRYPT 2017).
+"""Single-key CKKS aggregation with TenSEAL (Cheon-Kim-Kim-Song, ASIACRYPT 2017): the
+**benchmark baseline** only, and the shared error types of the CKKS modules.
+
+A run never uses this scheme: it uses threshold CKKS (`umbra.secure.he.threshold`,
+`umbra.secure.he.holder`). Here one secret key is shared by every client and one client
+returns the raw approximate decryption of the sum, from which whoever holds the ciphertext
+recovers the secret key (Li & Micciancio, EUROCRYPT 2021; demonstrated in
+tests/test_secure_ckks_threshold.py), and any client colluding with the server decrypts
+every update. It stays for `bench/secure_aggregation.py` (what the threshold scheme costs
+against it) and for the error types.
 
 Clients encrypt their updates under one CKKS secret key that only clients hold; the
 server adds ciphertexts with a context that has no secret key; a client decrypts the sum.

@@ -1,89 +1,58 @@
-"""Client side of CKKS aggregation over Flower: the handler of ``train.ckks`` messages.
+"""Client side of threshold CKKS over Flower: the handler of ``train.ckks`` messages.
 
-Stages (``config["stage"]``):
+A thin wrapper over `umbra.secure.he.holder` (the protocol steps): it reads the stage from
+``config["stage"]``, keeps the holder's state between messages in
+``context.state["ckks-state"]`` (as the SecAgg+ mod does: the Context never leaves the node
+under the Deployment Engine; in simulation all parties share one process tree), trains on
+``collect`` and encrypts the weighted contribution (`umbra.secure.contribution`,
+`umbra.secure.he.payload`).
 
-1. ``advertise`` - the client creates an X25519 key pair and sends the public key;
-2. ``provision`` - sent to one client only, the *key holder*: it generates the CKKS keys
-   (`CkksKeyring.generate`, secret key created here), encrypts the secret context for
-   every other client under a pairwise X25519 + HKDF key with ChaCha20-Poly1305, and
-   returns those ciphertexts plus the secret-key-free server context;
-3. ``collect`` - carries the global model and the key holder's encrypted keyring: the
-   client opens its keyring, trains (`train_fn`), encrypts its weighted contribution
-   (`umbra.secure.contribution`, `umbra.secure.he.payload`) and sends the ciphertexts;
-4. ``decrypt`` - sent to one surviving client: it decrypts the *sum* the server computed
-   and returns only the decrypted sum, after checking that it sums at least ``min-clients``
-   clients (the count travels encrypted inside the sum, so a server that sends one
-   client's ciphertext instead of the sum is refused).
-
-Client secrets (the X25519 private key, the keyring's secret context) live between stages
-in ``context.state["ckks-state"]``, as in the SecAgg+ mod (same trust assumption: the
-Context never leaves the node under the Deployment Engine; in simulation all parties share
-one process tree). The server never receives a Context.
+Identity: the node's Ed25519 private key comes from ``node_config["umbra-identity-key"]``
+(hex) under the Deployment Engine, or, in simulation, from the ClientApp's spec
+(``extra["ckks-identity"]``, generated from os.urandom where the apps are built); the
+public roster from ``extra["ckks-roster"]``. The run's rounds (the decryption budget of the
+flooding bound) from ``extra["ckks-rounds"]``: a holder never takes them from the server.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import struct
 from typing import Any
 
-import numpy as np
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from flwr.app import ConfigRecord, Context, Message
 
 from umbra.federation.client_app import ClientSpec, TrainFn
 from umbra.federation.records import from_record
 from umbra.models import parameter_modality
 from umbra.secure.contribution import CONTROL_PREFIX, make_contribution
-from umbra.secure.he.ckks import PRESETS, CkksKeyring, CkksParams
-from umbra.secure.he.payload import flatten_contribution, split_sum
-from umbra.secure.secagg import crypto
+from umbra.secure.he import holder
+from umbra.secure.he.holder import (
+    STAGE_ADVERTISE,
+    STAGE_COLLECT,
+    STAGE_DECRYPT,
+    STAGE_FINISH,
+    STAGE_KEYGEN,
+    STAGE_REVEAL,
+    HolderConfig,
+)
+from umbra.secure.he.payload import flatten_contribution
 from umbra.secure.transport import decode_proto, reply_content
 
-__all__ = [
-    "KEYRING_INFO",
-    "STAGE_ADVERTISE",
-    "STAGE_COLLECT",
-    "STAGE_DECRYPT",
-    "STAGE_PROVISION",
-    "STATE_RECORD",
-    "keyring_aad",
-    "make_ckks_handler",
-]
+__all__ = ["IDENTITY_NODE_KEY", "STATE_RECORD", "make_ckks_handler", "run_key"]
 
 log = logging.getLogger("umbra")
 
-STAGE_ADVERTISE = "advertise"
-STAGE_PROVISION = "provision"
-STAGE_COLLECT = "collect"
-STAGE_DECRYPT = "decrypt"
 STATE_RECORD = "ckks-state"
-KEYRING_INFO = b"umbra/ckks/v1/keyring-transport"
-
-
-class DecryptionRefused(RuntimeError):
-    """The decryptor refuses a ciphertext that is not a sum of enough clients."""
+IDENTITY_NODE_KEY = "umbra-identity-key"
 
 
 class DropoutInjected(RuntimeError):
     """Fault injection: this client drops out after encrypting (``secure.dropout_clients``)."""
 
 
-def keyring_aad(*, holder: int, recipient: int, round_number: int) -> bytes:
-    """Associated data binding a relayed keyring to (round, holder, recipient)."""
-    return KEYRING_INFO + struct.pack("<QQQ", round_number, holder, recipient)
-
-
-def _pair_info(a: int, b: int, round_number: int) -> bytes:
-    return KEYRING_INFO + struct.pack("<QQQ", min(a, b), max(a, b), round_number)
-
-
-def params_of(name: str) -> CkksParams:
-    """The CKKS parameter preset ``name`` (`umbra.secure.he.ckks.PRESETS`)."""
-    if name not in PRESETS:
-        raise ValueError(f"ckks_params must be one of {sorted(PRESETS)}, got {name!r}")
-    return PRESETS[name]
+def run_key(run_id: int) -> int:
+    """The run id as signed and stored (63 bits, fits a ConfigRecord int)."""
+    return int(run_id) & (2**63 - 1)
 
 
 def _state(context: Context) -> dict[str, Any]:
@@ -100,133 +69,66 @@ def _shared(_: str) -> str | None:
     return None
 
 
-def _rng() -> np.random.Generator:
-    return np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
-
-
 def make_ckks_handler(train_fn: TrainFn, spec: ClientSpec) -> TrainFn:
     """Factory registered as the ``ckks`` client action (``train.ckks`` messages)."""
     secure = dict(spec.extra.get("secure", {}))
     dropouts = {int(c) for c in secure.get("dropout_clients", [])}
+    identities: dict[int, bytes] = dict(spec.extra.get("ckks-identity", {}))
+    roster = {int(k): bytes(v) for k, v in dict(spec.extra.get("ckks-roster", {})).items()}
+    rounds = int(spec.extra.get("ckks-rounds", 1))
 
     def handler(msg: Message, context: Context) -> Message:
         pid = int(context.node_config["partition-id"])
-        cfg = msg.content["config"]
-        stage = str(cfg["stage"])
+        raw_key = context.node_config.get(IDENTITY_NODE_KEY)
+        key = bytes.fromhex(str(raw_key)) if raw_key else identities.get(pid)
+        if key is None:
+            raise RuntimeError(f"ckks client {pid}: no identity key")
+        cfg = HolderConfig(
+            client_id=pid,
+            identity_key=key,
+            roster=roster,
+            threshold=float(secure.get("threshold", 0.67)),
+            rounds=rounds,
+            clip=float(secure.get("clip_range", 4.0)),
+        )
+        config = msg.content["config"]
+        stage = str(config["stage"])
         proto = decode_proto(msg.content)
-        rnd = int(proto["round"])
-        params = params_of(str(cfg["ckks-params"]))
-        if stage == STAGE_ADVERTISE:
-            me = int(cfg["ckks-id"])  # type: ignore[arg-type]
-            keys = crypto.generate_keypair()
-            _save_state(
-                context, {"id": me, "round": rnd, "x25519": crypto.private_bytes(keys.private)}
-            )
-            reply: dict[str, Any] = {"round": rnd, "client_id": me, "pk": keys.public}
-            return Message(content=reply_content(reply, partition_id=pid), reply_to=msg)
+        run_id = run_key(msg.metadata.run_id)
         state = _state(context)
-        if not state or int(state["round"]) != rnd:
-            raise RuntimeError(f"ckks client {pid}: stage {stage!r} without keys for round {rnd}")
-        me = int(state["id"])
-        private = X25519PrivateKey.from_private_bytes(bytes(state["x25519"]))
-        if stage == STAGE_PROVISION:
-            keyring = CkksKeyring.generate(params)
-            shared = keyring.shared_bytes()
-            ids = [int(i) for i in np.asarray(proto["ids"])]
-            pks = list(proto["pks"])
-            blobs = []
-            for j, pk in zip(ids, pks, strict=True):
-                key = crypto.agree(private, bytes(pk), info=_pair_info(me, j, rnd))
-                aad = keyring_aad(holder=me, recipient=j, round_number=rnd)
-                blobs.append(crypto.aead_encrypt(key, shared, aad=aad))
-            state["keyring"] = shared
-            _save_state(context, state)
-            reply = {
-                "round": rnd,
-                "client_id": me,
-                "to": np.asarray(ids, dtype=np.int64),
-                "blobs": blobs,
-                "server_context": keyring.server_context(),
-            }
+        reply: dict[str, Any]
+        if stage == STAGE_ADVERTISE:
+            reply = holder.advertise(cfg, state, run_id=run_id)
+        elif stage == STAGE_REVEAL:
+            reply = holder.reveal(cfg, state, proto, run_id=run_id)
+        elif stage == STAGE_KEYGEN:
+            reply = holder.keygen(cfg, state, proto, run_id=run_id)
+        elif stage == STAGE_FINISH:
+            reply = holder.finish(cfg, state, proto, run_id=run_id)
         elif stage == STAGE_COLLECT:
-            holder = int(proto["holder"])
-            if holder == me:
-                shared = bytes(state["keyring"])
-            else:
-                key = crypto.agree(
-                    private, bytes(proto["holder_pk"]), info=_pair_info(me, holder, rnd)
-                )
-                aad = keyring_aad(holder=holder, recipient=me, round_number=rnd)
-                shared = crypto.aead_decrypt(key, bytes(proto["blob"]), aad=aad)
-                state["keyring"] = shared
-                _save_state(context, state)
-            keyring = CkksKeyring.from_shared(shared, params)
+            rnd = int(proto["round"])
+            holder.check_key_acks(cfg, state, proto, run_id=run_id)  # before training
             train_reply = train_fn(msg, context)
             incoming = from_record(msg.content.array_records["arrays"])
             x = {k: v for k, v in incoming.items() if not k.startswith(CONTROL_PREFIX)}
-            modality_aware = bool(cfg.get("modality-aware", True))
             contribution = make_contribution(
                 x,
                 from_record(train_reply.content.array_records["arrays"]),
                 dict(next(iter(train_reply.content.metric_records.values()))),  # type: ignore[arg-type]
-                key_modality=parameter_modality if modality_aware else _shared,
-                weight_scale=float(cfg["weight-scale"]),  # type: ignore[arg-type]
+                key_modality=parameter_modality
+                if bool(config.get("modality-aware", True))
+                else _shared,
+                weight_scale=float(config["weight-scale"]),  # type: ignore[arg-type]
             )
-            clip = float(cfg["clip-range"])  # type: ignore[arg-type]
-            n = int(cfg["num-clients"])  # type: ignore[arg-type]
-            vector = flatten_contribution(contribution, clip=clip)
-            reply = keyring.encrypt_update(
-                vector,
-                client_id=me,
-                round_number=rnd,
-                num_clients=n,
-                clip=clip if params.digits_per_real > 1 else None,
-                rng=_rng(),
-            )
+            vector = flatten_contribution(contribution, clip=cfg.clip)
+            reply = holder.encrypt_update(cfg, state, vector, round_number=rnd)
             if pid in dropouts:
                 raise DropoutInjected(f"client {pid} drops out after encrypting (fault injection)")
         elif stage == STAGE_DECRYPT:
-            if "keyring" not in state:
-                raise RuntimeError(f"ckks client {pid}: no keyring to decrypt with")
-            keyring = CkksKeyring.from_shared(bytes(state["keyring"]), params)
-            clip = float(cfg["clip-range"])  # type: ignore[arg-type]
-            shapes = {
-                str(k): tuple(int(d) for d in np.asarray(v))
-                for k, v in decode_shapes(proto).items()
-            }
-            total = keyring.decrypt_sum(
-                list(proto["ciphertexts"]),
-                length=int(proto["length"]),
-                num_summed=int(proto["num_summed"]),
-                clip=clip,
-                num_clients=int(cfg["num-clients"]),  # type: ignore[arg-type]
-            )
-            floats, ints = split_sum(total, shapes, clip=clip)
-            clients = int(ints["clients"][0])
-            need = int(cfg["min-clients"])  # type: ignore[arg-type]
-            if clients < need or clients != int(proto["num_summed"]):
-                raise DecryptionRefused(
-                    f"ckks client {pid}: ciphertext sums {clients} clients, "
-                    f"expected {int(proto['num_summed'])} >= {need}"
-                )
-            del context.state[STATE_RECORD]
-            reply = {
-                "round": rnd,
-                "client_id": me,
-                **{f"f/{k}": v for k, v in floats.items()},
-                **{f"i/{k}": v for k, v in ints.items()},
-            }
+            reply = holder.decryption_share(cfg, state, proto, round_number=int(proto["round"]))
         else:
             raise RuntimeError(f"ckks client {pid}: unknown stage {stage!r}")
+        _save_state(context, state)
         return Message(content=reply_content(reply, partition_id=pid), reply_to=msg)
 
     return handler
-
-
-def encode_shapes(shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-    """Model array shapes as protocol entries (``shape/<name>`` -> int64 array)."""
-    return {f"shape/{k}": np.asarray(v, dtype=np.int64) for k, v in shapes.items()}
-
-
-def decode_shapes(proto: dict[str, Any]) -> dict[str, np.ndarray]:
-    return {k[len("shape/") :]: v for k, v in proto.items() if k.startswith("shape/")}

@@ -1,21 +1,27 @@
-"""Server side of CKKS aggregation over Flower: one training round as ``train.ckks`` stages.
+"""Server side of threshold CKKS over Flower: key setup once per run, then one training
+round as ``train.ckks`` stages (Mouchet et al., PoPETs 2021, t-out-of-N).
 
-advertise (X25519 public keys) -> provision (one client, the key holder, creates the CKKS
-keys and returns them encrypted for each other client, plus the secret-key-free server
-context) -> collect (global model + the relayed keyring; clients train and send encrypted
-weighted contributions) -> server-side encrypted sum (`CkksAggregator`) -> decrypt (one
-surviving client decrypts the sum only). The server then divides by the summed counts
-(`umbra.secure.contribution.combine_sums`) and hands the average to the strategy.
+Setup (first round of a run, every node of the grid): advertise (signed X25519 keys and
+nonce commitments) -> reveal (nonces, after every signed advertisement was forwarded) ->
+keygen (each holder's signed ``b_i`` and its Shamir shares of ``s_i``, encrypted for each
+peer) -> finish (every holder checks the signed ``b_i``, sums the collective public key and
+keeps its share ``sigma_j``). Every round: collect (global model; clients train and send
+ciphertexts under the collective key) -> server-side sum -> decrypt (a set ``T`` of t
+holders returns flooded decryption shares of the sum) -> the server decodes
+``c0 + sum h_j``, divides by the summed counts (`umbra.secure.contribution.combine_sums`)
+and hands the average to the strategy.
 
-The server holds public keys, keyring ciphertexts it cannot open, the server context (no
-secret key), clients' ciphertexts and the decrypted sum. Threat model: honest-but-curious
-server; the decryptor checks that the ciphertext it opens sums at least ``t`` clients.
+The server holds public keys, signatures, encrypted shares it cannot open, ciphertexts,
+flooded decryption shares and the decoded sum; never a secret key or an unflooded
+decryption. Threat model: see `umbra.secure.he.holder` and docs/privacy.md.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,21 +31,25 @@ from flwr.serverapp import Grid
 from umbra.federation.records import to_record
 from umbra.federation.rounds import RoundOutcome, prepare_train_messages, strategy_step
 from umbra.federation.strategies import ModalityFedAvg
+from umbra.secure import identity
 from umbra.secure.contribution import client_dp_from_sums, combine_sums, next_weight_scale
-from umbra.secure.he.ckks import CkksAggregator, HeAbort
-from umbra.secure.he.client_mod import (
+from umbra.secure.he.aggregator import ThresholdAggregator, decode_sum
+from umbra.secure.he.ckks import CiphertextError, HeAbort
+from umbra.secure.he.holder import (
     STAGE_ADVERTISE,
     STAGE_COLLECT,
     STAGE_DECRYPT,
-    STAGE_PROVISION,
-    encode_shapes,
-    params_of,
+    STAGE_FINISH,
+    STAGE_KEYGEN,
+    STAGE_REVEAL,
+    make_plan,
 )
-from umbra.secure.he.payload import payload_length
+from umbra.secure.he.payload import payload_length, split_sum
+from umbra.secure.he.threshold import ThresholdParams, ThresholdPlan
 from umbra.secure.secagg.workflow import round_threshold, run_state
 from umbra.secure.transport import StageExchange
 
-__all__ = ["MESSAGE_TYPE", "CkksWorkflow", "ckks_train_round"]
+__all__ = ["MESSAGE_TYPE", "CkksAbort", "CkksWorkflow", "ckks_train_round", "key_setup"]
 
 log = logging.getLogger("umbra")
 
@@ -47,11 +57,33 @@ MESSAGE_TYPE = "train.ckks"
 
 
 class CkksAbort(HeAbort):
-    """The CKKS round could not complete (too few clients, no key holder, no decryptor)."""
+    """The CKKS round could not complete (too few clients, no key, no decryption)."""
+
+
+@dataclass
+class KeySetup:
+    """Public result of the run's key setup (the server's view)."""
+
+    holders: dict[int, int] = field(default_factory=dict)  # client id -> node id
+    acks: dict[int, bytes] = field(default_factory=dict)  # client id -> signed key
+    length: int = 0
+    plan: ThresholdPlan | None = None
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+
+_SETUPS: weakref.WeakKeyDictionary[Any, KeySetup] = weakref.WeakKeyDictionary()
+
+
+def key_setup(strategy: Any) -> KeySetup:
+    """The run's key setup (empty until the first round has set up the keys)."""
+    if strategy not in _SETUPS:
+        _SETUPS[strategy] = KeySetup()
+    return _SETUPS[strategy]
 
 
 class CkksWorkflow:
-    """One CKKS-aggregated training round over a Flower Grid."""
+    """One threshold-CKKS-aggregated training round over a Flower Grid."""
 
     def __init__(
         self,
@@ -63,17 +95,23 @@ class CkksWorkflow:
         secure: Mapping[str, Any],
         timeout_s: float,
         spec: Any = None,
+        roster: Mapping[int, bytes] | None = None,
+        rounds: int = 1,
+        params: ThresholdParams | None = None,
     ) -> None:
         self.strategy = strategy
+        self.grid = grid
         self.round = server_round
         self.arrays = dict(arrays)
         self.secure = dict(secure)
         self.run = run_state(strategy)
+        self.keys = key_setup(strategy)
+        self.roster = dict(roster or {})
+        self.rounds = rounds
+        self.params = params or ThresholdParams()
         self.weight_scale = self.run.weight_scale
-        self.params_name = str(self.secure.get("ckks_params", "umbra"))
-        self.params = params_of(self.params_name)
         self.clip = float(self.secure.get("clip_range", 4.0))
-        # DP (when on): client sampling, and the ledger written before any release
+        self.threshold = float(self.secure.get("threshold", 0.67))
         self.dp = getattr(spec, "dp", None)
         messages = (
             prepare_train_messages(strategy, grid, server_round, dict(arrays), spec)
@@ -85,7 +123,7 @@ class CkksWorkflow:
         }
         self.nodes = sorted(self.train_content)
         n = max(1, len(self.nodes))
-        self.min_clients = round_threshold(float(self.secure.get("threshold", 0.67)), n)
+        self.min_clients = round_threshold(self.threshold, n)
         first = next(iter(self.train_content.values()), None)
         self.shapes = (
             {k: tuple(v.shape) for k, v in first.array_records["arrays"].items()}
@@ -94,125 +132,160 @@ class CkksWorkflow:
         )
         self.length = payload_length(self.shapes)
         self.exchange = StageExchange(grid, MESSAGE_TYPE, timeout_s, server_round)
+        self.included: tuple[int, ...] = ()
         self.public: dict[str, Any] = {
-            "ckks-params": self.params_name,
-            "clip-range": self.clip,
             "weight-scale": self.weight_scale,
             "modality-aware": bool(strategy.modality_aware),
-            "num-clients": n,
-            "min-clients": self.min_clients,
         }
-        self.server_context: bytes = b""
-        self.received: list[tuple[str, int, dict[str, Any]]] = []
+
+    # ------------------------------------------------------------------ setup
 
     def _send(
         self, stage: str, requests: Mapping[int, dict[str, Any]], **kw: Any
     ) -> dict[int, dict[str, Any]]:
         replies = self.exchange.send(stage, requests, config=self.public, **kw)
-        ids = {node: i for i, node in enumerate(self.nodes)}
         out = {}
         for node, reply in replies.items():
-            if reply.get("round") != self.round or reply.get("client_id") != ids[node]:
-                log.warning(
-                    "ckks round %d: node %d excluded: stale or misaddressed", self.round, node
-                )
+            pid = self.exchange.partition.get(node)
+            if reply.get("client_id") != pid:
+                log.warning("ckks round %d, %s: node %d excluded: misaddressed reply",
+                            self.round, stage, node)  # fmt: skip
                 continue
-            self.received.append((stage, node, reply))
             out[node] = reply
         return out
 
-    def advertise(self) -> dict[int, bytes]:
-        requests = {node: {"round": self.round} for node in self.nodes}
-        per_node = {node: {"ckks-id": i} for i, node in enumerate(self.nodes)}
-        replies = self._send(STAGE_ADVERTISE, requests, per_node_config=per_node)
-        keys = {
-            node: bytes(r["pk"])
-            for node, r in replies.items()
-            if isinstance(r.get("pk"), bytes) and len(r["pk"]) == 32
+    def _run_id(self) -> int | None:
+        try:
+            return int(self.grid.run.run_id) & (2**63 - 1)
+        except Exception:  # a Grid without run metadata (tests): clients still verify
+            return None
+
+    def setup(self) -> None:
+        """Key setup over every node of the grid; CkksAbort if fewer than t complete."""
+        up0, down0 = self.exchange.bytes_up, self.exchange.bytes_down
+        nodes = sorted(self.grid.get_node_ids())
+        adv = self._send(STAGE_ADVERTISE, {node: {"round": self.round} for node in nodes})
+        run_id = self._run_id()
+        valid: dict[int, dict[str, Any]] = {}
+        for node, r in sorted(adv.items(), key=lambda kv: int(kv[1]["client_id"])):
+            cid = int(r["client_id"])
+            try:
+                if run_id is not None:
+                    identity.verify(self.roster, r.get("sig"), run_id=run_id,
+                                    stage=STAGE_ADVERTISE, client_id=cid,
+                                    payload=bytes(r["pk"]) + bytes(r["commit"]))  # fmt: skip
+            except (identity.IdentityError, KeyError, TypeError) as err:
+                log.warning("ckks setup: node %d excluded: %s", node, err)
+                continue
+            valid[node] = r
+        need = round_threshold(self.threshold, max(1, len(nodes)))
+        if len(valid) < need:
+            raise CkksAbort(f"{len(valid)} clients advertised keys < threshold {need}")
+        order = list(valid)
+        ids = np.asarray([int(valid[n]["client_id"]) for n in order], dtype=np.int64)
+        ads = {
+            "ids": ids,
+            "pks": [bytes(valid[n]["pk"]) for n in order],
+            "commits": [bytes(valid[n]["commit"]) for n in order],
+            "sigs": [bytes(valid[n]["sig"]) for n in order],
         }
-        if len(keys) < self.min_clients:
-            raise CkksAbort(f"{len(keys)} clients advertised keys < threshold {self.min_clients}")
-        return keys
-
-    def provision(self, keys: Mapping[int, bytes]) -> tuple[int, dict[int, bytes]]:
-        """Ask the first advertising client to create the keys; returns (holder, blobs)."""
-        ids = {node: i for i, node in enumerate(self.nodes)}
-        for holder in sorted(keys):
-            others = [n for n in sorted(keys) if n != holder]
-            request = {
-                "round": self.round,
-                "ids": np.asarray([ids[n] for n in others], dtype=np.int64),
-                "pks": [keys[n] for n in others],
+        rev = self._send(STAGE_REVEAL, {n: ads for n in order})
+        if set(rev) != set(order):
+            raise CkksAbort(f"{len(order) - len(rev)} clients did not reveal their nonce")
+        req = {"ids": ids, "nonces": [bytes(rev[n]["nonce"]) for n in order], "length": self.length}
+        kg = self._send(STAGE_KEYGEN, {n: req for n in order})
+        done = [n for n in order if n in kg]
+        if len(done) < round_threshold(self.threshold, len(order)):
+            raise CkksAbort(f"{len(done)} clients generated key shares < threshold")
+        done_ids = [int(kg[n]["client_id"]) for n in done]
+        finish_req = {}
+        for node in done:
+            me = int(kg[node]["client_id"])
+            blobs = []
+            for other in done:
+                to = [int(i) for i in np.asarray(kg[other]["to"]).tolist()]
+                blobs.append(bytes(kg[other]["blobs"][to.index(me)]) if me in to else b"")
+            finish_req[node] = {
+                "ids": np.asarray(done_ids, dtype=np.int64),
+                "bs": [bytes(kg[o]["b"]) for o in done],
+                "sigs": [bytes(kg[o]["sig"]) for o in done],
+                "blobs": blobs,
             }
-            reply = self._send(STAGE_PROVISION, {holder: request}).get(holder)
-            if reply is None:
-                continue
-            to = [int(i) for i in np.asarray(reply.get("to", []))]
-            blobs = list(reply.get("blobs", []))
-            if to != [ids[n] for n in others] or len(blobs) != len(to):
-                log.warning("ckks round %d: key holder %d sent a bad keyring", self.round, holder)
-                continue
-            self.server_context = bytes(reply["server_context"])
-            return holder, {self.nodes[i]: bytes(b) for i, b in zip(to, blobs, strict=True)}
-        raise CkksAbort("no client provisioned the CKKS keys")
+        fin = self._send(STAGE_FINISH, finish_req)
+        plan = make_plan(self.params, holders=len(order), threshold=self.threshold,
+                         rounds=self.rounds, length=self.length, clip=self.clip)  # fmt: skip
+        if len(fin) < plan.threshold:
+            raise CkksAbort(f"{len(fin)} clients hold key shares < threshold {plan.threshold}")
+        self.keys.holders = {int(kg[n]["client_id"]): n for n in fin}
+        self.keys.acks = {int(fin[n]["client_id"]): bytes(fin[n]["sig"]) for n in fin}
+        self.keys.length = self.length
+        self.keys.plan = plan
+        self.keys.bytes_up = self.exchange.bytes_up - up0
+        self.keys.bytes_down = self.exchange.bytes_down - down0
+        log.info("ckks: collective key set up by %d holders, threshold %d, %d decryptions",
+                 len(fin), plan.threshold, plan.max_decryptions)  # fmt: skip
 
-    def collect(
-        self, holder: int, keys: Mapping[int, bytes], blobs: Mapping[int, bytes]
-    ) -> dict[int, dict[str, Any]]:
-        ids = {node: i for i, node in enumerate(self.nodes)}
-        requests: dict[int, dict[str, Any]] = {}
-        for node in sorted(keys):
-            req: dict[str, Any] = {"round": self.round, "holder": ids[holder]}
-            if node != holder:
-                req.update(holder_pk=keys[holder], blob=blobs[node])
-            requests[node] = req
+    # ------------------------------------------------------------------ round
+
+    def collect(self) -> dict[int, dict[str, Any]]:
+        ids = sorted(self.keys.acks)
+        request = {
+            "round": self.round,
+            "ack_ids": np.asarray(ids, dtype=np.int64),
+            "acks": [self.keys.acks[i] for i in ids],
+        }
+        requests = {node: request for node in self.nodes}
         replies = self._send(STAGE_COLLECT, requests, base=self.train_content)
-        return {ids[node]: r for node, r in replies.items()}
+        return {int(r["client_id"]): r for r in replies.values()}
 
-    def aggregate(
-        self, updates: Mapping[int, dict[str, Any]]
-    ) -> tuple[list[bytes], tuple[int, ...]]:
-        aggregator = CkksAggregator(
-            self.server_context,
-            self.params,
-            length=self.length,
-            round_number=self.round,
-            seen_digests=self.run.seen_digests,
+    def decrypt(self, plan: ThresholdPlan, updates: Mapping[int, dict[str, Any]]) -> np.ndarray:
+        aggregator = ThresholdAggregator(
+            plan, length=self.length, round_number=self.round, seen_digests=self.run.seen_digests
         )
-        return aggregator.aggregate(updates, min_clients=self.min_clients)
-
-    def decrypt(
-        self, total: list[bytes], included: tuple[int, ...]
-    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        for cid in included:
-            node = self.nodes[cid]
-            request = {
-                "round": self.round,
-                "ciphertexts": total,
-                "length": self.length,
-                "num_summed": len(included),
-                **encode_shapes(self.shapes),
-            }
-            reply = self._send(STAGE_DECRYPT, {node: request}).get(node)
-            if reply is None:
-                continue
-            floats = {k[2:]: np.asarray(v) for k, v in reply.items() if k.startswith("f/")}
-            ints = {k[2:]: np.asarray(v) for k, v in reply.items() if k.startswith("i/")}
-            if int(ints.get("clients", np.zeros(1))[0]) == len(included):
-                return floats, ints
-            log.warning("ckks round %d: decryptor %d returned a wrong sum", self.round, node)
-        raise CkksAbort("no surviving client decrypted the aggregate")
+        total = aggregator.aggregate(updates, min_clients=self.min_clients)
+        self.included = total.included
+        holders = self.keys.holders
+        ranked = [c for c in total.included if c in holders]
+        ranked += [c for c in sorted(holders) if c not in ranked]
+        subset = ranked[: plan.threshold]
+        if len(subset) < plan.threshold:
+            raise CkksAbort(f"{len(subset)} key holders left < threshold {plan.threshold}")
+        request = {
+            "round": self.round,
+            "T": np.asarray(subset, dtype=np.int64),
+            "c1": total.c1_blobs(aggregator.ring),
+        }
+        replies = self._send(STAGE_DECRYPT, {holders[c]: request for c in subset})
+        shares = {}
+        for c in subset:
+            reply = replies.get(holders[c])
+            if reply is None or reply.get("round") != self.round:
+                raise CkksAbort(f"client {c}: no decryption share (dropped or refused)")
+            shares[c] = list(reply.get("shares", []))
+        try:
+            return decode_sum(plan, total, shares, length=self.length)
+        except CiphertextError as err:
+            raise CkksAbort(str(err)) from err
 
     def run_round(self) -> RoundOutcome:
         """All stages; an abort returns ``RoundOutcome(record=None, note=reason)``."""
         if not self.nodes:
             return self._outcome(None, None, note="no client sampled")
         try:
-            keys = self.advertise()
-            holder, blobs = self.provision(keys)
-            updates = self.collect(holder, keys, blobs)
-            total, included = self.aggregate(updates)
-            float_sums, int_sums = self.decrypt(total, included)
+            if self.keys.plan is None:
+                self.setup()
+            plan = self.keys.plan
+            assert plan is not None
+            if self.length != self.keys.length:
+                raise CkksAbort("the model's size changed since the key setup")
+            updates = self.collect()
+            total = self.decrypt(plan, updates)
+            float_sums, int_sums = split_sum(total, self.shapes, clip=self.clip)
+            if int(int_sums["clients"][0]) != len(self.included):
+                raise CkksAbort(
+                    f"decrypted sum counts {int(int_sums['clients'][0])} clients, "
+                    f"expected {len(self.included)}"
+                )
             averaged, metrics = combine_sums(
                 float_sums,
                 int_sums,
@@ -231,7 +304,7 @@ class CkksWorkflow:
         record, mrec = strategy_step(self.strategy, self.round, averaged, train_metrics)
         if record is None:
             return self._outcome(None, None, note="strategy step failed")
-        return self._outcome(record, mrec, clients=len(included))
+        return self._outcome(record, mrec, clients=len(self.included))
 
     def _outcome(
         self, record: Any, metrics: Any, *, note: str | None = None, clients: int = 0
@@ -243,14 +316,16 @@ def ckks_train_round(
     strategy: ModalityFedAvg, grid: Grid, rnd: int, arrays: dict[str, np.ndarray], spec: Any
 ) -> RoundOutcome:
     """Round transport ``"ckks"`` (see `umbra.federation.rounds.TrainRound`)."""
-    secure = dict(getattr(spec, "extra", {}).get("secure", {}))
+    extra = dict(getattr(spec, "extra", {}))
     workflow = CkksWorkflow(
         strategy,
         grid,
         rnd,
         arrays,
-        secure=secure,
+        secure=dict(extra.get("secure", {})),
         timeout_s=float(spec.node_timeout_s),
         spec=spec,
+        roster={int(k): bytes(v) for k, v in dict(extra.get("ckks-roster", {})).items()},
+        rounds=int(extra.get("ckks-rounds", 1)),
     )
     return workflow.run_round()

@@ -1,0 +1,150 @@
+"""Server side of threshold CKKS, without Flower: validate and add encrypted updates, then
+combine t decryption shares into the decoded sum. Holds no secret and needs none."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from umbra.secure.he import threshold as th
+from umbra.secure.he.ckks import CiphertextError, HeAbort, update_digest
+from umbra.secure.he.packing import from_slot_chunks
+
+__all__ = ["EncryptedSum", "ThresholdAggregator", "decode_sum"]
+
+log = logging.getLogger(__name__)
+
+
+class EncryptedSum:
+    """Sum of ciphertexts: ``c0`` (coefficient domain) and ``c1`` (NTT), per ciphertext."""
+
+    def __init__(self, c0: list[np.ndarray], c1: list[np.ndarray], included: tuple[int, ...]):
+        self.c0 = c0
+        self.c1 = c1
+        self.included = included
+
+    def c1_blobs(self, ring: th.Ring) -> list[bytes]:
+        """What each decryptor receives: the summed ``c1`` residues, bit-packed."""
+        return [th.pack_residues(c, ring.data_primes) for c in self.c1]
+
+
+class ThresholdAggregator:
+    """Validates clients' update messages (`holder.encrypt_update`) and adds them."""
+
+    def __init__(
+        self,
+        plan: th.ThresholdPlan,
+        *,
+        length: int,
+        round_number: int,
+        seen_digests: set[bytes] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.ring = th.Ring.of(plan.params)
+        self.length = length
+        self.num_ciphertexts = max(1, -(-length // plan.params.values_per_ciphertext))
+        self.round_number = round_number
+        self.seen_digests: set[bytes] = seen_digests if seen_digests is not None else set()
+        self.excluded: dict[int, str] = {}
+
+    def load(
+        self, client_id: int, message: Mapping[str, Any]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """One client's ciphertexts as (c0, c1); CiphertextError naming the client for a
+        wrong round/client, wrong count, garbled or replayed update."""
+        if not isinstance(message, Mapping):
+            raise CiphertextError(f"client {client_id}: update is not a message")
+        if message.get("round") != self.round_number or message.get("client_id") != client_id:
+            raise CiphertextError(
+                f"client {client_id}: update for round {message.get('round')!r} / client "
+                f"{message.get('client_id')!r} (stale or replayed)"
+            )
+        blobs = message.get("ciphertexts")
+        if not isinstance(blobs, Sequence) or len(blobs) != self.num_ciphertexts:
+            got = len(blobs) if isinstance(blobs, Sequence) else type(blobs).__name__
+            raise CiphertextError(
+                f"client {client_id}: expected {self.num_ciphertexts} ciphertexts, got {got}"
+            )
+        if not all(isinstance(b, bytes | bytearray) for b in blobs):
+            raise CiphertextError(f"client {client_id}: ciphertexts must be bytes")
+        digest = update_digest(
+            [bytes(b) for b in blobs], client_id=client_id, round_number=self.round_number
+        )
+        if message.get("digest") != digest:
+            raise CiphertextError(
+                f"client {client_id}: update garbled in transit (digest mismatch)"
+            )
+        if digest in self.seen_digests:
+            raise CiphertextError(f"client {client_id}: update replayed")
+        out = []
+        for k, blob in enumerate(blobs):
+            try:
+                out.append(
+                    th.unpack_ciphertext(
+                        self.ring, bytes(blob), c0_drop_bits=self.plan.c0_drop_bits
+                    )
+                )
+            except CiphertextError as err:
+                raise CiphertextError(f"client {client_id}: ciphertext {k}: {err}") from err
+        return out
+
+    def aggregate(
+        self, updates: Mapping[int, Mapping[str, Any]], *, min_clients: int
+    ) -> EncryptedSum:
+        """Sum the valid updates (invalid ones are excluded with a logged reason); HeAbort
+        if fewer than ``min_clients`` remain."""
+        c0: list[np.ndarray] | None = None
+        c1: list[np.ndarray] | None = None
+        included = []
+        primes = self.ring.data_primes
+        for cid in sorted(updates):
+            try:
+                cts = self.load(cid, updates[cid])
+            except CiphertextError as err:
+                self.excluded[cid] = str(err)
+                log.warning("ckks aggregation: client %d excluded: %s", cid, err)
+                continue
+            self.seen_digests.add(updates[cid]["digest"])
+            if c0 is None or c1 is None:
+                c0, c1 = [c[0] for c in cts], [c[1] for c in cts]
+            else:
+                c0 = [th.add_polys([a, c[0]], primes) for a, c in zip(c0, cts, strict=True)]
+                c1 = [th.add_polys([a, c[1]], primes) for a, c in zip(c1, cts, strict=True)]
+            included.append(cid)
+        if c0 is None or c1 is None or len(included) < min_clients:
+            raise HeAbort(
+                f"ckks aggregation aborted: {len(included)} valid updates < {min_clients}"
+            )
+        return EncryptedSum(c0, c1, tuple(included))
+
+
+def decode_sum(
+    plan: th.ThresholdPlan,
+    total: EncryptedSum,
+    shares: Mapping[int, Sequence[bytes]],
+    *,
+    length: int,
+) -> np.ndarray:
+    """The decrypted sum (float64, ``length``) from the decryption shares of a set of
+    holders; CiphertextError naming a client whose shares are malformed."""
+    ring = th.Ring.of(plan.params)
+    unpacked: dict[int, list[np.ndarray]] = {}
+    for cid, blobs in shares.items():
+        if len(blobs) != len(total.c0):
+            raise CiphertextError(
+                f"client {cid}: {len(blobs)} decryption shares, expected {len(total.c0)}"
+            )
+        try:
+            unpacked[cid] = [
+                th.unpack_share(ring, bytes(b), drop_bits=plan.share_drop_bits) for b in blobs
+            ]
+        except (ValueError, TypeError) as err:
+            raise CiphertextError(f"client {cid}: garbled decryption share ({err})") from err
+    rows = [
+        th.combine(ring, c0, [unpacked[cid][k] for cid in sorted(unpacked)], scale=plan.scale)
+        for k, c0 in enumerate(total.c0)
+    ]
+    return from_slot_chunks(np.stack(rows), length=length, complex_slots=True)
