@@ -219,6 +219,25 @@ def test_without_dp_replies_keep_their_metrics(federation: dict[str, Any], tmp_p
         public_metrics("record", partition_id=0, num_examples=1, counts={}, metrics={})
 
 
+def test_dp_replies_keep_the_public_sensitivities_the_secure_mods_read() -> None:
+    """Under DP the local train reply keeps the per-group sensitivities (functions of public
+    clip norms, lr and record count) that SecAgg+'s integer noise needs, and nothing private."""
+    m = public_metrics(
+        "example",
+        partition_id=3,
+        num_examples=30,
+        counts={"image": 20},
+        metrics={"dp-sens-image": 0.25, "dp-sens-shared": 0.5, "train-total": 1.5},
+    )
+    assert m == {
+        "partition-id": 3,
+        "num-examples": 30,
+        "n-image": 30,
+        "dp-sens-image": 0.25,
+        "dp-sens-shared": 0.5,
+    }
+
+
 def test_client_sample_is_poisson_from_the_os() -> None:
     """Mean and spread of the CSPRNG sample match Binomial(n, q); no seed makes it repeat."""
     nodes = list(range(200))

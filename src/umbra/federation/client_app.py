@@ -111,6 +111,9 @@ Metrics = dict[str, int | float | list[int] | list[float]]
 
 #: reply keys that carry no information about the private records (schedule and protocol)
 _PUBLIC_KEYS = ("partition-id", "dp-unweighted")
+#: Public per-group DP metrics (sensitivities: functions of the clip norms, the learning rate
+#: and the public record count), read by the secure-aggregation client mods.
+_PUBLIC_PREFIXES = ("dp-sens-",)
 
 
 def public_metrics(
@@ -143,6 +146,7 @@ def public_metrics(
         out["num-examples"] = num_examples
         out.update({count_key(m): num_examples for m in counts})
     out.update({k: metrics[k] for k in _PUBLIC_KEYS if k in metrics})
+    out.update({k: v for k, v in metrics.items() if k.startswith(_PUBLIC_PREFIXES)})
     return out
 
 
