@@ -54,6 +54,7 @@ def _round_line(total: int) -> Any:
             f"↑ {_fmt_bytes(row['bytes_up'])}  ↓ {_fmt_bytes(row['bytes_down'])}  "
             f"{row['clients']} clients  {row['wall_s']:.1f} s{eps_s}{abort_s}",
             highlight=False,
+            soft_wrap=True,  # one line per round, also in an 80-column log
         )
 
     return show
