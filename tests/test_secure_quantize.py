@@ -101,3 +101,14 @@ def test_layout_rejects_bad_arrays() -> None:
         layout.encode({"w": np.zeros(3)}, {"c": np.array([-1, 0])}, rng=rng)
     with pytest.raises(ValueError, match="missing"):
         layout.encode({"w": np.zeros(3)}, {}, rng=rng)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_update_is_refused(bad: float) -> None:
+    """A diverged update is refused: NaN survives np.clip and would be cast to an arbitrary
+    level, corrupting the masked sum without any error."""
+    spec = QuantizationSpec(clip=1.0, num_clients=4)
+    x = np.zeros(8)
+    x[3] = bad
+    with pytest.raises(ValueError, match="non-finite"):
+        quantize(x, spec=spec, rng=np.random.default_rng(0))

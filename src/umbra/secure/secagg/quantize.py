@@ -80,8 +80,14 @@ def _uniform(rng: Uniforms, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def quantize(x: np.ndarray, *, spec: QuantizationSpec, rng: Uniforms) -> np.ndarray:
-    """Clip, shift and stochastically round ``x`` to uint32 levels in ``[0, spec.max_level]``."""
+    """Clip, shift and stochastically round ``x`` to uint32 levels in ``[0, spec.max_level]``.
+
+    Raises ValueError for non-finite values (a diverged update): NaN survives clipping and
+    would be cast to an arbitrary level, silently corrupting the sum.
+    """
     v = np.array(x, dtype=np.float64)  # a private copy: every step below is in place
+    if not np.all(np.isfinite(v)):
+        raise ValueError("update holds non-finite values (training diverged): not quantised")
     np.clip(v, -spec.clip, spec.clip, out=v)
     v += spec.clip
     v *= spec.scale
