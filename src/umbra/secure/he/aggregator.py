@@ -19,9 +19,10 @@ log = logging.getLogger(__name__)
 
 
 class EncryptedSum:
-    """Sum of ciphertexts: ``c0`` (coefficient domain) and ``c1`` (NTT), per ciphertext."""
+    """Sum of ciphertexts: ``c0`` (coefficient domain) and ``c1`` (NTT), residue arrays
+    (ciphertexts, primes, N)."""
 
-    def __init__(self, c0: list[np.ndarray], c1: list[np.ndarray], included: tuple[int, ...]):
+    def __init__(self, c0: np.ndarray, c1: np.ndarray, included: tuple[int, ...]):
         self.c0 = c0
         self.c1 = c1
         self.included = included
@@ -50,11 +51,10 @@ class ThresholdAggregator:
         self.seen_digests: set[bytes] = seen_digests if seen_digests is not None else set()
         self.excluded: dict[int, str] = {}
 
-    def load(
-        self, client_id: int, message: Mapping[str, Any]
-    ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """One client's ciphertexts as (c0, c1); CiphertextError naming the client for a
-        wrong round/client, wrong count, garbled or replayed update."""
+    def load(self, client_id: int, message: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """One client's ciphertexts as (c0, c1) residue arrays (ciphertexts, primes, N);
+        CiphertextError naming the client for a wrong round/client, wrong count, garbled
+        or replayed update."""
         if not isinstance(message, Mapping):
             raise CiphertextError(f"client {client_id}: update is not a message")
         if message.get("round") != self.round_number or message.get("client_id") != client_id:
@@ -79,46 +79,49 @@ class ThresholdAggregator:
             )
         if digest in self.seen_digests:
             raise CiphertextError(f"client {client_id}: update replayed")
-        out = []
+        shape = (len(blobs), len(self.ring.data_primes), self.ring.n)
+        c0, c1 = np.empty(shape, dtype=np.uint64), np.empty(shape, dtype=np.uint64)
         for k, blob in enumerate(blobs):
             try:
-                out.append(
-                    th.unpack_ciphertext(
-                        self.ring, bytes(blob), c0_drop_bits=self.plan.c0_drop_bits
-                    )
+                c0[k], c1[k] = th.unpack_ciphertext(
+                    self.ring, bytes(blob), c0_drop_bits=self.plan.c0_drop_bits
                 )
             except CiphertextError as err:
                 raise CiphertextError(f"client {client_id}: ciphertext {k}: {err}") from err
-        return out
+        return c0, c1
 
     def aggregate(
         self, updates: Mapping[int, Mapping[str, Any]], *, min_clients: int
     ) -> EncryptedSum:
         """Sum the valid updates (invalid ones are excluded with a logged reason); HeAbort
-        if fewer than ``min_clients`` remain."""
-        c0: list[np.ndarray] | None = None
-        c1: list[np.ndarray] | None = None
+        if fewer than ``min_clients`` remain. The residues are added in uint64 without
+        reduction (each is below its prime < 2^48, fewer than 2^16 clients) and reduced
+        once at the end (`threshold.sum_residues`)."""
+        c0: np.ndarray | None = None
+        c1: np.ndarray | None = None
         included = []
-        primes = self.ring.data_primes
         for cid in sorted(updates):
             try:
-                cts = self.load(cid, updates[cid])
+                a0, a1 = self.load(cid, updates[cid])
             except CiphertextError as err:
                 self.excluded[cid] = str(err)
                 log.warning("ckks aggregation: client %d excluded: %s", cid, err)
                 continue
             self.seen_digests.add(updates[cid]["digest"])
             if c0 is None or c1 is None:
-                c0, c1 = [c[0] for c in cts], [c[1] for c in cts]
+                c0, c1 = a0, a1
             else:
-                c0 = [th.add_polys([a, c[0]], primes) for a, c in zip(c0, cts, strict=True)]
-                c1 = [th.add_polys([a, c[1]], primes) for a, c in zip(c1, cts, strict=True)]
+                c0 += a0
+                c1 += a1
             included.append(cid)
         if c0 is None or c1 is None or len(included) < min_clients:
             raise HeAbort(
                 f"ckks aggregation aborted: {len(included)} valid updates < {min_clients}"
             )
-        return EncryptedSum(c0, c1, tuple(included))
+        if len(included) >= 1 << 16:
+            raise HeAbort("ckks aggregation: at most 65535 updates per sum")
+        qs = np.asarray(self.ring.data_primes, dtype=np.uint64)[:, None]
+        return EncryptedSum(c0 % qs, c1 % qs, tuple(included))
 
 
 def decode_sum(
@@ -143,8 +146,6 @@ def decode_sum(
             ]
         except (ValueError, TypeError) as err:
             raise CiphertextError(f"client {cid}: garbled decryption share ({err})") from err
-    rows = [
-        th.combine(ring, c0, [unpacked[cid][k] for cid in sorted(unpacked)], scale=plan.scale)
-        for k, c0 in enumerate(total.c0)
-    ]
-    return from_slot_chunks(np.stack(rows), length=length, complex_slots=True)
+    ordered = [np.stack(unpacked[cid]) for cid in sorted(unpacked)]
+    rows = th.combine_many(ring, total.c0, ordered, scale=plan.scale)
+    return from_slot_chunks(rows, length=length, complex_slots=True)

@@ -68,6 +68,7 @@ __all__ = [
     "add_polys",
     "ciphertext_bytes",
     "combine",
+    "combine_many",
     "common_poly",
     "encrypt",
     "flood_noise",
@@ -81,8 +82,10 @@ __all__ = [
     "pack_residues",
     "pack_share",
     "partial_decrypt",
+    "partial_decrypt_many",
     "shamir_shares",
     "share_bytes",
+    "sum_residues",
     "unpack_bits",
     "unpack_ciphertext",
     "unpack_residues",
@@ -90,6 +93,7 @@ __all__ = [
 ]
 
 _HEADER = b"\x5e\xa1\x10\x04\x03"  # SEAL magic, header size 16, version 4.3
+_BATCH = 15  # polynomials per SEAL transform (a ciphertext holds at most 16, one filler)
 
 
 @dataclass(frozen=True)
@@ -372,6 +376,52 @@ def _read_serialized(obj: Any, count: int) -> np.ndarray | None:
     return np.frombuffer(body[-tail:], dtype="<u8").astype(np.uint64)
 
 
+# Layout of the objects read in place (`_read_direct`): pybind11 keeps a simple instance's
+# C++ pointer right after the PyObject header; SEAL 4.x ``Ciphertext`` holds parms_id (4 x
+# u64), is_ntt_form, size, poly_modulus_degree, coeff_modulus_size, scale,
+# correction_factor, then its DynArray (pool handle, capacity, size, data pointer).
+_PY_HEAD = 16
+_CT_FIELDS = struct.Struct("<4Q?7xQQQdQ16xQQQ")
+
+
+def _read_direct(obj: Any, count: int) -> np.ndarray | None:
+    """A copy of a SEAL ``Ciphertext``'s ``count`` uint64 read in place, or None.
+
+    SEAL's serialization always compresses (zstd, ~0.5 ms per 64 KiB polynomial), so a
+    ciphertext is read from its own buffer instead, but only after every header field at
+    the expected offsets matches what SEAL's accessors report (parms_id, NTT flag, size,
+    degree, modulus count, scale, array size) and the first and last values match
+    ``dyn_array()``; any mismatch returns None and the caller uses the serialization."""
+    if not isinstance(obj, sealapi.Ciphertext) or count < 1:
+        return None
+    try:
+        addr = ctypes.c_uint64.from_address(id(obj) + _PY_HEAD).value
+        if not addr:
+            return None
+        fields = _CT_FIELDS.unpack(ctypes.string_at(addr, _CT_FIELDS.size))
+        *pid, ntt, size, degree, moduli, scale, _, capacity, length, data = fields
+        expected = (
+            list(pid) == list(obj.parms_id())
+            and ntt == bool(obj.is_ntt_form())
+            and size == obj.size()
+            and degree == obj.poly_modulus_degree()
+            and moduli == obj.coeff_modulus_size()
+            and scale == obj.scale
+            and length == count == size * degree * moduli
+            and capacity >= length
+            and data != 0
+        )
+        if not expected:
+            return None
+        out = np.ctypeslib.as_array((ctypes.c_uint64 * count).from_address(data)).copy()
+        da = obj.dyn_array()
+        if int(out[0]) != da.at(0) or int(out[-1]) != da.at(count - 1):
+            return None
+        return out
+    except (OSError, ValueError, TypeError, struct.error):
+        return None
+
+
 class Ring:
     """A SEAL context for `ThresholdParams` plus raw access to its polynomials.
 
@@ -457,10 +507,13 @@ class Ring:
     def read(obj: Any, shape: tuple[int, ...]) -> np.ndarray:
         """The uint64 data of a SEAL Ciphertext/Plaintext as an array of ``shape``.
 
-        Fast path: SEAL's own serialization (zstd, decompressed with the system's
-        libzstd); else element by element through ``dyn_array()``."""
+        Fast paths: a ciphertext's buffer read in place (`_read_direct`), SEAL's own
+        serialization (zstd, decompressed with the system's libzstd); else element by
+        element through ``dyn_array()``."""
         count = math.prod(shape)
-        fast = _read_serialized(obj, count)
+        fast = _read_direct(obj, count)
+        if fast is None:
+            fast = _read_serialized(obj, count)
         if fast is not None:
             return fast.reshape(shape)
         da = obj.dyn_array()
@@ -471,21 +524,37 @@ class Ring:
 
     def to_coeff(self, poly: np.ndarray) -> np.ndarray:
         """NTT -> coefficient domain of a data-level poly (SEAL's inverse NTT)."""
-        if not poly.any():
-            return poly.copy()
-        k = len(self.data_primes)
-        ct = self.ciphertext(np.stack([poly, self._one(ntt=True)]), ntt=True, scale=1.0)
-        self.evaluator.transform_from_ntt_inplace(ct)
-        return self.read(ct, (2, k, self.n))[0]
+        return self.to_coeff_many(poly[None])[0]
 
     def to_ntt(self, poly: np.ndarray) -> np.ndarray:
         """Coefficient -> NTT domain of a data-level poly (SEAL's NTT)."""
-        if not poly.any():
-            return poly.copy()
-        k = len(self.data_primes)
-        ct = self.ciphertext(np.stack([poly, self._one(ntt=False)]), ntt=False, scale=1.0)
-        self.evaluator.transform_to_ntt_inplace(ct)
-        return self.read(ct, (2, k, self.n))[0]
+        return self.to_ntt_many(poly[None])[0]
+
+    def to_coeff_many(self, polys: np.ndarray) -> np.ndarray:
+        """`to_coeff` of a stack of data-level polys (m, primes, N), transformed
+        `_BATCH` at a time as one SEAL ciphertext of that many polynomials."""
+        return self._transform(polys, ntt=True)
+
+    def to_ntt_many(self, polys: np.ndarray) -> np.ndarray:
+        """`to_ntt` of a stack of data-level polys (m, primes, N)."""
+        return self._transform(polys, ntt=False)
+
+    def _transform(self, polys: np.ndarray, *, ntt: bool) -> np.ndarray:
+        polys = np.asarray(polys, dtype=np.uint64)
+        m, k, n = polys.shape
+        out = np.empty_like(polys)
+        for start in range(0, m, _BATCH):
+            chunk = polys[start : start + _BATCH]
+            # a filler keeps the ciphertext non-transparent (SEAL refuses transparent ones)
+            # and of size >= 2; see `_one`
+            block = np.concatenate([chunk, self._one(ntt=ntt)[None]])
+            ct = self.ciphertext(block, ntt=ntt, scale=1.0)
+            if ntt:
+                self.evaluator.transform_from_ntt_inplace(ct)
+            else:
+                self.evaluator.transform_to_ntt_inplace(ct)
+            out[start : start + len(chunk)] = self.read(ct, (len(block), k, n))[: len(chunk)]
+        return out
 
     def _one(self, *, ntt: bool) -> np.ndarray:
         """The constant polynomial 1 (all ones in the NTT domain, ``[1, 0, ...]`` in the
@@ -630,6 +699,24 @@ def unpack_bits(data: bytes, width: int, count: int) -> np.ndarray:
     """Inverse of `pack_bits`; ValueError if ``data`` has the wrong length."""
     if len(data) != -(-width * count // 8):
         raise ValueError(f"expected {-(-width * count // 8)} bytes, got {len(data)}")
+    if width == 64:
+        return np.frombuffer(data, dtype="<u8").astype(np.uint64)
+    if width <= 56 and count % 8 == 0:
+        # 8 values fill ``width`` bytes; value j of a group starts at bit j * width of
+        # it and lies within the 8 bytes from its first byte on (shift <= 7, width <= 56)
+        groups = np.zeros((count // 8, width + 8), dtype=np.uint8)
+        groups[:, :width] = np.frombuffer(data, dtype=np.uint8).reshape(-1, width)
+        out = np.empty((count // 8, 8), dtype=np.uint64)
+        mask = np.uint64((1 << width) - 1)
+        for j in range(8):
+            start, shift = (j * width) >> 3, np.uint64((j * width) & 7)
+            word = np.ascontiguousarray(groups[:, start : start + 8]).view("<u8")[:, 0]
+            out[:, j] = (word >> shift) & mask
+        return out.reshape(count)
+    return _unpack_bits_reference(data, width, count)
+
+
+def _unpack_bits_reference(data: bytes, width: int, count: int) -> np.ndarray:
     bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")[: width * count]
     full = np.zeros((count, 64), dtype=np.uint8)
     full[:, :width] = bits.reshape(count, width)
@@ -778,10 +865,13 @@ def unpack_residues(data: bytes, primes: Sequence[int], n: int) -> np.ndarray:
 
 def pack_ciphertext(ring: Ring, ct: Any, *, c0_drop_bits: int) -> bytes:
     """Wire form of a fresh data-level ciphertext: ``c0`` rounded to ``2^c0_drop_bits``
-    in the coefficient domain, then ``c1``'s NTT residues, both bit-packed."""
+    in the coefficient domain, then ``c1``'s NTT residues, both bit-packed. ``ct`` is
+    consumed: it is left in the coefficient domain."""
     k = len(ring.data_primes)
-    c0, c1 = Ring.read(ct, (2, k, ring.n))
-    return _pack_rounded(ring.to_coeff(c0), ring.data_primes, c0_drop_bits) + pack_residues(
+    c1 = Ring.read(ct, (2, k, ring.n))[1]
+    ring.evaluator.transform_from_ntt_inplace(ct)
+    c0 = Ring.read(ct, (2, k, ring.n))[0]
+    return _pack_rounded(c0, ring.data_primes, c0_drop_bits) + pack_residues(
         c1, ring.data_primes
     )
 
@@ -855,14 +945,33 @@ def partial_decrypt(
     ``noise`` = ``e_j`` (int64, coefficient domain). Callers outside tests pass
     `flood_noise` output: an unflooded share leaks the secret key (Li & Micciancio 2021).
     """
+    return partial_decrypt_many(ring, c1[None], share, lagrange=lagrange, noise=noise[None])[0]
+
+
+def partial_decrypt_many(
+    ring: Ring,
+    c1: np.ndarray,
+    share: np.ndarray,
+    *,
+    lagrange: Sequence[int],
+    noise: np.ndarray,
+) -> np.ndarray:
+    """`partial_decrypt` of a round's ciphertexts at once: ``c1`` (m, primes, N) NTT,
+    ``noise`` (m, N) int64, one flooding polynomial per ciphertext; ``lambda sigma`` is
+    computed once and the products go through SEAL's inverse NTT in batches."""
     primes = ring.data_primes
-    product = np.stack(
-        [
-            mulmod_u64(c1[j], mulmod_u64(share[j], lam % q, q), q)
-            for j, (q, lam) in enumerate(zip(primes, lagrange, strict=True))
-        ]
-    )
-    return add_polys([ring.to_coeff(product), _signed_to_residues(noise, primes)], primes)
+    c1 = np.asarray(c1, dtype=np.uint64)
+    if c1.ndim != 3 or c1.shape[1:] != (len(primes), ring.n) or noise.shape != (len(c1), ring.n):
+        raise ValueError("c1 must be (m, primes, N) and noise (m, N)")
+    key = [mulmod_u64(share[j], lam % q, q) for j, (q, lam) in enumerate(zip(primes, lagrange,
+                                                                            strict=True))]  # fmt: skip
+    product = np.empty_like(c1)
+    for j, q in enumerate(primes):
+        product[:, j] = mulmod_u64(c1[:, j], key[j][None, :], q)
+    coeff = ring.to_coeff_many(product)
+    qs = np.asarray(primes, dtype=np.uint64)[None, :, None]
+    e = np.stack([np.mod(noise, np.int64(q)).astype(np.uint64) for q in primes], axis=1)
+    return (coeff + e) % qs
 
 
 def share_bytes(ring: Ring, *, drop_bits: int) -> int:
@@ -884,6 +993,30 @@ def combine(
 ) -> np.ndarray:
     """Decode ``c0 + sum_j h_j`` (all coefficient domain): complex slot values (N/2,).
     Needs no key; with fewer than ``t`` shares the result is unrelated to the message."""
-    total = add_polys([c0, *shares], ring.data_primes)
-    pt = ring.plaintext(ring.to_ntt(total), scale=scale)
-    return np.asarray(ring.encoder.decode_complex(pt))
+    stacked = [np.asarray(h)[None] for h in shares]
+    return combine_many(ring, np.asarray(c0)[None], stacked, scale=scale)[0]
+
+
+def combine_many(
+    ring: Ring, c0: np.ndarray, shares: Sequence[np.ndarray], *, scale: float
+) -> np.ndarray:
+    """`combine` of m ciphertexts at once: ``c0`` (m, primes, N), each share (m, primes,
+    N); complex slot values (m, N/2)."""
+    total = sum_residues(np.stack([np.asarray(c0, dtype=np.uint64), *shares]), ring.data_primes)
+    ntt = ring.to_ntt_many(total)
+    rows = []
+    for poly in ntt:
+        pt = ring.plaintext(poly, scale=scale)
+        rows.append(np.asarray(ring.encoder.decode_complex(pt)))
+    return np.stack(rows) if rows else np.zeros((0, ring.n // 2), dtype=np.complex128)
+
+
+def sum_residues(polys: np.ndarray, primes: Sequence[int]) -> np.ndarray:
+    """Sum over the first axis of residue arrays (count, ..., primes, N) modulo each prime:
+    one uint64 addition per term and a single reduction (exact for primes < 2^48 and
+    fewer than 2^16 terms, each below its prime); the same as SEAL's ``add_many``."""
+    polys = np.asarray(polys, dtype=np.uint64)
+    if max(primes) >= 1 << 48 or len(polys) >= 1 << 16:
+        raise ValueError("sum_residues needs primes < 2^48 and fewer than 2^16 terms")
+    qs = np.asarray(primes, dtype=np.uint64)[:, None]
+    return np.sum(polys, axis=0, dtype=np.uint64) % qs
