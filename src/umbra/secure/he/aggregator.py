@@ -55,6 +55,15 @@ class ThresholdAggregator:
         """One client's ciphertexts as (c0, c1) residue arrays (ciphertexts, primes, N);
         CiphertextError naming the client for a wrong round/client, wrong count, garbled
         or replayed update."""
+        c0, c1, rounded = self._parse(client_id, message)
+        if rounded:
+            c0 = th.rounded_to_residues(c0, self.ring.data_primes, self.plan.c0_drop_bits)
+        return c0, c1
+
+    def _parse(
+        self, client_id: int, message: Mapping[str, Any]
+    ) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(c0, c1, whether c0 is still the rounded integers (m, N) rather than residues)."""
         if not isinstance(message, Mapping):
             raise CiphertextError(f"client {client_id}: update is not a message")
         if message.get("round") != self.round_number or message.get("client_id") != client_id:
@@ -79,37 +88,46 @@ class ThresholdAggregator:
             )
         if digest in self.seen_digests:
             raise CiphertextError(f"client {client_id}: update replayed")
-        shape = (len(blobs), len(self.ring.data_primes), self.ring.n)
-        c0, c1 = np.empty(shape, dtype=np.uint64), np.empty(shape, dtype=np.uint64)
-        for k, blob in enumerate(blobs):
-            try:
-                c0[k], c1[k] = th.unpack_ciphertext(
-                    self.ring, bytes(blob), c0_drop_bits=self.plan.c0_drop_bits
-                )
-            except CiphertextError as err:
-                raise CiphertextError(f"client {client_id}: ciphertext {k}: {err}") from err
-        return c0, c1
+        data = [bytes(b) for b in blobs]
+        drop = self.plan.c0_drop_bits
+        raw = th.unpack_ciphertexts_rounded(self.ring, data, c0_drop_bits=drop)
+        if raw is not None:
+            return raw[0], raw[1], True
+        try:
+            c0, c1 = th.unpack_ciphertexts(self.ring, data, c0_drop_bits=drop)
+        except CiphertextError as err:
+            raise CiphertextError(f"client {client_id}: {err}") from err
+        return c0, c1, False
 
     def aggregate(
         self, updates: Mapping[int, Mapping[str, Any]], *, min_clients: int
     ) -> EncryptedSum:
         """Sum the valid updates (invalid ones are excluded with a logged reason); HeAbort
-        if fewer than ``min_clients`` remain. The residues are added in uint64 without
-        reduction (each is below its prime < 2^48, fewer than 2^16 clients) and reduced
-        once at the end (`threshold.sum_residues`)."""
+        if fewer than ``min_clients`` remain. Everything is added in uint64 without
+        reduction and reduced once at the end (fewer than 2^16 clients, each term below
+        2^48): the ``c1`` residues, and ``c0`` as the rounded integers the clients sent
+        (`threshold.unpack_ciphertexts_rounded`), mapped to residues only as a sum."""
         c0: np.ndarray | None = None
         c1: np.ndarray | None = None
+        c0_rounded: bool | None = None
         included = []
         for cid in sorted(updates):
             try:
-                a0, a1 = self.load(cid, updates[cid])
+                a0, a1, rounded = self._parse(cid, updates[cid])
             except CiphertextError as err:
                 self.excluded[cid] = str(err)
                 log.warning("ckks aggregation: client %d excluded: %s", cid, err)
                 continue
             self.seen_digests.add(updates[cid]["digest"])
+            if c0 is not None and rounded != c0_rounded:  # one form per sum: residues
+                primes, drop = self.ring.data_primes, self.plan.c0_drop_bits
+                if rounded:
+                    a0 = th.rounded_to_residues(a0, primes, drop)
+                else:
+                    c0 = th.rounded_to_residues(c0, primes, drop)
+                c0_rounded = rounded = False
             if c0 is None or c1 is None:
-                c0, c1 = a0, a1
+                c0, c1, c0_rounded = a0, a1, rounded
             else:
                 c0 += a0
                 c1 += a1
@@ -121,6 +139,8 @@ class ThresholdAggregator:
         if len(included) >= 1 << 16:
             raise HeAbort("ckks aggregation: at most 65535 updates per sum")
         qs = np.asarray(self.ring.data_primes, dtype=np.uint64)[:, None]
+        if c0_rounded:
+            c0 = th.rounded_to_residues(c0, self.ring.data_primes, self.plan.c0_drop_bits)
         return EncryptedSum(c0 % qs, c1 % qs, tuple(included))
 
 
@@ -134,18 +154,16 @@ def decode_sum(
     """The decrypted sum (float64, ``length``) from the decryption shares of a set of
     holders; CiphertextError naming a client whose shares are malformed."""
     ring = th.Ring.of(plan.params)
-    unpacked: dict[int, list[np.ndarray]] = {}
+    unpacked: dict[int, np.ndarray] = {}
     for cid, blobs in shares.items():
         if len(blobs) != len(total.c0):
             raise CiphertextError(
                 f"client {cid}: {len(blobs)} decryption shares, expected {len(total.c0)}"
             )
         try:
-            unpacked[cid] = [
-                th.unpack_share(ring, bytes(b), drop_bits=plan.share_drop_bits) for b in blobs
-            ]
+            unpacked[cid] = th.unpack_shares(ring, list(blobs), drop_bits=plan.share_drop_bits)
         except (ValueError, TypeError) as err:
             raise CiphertextError(f"client {cid}: garbled decryption share ({err})") from err
-    ordered = [np.stack(unpacked[cid]) for cid in sorted(unpacked)]
-    rows = th.combine_many(ring, total.c0, ordered, scale=plan.scale)
+    rows = th.combine_many(ring, total.c0, [unpacked[cid] for cid in sorted(unpacked)],
+                           scale=plan.scale)  # fmt: skip
     return from_slot_chunks(rows, length=length, complex_slots=True)

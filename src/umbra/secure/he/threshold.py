@@ -83,13 +83,17 @@ __all__ = [
     "pack_share",
     "partial_decrypt",
     "partial_decrypt_many",
+    "rounded_to_residues",
     "shamir_shares",
     "share_bytes",
     "sum_residues",
     "unpack_bits",
     "unpack_ciphertext",
+    "unpack_ciphertexts",
+    "unpack_ciphertexts_rounded",
     "unpack_residues",
     "unpack_share",
+    "unpack_shares",
 ]
 
 _HEADER = b"\x5e\xa1\x10\x04\x03"  # SEAL magic, header size 16, version 4.3
@@ -691,6 +695,22 @@ def pack_bits(values: np.ndarray, width: int) -> bytes:
     v = np.ascontiguousarray(values, dtype="<u8").reshape(-1)
     if not 1 <= width <= 64:
         raise ValueError("width must be in [1, 64]")
+    if width == 64:
+        return v.tobytes()
+    if 8 <= width <= 56 and v.size % 8 == 0:
+        if v.size and int(v.max()) >> width:
+            raise ValueError(f"values exceed {width} bits")
+        # 8 values fill ``width`` bytes: value j of group g starts at bit j * width of
+        # the group, within the 8 bytes from byte g * width + (j * width) // 8 on; for a
+        # fixed j these windows are ``width`` bytes apart and do not overlap
+        groups = v.size // 8
+        buf = np.zeros((groups + 1) * width + 8, dtype=np.uint8)  # numpy checks a full stride
+        cols = v.reshape(-1, 8)
+        for j in range(8):
+            start, shift = (j * width) >> 3, np.uint64((j * width) & 7)
+            window = np.ndarray((groups,), dtype="<u8", buffer=buf, offset=start, strides=(width,))
+            window |= cols[:, j] << shift
+        return buf[: groups * width].tobytes()
     bits = np.unpackbits(v.view(np.uint8).reshape(-1, 8), axis=1, bitorder="little")
     return np.packbits(bits[:, :width].reshape(-1), bitorder="little").tobytes()
 
@@ -701,17 +721,16 @@ def unpack_bits(data: bytes, width: int, count: int) -> np.ndarray:
         raise ValueError(f"expected {-(-width * count // 8)} bytes, got {len(data)}")
     if width == 64:
         return np.frombuffer(data, dtype="<u8").astype(np.uint64)
-    if width <= 56 and count % 8 == 0:
-        # 8 values fill ``width`` bytes; value j of a group starts at bit j * width of
-        # it and lies within the 8 bytes from its first byte on (shift <= 7, width <= 56)
-        groups = np.zeros((count // 8, width + 8), dtype=np.uint8)
-        groups[:, :width] = np.frombuffer(data, dtype=np.uint8).reshape(-1, width)
-        out = np.empty((count // 8, 8), dtype=np.uint64)
+    if 8 <= width <= 56 and count % 8 == 0:
+        # the windows of `pack_bits`, read back (each value within its 8 bytes)
+        groups = count // 8
+        buf = np.frombuffer(bytes(data) + bytes(width + 8), dtype=np.uint8)
+        out = np.empty((groups, 8), dtype=np.uint64)
         mask = np.uint64((1 << width) - 1)
         for j in range(8):
             start, shift = (j * width) >> 3, np.uint64((j * width) & 7)
-            word = np.ascontiguousarray(groups[:, start : start + 8]).view("<u8")[:, 0]
-            out[:, j] = (word >> shift) & mask
+            window = np.ndarray((groups,), dtype="<u8", buffer=buf, offset=start, strides=(width,))
+            out[:, j] = (window >> shift) & mask
         return out.reshape(count)
     return _unpack_bits_reference(data, width, count)
 
@@ -820,6 +839,17 @@ def _pack_rounded(poly: np.ndarray, primes: Sequence[int], drop: int) -> bytes:
     return _pack_wide((v + ((1 << drop) >> 1)) >> drop, width)
 
 
+def _mul_pow2(w: np.ndarray, e: int, p: int) -> np.ndarray:
+    """``w * 2^e mod p`` for residues ``w < p < 2^48``, by shifts that stay below 2^64."""
+    step = 64 - p.bit_length()
+    pp = np.uint64(p)
+    while e > 0:
+        k = min(step, e)
+        w = (w << np.uint64(k)) % pp
+        e -= k
+    return w
+
+
 def _unpack_rounded(data: bytes, primes: Sequence[int], drop: int, n: int) -> np.ndarray:
     width = _round_width(primes, drop)
     if max(primes) < 1 << 48 and drop < 64:
@@ -836,7 +866,7 @@ def _unpack_rounded(data: bytes, primes: Sequence[int], drop: int, n: int) -> np
             w = lo % pp
             if width > 64:
                 w = (mulmod_u64(hi % pp, pow(2, 64, p), p) + w) % pp
-            rows.append(mulmod_u64(w, pow(2, drop, p), p))
+            rows.append(_mul_pow2(w, drop, p))
         return np.stack(rows)
     w = _unpack_wide(data, width, n)
     return np.stack([((w % p) * pow(2, drop, p) % p).astype(np.uint64) for p in primes])
@@ -901,6 +931,82 @@ def unpack_ciphertext(
         c1 = unpack_residues(bytes(data[head:]), ring.data_primes, ring.n)
     except ValueError as err:
         raise CiphertextError(f"ciphertext is garbled ({err})") from err
+    return c0, c1
+
+
+def _columns(blobs: Sequence[bytes], length: int, start: int, stop: int) -> bytes:
+    """Bytes ``[start, stop)`` of every blob (each ``length`` long), concatenated."""
+    rows = np.frombuffer(b"".join(bytes(b) for b in blobs), dtype=np.uint8).reshape(-1, length)
+    return np.ascontiguousarray(rows[:, start:stop]).tobytes()
+
+
+def _by_ciphertext(rows: np.ndarray, m: int, n: int) -> np.ndarray:
+    """(primes, m * N) -> (m, primes, N)."""
+    return np.ascontiguousarray(rows.reshape(rows.shape[0], m, n).transpose(1, 0, 2))
+
+
+def unpack_ciphertexts(
+    ring: Ring, blobs: Sequence[bytes], *, c0_drop_bits: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`unpack_ciphertext` of many blobs at once: (c0, c1), each (m, primes, N).
+
+    Raises CiphertextError naming the index of the first bad blob."""
+    raw = unpack_ciphertexts_rounded(ring, blobs, c0_drop_bits=c0_drop_bits)
+    if raw is None:
+        return _unpack_each(ring, blobs, c0_drop_bits=c0_drop_bits)
+    c0, c1 = raw
+    return rounded_to_residues(c0, ring.data_primes, c0_drop_bits), c1
+
+
+def unpack_ciphertexts_rounded(
+    ring: Ring, blobs: Sequence[bytes], *, c0_drop_bits: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(``c0`` as sent: the rounded integers ``round(c0 / 2^drop)`` (m, N), below
+    ``2^48``; ``c1`` residues (m, primes, N)) of many blobs, or None where that form does
+    not apply (wider ``c0``) or a blob is malformed (`unpack_ciphertexts` names it).
+
+    Sums of fewer than 2^16 such ``c0`` stay below 2^64, so a server adds them as plain
+    integers and maps only the sum to residues (`rounded_to_residues`)."""
+    m, n, primes = len(blobs), ring.n, ring.data_primes
+    size = ciphertext_bytes(ring, c0_drop_bits=c0_drop_bits)
+    width = _round_width(primes, c0_drop_bits)
+    head = _wide_bytes(width, n)
+    if m == 0 or width > 48 or max(primes) >= 1 << 48:
+        return None
+    if not all(isinstance(b, bytes | bytearray) and len(b) == size for b in blobs):
+        return None
+    try:
+        c0 = unpack_bits(_columns(blobs, size, 0, head), width, m * n).reshape(m, n)
+        rows, pos = [], head
+        for p in primes:
+            end = pos + -(-p.bit_length() * n // 8)
+            row = unpack_bits(_columns(blobs, size, pos, end), p.bit_length(), m * n)
+            if np.any(row >= np.uint64(p)):
+                return None
+            rows.append(row)
+            pos = end
+    except ValueError:
+        return None
+    return c0, _by_ciphertext(np.stack(rows), m, n)
+
+
+def rounded_to_residues(c0: np.ndarray, primes: Sequence[int], drop: int) -> np.ndarray:
+    """Integers ``v`` (m, N) (a rounded ``c0`` or a sum of them, below 2^64) to the
+    residues of ``v 2^drop`` (m, primes, N)."""
+    v = np.asarray(c0, dtype=np.uint64)
+    return np.stack([_mul_pow2(v % np.uint64(p), drop, p) for p in primes], axis=1)
+
+
+def _unpack_each(
+    ring: Ring, blobs: Sequence[bytes], *, c0_drop_bits: int
+) -> tuple[np.ndarray, np.ndarray]:
+    shape = (len(blobs), len(ring.data_primes), ring.n)
+    c0, c1 = np.empty(shape, dtype=np.uint64), np.empty(shape, dtype=np.uint64)
+    for k, blob in enumerate(blobs):
+        try:
+            c0[k], c1[k] = unpack_ciphertext(ring, blob, c0_drop_bits=c0_drop_bits)
+        except CiphertextError as err:
+            raise CiphertextError(f"ciphertext {k}: {err}") from err
     return c0, c1
 
 
@@ -988,6 +1094,22 @@ def unpack_share(ring: Ring, data: bytes, *, drop_bits: int) -> np.ndarray:
     return _unpack_rounded(bytes(data), ring.data_primes, drop_bits, ring.n)
 
 
+def unpack_shares(ring: Ring, blobs: Sequence[bytes], *, drop_bits: int) -> np.ndarray:
+    """`unpack_share` of many blobs at once: (m, primes, N); ValueError for a blob of
+    the wrong length."""
+    m, n = len(blobs), ring.n
+    width = _round_width(ring.data_primes, drop_bits)
+    size = share_bytes(ring, drop_bits=drop_bits)
+    for k, blob in enumerate(blobs):
+        if not isinstance(blob, bytes | bytearray) or len(blob) != size:
+            raise ValueError(f"share {k}: expected {size} bytes")
+    if m == 0 or width > 64:
+        return np.stack([unpack_share(ring, b, drop_bits=drop_bits) for b in blobs]) if m else (
+            np.zeros((0, len(ring.data_primes), n), dtype=np.uint64))  # fmt: skip
+    rows = _unpack_rounded(_columns(blobs, size, 0, size), ring.data_primes, drop_bits, m * n)
+    return _by_ciphertext(rows, m, n)
+
+
 def combine(
     ring: Ring, c0: np.ndarray, shares: Sequence[np.ndarray], *, scale: float
 ) -> np.ndarray:
@@ -1002,7 +1124,12 @@ def combine_many(
 ) -> np.ndarray:
     """`combine` of m ciphertexts at once: ``c0`` (m, primes, N), each share (m, primes,
     N); complex slot values (m, N/2)."""
-    total = sum_residues(np.stack([np.asarray(c0, dtype=np.uint64), *shares]), ring.data_primes)
+    if len(shares) >= 1 << 16 or max(ring.data_primes) >= 1 << 48:
+        raise ValueError("combine needs fewer than 2^16 shares and primes < 2^48")
+    total = np.array(c0, dtype=np.uint64)
+    for h in shares:  # each term below its prime < 2^48: no uint64 overflow, reduce once
+        total += h
+    total %= np.asarray(ring.data_primes, dtype=np.uint64)[:, None]
     ntt = ring.to_ntt_many(total)
     rows = []
     for poly in ntt:
