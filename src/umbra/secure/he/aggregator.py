@@ -154,16 +154,25 @@ def decode_sum(
     """The decrypted sum (float64, ``length``) from the decryption shares of a set of
     holders; CiphertextError naming a client whose shares are malformed."""
     ring = th.Ring.of(plan.params)
-    unpacked: dict[int, np.ndarray] = {}
+    drop = plan.share_drop_bits
+    rounded: dict[int, np.ndarray | None] = {}
     for cid, blobs in shares.items():
         if len(blobs) != len(total.c0):
             raise CiphertextError(
                 f"client {cid}: {len(blobs)} decryption shares, expected {len(total.c0)}"
             )
         try:
-            unpacked[cid] = th.unpack_shares(ring, list(blobs), drop_bits=plan.share_drop_bits)
+            rounded[cid] = th.unpack_shares_rounded(ring, list(blobs), drop_bits=drop)
         except (ValueError, TypeError) as err:
             raise CiphertextError(f"client {cid}: garbled decryption share ({err})") from err
-    rows = th.combine_many(ring, total.c0, [unpacked[cid] for cid in sorted(unpacked)],
-                           scale=plan.scale)  # fmt: skip
+    parts = [r for r in rounded.values() if r is not None]
+    summed: list[np.ndarray] = []
+    if parts:  # the shares' rounded integers, added exactly, mapped to residues once
+        acc = np.zeros_like(parts[0])
+        for part in parts:
+            acc += part
+        summed.append(th.rounded_to_residues(acc, ring.data_primes, drop))
+    for cid in sorted(c for c, r in rounded.items() if r is None):
+        summed.append(th.unpack_shares(ring, list(shares[cid]), drop_bits=drop))
+    rows = th.combine_many(ring, total.c0, summed, scale=plan.scale)
     return from_slot_chunks(rows, length=length, complex_slots=True)

@@ -94,6 +94,7 @@ __all__ = [
     "unpack_residues",
     "unpack_share",
     "unpack_shares",
+    "unpack_shares_rounded",
 ]
 
 _HEADER = b"\x5e\xa1\x10\x04\x03"  # SEAL magic, header size 16, version 4.3
@@ -1092,6 +1093,23 @@ def pack_share(ring: Ring, h: np.ndarray, *, drop_bits: int) -> bytes:
 def unpack_share(ring: Ring, data: bytes, *, drop_bits: int) -> np.ndarray:
     """Inverse of `pack_share`; ValueError for a blob of the wrong length."""
     return _unpack_rounded(bytes(data), ring.data_primes, drop_bits, ring.n)
+
+
+def unpack_shares_rounded(
+    ring: Ring, blobs: Sequence[bytes], *, drop_bits: int
+) -> np.ndarray | None:
+    """The rounded integers (m, N) of many decryption shares as sent (below 2^48, so a
+    sum of fewer than 2^16 of them is exact in uint64), or None where that form does not
+    apply (wider shares); ValueError for a blob of the wrong length."""
+    m, n = len(blobs), ring.n
+    width = _round_width(ring.data_primes, drop_bits)
+    size = share_bytes(ring, drop_bits=drop_bits)
+    for k, blob in enumerate(blobs):
+        if not isinstance(blob, bytes | bytearray) or len(blob) != size:
+            raise ValueError(f"share {k}: expected {size} bytes")
+    if m == 0 or width > 48:
+        return None
+    return unpack_bits(_columns(blobs, size, 0, size), width, m * n).reshape(m, n)
 
 
 def unpack_shares(ring: Ring, blobs: Sequence[bytes], *, drop_bits: int) -> np.ndarray:
