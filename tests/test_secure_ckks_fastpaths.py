@@ -170,3 +170,25 @@ def test_share_integers_sum_to_the_residue_sum(ring: th.Ring) -> None:
         np.testing.assert_array_equal(summed[:, j].astype(object), want)
     with pytest.raises(ValueError, match="share 0"):
         th.unpack_shares_rounded(ring, [blobs[0][0][:-1]], drop_bits=drop)
+
+
+def test_batched_share_packing_and_residue_unpacking_equal_per_blob(ring: th.Ring) -> None:
+    rng = np.random.default_rng(7)
+    m, drop = 5, 30
+    h = np.stack([rng.integers(0, q, (m, ring.n), dtype=np.uint64)
+                  for q in ring.data_primes], axis=1)  # fmt: skip
+    assert th.pack_shares(ring, h, drop_bits=drop) == [
+        th.pack_share(ring, row, drop_bits=drop) for row in h
+    ]
+    blobs = [th.pack_residues(row, ring.data_primes) for row in h]
+    got = th.unpack_residue_blobs(blobs, ring.data_primes, ring.n)
+    want = np.stack([th.unpack_residues(b, ring.data_primes, ring.n) for b in blobs])
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got, h)
+    out_of_range = h.copy()
+    out_of_range[3, 0, 5] = ring.data_primes[0]  # fits the width, not the prime
+    bad = [th.pack_residues(row, ring.data_primes) for row in out_of_range]
+    with pytest.raises(ValueError, match="blob 3: residue out of range"):
+        th.unpack_residue_blobs(bad, ring.data_primes, ring.n)
+    with pytest.raises(ValueError, match="blob 1"):
+        th.unpack_residue_blobs([blobs[0], blobs[1][:-1]], ring.data_primes, ring.n)

@@ -81,6 +81,7 @@ __all__ = [
     "pack_ciphertext",
     "pack_residues",
     "pack_share",
+    "pack_shares",
     "partial_decrypt",
     "partial_decrypt_many",
     "rounded_to_residues",
@@ -91,6 +92,7 @@ __all__ = [
     "unpack_ciphertext",
     "unpack_ciphertexts",
     "unpack_ciphertexts_rounded",
+    "unpack_residue_blobs",
     "unpack_residues",
     "unpack_share",
     "unpack_shares",
@@ -998,6 +1000,30 @@ def rounded_to_residues(c0: np.ndarray, primes: Sequence[int], drop: int) -> np.
     return np.stack([_mul_pow2(v % np.uint64(p), drop, p) for p in primes], axis=1)
 
 
+def unpack_residue_blobs(
+    blobs: Sequence[bytes], primes: Sequence[int], n: int
+) -> np.ndarray:
+    """`unpack_residues` of many blobs at once: (m, primes, N); ValueError naming the
+    index of the first blob of the wrong length or with a residue out of range."""
+    size = sum(-(-p.bit_length() * n // 8) for p in primes)
+    for k, blob in enumerate(blobs):
+        if not isinstance(blob, bytes | bytearray) or len(blob) != size:
+            raise ValueError(f"blob {k}: expected {size} bytes")
+    if not blobs or n % 8:
+        return np.stack([unpack_residues(bytes(b), primes, n) for b in blobs]) if blobs else (
+            np.zeros((0, len(primes), n), dtype=np.uint64))  # fmt: skip
+    rows, pos = [], 0
+    for p in primes:
+        end = pos + -(-p.bit_length() * n // 8)
+        row = unpack_bits(_columns(blobs, size, pos, end), p.bit_length(), len(blobs) * n)
+        bad = np.flatnonzero(row >= np.uint64(p))
+        if bad.size:
+            raise ValueError(f"blob {int(bad[0]) // n}: residue out of range")
+        rows.append(row)
+        pos = end
+    return _by_ciphertext(np.stack(rows), len(blobs), n)
+
+
 def _unpack_each(
     ring: Ring, blobs: Sequence[bytes], *, c0_drop_bits: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -1088,6 +1114,20 @@ def share_bytes(ring: Ring, *, drop_bits: int) -> int:
 def pack_share(ring: Ring, h: np.ndarray, *, drop_bits: int) -> bytes:
     """Wire form of a (flooded) decryption share: rounded to ``2^drop_bits``."""
     return _pack_rounded(h, ring.data_primes, drop_bits)
+
+
+def pack_shares(ring: Ring, h: np.ndarray, *, drop_bits: int) -> list[bytes]:
+    """`pack_share` of each of m shares (m, primes, N), rounded and bit-packed at once."""
+    m, n = len(h), ring.n
+    width = _round_width(ring.data_primes, drop_bits)
+    if m == 0 or width > 64 or n % 8:
+        return [pack_share(ring, row, drop_bits=drop_bits) for row in h]
+    flat = np.ascontiguousarray(np.asarray(h, dtype=np.uint64).transpose(1, 0, 2)).reshape(
+        len(ring.data_primes), m * n
+    )
+    blob = _pack_rounded(flat, ring.data_primes, drop_bits)
+    size = len(blob) // m
+    return [blob[i * size : (i + 1) * size] for i in range(m)]
 
 
 def unpack_share(ring: Ring, data: bytes, *, drop_bits: int) -> np.ndarray:
