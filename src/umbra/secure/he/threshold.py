@@ -435,8 +435,7 @@ class Ring:
     SEAL objects are built from numpy by writing SEAL's own serialization (no compression)
     and loading it with ``.load(context, path)``, which validates metadata and residues;
     they are read back by `Ring.read` (in place for ciphertexts, `_read_direct`). Polynomials
-    are ``uint64`` arrays of shape
-    ``(primes, N)`` (RNS residues, prime-major as in SEAL).
+    are ``uint64`` arrays of shape ``(primes, N)`` (RNS residues, prime-major as in SEAL).
     """
 
     def __init__(self, params: ThresholdParams) -> None:
