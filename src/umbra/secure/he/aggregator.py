@@ -19,9 +19,10 @@ log = logging.getLogger(__name__)
 
 
 class EncryptedSum:
-    """Sum of ciphertexts: ``c0`` (coefficient domain) and ``c1`` (NTT), per ciphertext."""
+    """Sum of ciphertexts: ``c0`` (coefficient domain) and ``c1`` (NTT), residue arrays
+    (ciphertexts, primes, N)."""
 
-    def __init__(self, c0: list[np.ndarray], c1: list[np.ndarray], included: tuple[int, ...]):
+    def __init__(self, c0: np.ndarray, c1: np.ndarray, included: tuple[int, ...]):
         self.c0 = c0
         self.c1 = c1
         self.included = included
@@ -50,11 +51,19 @@ class ThresholdAggregator:
         self.seen_digests: set[bytes] = seen_digests if seen_digests is not None else set()
         self.excluded: dict[int, str] = {}
 
-    def load(
+    def load(self, client_id: int, message: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """One client's ciphertexts as (c0, c1) residue arrays (ciphertexts, primes, N);
+        CiphertextError naming the client for a wrong round/client, wrong count, garbled
+        or replayed update."""
+        c0, c1, rounded = self._parse(client_id, message)
+        if rounded:
+            c0 = th.rounded_to_residues(c0, self.ring.data_primes, self.plan.c0_drop_bits)
+        return c0, c1
+
+    def _parse(
         self, client_id: int, message: Mapping[str, Any]
-    ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """One client's ciphertexts as (c0, c1); CiphertextError naming the client for a
-        wrong round/client, wrong count, garbled or replayed update."""
+    ) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(c0, c1, whether c0 is still the rounded integers (m, N) rather than residues)."""
         if not isinstance(message, Mapping):
             raise CiphertextError(f"client {client_id}: update is not a message")
         if message.get("round") != self.round_number or message.get("client_id") != client_id:
@@ -79,46 +88,60 @@ class ThresholdAggregator:
             )
         if digest in self.seen_digests:
             raise CiphertextError(f"client {client_id}: update replayed")
-        out = []
-        for k, blob in enumerate(blobs):
-            try:
-                out.append(
-                    th.unpack_ciphertext(
-                        self.ring, bytes(blob), c0_drop_bits=self.plan.c0_drop_bits
-                    )
-                )
-            except CiphertextError as err:
-                raise CiphertextError(f"client {client_id}: ciphertext {k}: {err}") from err
-        return out
+        data = [bytes(b) for b in blobs]
+        drop = self.plan.c0_drop_bits
+        raw = th.unpack_ciphertexts_rounded(self.ring, data, c0_drop_bits=drop)
+        if raw is not None:
+            return raw[0], raw[1], True
+        try:
+            c0, c1 = th.unpack_ciphertexts(self.ring, data, c0_drop_bits=drop)
+        except CiphertextError as err:
+            raise CiphertextError(f"client {client_id}: {err}") from err
+        return c0, c1, False
 
     def aggregate(
         self, updates: Mapping[int, Mapping[str, Any]], *, min_clients: int
     ) -> EncryptedSum:
         """Sum the valid updates (invalid ones are excluded with a logged reason); HeAbort
-        if fewer than ``min_clients`` remain."""
-        c0: list[np.ndarray] | None = None
-        c1: list[np.ndarray] | None = None
+        if fewer than ``min_clients`` remain. Everything is added in uint64 without
+        reduction and reduced once at the end (fewer than 2^16 clients, each term below
+        2^48): the ``c1`` residues, and ``c0`` as the rounded integers the clients sent
+        (`threshold.unpack_ciphertexts_rounded`), mapped to residues only as a sum."""
+        c0: np.ndarray | None = None
+        c1: np.ndarray | None = None
+        c0_rounded: bool | None = None
         included = []
-        primes = self.ring.data_primes
         for cid in sorted(updates):
             try:
-                cts = self.load(cid, updates[cid])
+                a0, a1, rounded = self._parse(cid, updates[cid])
             except CiphertextError as err:
                 self.excluded[cid] = str(err)
                 log.warning("ckks aggregation: client %d excluded: %s", cid, err)
                 continue
             self.seen_digests.add(updates[cid]["digest"])
+            if c0 is not None and rounded != c0_rounded:  # one form per sum: residues
+                primes, drop = self.ring.data_primes, self.plan.c0_drop_bits
+                if rounded:
+                    a0 = th.rounded_to_residues(a0, primes, drop)
+                else:
+                    c0 = th.rounded_to_residues(c0, primes, drop)
+                c0_rounded = rounded = False
             if c0 is None or c1 is None:
-                c0, c1 = [c[0] for c in cts], [c[1] for c in cts]
+                c0, c1, c0_rounded = a0, a1, rounded
             else:
-                c0 = [th.add_polys([a, c[0]], primes) for a, c in zip(c0, cts, strict=True)]
-                c1 = [th.add_polys([a, c[1]], primes) for a, c in zip(c1, cts, strict=True)]
+                c0 += a0
+                c1 += a1
             included.append(cid)
         if c0 is None or c1 is None or len(included) < min_clients:
             raise HeAbort(
                 f"ckks aggregation aborted: {len(included)} valid updates < {min_clients}"
             )
-        return EncryptedSum(c0, c1, tuple(included))
+        if len(included) >= 1 << 16:
+            raise HeAbort("ckks aggregation: at most 65535 updates per sum")
+        qs = np.asarray(self.ring.data_primes, dtype=np.uint64)[:, None]
+        if c0_rounded:
+            c0 = th.rounded_to_residues(c0, self.ring.data_primes, self.plan.c0_drop_bits)
+        return EncryptedSum(c0 % qs, c1 % qs, tuple(included))
 
 
 def decode_sum(
@@ -131,20 +154,25 @@ def decode_sum(
     """The decrypted sum (float64, ``length``) from the decryption shares of a set of
     holders; CiphertextError naming a client whose shares are malformed."""
     ring = th.Ring.of(plan.params)
-    unpacked: dict[int, list[np.ndarray]] = {}
+    drop = plan.share_drop_bits
+    rounded: dict[int, np.ndarray | None] = {}
     for cid, blobs in shares.items():
         if len(blobs) != len(total.c0):
             raise CiphertextError(
                 f"client {cid}: {len(blobs)} decryption shares, expected {len(total.c0)}"
             )
         try:
-            unpacked[cid] = [
-                th.unpack_share(ring, bytes(b), drop_bits=plan.share_drop_bits) for b in blobs
-            ]
+            rounded[cid] = th.unpack_shares_rounded(ring, list(blobs), drop_bits=drop)
         except (ValueError, TypeError) as err:
             raise CiphertextError(f"client {cid}: garbled decryption share ({err})") from err
-    rows = [
-        th.combine(ring, c0, [unpacked[cid][k] for cid in sorted(unpacked)], scale=plan.scale)
-        for k, c0 in enumerate(total.c0)
-    ]
-    return from_slot_chunks(np.stack(rows), length=length, complex_slots=True)
+    parts = [r for r in rounded.values() if r is not None]
+    summed: list[np.ndarray] = []
+    if parts:  # the shares' rounded integers, added exactly, mapped to residues once
+        acc = np.zeros_like(parts[0])
+        for part in parts:
+            acc += part
+        summed.append(th.rounded_to_residues(acc, ring.data_primes, drop))
+    for cid in sorted(c for c, r in rounded.items() if r is None):
+        summed.append(th.unpack_shares(ring, list(shares[cid]), drop_bits=drop))
+    rows = th.combine_many(ring, total.c0, summed, scale=plan.scale)
+    return from_slot_chunks(rows, length=length, complex_slots=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flwr.app import ConfigRecord, Context, Message
+from flwr.app import ConfigRecord, Context, Error, Message
 
 from umbra.federation.client_app import ClientSpec, TrainFn
 from umbra.federation.records import from_record
@@ -38,7 +38,7 @@ from umbra.secure.he.holder import (
 from umbra.secure.he.payload import flatten_contribution
 from umbra.secure.transport import decode_proto, reply_content
 
-__all__ = ["IDENTITY_NODE_KEY", "STATE_RECORD", "make_ckks_handler", "run_key"]
+__all__ = ["DROPOUT_ERROR_CODE", "IDENTITY_NODE_KEY", "STATE_RECORD", "make_ckks_handler", "run_key"]
 
 log = logging.getLogger("umbra")
 
@@ -46,8 +46,8 @@ STATE_RECORD = "ckks-state"
 IDENTITY_NODE_KEY = "umbra-identity-key"
 
 
-class DropoutInjected(RuntimeError):
-    """Fault injection: this client drops out after encrypting (``secure.dropout_clients``)."""
+#: Error code of the reply a fault-injected dropout sends (``secure.dropout_clients``)
+DROPOUT_ERROR_CODE = 4102
 
 
 def run_key(run_id: int) -> int:
@@ -123,7 +123,10 @@ def make_ckks_handler(train_fn: TrainFn, spec: ClientSpec) -> TrainFn:
             vector = flatten_contribution(contribution, clip=cfg.clip)
             reply = holder.encrypt_update(cfg, state, vector, round_number=rnd)
             if pid in dropouts:
-                raise DropoutInjected(f"client {pid} drops out after encrypting (fault injection)")
+                # an error reply, as the engine makes of a crashed client, without its traceback
+                _save_state(context, state)
+                reason = f"client {pid} drops out after encrypting (fault injection)"
+                return Message(Error(code=DROPOUT_ERROR_CODE, reason=reason), reply_to=msg)
         elif stage == STAGE_DECRYPT:
             reply = holder.decryption_share(cfg, state, proto, round_number=int(proto["round"]))
         else:

@@ -430,14 +430,11 @@ def decryption_share(
     lam = [th.lagrange_at_zero(xs, me + 1, q) for q in ring.data_primes]
     # consume the budget before any share leaves
     state.update(used=int(state["used"]) + len(blobs), last=round_number)
-    shares = []
-    for idx, blob in enumerate(blobs):
-        try:
-            c1 = th.unpack_residues(bytes(blob), ring.data_primes, ring.n)
-        except ValueError as err:
-            raise DecryptionRefused(f"client {me}: ciphertext {idx} is garbled ({err})") from err
-        h = th.partial_decrypt(
-            ring, c1, sigma, lagrange=lam, noise=th.flood_noise(ring.n, plan.flood_sigma)
-        )
-        shares.append(th.pack_share(ring, h, drop_bits=plan.share_drop_bits))
+    try:
+        c1 = th.unpack_residue_blobs([bytes(b) for b in blobs], ring.data_primes, ring.n)
+    except (ValueError, TypeError) as err:
+        raise DecryptionRefused(f"client {me}: a ciphertext is garbled ({err})") from err
+    noise = th.flood_noise(len(blobs) * ring.n, plan.flood_sigma).reshape(len(blobs), ring.n)
+    h = th.partial_decrypt_many(ring, c1, sigma, lagrange=lam, noise=noise)
+    shares = th.pack_shares(ring, h, drop_bits=plan.share_drop_bits)
     return {"round": round_number, "client_id": me, "shares": shares}

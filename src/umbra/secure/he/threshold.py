@@ -68,6 +68,7 @@ __all__ = [
     "add_polys",
     "ciphertext_bytes",
     "combine",
+    "combine_many",
     "common_poly",
     "encrypt",
     "flood_noise",
@@ -80,16 +81,26 @@ __all__ = [
     "pack_ciphertext",
     "pack_residues",
     "pack_share",
+    "pack_shares",
     "partial_decrypt",
+    "partial_decrypt_many",
+    "rounded_to_residues",
     "shamir_shares",
     "share_bytes",
+    "sum_residues",
     "unpack_bits",
     "unpack_ciphertext",
+    "unpack_ciphertexts",
+    "unpack_ciphertexts_rounded",
+    "unpack_residue_blobs",
     "unpack_residues",
     "unpack_share",
+    "unpack_shares",
+    "unpack_shares_rounded",
 ]
 
 _HEADER = b"\x5e\xa1\x10\x04\x03"  # SEAL magic, header size 16, version 4.3
+_BATCH = 15  # polynomials per SEAL transform (a ciphertext holds at most 16, one filler)
 
 
 @dataclass(frozen=True)
@@ -372,13 +383,59 @@ def _read_serialized(obj: Any, count: int) -> np.ndarray | None:
     return np.frombuffer(body[-tail:], dtype="<u8").astype(np.uint64)
 
 
+# Layout of the objects read in place (`_read_direct`): pybind11 keeps a simple instance's
+# C++ pointer right after the PyObject header; SEAL 4.x ``Ciphertext`` holds parms_id (4 x
+# u64), is_ntt_form, size, poly_modulus_degree, coeff_modulus_size, scale,
+# correction_factor, then its DynArray (pool handle, capacity, size, data pointer).
+_PY_HEAD = 16
+_CT_FIELDS = struct.Struct("<4Q?7xQQQdQ16xQQQ")
+
+
+def _read_direct(obj: Any, count: int) -> np.ndarray | None:
+    """A copy of a SEAL ``Ciphertext``'s ``count`` uint64 read in place, or None.
+
+    SEAL's serialization always compresses (zstd, ~0.5 ms per 64 KiB polynomial), so a
+    ciphertext is read from its own buffer instead, but only after every header field at
+    the expected offsets matches what SEAL's accessors report (parms_id, NTT flag, size,
+    degree, modulus count, scale, array size) and the first and last values match
+    ``dyn_array()``; any mismatch returns None and the caller uses the serialization."""
+    if not isinstance(obj, sealapi.Ciphertext) or count < 1:
+        return None
+    try:
+        addr = ctypes.c_uint64.from_address(id(obj) + _PY_HEAD).value
+        if not addr:
+            return None
+        fields = _CT_FIELDS.unpack(ctypes.string_at(addr, _CT_FIELDS.size))
+        *pid, ntt, size, degree, moduli, scale, _, capacity, length, data = fields
+        expected = (
+            list(pid) == list(obj.parms_id())
+            and ntt == bool(obj.is_ntt_form())
+            and size == obj.size()
+            and degree == obj.poly_modulus_degree()
+            and moduli == obj.coeff_modulus_size()
+            and scale == obj.scale
+            and length == count == size * degree * moduli
+            and capacity >= length
+            and data != 0
+        )
+        if not expected:
+            return None
+        out = np.ctypeslib.as_array((ctypes.c_uint64 * count).from_address(data)).copy()
+        da = obj.dyn_array()
+        if int(out[0]) != da.at(0) or int(out[-1]) != da.at(count - 1):
+            return None
+        return out
+    except (OSError, ValueError, TypeError, struct.error):
+        return None
+
+
 class Ring:
     """A SEAL context for `ThresholdParams` plus raw access to its polynomials.
 
     SEAL objects are built from numpy by writing SEAL's own serialization (no compression)
     and loading it with ``.load(context, path)``, which validates metadata and residues;
-    they are read back through ``dyn_array()``. Polynomials are ``uint64`` arrays of shape
-    ``(primes, N)`` (RNS residues, prime-major as in SEAL).
+    they are read back by `Ring.read` (in place for ciphertexts, `_read_direct`). Polynomials
+    are ``uint64`` arrays of shape ``(primes, N)`` (RNS residues, prime-major as in SEAL).
     """
 
     def __init__(self, params: ThresholdParams) -> None:
@@ -457,10 +514,13 @@ class Ring:
     def read(obj: Any, shape: tuple[int, ...]) -> np.ndarray:
         """The uint64 data of a SEAL Ciphertext/Plaintext as an array of ``shape``.
 
-        Fast path: SEAL's own serialization (zstd, decompressed with the system's
-        libzstd); else element by element through ``dyn_array()``."""
+        Fast paths: a ciphertext's buffer read in place (`_read_direct`), SEAL's own
+        serialization (zstd, decompressed with the system's libzstd); else element by
+        element through ``dyn_array()``."""
         count = math.prod(shape)
-        fast = _read_serialized(obj, count)
+        fast = _read_direct(obj, count)
+        if fast is None:
+            fast = _read_serialized(obj, count)
         if fast is not None:
             return fast.reshape(shape)
         da = obj.dyn_array()
@@ -471,21 +531,37 @@ class Ring:
 
     def to_coeff(self, poly: np.ndarray) -> np.ndarray:
         """NTT -> coefficient domain of a data-level poly (SEAL's inverse NTT)."""
-        if not poly.any():
-            return poly.copy()
-        k = len(self.data_primes)
-        ct = self.ciphertext(np.stack([poly, self._one(ntt=True)]), ntt=True, scale=1.0)
-        self.evaluator.transform_from_ntt_inplace(ct)
-        return self.read(ct, (2, k, self.n))[0]
+        return self.to_coeff_many(poly[None])[0]
 
     def to_ntt(self, poly: np.ndarray) -> np.ndarray:
         """Coefficient -> NTT domain of a data-level poly (SEAL's NTT)."""
-        if not poly.any():
-            return poly.copy()
-        k = len(self.data_primes)
-        ct = self.ciphertext(np.stack([poly, self._one(ntt=False)]), ntt=False, scale=1.0)
-        self.evaluator.transform_to_ntt_inplace(ct)
-        return self.read(ct, (2, k, self.n))[0]
+        return self.to_ntt_many(poly[None])[0]
+
+    def to_coeff_many(self, polys: np.ndarray) -> np.ndarray:
+        """`to_coeff` of a stack of data-level polys (m, primes, N), transformed
+        `_BATCH` at a time as one SEAL ciphertext of that many polynomials."""
+        return self._transform(polys, ntt=True)
+
+    def to_ntt_many(self, polys: np.ndarray) -> np.ndarray:
+        """`to_ntt` of a stack of data-level polys (m, primes, N)."""
+        return self._transform(polys, ntt=False)
+
+    def _transform(self, polys: np.ndarray, *, ntt: bool) -> np.ndarray:
+        polys = np.asarray(polys, dtype=np.uint64)
+        m, k, n = polys.shape
+        out = np.empty_like(polys)
+        for start in range(0, m, _BATCH):
+            chunk = polys[start : start + _BATCH]
+            # a filler keeps the ciphertext non-transparent (SEAL refuses transparent ones)
+            # and of size >= 2; see `_one`
+            block = np.concatenate([chunk, self._one(ntt=ntt)[None]])
+            ct = self.ciphertext(block, ntt=ntt, scale=1.0)
+            if ntt:
+                self.evaluator.transform_from_ntt_inplace(ct)
+            else:
+                self.evaluator.transform_to_ntt_inplace(ct)
+            out[start : start + len(chunk)] = self.read(ct, (len(block), k, n))[: len(chunk)]
+        return out
 
     def _one(self, *, ntt: bool) -> np.ndarray:
         """The constant polynomial 1 (all ones in the NTT domain, ``[1, 0, ...]`` in the
@@ -622,6 +698,22 @@ def pack_bits(values: np.ndarray, width: int) -> bytes:
     v = np.ascontiguousarray(values, dtype="<u8").reshape(-1)
     if not 1 <= width <= 64:
         raise ValueError("width must be in [1, 64]")
+    if width == 64:
+        return v.tobytes()
+    if 8 <= width <= 56 and v.size % 8 == 0:
+        if v.size and int(v.max()) >> width:
+            raise ValueError(f"values exceed {width} bits")
+        # 8 values fill ``width`` bytes: value j of group g starts at bit j * width of
+        # the group, within the 8 bytes from byte g * width + (j * width) // 8 on; for a
+        # fixed j these windows are ``width`` bytes apart and do not overlap
+        groups = v.size // 8
+        buf = np.zeros((groups + 1) * width + 8, dtype=np.uint8)  # numpy checks a full stride
+        cols = v.reshape(-1, 8)
+        for j in range(8):
+            start, shift = (j * width) >> 3, np.uint64((j * width) & 7)
+            window = np.ndarray((groups,), dtype="<u8", buffer=buf, offset=start, strides=(width,))
+            window |= cols[:, j] << shift
+        return buf[: groups * width].tobytes()
     bits = np.unpackbits(v.view(np.uint8).reshape(-1, 8), axis=1, bitorder="little")
     return np.packbits(bits[:, :width].reshape(-1), bitorder="little").tobytes()
 
@@ -630,6 +722,23 @@ def unpack_bits(data: bytes, width: int, count: int) -> np.ndarray:
     """Inverse of `pack_bits`; ValueError if ``data`` has the wrong length."""
     if len(data) != -(-width * count // 8):
         raise ValueError(f"expected {-(-width * count // 8)} bytes, got {len(data)}")
+    if width == 64:
+        return np.frombuffer(data, dtype="<u8").astype(np.uint64)
+    if 8 <= width <= 56 and count % 8 == 0:
+        # the windows of `pack_bits`, read back (each value within its 8 bytes)
+        groups = count // 8
+        buf = np.frombuffer(bytes(data) + bytes(width + 8), dtype=np.uint8)
+        out = np.empty((groups, 8), dtype=np.uint64)
+        mask = np.uint64((1 << width) - 1)
+        for j in range(8):
+            start, shift = (j * width) >> 3, np.uint64((j * width) & 7)
+            window = np.ndarray((groups,), dtype="<u8", buffer=buf, offset=start, strides=(width,))
+            out[:, j] = (window >> shift) & mask
+        return out.reshape(count)
+    return _unpack_bits_reference(data, width, count)
+
+
+def _unpack_bits_reference(data: bytes, width: int, count: int) -> np.ndarray:
     bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")[: width * count]
     full = np.zeros((count, 64), dtype=np.uint8)
     full[:, :width] = bits.reshape(count, width)
@@ -733,6 +842,17 @@ def _pack_rounded(poly: np.ndarray, primes: Sequence[int], drop: int) -> bytes:
     return _pack_wide((v + ((1 << drop) >> 1)) >> drop, width)
 
 
+def _mul_pow2(w: np.ndarray, e: int, p: int) -> np.ndarray:
+    """``w * 2^e mod p`` for residues ``w < p < 2^48``, by shifts that stay below 2^64."""
+    step = 64 - p.bit_length()
+    pp = np.uint64(p)
+    while e > 0:
+        k = min(step, e)
+        w = (w << np.uint64(k)) % pp
+        e -= k
+    return w
+
+
 def _unpack_rounded(data: bytes, primes: Sequence[int], drop: int, n: int) -> np.ndarray:
     width = _round_width(primes, drop)
     if max(primes) < 1 << 48 and drop < 64:
@@ -749,7 +869,7 @@ def _unpack_rounded(data: bytes, primes: Sequence[int], drop: int, n: int) -> np
             w = lo % pp
             if width > 64:
                 w = (mulmod_u64(hi % pp, pow(2, 64, p), p) + w) % pp
-            rows.append(mulmod_u64(w, pow(2, drop, p), p))
+            rows.append(_mul_pow2(w, drop, p))
         return np.stack(rows)
     w = _unpack_wide(data, width, n)
     return np.stack([((w % p) * pow(2, drop, p) % p).astype(np.uint64) for p in primes])
@@ -778,10 +898,13 @@ def unpack_residues(data: bytes, primes: Sequence[int], n: int) -> np.ndarray:
 
 def pack_ciphertext(ring: Ring, ct: Any, *, c0_drop_bits: int) -> bytes:
     """Wire form of a fresh data-level ciphertext: ``c0`` rounded to ``2^c0_drop_bits``
-    in the coefficient domain, then ``c1``'s NTT residues, both bit-packed."""
+    in the coefficient domain, then ``c1``'s NTT residues, both bit-packed. ``ct`` is
+    consumed: it is left in the coefficient domain."""
     k = len(ring.data_primes)
-    c0, c1 = Ring.read(ct, (2, k, ring.n))
-    return _pack_rounded(ring.to_coeff(c0), ring.data_primes, c0_drop_bits) + pack_residues(
+    c1 = Ring.read(ct, (2, k, ring.n))[1]
+    ring.evaluator.transform_from_ntt_inplace(ct)
+    c0 = Ring.read(ct, (2, k, ring.n))[0]
+    return _pack_rounded(c0, ring.data_primes, c0_drop_bits) + pack_residues(
         c1, ring.data_primes
     )
 
@@ -811,6 +934,106 @@ def unpack_ciphertext(
         c1 = unpack_residues(bytes(data[head:]), ring.data_primes, ring.n)
     except ValueError as err:
         raise CiphertextError(f"ciphertext is garbled ({err})") from err
+    return c0, c1
+
+
+def _columns(blobs: Sequence[bytes], length: int, start: int, stop: int) -> bytes:
+    """Bytes ``[start, stop)`` of every blob (each ``length`` long), concatenated."""
+    rows = np.frombuffer(b"".join(bytes(b) for b in blobs), dtype=np.uint8).reshape(-1, length)
+    return np.ascontiguousarray(rows[:, start:stop]).tobytes()
+
+
+def _by_ciphertext(rows: np.ndarray, m: int, n: int) -> np.ndarray:
+    """(primes, m * N) -> (m, primes, N)."""
+    return np.ascontiguousarray(rows.reshape(rows.shape[0], m, n).transpose(1, 0, 2))
+
+
+def unpack_ciphertexts(
+    ring: Ring, blobs: Sequence[bytes], *, c0_drop_bits: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`unpack_ciphertext` of many blobs at once: (c0, c1), each (m, primes, N).
+
+    Raises CiphertextError naming the index of the first bad blob."""
+    raw = unpack_ciphertexts_rounded(ring, blobs, c0_drop_bits=c0_drop_bits)
+    if raw is None:
+        return _unpack_each(ring, blobs, c0_drop_bits=c0_drop_bits)
+    c0, c1 = raw
+    return rounded_to_residues(c0, ring.data_primes, c0_drop_bits), c1
+
+
+def unpack_ciphertexts_rounded(
+    ring: Ring, blobs: Sequence[bytes], *, c0_drop_bits: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(``c0`` as sent: the rounded integers ``round(c0 / 2^drop)`` (m, N), below
+    ``2^48``; ``c1`` residues (m, primes, N)) of many blobs, or None where that form does
+    not apply (wider ``c0``) or a blob is malformed (`unpack_ciphertexts` names it).
+
+    Sums of fewer than 2^16 such ``c0`` stay below 2^64, so a server adds them as plain
+    integers and maps only the sum to residues (`rounded_to_residues`)."""
+    m, n, primes = len(blobs), ring.n, ring.data_primes
+    size = ciphertext_bytes(ring, c0_drop_bits=c0_drop_bits)
+    width = _round_width(primes, c0_drop_bits)
+    head = _wide_bytes(width, n)
+    if m == 0 or width > 48 or max(primes) >= 1 << 48:
+        return None
+    if not all(isinstance(b, bytes | bytearray) and len(b) == size for b in blobs):
+        return None
+    try:
+        c0 = unpack_bits(_columns(blobs, size, 0, head), width, m * n).reshape(m, n)
+        rows, pos = [], head
+        for p in primes:
+            end = pos + -(-p.bit_length() * n // 8)
+            row = unpack_bits(_columns(blobs, size, pos, end), p.bit_length(), m * n)
+            if np.any(row >= np.uint64(p)):
+                return None
+            rows.append(row)
+            pos = end
+    except ValueError:
+        return None
+    return c0, _by_ciphertext(np.stack(rows), m, n)
+
+
+def rounded_to_residues(c0: np.ndarray, primes: Sequence[int], drop: int) -> np.ndarray:
+    """Integers ``v`` (m, N) (a rounded ``c0`` or a sum of them, below 2^64) to the
+    residues of ``v 2^drop`` (m, primes, N)."""
+    v = np.asarray(c0, dtype=np.uint64)
+    return np.stack([_mul_pow2(v % np.uint64(p), drop, p) for p in primes], axis=1)
+
+
+def unpack_residue_blobs(
+    blobs: Sequence[bytes], primes: Sequence[int], n: int
+) -> np.ndarray:
+    """`unpack_residues` of many blobs at once: (m, primes, N); ValueError naming the
+    index of the first blob of the wrong length or with a residue out of range."""
+    size = sum(-(-p.bit_length() * n // 8) for p in primes)
+    for k, blob in enumerate(blobs):
+        if not isinstance(blob, bytes | bytearray) or len(blob) != size:
+            raise ValueError(f"blob {k}: expected {size} bytes")
+    if not blobs or n % 8:
+        return np.stack([unpack_residues(bytes(b), primes, n) for b in blobs]) if blobs else (
+            np.zeros((0, len(primes), n), dtype=np.uint64))  # fmt: skip
+    rows, pos = [], 0
+    for p in primes:
+        end = pos + -(-p.bit_length() * n // 8)
+        row = unpack_bits(_columns(blobs, size, pos, end), p.bit_length(), len(blobs) * n)
+        bad = np.flatnonzero(row >= np.uint64(p))
+        if bad.size:
+            raise ValueError(f"blob {int(bad[0]) // n}: residue out of range")
+        rows.append(row)
+        pos = end
+    return _by_ciphertext(np.stack(rows), len(blobs), n)
+
+
+def _unpack_each(
+    ring: Ring, blobs: Sequence[bytes], *, c0_drop_bits: int
+) -> tuple[np.ndarray, np.ndarray]:
+    shape = (len(blobs), len(ring.data_primes), ring.n)
+    c0, c1 = np.empty(shape, dtype=np.uint64), np.empty(shape, dtype=np.uint64)
+    for k, blob in enumerate(blobs):
+        try:
+            c0[k], c1[k] = unpack_ciphertext(ring, blob, c0_drop_bits=c0_drop_bits)
+        except CiphertextError as err:
+            raise CiphertextError(f"ciphertext {k}: {err}") from err
     return c0, c1
 
 
@@ -855,14 +1078,33 @@ def partial_decrypt(
     ``noise`` = ``e_j`` (int64, coefficient domain). Callers outside tests pass
     `flood_noise` output: an unflooded share leaks the secret key (Li & Micciancio 2021).
     """
+    return partial_decrypt_many(ring, c1[None], share, lagrange=lagrange, noise=noise[None])[0]
+
+
+def partial_decrypt_many(
+    ring: Ring,
+    c1: np.ndarray,
+    share: np.ndarray,
+    *,
+    lagrange: Sequence[int],
+    noise: np.ndarray,
+) -> np.ndarray:
+    """`partial_decrypt` of a round's ciphertexts at once: ``c1`` (m, primes, N) NTT,
+    ``noise`` (m, N) int64, one flooding polynomial per ciphertext; ``lambda sigma`` is
+    computed once and the products go through SEAL's inverse NTT in batches."""
     primes = ring.data_primes
-    product = np.stack(
-        [
-            mulmod_u64(c1[j], mulmod_u64(share[j], lam % q, q), q)
-            for j, (q, lam) in enumerate(zip(primes, lagrange, strict=True))
-        ]
-    )
-    return add_polys([ring.to_coeff(product), _signed_to_residues(noise, primes)], primes)
+    c1 = np.asarray(c1, dtype=np.uint64)
+    if c1.ndim != 3 or c1.shape[1:] != (len(primes), ring.n) or noise.shape != (len(c1), ring.n):
+        raise ValueError("c1 must be (m, primes, N) and noise (m, N)")
+    key = [mulmod_u64(share[j], lam % q, q) for j, (q, lam) in enumerate(zip(primes, lagrange,
+                                                                            strict=True))]  # fmt: skip
+    product = np.empty_like(c1)
+    for j, q in enumerate(primes):
+        product[:, j] = mulmod_u64(c1[:, j], key[j][None, :], q)
+    coeff = ring.to_coeff_many(product)
+    qs = np.asarray(primes, dtype=np.uint64)[None, :, None]
+    e = np.stack([np.mod(noise, np.int64(q)).astype(np.uint64) for q in primes], axis=1)
+    return (coeff + e) % qs
 
 
 def share_bytes(ring: Ring, *, drop_bits: int) -> int:
@@ -874,9 +1116,56 @@ def pack_share(ring: Ring, h: np.ndarray, *, drop_bits: int) -> bytes:
     return _pack_rounded(h, ring.data_primes, drop_bits)
 
 
+def pack_shares(ring: Ring, h: np.ndarray, *, drop_bits: int) -> list[bytes]:
+    """`pack_share` of each of m shares (m, primes, N), rounded and bit-packed at once."""
+    m, n = len(h), ring.n
+    width = _round_width(ring.data_primes, drop_bits)
+    if m == 0 or width > 64 or n % 8:
+        return [pack_share(ring, row, drop_bits=drop_bits) for row in h]
+    flat = np.ascontiguousarray(np.asarray(h, dtype=np.uint64).transpose(1, 0, 2)).reshape(
+        len(ring.data_primes), m * n
+    )
+    blob = _pack_rounded(flat, ring.data_primes, drop_bits)
+    size = len(blob) // m
+    return [blob[i * size : (i + 1) * size] for i in range(m)]
+
+
 def unpack_share(ring: Ring, data: bytes, *, drop_bits: int) -> np.ndarray:
     """Inverse of `pack_share`; ValueError for a blob of the wrong length."""
     return _unpack_rounded(bytes(data), ring.data_primes, drop_bits, ring.n)
+
+
+def unpack_shares_rounded(
+    ring: Ring, blobs: Sequence[bytes], *, drop_bits: int
+) -> np.ndarray | None:
+    """The rounded integers (m, N) of many decryption shares as sent (below 2^48, so a
+    sum of fewer than 2^16 of them is exact in uint64), or None where that form does not
+    apply (wider shares); ValueError for a blob of the wrong length."""
+    m, n = len(blobs), ring.n
+    width = _round_width(ring.data_primes, drop_bits)
+    size = share_bytes(ring, drop_bits=drop_bits)
+    for k, blob in enumerate(blobs):
+        if not isinstance(blob, bytes | bytearray) or len(blob) != size:
+            raise ValueError(f"share {k}: expected {size} bytes")
+    if m == 0 or width > 48:
+        return None
+    return unpack_bits(_columns(blobs, size, 0, size), width, m * n).reshape(m, n)
+
+
+def unpack_shares(ring: Ring, blobs: Sequence[bytes], *, drop_bits: int) -> np.ndarray:
+    """`unpack_share` of many blobs at once: (m, primes, N); ValueError for a blob of
+    the wrong length."""
+    m, n = len(blobs), ring.n
+    width = _round_width(ring.data_primes, drop_bits)
+    size = share_bytes(ring, drop_bits=drop_bits)
+    for k, blob in enumerate(blobs):
+        if not isinstance(blob, bytes | bytearray) or len(blob) != size:
+            raise ValueError(f"share {k}: expected {size} bytes")
+    if m == 0 or width > 64:
+        return np.stack([unpack_share(ring, b, drop_bits=drop_bits) for b in blobs]) if m else (
+            np.zeros((0, len(ring.data_primes), n), dtype=np.uint64))  # fmt: skip
+    rows = _unpack_rounded(_columns(blobs, size, 0, size), ring.data_primes, drop_bits, m * n)
+    return _by_ciphertext(rows, m, n)
 
 
 def combine(
@@ -884,6 +1173,35 @@ def combine(
 ) -> np.ndarray:
     """Decode ``c0 + sum_j h_j`` (all coefficient domain): complex slot values (N/2,).
     Needs no key; with fewer than ``t`` shares the result is unrelated to the message."""
-    total = add_polys([c0, *shares], ring.data_primes)
-    pt = ring.plaintext(ring.to_ntt(total), scale=scale)
-    return np.asarray(ring.encoder.decode_complex(pt))
+    stacked = [np.asarray(h)[None] for h in shares]
+    return combine_many(ring, np.asarray(c0)[None], stacked, scale=scale)[0]
+
+
+def combine_many(
+    ring: Ring, c0: np.ndarray, shares: Sequence[np.ndarray], *, scale: float
+) -> np.ndarray:
+    """`combine` of m ciphertexts at once: ``c0`` (m, primes, N), each share (m, primes,
+    N); complex slot values (m, N/2)."""
+    if len(shares) >= 1 << 16 or max(ring.data_primes) >= 1 << 48:
+        raise ValueError("combine needs fewer than 2^16 shares and primes < 2^48")
+    total = np.array(c0, dtype=np.uint64)
+    for h in shares:  # each term below its prime < 2^48: no uint64 overflow, reduce once
+        total += h
+    total %= np.asarray(ring.data_primes, dtype=np.uint64)[:, None]
+    ntt = ring.to_ntt_many(total)
+    rows = []
+    for poly in ntt:
+        pt = ring.plaintext(poly, scale=scale)
+        rows.append(np.asarray(ring.encoder.decode_complex(pt)))
+    return np.stack(rows) if rows else np.zeros((0, ring.n // 2), dtype=np.complex128)
+
+
+def sum_residues(polys: np.ndarray, primes: Sequence[int]) -> np.ndarray:
+    """Sum over the first axis of residue arrays (count, ..., primes, N) modulo each prime:
+    one uint64 addition per term and a single reduction (exact for primes < 2^48 and
+    fewer than 2^16 terms, each below its prime); the same as SEAL's ``add_many``."""
+    polys = np.asarray(polys, dtype=np.uint64)
+    if max(primes) >= 1 << 48 or len(polys) >= 1 << 16:
+        raise ValueError("sum_residues needs primes < 2^48 and fewer than 2^16 terms")
+    qs = np.asarray(primes, dtype=np.uint64)[:, None]
+    return np.sum(polys, axis=0, dtype=np.uint64) % qs
