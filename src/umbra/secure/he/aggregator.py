@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from umbra.secure.he import threshold as th
-from umbra.secure.he.ckks import CiphertextError, HeAbort, update_digest
+from umbra.secure.he.ckks import CiphertextError, HeAbort, checked_update_blobs
 from umbra.secure.he.packing import from_slot_chunks
 
 __all__ = ["EncryptedSum", "ThresholdAggregator", "decode_sum"]
@@ -64,31 +64,13 @@ class ThresholdAggregator:
         self, client_id: int, message: Mapping[str, Any]
     ) -> tuple[np.ndarray, np.ndarray, bool]:
         """(c0, c1, whether c0 is still the rounded integers (m, N) rather than residues)."""
-        if not isinstance(message, Mapping):
-            raise CiphertextError(f"client {client_id}: update is not a message")
-        if message.get("round") != self.round_number or message.get("client_id") != client_id:
-            raise CiphertextError(
-                f"client {client_id}: update for round {message.get('round')!r} / client "
-                f"{message.get('client_id')!r} (stale or replayed)"
-            )
-        blobs = message.get("ciphertexts")
-        if not isinstance(blobs, Sequence) or len(blobs) != self.num_ciphertexts:
-            got = len(blobs) if isinstance(blobs, Sequence) else type(blobs).__name__
-            raise CiphertextError(
-                f"client {client_id}: expected {self.num_ciphertexts} ciphertexts, got {got}"
-            )
-        if not all(isinstance(b, bytes | bytearray) for b in blobs):
-            raise CiphertextError(f"client {client_id}: ciphertexts must be bytes")
-        digest = update_digest(
-            [bytes(b) for b in blobs], client_id=client_id, round_number=self.round_number
+        data = checked_update_blobs(
+            message,
+            client_id=client_id,
+            round_number=self.round_number,
+            num_ciphertexts=self.num_ciphertexts,
+            seen_digests=self.seen_digests,
         )
-        if message.get("digest") != digest:
-            raise CiphertextError(
-                f"client {client_id}: update garbled in transit (digest mismatch)"
-            )
-        if digest in self.seen_digests:
-            raise CiphertextError(f"client {client_id}: update replayed")
-        data = [bytes(b) for b in blobs]
         drop = self.plan.c0_drop_bits
         raw = th.unpack_ciphertexts_rounded(self.ring, data, c0_drop_bits=drop)
         if raw is not None:

@@ -62,6 +62,7 @@ __all__ = [
     "CkksKeyring",
     "CkksParams",
     "HeAbort",
+    "checked_update_blobs",
     "update_digest",
 ]
 
@@ -169,6 +170,44 @@ def update_digest(ciphertexts: Sequence[bytes], *, client_id: int, round_number:
         h.update(struct.pack("<Q", len(blob)))
         h.update(blob)
     return h.digest()
+
+def checked_update_blobs(
+    message: Any,
+    *,
+    client_id: int,
+    round_number: int,
+    num_ciphertexts: int,
+    seen_digests: set[bytes],
+) -> list[bytes]:
+    """The ciphertext blobs of one client's update message, after the checks every CKKS
+    aggregator makes: a message for this round and client, ``num_ciphertexts`` byte strings,
+    a matching digest (`update_digest`), not seen before.
+
+    Raises CiphertextError naming the client otherwise.
+    """
+    if not isinstance(message, Mapping):
+        raise CiphertextError(f"client {client_id}: update is not a message")
+    if message.get("round") != round_number or message.get("client_id") != client_id:
+        raise CiphertextError(
+            f"client {client_id}: update for round {message.get('round')!r} / client "
+            f"{message.get('client_id')!r} (stale or replayed)"
+        )
+    blobs = message.get("ciphertexts")
+    if not isinstance(blobs, Sequence) or len(blobs) != num_ciphertexts:
+        got = len(blobs) if isinstance(blobs, Sequence) else type(blobs).__name__
+        raise CiphertextError(
+            f"client {client_id}: expected {num_ciphertexts} ciphertexts, got {got}"
+        )
+    if not all(isinstance(b, bytes | bytearray) for b in blobs):
+        raise CiphertextError(f"client {client_id}: ciphertexts must be bytes")
+    data = [bytes(b) for b in blobs]
+    digest = update_digest(data, client_id=client_id, round_number=round_number)
+    if message.get("digest") != digest:
+        raise CiphertextError(f"client {client_id}: update garbled in transit (digest mismatch)")
+    if digest in seen_digests:
+        raise CiphertextError(f"client {client_id}: update replayed")
+    return data
+
 
 
 def _scratch_path() -> str:
@@ -412,30 +451,13 @@ class CkksAggregator:
         Raises CiphertextError naming the client for a wrong round, a replayed, garbled or
         wrong-length update, or ciphertexts of the wrong parameters.
         """
-        if not isinstance(message, Mapping):
-            raise CiphertextError(f"client {client_id}: update is not a message")
-        if message.get("round") != self.round_number or message.get("client_id") != client_id:
-            raise CiphertextError(
-                f"client {client_id}: update for round {message.get('round')!r} / client "
-                f"{message.get('client_id')!r} (stale or replayed)"
-            )
-        blobs = message.get("ciphertexts")
-        if not isinstance(blobs, Sequence) or len(blobs) != self.num_ciphertexts:
-            got = len(blobs) if isinstance(blobs, Sequence) else type(blobs).__name__
-            raise CiphertextError(
-                f"client {client_id}: expected {self.num_ciphertexts} ciphertexts, got {got}"
-            )
-        if not all(isinstance(b, bytes | bytearray) for b in blobs):
-            raise CiphertextError(f"client {client_id}: ciphertexts must be bytes")
-        digest = update_digest(
-            [bytes(b) for b in blobs], client_id=client_id, round_number=self.round_number
+        blobs = checked_update_blobs(
+            message,
+            client_id=client_id,
+            round_number=self.round_number,
+            num_ciphertexts=self.num_ciphertexts,
+            seen_digests=self.seen_digests,
         )
-        if message.get("digest") != digest:
-            raise CiphertextError(
-                f"client {client_id}: update garbled in transit (digest mismatch)"
-            )
-        if digest in self.seen_digests:
-            raise CiphertextError(f"client {client_id}: update replayed")
         p = self.params
         scale = 2.0**p.scale_bits
         path = _scratch_path()
