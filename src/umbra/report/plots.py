@@ -83,7 +83,11 @@ def line_chart(
         ax2.set_ylabel(right_label)
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
-    ax.legend(handles, labels, loc="best", fontsize="small")
+    if right:  # "best" sees only the left axis' lines: put the legend under the plot
+        fig.set_layout_engine("constrained")
+        fig.legend(handles, labels, loc="outside lower center", ncols=4, fontsize="small")
+    else:
+        ax.legend(handles, labels, loc="best", fontsize="small")
     return png_bytes(fig)
 
 
