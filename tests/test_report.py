@@ -595,6 +595,7 @@ def test_long_dp_run_shows_a_summary_and_collapses_the_full_table(tmp_path: Path
     assert as_dicts(page, "rounds_all") == [round_row(r) for r in rounds]
     assert page.collapsed["rounds_all"]  # in a <details> that starts closed
     assert "all 240 rounds" in page.text["training"]
+    assert "24 of 240 rounds: the evaluated rounds and the last." in page.text["training"]
 
     for name in ("rounds", "rounds_all"):
         assert "train loss" not in [h for h, _ in page.tables[name][0]]
@@ -633,10 +634,17 @@ def test_bytes_chart_only_when_rounds_differ(tmp_path: Path) -> None:
 
 
 def test_summary_rounds() -> None:
+    def rows(rounds: list[dict[str, Any]]) -> tuple[list[int], str]:
+        keep, which = summary_rounds(rounds)
+        return [rounds[i]["round"] for i in keep], which
+
     every = [{"round": i, "accuracy": 0.5} for i in range(1, 36)]
-    assert [every[i]["round"] for i in summary_rounds(every)] == [10, 20, 30, 35]
-    sparse = [{"round": i, **({"accuracy": 0.5} if i % 4 == 0 else {})} for i in range(1, 31)]
-    assert [sparse[i]["round"] for i in summary_rounds(sparse)] == [4, 8, 12, 16, 20, 24, 28, 30]
+    assert rows(every) == ([10, 20, 30, 35], "every 10th round")
+    sparse = [{"round": i, **({"accuracy": 0.5} if i % 10 == 0 else {})} for i in range(1, 46)]
+    assert rows(sparse) == ([10, 20, 30, 40, 45], "the evaluated rounds")
+    # evaluated every 3rd of 240 rounds: 80 evaluations, every 4th kept (one per 12 rounds)
+    dense = [{"round": i, **({"accuracy": 0.5} if i % 3 == 0 else {})} for i in range(1, 241)]
+    assert rows(dense) == (list(range(12, 241, 12)), "every 4th evaluated round")
     short = [{"round": i} for i in range(1, 21)]
-    assert summary_rounds(short) == list(range(20))
-    assert summary_rounds([]) == []
+    assert summary_rounds(short) == (list(range(20)), "every round")
+    assert summary_rounds([]) == ([], "every round")

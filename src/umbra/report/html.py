@@ -4,7 +4,10 @@ The page has no external asset: CSS is inline and plots are base64 PNGs drawn wi
 matplotlib's Agg renderer. Every string from the results is escaped (``html.escape``).
 Each section appears only when its data is present; every number shown in a table carries
 its exact value in a ``data-value`` attribute, so tests (and scripts) can check the page
-against ``results.json``.
+against ``results.json``. A long run's per-round table is summarised (see
+:func:`summary_rounds`) with every round in a collapsed ``<details>``; a column with no
+value in any round (train loss under DP) is left out; bytes are shown as figures per round,
+in total and per organisation, with a chart only when rounds differ in size.
 
 Fields read from ``results.json`` (all optional; anything missing or of the wrong type is
 skipped, never an error)::
@@ -16,7 +19,8 @@ skipped, never an error)::
           skipped_rows, tabular_standardization: "identity"|"public"|"per-client",
           clients: [{client, records, per_modality: {m: n}, labels: [n per class]}]}
     rounds[]: {round, clients (number or list), accuracy, macro_f1, loss, train_loss,
-               bytes_up, bytes_down, wall_s, epsilon: {total, <modality>: ...}}
+               bytes_up, bytes_down, bytes_per_client: {<organisation>: {up, down}},
+               wall_s, epsilon: {total, <modality>: ...}}
     final.{accuracy, macro_f1, loss, per_modality_accuracy: {<m>..., fused},
            missing_modality_accuracy: {"image+text": acc, ...}}
     privacy.{mode ("none" = off), unit: "example"|"client", delta, accountant,
@@ -39,6 +43,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -61,7 +66,7 @@ from umbra.report.statement import (
     summarize_ledger,
 )
 
-__all__ = ["REPORT_FILE", "build_report", "render_report"]
+__all__ = ["REPORT_FILE", "build_report", "render_report", "summary_rounds"]
 
 REPORT_FILE = "report.html"
 RESULTS_FILE = "results.json"
@@ -207,22 +212,30 @@ FULL_TABLE_ROUNDS = 20
 SUMMARY_EVERY = 10
 
 
-def summary_rounds(rounds: Sequence[Mapping[str, Any]]) -> list[int]:
-    """Indices into ``rounds`` of the rows of the per-round summary table.
+def summary_rounds(rounds: Sequence[Mapping[str, Any]]) -> tuple[list[int], str]:
+    """Indices into ``rounds`` of the rows of the per-round summary table, and which they are.
 
-    Every round when there are at most :data:`FULL_TABLE_ROUNDS`; else the evaluated rounds
-    (those with an accuracy) when only some are, or every :data:`SUMMARY_EVERY`-th round;
-    the last round always.
+    Every round when there are at most :data:`FULL_TABLE_ROUNDS`. Else, when only some
+    rounds were evaluated (have an accuracy), the evaluated rounds, thinned to about one in
+    :data:`SUMMARY_EVERY` rounds when evaluations are denser than that; when every round
+    (or none) was evaluated, every :data:`SUMMARY_EVERY`-th round. The last round always.
     """
     n = len(rounds)
     if n <= FULL_TABLE_ROUNDS:
-        return list(range(n))
+        return list(range(n)), "every round"
     evaluated = [i for i, r in enumerate(rounds) if is_number(r.get("accuracy"))]
     if 0 < len(evaluated) < n:
-        keep = evaluated
+        step = math.ceil(len(evaluated) * SUMMARY_EVERY / n)
+        keep = evaluated[step - 1 :: step]
+        which = "the evaluated rounds" if step == 1 else f"every {_nth(step)} evaluated round"
     else:
         keep = [i for i, x in enumerate(_xs(rounds)) if x % SUMMARY_EVERY == 0]
-    return sorted(set(keep) | {n - 1})
+        which = f"every {_nth(SUMMARY_EVERY)} round"
+    return sorted(set(keep) | {n - 1}), which
+
+
+def _nth(k: int) -> str:
+    return f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
 
 
 def _no_train_loss(results: Mapping[str, Any]) -> str:
@@ -269,16 +282,12 @@ def _training(results: Mapping[str, Any]) -> str:
         r.get("train_loss") is not None for r in rounds
     ):
         body += _no_train_loss(results)
-    keep = summary_rounds(rounds)
+    keep, which = summary_rounds(rounds)
     if len(keep) == len(rounds):
         body += _table("rounds", header, rows)
     else:
-        evaluated = sum(1 for r in rounds if is_number(r.get("accuracy")))
-        which = (
-            "evaluated rounds" if 0 < evaluated < len(rounds) else f"every {SUMMARY_EVERY}th round"
-        )
         body += (
-            f"<p>{len(keep)} of {len(rounds)} rounds: the {which} and the last. "
+            f"<p>{len(keep)} of {len(rounds)} rounds: {which} and the last. "
             "Every round is in the full table below and in results.json.</p>"
             + _table("rounds", header, [rows[i] for i in keep])
             + f"<details><summary>all {len(rounds)} rounds</summary>"
