@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import gzip
 import json
 import shutil
 import subprocess
@@ -18,9 +19,13 @@ from matplotlib.figure import Figure
 from umbra.errors import DataError
 from umbra.privacy.ledger import PrivacyLedger, Release, replay
 from umbra.report import plots, privacy_statement, render_report, summarize_ledger
+from umbra.report.html import summary_rounds
 from umbra.report.statement import audit_metrics, fmt_delta, fmt_eps
 
 CHROMIUM = Path("/usr/bin/chromium")
+#: results.json files written by real runs: ``make demo`` (240 rounds, example-level DP
+#: with SecAgg+, evaluated every 10th round) and ``umbra run --preset smoke`` (no DP)
+DATA = Path(__file__).parent / "data" / "report"
 VOID = {"meta", "img", "br", "hr", "link", "input", "col", "area", "base", "source", "wbr"}
 ALL_SECTIONS = {
     "summary",
@@ -48,6 +53,9 @@ class Page(HTMLParser):
         self.sections: list[str] = []
         self.tables: dict[str, list[list[tuple[str, Any]]]] = {}
         self.images: list[str] = []
+        self.alts: list[str] = []
+        self.collapsed: dict[str, bool] = {}  # table -> inside a closed <details>
+        self._details_open: list[bool] = []
         self.text: dict[str, str] = {}
         self._table: str | None = None
         self._cell: list[str] | None = None
@@ -69,12 +77,16 @@ class Page(HTMLParser):
             self._table = a.get("data-table")
             assert self._table is not None
             self.tables[self._table] = []
+            self.collapsed[self._table] = bool(self._details_open) and not any(self._details_open)
+        elif tag == "details":
+            self._details_open.append("open" in a)
         elif tag == "tr" and self._table is not None:
             self.tables[self._table].append([])
         elif tag in ("td", "th"):
             self._cell, self._value = [], a.get("data-value")
         elif tag == "img":
             self.images.append(a.get("src") or "")
+            self.alts.append(a.get("alt") or "")
 
     def handle_endtag(self, tag: str) -> None:
         if not self.stack or self.stack[-1] != tag:
@@ -87,6 +99,8 @@ class Page(HTMLParser):
             self._cell = None
         elif tag == "table":
             self._table = None
+        elif tag == "details" and self._details_open:
+            self._details_open.pop()
         elif tag == "section":
             self._section = None
 
@@ -276,11 +290,8 @@ def test_full_report_numbers_equal_results(run: tuple[Path, dict[str, Any]]) -> 
     # The ledger replay shown in the report is the reported ε (both come from the ledger).
     led = {k: v for (k, _), (_, v) in body_rows(page, "ledger_epsilon")}
     assert led == pytest.approx(res["privacy"]["epsilon"], rel=1e-12)
-    totals = {k: v for (k, _), (_, v) in body_rows(page, "bytes")}
-    assert totals == {
-        "bytes up": res["bytes"]["up_total"],
-        "bytes down": res["bytes"]["down_total"],
-    }
+    totals = [r[-1][1] for r in body_rows(page, "bytes")]
+    assert totals == [res["bytes"]["up_total"], res["bytes"]["down_total"]]
     ledger_rows = {k: v for (k, _), (_, v) in body_rows(page, "ledger")}
     assert ledger_rows["releases"] == 9 and ledger_rows["parties"] == 3
     groups = {r[0][0]: r[2][1] for r in body_rows(page, "ledger_groups")}
@@ -297,7 +308,7 @@ def test_full_report_numbers_equal_results(run: tuple[Path, dict[str, Any]]) -> 
         sum(1 for n in c["labels"] if n > 0) for c in res["data"]["clients"]
     ]
     # Self-contained: every image is an embedded PNG, nothing is fetched from elsewhere.
-    assert len(page.images) >= 6
+    assert len(page.images) >= 5
     for src in page.images:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -506,3 +517,134 @@ def test_chromium_renders_screenshot(run: tuple[Path, dict[str, Any]]) -> None:
         assert img.size == (1000, 3000)
         assert len(set(img.convert("L").getdata())) > 16  # text and plots, not a blank page
     assert shutil.which(str(CHROMIUM))
+
+
+# --------------------------------------------------------------------------- real runs
+
+
+def real_results(name: str) -> dict[str, Any]:
+    path = DATA / name
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    results = json.loads(raw)
+    assert isinstance(results, dict)
+    return results
+
+
+def as_dicts(page: Page, name: str) -> list[dict[str, Any]]:
+    header = [h for h, _ in page.tables[name][0]]
+    return [dict(zip(header, (v for _, v in row), strict=True)) for row in body_rows(page, name)]
+
+
+def round_row(r: dict[str, Any]) -> dict[str, Any]:
+    """The per-round table row the page must show for round ``r`` of results.json."""
+    want = {
+        "round": r["round"],
+        "clients": r["clients"],
+        "accuracy": r.get("accuracy"),
+        "macro-F1": r.get("macro_f1"),
+        "test loss": r.get("loss"),
+        "bytes up": r["bytes_up"],
+        "bytes down": r["bytes_down"],
+        "wall (s)": r["wall_s"],
+    }
+    if "epsilon" in r:
+        want["ε total"] = r["epsilon"]["total"]
+    if r.get("train_loss") is not None:
+        want["train loss"] = r["train_loss"]
+    return want
+
+
+def check_bytes(page: Page, res: dict[str, Any]) -> None:
+    """The byte figures equal sums and means computed here from results.json."""
+    rounds = res["rounds"]
+    got = as_dicts(page, "bytes")
+    for row, key, total in zip(
+        got, ("bytes_up", "bytes_down"), ("up_total", "down_total"), strict=True
+    ):
+        per = [r[key] for r in rounds]
+        assert row["per round (mean)"] == pytest.approx(sum(per) / len(per), rel=1e-12)
+        assert row["least in a round"] == min(per) and row["most in a round"] == max(per)
+        assert row["total"] == res["bytes"][total] == sum(per)
+    clients = as_dicts(page, "bytes_per_client")
+    names = list(rounds[0]["bytes_per_client"])
+    assert [r[0][0] for r in body_rows(page, "bytes_per_client")] == names
+    for c, name in zip(clients, names, strict=True):
+        ups = [r["bytes_per_client"][name]["up"] for r in rounds]
+        downs = [r["bytes_per_client"][name]["down"] for r in rounds]
+        assert c["rounds"] == len(rounds)
+        assert c["up in total"] == sum(ups) and c["down in total"] == sum(downs)
+        assert c["up per round"] == pytest.approx(sum(ups) / len(ups), rel=1e-12)
+        assert c["down per round"] == pytest.approx(sum(downs) / len(downs), rel=1e-12)
+    # the organisations' figures add up to the run's
+    assert sum(c["up in total"] for c in clients) == res["bytes"]["up_total"]
+
+
+@pytest.mark.usefixtures("fast_plots")
+def test_long_dp_run_shows_a_summary_and_collapses_the_full_table(tmp_path: Path) -> None:
+    res = real_results("demo_results.json.gz")
+    rounds = res["rounds"]
+    assert len(rounds) == 240 and res["privacy"]["mode"] != "none"
+    assert all(r["train_loss"] is None for r in rounds)  # not sent to the server under DP
+    text, page = render(tmp_path, res, verify=False)
+
+    evaluated = [r for r in rounds if r.get("accuracy") is not None]
+    assert [r["round"] for r in evaluated] == list(range(10, 241, 10))
+    summary = as_dicts(page, "rounds")
+    assert summary == [round_row(r) for r in evaluated]  # round 240 is evaluated: the last
+    assert not page.collapsed["rounds"]
+    assert as_dicts(page, "rounds_all") == [round_row(r) for r in rounds]
+    assert page.collapsed["rounds_all"]  # in a <details> that starts closed
+    assert "all 240 rounds" in page.text["training"]
+    assert "24 of 240 rounds: the evaluated rounds and the last." in page.text["training"]
+
+    for name in ("rounds", "rounds_all"):
+        assert "train loss" not in [h for h, _ in page.tables[name][0]]
+    assert "No training loss: under differential privacy" in page.text["training"]
+    assert "not sent to the server" in page.text["training"]
+
+    # 240 rounds of near-identical size: figures, not a chart of identical bars
+    assert "bytes per round" not in page.alts
+    check_bytes(page, res)
+    assert "http://" not in text and "https://" not in text
+    assert all(src.startswith("data:image/png;base64,") for src in page.images)
+
+
+@pytest.mark.usefixtures("fast_plots")
+def test_short_run_without_dp_shows_every_round_and_train_loss(tmp_path: Path) -> None:
+    res = real_results("smoke_results.json")
+    rounds = res["rounds"]
+    assert len(rounds) == 3 and res["privacy"]["mode"] == "none"
+    text, page = render(tmp_path, res)
+    assert as_dicts(page, "rounds") == [round_row(r) for r in rounds]
+    assert [r["train loss"] for r in as_dicts(page, "rounds")] == [r["train_loss"] for r in rounds]
+    assert "rounds_all" not in page.tables and "<details><summary>all" not in text
+    assert "No training loss" not in page.text["training"]
+    check_bytes(page, res)
+
+
+@pytest.mark.usefixtures("fast_plots")
+def test_bytes_chart_only_when_rounds_differ(tmp_path: Path) -> None:
+    res = real_results("smoke_results.json")
+    _, page = render(tmp_path, res)
+    assert "bytes per round" not in page.alts
+    # a round that moves twice as much (e.g. a key exchange): now a chart is worth it
+    res["rounds"][0]["bytes_up"] *= 2
+    _, page = render(tmp_path, res)
+    assert "bytes per round" in page.alts
+
+
+def test_summary_rounds() -> None:
+    def rows(rounds: list[dict[str, Any]]) -> tuple[list[int], str]:
+        keep, which = summary_rounds(rounds)
+        return [rounds[i]["round"] for i in keep], which
+
+    every = [{"round": i, "accuracy": 0.5} for i in range(1, 36)]
+    assert rows(every) == ([10, 20, 30, 35], "every 10th round")
+    sparse = [{"round": i, **({"accuracy": 0.5} if i % 10 == 0 else {})} for i in range(1, 46)]
+    assert rows(sparse) == ([10, 20, 30, 40, 45], "the evaluated rounds")
+    # evaluated every 3rd of 240 rounds: 80 evaluations, every 4th kept (one per 12 rounds)
+    dense = [{"round": i, **({"accuracy": 0.5} if i % 3 == 0 else {})} for i in range(1, 241)]
+    assert rows(dense) == (list(range(12, 241, 12)), "every 4th evaluated round")
+    short = [{"round": i} for i in range(1, 21)]
+    assert summary_rounds(short) == (list(range(20)), "every round")
+    assert summary_rounds([]) == ([], "every round")

@@ -4,7 +4,10 @@ The page has no external asset: CSS is inline and plots are base64 PNGs drawn wi
 matplotlib's Agg renderer. Every string from the results is escaped (``html.escape``).
 Each section appears only when its data is present; every number shown in a table carries
 its exact value in a ``data-value`` attribute, so tests (and scripts) can check the page
-against ``results.json``.
+against ``results.json``. A long run's per-round table is summarised (see
+:func:`summary_rounds`) with every round in a collapsed ``<details>``; a column with no
+value in any round (train loss under DP) is left out; bytes are shown as figures per round,
+in total and per organisation, with a chart only when rounds differ in size.
 
 Fields read from ``results.json`` (all optional; anything missing or of the wrong type is
 skipped, never an error)::
@@ -16,7 +19,8 @@ skipped, never an error)::
           skipped_rows, tabular_standardization: "identity"|"public"|"per-client",
           clients: [{client, records, per_modality: {m: n}, labels: [n per class]}]}
     rounds[]: {round, clients (number or list), accuracy, macro_f1, loss, train_loss,
-               bytes_up, bytes_down, wall_s, epsilon: {total, <modality>: ...}}
+               bytes_up, bytes_down, bytes_per_client: {<organisation>: {up, down}},
+               wall_s, epsilon: {total, <modality>: ...}}
     final.{accuracy, macro_f1, loss, per_modality_accuracy: {<m>..., fused},
            missing_modality_accuracy: {"image+text": acc, ...}}
     privacy.{mode ("none" = off), unit: "example"|"client", delta, accountant,
@@ -39,10 +43,11 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from umbra.errors import DataError
 from umbra.report import plots
@@ -61,7 +66,7 @@ from umbra.report.statement import (
     summarize_ledger,
 )
 
-__all__ = ["REPORT_FILE", "build_report", "render_report"]
+__all__ = ["REPORT_FILE", "build_report", "render_report", "summary_rounds"]
 
 REPORT_FILE = "report.html"
 RESULTS_FILE = "results.json"
@@ -101,7 +106,16 @@ def _img(png: bytes | None, alt: str) -> str:
     return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
 
 
+class Shown(NamedTuple):
+    """A table cell shown as ``text`` whose exact number is ``value`` (e.g. bytes as MB)."""
+
+    text: str
+    value: float
+
+
 def _cell(v: Any) -> str:
+    if isinstance(v, Shown):
+        return f'<td class="n" data-value="{_e(json.dumps(v.value))}">{_e(v.text)}</td>'
     if is_number(v):
         return f'<td class="n" data-value="{_e(json.dumps(v))}">{_e(fmt_num(v))}</td>'
     return f"<td>{_e('' if v is None else v)}</td>"
@@ -192,13 +206,55 @@ _ROUND_COLUMNS = (
 )
 
 
+#: rounds in the per-round table up to which it is shown whole, with no summary
+FULL_TABLE_ROUNDS = 20
+#: without per-round evaluations the summary shows every this many rounds (and the last)
+SUMMARY_EVERY = 10
+
+
+def summary_rounds(rounds: Sequence[Mapping[str, Any]]) -> tuple[list[int], str]:
+    """Indices into ``rounds`` of the rows of the per-round summary table, and which they are.
+
+    Every round when there are at most :data:`FULL_TABLE_ROUNDS`. Else, when only some
+    rounds were evaluated (have an accuracy), the evaluated rounds, thinned to about one in
+    :data:`SUMMARY_EVERY` rounds when evaluations are denser than that; when every round
+    (or none) was evaluated, every :data:`SUMMARY_EVERY`-th round. The last round always.
+    """
+    n = len(rounds)
+    if n <= FULL_TABLE_ROUNDS:
+        return list(range(n)), "every round"
+    evaluated = [i for i, r in enumerate(rounds) if is_number(r.get("accuracy"))]
+    if 0 < len(evaluated) < n:
+        step = math.ceil(len(evaluated) * SUMMARY_EVERY / n)
+        keep = evaluated[step - 1 :: step]
+        which = "the evaluated rounds" if step == 1 else f"every {_nth(step)} evaluated round"
+    else:
+        keep = [i for i, x in enumerate(_xs(rounds)) if x % SUMMARY_EVERY == 0]
+        which = f"every {_nth(SUMMARY_EVERY)} round"
+    return sorted(set(keep) | {n - 1}), which
+
+
+def _nth(k: int) -> str:
+    return f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
+
+
+def _no_train_loss(results: Mapping[str, Any]) -> str:
+    if privacy_on(results):
+        return (
+            "<p>No training loss: under differential privacy it is computed on the "
+            "organisations' private records and is not sent to the server.</p>"
+        )
+    return "<p>No round reported a training loss.</p>"
+
+
 def _training(results: Mapping[str, Any]) -> str:
     rounds = _rounds(results)
     if not rounds:
         return ""
     xs = _xs(rounds)
-    acc = {k: _col(rounds, k) for k in ("accuracy", "macro_f1") if any(_col(rounds, k))}
-    loss = {k: _col(rounds, k) for k in ("loss", "train_loss") if any(_col(rounds, k))}
+    names = dict(_ROUND_COLUMNS)
+    acc = {names[k]: _col(rounds, k) for k in ("accuracy", "macro_f1") if any(_col(rounds, k))}
+    loss = {names[k]: _col(rounds, k) for k in ("loss", "train_loss") if any(_col(rounds, k))}
     png = plots.line_chart(
         xs,
         acc,
@@ -208,7 +264,8 @@ def _training(results: Mapping[str, Any]) -> str:
         right=loss,
         right_label="loss",
     )
-    cols = [(k, h) for k, h in _ROUND_COLUMNS if any(k in r for r in rounds)]
+    # a column whose every value is null (train loss under DP) says nothing: leave it out
+    cols = [(k, h) for k, h in _ROUND_COLUMNS if any(r.get(k) is not None for r in rounds)]
     has_eps = any(isinstance(r.get("epsilon"), Mapping) for r in rounds)
     rows = []
     for r in rounds:
@@ -220,7 +277,23 @@ def _training(results: Mapping[str, Any]) -> str:
             row.append(get_in(r, "epsilon", "total"))
         rows.append(row)
     header = [h for _, h in cols] + (["ε total"] if has_eps else [])
-    body = _img(png, "accuracy and loss per round") + _table("rounds", header, rows)
+    body = _img(png, "accuracy and loss per round")
+    if any("train_loss" in r for r in rounds) and not any(
+        r.get("train_loss") is not None for r in rounds
+    ):
+        body += _no_train_loss(results)
+    keep, which = summary_rounds(rounds)
+    if len(keep) == len(rounds):
+        body += _table("rounds", header, rows)
+    else:
+        body += (
+            f"<p>{len(keep)} of {len(rounds)} rounds: {which} and the last. "
+            "Every round is in the full table below and in results.json.</p>"
+            + _table("rounds", header, [rows[i] for i in keep])
+            + f"<details><summary>all {len(rounds)} rounds</summary>"
+            + _table("rounds_all", header, rows)
+            + "</details>"
+        )
     return _section("training", "Training: accuracy and loss per round", body)
 
 
@@ -260,28 +333,88 @@ def _missing(results: Mapping[str, Any]) -> str:
     return _section("missing", "Accuracy with missing modalities", body)
 
 
+#: per-round byte counts whose spread (max − min) / max is below this are "the same":
+#: the page gives a per-round figure instead of a chart of near-identical bars
+BYTES_SPREAD = 0.05
+
+
+def _spread(values: Sequence[float]) -> float:
+    return (max(values) - min(values)) / max(values) if values and max(values) > 0 else 0.0
+
+
+def _per_client_bytes(rounds: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+    """Rows (organisation, rounds, up/down per round, up/down total) from ``bytes_per_client``."""
+    acc: dict[str, list[float]] = {}
+    for r in rounds:
+        per = r.get("bytes_per_client")
+        if not isinstance(per, Mapping):
+            continue
+        for client, b in per.items():
+            if not isinstance(b, Mapping):
+                continue
+            up, down = b.get("up"), b.get("down")
+            tot = acc.setdefault(str(client), [0, 0.0, 0.0])
+            tot[0] += 1
+            tot[1] += up if is_number(up) else 0
+            tot[2] += down if is_number(down) else 0
+    return [
+        [c, int(n), Shown(fmt_bytes(u / n), u / n), Shown(fmt_bytes(d / n), d / n),
+         Shown(fmt_bytes(u), u), Shown(fmt_bytes(d), d)]
+        for c, (n, u, d) in acc.items()
+    ]  # fmt: skip
+
+
 def _communication(results: Mapping[str, Any]) -> str:
     rounds = _rounds(results)
     up, down = _col(rounds, "bytes_up"), _col(rounds, "bytes_down")
-    if not rounds or not (any(v is not None for v in up) or any(v is not None for v in down)):
+    ups = [v for v in up if v is not None]
+    downs = [v for v in down if v is not None]
+    if not rounds or not (ups or downs):
         return ""
-    stacks = {
-        "up (clients → server)": [(v or 0.0) / 1e6 for v in up],
-        "down (server → clients)": [(v or 0.0) / 1e6 for v in down],
-    }
-    png = plots.stacked_bars(
-        _xs(rounds),
-        stacks,
-        xlabel="round",
-        ylabel="MB",
-        title="Bytes per round (serialized messages, all clients)",
+    body = ""
+    if max(_spread(ups), _spread(downs)) >= BYTES_SPREAD:
+        stacks = {
+            "up (clients → server)": [(v or 0.0) / 1e6 for v in up],
+            "down (server → clients)": [(v or 0.0) / 1e6 for v in down],
+        }
+        png = plots.stacked_bars(
+            _xs(rounds),
+            stacks,
+            xlabel="round",
+            ylabel="MB",
+            title="Bytes per round (serialized messages, all clients)",
+        )
+        body += _img(png, "bytes per round")
+    else:
+        body += (
+            "<p>Serialized messages, all organisations together; every round moved "
+            "about the same amount, so the page gives the figures rather than a chart.</p>"
+        )
+    rows: list[list[Any]] = []
+    for name, key, per in (("up", "up_total", ups), ("down", "down_total", downs)):
+        total = get_in(results, "bytes", key)
+        total = total if is_number(total) else sum(per) if per else None
+        if total is None:
+            continue
+        mean = sum(per) / len(per) if per else None
+        rows.append([
+            f"{name} ({'organisations → server' if name == 'up' else 'server → organisations'})",
+            Shown(fmt_bytes(mean), mean) if mean is not None else None,
+            Shown(fmt_bytes(min(per)), min(per)) if per else None,
+            Shown(fmt_bytes(max(per)), max(per)) if per else None,
+            Shown(fmt_bytes(total), total),
+        ])  # fmt: skip
+    body += _table(
+        "bytes", ["bytes", "per round (mean)", "least in a round", "most in a round", "total"], rows
     )
-    tot_up = get_in(results, "bytes", "up_total")
-    tot_down = get_in(results, "bytes", "down_total")
-    rows = [[k, v] for k, v in (("bytes up", tot_up), ("bytes down", tot_down)) if is_number(v)]
-    body = _img(png, "bytes per round") + (
-        _table("bytes", ["total", "bytes"], rows) if rows else ""
-    )
+    per_client = _per_client_bytes(rounds)
+    if per_client:
+        body += "<h3>Per organisation</h3>" + _table(
+            "bytes_per_client",
+            ["organisation", "rounds", "up per round", "down per round", "up in total",
+             "down in total"],
+            per_client,
+        )  # fmt: skip
     return _section("communication", "Communication", body)
 
 

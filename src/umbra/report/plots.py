@@ -36,6 +36,12 @@ def png_bytes(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+def _present(x: Sequence[float], ys: Sequence[float | None]) -> tuple[list[float], list[float]]:
+    """The points of a series that have a value."""
+    pts = [(a, b) for a, b in zip(x, ys, strict=True) if b is not None]
+    return [a for a, _ in pts], [b for _, b in pts]
+
+
 def line_chart(
     x: Sequence[float],
     series: Mapping[str, Sequence[float | None]],
@@ -46,14 +52,18 @@ def line_chart(
     right: Mapping[str, Sequence[float | None]] | None = None,
     right_label: str = "",
 ) -> bytes | None:
-    """One line per series over ``x`` (None values are gaps); optional right-axis series."""
+    """One line per series over ``x``; optional right-axis series.
+
+    A None value is a round without that value (e.g. not evaluated): the line joins the
+    points on either side of it, so series measured every few rounds still read as curves.
+    """
     if not x or not any(any(v is not None for v in s) for s in series.values()):
         return None
     fig = Figure(figsize=_SIZE)
     ax = fig.add_subplot(1, 1, 1)
     ax.grid(True, alpha=0.3)
     for name, ys in series.items():
-        ax.plot(x, [float("nan") if v is None else v for v in ys], marker="o", ms=3, label=name)
+        ax.plot(*_present(x, ys), marker="o", ms=3, label=name)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -63,8 +73,7 @@ def line_chart(
         ax2 = ax.twinx()
         for k, (name, ys) in enumerate(right.items()):
             ax2.plot(
-                x,
-                [float("nan") if v is None else v for v in ys],
+                *_present(x, ys),
                 ls="--",
                 marker="s",
                 ms=3,
@@ -74,7 +83,11 @@ def line_chart(
         ax2.set_ylabel(right_label)
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
-    ax.legend(handles, labels, loc="best", fontsize="small")
+    if right:  # "best" sees only the left axis' lines: put the legend under the plot
+        fig.set_layout_engine("constrained")
+        fig.legend(handles, labels, loc="outside lower center", ncols=4, fontsize="small")
+    else:
+        ax.legend(handles, labels, loc="best", fontsize="small")
     return png_bytes(fig)
 
 
