@@ -78,8 +78,10 @@ def check_rendered(rgb: np.ndarray) -> None:
     assert title.any(axis=1).sum() >= 10, "no title text rows in the top band"
     body = differs[TITLE_ROWS:]
     assert body.any(axis=1).sum() >= 100, "almost no content below the title"
+    # The two plots put ~70k strongly coloured pixels on the page; without them only the
+    # headings' blue rules remain (~7k).
     chroma = rgb.max(axis=-1) - rgb.min(axis=-1)  # (H, W): 0 for greys
-    assert (chroma > 80).sum() >= 200, "no coloured pixels: the plots did not render"
+    assert (chroma > 80).sum() >= 20_000, "few coloured pixels: the plots did not render"
 
 
 def test_chromium_renders_the_report(tmp_path: Path) -> None:
@@ -94,20 +96,23 @@ def test_chromium_renders_the_report(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "html",
+    ("old", "new"),
     [
-        "<!DOCTYPE html><html><body></body></html>",
-        # the report's own markup, hidden: parses, lays out nothing
-        None,
+        (None, "<!DOCTYPE html><html><body></body></html>"),  # a blank page
+        ("<body>", '<body style="display:none">'),  # the report's markup, laid out as nothing
+        ("base64,", "base64,AAAA"),  # the report with its plots undecodable
     ],
-    ids=["blank", "hidden-report"],
+    ids=["blank", "hidden-report", "broken-plots"],
 )
-def test_check_rejects_a_page_without_the_report(tmp_path: Path, html: str | None) -> None:
-    """The pixel checks above fail on pages that show nothing (so they can catch a blank render)."""
-    if html is None:
+def test_check_rejects_a_page_without_the_report(tmp_path: Path, old: str | None, new: str) -> None:
+    """The pixel checks above fail on pages that do not show the report and its plots."""
+    if old is None:
+        html = new
+    else:
         (tmp_path / "results.json").write_text(json.dumps(_results()))
         text = render_report(tmp_path).read_text(encoding="utf-8")
-        html = text.replace("<body>", '<body style="display:none">', 1)
+        assert old in text
+        html = text.replace(old, new)
     page = tmp_path / "page.html"
     page.write_text(html, encoding="utf-8")
     shot = tmp_path / "blank.png"
