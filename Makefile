@@ -4,7 +4,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PKGS := dataset-fashion-mnist espeak-ng libsndfile1
+# chromium: headless browser for the report screenshot test (tests/test_report_browser.py)
+APT_PKGS := dataset-fashion-mnist espeak-ng libsndfile1 chromium
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 

@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
+import typer.main
 
+from umbra.cli import app
 from umbra.config import load_config
 from umbra.federation.checkpoint import save_checkpoint
 
@@ -91,7 +94,31 @@ def test_out_folder_holding_a_run_is_not_overwritten(tmp_path: Path) -> None:
     _assert_user_error(_run("run", "--preset", "smoke", "--out", str(run)), "--resume")
 
 
-def test_help_lists_commands() -> None:
-    proc = _run("--help")
-    assert proc.returncode == 0
-    assert "run" in proc.stdout
+def _registered(group: click.Group) -> dict[str, str]:
+    """Command name -> the first paragraph of the help typer registered for it."""
+    return {n: " ".join((c.help or "").split("\n\n")[0].split()) for n, c in group.commands.items()}
+
+
+def _listed(help_text: str) -> tuple[list[str], str]:
+    """The command names in the Commands panel of ``--help``, and the panel as one line."""
+    panel = help_text.split("Commands")[1].split("╰")[0]
+    names = [ln[2:].split()[0] for ln in panel.splitlines() if ln.startswith("│ ") and ln[2] != " "]
+    return names, " ".join(panel.replace("│", " ").split())
+
+
+@pytest.mark.parametrize("sub", [(), ("privacy",), ("data",)], ids=["umbra", "privacy", "data"])
+def test_help_lists_every_command_with_its_help(sub: tuple[str, ...]) -> None:
+    group = typer.main.get_command(app)
+    for name in sub:
+        group = group.commands[name]  # type: ignore[attr-defined]
+    assert isinstance(group, click.Group)
+    want = _registered(group)
+    assert want and all(want.values())  # every command has a one-line help
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "100", "NO_COLOR": "1"}
+    proc = subprocess.run([*UMBRA, *sub, "--help"], capture_output=True, text=True, timeout=120,
+                          env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    names, panel = _listed(proc.stdout)
+    assert sorted(names) == sorted(want)
+    for name, line in want.items():
+        assert f"{name} {line}" in panel, (name, line)

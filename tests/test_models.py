@@ -134,11 +134,57 @@ def test_spectral_stats_encoder_matches_numpy_and_ignores_time_shift() -> None:
     assert ModelSpec.from_dict(old).encoders == {}
 
 
-def test_default_model_size() -> None:
-    spec = ModelSpec({"image": (1, 28, 28), "audio": (1, 32, 32), "text": (384,)}, num_classes=10)
+def _linear(n_in: int, n_out: int) -> int:
+    return n_in * n_out + n_out
+
+
+def expected_parameters(spec: ModelSpec) -> int:
+    """Trainable scalars of ``MultimodalNet(spec)``, from the documented layer shapes alone."""
+    h, e = spec.hidden, spec.embed_dim
+    total = 0
+    for m, shape in spec.input_shapes.items():
+        kind = spec.encoders.get(m, m)
+        if kind in ("image", "audio"):  # conv3x3 1->16, GroupNorm, conv3x3 16->32, GroupNorm,
+            c = shape[0] if len(shape) == 3 else 1  # pooled to 4x4, Linear(32*16, h)
+            total += (9 * c * 16 + 16) + 2 * 16 + (9 * 16 * 32 + 32) + 2 * 32 + _linear(512, h)
+        elif kind == "scattering":  # GroupNorm over C channels, Linear(C*H*W, h)
+            total += 2 * shape[0] + _linear(int(np.prod(shape)), h)
+        elif kind == "spectral-stats":  # mean and std per band: LayerNorm(2F), Linear(2F, h)
+            bands = 2 * int(np.prod(shape[:-1]))
+            total += 2 * bands + _linear(bands, h)
+        elif kind == "text":  # LayerNorm(D), Linear(D, h), Linear(h, h)
+            total += 2 * shape[0] + _linear(shape[0], h) + _linear(h, h)
+        elif kind == "tabular":  # Linear(D, h), Linear(h, h)
+            total += _linear(shape[0], h) + _linear(h, h)
+        else:
+            raise AssertionError(f"no reference count for encoder {kind!r}")
+        total += _linear(h, e)  # projection into the shared space
+    return total + _linear(e, e) + _linear(e, spec.num_classes)  # head
+
+
+# The sizes README.md states: 237k (hidden 128, conv encoders), 148k (scattering image head,
+# spectral-stats audio); exact values from the formula above, checked by hand.
+PRESET_PARAMETERS = {"smoke": 237_258, "default": 148_108, "baseline": 148_108}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESET_PARAMETERS))
+def test_preset_model_size(preset: str) -> None:
+    from umbra.config import load_config
+    from umbra.experiment import _model_spec, prepare_data
+
+    cfg = load_config(preset)
+    spec = ModelSpec.from_dict(_model_spec(cfg, prepare_data(cfg).train))  # as `umbra run` does
     model = MultimodalNet(spec)
-    assert 150_000 <= num_parameters(model) <= 300_000
+    assert num_parameters(model) == expected_parameters(spec) == PRESET_PARAMETERS[preset]
+    assert num_parameters(model) == sum(p.numel() for p in model.parameters())  # all trainable
     assert not any(isinstance(mod, nn.modules.batchnorm._BatchNorm) for mod in model.modules())
+
+
+def test_expected_parameters_covers_every_encoder() -> None:
+    for kw in ({}, {"encoders": {"image": "scattering", "audio": "spectral-stats"}}):
+        spec = ModelSpec({**SHAPES, "image": (3, 9, 6)}, num_classes=4, hidden=5, embed_dim=3,
+                         **kw)  # type: ignore[arg-type]  # fmt: skip
+        assert num_parameters(MultimodalNet(spec)) == expected_parameters(spec)
 
 
 # ---------------------------------------------------------------- masked fusion
