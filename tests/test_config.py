@@ -120,3 +120,42 @@ def test_distributed_noise_needs_secure_aggregation(overrides: list[str], messag
         load_config("smoke", overrides=overrides)
     assert "privacy.noise" in str(info.value) and "\n" not in str(info.value)
     load_config("smoke", overrides=[*overrides[:2], "secure.aggregation=ckks"])  # accepted
+
+
+@pytest.mark.parametrize("preset", ["smoke", "default", "baseline"])
+def test_manifest_override_selects_the_manifest(preset: str) -> None:
+    """Every preset names fmnist-avt; a --set manifest still makes the manifest the data."""
+    assert load_config(preset).data.source == "fmnist-avt"
+    cfg = load_config(preset, overrides=["data.manifest=/data/m.csv"])
+    assert (cfg.data.source, cfg.data.manifest) == ("manifest", "/data/m.csv")
+    both = load_config(preset, overrides=["data.source=manifest", "data.manifest=/data/m.csv"])
+    assert both.data == cfg.data
+
+
+@pytest.mark.parametrize("source", ["fmnist-avt", "synthetic"])
+def test_manifest_beside_another_source_is_refused(tmp_path: Path, source: str) -> None:
+    with pytest.raises(ConfigError, match=rf"data.manifest = '/m.csv' conflicts with "
+                       rf"data.source = '{source}'"):  # fmt: skip
+        load_config("smoke", overrides=[f"data.source={source}", "data.manifest=/m.csv"])
+    file = tmp_path / "c.toml"
+    file.write_text(f'[data]\nsource = "{source}"\nmanifest = "/m.csv"\n')
+    with pytest.raises(ConfigError, match="conflicts with"):
+        load_config(file=file)
+
+
+def test_manifest_in_a_config_file_without_source(tmp_path: Path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text('[data]\nmanifest = "/m.csv"\n')
+    assert load_config(file=file).data.source == "manifest"
+    file.write_text("[data]\nn_train = 100\n")
+    assert load_config(file=file).data.source == "fmnist-avt"
+    cfg = load_config(file=file, overrides=["data.manifest=/m.csv"])
+    assert cfg.data.source == "manifest"
+    file.write_text('[data]\nsource = "fmnist-avt"\n')
+    with pytest.raises(ConfigError, match="conflicts with"):
+        load_config(file=file, overrides=["data.manifest=/m.csv"])
+
+
+def test_saved_manifest_config_round_trips() -> None:
+    cfg = load_config("smoke", overrides=["data.manifest=/m.csv"])
+    assert Config.model_validate(cfg.model_dump(mode="json")) == cfg

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -753,3 +756,50 @@ def test_real_text_encoder_parallel_equals_encode() -> None:
         torch.set_num_threads(threads)
     np.testing.assert_allclose(got, one_by_one, atol=1e-5)
     np.testing.assert_allclose(got, together, atol=1e-5)
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(mf.__file__).parents[2])}
+    return subprocess.run([sys.executable, "-m", "umbra.cli", *args], capture_output=True,
+                          text=True, timeout=300, cwd=cwd, env=env)  # fmt: skip
+
+
+def _small_manifest(root: Path) -> tuple[Path, Counter[str]]:
+    """24 image + tabular records over 4 organisations, labelled heron/otter."""
+    (root / "img").mkdir()
+    rows, labels = [], Counter[str]()
+    for i in range(24):
+        label = "heron" if i % 2 else "otter"
+        Image.new("L", (28, 28), 40 + 8 * i).save(root / "img" / f"{i}.png")
+        rows.append([f"r{i}", f"org{i % 4}", label, f"img/{i}.png", str(float(i))])
+        labels[label] += 1
+    return write_csv(root / "m.csv", ["id", "client", "label", "image", "tab:x"], rows), labels
+
+
+def test_cli_manifest_alone_selects_it(tmp_path: Path) -> None:
+    """`--set data.manifest=...` on a preset that names fmnist-avt trains on the manifest."""
+    path, labels = _small_manifest(tmp_path)
+    out = tmp_path / "run"
+    proc = _cli("run", "--preset", "smoke", "--out", str(out), "--set", f"data.manifest={path}",
+                "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "run.progress=false",
+                cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((out / "results.json").read_text())["data"]
+    assert data["source"] == "manifest"
+    assert data["manifest"] == str(path)
+    assert sorted(data["class_names"]) == ["heron", "otter"]
+    assert sorted(data["modalities"]) == ["image", "tabular"]
+    assert data["n_train"] + data["n_test"] == sum(labels.values())
+
+
+@pytest.mark.parametrize("source", ["fmnist-avt", "synthetic"])
+def test_cli_manifest_with_another_source_is_refused(tmp_path: Path, source: str) -> None:
+    path, _ = _small_manifest(tmp_path)
+    proc = _cli("run", "--preset", "smoke", "--out", str(tmp_path / "run"), "--set",
+                f"data.source={source}", "--set", f"data.manifest={path}", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "data.manifest" in lines[0] and f"data.source = '{source}'" in lines[0]
+    assert not (tmp_path / "run" / "results.json").exists()

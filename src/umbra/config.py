@@ -44,7 +44,9 @@ class DataConfig(_Section):
         description="data set: the embedded fmnist-avt, a tiny synthetic one, or a manifest",
     )
     manifest: str | None = Field(
-        None, description="path to a CSV/Parquet manifest (source=manifest)"
+        None,
+        description="path to a CSV/Parquet manifest (docs/data.md); giving one selects "
+        "source = 'manifest' unless data.source is set explicitly",
     )
     on_bad_rows: Literal["error", "skip"] = Field(
         "error", description="manifest rows that fail validation: stop with a report, or skip them"
@@ -89,8 +91,22 @@ class DataConfig(_Section):
         "organisation's own; not under DP: it makes every record depend on the others)",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _manifest_selects_source(cls, data: Any) -> Any:
+        # A manifest without a source means the user's own data: never fall back to the default.
+        if isinstance(data, dict) and data.get("manifest") and "source" not in data:
+            return {**data, "source": "manifest"}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
+        if self.manifest and self.source != "manifest":
+            raise ValueError(
+                f"data.manifest = {self.manifest!r} conflicts with data.source = "
+                f"{self.source!r}: the manifest would be ignored; drop data.source or set it "
+                "to 'manifest'"
+            )
         if isinstance(self.tabular_stats, dict):
             for col, ms in self.tabular_stats.items():
                 if len(ms) != 2 or not ms[1] > 0:
@@ -433,7 +449,12 @@ def load_config(
     file: Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
 ) -> Config:
-    """Resolve a preset (or a TOML file) plus ``--set`` overrides into a validated Config."""
+    """Resolve a preset (or a TOML file) plus ``--set`` overrides into a validated Config.
+
+    A preset's ``data.source`` is a default, not a choice: when the overrides give
+    ``data.manifest`` without ``data.source``, the manifest is the data set. In a config
+    file both are the user's own, so a manifest beside another source is an error.
+    """
     if file is not None:
         try:
             text = Path(file).read_text()
@@ -442,8 +463,19 @@ def load_config(
         raw = _read_toml(text, str(file))
     else:
         raw = preset_dict(preset or "default")
+    given: dict[str, Any] = {}
     for o in overrides:
         apply_override(raw, o)
+        apply_override(given, o)
+    given_data = given.get("data")
+    if (
+        file is None
+        and isinstance(given_data, dict)
+        and given_data.get("manifest")
+        and "source" not in given_data
+        and isinstance(raw.get("data"), dict)
+    ):
+        raw["data"].pop("source", None)
     return validate_config(raw)
 
 
