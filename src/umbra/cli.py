@@ -62,7 +62,9 @@ def _round_line(total: int) -> Any:
 
 def _final_table(results: dict[str, Any]) -> Table:
     final = results["final"]
-    table = Table(title="Test accuracy (held-out Fashion-MNIST t10k records)")
+    source = results.get("config", {}).get("data", {}).get("source")
+    held_out = "Fashion-MNIST t10k records" if source == "fmnist-avt" else f"{source} test records"
+    table = Table(title=f"Test accuracy (held-out {held_out})")
     table.add_column("inputs")
     table.add_column("accuracy", justify="right")
     for m, acc in final["per_modality_accuracy"].items():
