@@ -374,3 +374,22 @@ def test_avt_rejects_bad_arguments() -> None:
         avt.load_fmnist_avt(n_train=10, n_test=10, seed=0, text_uninformative=1.5)
     with pytest.raises(ValueError, match="audio_snr_db"):
         avt.load_fmnist_avt(n_train=10, n_test=10, seed=0, audio_snr_db=(20.0, 0.0))
+
+
+def test_resample_equals_scipy_resample_poly_bit_for_bit() -> None:
+    """The one audio resampler (speech and manifests) designs scipy's default polyphase
+    filter once per rate pair: the output must equal ``resample_poly`` exactly."""
+    import math
+
+    from scipy.signal import resample_poly
+
+    from umbra.data.sources.speech import SAMPLE_RATE, resample
+
+    rng = np.random.default_rng(0)
+    for sr in (8000, 22050, 44100, 48000):
+        wave = rng.normal(size=(3, sr // 4))
+        g = math.gcd(sr, SAMPLE_RATE)
+        ref = resample_poly(wave, SAMPLE_RATE // g, sr // g, axis=-1)
+        assert np.array_equal(resample(wave, sr), ref), sr
+    same = rng.normal(size=100)
+    assert resample(same, SAMPLE_RATE) is same

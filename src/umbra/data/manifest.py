@@ -45,7 +45,6 @@ values as given.
 from __future__ import annotations
 
 import csv
-import functools
 import hashlib
 import io
 import json
@@ -460,22 +459,6 @@ def _image_featurizer(shape: tuple[int, int, int]) -> _Featurizer:
     )
 
 
-@functools.lru_cache(maxsize=32)
-def _polyphase_filter(up: int, down: int) -> np.ndarray:
-    """The FIR filter ``scipy.signal.resample_poly`` designs by default for ``up/down``.
-
-    Passing it as ``window=`` gives bit-identical output (same ``firwin`` call, Kaiser
-    β = 5, half-length 10·max(up, down)); designing it once per rate pair instead of once
-    per file makes resampling 2-5× faster.
-    """
-    from scipy.signal import firwin
-
-    max_rate = max(up, down)
-    h = firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0))
-    h.flags.writeable = False
-    return h
-
-
 def _audio_featurizer() -> _Featurizer:
     """WAV -> mono -> ``speech.SAMPLE_RATE`` (polyphase) -> 2 s window -> batched log-mel.
 
@@ -484,11 +467,11 @@ def _audio_featurizer() -> _Featurizer:
     normalisation), so cached features are recomputed when any of them changes.
     """
     import soundfile  # noqa: F401  (imported here, not first in a worker thread)
-    from scipy.signal import firwin, resample_poly  # noqa: F401
+    from scipy.signal import firwin, resample_poly  # noqa: F401  (loaded before worker threads)
 
     from umbra.data.sources import speech
 
-    rate, length = int(speech.SAMPLE_RATE), int(speech.CLIP_SAMPLES)
+    length = int(speech.CLIP_SAMPLES)
     consts = {
         k: v
         for k, v in vars(speech).items()
@@ -498,10 +481,7 @@ def _audio_featurizer() -> _Featurizer:
     def prepare(raw: bytes) -> np.ndarray:
         wave, sr = decode_audio(raw)
         x = wave.astype(np.float64)
-        if sr != rate:
-            g = math.gcd(sr, rate)
-            up, down = rate // g, sr // g
-            x = resample_poly(x, up, down, window=_polyphase_filter(up, down))
+        x = speech.resample(x, sr)
         out = np.zeros(length, dtype=np.float32)  # zero-padded or cropped to the window
         out[: min(length, len(x))] = x[:length]
         return out

@@ -13,6 +13,7 @@ Features: 8 kHz audio, 2 s window, 64 ms Hann frames every 62.5 ms, 32 mel bands
 
 from __future__ import annotations
 
+import functools
 import math
 import shutil
 import subprocess
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
+from scipy.signal import firwin, resample_poly
 
 from umbra.data.cache import atomic_savez, params_key, resolve_cache_dir
 from umbra.errors import DataError
@@ -45,6 +46,7 @@ __all__ = [
     "log_mel_batch",
     "mel_filterbank",
     "mel_to_hz",
+    "resample",
     "speech_features",
     "synthesize_pool",
 ]
@@ -129,11 +131,28 @@ def _fit_length(waves: np.ndarray, length: int) -> np.ndarray:
     return np.pad(waves, pad)
 
 
-def _resample(wave: np.ndarray, sample_rate: int) -> np.ndarray:
+@functools.lru_cache(maxsize=32)
+def _polyphase_filter(up: int, down: int) -> np.ndarray:
+    """The FIR filter ``scipy.signal.resample_poly`` designs by default for ``up/down``.
+
+    Passing it as ``window=`` gives bit-identical output (same ``firwin`` call, Kaiser
+    β = 5, half-length 10·max(up, down)); designing it once per rate pair instead of once
+    per file makes resampling 2-5× faster.
+    """
+    max_rate = max(up, down)
+    h = firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0))
+    h.flags.writeable = False
+    return h
+
+
+def resample(wave: np.ndarray, sample_rate: int) -> np.ndarray:
+    """``wave`` (last axis: time, at ``sample_rate`` Hz) at ``SAMPLE_RATE`` Hz, polyphase
+    (``scipy.signal.resample_poly`` with its default filter, designed once per rate pair)."""
     if sample_rate == SAMPLE_RATE:
         return wave
     g = math.gcd(int(sample_rate), SAMPLE_RATE)
-    return resample_poly(wave, SAMPLE_RATE // g, int(sample_rate) // g, axis=-1)
+    up, down = SAMPLE_RATE // g, int(sample_rate) // g
+    return resample_poly(wave, up, down, axis=-1, window=_polyphase_filter(up, down))
 
 
 def log_mel_batch(waves: np.ndarray, *, chunk: int = 1024) -> np.ndarray:
@@ -195,7 +214,7 @@ def log_mel(wave: np.ndarray, sample_rate: int) -> np.ndarray:
         x = x.mean(axis=1)
     if x.ndim != 1:
         raise ValueError(f"wave must have shape (L,) or (L, C), got {x.shape}")
-    x = _resample(x, sample_rate)
+    x = resample(x, sample_rate)
     return log_mel_batch(x[None, :])[0]
 
 
@@ -251,7 +270,7 @@ def _synthesize(
     if proc.returncode != 0:
         raise DataError(f"espeak-ng failed for voice {voice!r}: {proc.stderr.strip()}")
     data, rate = sf.read(wav, dtype="float32", always_2d=True)
-    x = _resample(data.mean(axis=1).astype(np.float64), int(rate))
+    x = resample(data.mean(axis=1).astype(np.float64), int(rate))
     voiced = np.flatnonzero(np.abs(x) > 0.02 * max(float(np.abs(x).max()), 1e-9))
     if voiced.size == 0:
         raise DataError(f"espeak-ng produced silence for {text!r} ({voice})")
