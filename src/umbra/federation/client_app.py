@@ -30,8 +30,8 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from umbra.federation.client_data import client_records, load_client_data
+from umbra.federation.common import CONTROL_PREFIX, count_key
 from umbra.federation.records import from_record, to_record
-from umbra.federation.strategies.modality import CONTROL_PREFIX, count_key
 from umbra.federation.train import (
     TrainSettings,
     get_arrays,

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from umbra.data.dataset import MODALITIES
+from umbra.federation.common import CONTROL_PREFIX
 from umbra.privacy.controller import (
     CLIENT_GROUP,
     DP_INTEGER_NOISE,
@@ -72,7 +73,6 @@ __all__ = [
     "payload_template",
 ]
 
-CONTROL_PREFIX = "cv."
 #: Weight groups, in the order of the integer count vectors.
 WEIGHT_GROUPS: tuple[str, ...] = ("num-examples", *(f"n-{m}" for m in MODALITIES))
 #: Training metrics aggregated securely (weighted by num-examples).

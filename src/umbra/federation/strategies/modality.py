@@ -18,6 +18,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
+from umbra.federation.common import CONTROL_PREFIX, NUM_EXAMPLES, PARTITION_ID, count_key
 from umbra.federation.records import to_record
 
 __all__ = [
@@ -27,17 +28,6 @@ __all__ = [
     "modality_weighted_average",
     "strip_prefix",
 ]
-
-#: Keys of SCAFFOLD control variates travel in the same ArrayRecord under this prefix.
-CONTROL_PREFIX = "cv."
-NUM_EXAMPLES = "num-examples"
-PARTITION_ID = "partition-id"
-
-
-def count_key(modality: str) -> str:
-    """MetricRecord key holding a client's number of records with ``modality``."""
-    return f"n-{modality}"
-
 
 def strip_prefix(key: str) -> str:
     return key[len(CONTROL_PREFIX) :] if key.startswith(CONTROL_PREFIX) else key
