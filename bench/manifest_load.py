@@ -9,7 +9,7 @@ the bundled all-MiniLM-L6-v2), plus two tabular columns and some empty cells, th
   including loading the sentence encoder), and
 * a second ``load_manifest`` of the same manifest, from the content-hash cache.
 
-Targets (issue 5): ≤ 60 s first, ≤ 5 s cached, on 2 cores. torch is imported before
+On 2 cores. torch is imported before
 timing (``umbra run`` has it loaded anyway); loading the sentence encoder is timed.
 
 Besides wall-clock seconds, each load's CPU seconds (all threads of this process) and the
