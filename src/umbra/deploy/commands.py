@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -107,19 +108,32 @@ def superlink_argv(*, port: int, tls: SuperLinkTLS | None, node_auth: bool) -> l
     return argv
 
 
+_KEY = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _toml_string(key: str, value: str) -> str:
+    """A TOML string that Flower's ``key=value`` splitter keeps whole: it cuts a quoted
+    value at the next quote of the same kind, escaped or not."""
+    if '"' not in value:
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if "'" not in value and "\n" not in value:
+        return f"'{value}'"  # TOML literal string: no escapes needed
+    raise ValueError(f"config value {key} cannot hold both quote characters")
+
+
 def format_config_pairs(config: Mapping[str, NodeConfigValue]) -> str:
-    """``--node-config`` / ``--run-config`` text: space-separated ``key=value`` pairs, values in TOML syntax
-    (strings quoted, so a path with spaces stays one value)."""
+    """``--node-config`` / ``--run-config`` text: space-separated ``key=value`` pairs, values
+    in TOML syntax (strings quoted, so a path with spaces stays one value)."""
     parts = []
     for key, value in config.items():
-        if not key or any(c.isspace() or c == "=" for c in key):
-            raise ValueError(f"config key {key!r} must be non-empty without spaces or '='")
+        if not _KEY.fullmatch(key):
+            raise ValueError(f"config key {key!r} must use only letters, digits, '_', '-', '.'")
         if isinstance(value, bool):
             text = "true" if value else "false"
         elif isinstance(value, int | float):
             text = repr(value)
         elif isinstance(value, str):
-            text = json.dumps(value)  # a JSON string is a valid TOML basic string
+            text = _toml_string(key, value)
         else:
             raise ValueError(f"config value {key} must be str, int, float or bool")
         parts.append(f"{key}={text}")

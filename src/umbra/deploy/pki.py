@@ -232,8 +232,9 @@ def load_certificate(
     path: Path, *, what: str = "certificate", at: datetime.datetime | None = None
 ) -> x509.Certificate:
     """Read a PEM certificate and check that it is valid at ``at`` (default: now)."""
+    data = _read(path, what)  # outside the try: CertificateError is a ValueError too
     try:
-        cert = x509.load_pem_x509_certificate(_read(path, what))
+        cert = x509.load_pem_x509_certificate(data)
     except ValueError:
         raise CertificateError(f"{what} {path} is not a PEM certificate") from None
     moment = at or datetime.datetime.now(datetime.UTC)
@@ -249,8 +250,9 @@ def load_certificate(
 
 
 def _load_pem_private_key(path: Path, what: str) -> ec.EllipticCurvePrivateKey:
+    data = _read(path, what)
     try:
-        key = serialization.load_pem_private_key(_read(path, what), password=None)
+        key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
         raise CertificateError(f"{what} {path} is not an unencrypted PEM private key") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
@@ -260,8 +262,9 @@ def _load_pem_private_key(path: Path, what: str) -> ec.EllipticCurvePrivateKey:
 
 def load_supernode_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
     """Read a SuperNode authentication key as ``flower-supernode`` does (OpenSSH, EC)."""
+    data = _read(path, "SuperNode key")
     try:
-        key = serialization.load_ssh_private_key(_read(path, "SuperNode key"), password=None)
+        key = serialization.load_ssh_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
         raise CertificateError(f"SuperNode key {path} is not an OpenSSH private key") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
