@@ -117,8 +117,9 @@ class LocalFederation:
         self.key_dir: Path | None = None
         self.tls: SuperLinkTLS | None = None
         self.timings: dict[str, float] = {}
-        self._env: dict[str, str] = {}
+        self.env: dict[str, str] = {}
         self._started = False
+        self._halted: set[str] = set()  # nodes stopped or killed on purpose
 
     # -- set-up -------------------------------------------------------------------------
     def _check_inputs(self) -> int:
@@ -160,11 +161,11 @@ class LocalFederation:
                 ),
                 encoding="utf-8",
             )
-            self._env = flwr_env(self.flwr_home)
+            self.env = flwr_env(self.flwr_home)
             self.supervisor.start(
                 "superlink",
                 superlink_argv(port=port, tls=self.tls, node_auth=not self.insecure),
-                env=self._env,
+                env=self.env,
             )
             self.supervisor.wait_for_port("superlink", port, timeout_s=self.startup_timeout_s)
             self.timings["superlink_ready_s"] = time.monotonic() - t0
@@ -193,6 +194,7 @@ class LocalFederation:
 
     def _start_node(self, i: int) -> None:
         node = self.nodes[i]
+        self._halted.discard(node.name)
         node.runtime_port = free_port()
         self.supervisor.start(
             node.name,
@@ -203,7 +205,7 @@ class LocalFederation:
                 auth_key=None if node.key is None else node.key.private_key,
                 node_config=node.node_config,
             ),
-            env=self._env,
+            env=self.env,
         )
 
     def _port(self) -> int:
@@ -217,7 +219,7 @@ class LocalFederation:
         try:
             done = subprocess.run(
                 [venv_executable("flwr"), *args],
-                env=self._env,
+                env=self.env,
                 capture_output=True,
                 text=True,
                 timeout=timeout_s,
@@ -233,10 +235,25 @@ class LocalFederation:
             )
         return done.stdout
 
+    def node_statuses(self) -> dict[int, str]:
+        """Every node the SuperLink knows, with its status (``registered``, ``online``,
+        ``offline``)."""
+        listing = _last_json(self._flwr(["supernode", "ls", CONNECTION_NAME, "--format", "json"]))
+        return {int(n["node-id"]): str(n.get("status")) for n in listing.get("nodes", [])}
+
     def online_node_ids(self) -> set[int]:
         """Node ids the SuperLink currently lists as online."""
-        listing = _last_json(self._flwr(["supernode", "ls", CONNECTION_NAME, "--format", "json"]))
-        return {int(n["node-id"]) for n in listing.get("nodes", []) if n.get("status") == "online"}
+        return {node_id for node_id, status in self.node_statuses().items() if status == "online"}
+
+    def _raise_if_exited(self, node: NodeSpec) -> None:
+        """A SuperNode that exited on its own (not killed by us) is a `DeployError` naming
+        it and the last line of its log (e.g. a refused key or certificate)."""
+        proc = self.supervisor.processes.get(node.name)
+        if proc is not None and not proc.running() and node.name not in self._halted:
+            raise DeployError(
+                f"{node.name} exited with code {proc.popen.returncode} "
+                f"(log: {proc.log_path}): {tail(proc.log_path)}"
+            )
 
     def wait_for_nodes(self, count: int, *, timeout_s: float | None = None) -> set[int]:
         """Block until ``count`` nodes are online; a node process that exits meanwhile is
@@ -245,12 +262,7 @@ class LocalFederation:
         online: set[int] = set()
         while time.monotonic() < deadline:
             for node in self.nodes:
-                proc = self.supervisor.processes.get(node.name)
-                if proc is not None and not proc.running() and proc.popen.returncode not in (0, -9):
-                    raise DeployError(
-                        f"{node.name} exited with code {proc.popen.returncode} "
-                        f"(log: {proc.log_path}): {tail(proc.log_path)}"
-                    )
+                self._raise_if_exited(node)
             online = self.online_node_ids()
             if len(online) >= count:
                 return online
@@ -287,7 +299,7 @@ class LocalFederation:
         with log_path.open("w", encoding="utf-8") as log:
             streamer = subprocess.Popen(
                 [venv_executable("flwr"), "log", str(run_id), CONNECTION_NAME, "--stream"],
-                env=self._env,
+                env=self.env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
@@ -341,16 +353,43 @@ class LocalFederation:
     # -- faults -------------------------------------------------------------------------
     def kill_node(self, i: int) -> None:
         """SIGKILL SuperNode ``i`` and its helpers, as a crash would."""
+        self._halted.add(self.nodes[i].name)
         self.supervisor.kill(self.nodes[i].name)
 
-    def restart_node(self, i: int) -> None:
-        """Stop SuperNode ``i`` if it still runs and start it again with the same key and
-        node config (its log file continues)."""
+    def restart_node(self, i: int, *, timeout_s: float = 180.0) -> None:
+        """Start SuperNode ``i`` again with the same key and node config (its log file
+        continues) and wait until it is online.
+
+        A running node is stopped first (it signs off, so it can rejoin at once). After a
+        crash (`kill_node`) the SuperLink keeps the node online until two missed heartbeats
+        (Flower's SuperNode heartbeat is every 30 s, not configurable in 1.42) and refuses
+        a second activation of the same key meanwhile; so this waits for the SuperLink to
+        list the node offline first: up to about a minute.
+        """
         node = self.nodes[i]
         proc = self.supervisor.processes.get(node.name)
         if proc is not None and proc.running():
+            self._halted.add(node.name)
             self.supervisor.stop(node.name)
+        deadline = time.monotonic() + timeout_s
+        if node.node_id is not None:
+            while self.node_statuses().get(node.node_id) == "online":
+                if time.monotonic() > deadline:
+                    raise DeployError(
+                        f"{node.name}: the SuperLink still lists node {node.node_id} online "
+                        f"after {timeout_s:.0f} s"
+                    )
+                time.sleep(2.0)
         self._start_node(i)
+        if node.node_id is not None:
+            while self.node_statuses().get(node.node_id) != "online":
+                self._raise_if_exited(node)
+                if time.monotonic() > deadline:
+                    raise DeployError(
+                        f"{node.name} did not come back online within {timeout_s:.0f} s "
+                        f"(log: {self.log_dir / (node.name + '.log')})"
+                    )
+                time.sleep(1.0)
 
     # -- tear-down ----------------------------------------------------------------------
     def stop(self) -> None:
