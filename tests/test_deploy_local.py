@@ -48,9 +48,22 @@ def test_three_nodes_with_tls_and_node_auth_all_reply(tmp_path: Path) -> None:
         key_dir = fed.key_dir
         registered = {node.node_id for node in fed.nodes}
         assert fed.online_node_ids() == registered
+        secrets = [fed.tls.key.read_bytes()] + [
+            node.key.private_key.read_bytes() for node in fed.nodes if node.key is not None
+        ]
         result = _probe(fed, tmp_path / "replies.json", **{"min-nodes": 3})
         started = fed.supervisor.all_pids()
         timings = dict(fed.timings)
+        # every socket any of our processes listens on is on loopback
+        listening = [
+            conn.laddr
+            for pid in started
+            if _alive(pid)
+            for conn in psutil.Process(pid).net_connections(kind="inet")
+            if conn.status == psutil.CONN_LISTEN
+        ]
+        assert len(listening) >= 4  # SuperLink + 3 SuperNode Runtime APIs
+        assert {addr.ip for addr in listening} == {"127.0.0.1"}
     # every node answered with its own partition id, under the id it was registered with
     assert {int(k): v for k, v in result["replies"].items()} == {
         node.node_id: i for i, node in enumerate(fed.nodes)
@@ -63,6 +76,12 @@ def test_three_nodes_with_tls_and_node_auth_all_reply(tmp_path: Path) -> None:
     assert [pid for pid in started if _alive(pid)] == []
     assert not any(_alive(int(pid)) for pid in result["pids"].values())
     assert not key_dir.exists()
+    # no private key material in the output folder (logs, Flower's home, results)
+    for path in (tmp_path / "deploy").rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert b"PRIVATE KEY" not in data, path
+            assert not any(secret.strip() in data for secret in secrets), path
     logs = {p.name for p in (tmp_path / "deploy" / "logs").iterdir()}
     assert {"superlink.log", "supernode-0.log", "supernode-1.log", "supernode-2.log"} <= logs
     assert any(name.startswith("run-") for name in logs)
@@ -154,4 +173,15 @@ def test_crashed_node_rejoins_under_its_id(tmp_path: Path) -> None:
         assert result["replies"] == {str(node_id): 0}
         started = fed.supervisor.all_pids()
     assert first in started
+    assert [pid for pid in started if _alive(pid)] == []
+
+
+def test_insecure_federation_runs_without_tls_or_registration(tmp_path: Path) -> None:
+    with LocalFederation(tmp_path / "deploy", nodes=2, insecure=True) as fed:
+        assert fed.tls is None and all(node.key is None for node in fed.nodes)
+        result = _probe(fed, tmp_path / "replies.json", **{"min-nodes": 2})
+        assert sorted(result["replies"].values()) == [0, 1]
+        started = fed.supervisor.all_pids()
+    link_log = (tmp_path / "deploy" / "logs" / "superlink.log").read_text()
+    assert "http://127.0.0.1:" in link_log and "https://" not in link_log
     assert [pid for pid in started if _alive(pid)] == []

@@ -7,6 +7,7 @@ ignores SIGTERM, one that dies at start-up. Every test checks by PID that nothin
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import socket
@@ -27,8 +28,9 @@ from umbra.deploy.commands import (
     superlink_argv,
     supernode_argv,
 )
-from umbra.deploy.errors import DeployError, PortInUseError
+from umbra.deploy.errors import CertificateError, DeployError, PortInUseError
 from umbra.deploy.local_federation import LocalFederation
+from umbra.deploy.pki import generate_server_credentials
 from umbra.deploy.ports import check_port_free, free_port
 from umbra.deploy.processes import ProcessSupervisor
 from umbra.errors import DataError
@@ -229,6 +231,16 @@ def test_command_lines_bind_loopback_and_carry_tls_and_auth(tmp_path: Path) -> N
 
 
 def test_bad_federation_input_is_refused_before_any_process_starts(tmp_path: Path) -> None:
+    past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=30)
+    expired = generate_server_credentials(
+        tmp_path / "old", not_before=past, validity=datetime.timedelta(days=1)
+    )
+    fed = LocalFederation(tmp_path, nodes=1, tls_credentials=expired)
+    with pytest.raises(CertificateError, match="expired on"):
+        fed.start()
+    assert fed.supervisor.processes == {}
+    with pytest.raises(ValueError, match="tls_credentials: not used with insecure=True"):
+        LocalFederation(tmp_path, nodes=1, insecure=True, tls_credentials=expired)
     with pytest.raises(ValueError, match="nodes must be >= 1"):
         LocalFederation(tmp_path, nodes=0)
     with pytest.raises(ValueError, match="node_configs has 1 entries for 2 nodes"):

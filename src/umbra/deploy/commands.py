@@ -64,9 +64,12 @@ def flwr_env(flwr_home: Path, base: Mapping[str, str] | None = None) -> dict[str
     ``FLWR_HOME`` keeps Flower's config, installed apps and caches inside the output
     folder; the venv's ``bin`` comes first on ``PATH`` because SuperLink and SuperNode
     start ``flower-superexec`` by bare name; telemetry, the update check and runtime
-    ``uv sync`` of app dependencies are off (the apps run in this venv, offline).
+    ``uv sync`` of app dependencies are off (the apps run in this venv, offline); the
+    internal switches for Flower's legacy gRPC APIs are removed, as those bind 0.0.0.0.
     """
     env = dict(os.environ if base is None else base)
+    for legacy in ("FLWR_INTERNAL_GRPC_FLEET_API", "FLWR_INTERNAL_GRPC_CONTROL_API"):
+        env.pop(legacy, None)  # these start gRPC APIs bound to 0.0.0.0
     env["FLWR_HOME"] = str(flwr_home)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["FLWR_TELEMETRY_ENABLED"] = "0"

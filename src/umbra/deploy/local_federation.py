@@ -28,6 +28,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -46,6 +47,7 @@ from umbra.deploy.commands import (
 )
 from umbra.deploy.errors import DeployError
 from umbra.deploy.pki import (
+    ServerCredentials,
     SuperNodeKey,
     generate_server_credentials,
     generate_supernode_key,
@@ -81,7 +83,10 @@ class LocalFederation:
     """SuperLink + ``nodes`` SuperNodes on 127.0.0.1 (see the module docstring).
 
     ``node_configs[i]`` is merged over the default ``partition-id=i num-partitions=N`` of
-    node ``i``. ``superlink_port=None`` picks a free port. Timeouts are in seconds.
+    node ``i``. ``superlink_port=None`` picks a free port. ``tls_credentials`` uses an
+    existing CA and server certificate instead of throwaway ones (checked before anything
+    starts: unreadable, expired or mismatched files are one-line `CertificateError`s).
+    Timeouts are in seconds.
     """
 
     def __init__(
@@ -92,11 +97,14 @@ class LocalFederation:
         insecure: bool = False,
         node_configs: Sequence[Mapping[str, NodeConfigValue]] | None = None,
         superlink_port: int | None = None,
+        tls_credentials: ServerCredentials | None = None,
         startup_timeout_s: float = 120.0,
         grace_s: float = 5.0,
     ) -> None:
         if nodes < 1:
             raise ValueError(f"nodes must be >= 1, got {nodes}")
+        if insecure and tls_credentials is not None:
+            raise ValueError("tls_credentials: not used with insecure=True; give one or the other")
         if node_configs is not None and len(node_configs) != nodes:
             raise ValueError(
                 f"node_configs has {len(node_configs)} entries for {nodes} nodes; give one per node"
@@ -113,6 +121,7 @@ class LocalFederation:
             config.update(node_configs[i] if node_configs is not None else {})
             format_config_pairs(config)  # reject malformed keys and values now
             self.nodes.append(NodeSpec(name=f"supernode-{i}", node_config=config, key=None))
+        self.tls_credentials = tls_credentials
         self.supervisor = ProcessSupervisor(self.log_dir, grace_s=grace_s)
         self.key_dir: Path | None = None
         self.tls: SuperLinkTLS | None = None
@@ -129,6 +138,8 @@ class LocalFederation:
                     raise DataError(
                         f"{node.name}: node config {key}={node.node_config[key]} is not a folder"
                     )
+        if self.tls_credentials is not None:
+            verify_server_credentials(self.tls_credentials)
         port = self.superlink_port if self.superlink_port is not None else free_port()
         check_port_free(port, purpose="SuperLink")
         return port
@@ -137,7 +148,7 @@ class LocalFederation:
         self.key_dir = Path(tempfile.mkdtemp(prefix="umbra-deploy-keys-"))  # mode 0700
         if self.insecure:
             return
-        creds = generate_server_credentials(self.key_dir)
+        creds = self.tls_credentials or generate_server_credentials(self.key_dir)
         verify_server_credentials(creds)
         self.tls = SuperLinkTLS(ca_cert=creds.ca_cert, cert=creds.cert, key=creds.key)
         for node in self.nodes:
@@ -169,9 +180,11 @@ class LocalFederation:
             )
             self.supervisor.wait_for_port("superlink", port, timeout_s=self.startup_timeout_s)
             self.timings["superlink_ready_s"] = time.monotonic() - t0
-            for i, node in enumerate(self.nodes):
-                if node.key is not None:
-                    node.node_id = self.register(node.key.public_key)
+            keys = [node.key.public_key for node in self.nodes if node.key is not None]
+            for node, node_id in zip(self.nodes, self.register_all(keys), strict=False):
+                node.node_id = node_id
+            self.timings["nodes_registered_s"] = time.monotonic() - t0
+            for i in range(len(self.nodes)):
                 self._start_node(i)
             self.wait_for_nodes(len(self.nodes))
             self.timings["all_nodes_online_s"] = time.monotonic() - t0
@@ -179,6 +192,12 @@ class LocalFederation:
             self.stop()
             raise
         return self
+
+    def register_all(self, public_keys: Sequence[Path]) -> list[int]:
+        """Register several SuperNode public keys at once (one ``flwr`` process each, in
+        parallel: most of a CLI call is interpreter start-up); their node ids, in order."""
+        with ThreadPoolExecutor(max_workers=max(1, len(public_keys))) as pool:
+            return list(pool.map(self.register, public_keys))
 
     def register(self, public_key: Path) -> int:
         """Register a SuperNode public key with the SuperLink; return its node id."""
