@@ -181,6 +181,9 @@ def test_insecure_federation_runs_without_tls_or_registration(tmp_path: Path) ->
         assert fed.tls is None and all(node.key is None for node in fed.nodes)
         result = _probe(fed, tmp_path / "replies.json", **{"min-nodes": 2})
         assert sorted(result["replies"].values()) == [0, 1]
+        # a ServerApp that raises ends the run as failed: run_app says so
+        failed = fed.run_app(APP, {"out-file": str(tmp_path / "f.json"), "fail": True})
+        assert failed != RUN_OK
         started = fed.supervisor.all_pids()
     link_log = (tmp_path / "deploy" / "logs" / "superlink.log").read_text()
     assert "http://127.0.0.1:" in link_log and "https://" not in link_log

@@ -212,11 +212,20 @@ class ProcessSupervisor:
         )
 
     # -- stopping ---------------------------------------------------------------------
+    def _snapshot(self, procs: list[ManagedProcess]) -> dict[int, float]:
+        """Record the current descendants of ``procs`` and return all their PIDs (under the
+        lock: the background watcher adds PIDs concurrently)."""
+        pids: dict[int, float] = {}
+        with self._lock:
+            for proc in procs:
+                proc.record_descendants()
+                pids.update(proc.pids)
+        return pids
+
     def kill(self, name: str) -> None:
         """SIGKILL one process and its descendants at once (a crash, not a shutdown)."""
         proc = self.processes[name]
-        proc.record_descendants()
-        for pid, started in proc.pids.items():
+        for pid, started in self._snapshot([proc]).items():
             _signal_tree(pid, started, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.popen.wait(timeout=self.grace_s)
@@ -231,11 +240,7 @@ class ProcessSupervisor:
         self._terminate(list(reversed(self.processes.values())))
 
     def _terminate(self, procs: list[ManagedProcess]) -> None:
-        for proc in procs:
-            proc.record_descendants()
-        pids: dict[int, float] = {}
-        for proc in procs:
-            pids.update(proc.pids)
+        pids = self._snapshot(procs)
         for pid, started in pids.items():
             _signal_tree(pid, started, signal.SIGTERM)
         deadline = time.monotonic() + self.grace_s
@@ -245,6 +250,7 @@ class ProcessSupervisor:
             if not any(_alive(pid, started) for pid, started in pids.items()):
                 break
             time.sleep(0.1)
+        pids.update(self._snapshot(procs))  # helpers started while shutting down
         for pid, started in pids.items():
             _signal_tree(pid, started, signal.SIGKILL)
         for proc in procs:

@@ -21,6 +21,8 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
+    if cfg["fail"]:
+        raise RuntimeError("asked to fail")
     out_file = Path(str(cfg["out-file"]))
     min_nodes = int(cfg["min-nodes"])
     deadline = time.monotonic() + float(cfg["wait-timeout"])
