@@ -136,7 +136,8 @@ class ProcessSupervisor:
                 raise DeployError(
                     f"process {name} is already running (PID {self.processes[name].pid})"
                 )
-            self._retired.update(self.processes[name].pids)
+            with self._lock:
+                self._retired.update(self.processes[name].pids)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         with log_path.open("ab") as log:
