@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from umbra.deploy.commands import supernode_argv
+from umbra.deploy.errors import DeployError
 from umbra.deploy.local_federation import RUN_OK, LocalFederation
 from umbra.deploy.pki import generate_server_credentials, generate_supernode_key
 from umbra.deploy.ports import free_port
@@ -184,6 +185,10 @@ def test_insecure_federation_runs_without_tls_or_registration(tmp_path: Path) ->
         # a ServerApp that raises ends the run as failed: run_app says so
         failed = fed.run_app(APP, {"out-file": str(tmp_path / "f.json"), "fail": True})
         assert failed != RUN_OK
+        # a run that outlives its time limit is stopped and reported in one line
+        waiting = {"out-file": str(tmp_path / "w.json"), "min-nodes": 5, "wait-timeout": 120.0}
+        with pytest.raises(DeployError, match=r"did not finish within 5 s \(log: .*run-"):
+            fed.run_app(APP, waiting, timeout_s=5)
         started = fed.supervisor.all_pids()
     link_log = (tmp_path / "deploy" / "logs" / "superlink.log").read_text()
     assert "http://127.0.0.1:" in link_log and "https://" not in link_log

@@ -26,6 +26,7 @@ import json
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -303,9 +304,10 @@ class LocalFederation:
         """Run the Flower App in ``app_dir`` (``flwr run``) and wait until it finishes.
 
         Returns `RUN_OK` (0) when the SuperLink reports the run ``finished:completed`` and
-        1 otherwise. ``on_log`` gets each line of the run's log as it arrives; the log is
-        also kept in ``<out_dir>/logs/run-<id>.log``. A run still going after ``timeout_s``
-        is stopped (``flwr stop``) and reported as a `DeployError`.
+        1 otherwise. ``on_log`` gets each line of the run's log as it arrives (called from
+        a reader thread); the log is also kept in ``<out_dir>/logs/run-<id>.log``. A run
+        still going after ``timeout_s`` is stopped (``flwr stop``) and reported as a
+        `DeployError`.
         """
         if not (Path(app_dir) / "pyproject.toml").is_file():
             raise DeployError(f"{app_dir} is not a Flower App (no pyproject.toml)")
@@ -346,19 +348,30 @@ class LocalFederation:
         on_log: Callable[[str], None] | None,
         deadline: float,
     ) -> str | None:
-        """Copy the streamed log until it ends, then poll the run's status until it is
-        finished (or the deadline passes: None)."""
-        assert streamer.stdout is not None
-        for line in streamer.stdout:
-            log.write(line)
-            log.flush()
-            if on_log is not None:
-                on_log(line.rstrip("\n"))
-            if time.monotonic() > deadline:
-                return None
+        """Copy the streamed log (in a thread, so a silent run cannot hold us past the
+        deadline) until it ends, then poll the run's status until it is finished; None
+        when the deadline passes first."""
+        stdout = streamer.stdout
+        if stdout is None:
+            raise DeployError("flwr log: no output stream")
+
+        def copy() -> None:
+            with contextlib.suppress(ValueError):  # the log closed after a timeout
+                for line in stdout:
+                    log.write(line)
+                    log.flush()
+                    if on_log is not None:
+                        on_log(line.rstrip("\n"))
+
+        reader = threading.Thread(target=copy, name=f"umbra-run-{run_id}-log", daemon=True)
+        reader.start()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            streamer.wait(timeout=max(0.0, deadline - time.monotonic()))
         while time.monotonic() < deadline:
             status = self.run_status(run_id)
             if status.startswith("finished"):
+                if streamer.poll() is not None:
+                    reader.join(timeout=5)  # the last lines of the log
                 return status
             time.sleep(1.0)
         return None
