@@ -1,0 +1,260 @@
+"""Process supervision, loopback ports and Flower command lines for a local deployment.
+
+The supervisor is exercised with small Python processes that behave like Flower's: one
+that starts a helper in a new session (as SuperLink starts ``flower-superexec``), one that
+ignores SIGTERM, one that dies at start-up. Every test checks by PID that nothing is left.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from flwr.common.config import parse_config_args
+
+from umbra.deploy.commands import (
+    SuperLinkTLS,
+    flwr_config_toml,
+    format_config_pairs,
+    superlink_argv,
+    supernode_argv,
+)
+from umbra.deploy.errors import CertificateError, DeployError, PortInUseError
+from umbra.deploy.local_federation import LocalFederation
+from umbra.deploy.pki import generate_server_credentials
+from umbra.deploy.ports import check_port_free, free_port
+from umbra.deploy.processes import ProcessSupervisor
+from umbra.errors import DataError
+
+# Starts a grandchild in a new session (it leaves our process group, like flower-superexec),
+# writes its PID to argv[1], then sleeps.
+FORKER = textwrap.dedent(
+    """
+    import subprocess, sys, time
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                             start_new_session=True)
+    open(sys.argv[1], "w").write(str(child.pid))
+    print("helper started", flush=True)
+    time.sleep(600)
+    """
+)
+STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(600)"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _wait_for_file(path: Path, timeout_s: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().strip():
+            return int(path.read_text())
+        time.sleep(0.05)
+    raise AssertionError(f"{path} not written")
+
+
+def _start_forker(sup: ProcessSupervisor, tmp_path: Path, name: str) -> tuple[int, int]:
+    pid_file = tmp_path / f"{name}.pid"
+    proc = sup.start(name, [sys.executable, "-c", FORKER, str(pid_file)])
+    grandchild = _wait_for_file(pid_file)
+    sup.record_descendants()
+    return proc.pid, grandchild
+
+
+def test_normal_exit_stops_every_process_and_helper(tmp_path: Path) -> None:
+    with ProcessSupervisor(tmp_path / "logs", grace_s=2) as sup:
+        parent, helper = _start_forker(sup, tmp_path, "a")
+        _, helper_b = _start_forker(sup, tmp_path, "b")
+        assert {parent, helper, helper_b} <= set(sup.all_pids())
+        assert os.getpgid(helper) != os.getpgid(parent)  # the helper left the group
+        assert all(_alive(p) for p in (parent, helper, helper_b))
+    assert not any(_alive(p) for p in (parent, helper, helper_b))
+    assert sup.alive_pids() == set()
+    assert "helper started" in (tmp_path / "logs" / "a.log").read_text()
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_exception_and_ctrl_c_stop_everything(tmp_path: Path, error: BaseException) -> None:
+    pids: list[int] = []
+    with pytest.raises(type(error)), ProcessSupervisor(tmp_path / "logs", grace_s=2) as sup:
+        pids.extend(_start_forker(sup, tmp_path, "a"))
+        raise error
+    assert pids and not any(_alive(p) for p in pids)
+
+
+def test_sigterm_to_the_supervising_program_stops_its_processes(tmp_path: Path) -> None:
+    pid_file = tmp_path / "children.pid"
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from pathlib import Path
+        from umbra.deploy.processes import ProcessSupervisor
+        with ProcessSupervisor(Path({str(tmp_path)!r}) / "logs", grace_s=2) as sup:
+            proc = sup.start("sleeper", [sys.executable, "-c", {FORKER!r}, {str(tmp_path / "g.pid")!r}])
+            while not Path({str(tmp_path / "g.pid")!r}).exists():
+                time.sleep(0.05)
+            time.sleep(0.3)
+            sup.record_descendants()
+            Path({str(pid_file)!r}).write_text(" ".join(map(str, sup.all_pids())))
+            time.sleep(600)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    program = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        children = [int(p) for p in pid_file.read_text().split()]
+        assert len(children) == 2 and all(_alive(p) for p in children)
+        program.send_signal(signal.SIGTERM)
+        program.wait(timeout=30)
+    finally:
+        if program.poll() is None:
+            program.kill()
+    assert not any(_alive(p) for p in children)
+
+
+def test_process_ignoring_sigterm_is_killed_after_the_grace_period(tmp_path: Path) -> None:
+    with ProcessSupervisor(tmp_path / "logs", grace_s=0.5) as sup:
+        proc = sup.start("stubborn", [sys.executable, "-c", STUBBORN])
+        deadline = time.monotonic() + 30
+        while "up" not in proc.log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert proc.popen.returncode == -signal.SIGKILL
+    assert not _alive(proc.pid)
+
+
+def test_kill_and_restart_keep_track_of_old_and_new_pids(tmp_path: Path) -> None:
+    with ProcessSupervisor(tmp_path / "logs", grace_s=2) as sup:
+        old, old_helper = _start_forker(sup, tmp_path, "node")
+        sup.kill("node")
+        assert not _alive(old) and not _alive(old_helper)
+        new, new_helper = _start_forker(sup, tmp_path, "node")
+        assert new != old
+        assert {old, old_helper, new, new_helper} <= set(sup.all_pids())
+        with pytest.raises(DeployError, match="already running"):
+            sup.start("node", [sys.executable, "-c", "pass"])
+    assert not _alive(new) and not _alive(new_helper)
+
+
+def test_wait_for_port_names_the_log_of_a_process_that_died(tmp_path: Path) -> None:
+    with ProcessSupervisor(tmp_path / "logs") as sup:
+        sup.start("link", [sys.executable, "-c", "import sys; print('bad flag --x'); sys.exit(3)"])
+        with pytest.raises(DeployError) as info:
+            sup.wait_for_port("link", free_port(), timeout_s=30)
+    message = str(info.value)
+    assert "link exited with code 3" in message
+    assert str(tmp_path / "logs" / "link.log") in message and "bad flag --x" in message
+
+
+def test_wait_for_port_times_out_with_the_log_path(tmp_path: Path) -> None:
+    with ProcessSupervisor(tmp_path / "logs") as sup:
+        sup.start("link", [sys.executable, "-c", "import time; time.sleep(60)"])
+        with pytest.raises(DeployError, match=r"did not accept connections .* within 1 s \(log: "):
+            sup.wait_for_port("link", free_port(), timeout_s=1)
+
+
+def test_wait_for_port_returns_once_the_server_listens(tmp_path: Path) -> None:
+    port = free_port()
+    server = f"import socket, time; s = socket.create_server(('127.0.0.1', {port})); time.sleep(60)"
+    with ProcessSupervisor(tmp_path / "logs") as sup:
+        sup.start("link", [sys.executable, "-c", server])
+        sup.wait_for_port("link", port, timeout_s=30)
+
+
+def test_port_in_use_is_named() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        with pytest.raises(
+            PortInUseError, match=f"SuperLink port 127.0.0.1:{port} is already in use"
+        ):
+            check_port_free(port, purpose="SuperLink")
+    check_port_free(port)  # free again once the listener is closed
+    with pytest.raises(PortInUseError, match="not a TCP port"):
+        check_port_free(70000)
+
+
+def test_config_pairs_parse_back_with_flowers_parser() -> None:
+    config = {
+        "partition-id": 2,
+        "num-partitions": 3,
+        "data-dir": '/data/with space/and "quote"',
+        "name": "back\\slash, ünï and 'apostrophe'",
+        "lr": 0.05,
+        "dp": True,
+    }
+    assert parse_config_args([format_config_pairs(config)]) == config
+    with pytest.raises(ValueError, match="cannot hold both quote characters"):
+        format_config_pairs({"x": 'it\'s "both"'})
+    with pytest.raises(ValueError, match="config key"):
+        format_config_pairs({"bad key": 1})
+
+
+def test_command_lines_bind_loopback_and_carry_tls_and_auth(tmp_path: Path) -> None:
+    tls = SuperLinkTLS(tmp_path / "ca.crt", tmp_path / "server.crt", tmp_path / "server.key")
+    link = superlink_argv(port=9100, tls=tls, node_auth=True)
+    assert link[link.index("--host") + 1] == "127.0.0.1"
+    assert link[link.index("--port") + 1] == "9100"
+    assert link[link.index("--ssl-keyfile") + 1] == str(tls.key)
+    assert "--enable-supernode-auth" in link and "--insecure" not in link
+    with pytest.raises(ValueError, match="requires TLS"):
+        superlink_argv(port=9100, tls=None, node_auth=True)
+    assert "--insecure" in superlink_argv(port=9100, tls=None, node_auth=False)
+    node = supernode_argv(
+        superlink_port=9100,
+        runtime_port=9200,
+        root_cert=tls.ca_cert,
+        auth_key=tmp_path / "n.key",
+        node_config={"partition-id": 0},
+    )
+    assert node[node.index("--superlink") + 1] == "127.0.0.1:9100"
+    assert node[node.index("--host") + 1] == "127.0.0.1"
+    assert node[node.index("--root-certificates") + 1] == str(tls.ca_cert)
+    assert node[node.index("--node-config") + 1] == "partition-id=0"
+    toml = flwr_config_toml(port=9100, root_cert=tls.ca_cert)
+    assert 'address = "127.0.0.1:9100"' in toml and "root-certificates" in toml
+    assert "insecure = true" in flwr_config_toml(port=9100, root_cert=None)
+
+
+def test_bad_federation_input_is_refused_before_any_process_starts(tmp_path: Path) -> None:
+    past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=30)
+    expired = generate_server_credentials(
+        tmp_path / "old", not_before=past, validity=datetime.timedelta(days=1)
+    )
+    fed = LocalFederation(tmp_path, nodes=1, tls_credentials=expired)
+    with pytest.raises(CertificateError, match="expired on"):
+        fed.start()
+    assert fed.supervisor.processes == {}
+    with pytest.raises(ValueError, match="tls_credentials: not used with insecure=True"):
+        LocalFederation(tmp_path, nodes=1, insecure=True, tls_credentials=expired)
+    with pytest.raises(ValueError, match="nodes must be >= 1"):
+        LocalFederation(tmp_path, nodes=0)
+    with pytest.raises(ValueError, match="node_configs has 1 entries for 2 nodes"):
+        LocalFederation(tmp_path, nodes=2, node_configs=[{}])
+    missing = tmp_path / "no-such-data"
+    fed = LocalFederation(tmp_path, nodes=2, node_configs=[{}, {"data-dir": str(missing)}])
+    with pytest.raises(
+        DataError, match=f"supernode-1: node config data-dir={missing} is not a folder"
+    ):
+        fed.start()
+    assert fed.supervisor.processes == {}
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        fed = LocalFederation(tmp_path, nodes=1, superlink_port=port)
+        with pytest.raises(PortInUseError, match=f"127.0.0.1:{port}"):
+            fed.start()
+    assert fed.supervisor.processes == {}
