@@ -20,6 +20,7 @@ from PIL import Image
 from rich.console import Console
 
 from umbra.data import manifest as mf
+from umbra.data.cache import atomic_savez
 from umbra.data.dataset import MultimodalData
 from umbra.data.manifest import (
     MAX_REPORTED_ROWS,
@@ -32,6 +33,8 @@ from umbra.data.manifest import (
     summarize_manifest,
     tabular_moments,
 )
+from umbra.data.manifest import features as mf_features
+from umbra.data.manifest import load as mf_load
 from umbra.data.sources import speech, text
 from umbra.errors import DataError
 
@@ -218,8 +221,8 @@ def test_cached_load_decodes_nothing(
     def boom(*a: object, **k: object) -> None:
         raise AssertionError("decoded although cached")
 
-    monkeypatch.setattr(mf, "decode_image", boom)
-    monkeypatch.setattr(mf, "decode_audio", boom)
+    monkeypatch.setattr(mf_features, "decode_image", boom)
+    monkeypatch.setattr(mf_features, "decode_audio", boom)
     second = load_manifest(path, cache_dir=media / "cache")
     for m in first.data.modalities:
         np.testing.assert_array_equal(first.data.features[m], second.data.features[m])
@@ -348,9 +351,11 @@ def test_batched_load_equals_per_record_reference(
         for i in range(40)
     ]
     path = write_csv(tmp_path / "m.csv", ["label", "image", "audio", "text"], rows)
-    for name in ("_image_featurizer", "_audio_featurizer"):  # batches of 4: many batches
-        make = getattr(mf, name)
-        monkeypatch.setattr(mf, name, lambda *a, make=make: dataclasses.replace(make(*a), batch=4))
+    for name in ("image_featurizer", "audio_featurizer"):  # batches of 4: many batches
+        make = getattr(mf_load, name)
+        monkeypatch.setattr(
+            mf_load, name, lambda *a, make=make: dataclasses.replace(make(*a), batch=4)
+        )
     ref = _reference_features(tmp_path, rows, image_shape)
     for attempt in ("first", "cached"):
         d = load_manifest(path, image_shape=image_shape, cache_dir=tmp_path / "cache").data
@@ -425,7 +430,7 @@ def test_text_warm_up_only_when_a_text_is_new(
     monkeypatch.setattr(text, "_WARM_UP", None)
     monkeypatch.setattr(text, "_model", lambda: loads.append(1))
     store = tmp_path / "text" / f"{text.TEXT_MODEL}.npz"
-    mf.atomic_savez(store, keys=np.array([text.text_key("old")]), emb=np.zeros((1, DIM)))
+    atomic_savez(store, keys=np.array([text.text_key("old")]), emb=np.zeros((1, DIM)))
     assert not text.warm_up(["old", "old"], tmp_path)  # all embedded: no model needed
     assert text.warm_up(["old", "new"], tmp_path)
     assert text._WARM_UP is not None
@@ -762,7 +767,7 @@ def test_real_text_encoder_parallel_equals_encode() -> None:
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(mf.__file__).parents[2])}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(mf.__file__).parents[3])}
     return subprocess.run([sys.executable, "-m", "umbra.cli", *args], capture_output=True,
                           text=True, timeout=300, cwd=cwd, env=env)  # fmt: skip
 

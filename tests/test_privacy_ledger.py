@@ -11,10 +11,10 @@ from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
 from umbra.errors import DataError, ResumeError
-from umbra.privacy import ledger as ledger_mod
 from umbra.privacy.accounting import PLD_DISCRETIZATION, dpsgd_event, epsilon_for
 from umbra.privacy.budget import Budget
 from umbra.privacy.ledger import PrivacyLedger, Release, read_ledger, replay
+from umbra.privacy.ledger import writer as ledger_writer
 
 SIG = {"image": 1.2, "audio": 2.0, "shared": 1.2}
 CLIP = {"image": 1.0, "audio": 0.5, "shared": 1.0}
@@ -49,7 +49,7 @@ def test_lines_and_fsync_before_return(tmp_path, monkeypatch):
         real_fsync(fd)
         seen.append(path.read_text())
 
-    monkeypatch.setattr(ledger_mod.os, "fsync", spy)
+    monkeypatch.setattr(ledger_writer.os, "fsync", spy)
     led = PrivacyLedger(path, unit="example", delta=DELTA)
     led.record(_release(1, "client-0"))
     # The release's lines were on disk when fsync ran, i.e. before record() returned.

@@ -623,7 +623,8 @@ def test_real_run_epsilon_per_observer(client_dp_run: Path) -> None:
 
 @pytest.mark.slow
 def test_report_sentences_match_a_real_run(client_dp_run: Path) -> None:
-    from umbra.report.statement import fmt_eps, privacy_statement, summarize_ledger
+    from umbra.report import privacy_statement, summarize_ledger
+    from umbra.report.format import fmt_eps
 
     res = json.loads((client_dp_run / "results.json").read_text())
     ledger = summarize_ledger(client_dp_run / "ledger.jsonl")

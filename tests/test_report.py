@@ -17,8 +17,9 @@ from matplotlib.figure import Figure
 from umbra.errors import DataError
 from umbra.privacy.ledger import PrivacyLedger, Release, replay
 from umbra.report import plots, privacy_statement, render_report, summarize_ledger
+from umbra.report.audit import audit_metrics
+from umbra.report.format import fmt_delta, fmt_eps
 from umbra.report.html import summary_rounds
-from umbra.report.statement import audit_metrics, fmt_delta, fmt_eps
 
 #: results.json files written by real runs: ``make demo`` (240 rounds, example-level DP
 #: with SecAgg+, evaluated every 10th round) and ``umbra run --preset smoke`` (no DP)
@@ -216,7 +217,8 @@ def full_results(ledger: Path) -> dict[str, Any]:
                 name: {"epsilon": eps_final, "amplified": True, "why": "records sampled secretly"}
                 for name in ("server", "other_clients", "model_holder")
             },
-            "noise_multiplier": {"image": 1.1, "audio": 1.3, "text": 0.9},
+            "releases": 9,
+            "clip_norms": {"image": 1.0, "audio": 0.5, "text": 1.0},
         },
         "secure_aggregation": "secagg+",
         "audit": {
@@ -489,6 +491,18 @@ def test_damaged_ledger_is_reported_not_fatal(run: tuple[Path, dict[str, Any]]) 
     assert "truncated last line" in page.text["ledger"]
 
 
+@pytest.mark.usefixtures("fast_plots")
+def test_unreadable_ledger_is_reported_not_fatal(run: tuple[Path, dict[str, Any]]) -> None:
+    run_dir, res = run
+    lines = (run_dir / "ledger.jsonl").read_text().splitlines(keepends=True)
+    lines[2] = "{not a record\n"  # damage before the last line: not a crash mid-write
+    (run_dir / "ledger.jsonl").write_text("".join(lines))
+    _, page = render(run_dir, res)
+    assert "ledger" in page.sections and "ledger" not in page.tables
+    assert "could not be read" in page.text["ledger"] and "line 3" in page.text["ledger"]
+    assert "The privacy ledger could not be read" in page.text["statement"]
+
+
 # --------------------------------------------------------------------------- real runs
 
 
@@ -618,3 +632,39 @@ def test_summary_rounds() -> None:
     short = [{"round": i} for i in range(1, 21)]
     assert summary_rounds(short) == (list(range(20)), "every round")
     assert summary_rounds([]) == ([], "every round")
+
+
+@pytest.mark.usefixtures("fast_plots")
+def test_real_dp_run_privacy_figures_equal_results(tmp_path: Path) -> None:
+    res = real_results("demo_results.json.gz")
+    priv = res["privacy"]
+    _, page = render(tmp_path, res, verify=False)
+    eps = {k: v for (k, _), (_, v) in body_rows(page, "epsilon")}
+    assert eps == priv["epsilon"] and eps["total"] > 0
+    settings = {k: (text, v) for (k, _), (text, v) in body_rows(page, "privacy")}
+    for key in ("mode", "unit", "adjacency", "noise", "epsilon_observer", "accountant"):
+        assert settings[key][0] == str(priv[key])
+    assert settings["delta"][1] == priv["delta"]
+    clips = {k.removeprefix("clip_norms (")[:-1]: v for k, (_, v) in settings.items()
+             if k.startswith("clip_norms")}  # fmt: skip
+    assert clips == priv["clip_norms"]
+    observed = {r[0][0]: r[1][1] for r in body_rows(page, "observers")}
+    assert observed == {
+        name.replace("_", " "): o["epsilon"]["total"] for name, o in priv["observers"].items()
+    }
+    budget = page.text["statement"]
+    assert f"(ε = {fmt_eps(priv['epsilon']['total'])}, δ = {fmt_delta(priv['delta'])})" in budget
+    assert f"budget was ε = {fmt_eps(priv['budget']['epsilon'])}; the run is within it" in budget
+    assert "Secure aggregation (SecAgg+) was active" in page.text["statement"]
+    assert [r[1][0] for r in body_rows(page, "secure")][:1] == [res["secure_aggregation"]]
+
+
+@pytest.mark.usefixtures("fast_plots")
+def test_real_run_without_dp_says_so(tmp_path: Path) -> None:
+    res = real_results("smoke_results.json")
+    assert res["privacy"]["mode"] == "none" and res["privacy"]["epsilon"] is None
+    _, page = render(tmp_path, res)
+    assert "privacy" not in page.sections and "ledger" not in page.sections
+    assert "Differential privacy was not active" in page.text["statement"]
+    assert "Secure aggregation was off" in page.text["statement"]
+    assert "differential privacy" in page.text["summary"] and "off" in page.text["summary"]

@@ -29,7 +29,7 @@ from umbra.models import ModelSpec, parameter_modality
 from umbra.secure.contribution import int_template, make_contribution, payload_template
 from umbra.secure.identity import generate_identities
 from umbra.secure.secagg import crypto
-from umbra.secure.secagg.protocol import ProtocolViolation
+from umbra.secure.secagg.errors import ProtocolViolation
 from umbra.secure.secagg.quantize import PayloadLayout
 from umbra.secure.secagg.workflow import run_state
 from umbra.secure.transport import decode_proto
@@ -623,12 +623,13 @@ def test_sparse_graph_over_flower_fixes_the_seed_by_commit_reveal(
 ) -> None:
     """A sparse graph (forced here at n = 4: degree 2, threshold 2) adds the reveal exchange,
     goes without pre-keys, and every client derives the server's graph from the reveals."""
-    from umbra.secure.secagg import protocol
+    from umbra.secure.secagg import client, config
     from umbra.secure.secagg.graph import GraphParameters
 
-    monkeypatch.setattr(
-        protocol, "graph_parameters", lambda n, t: GraphParameters(2, 2, False, 0.0, 0.0)
-    )
+    for module in (config, client):  # the server's parameters and each client's check
+        monkeypatch.setattr(
+            module, "graph_parameters", lambda n, t: GraphParameters(2, 2, False, 0.0, 0.0)
+        )
     run = _secure_rounds(federation, 2)
     grid = run["grid"]
     stages = ("advertise_keys", "reveal_seed", "share_keys", "collect_masked", "unmask")

@@ -12,6 +12,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+from umbra.secure.secagg.config import SecAggConfig
 from umbra.secure.secagg.constants import KEY_BYTES
 from umbra.secure.secagg.graph import (
     collusion_bound,
@@ -24,7 +25,6 @@ from umbra.secure.secagg.graph import (
     security_failure,
     short_neighbourhood_probability,
 )
-from umbra.secure.secagg.protocol import SecAggConfig
 from umbra.secure.secagg.shamir import combine_shares, split_secret
 
 

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from secagg_sim import run_secagg_round
 from umbra.secure.secagg import (
     PayloadLayout,
     ProtocolViolation,
@@ -21,7 +22,6 @@ from umbra.secure.secagg import (
     SecAggPlusClient,
     SecAggPlusServer,
     crypto,
-    run_secagg_round,
 )
 from umbra.secure.secagg.constants import Key
 

@@ -24,18 +24,17 @@ skipped, never an error)::
     final.{accuracy, macro_f1, loss, per_modality_accuracy: {<m>..., fused},
            missing_modality_accuracy: {"image+text": acc, ...}}
     privacy.{mode ("none" = off), unit: "example"|"client", delta, accountant,
-             epsilon: {total, <modality>} (or a number), budget.epsilon, target_epsilon,
-             epsilon_observer, adjacency, client_rate,
+             epsilon: {total, <modality>} (null when off), budget.epsilon,
+             epsilon_observer, adjacency, client_rate (client level),
              observers: {<observer>: {epsilon: {total, ...} | null, amplified, why}},
-             noise: "central"|"distributed", noise_added_by: "server"|"clients",
-             noise_multiplier, clip_norm
-             (numbers or {group: number})}
-    secure_aggregation: "none"|"secagg+"|"ckks", or {mode, threshold, dropped, ...}
+             noise: "central"|"distributed", noise_multiplier (client level),
+             clip_norms: {group: number}}
+    secure_aggregation: "none"|"secagg+"|"ckks"
     audit: {<attack>: {<metric>: number | {..} , roc: {fpr: [], tpr: []}, ...}}
     bytes.{up_total, down_total}, timing.{data_s, train_s, total_s}
 
 ``ledger.jsonl`` (see :mod:`umbra.privacy.ledger`) is summarised when present, and ε is
-recomputed from it with :func:`umbra.privacy.ledger.replay`.
+recomputed from it (:mod:`umbra.report.ledger_summary`).
 """
 
 from __future__ import annotations
@@ -51,20 +50,11 @@ from typing import Any, NamedTuple
 
 from umbra.errors import DataError
 from umbra.report import plots
-from umbra.report.statement import (
-    LedgerSummary,
-    attack_label,
-    audit_metrics,
-    fmt_bytes,
-    fmt_delta,
-    fmt_num,
-    get_in,
-    is_number,
-    privacy_on,
-    privacy_statement,
-    secure_mode,
-    summarize_ledger,
-)
+from umbra.report.audit import attack_label, audit_metrics
+from umbra.report.facts import privacy_on, secure_mode
+from umbra.report.format import fmt_bytes, fmt_delta, fmt_num, get_in, is_number
+from umbra.report.ledger_summary import LedgerSummary, summarize_ledger
+from umbra.report.statement import privacy_statement
 
 __all__ = ["REPORT_FILE", "build_report", "render_report", "summary_rounds"]
 
@@ -160,8 +150,7 @@ def _summary(results: Mapping[str, Any]) -> str:
     if is_number(f1):
         cards.append(("macro-F1", f"{f1:.3f}"))
     if privacy_on(results):
-        eps = get_in(results, "privacy", "epsilon")
-        total = eps.get("total") if isinstance(eps, Mapping) else eps
+        total = get_in(results, "privacy", "epsilon", "total")
         delta = get_in(results, "privacy", "delta")
         if is_number(total):
             d = f", δ={fmt_delta(delta)}" if is_number(delta) else ""
@@ -170,7 +159,7 @@ def _summary(results: Mapping[str, Any]) -> str:
             cards.append((f"ε{d}{seen}", f"{total:.2f}"))
     elif "privacy" in results:
         cards.append(("differential privacy", "off"))
-    mode, _ = secure_mode(results)
+    mode = secure_mode(results)
     if mode is not None:
         cards.append(("secure aggregation", mode))
     up = get_in(results, "bytes", "up_total")
@@ -422,8 +411,7 @@ def _privacy(results: Mapping[str, Any]) -> str:
     if not privacy_on(results):
         return ""
     p = results["privacy"]
-    eps = p.get("epsilon")
-    eps = eps if isinstance(eps, Mapping) else {"total": eps}
+    eps = p["epsilon"]
     settings = [
         [k, p.get(k)]
         for k in (
@@ -435,12 +423,10 @@ def _privacy(results: Mapping[str, Any]) -> str:
             "epsilon_observer",
             "delta",
             "accountant",
-            "target_epsilon",
-            "noise_added_by",
         )
         if p.get(k) is not None
     ]
-    for k in ("noise_multiplier", "clip_norm"):
+    for k in ("noise_multiplier", "clip_norms"):
         v = p.get(k)
         if isinstance(v, Mapping):
             settings += [[f"{k} ({g})", x] for g, x in v.items()]
@@ -489,6 +475,9 @@ def _privacy(results: Mapping[str, Any]) -> str:
 def _ledger(ledger: LedgerSummary | None) -> str:
     if ledger is None:
         return ""
+    if ledger.error:
+        body = f'<p class="warn">The ledger could not be read: {_e(ledger.error)}</p>'
+        return _section("ledger", "Privacy ledger", body)
     h = ledger.header
     rows: list[list[Any]] = [
         [k, h[k]] for k in ("unit", "delta", "accountant", "version") if k in h
@@ -530,7 +519,7 @@ def _ledger(ledger: LedgerSummary | None) -> str:
 
 
 def _secure(results: Mapping[str, Any]) -> str:
-    mode, details = secure_mode(results)
+    mode = secure_mode(results)
     if mode is None:
         return ""
     counts = [r.get("clients") for r in _rounds(results)]
@@ -544,9 +533,6 @@ def _secure(results: Mapping[str, Any]) -> str:
         "ckks": "CKKS ciphertexts and the decrypted aggregate",
     }.get(mode, "(not described for this mode)")
     rows: list[list[Any]] = [["mode", mode], ["what the server could see", saw]]
-    rows += [
-        [k, v if is_number(v) or isinstance(v, str) else json.dumps(v)] for k, v in details.items()
-    ]
     return _section("secure", "Secure aggregation", _table("secure", ["", ""], rows))
 
 

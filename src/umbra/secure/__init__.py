@@ -4,6 +4,6 @@ The server only ever sees the sum of the clients' updates. Protocol state machin
 are transport-independent; the Flower client mods and server workflows wrap them.
 """
 
-from umbra.secure.secagg import SecAggAbort, SecAggError, run_secagg_round
+from umbra.secure.secagg import SecAggAbort, SecAggError
 
-__all__ = ["SecAggAbort", "SecAggError", "run_secagg_round"]
+__all__ = ["SecAggAbort", "SecAggError"]

@@ -52,6 +52,8 @@ from umbra.secure.contribution import (
     payload_template,
 )
 from umbra.secure.secagg import crypto
+from umbra.secure.secagg.client import ClientState, SecAggPlusClient
+from umbra.secure.secagg.config import SecAggConfig
 from umbra.secure.secagg.constants import (
     CFG_NEXT_KEYS,
     CFG_PREKEYS,
@@ -63,12 +65,7 @@ from umbra.secure.secagg.constants import (
     STAGE_UNMASK,
     Key,
 )
-from umbra.secure.secagg.protocol import (
-    ClientState,
-    ProtocolViolation,
-    SecAggConfig,
-    SecAggPlusClient,
-)
+from umbra.secure.secagg.errors import ProtocolViolation
 from umbra.secure.secagg.quantize import PayloadLayout, QuantizationSpec
 from umbra.secure.transport import decode_proto, reply_content
 

@@ -49,6 +49,7 @@ from umbra.secure.contribution import (
     next_weight_scale,
     payload_template,
 )
+from umbra.secure.secagg.config import SecAggConfig
 from umbra.secure.secagg.constants import (
     CFG_NEXT_KEYS,
     CFG_PREKEYS,
@@ -61,8 +62,9 @@ from umbra.secure.secagg.constants import (
     STAGE_UNMASK,
     Key,
 )
-from umbra.secure.secagg.protocol import SecAggAbort, SecAggConfig, SecAggPlusServer
+from umbra.secure.secagg.errors import SecAggAbort
 from umbra.secure.secagg.quantize import PayloadLayout
+from umbra.secure.secagg.server import SecAggPlusServer
 from umbra.secure.transport import StageExchange
 
 __all__ = ["MESSAGE_TYPE", "SecAggPlusWorkflow", "round_threshold", "secagg_train_round"]
