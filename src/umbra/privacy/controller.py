@@ -51,14 +51,22 @@ if TYPE_CHECKING:
 __all__ = [
     "CLIENT_GROUP",
     "DP_INTEGER_NOISE",
+    "DP_MODE",
+    "DP_MODE_CODES",
     "DP_NOISE_SHARES",
     "DP_RANGE",
+    "DP_UNWEIGHTED",
     "ClientPlan",
     "PrivacyController",
     "dp_config_keys",
     "dp_sensitivity_key",
 ]
 
+#: ConfigRecord key: the DP mode a client trains under, as its code in :data:`DP_MODE_CODES`
+#: (absent: no DP).
+DP_MODE = "dp-mode"
+#: ``dp-mode`` value per DP mode name (``privacy.mode``, or ``"none"``).
+DP_MODE_CODES: dict[str, int] = {"none": 0, "example": 1, "client": 2}
 #: The single parameter group of client-level DP.
 CLIENT_GROUP = "all"
 #: ConfigRecord key: t, the shares distributed noise is split into (0: central noise).
@@ -69,6 +77,10 @@ DP_INTEGER_NOISE = "dp-integer-noise"
 #: ConfigRecord key: ρ, the power of two a DP contribution is divided by before SecAgg+
 #: quantisation so that it and its noise share fit the range (:func:`~umbra.privacy.ddg.range_divisor`).
 DP_RANGE = "dp-range"
+
+
+#: Local train-reply metric: the update is a DP contribution, summed unweighted.
+DP_UNWEIGHTED = "dp-unweighted"
 
 
 def dp_config_keys(group: str) -> tuple[str, str]:
@@ -213,7 +225,7 @@ class PrivacyController:
         for rel in releases:
             self.ledger.record(rel)
         return {
-            pid: {"dp-mode": self._mode.code, **self._mode.client_config(pid, clips)}
+            pid: {DP_MODE: DP_MODE_CODES[self.mode], **self._mode.client_config(pid, clips)}
             for pid in clients
         }
 

@@ -25,7 +25,6 @@ class ClientLevel(DPMode):
 
     name = "client"
     unit = "client"
-    code = 2
 
     def __init__(self, setup: ModeSetup) -> None:
         super().__init__(setup)

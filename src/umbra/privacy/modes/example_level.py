@@ -27,7 +27,6 @@ class ExampleLevel(DPMode):
 
     name = "example"
     unit = "example"
-    code = 1
 
     def __init__(self, setup: ModeSetup) -> None:
         super().__init__(setup)

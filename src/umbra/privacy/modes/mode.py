@@ -32,7 +32,7 @@ class ModeSetup:
 
 
 class DPMode(ABC):
-    """One DP mode as the server sees it; subclasses set ``name`` and ``code``.
+    """One DP mode as the server sees it; subclasses set ``name`` and ``unit``.
 
     The attributes below are what the controller reports for every mode; a mode that has
     no such thing leaves the default (no per-client plans, no client-level σ).
@@ -42,8 +42,6 @@ class DPMode(ABC):
     name: ClassVar[str]
     #: the unit of privacy (the ledger's and the report's)
     unit: ClassVar[Literal["example", "client"]]
-    #: ``dp-mode`` value of the train ConfigRecord (read by the clients' DP policies)
-    code: ClassVar[int]
 
     def __init__(self, setup: ModeSetup) -> None:
         self.setup = setup

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from umbra.privacy.controller import DP_MODE_CODES
 from umbra.privacy.modes.client_level import ClientLevel
 from umbra.privacy.modes.example_level import ExampleLevel
 from umbra.privacy.modes.mode import DPMode
@@ -14,11 +15,11 @@ MODES: dict[str, type[DPMode]] = {ExampleLevel.name: ExampleLevel, ClientLevel.n
 
 
 def register_mode(cls: type[DPMode]) -> type[DPMode]:
-    """Register ``cls`` under ``cls.name``; a name or ``dp-mode`` code taken already raises."""
+    """Register ``cls`` under ``cls.name``; a name taken already raises ValueError."""
     if cls.name in MODES:
         raise ValueError(f"DP mode {cls.name!r} is already registered")
-    if any(m.code == cls.code for m in MODES.values()):
-        raise ValueError(f"dp-mode code {cls.code} is already registered")
+    if cls.name not in DP_MODE_CODES:
+        raise ValueError(f"DP mode {cls.name!r} has no dp-mode code in DP_MODE_CODES")
     MODES[cls.name] = cls
     return cls
 
