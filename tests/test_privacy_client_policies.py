@@ -39,7 +39,7 @@ def test_policy_follows_dp_mode_and_names_are_unique(monkeypatch: pytest.MonkeyP
     assert type(client_policy({"dp-mode": 2, "dp-clip-all": 1.0})) is ClientDP
     with pytest.raises(ValueError, match="unknown dp-mode 7"):
         client_policy({"dp-mode": 7})
-    monkeypatch.setattr(client_pkg.registry, "CLIENT_POLICIES", dict(CLIENT_POLICIES))
+    monkeypatch.setattr(client_pkg.registry, "CLIENT_POLICIES", CLIENT_POLICIES.copy())
     with pytest.raises(ValueError, match="already registered"):
         register_client_policy(type("Again", (NoDP,), {"name": "example"}))
     with pytest.raises(ValueError, match="no dp-mode code"):

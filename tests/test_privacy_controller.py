@@ -212,7 +212,7 @@ def test_modes_are_looked_up_by_name_and_clients_train_under_the_same_mode(
     with pytest.raises(ValueError, match=r"privacy\.mode must be 'example' or 'client', got 'x'"):
         PrivacyController(SimpleNamespace(mode="x"), groups=GROUPS, rounds=1, batch_size=1,
                           local_epochs=1, num_clients=1, ledger_path=tmp_path / "x.jsonl")  # fmt: skip
-    monkeypatch.setattr(modes.registry, "MODES", dict(modes.MODES))
+    monkeypatch.setattr(modes.registry, "MODES", modes.MODES.copy())
     with pytest.raises(ValueError, match="already registered"):
         modes.register_mode(type("Again", (modes.ClientLevel,), {}))
     with pytest.raises(ValueError, match="no dp-mode code"):

@@ -15,6 +15,7 @@ from umbra.privacy import dpsgd_backends
 from umbra.privacy.dpsgd import DPSGD, poisson_batches
 from umbra.privacy.dpsgd_backends import BACKENDS, PerSampleBackend, register_backend
 from umbra.privacy.randomness import SecureRandom
+from umbra.privacy.registry import Registry
 
 MODS = ("image", "text")
 
@@ -543,7 +544,7 @@ class _LoopBackend(PerSampleBackend):
 def test_a_registered_backend_is_used_and_names_are_unique(monkeypatch) -> None:
     """DPSGD looks its backend up by name: a backend registered under a new name computes
     the step (clipped sums equal to the single-record reference); a taken name raises."""
-    monkeypatch.setattr(dpsgd_backends.registry, "BACKENDS", dict(BACKENDS))
+    monkeypatch.setattr(dpsgd_backends.registry, "BACKENDS", BACKENDS.copy())
     assert register_backend(_LoopBackend) is _LoopBackend
     with pytest.raises(ValueError, match="already registered"):
         register_backend(_LoopBackend)
@@ -561,7 +562,7 @@ def test_a_registered_backend_is_used_and_names_are_unique(monkeypatch) -> None:
     ref = _reference(twin, groups, clip, batch, denom=0.5 * 20)
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, ref[n], rtol=1e-5, atol=1e-7)
-    monkeypatch.setattr(dpsgd_backends.registry, "BACKENDS", {})
-    with pytest.raises(ValueError, match="backend must be one of"):
+    monkeypatch.setattr(dpsgd_backends.registry, "BACKENDS", Registry("backend"))
+    with pytest.raises(ValueError, match="backend must be registered, got 'loop'"):
         DPSGD(model, groups=groups, clip_norms=clip, noise_multipliers=dict.fromkeys(clip, 1.0),
               sample_rate=0.5, num_samples=20, backend="loop")  # fmt: skip

@@ -4,9 +4,7 @@ distributed noise, add this client's noise share (Flower's ``LocalDpMod`` shape)
 
 from __future__ import annotations
 
-from umbra.federation.train import Batchable, TrainSettings, train_local
-from umbra.models import MultimodalNet
-from umbra.privacy.client.policy import Arrays, ClientPolicy, Scaffold, config_float, config_int
+from umbra.privacy.client.policy import Arrays, ClientPolicy, config_float, config_int
 from umbra.privacy.client_dp import clip_update, noise_share
 from umbra.privacy.controller import (
     CLIENT_GROUP,
@@ -22,7 +20,8 @@ __all__ = ["ClientDP"]
 
 
 class ClientDP(ClientPolicy):
-    """The clipped update Δ = y - x, summed unweighted (``dp-unweighted``).
+    """Local SGD as without DP; the reply is the clipped update Δ = y - x, summed
+    unweighted (``dp-unweighted``).
 
     Distributed noise: under SecAgg+ (``dp-integer-noise``) the update leaves here noiseless
     and gets a discrete Gaussian share after quantisation (its sensitivity, the clip, rides
@@ -31,17 +30,6 @@ class ClientDP(ClientPolicy):
     """
 
     name = "client"
-
-    def train(
-        self,
-        model: MultimodalNet,
-        data: Batchable,
-        settings: TrainSettings,
-        *,
-        seed: int,
-        scaffold: Scaffold | None,
-    ) -> dict[str, float]:
-        return train_local(model, data, settings, seed=seed, scaffold=scaffold)
 
     def reply(
         self, x: Arrays, y: Arrays, out: Arrays, metrics: dict[str, float]

@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-from umbra.federation.train import Batchable, TrainSettings, train_local
-from umbra.models import MultimodalNet
-from umbra.privacy.client.policy import ClientPolicy, Scaffold
+from umbra.privacy.client.policy import ClientPolicy
 
 __all__ = ["NoDP"]
 
 
 class NoDP(ClientPolicy):
-    """Local SGD (FedProx/SCAFFOLD as configured); nothing to post-process."""
+    """Local SGD (FedProx/SCAFFOLD as configured), nothing to post-process: every hook is
+    :class:`~umbra.privacy.client.policy.ClientPolicy`'s default."""
 
     name = "none"
-
-    def train(
-        self,
-        model: MultimodalNet,
-        data: Batchable,
-        settings: TrainSettings,
-        *,
-        seed: int,
-        scaffold: Scaffold | None,
-    ) -> dict[str, float]:
-        return train_local(model, data, settings, seed=seed, scaffold=scaffold)

@@ -14,13 +14,12 @@ an app-level mod would see the masked vector.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 
-from umbra.federation.train import Batchable, TrainSettings
+from umbra.federation.train import Batchable, TrainSettings, train_local
 from umbra.models import MultimodalNet
 
 __all__ = ["Arrays", "ClientPolicy", "Scaffold", "config_float", "config_int"]
@@ -40,12 +39,13 @@ def config_int(config: Mapping[str, Any], key: str, default: int | None = None) 
     return int(config[key] if default is None else config.get(key, default))
 
 
-class ClientPolicy(ABC):
+class ClientPolicy:
     """One DP mode as an organisation applies it to one train message.
 
     Built from the message's ConfigRecord (the server's plan for this client); subclasses
-    set ``name`` (a ``privacy.mode``, or ``"none"``) and may keep state between
-    :meth:`train` and :meth:`reply` of the same message.
+    set ``name`` (a ``privacy.mode``, or ``"none"``), override the hooks their mode changes
+    and may keep state between :meth:`train` and :meth:`reply` of the same message. The
+    defaults are training without DP: the base settings, local SGD, the reply as trained.
     """
 
     name: ClassVar[str]
@@ -57,7 +57,6 @@ class ClientPolicy(ABC):
         """The optimiser settings of this round (default: ``base``)."""
         return base
 
-    @abstractmethod
     def train(
         self,
         model: MultimodalNet,
@@ -67,7 +66,9 @@ class ClientPolicy(ABC):
         seed: int,
         scaffold: Scaffold | None,
     ) -> dict[str, float]:
-        """Train ``model`` in place; returns local metrics (``steps`` among them)."""
+        """Train ``model`` in place; returns local metrics (``steps`` among them).
+        Default: local SGD (:func:`~umbra.federation.train.train_local`)."""
+        return train_local(model, data, settings, seed=seed, scaffold=scaffold)
 
     def reply(
         self, x: Arrays, y: Arrays, out: Arrays, metrics: dict[str, float]

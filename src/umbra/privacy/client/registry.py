@@ -11,26 +11,20 @@ from umbra.privacy.client.example_dp import ExampleDP
 from umbra.privacy.client.no_dp import NoDP
 from umbra.privacy.client.policy import ClientPolicy, config_int
 from umbra.privacy.controller import DP_MODE, DP_MODE_CODES
+from umbra.privacy.registry import Registry
 
 __all__ = ["CLIENT_POLICIES", "client_policy", "register_client_policy"]
 
 #: DP mode name (``privacy.mode``, or ``"none"``) -> client policy class
-CLIENT_POLICIES: dict[str, type[ClientPolicy]] = {
-    NoDP.name: NoDP,
-    ExampleDP.name: ExampleDP,
-    ClientDP.name: ClientDP,
-}
+CLIENT_POLICIES: Registry[type[ClientPolicy]] = Registry("client DP policy")
 
 
 def register_client_policy(cls: type[ClientPolicy]) -> type[ClientPolicy]:
-    """Register ``cls`` under ``cls.name``; a name taken already, or one without a
-    ``dp-mode`` code (:data:`~umbra.privacy.controller.DP_MODE_CODES`), raises ValueError."""
-    if cls.name in CLIENT_POLICIES:
-        raise ValueError(f"client DP policy {cls.name!r} is already registered")
+    """Register ``cls`` under ``cls.name``, which needs a ``dp-mode`` code
+    (:data:`~umbra.privacy.controller.DP_MODE_CODES`); a name taken already raises."""
     if cls.name not in DP_MODE_CODES:
         raise ValueError(f"client DP policy {cls.name!r} has no dp-mode code in DP_MODE_CODES")
-    CLIENT_POLICIES[cls.name] = cls
-    return cls
+    return CLIENT_POLICIES.register(cls.name, cls)
 
 
 def client_policy(config: Mapping[str, Any]) -> ClientPolicy:
@@ -43,4 +37,8 @@ def client_policy(config: Mapping[str, Any]) -> ClientPolicy:
     names = [name for name, c in DP_MODE_CODES.items() if c == code and name in CLIENT_POLICIES]
     if not names:
         raise ValueError(f"unknown {DP_MODE} {code}; known: {sorted(DP_MODE_CODES.values())}")
-    return CLIENT_POLICIES[names[0]](config)
+    return CLIENT_POLICIES.get(names[0])(config)
+
+
+for _builtin in (NoDP, ExampleDP, ClientDP):
+    register_client_policy(_builtin)

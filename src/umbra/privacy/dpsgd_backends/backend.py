@@ -59,6 +59,11 @@ class PerSampleBackend(ABC):
         self.model = model
         self.params = params
         self.names = names
+        self.attach()
+
+    def attach(self) -> None:
+        """Check the model and attach what the backend needs (default: Opacus' layer rules)."""
+        validate_layers(self.model)
 
     @abstractmethod
     def per_sample(

@@ -3,18 +3,10 @@ one forward and one backward pass with forward hooks (:mod:`umbra.privacy.bookke
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any
 
-from torch import nn
-
 from umbra.privacy.bookkeeping import BookKeeper, PerSample
-from umbra.privacy.dpsgd_backends.backend import (
-    PerSampleBackend,
-    PerSampleLossFn,
-    check_losses,
-    validate_layers,
-)
+from umbra.privacy.dpsgd_backends.backend import PerSampleBackend, PerSampleLossFn, check_losses
 
 __all__ = ["BookkeepingBackend"]
 
@@ -25,15 +17,11 @@ class BookkeepingBackend(PerSampleBackend):
 
     name = "bookkeeping"
 
-    def __init__(
-        self,
-        model: nn.Module,
-        params: Mapping[str, Sequence[nn.Parameter]],
-        names: Mapping[int, str],
-    ) -> None:
-        super().__init__(model, params, names)
-        validate_layers(model)
-        self._bk = BookKeeper(model, [p for ps in params.values() for p in ps])
+    _bk: BookKeeper
+
+    def attach(self) -> None:
+        super().attach()  # Opacus' layer rules
+        self._bk = BookKeeper(self.model, [p for ps in self.params.values() for p in ps])
 
     def per_sample(
         self, loss_fn: PerSampleLossFn, batch: Any, batch_size: int

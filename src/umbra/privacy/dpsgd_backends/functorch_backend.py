@@ -3,14 +3,14 @@ on batches of one record, so any model that runs under ``vmap`` works."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from umbra.privacy.bookkeeping import PerSample
-from umbra.privacy.dpsgd_backends.backend import PerSampleBackend, PerSampleLossFn, validate_layers
+from umbra.privacy.dpsgd_backends.backend import PerSampleBackend, PerSampleLossFn
 
 __all__ = ["FunctorchBackend"]
 
@@ -46,15 +46,6 @@ class FunctorchBackend(PerSampleBackend):
     construction (each record's loss sees that record only)."""
 
     name = "functorch"
-
-    def __init__(
-        self,
-        model: nn.Module,
-        params: Mapping[str, Sequence[nn.Parameter]],
-        names: Mapping[int, str],
-    ) -> None:
-        super().__init__(model, params, names)
-        validate_layers(model)
 
     def per_sample(
         self, loss_fn: PerSampleLossFn, batch: Any, batch_size: int

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opacus import GradSampleModule
@@ -21,14 +20,13 @@ class OpacusBackend(PerSampleBackend):
 
     name = "opacus"
 
-    def __init__(
-        self,
-        model: nn.Module,
-        params: Mapping[str, Sequence[nn.Parameter]],
-        names: Mapping[int, str],
-    ) -> None:
-        super().__init__(model, params, names)
-        self._gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum", strict=True)
+    _gsm: GradSampleModule
+
+    def attach(self) -> None:
+        """Opacus' hooks; ``strict=True`` applies its layer rules itself."""
+        self._gsm = GradSampleModule(
+            self.model, batch_first=True, loss_reduction="sum", strict=True
+        )
 
     def _check_layout(self) -> None:
         for name, module in self.model.named_modules():

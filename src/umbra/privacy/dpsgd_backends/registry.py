@@ -1,5 +1,5 @@
-"""DP-SGD backend name -> class (as Opacus' ``accountants/registry.py``): the built-in
-backends, :func:`register_backend` for others."""
+"""DP-SGD backend name -> class: the built-in backends, :func:`register_backend` for others
+(duplicates raise)."""
 
 from __future__ import annotations
 
@@ -7,27 +7,23 @@ from umbra.privacy.dpsgd_backends.backend import PerSampleBackend
 from umbra.privacy.dpsgd_backends.bookkeeping_backend import BookkeepingBackend
 from umbra.privacy.dpsgd_backends.functorch_backend import FunctorchBackend
 from umbra.privacy.dpsgd_backends.opacus_backend import OpacusBackend
+from umbra.privacy.registry import Registry
 
 __all__ = ["BACKENDS", "backend_class", "register_backend"]
 
 #: backend name -> class
-BACKENDS: dict[str, type[PerSampleBackend]] = {
-    BookkeepingBackend.name: BookkeepingBackend,
-    FunctorchBackend.name: FunctorchBackend,
-    OpacusBackend.name: OpacusBackend,
-}
+BACKENDS: Registry[type[PerSampleBackend]] = Registry("backend")
 
 
 def register_backend(cls: type[PerSampleBackend]) -> type[PerSampleBackend]:
     """Register ``cls`` under ``cls.name``; a name taken already raises ValueError."""
-    if cls.name in BACKENDS:
-        raise ValueError(f"DP-SGD backend {cls.name!r} is already registered")
-    BACKENDS[cls.name] = cls
-    return cls
+    return BACKENDS.register(cls.name, cls)
 
 
 def backend_class(name: str) -> type[PerSampleBackend]:
     """The backend registered as ``name``; an unknown name raises ValueError."""
-    if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {tuple(BACKENDS)}, got {name!r}")
-    return BACKENDS[name]
+    return BACKENDS.get(name)
+
+
+for _builtin in (BookkeepingBackend, FunctorchBackend, OpacusBackend):
+    register_backend(_builtin)
