@@ -59,6 +59,7 @@ __all__ = [
     "ClientPlan",
     "PrivacyController",
     "dp_config_keys",
+    "dp_mode_code",
     "dp_sensitivity_key",
 ]
 
@@ -81,6 +82,13 @@ DP_RANGE = "dp-range"
 
 #: Local train-reply metric: the update is a DP contribution, summed unweighted.
 DP_UNWEIGHTED = "dp-unweighted"
+
+
+def dp_mode_code(name: str) -> int:
+    """The ``dp-mode`` value of DP mode ``name``; a name without one raises ValueError."""
+    if name not in DP_MODE_CODES:
+        raise ValueError(f"DP mode {name!r} has no dp-mode code in DP_MODE_CODES")
+    return DP_MODE_CODES[name]
 
 
 def dp_config_keys(group: str) -> tuple[str, str]:
@@ -225,7 +233,7 @@ class PrivacyController:
         for rel in releases:
             self.ledger.record(rel)
         return {
-            pid: {DP_MODE: DP_MODE_CODES[self.mode], **self._mode.client_config(pid, clips)}
+            pid: {DP_MODE: dp_mode_code(self.mode), **self._mode.client_config(pid, clips)}
             for pid in clients
         }
 

@@ -10,7 +10,7 @@ from umbra.privacy.client.client_dp import ClientDP
 from umbra.privacy.client.example_dp import ExampleDP
 from umbra.privacy.client.no_dp import NoDP
 from umbra.privacy.client.policy import ClientPolicy, config_int
-from umbra.privacy.controller import DP_MODE, DP_MODE_CODES
+from umbra.privacy.controller import DP_MODE, DP_MODE_CODES, dp_mode_code
 from umbra.privacy.registry import Registry
 
 __all__ = ["CLIENT_POLICIES", "client_policy", "register_client_policy"]
@@ -22,8 +22,7 @@ CLIENT_POLICIES: Registry[type[ClientPolicy]] = Registry("client DP policy")
 def register_client_policy(cls: type[ClientPolicy]) -> type[ClientPolicy]:
     """Register ``cls`` under ``cls.name``, which needs a ``dp-mode`` code
     (:data:`~umbra.privacy.controller.DP_MODE_CODES`); a name taken already raises."""
-    if cls.name not in DP_MODE_CODES:
-        raise ValueError(f"client DP policy {cls.name!r} has no dp-mode code in DP_MODE_CODES")
+    dp_mode_code(cls.name)  # the server must be able to select it
     return CLIENT_POLICIES.register(cls.name, cls)
 
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from umbra.privacy.controller import DP_MODE_CODES
+from umbra.privacy.controller import dp_mode_code
 from umbra.privacy.modes.client_level import ClientLevel
 from umbra.privacy.modes.example_level import ExampleLevel
 from umbra.privacy.modes.mode import DPMode
@@ -18,8 +18,7 @@ MODES: Registry[type[DPMode]] = Registry("privacy.mode")
 def register_mode(cls: type[DPMode]) -> type[DPMode]:
     """Register ``cls`` under ``cls.name``, which needs a ``dp-mode`` code
     (:data:`~umbra.privacy.controller.DP_MODE_CODES`); a name taken already raises."""
-    if cls.name not in DP_MODE_CODES:
-        raise ValueError(f"DP mode {cls.name!r} has no dp-mode code in DP_MODE_CODES")
+    dp_mode_code(cls.name)  # the clients must be able to tell the mode
     return MODES.register(cls.name, cls)
 
 
