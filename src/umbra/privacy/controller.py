@@ -32,6 +32,10 @@ Client-level DP (DP-FedAvg, McMahan et al. 2018): clients join each round with P
 rate q, clip their update to C, and Gaussian noise σC is added to the sum (by the server,
 or shared out among the clients under secure aggregation in ``t`` shares, with no top-up
 by the server). One group, ``"all"``.
+
+Each mode is a class in :mod:`umbra.privacy.modes` (``ExampleLevel``, ``ClientLevel``); the
+controller looks it up once by ``privacy.mode`` and delegates to it. The ConfigRecord keys
+here are shared with the clients' DP policies (:mod:`umbra.privacy.client`).
 """
 
 from __future__ import annotations
