@@ -197,3 +197,28 @@ def test_dominant_parties_are_the_largest_rate_of_each_history() -> None:
     assert full.per_party["a"]["total"] < full.per_party["b"]["total"]  # monotone in q
     assert all(full.per_party["a"][k] <= full.per_party["b"][k] for k in full.per_party["a"])
     assert fast.epsilon == full.epsilon and fast.worst_party == full.worst_party
+
+
+def test_modes_are_looked_up_by_name_and_clients_train_under_the_same_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The controller's mode comes from the registry (unknown names and duplicates raise),
+    and the ``dp-mode`` it sends selects the client policy of the same name."""
+    from types import SimpleNamespace
+
+    from umbra.privacy import modes
+    from umbra.privacy.client import client_policy
+
+    with pytest.raises(ValueError, match=r"privacy\.mode must be 'example' or 'client', got 'x'"):
+        PrivacyController(SimpleNamespace(mode="x"), groups=GROUPS, rounds=1, batch_size=1,
+                          local_epochs=1, num_clients=1, ledger_path=tmp_path / "x.jsonl")  # fmt: skip
+    monkeypatch.setattr(modes.registry, "MODES", modes.MODES.copy())
+    with pytest.raises(ValueError, match="already registered"):
+        modes.register_mode(type("Again", (modes.ClientLevel,), {}))
+    with pytest.raises(ValueError, match="no dp-mode code"):
+        modes.register_mode(type("Record", (modes.ClientLevel,), {"name": "record"}))
+    for mode, extra in (("example", {}), ("client", {"client_rate": 0.5})):
+        ctl = _controller(tmp_path / mode, mode=mode, **extra)
+        ctl.plan_clients({0: 400, 1: 900})
+        for cfg in ctl.before_round(1, [0, 1]).values():
+            assert client_policy(cfg).name == ctl.mode == mode

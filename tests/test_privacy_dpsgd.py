@@ -11,8 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from umbra.privacy import dpsgd_backends
 from umbra.privacy.dpsgd import DPSGD, poisson_batches
+from umbra.privacy.dpsgd_backends import BACKENDS, PerSampleBackend, register_backend
 from umbra.privacy.randomness import SecureRandom
+from umbra.privacy.registry import Registry
 
 MODS = ("image", "text")
 
@@ -521,3 +524,45 @@ def test_clipped_sum_mixed_terms_against_materialised_reference():
         )
     assert flat.numel() == sum(p.numel() for p in params)
     assert 0 < float((norms > clip).double().mean()) < 1
+
+
+class _LoopBackend(PerSampleBackend):
+    """Per-record gradients from a plain loop over batches of one (a registry test double)."""
+
+    name = "loop"
+
+    def per_sample(self, loss_fn, batch, batch_size):  # type: ignore[no-untyped-def]
+        flat = [p for ps in self.params.values() for p in ps]
+        rows = [
+            torch.autograd.grad(loss_fn(self.model, _record(batch, i)).sum(), flat)
+            for i in range(batch_size)
+        ]
+        per_param = {id(p): torch.stack([r[j] for r in rows]) for j, p in enumerate(flat)}
+        return {g: [per_param[id(p)] for p in ps] for g, ps in self.params.items()}
+
+
+def test_a_registered_backend_is_used_and_names_are_unique(monkeypatch) -> None:
+    """DPSGD looks its backend up by name: a backend registered under a new name computes
+    the step (clipped sums equal to the single-record reference); a taken name raises."""
+    monkeypatch.setattr(dpsgd_backends.registry, "BACKENDS", BACKENDS.copy())
+    assert register_backend(_LoopBackend) is _LoopBackend
+    with pytest.raises(ValueError, match="already registered"):
+        register_backend(_LoopBackend)
+    with pytest.raises(ValueError, match="already registered"):
+        register_backend(type("Other", (_LoopBackend,), {"name": "opacus"}))
+    torch.manual_seed(0)
+    model = TinyMultimodal()
+    twin = copy.deepcopy(model)
+    groups = _groups(model)
+    clip = {"image": 0.3, "text": 0.05, "shared": 0.2}
+    dp = _clipping_only(model, groups, clip, sample_rate=0.5, num_samples=20,
+                        rng=SecureRandom.for_testing(1), backend="loop")  # fmt: skip
+    batch = _batch(7)
+    dp.step(_loss, batch)
+    ref = _reference(twin, groups, clip, batch, denom=0.5 * 20)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref[n], rtol=1e-5, atol=1e-7)
+    monkeypatch.setattr(dpsgd_backends.registry, "BACKENDS", Registry("backend"))
+    with pytest.raises(ValueError, match="backend must be registered, got 'loop'"):
+        DPSGD(model, groups=groups, clip_norms=clip, noise_multipliers=dict.fromkeys(clip, 1.0),
+              sample_rate=0.5, num_samples=20, backend="loop")  # fmt: skip

@@ -37,22 +37,9 @@ from umbra.federation.train import (
     get_arrays,
     scaffold_control_update,
     set_arrays,
-    train_local,
-    train_local_dp,
 )
-from umbra.models import ModelSpec, MultimodalNet, parameter_groups
-from umbra.privacy.client_dp import clip_update, noise_share, share_multiplier
-from umbra.privacy.controller import (
-    CLIENT_GROUP,
-    DP_INTEGER_NOISE,
-    DP_NOISE_SHARES,
-    dp_config_keys,
-    dp_sensitivity_key,
-)
-from umbra.privacy.randomness import SecureRandom
-
-#: ``dp-mode`` values in a train ConfigRecord.
-DP_EXAMPLE, DP_CLIENT = 1, 2
+from umbra.models import ModelSpec, MultimodalNet
+from umbra.privacy.client import client_policy
 
 __all__ = [
     "CLIENT_ACTIONS",
@@ -179,37 +166,6 @@ def _save_control(state_dir: Path, server_round: int, c_i: dict[str, np.ndarray]
             p.unlink(missing_ok=True)
 
 
-def _client_dp_update(
-    x: dict[str, np.ndarray],
-    y: dict[str, np.ndarray],
-    config: Any,
-    metrics: dict[str, float],
-) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Client-level DP: the clipped update Δ = y - x, summed unweighted (``dp-unweighted``).
-
-    Distributed noise: under SecAgg+ (``dp-integer-noise``) the update leaves here noiseless
-    and gets a discrete Gaussian share after quantisation (its sensitivity, the clip, rides
-    in the local metrics); otherwise (CKKS) this client adds a continuous share
-    ``N(0, σ²C²/t)`` from the privacy stream, ``t`` the secure threshold.
-    """
-    sigma_key, clip_key = dp_config_keys(CLIENT_GROUP)
-    clip = float(config[clip_key])
-    delta, _ = clip_update({k: y[k] - x[k] for k in x}, clip)
-    shares = int(config.get(DP_NOISE_SHARES, 0))
-    out = {**metrics, "dp-unweighted": 1.0}
-    if shares > 0 and bool(config.get(DP_INTEGER_NOISE, False)):
-        out[dp_sensitivity_key(CLIENT_GROUP)] = clip
-    elif shares > 0:
-        private = SecureRandom()  # the noise must be unpredictable
-        delta = {
-            k: (v + noise_share(v.shape, noise_multiplier=float(config[sigma_key]),
-                                clip_norm=clip, num_clients=shares, generator=private)
-                ).astype(v.dtype)
-            for k, v in delta.items()
-        }  # fmt: skip
-    return delta, out
-
-
 def make_client_app(spec: ClientSpec) -> ClientApp:
     """A ClientApp bound to ``spec``."""
     app = ClientApp()
@@ -239,55 +195,11 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
             c_i = _load_control(state_dir, server_round) or {
                 k: np.zeros_like(v) for k, v in c.items()
             }
-        dp_mode = int(config.get("dp-mode", 0))  # type: ignore[arg-type]
         seed = round_seed(spec.seed, server_round, client)
         scaffold = (c, c_i) if c_i is not None else None
-        release: dict[str, np.ndarray] | None = None  # distributed DP-SGD under SecAgg+
-        if dp_mode == DP_EXAMPLE:
-            groups = parameter_groups(model)
-            sig = {g: float(config[dp_config_keys(g)[0]]) for g in groups}  # type: ignore[arg-type]
-            clip = {g: float(config[dp_config_keys(g)[1]]) for g in groups}  # type: ignore[arg-type]
-            dp_settings = TrainSettings(
-                **{
-                    **settings.__dict__,
-                    "lr": float(config.get("dp-lr", settings.lr)),  # type: ignore[arg-type]
-                    "momentum": float(config.get("dp-momentum", settings.momentum)),  # type: ignore[arg-type]
-                }
-            )
-            settings = dp_settings  # SCAFFOLD's control update uses the step actually taken
-            shares = int(config.get(DP_NOISE_SHARES, 0))  # type: ignore[arg-type]
-            integer_noise = shares > 0 and bool(config.get(DP_INTEGER_NOISE, False))
-            if integer_noise:  # SecAgg+: noise added after quantisation, not here
-                if int(config["dp-steps"]) != 1:  # type: ignore[arg-type]
-                    raise ValueError("distributed DP-SGD takes exactly one step per round")
-                sig = dict.fromkeys(sig, 0.0)
-            elif shares > 0:  # CKKS: this silo adds 1/√shares of each group's noise
-                sig = {g: share_multiplier(s, shares) for g, s in sig.items()}
-            release = {} if integer_noise else None
-            metrics = train_local_dp(
-                model,
-                batchable,
-                settings,
-                sample_rate=float(config["dp-q"]),  # type: ignore[arg-type]
-                steps=int(config["dp-steps"]),  # type: ignore[arg-type]
-                noise_multipliers=sig,
-                clip_norms=clip,
-                seed=seed,
-                scaffold=scaffold,
-                deferred_noise=integer_noise,
-                release=release,
-            )
-            if integer_noise:
-                # A record moves Σ clipped by ≤ C_g; the reply below is dp-scale · (y - x)
-                # with y - x = -lr Σ clipped / (q n_i) + data-independent terms.
-                factor = (
-                    float(config.get("dp-scale", 1.0))  # type: ignore[arg-type]
-                    * settings.lr
-                    / (float(config["dp-q"]) * len(batchable))  # type: ignore[arg-type]
-                )
-                metrics.update({dp_sensitivity_key(g): factor * c for g, c in clip.items()})
-        else:
-            metrics = train_local(model, batchable, settings, seed=seed, scaffold=scaffold)
+        policy = client_policy(config)  # the DP mode's trainer and reply post-processing
+        settings = policy.settings(settings)
+        metrics = policy.train(model, batchable, settings, seed=seed, scaffold=scaffold)
         y = get_arrays(model)
         out = dict(y)
         if c_i is not None:
@@ -302,18 +214,7 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
             )
             _save_control(state_dir, server_round, new_c_i)
             out.update({CONTROL_PREFIX + k: new_c_i[k] - c_i[k] for k in new_c_i})
-        if dp_mode == DP_CLIENT:
-            out, metrics = _client_dp_update(x, y, config, metrics)
-        elif dp_mode == DP_EXAMPLE and int(config.get(DP_NOISE_SHARES, 0)) > 0:  # type: ignore[arg-type]
-            # One noisy step, summed unweighted: scaled by q·n_i / B̄ (``dp-scale``, B̄ the
-            # mean expected batch), the sum over K clients divided by K is
-            # -lr/(qN) · (Σ clipped gradients + the full noise): a centralized DP-SGD step.
-            scale = float(config.get("dp-scale", 1.0))  # type: ignore[arg-type]
-            if release is not None:  # SecAgg+: float64 from the gradient, noise added later
-                out = {k: release[k] * scale if k in release else np.zeros(x[k].shape) for k in x}
-            else:
-                out = {k: ((y[k] - x[k]) * scale).astype(y[k].dtype) for k in x}
-            metrics = {**metrics, "dp-unweighted": 1.0}
+        out, metrics = policy.reply(x, y, out, metrics)
         counts = data.counts()
         reply_metrics = public_metrics(
             spec.privacy_unit,

@@ -98,6 +98,69 @@ def set_arrays(model: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
     model.load_state_dict(state, strict=True)
 
 
+@dataclass
+class _LocalRun:
+    """What one round of local training keeps beside the model, private or not: the SGD
+    optimiser, FedProx's anchor and SCAFFOLD's gradient correction, and the generator of
+    the non-private choices (batch order, modality dropout)."""
+
+    opt: torch.optim.SGD
+    params: dict[str, nn.Parameter]
+    #: FedProx: the round's starting weights (empty when μ = 0)
+    start: dict[str, Tensor]
+    #: SCAFFOLD: c - c_i per parameter (empty without SCAFFOLD)
+    correction: dict[str, Tensor]
+    gen: torch.Generator
+
+    @classmethod
+    def start_for(
+        cls,
+        model: nn.Module,
+        settings: TrainSettings,
+        *,
+        seed: int,
+        scaffold: tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]] | None,
+    ) -> _LocalRun:
+        """Seed the non-private generators from ``seed``, put ``model`` in train mode."""
+        torch.manual_seed(seed)  # dropout layers draw from the global generator
+        gen = torch.Generator().manual_seed(seed)
+        model.train()
+        opt = torch.optim.SGD(
+            model.parameters(),
+            lr=settings.lr,
+            momentum=settings.momentum,
+            weight_decay=settings.weight_decay,
+        )
+        params = dict(model.named_parameters())
+        start = (
+            {k: p.detach().clone() for k, p in params.items()} if settings.proximal_mu > 0 else {}
+        )
+        correction: dict[str, Tensor] = {}
+        if scaffold is not None:
+            c, c_i = scaffold
+            correction = {k: torch.from_numpy(np.asarray(c[k] - c_i[k])) for k in params}
+        return cls(opt, params, start, correction, gen)
+
+    def proximal_term(self) -> Tensor:
+        """``||w - w_start||²`` (FedProx's penalty is ``μ/2`` of it)."""
+        zero = torch.zeros(())  # the sum's start: 0 + a == a, as with the builtin's int 0
+        return sum((((p - self.start[k]) ** 2).sum() for k, p in self.params.items()), zero)
+
+    def add_proximal_grad(self, mu: float) -> None:
+        """Add the penalty's gradient ``μ (w - w_start)`` to every gradient (no-op: μ = 0)."""
+        if self.start:
+            for k, p in self.params.items():
+                if p.grad is not None:
+                    p.grad.add_(mu * (p.detach() - self.start[k]))
+
+    def add_correction(self) -> None:
+        """Add SCAFFOLD's ``c - c_i`` to every gradient (no-op without SCAFFOLD)."""
+        if self.correction:
+            for k, p in self.params.items():
+                if p.grad is not None:
+                    p.grad.add_(self.correction[k])
+
+
 def train_local(
     model: MultimodalNet,
     data: Batchable,
@@ -127,32 +190,18 @@ def _train_local(
     scaffold: tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]] | None,
 ) -> dict[str, float]:
     n = len(data)
-    torch.manual_seed(seed)  # dropout layers draw from the global generator
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    opt = torch.optim.SGD(
-        model.parameters(),
-        lr=settings.lr,
-        momentum=settings.momentum,
-        weight_decay=settings.weight_decay,
-    )
-    params = dict(model.named_parameters())
-    start = {k: p.detach().clone() for k, p in params.items()} if settings.proximal_mu > 0 else {}
-    correction: dict[str, Tensor] = {}
-    if scaffold is not None:
-        c, c_i = scaffold
-        correction = {k: torch.from_numpy(np.asarray(c[k] - c_i[k])) for k in params}
+    run = _LocalRun.start_for(model, settings, seed=seed, scaffold=scaffold)
     steps = settings.steps(n)
     sums = {"ce": 0.0, "align": 0.0, "total": 0.0}
-    perm = torch.randperm(n, generator=gen)
+    perm = torch.randperm(n, generator=run.gen)
     pos = 0
     for _ in range(steps):
         if pos >= n:
-            perm, pos = torch.randperm(n, generator=gen), 0
+            perm, pos = torch.randperm(n, generator=run.gen), 0
         idx = perm[pos : pos + settings.batch_size]
         pos += settings.batch_size
         inputs, mask, labels = data.take(idx)
-        mask = modality_dropout(mask, settings.modality_dropout, gen)
+        mask = modality_dropout(mask, settings.modality_dropout, run.gen)
         logits, emb = model.forward_with_embeddings(inputs, mask)
         loss, parts = multimodal_loss(
             logits,
@@ -162,16 +211,12 @@ def _train_local(
             align_weight=settings.align_weight,
             temperature=settings.temperature,
         )
-        if start:
-            prox = sum(((p - start[k]) ** 2).sum() for k, p in params.items())
-            loss = loss + 0.5 * settings.proximal_mu * prox
-        opt.zero_grad(set_to_none=True)
+        if run.start:
+            loss = loss + 0.5 * settings.proximal_mu * run.proximal_term()
+        run.opt.zero_grad(set_to_none=True)
         loss.backward()
-        if correction:
-            for k, p in params.items():
-                if p.grad is not None:
-                    p.grad.add_(correction[k])
-        opt.step()
+        run.add_correction()
+        run.opt.step()
         for k in sums:
             sums[k] += parts[k]
     return {**{f"train-{k}": v / steps for k, v in sums.items()}, "steps": float(steps)}
@@ -299,12 +344,12 @@ def train_local_dp(
     n = len(data)
     if deferred_noise and steps != 1:
         raise ValueError(f"deferred noise releases one step, got steps={steps}")
-    model.train()
-    groups = parameter_groups(model)
+    # seed: dropout layers and modality dropout only (not the DP sample or noise)
+    run = _LocalRun.start_for(model, settings, seed=seed, scaffold=scaffold)
     private = SecureRandom()  # the Poisson sample and the noise: secret, never from seed
     dp = DPSGD(
         model,
-        groups=groups,
+        groups=parameter_groups(model),
         clip_norms=dict(clip_norms),
         noise_multipliers=dict(noise_multipliers),
         sample_rate=sample_rate,
@@ -312,39 +357,22 @@ def train_local_dp(
         rng=private,
         deferred_noise=deferred_noise,
     )
-    opt = torch.optim.SGD(
-        model.parameters(), lr=settings.lr, momentum=settings.momentum,
-        weight_decay=settings.weight_decay,
-    )  # fmt: skip
-    params = dict(model.named_parameters())
-    start = {k: p.detach().clone() for k, p in params.items()} if settings.proximal_mu > 0 else {}
-    correction: dict[str, Tensor] = {}
-    if scaffold is not None:
-        c, c_i = scaffold
-        correction = {k: torch.from_numpy(np.asarray(c[k] - c_i[k])) for k in params}
-    torch.manual_seed(seed)  # dropout layers (not the DP sample or noise)
-    gen = torch.Generator().manual_seed(seed)  # modality dropout (not private)
     # Channels-last convs as in train_local: DPSGD's default (book-keeping) backend is exact
     # for any memory layout (tests/test_privacy_dpsgd.py).
     with channels_last(model):
         for idx in poisson_batches(n, sample_rate=sample_rate, steps=steps, rng=private):
             inputs, mask, labels = data.take(idx)
-            mask = modality_dropout(mask, settings.modality_dropout, gen)
+            mask = modality_dropout(mask, settings.modality_dropout, run.gen)
             dp.step(_per_record_ce, (inputs, mask, labels))
-            for k, p in params.items():
-                if p.grad is None:
-                    continue
-                if start:
-                    p.grad.add_(settings.proximal_mu * (p.detach() - start[k]))
-                if correction:
-                    p.grad.add_(correction[k])
+            run.add_proximal_grad(settings.proximal_mu)
+            run.add_correction()
             if release is not None:
                 # SGD's first step (momentum buffer = gradient): -lr (g + wd·x)
-                for k, p in params.items():
+                for k, p in run.params.items():
                     if p.grad is not None:
                         g64 = p.grad.detach().double() + settings.weight_decay * p.detach().double()
                         release[k] = (-settings.lr * g64).numpy()
-            opt.step()
+            run.opt.step()
     dp.close()
     # No realised batch sizes in the metrics: they are a function of the secret Poisson
     # sample (a record's presence shifts their distribution) and metrics leave the client.

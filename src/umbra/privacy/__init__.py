@@ -3,7 +3,10 @@
 Pure math lives in :mod:`~umbra.privacy.accounting` (dp-accounting events and ε),
 :mod:`~umbra.privacy.budget` (noise per parameter group) and :mod:`~umbra.privacy.client_dp`
 (clipping and noise of client updates); :mod:`~umbra.privacy.ledger` holds the fsynced
-record of releases and :mod:`~umbra.privacy.dpsgd` the per-group DP-SGD step.
+record of releases and :mod:`~umbra.privacy.dpsgd` the per-group DP-SGD step (its
+per-record gradient backends in :mod:`~umbra.privacy.dpsgd_backends`). What differs between
+DP modes is one class per mode: on the server :mod:`~umbra.privacy.modes` (behind
+:mod:`~umbra.privacy.controller`), in an organisation :mod:`~umbra.privacy.client`.
 """
 
 from typing import TYPE_CHECKING, Any

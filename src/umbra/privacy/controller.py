@@ -32,31 +32,46 @@ Client-level DP (DP-FedAvg, McMahan et al. 2018): clients join each round with P
 rate q, clip their update to C, and Gaussian noise σC is added to the sum (by the server,
 or shared out among the clients under secure aggregation in ``t`` shares, with no top-up
 by the server). One group, ``"all"``.
+
+Each mode is a class in :mod:`umbra.privacy.modes` (``ExampleLevel``, ``ClientLevel``); the
+controller looks it up once by ``privacy.mode`` and delegates to it. The ConfigRecord keys
+here are shared with the clients' DP policies (:mod:`umbra.privacy.client`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from umbra.errors import BudgetExhausted, ConfigError
-from umbra.privacy.budget import Allocation, Budget, allocate_budget, calibrate_noise_multiplier
+from umbra.privacy.budget import Budget
 from umbra.privacy.ledger import PrivacyLedger, Release, dominant_parties
+
+if TYPE_CHECKING:
+    from umbra.privacy.modes import DPMode
 
 __all__ = [
     "CLIENT_GROUP",
     "DP_INTEGER_NOISE",
+    "DP_MODE",
+    "DP_MODE_CODES",
     "DP_NOISE_SHARES",
     "DP_RANGE",
+    "DP_UNWEIGHTED",
     "ClientPlan",
     "PrivacyController",
     "dp_config_keys",
+    "dp_mode_code",
     "dp_sensitivity_key",
 ]
 
+#: ConfigRecord key: the DP mode a client trains under, as its code in :data:`DP_MODE_CODES`
+#: (absent: no DP).
+DP_MODE = "dp-mode"
+#: ``dp-mode`` value per DP mode name (``privacy.mode``, or ``"none"``).
+DP_MODE_CODES: dict[str, int] = {"none": 0, "example": 1, "client": 2}
 #: The single parameter group of client-level DP.
 CLIENT_GROUP = "all"
 #: ConfigRecord key: t, the shares distributed noise is split into (0: central noise).
@@ -67,6 +82,17 @@ DP_INTEGER_NOISE = "dp-integer-noise"
 #: ConfigRecord key: ρ, the power of two a DP contribution is divided by before SecAgg+
 #: quantisation so that it and its noise share fit the range (:func:`~umbra.privacy.ddg.range_divisor`).
 DP_RANGE = "dp-range"
+
+
+#: Local train-reply metric: the update is a DP contribution, summed unweighted.
+DP_UNWEIGHTED = "dp-unweighted"
+
+
+def dp_mode_code(name: str) -> int:
+    """The ``dp-mode`` value of DP mode ``name``; a name without one raises ValueError."""
+    if name not in DP_MODE_CODES:
+        raise ValueError(f"DP mode {name!r} has no dp-mode code in DP_MODE_CODES")
+    return DP_MODE_CODES[name]
 
 
 def dp_config_keys(group: str) -> tuple[str, str]:
@@ -92,6 +118,11 @@ class ClientPlan:
 class PrivacyController:
     """Plans noise, enforces the budget and keeps the ledger (see the module docstring).
 
+    What differs between DP modes (the groups, the plans, the releases, what a client is
+    told, how ε is reported) is the mode object's (:mod:`umbra.privacy.modes`), looked up
+    once from ``privacy.mode``; the controller runs the part every mode shares: the budget
+    check before the fsynced ledger write, and the report.
+
     Args:
         privacy: a PrivacyConfig-like object (mode, epsilon, delta, accountant, weights,
             targets, clip_norm, clip_norms, noise_multiplier, noise, client_rate).
@@ -113,147 +144,76 @@ class PrivacyController:
         num_clients: int,
         ledger_path: Path,
     ) -> None:
-        if privacy.mode not in ("example", "client"):
-            raise ValueError(f"privacy.mode must be 'example' or 'client', got {privacy.mode!r}")
+        # The modes import this module's keys and ClientPlan: imported here, not above.
+        from umbra.privacy.modes import ModeSetup, mode_class
+
+        mode = mode_class(privacy.mode)
         self.cfg = privacy
-        self.mode: str = privacy.mode
+        self.mode: str = mode.name
         self.groups = list(groups)
         self.rounds = int(rounds)
         self.batch_size = int(privacy.batch_size or batch_size)
         self.local_epochs = float(local_epochs)
         self.num_clients = int(num_clients)
-        #: example-level DP with noise shared out among the silos under secure aggregation
-        self.distributed_example = self.mode == "example" and privacy.noise == "distributed"
         unknown = sorted(set(privacy.clip_norms) - set(self.groups))
         if unknown:
             raise ConfigError(
                 f"privacy.clip_norms names {unknown}, not a group of this model {self.groups}"
             )
         self.ledger = PrivacyLedger(
-            ledger_path,
-            unit="example" if self.mode == "example" else "client",
-            delta=privacy.delta,
-            accountant=privacy.accountant,
+            ledger_path, unit=mode.unit, delta=privacy.delta, accountant=privacy.accountant
         )
-        self.plans: dict[int, ClientPlan] = {}
-        #: distributed DP-SGD: n_i · K / N, the factor turning a client's step (divided by
-        #: its own expected batch q·n_i) into its share of the joint step
-        self.scales: dict[int, float] = {}
-        #: distributed DP-SGD: B̄ = qN / K, the divisor of the joint step's gradient sum
-        self.mean_expected_batch: float | None = None
-        self._cache: dict[tuple[float, int], Allocation] = {}
-        self.client_sigma: float | None = None
-        if self.mode == "client":
-            self.client_sigma = privacy.noise_multiplier or calibrate_noise_multiplier(
-                epsilon=privacy.epsilon,
-                delta=privacy.delta,
-                sample_rate=privacy.client_rate,
-                steps=self.rounds,
-                accountant=privacy.accountant,
-            )
+        self._mode: DPMode = mode(
+            ModeSetup(privacy, tuple(self.groups), self.rounds, self.batch_size, self.local_epochs)
+        )
 
-    # ----------------------------------------------------------------- example level
+    # ------------------------------------------------------------ the mode's state
+    @property
+    def distributed_example(self) -> bool:
+        """Example-level DP with noise shared out among the silos under secure aggregation."""
+        return self._mode.distributed
+
+    @property
+    def plans(self) -> dict[int, ClientPlan]:
+        """Client -> its DP-SGD plan (example-level DP; empty otherwise)."""
+        return self._mode.plans
+
+    @property
+    def scales(self) -> dict[int, float]:
+        """Distributed DP-SGD: n_i · K / N, the factor turning a client's step (divided by
+        its own expected batch q·n_i) into its share of the joint step."""
+        return self._mode.scales
+
+    @property
+    def mean_expected_batch(self) -> float | None:
+        """Distributed DP-SGD: B̄ = qN / K, the divisor of the joint step's gradient sum."""
+        return self._mode.mean_expected_batch
+
+    @property
+    def client_sigma(self) -> float | None:
+        """Client-level DP: the noise multiplier of the clipped update sum."""
+        return self._mode.client_sigma
+
+    # ------------------------------------------------------------------- planning
     def clip_norms(self) -> dict[str, float]:
-        groups = self.groups if self.mode == "example" else [CLIENT_GROUP]
-        return {g: float(self.cfg.clip_norms.get(g, self.cfg.clip_norm)) for g in groups}
-
-    def _weights(self) -> tuple[dict[str, float] | None, dict[str, float] | None]:
-        if self.cfg.targets is not None:
-            return None, dict(self.cfg.targets)
-        weights = dict(self.cfg.weights) if self.cfg.weights is not None else {}
-        unknown = sorted(set(weights) - set(self.groups))
-        if unknown:
-            raise ConfigError(
-                f"privacy.weights names {unknown}, not a group of this model {self.groups} "
-                "(a modality the data lacks?)"
-            )
-        return {g: float(weights.get(g, 1.0)) for g in self.groups}, None
+        return {
+            g: float(self.cfg.clip_norms.get(g, self.cfg.clip_norm))
+            for g in self._mode.clip_groups()
+        }
 
     def plan_clients(self, sizes: Mapping[int, int]) -> None:
         """Allocate per-group noise for every client from its record count (example DP)."""
-        if self.mode != "example":
-            return
-        weights, targets = self._weights()
-        total = sum(sizes.values())
-        # Distributed DP-SGD samples every record of the federation at one rate, the
-        # Poisson rate of a centralized step of expected batch B·K (B per organisation on
-        # average): the smallest organisation no longer sets the noise for everyone.
-        joint_q = min(1.0, self.batch_size * len(sizes) / total) if total > 0 else 1.0
-        # (so every silo gets the same plan: one q, one σ_g, one set of caps)
-        if self.distributed_example and total:
-            self.scales = {pid: n * len(sizes) / total for pid, n in sizes.items()}
-            self.mean_expected_batch = joint_q * total / len(sizes)
-        for pid, n in sorted(sizes.items()):
-            if n < 1:
-                raise ConfigError(f"client {pid} holds no records")
-            if self.cfg.delta > 1.0 / n:
-                raise ConfigError(
-                    f"privacy.delta = {self.cfg.delta:g} exceeds 1 / n = {1.0 / n:.2g} for "
-                    f"client {pid} ({n} records)"
-                )
-            q = joint_q if self.distributed_example else min(1.0, self.batch_size / n)
-            # Distributed noise covers one step per round: a silo's later local steps would
-            # depend on its own partial noise only.
-            steps = 1 if self.distributed_example else max(1, math.ceil(self.local_epochs / q))
-            key = (q, steps)
-            if key not in self._cache:
-                self._cache[key] = allocate_budget(
-                    epsilon=self.cfg.epsilon,
-                    delta=self.cfg.delta,
-                    sample_rate=q,
-                    steps_per_round=steps,
-                    rounds=self.rounds,
-                    weights=weights,
-                    targets=targets,
-                    groups=self.groups,
-                    accountant=self.cfg.accountant,
-                )
-            alloc = self._cache[key]
-            self.plans[pid] = ClientPlan(
-                q, steps, dict(alloc.noise_multipliers), dict(alloc.targets)
-            )
+        self._mode.plan_clients(sizes)
 
     def release_sensitivities(self, lr: float) -> dict[str, float]:
         """Per group, the L2 sensitivity of one client's distributed-noise contribution in
         its float units: ``lr · C_g / B̄`` for a record in the joint DP-SGD step (the client
         sends ``dp-scale · (y - x)``, one step of size ``lr`` on ``Σ clipped / (q n_i)``),
         ``C`` for a client's clipped update (client-level DP)."""
-        clips = self.clip_norms()
-        if self.mode == "client":
-            return clips
-        if self.mean_expected_batch is None:
-            raise ValueError("release sensitivities exist for distributed DP only")
-        return {g: float(lr) * c / self.mean_expected_batch for g, c in clips.items()}
+        return self._mode.release_sensitivities(self.clip_norms(), lr)
 
     def budget(self, pid: int | None = None) -> Budget:
-        if self.mode == "example" and pid is not None and self.cfg.targets is not None:
-            return Budget(self.cfg.epsilon, self.cfg.delta, groups=dict(self.cfg.targets))
-        if self.mode == "example" and pid is not None:
-            return Budget(self.cfg.epsilon, self.cfg.delta, groups=self.plans[pid].targets)
-        return Budget(self.cfg.epsilon, self.cfg.delta, groups={})
-
-    def _release(self, rnd: int, pid: int | None) -> Release:
-        clips = self.clip_norms()
-        if self.mode == "client":
-            assert self.client_sigma is not None
-            return Release.dpsgd(
-                round=rnd,
-                party="server",
-                sample_rate=self.cfg.client_rate,
-                steps=1,
-                noise_multipliers={CLIENT_GROUP: self.client_sigma},
-                clip_norms=clips,
-            )
-        assert pid is not None
-        plan = self.plans[pid]
-        return Release.dpsgd(
-            round=rnd,
-            party=str(pid),
-            sample_rate=plan.sample_rate,
-            steps=plan.steps,
-            noise_multipliers=plan.noise_multipliers,
-            clip_norms=clips,
-        )
+        return Budget(self.cfg.epsilon, self.cfg.delta, groups=self._mode.budget_groups(pid))
 
     def before_round(self, rnd: int, clients: Iterable[int]) -> dict[int, dict[str, float | int]]:
         """Check the budget, write the round's releases (fsynced), return each client's DP config.
@@ -263,11 +223,8 @@ class PrivacyController:
                 written for the round and nothing may be released.
         """
         clients = sorted(clients)
-        releases = (
-            [self._release(rnd, None)]
-            if self.mode == "client"
-            else [self._release(rnd, pid) for pid in clients]
-        )
+        clips = self.clip_norms()
+        releases = self._mode.releases(rnd, clients, clips)
         for rel in self._to_check(releases):
             party = None if rel.party == "server" else int(rel.party)
             if self.ledger.would_exceed(rel, self.budget(party)):
@@ -279,29 +236,10 @@ class PrivacyController:
                 )
         for rel in releases:
             self.ledger.record(rel)
-        clips = self.clip_norms()
-        out: dict[int, dict[str, float | int]] = {}
-        for pid in clients:
-            cfg: dict[str, float | int] = {"dp-mode": 1 if self.mode == "example" else 2}
-            if self.mode == "example":
-                plan = self.plans[pid]
-                cfg.update({"dp-q": plan.sample_rate, "dp-steps": plan.steps})
-                if self.distributed_example:
-                    # q·n_i / (mean expected batch): the client's step is then divided by the
-                    # federation's mean expected batch, as one centralized step would be
-                    cfg["dp-scale"] = self.scales[pid]
-                if self.cfg.lr is not None:
-                    cfg["dp-lr"] = float(self.cfg.lr)
-                if self.cfg.momentum is not None:
-                    cfg["dp-momentum"] = float(self.cfg.momentum)
-                for g, s in plan.noise_multipliers.items():
-                    ks, kc = dp_config_keys(g)
-                    cfg[ks], cfg[kc] = s, clips[g]
-            else:
-                ks, kc = dp_config_keys(CLIENT_GROUP)
-                cfg[ks], cfg[kc] = float(self.client_sigma or 0.0), clips[CLIENT_GROUP]
-            out[pid] = cfg
-        return out
+        return {
+            pid: {DP_MODE: dp_mode_code(self.mode), **self._mode.client_config(pid, clips)}
+            for pid in clients
+        }
 
     def _to_check(self, releases: list[Release]) -> list[Release]:
         """The releases whose budget check implies the others' (see `dominant_parties`).
@@ -330,17 +268,14 @@ class PrivacyController:
     def epsilon(self) -> dict[str, float]:
         """ε spent so far: ``{"total", <group>...}`` (worst client for example-level DP)."""
         rep = self.ledger.report(worst_only=True)
-        eps = dict(rep.epsilon)
-        if self.mode == "client":  # one flat group: each modality spends the total
-            total = eps.get("total", 0.0)
-            eps = {"total": total, **{g: total for g in self.groups if g != "shared"}}
+        eps = self._mode.epsilon(dict(rep.epsilon))
         return {k: float(v) for k, v in eps.items()}
 
     def summary(self) -> dict[str, Any]:
         rep = self.ledger.report()
-        out: dict[str, Any] = {
+        return {
             "mode": self.mode,
-            "unit": "example" if self.mode == "example" else "client",
+            "unit": self._mode.unit,
             "delta": self.cfg.delta,
             "accountant": self.cfg.accountant,
             "budget": {"epsilon": self.cfg.epsilon, "delta": self.cfg.delta},
@@ -349,22 +284,5 @@ class PrivacyController:
             "per_party": rep.per_party,
             "releases": rep.releases,
             "clip_norms": self.clip_norms(),
+            **self._mode.summary(),
         }
-        if self.mode == "example":
-            out["plans"] = {
-                str(pid): {
-                    "sample_rate": p.sample_rate,
-                    "steps_per_round": p.steps,
-                    "noise_multipliers": p.noise_multipliers,
-                    "targets": p.targets,
-                }
-                for pid, p in sorted(self.plans.items())
-            }
-            out["noise"] = self.cfg.noise
-        else:
-            out.update(
-                noise_multiplier=self.client_sigma,
-                client_rate=self.cfg.client_rate,
-                noise=self.cfg.noise,
-            )
-        return out

@@ -16,7 +16,8 @@ fusion and head), and for every step
 The groups share one Poisson sample, so a step is the composition of the groups' Gaussian
 mechanisms on that sample; see :mod:`umbra.privacy.accounting` for how it is accounted.
 
-Per-record gradients (three exact backends; all agree with a batch-size-1 loop, see tests):
+Per-record gradients (three exact backends, registered by name in
+:mod:`umbra.privacy.dpsgd_backends`; all agree with a batch-size-1 loop, see tests):
 
 * ``"bookkeeping"`` (default, :mod:`umbra.privacy.bookkeeping`): one forward and one
   backward pass with forward hooks (book-keeping clipping, Bu et al. 2023,
@@ -57,38 +58,19 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from opacus import GradSampleModule
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
 
-from umbra.privacy.bookkeeping import BookKeeper, PerSample, clipped_sum
+from umbra.privacy.bookkeeping import PerSample, clipped_sum
+from umbra.privacy.dpsgd_backends import PerSampleLossFn, backend_class
 from umbra.privacy.randomness import SecureRandom
 
 __all__ = ["DPSGD", "StepStats", "poisson_batches"]
-
-PerSampleLossFn = Callable[[nn.Module, Any], Tensor]
-Backend = Literal["bookkeeping", "functorch", "opacus"]
-BACKENDS: tuple[str, ...] = ("bookkeeping", "functorch", "opacus")
-
-
-class _LossOfOne(nn.Module):
-    """``(batch) -> loss_fn(model, batch)`` as a module, so ``functional_call`` can swap the
-    model's parameters while the caller's loss function calls ``model`` as usual."""
-
-    def __init__(self, model: nn.Module, loss_fn: PerSampleLossFn) -> None:
-        super().__init__()
-        self.model = model
-        self.loss_fn = loss_fn
-
-    def forward(self, batch: Any) -> Tensor:
-        one = _map(lambda t: t.unsqueeze(0), batch)  # a batch of one record
-        return self.loss_fn(self.model, one)
 
 
 def poisson_batches(
@@ -150,18 +132,6 @@ def _leaves(batch: Any) -> list[Tensor]:
     return []
 
 
-def _map(fn: Callable[[Tensor], Tensor], batch: Any) -> Any:
-    if isinstance(batch, Tensor):
-        return fn(batch)
-    if isinstance(batch, Mapping):
-        return {k: _map(fn, v) for k, v in batch.items()}
-    if isinstance(batch, tuple):
-        return tuple(_map(fn, v) for v in batch)
-    if isinstance(batch, list):
-        return [_map(fn, v) for v in batch]
-    return batch
-
-
 class DPSGD:
     """Per-group clipped, noised gradients for a model, left in ``p.grad``.
 
@@ -210,11 +180,10 @@ class DPSGD:
         sample_rate: float,
         num_samples: int,
         rng: SecureRandom | None = None,
-        backend: Backend = "bookkeeping",
+        backend: str = "bookkeeping",
         deferred_noise: bool = False,
     ) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        backend_cls = backend_class(backend)
         if not 0 < sample_rate <= 1:
             raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
         if num_samples < 1:
@@ -268,17 +237,7 @@ class DPSGD:
             g: [params[n] for n in plist if params[n].requires_grad] for g, plist in groups.items()
         }
         self.backend = backend
-        self._gsm: GradSampleModule | None = None
-        self._bk: BookKeeper | None = None
-        self._names = {id(p): n for n, p in params.items()}
-        if backend == "opacus":
-            self._gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum", strict=True)
-        else:
-            errors = GradSampleModule.validate(model, strict=False)
-            if errors:  # same layer rules as Opacus (no BatchNorm: it mixes records)
-                raise ValueError(f"model is not DP-SGD compatible: {errors}")
-            if backend == "bookkeeping":
-                self._bk = BookKeeper(model, [p for ps in self._params.values() for p in ps])
+        self._backend = backend_cls(model, self._params, {id(p): n for n, p in params.items()})
 
     @property
     def expected_batch_size(self) -> float:
@@ -286,102 +245,8 @@ class DPSGD:
         return self.sample_rate * self.num_samples
 
     def close(self) -> None:
-        """Detach the hooks from the model (``"bookkeeping"``/``"opacus"``; no-op otherwise)."""
-        if self._gsm is not None:
-            self._gsm.remove_hooks()
-        if self._bk is not None:
-            self._bk.close()
-
-    def _check_losses(self, losses: Tensor, batch_size: int) -> None:
-        if losses.dim() != 1 or losses.shape[0] != batch_size:
-            raise ValueError(
-                f"per_sample_loss_fn must return per-record losses of shape ({batch_size},),"
-                f" got {tuple(losses.shape)}"
-            )
-
-    def _per_sample_bookkeeping(
-        self, loss_fn: PerSampleLossFn, batch: Any, batch_size: int
-    ) -> dict[str, list[PerSample | None]]:
-        """Per-record gradient terms per group from one forward and one backward pass."""
-        assert self._bk is not None
-        with self._bk.record():
-            losses = loss_fn(self.model, batch)
-        self._check_losses(losses, batch_size)
-        terms = self._bk.backward(losses.sum())
-        return {g: [terms.get(id(p)) for p in plist] for g, plist in self._params.items()}
-
-    def _per_sample_grads_functorch(
-        self, loss_fn: PerSampleLossFn, batch: Any, batch_size: int
-    ) -> dict[str, list[PerSample | None]]:
-        """Per-record gradients ``(B, *p.shape)`` per group via ``vmap(grad(...))``."""
-        wrapper = _LossOfOne(self.model, loss_fn)
-        params = {
-            "model." + self._names[id(p)]: p.detach()
-            for plist in self._params.values()
-            for p in plist
-        }
-
-        def one(ps: dict[str, Tensor], record: Any) -> Tensor:
-            loss = functional_call(wrapper, ps, (record,))
-            if loss.shape != (1,):
-                raise ValueError(
-                    "per_sample_loss_fn must return per-record losses of shape (B,),"
-                    f" got {tuple(loss.shape)} for B = 1"
-                )
-            return loss[0]
-
-        grads = vmap(grad(one), in_dims=(None, 0), randomness="different")(params, batch)
-        return {
-            g: [grads["model." + self._names[id(p)]] for p in plist]
-            for g, plist in self._params.items()
-        }
-
-    def _check_layout(self) -> None:
-        for name, module in self.model.named_modules():
-            w = getattr(module, "weight", None)
-            conv = isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d)
-            if conv and isinstance(w, Tensor) and not w.is_contiguous():
-                raise ValueError(
-                    f"backend='opacus' needs contiguous (NCHW) conv layers, {name!r} is"
-                    " channels-last: Opacus' conv grad sampler assumes NCHW strides."
-                    " Use backend='bookkeeping' (any layout)"
-                )
-
-    def _reset(self) -> None:
-        for module in self.model.modules():
-            if hasattr(module, "activations"):
-                setattr(module, "activations", [])  # noqa: B010 (Opacus stores it there)
-            if hasattr(module, "max_batch_len"):
-                del module.max_batch_len
-        for plist in self._params.values():
-            for p in plist:
-                p.grad_sample = None  # type: ignore[attr-defined]
-                p._forward_counter = 0  # type: ignore[attr-defined]
-                if hasattr(p, "_current_grad_sample"):
-                    del p._current_grad_sample
-
-    def _per_sample_grads(
-        self, loss_fn: PerSampleLossFn, batch: Any, batch_size: int
-    ) -> dict[str, list[PerSample | None]]:
-        """Per-record gradients ``(B, *p.shape)`` per group, via Opacus' hooks."""
-        assert self._gsm is not None
-        self._gsm.enable_hooks()
-        try:
-            losses = loss_fn(self.model, batch)
-            self._check_losses(losses, batch_size)
-            with warnings.catch_warnings():
-                # Layers fed integer inputs (embeddings): expected, Opacus handles them.
-                warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                losses.sum().backward()
-        finally:
-            self._gsm.disable_hooks()
-        grads: dict[str, list[PerSample | None]] = {}
-        for g, plist in self._params.items():
-            gs = [getattr(p, "grad_sample", None) for p in plist]
-            if any(not isinstance(t, Tensor) for t in gs):
-                raise RuntimeError(f"Opacus gave no per-sample gradient for a parameter of {g!r}")
-            grads[g] = [t for t in gs if isinstance(t, Tensor)]
-        return grads
+        """Detach the backend's hooks from the model (a no-op for ``"functorch"``)."""
+        self._backend.close()
 
     def step(self, per_sample_loss_fn: PerSampleLossFn, batch: Any) -> StepStats:
         """One DP-SGD step: fill ``p.grad`` of every trainable parameter.
@@ -403,21 +268,14 @@ class DPSGD:
         batch_size = int(leaves[0].shape[0])
         if any(int(t.shape[0]) != batch_size for t in leaves):
             raise ValueError("every tensor in batch must have the same size along dim 0")
-        if self.backend == "opacus":
-            self._check_layout()
-            self._reset()
+        self._backend.before_step()
         clipped: dict[str, float] = dict.fromkeys(self._params, 0.0)
         mean_norm: dict[str, float] = dict.fromkeys(self._params, 0.0)
         per_sample: dict[str, list[PerSample | None]] = {
             g: [None] * len(plist) for g, plist in self._params.items()
         }
         if batch_size > 0:
-            if self.backend == "bookkeeping":
-                per_sample = self._per_sample_bookkeeping(per_sample_loss_fn, batch, batch_size)
-            elif self.backend == "functorch":
-                per_sample = self._per_sample_grads_functorch(per_sample_loss_fn, batch, batch_size)
-            else:
-                per_sample = self._per_sample_grads(per_sample_loss_fn, batch, batch_size)
+            per_sample = self._backend.per_sample(per_sample_loss_fn, batch, batch_size)
         scale = 1.0 / self.expected_batch_size
         with torch.no_grad():
             for g, plist in self._params.items():
@@ -439,6 +297,5 @@ class DPSGD:
                 flat.mul_(scale)
                 for p, v in zip(plist, views, strict=True):
                     p.grad = v.to(device=p.device, dtype=p.dtype)  # no copy when they match
-        if batch_size > 0 and self.backend == "opacus":
-            self._reset()
+        self._backend.after_step(batch_size)
         return StepStats(batch_size=batch_size, clipped_fraction=clipped, mean_norm=mean_norm)
