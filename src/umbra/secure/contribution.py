@@ -11,7 +11,7 @@ follow the key they control) client ``i`` contributes
 
 plus the exact integer counts ``n_{i,g}``. The server computes
 ``x_k + sum_i c_{i,k} / (sum_i n_{i,g(k)} / B)``, which equals the plaintext
-modality-aware average (`umbra.federation.strategies.modality_weighted_average`) of the
+modality-aware average (the strategies' ``modality_weighted_average``) of the
 ``y_i`` up to quantization error; a group nobody holds keeps the previous value (zeros
 for ``cv.`` deltas), as in the plaintext rule.
 
@@ -37,7 +37,7 @@ summed clients`` to ``x``; the counts are still summed, the training losses are 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +66,7 @@ __all__ = [
     "clipped_fraction",
     "combine_sums",
     "dp_range_of",
+    "dp_sums",
     "int_template",
     "integer_noise_for",
     "make_contribution",
@@ -329,20 +330,13 @@ def next_weight_scale(int_sums: Mapping[str, np.ndarray]) -> float:
     return max(1.0, examples / clients)
 
 
-def client_dp_from_sums(
-    x: Mapping[str, np.ndarray],
+def dp_sums(
     float_sums: Mapping[str, np.ndarray],
     int_sums: Mapping[str, np.ndarray],
-    dp: Any,
-    *,
-    sampled: int,
+    keys: Iterable[str],
 ) -> dict[str, np.ndarray]:
-    """Client-level DP under secure aggregation: the summed clipped (noised) deltas, the
-    server's noise top-up and the fixed ``qN`` divisor (`umbra.federation.rounds.client_dp_model`).
-    """
-    from umbra.federation.rounds import client_dp_model
-
-    received = int(np.asarray(int_sums["clients"]).ravel()[0])
+    """The summed DP contributions of ``keys`` in update units (float64): the secure sums
+    times the round's range divisor ρ (:func:`dp_range_of`). Client-level DP finishes the
+    round from these (noise top-up, fixed ``qN`` divisor) on the server's privacy side."""
     rho = dp_range_of(int_sums)
-    summed = {k: np.asarray(float_sums[k], dtype=np.float64) * rho for k in x}
-    return client_dp_model(dict(x), summed, received=received, sampled=sampled, dp=dp)
+    return {k: np.asarray(float_sums[k], dtype=np.float64) * rho for k in keys}

@@ -38,8 +38,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, Context, Error, Message
 
-from umbra.federation.client_app import ClientSpec, TrainFn
-from umbra.federation.records import from_record
+from umbra.federation.common import ClientActionSpec, TrainFn, from_record
 from umbra.models import SHARED_GROUP, parameter_modality
 from umbra.privacy.controller import DP_RANGE
 from umbra.privacy.randomness import SecureRandom
@@ -263,12 +262,11 @@ def _privacy_group(key: str) -> str:
     return parameter_modality(key) or SHARED_GROUP
 
 
-def make_secagg_handler(train_fn: TrainFn, spec: ClientSpec) -> TrainFn:
-    """Factory registered as the ``secagg`` client action (``train.secagg`` messages)."""
-    secure = dict(spec.extra.get("secure", {}))
-    dropouts = {int(c) for c in secure.get("dropout_clients", [])}
+def make_secagg_handler(train_fn: TrainFn, spec: ClientActionSpec) -> TrainFn:
+    """The client mod of the ``secagg`` client action (``train.secagg`` messages)."""
+    dropouts = {int(c) for c in spec.secure.dropout_clients}
     # the organisation's own threshold: a server asking for fewer survivors is refused
-    fraction = float(secure.get("threshold", 0.67))
+    fraction = float(spec.secure.threshold)
 
     def handler(msg: Message, context: Context) -> Message:
         pid = int(context.node_config["partition-id"])
