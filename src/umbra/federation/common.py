@@ -41,13 +41,16 @@ __all__ = [
     "SecureTransport",
     "TrainFn",
     "config_bool",
+    "config_bytes",
     "config_float",
     "config_int",
+    "config_list",
     "count_key",
     "from_record",
     "message_bytes",
     "metric_float",
     "metric_int",
+    "metric_values",
     "reply_metrics",
     "send_and_receive",
     "to_record",
@@ -98,9 +101,32 @@ def config_bool(record: Mapping[str, Any], key: str, default: bool = False) -> b
     return bool(_number(record, key, default))
 
 
+def config_bytes(record: Mapping[str, Any], key: str) -> bytes:
+    """``record[key]`` as bytes; KeyError if absent, ValueError if not bytes."""
+    value = record[key]
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    raise ValueError(f"record value {key!r} is not bytes: {type(value).__name__}")
+
+
+def config_list(record: Mapping[str, Any], key: str, default: Iterable[Any] = ()) -> list[Any]:
+    """``record[key]`` (or ``default``) as a list; ValueError if the value is a scalar."""
+    value = record.get(key, _MISSING)
+    if value is _MISSING:
+        return list(default)
+    if isinstance(value, list | tuple):
+        return list(value)
+    raise ValueError(f"record value {key!r} is not a list: {type(value).__name__}")
+
+
 #: The same accessors, named for MetricRecords.
 metric_int = config_int
 metric_float = config_float
+
+
+def metric_values(record: Mapping[str, Any]) -> dict[str, float]:
+    """A MetricRecord's scalar entries as floats (list entries are left out)."""
+    return {k: float(v) for k, v in record.items() if isinstance(v, int | float | np.number)}
 
 
 def reply_metrics(msg: Message) -> MetricRecord:

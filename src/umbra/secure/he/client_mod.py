@@ -22,7 +22,14 @@ from typing import Any
 
 from flwr.app import ConfigRecord, Context, Error, Message
 
-from umbra.federation.common import ClientActionSpec, TrainFn, from_record
+from umbra.federation.common import (
+    ClientActionSpec,
+    TrainFn,
+    config_float,
+    from_record,
+    metric_values,
+    reply_metrics,
+)
 from umbra.models import parameter_modality
 from umbra.secure.contribution import CONTROL_PREFIX, make_contribution
 from umbra.secure.he import holder
@@ -120,11 +127,11 @@ def make_ckks_handler(train_fn: TrainFn, spec: ClientActionSpec) -> TrainFn:
             contribution = make_contribution(
                 x,
                 from_record(train_reply.content.array_records["arrays"]),
-                dict(next(iter(train_reply.content.metric_records.values()))),  # type: ignore[arg-type]
+                metric_values(reply_metrics(train_reply)),
                 key_modality=parameter_modality
                 if bool(config.get("modality-aware", True))
                 else _shared,
-                weight_scale=float(config["weight-scale"]),  # type: ignore[arg-type]
+                weight_scale=config_float(config, "weight-scale"),
             )
             vector = flatten_contribution(contribution, clip=cfg.clip)
             reply = holder.encrypt_update(cfg, state, vector, round_number=rnd)

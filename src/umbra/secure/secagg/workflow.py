@@ -201,9 +201,11 @@ class SecAggPlusWorkflow:
             if (
                 msg.get(Key.ROUND) == self.config.round_number
                 and msg.get(Key.CLIENT_ID) == i
-                and all(isinstance(k, bytes) and len(k) == KEY_BYTES for k in (pk_c, pk_s))
+                and isinstance(pk_c, bytes)
+                and isinstance(pk_s, bytes)
+                and len(pk_c) == len(pk_s) == KEY_BYTES
             ):
-                self.run.prekeys[self.nodes[i]] = (bytes(pk_c), bytes(pk_s))  # type: ignore[arg-type]
+                self.run.prekeys[self.nodes[i]] = (bytes(pk_c), bytes(pk_s))
 
     def run_round(self) -> SecureSum:
         """All stages; an abort returns a `SecureSum` with ``note`` set (nothing revealed)."""
