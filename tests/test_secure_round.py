@@ -170,6 +170,35 @@ def test_secure_package_imports_only_the_common_module_of_the_federation() -> No
     assert found == {"umbra.federation.common"}
 
 
+def test_specs_built_from_a_config_are_typed_and_picklable(tmp_path: Path) -> None:
+    """Flower's simulation ships the ClientApp's spec to its workers; the server spec is
+    built from the config in one place (``ServerSpec.from_config``)."""
+    import pickle
+
+    from umbra.config import load_config
+    from umbra.federation.client_app import ClientSpec
+    from umbra.federation.server_app import ServerSpec
+    from umbra.federation.train import TrainSettings
+    from umbra.run.simulation import secure_setup
+
+    cfg = load_config("smoke", overrides=["secure.aggregation=ckks"])
+    transport, secure, identities = secure_setup(cfg)
+    assert transport is not None and transport.name == "ckks"
+    assert sorted(identities) == sorted(secure.roster) == list(range(cfg.federation.num_clients))
+    assert secure.rounds == cfg.federation.rounds and secure.threshold == cfg.secure.threshold
+    server = ServerSpec.from_config(cfg, run_dir=str(tmp_path), test_dir=str(tmp_path),
+                                    model_spec={}, secure=secure, transport=transport)  # fmt: skip
+    assert server.privacy is None and server.federation is cfg.federation
+    client = ClientSpec(data_dir="d", state_dir="s", model_spec={}, settings=TrainSettings(),
+                        seed=0, transports=(transport,), secure=secure, identities=identities)  # fmt: skip
+    assert pickle.loads(pickle.dumps(server)).transport == transport
+    again = pickle.loads(pickle.dumps(client))
+    assert again.action_spec().identities == identities
+    assert all(key.hex() not in repr(client) for key in identities.values())
+    plain = secure_setup(load_config("smoke"))
+    assert plain[0] is None and plain[2] == {} and plain[1].roster == {}
+
+
 def test_secure_transport_entry_is_picklable() -> None:
     """Flower's simulation ships the ClientApp's spec, transport entries included."""
     import pickle
