@@ -29,11 +29,12 @@ import torch
 
 import umbra  # noqa: F401  (silences protobuf gencode warnings)
 from umbra.config import load_config
-from umbra.experiment import _model_spec, prepare_data, run_experiment
+from umbra.experiment import run_experiment
 from umbra.federation.client_data import load_client_data, write_federation_data
 from umbra.federation.server_app import initial_arrays
 from umbra.federation.train import Batchable, evaluate, set_arrays
 from umbra.models import ModelSpec, MultimodalNet
+from umbra.run.prepare import model_spec_for, prepare_data
 
 BACKEND = {
     "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
@@ -125,7 +126,7 @@ def main() -> None:
         f"data.n_train={args.n_train}", "run.progress=false",
     ])  # fmt: skip
     prep = prepare_data(cfg)
-    model_spec = _model_spec(cfg, prep.train)
+    model_spec = model_spec_for(cfg, prep.train)
     with tempfile.TemporaryDirectory() as tmp:
         bare = bare_flower(cfg, prep, model_spec, Path(tmp) / "bare")
         res = run_experiment(cfg, Path(tmp) / "umbra")

@@ -518,7 +518,7 @@ class _MeasuredGrid:
     """Delegates to a Flower Grid; records per-node message bytes and time spent waiting for
     replies (the rest of a round's wall time is server compute). Flower's workflows call
     ``send_and_receive``; Umbra's rounds push and pull themselves
-    (`umbra.federation.messaging`), so pushes and pulls are measured too: the wait of one
+    (`umbra.federation.common`), so pushes and pulls are measured too: the wait of one
     push runs until the pull that brings its last reply. The byte measurement's own time
     is kept apart so it can be left out of the round's wall time."""
 
@@ -538,7 +538,7 @@ class _MeasuredGrid:
         return getattr(self._grid, name)
 
     def _count(self, book: dict[int, int], msgs: list[Any], *, src: bool) -> None:
-        from umbra.federation.records import message_bytes
+        from umbra.federation.common import message_bytes
 
         t0 = time.perf_counter()
         for m in msgs:
@@ -725,31 +725,25 @@ def bench_umbra_rounds(setup: _SimSetup, repeats: int) -> dict[str, Any]:
     """Umbra's Message-API rounds in ONE Flower simulation (Ray backend): plaintext, Umbra
     SecAgg+ and Umbra CKKS interleaved on the same warm workers, from the same global model
     (local training included). The first pass is a warm-up."""
-    from types import SimpleNamespace
-
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
 
-    import umbra.secure.plugins  # noqa: F401  (registers the secure round transports)
     from umbra.config import FederationConfig
     from umbra.federation.client_app import ClientSpec, make_client_app
-    from umbra.federation.rounds import TRAIN_ROUNDS
+    from umbra.federation.common import SecureSettings
+    from umbra.federation.rounds import PlainTrainRound, TrainRound
+    from umbra.federation.secure_round import SecureTrainRound
     from umbra.federation.server_app import initial_arrays
     from umbra.federation.strategies import build_strategy
     from umbra.models import parameter_modality
-    from umbra.secure.he.workflow import key_setup
+    from umbra.secure import transports
+    from umbra.secure.he.workflow import CkksTransport
     from umbra.secure.identity import generate_identities
 
     clients = setup.clients
-    secure = {
-        "aggregation": "secagg+",
-        "threshold": 0.67,
-        "clip_range": 4.0,
-        "ckks_params": "threshold",
-        "dropout_clients": [],
-    }
     identities, roster = generate_identities(range(clients))
-    ckks_extra = {"ckks-roster": roster, "ckks-rounds": repeats + 1}
+    secure = SecureSettings(threshold=0.67, clip_range=4.0, roster=roster, rounds=repeats + 1)
+    registry = transports()
     client_log = setup.root / "umbra-client-times.jsonl"
     client_log.touch()
     client = make_client_app(
@@ -759,8 +753,9 @@ def bench_umbra_rounds(setup: _SimSetup, repeats: int) -> dict[str, Any]:
             model_spec=setup.model_spec,
             settings=setup.settings,
             seed=0,
-            actions=("secagg", "ckks"),
-            extra={"secure": secure, "ckks-identity": identities, **ckks_extra},
+            transports=(registry.get("secagg+"), registry.get("ckks")),
+            secure=secure,
+            identities=identities,
         )
     )
     modes = ("none", "secagg+", "ckks")
@@ -785,14 +780,17 @@ def bench_umbra_rounds(setup: _SimSetup, repeats: int) -> dict[str, Any]:
             min_available_nodes=clients,
         )
         arrays = initial_arrays(setup.model_spec, 0)
-        spec = SimpleNamespace(extra={"secure": secure, **ckks_extra}, node_timeout_s=600.0)
+        rounds: dict[str, TrainRound] = {"none": PlainTrainRound(timeout_s=600.0)}
+        for name in ("secagg+", "ckks"):
+            transport = registry.get(name).server(secure)
+            rounds[name] = SecureTrainRound(transport, timeout_s=600.0)
         rnd = 0
         for rep in range(repeats + 1):
             for mode in modes:
                 rnd += 1
                 measured.reset()
                 start = time.perf_counter()
-                out = TRAIN_ROUNDS[mode](strategy, measured, rnd, arrays, spec)
+                out = rounds[mode](strategy, measured, rnd, arrays)
                 elapsed = time.perf_counter() - start
                 if out.record is None:
                     raise RuntimeError(f"{mode} round aborted: {out.note}")
@@ -801,7 +799,10 @@ def bench_umbra_rounds(setup: _SimSetup, repeats: int) -> dict[str, Any]:
                 log.add(
                     mode, elapsed, measured, keep=rep > 0, reported_up=out.bytes_up / out.clients
                 )
-        keys = key_setup(strategy)
+        ckks_round = rounds["ckks"]
+        assert isinstance(ckks_round, SecureTrainRound)
+        assert isinstance(ckks_round.transport, CkksTransport)
+        keys = ckks_round.transport.keys
         setup_bytes.update(
             up=keys.bytes_up / clients, down=keys.bytes_down / clients, rounds=repeats + 1
         )
@@ -973,7 +974,7 @@ SIM_NOTES = (
     "benchmark's own byte measurement; server_s = round_s minus time waiting for replies "
     "(in grid.send_and_receive, or from a push to the pull that brings its last reply); client_s = mean per client of the seconds spent in the "
     "ClientApp over all the round's messages (incl. local training); bytes = protobuf sizes "
-    "of the messages (umbra.federation.records.message_bytes) summed over the round's "
+    "of the messages (umbra.federation.common.message_bytes) summed over the round's "
     "stages, mean per client. Ratios are to the plaintext round of the same simulation. "
     "Umbra's rounds all start from the same initial model; in the Flower legacy simulation "
     "each mode keeps its own global model (Flower's SecAgg+ aggregate is float64, so its "

@@ -1,4 +1,4 @@
-"""umbra.federation.messaging.send_and_receive: push, then pull with back-off until done."""
+"""umbra.federation.common.send_and_receive: push, then pull with back-off until done."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from umbra.federation.messaging import send_and_receive
+from umbra.federation.common import send_and_receive
 
 
 class _DelayedGrid:

@@ -170,10 +170,10 @@ PRESET_PARAMETERS = {"smoke": 237_258, "default": 148_108, "baseline": 148_108}
 @pytest.mark.parametrize("preset", sorted(PRESET_PARAMETERS))
 def test_preset_model_size(preset: str) -> None:
     from umbra.config import load_config
-    from umbra.experiment import _model_spec, prepare_data
+    from umbra.run.prepare import model_spec_for, prepare_data
 
     cfg = load_config(preset)
-    spec = ModelSpec.from_dict(_model_spec(cfg, prepare_data(cfg).train))  # as `umbra run` does
+    spec = ModelSpec.from_dict(model_spec_for(cfg, prepare_data(cfg).train))  # as `umbra run` does
     model = MultimodalNet(spec)
     assert num_parameters(model) == expected_parameters(spec) == PRESET_PARAMETERS[preset]
     assert num_parameters(model) == sum(p.numel() for p in model.parameters())  # all trainable

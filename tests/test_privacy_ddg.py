@@ -194,7 +194,7 @@ def test_client_level_plan_uses_the_conditional_rounding_bound() -> None:
 def _secagg_messages(delta_scale: float, rho: int) -> tuple[object, object, dict]:
     from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
-    from umbra.federation.records import to_record
+    from umbra.federation.common import to_record
 
     x = {
         "encoders.image.net.0.weight": np.zeros((40, 200), np.float32),

@@ -4,7 +4,6 @@ top-up, the integer-noise plan for SecAgg+ checked before any release."""
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -12,11 +11,12 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from umbra.config import PrivacyConfig
-from umbra.federation.rounds import RoundPrivacy, client_dp_model, prepare_train_messages
+from umbra.federation.common import SecureSettings
 from umbra.privacy.client_dp import shares_needed
 from umbra.privacy.controller import DP_INTEGER_NOISE, DP_NOISE_SHARES, PrivacyController
 from umbra.privacy.ddg import DDGError
 from umbra.privacy.ledger import read_ledger
+from umbra.privacy.round_dp import RoundDP
 
 NODES = [11, 12, 13, 14, 15, 16, 17, 18]
 
@@ -39,18 +39,16 @@ class _Strategy:
         ]
 
 
-def _spec(tmp: Path, aggregation: str, mode: str, clip_range: float = 4.0) -> SimpleNamespace:
+def _dp(tmp: Path, aggregation: str, mode: str, clip_range: float = 4.0) -> RoundDP:
     privacy = PrivacyConfig(mode=mode, noise="distributed", epsilon=3.0, delta=1e-5,  # type: ignore[arg-type]
                             client_rate=1.0, batch_size=64)  # fmt: skip
     ctl = PrivacyController(privacy, groups=["image", "shared"], rounds=20, batch_size=64,
                             local_epochs=1.0, num_clients=len(NODES),
                             ledger_path=tmp / "ledger.jsonl")  # fmt: skip
     ctl.plan_clients({i: 4000 for i in range(len(NODES))})
-    return SimpleNamespace(
-        dp=RoundPrivacy(ctl, {n: i for i, n in enumerate(NODES)}),
-        extra={"secure": {"aggregation": aggregation, "threshold": 0.67, "clip_range": clip_range}},
-        federation=SimpleNamespace(lr=0.5),
-    )
+    secure = SecureSettings(aggregation=aggregation, threshold=0.67, clip_range=clip_range)
+    return RoundDP(ctl, {n: i for i, n in enumerate(NODES)}, secure=secure,
+                   integer_noise=aggregation == "secagg+", lr=0.5)  # fmt: skip
 
 
 ARRAYS = {
@@ -63,8 +61,8 @@ ARRAYS = {
 @pytest.mark.parametrize("aggregation", ["secagg+", "ckks"])
 def test_shares_are_sized_for_the_secure_threshold(tmp_path: Path, mode: str,
                                                    aggregation: str) -> None:  # fmt: skip
-    spec = _spec(tmp_path, aggregation, mode)
-    messages = prepare_train_messages(_Strategy(), _Grid(), 1, ARRAYS, spec)  # type: ignore[arg-type]
+    dp = _dp(tmp_path, aggregation, mode)
+    messages = dp.configure(_Strategy(), _Grid(), 1, ARRAYS)
     assert len(messages) == len(NODES)  # client_rate 1: everyone sampled
     t = shares_needed(0.67, len(NODES))
     assert t == 6
@@ -78,25 +76,24 @@ def test_shares_are_sized_for_the_secure_threshold(tmp_path: Path, mode: str,
 
 
 def test_client_level_distributed_noise_gets_no_server_top_up(tmp_path: Path) -> None:
-    spec = _spec(tmp_path, "secagg+", "client")
+    dp = _dp(tmp_path, "secagg+", "client")
     x = {"w": np.ones(1000, np.float32)}
     summed = {"w": np.zeros(1000)}
     # 6 of 8 survived: the 6 shares sized for t = 6 already carry the full noise
-    new = client_dp_model(x, summed, received=6, sampled=8, dp=spec.dp)
+    new = dp.finish(x, summed, received=6, sampled=8)
     np.testing.assert_array_equal(new["w"], x["w"])
-    central = _spec(tmp_path / "c", "secagg+", "client")
+    central = _dp(tmp_path / "c", "secagg+", "client")
     (tmp_path / "c").mkdir(exist_ok=True)
-    central.dp.controller.cfg.noise = "central"
-    noisy = client_dp_model(x, summed, received=6, sampled=8, dp=central.dp)
+    central.controller.cfg.noise = "central"
+    noisy = central.finish(x, summed, received=6, sampled=8)
     assert np.std(noisy["w"] - 1.0) > 0  # central mode: the server adds all of it
 
 
 def test_integer_noise_plan_refused_before_any_release(tmp_path: Path) -> None:
     # a quantisation range so wide that a unit of the ring is worth more than a record:
     # the discrete Gaussian shares would be under one integer unit (τ not negligible)
-    spec = _spec(tmp_path, "secagg+", "example", clip_range=1e12)
+    dp = _dp(tmp_path, "secagg+", "example", clip_range=1e12)
     with pytest.raises(DDGError, match="τ"):
-        prepare_train_messages(_Strategy(), _Grid(), 1, {"head.bias": np.zeros(1, np.float32)},
-                               spec)  # type: ignore[arg-type]  # fmt: skip
+        dp.configure(_Strategy(), _Grid(), 1, {"head.bias": np.zeros(1, np.float32)})
     ledger = tmp_path / "ledger.jsonl"
     assert not ledger.exists() or not read_ledger(ledger).releases

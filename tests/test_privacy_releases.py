@@ -31,7 +31,7 @@ from umbra.errors import ConfigError, ResumeError
 from umbra.federation.checkpoint import save_checkpoint
 from umbra.federation.client_app import ClientSpec, make_client_app, public_metrics
 from umbra.federation.client_data import write_federation_data
-from umbra.federation.rounds import RoundPrivacy, plain_train_round, poisson_client_sample
+from umbra.federation.rounds import PlainTrainRound
 from umbra.federation.server_app import initial_arrays, query_clients
 from umbra.federation.strategies import build_strategy
 from umbra.federation.train import TrainSettings
@@ -46,6 +46,7 @@ from umbra.privacy.ledger import (
     read_ledger,
 )
 from umbra.privacy.observers import observer_epsilons, observer_views
+from umbra.privacy.round_dp import RoundDP, poisson_client_sample
 
 N_CLIENTS = 4
 MODS = ("image", "audio", "text")
@@ -115,13 +116,6 @@ def _client_app(federation: dict[str, Any], unit: str, state: Path) -> Any:
     )
 
 
-class _Spec:
-    def __init__(self, dp: RoundPrivacy | None) -> None:
-        self.dp = dp
-        self.extra: dict[str, Any] = {}
-        self.node_timeout_s = 60.0
-
-
 def _dp_round(federation: dict[str, Any], unit: str, tmp_path: Path) -> FakeGrid:
     """One real plaintext round under DP ``unit``; returns the grid with every reply."""
     grid = FakeGrid(_client_app(federation, unit, tmp_path / "state"), N_CLIENTS, {})
@@ -150,9 +144,9 @@ def _dp_round(federation: dict[str, Any], unit: str, tmp_path: Path) -> FakeGrid
     )
     info = query_clients(cast(Grid, grid), 60.0)  # the real info query
     ctl.plan_clients({pid: n for pid, n in info.values()})
-    spec = _Spec(RoundPrivacy(ctl, {node: pid for node, (pid, _) in info.items()}))
+    dp = RoundDP(ctl, {node: pid for node, (pid, _) in info.items()})
     x = initial_arrays(federation["model_spec"], seed=1)
-    out = plain_train_round(strategy, cast(Grid, grid), 1, x, spec)
+    out = PlainTrainRound(dp=dp, timeout_s=60.0)(strategy, cast(Grid, grid), 1, x)
     assert out.record is not None and out.clients == N_CLIENTS
     return grid
 
@@ -271,9 +265,7 @@ def test_scaffold_state_stays_in_the_nodes_folder(
         min_available_nodes=N_CLIENTS,
     )
     x = initial_arrays(federation["model_spec"], seed=1)
-    spec = _Spec(None)
-    spec.extra["run_dir"] = str(run_dir)
-    out = plain_train_round(strategy, cast(Grid, grid), 1, x, spec)
+    out = PlainTrainRound(timeout_s=60.0)(strategy, cast(Grid, grid), 1, x)
     assert out.record is not None
     assert (own / "client_1" / "scaffold_r1.npz").is_file()
     for c in (0, 2, 3):
@@ -284,7 +276,7 @@ def test_scaffold_state_stays_in_the_nodes_folder(
 def test_client_state_root_is_outside_the_run_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from umbra.experiment import client_state_root
+    from umbra.run.folder import client_state_root
 
     run_dir = tmp_path / "run"
     monkeypatch.setenv("UMBRA_CLIENT_STATE", str(tmp_path / "clients"))
@@ -396,7 +388,7 @@ def _tab_manifest(path: Path, first: float) -> Path:
 
 
 def _prepared(path: Path, *sets: str) -> Any:
-    from umbra.experiment import prepare_data
+    from umbra.run.prepare import prepare_data
 
     cfg = load_config(
         "smoke",

@@ -202,7 +202,7 @@ def full_results(ledger: Path) -> dict[str, Any]:
                 "audio+text": 0.55,
             },
         },
-        # the format experiment.privacy_results writes
+        # the format umbra.run.results.privacy_results writes
         "privacy": {
             "mode": "example",
             "unit": "example",

@@ -108,7 +108,7 @@ def test_prepare_turns_images_into_scattering_coefficients(tmp_path: Path) -> No
     from umbra.config import load_config
     from umbra.data.dataset import MultimodalData
     from umbra.errors import ConfigError
-    from umbra.experiment import _image_features
+    from umbra.run.prepare import image_features
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "UMBRA_CACHE": str(tmp_path)}
     proc = subprocess.run(
@@ -124,4 +124,4 @@ def test_prepare_turns_images_into_scattering_coefficients(tmp_path: Path) -> No
     no_images = MultimodalData({"text": np.zeros((2, 3), np.float32)}, np.ones((2, 1), bool),
                                np.zeros(2, np.int64), ("text",), ("a", "b"))  # fmt: skip
     with pytest.raises(ConfigError, match=r"data\.image_features = 'scattering' needs an image"):
-        _image_features(no_images, cfg)
+        image_features(no_images, cfg)

@@ -15,23 +15,22 @@ from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.common.serde import message_to_proto
 from flwr.serverapp import Grid
 
-import umbra.secure.plugins  # noqa: F401  (registers the workflows and client actions)
 from umbra.config import FederationConfig
 from umbra.data.sources.synthetic import make_synthetic
 from umbra.federation.client_app import ClientSpec, make_client_app
 from umbra.federation.client_data import write_federation_data
-from umbra.federation.records import from_record, to_record
-from umbra.federation.rounds import TRAIN_ROUNDS
+from umbra.federation.common import SecureSettings, from_record, to_record
+from umbra.federation.secure_round import SecureTrainRound
 from umbra.federation.server_app import initial_arrays
 from umbra.federation.strategies import ModalityFedAvg, build_strategy
 from umbra.federation.train import TrainSettings
 from umbra.models import ModelSpec, parameter_modality
+from umbra.secure import transports
 from umbra.secure.contribution import int_template, make_contribution, payload_template
 from umbra.secure.identity import generate_identities
 from umbra.secure.secagg import crypto
 from umbra.secure.secagg.errors import ProtocolViolation
 from umbra.secure.secagg.quantize import PayloadLayout
-from umbra.secure.secagg.workflow import run_state
 from umbra.secure.transport import decode_proto
 
 N_CLIENTS = 4
@@ -129,15 +128,20 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 _IDENTITY, _ROSTER = generate_identities(range(N_CLIENTS))
 
 
-def _client_spec(federation: dict[str, Any], secure: dict[str, Any], action: str) -> ClientSpec:
+#: the registry of secure round transports, as the run assembly builds it
+TRANSPORTS = transports()
+
+
+def _client_spec(federation: dict[str, Any], secure: SecureSettings) -> ClientSpec:
     return ClientSpec(
         data_dir=str(federation["root"] / "train"),
         state_dir=str(federation["root"] / "state"),
         model_spec=federation["model_spec"],
         settings=TrainSettings(epochs=1, batch_size=16, lr=0.05),
         seed=7,
-        actions=(action,),
-        extra={"secure": secure, "ckks-identity": _IDENTITY, "ckks-roster": _ROSTER},
+        transports=(TRANSPORTS.get(secure.aggregation),),
+        secure=secure,
+        identities=_IDENTITY,
     )
 
 
@@ -155,21 +159,23 @@ def _strategy(name: str) -> ModalityFedAvg:
     )
 
 
-class _Spec:
-    def __init__(self, secure: dict[str, Any]) -> None:
-        self.extra = {"secure": secure, "ckks-roster": _ROSTER, "ckks-rounds": 1}
-        self.node_timeout_s = 60.0
+def _train_round(secure: SecureSettings) -> SecureTrainRound:
+    """One run's secure rounds, as the server loop builds them from the registry."""
+    return SecureTrainRound(TRANSPORTS.get(secure.aggregation).server(secure), timeout_s=60.0)
 
 
-def _secure(mode: str, **kw: Any) -> dict[str, Any]:
-    base = {
+def _secure(mode: str, **kw: Any) -> SecureSettings:
+    base: dict[str, Any] = {
         "aggregation": mode,
         "threshold": 0.67,
         "clip_range": 4.0,
-        "ckks_params": "threshold",
-        "dropout_clients": [],
+        "dropout_clients": (),
+        "roster": _ROSTER,
+        "rounds": 1,
     }
-    return {**base, **kw}
+    base.update(kw)
+    base["dropout_clients"] = tuple(base["dropout_clients"])
+    return SecureSettings(**base)
 
 
 def _plain_replies(
@@ -217,13 +223,14 @@ def _run(
     federation: dict[str, Any], mode: str, strategy_name: str, **secure_kw: Any
 ) -> dict[str, Any]:
     secure = _secure(mode, **secure_kw)
-    action = {"secagg+": "secagg", "ckks": "ckks"}[mode]
-    app = make_client_app(_client_spec(federation, secure, action))
+    app = make_client_app(_client_spec(federation, secure))
     grid = FakeGrid(app, N_CLIENTS)
     x = initial_arrays(federation["model_spec"], seed=1)
     strategy = _strategy(strategy_name)
-    outcome = TRAIN_ROUNDS[mode](strategy, cast(Grid, grid), 1, x, _Spec(secure))
-    return {"outcome": outcome, "grid": grid, "x": x, "app": app, "strategy": strategy}
+    train_round = _train_round(secure)
+    outcome = train_round(strategy, cast(Grid, grid), 1, x)
+    return {"outcome": outcome, "grid": grid, "x": x, "app": app, "strategy": strategy,
+            "transport": train_round.transport}  # fmt: skip
 
 
 @pytest.mark.parametrize("mode", ["secagg+", "ckks"])
@@ -296,7 +303,7 @@ def test_ckks_key_swapped_by_the_server_is_refused(
     shares sent to it) is caught by every receiver's signature check: the round aborts
     and the log names the client."""
     secure = _secure("ckks")
-    grid = FakeGrid(make_client_app(_client_spec(federation, secure, "ckks")), N_CLIENTS)
+    grid = FakeGrid(make_client_app(_client_spec(federation, secure)), N_CLIENTS)
     target = grid.node_ids[2]
 
     def tamper(stage: str, node: int, reply: Message) -> Message:
@@ -308,7 +315,7 @@ def test_ckks_key_swapped_by_the_server_is_refused(
     grid.tamper = tamper
     x = initial_arrays(federation["model_spec"], seed=1)
     with caplog.at_level(logging.WARNING):
-        outcome = TRAIN_ROUNDS["ckks"](_strategy("fedavg"), cast(Grid, grid), 1, x, _Spec(secure))
+        outcome = _train_round(secure)(_strategy("fedavg"), cast(Grid, grid), 1, x)
     assert outcome.record is None
     assert "did not reveal" in (outcome.note or "")
     assert "client 2: bad signature on its advertise message" in caplog.text
@@ -318,7 +325,7 @@ def test_malformed_masked_vector_excluded(
     federation: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     secure = _secure("secagg+")
-    app = make_client_app(_client_spec(federation, secure, "secagg"))
+    app = make_client_app(_client_spec(federation, secure))
     grid = FakeGrid(app, N_CLIENTS)
     bad = grid.node_ids[3]
 
@@ -332,9 +339,7 @@ def test_malformed_masked_vector_excluded(
     grid.tamper = tamper
     x = initial_arrays(federation["model_spec"], seed=1)
     with caplog.at_level(logging.WARNING):
-        outcome = TRAIN_ROUNDS["secagg+"](
-            _strategy("fedavg"), cast(Grid, grid), 1, x, _Spec(secure)
-        )
+        outcome = _train_round(secure)(_strategy("fedavg"), cast(Grid, grid), 1, x)
     assert outcome.record is not None
     assert outcome.clients == N_CLIENTS - 1
     assert "client 3 excluded: masked vector has shape" in caplog.text
@@ -412,7 +417,7 @@ def test_server_never_holds_an_update_or_a_secret(
             for p in grid.prekey_states
         }
         assert len(sent_ahead) == N_CLIENTS and held == sent_ahead
-        assert set(run_state(run["strategy"]).prekeys.values()) == sent_ahead  # public only
+        assert set(run["transport"].prekeys.values()) == sent_ahead  # public only
     else:
         # threshold CKKS: every holder kept a Shamir share of the collective secret, none of
         # which (nor the shares sent to it) crossed the server in the clear; and every
@@ -442,15 +447,16 @@ def _secure_rounds(
     """``rounds`` consecutive SecAgg+ FedAvg rounds on one grid and one strategy (one run);
     ``before(rnd, grid)`` runs ahead of each round (tamper hooks, Context edits)."""
     secure = _secure("secagg+", **secure_kw)
-    grid = FakeGrid(make_client_app(_client_spec(federation, secure, "secagg")), N_CLIENTS)
+    grid = FakeGrid(make_client_app(_client_spec(federation, secure)), N_CLIENTS)
     strategy = _strategy("fedavg")
     x = initial_arrays(federation["model_spec"], seed=1)
     inputs, outcomes = [], []
+    train_round = _train_round(secure)  # one run: its transport keeps the pre-keys
     for rnd in range(1, rounds + 1):
         if before is not None:
             before(rnd, grid)
         inputs.append(x)
-        outcome = TRAIN_ROUNDS["secagg+"](strategy, cast(Grid, grid), rnd, x, _Spec(secure))
+        outcome = train_round(strategy, cast(Grid, grid), rnd, x)
         outcomes.append(outcome)
         if outcome.record is not None:
             x = from_record(outcome.record)
@@ -593,14 +599,14 @@ def test_two_of_eight_dropouts_complete_over_flower(federation8: dict[str, Any])
     and the aggregate is the plaintext FedAvg of the other six."""
     n = 8
     secure = _secure("secagg+", dropout_clients=[1, 5])
-    grid = FakeGrid(make_client_app(_client_spec(federation8, secure, "secagg")), n)
+    grid = FakeGrid(make_client_app(_client_spec(federation8, secure)), n)
     fed = FederationConfig.model_validate({"strategy": "fedavg", "num_clients": n})
     kw = {"key_modality": parameter_modality, "fraction_train": 1.0, "fraction_evaluate": 0.0}
     strategy = build_strategy(
         "fedavg", fed, **kw, min_train_nodes=n, min_evaluate_nodes=0, min_available_nodes=n
     )
     x = initial_arrays(federation8["model_spec"], seed=1)
-    outcome = TRAIN_ROUNDS["secagg+"](strategy, cast(Grid, grid), 1, x, _Spec(secure))
+    outcome = _train_round(secure)(strategy, cast(Grid, grid), 1, x)
     assert outcome.record is not None, outcome.note
     assert outcome.clients == n - 2
     reference = build_strategy(
@@ -649,12 +655,10 @@ def test_clients_refuse_a_server_that_lowers_the_threshold(
     """The organisations configured 0.9 (t = 4 of 4); a server asking for 0.67 (t = 3)
     gets no key advertisement and the round aborts before any share exists."""
     clients_secure = _secure("secagg+", threshold=0.9)
-    grid = FakeGrid(make_client_app(_client_spec(federation, clients_secure, "secagg")), 4)
+    grid = FakeGrid(make_client_app(_client_spec(federation, clients_secure)), 4)
     x = initial_arrays(federation["model_spec"], seed=1)
     with caplog.at_level(logging.WARNING):
-        outcome = TRAIN_ROUNDS["secagg+"](
-            _strategy("fedavg"), cast(Grid, grid), 1, x, _Spec(_secure("secagg+"))
-        )
+        outcome = _train_round(_secure("secagg+"))(_strategy("fedavg"), cast(Grid, grid), 1, x)
     assert outcome.record is None
     assert "0 valid key advertisements < threshold 3" in (outcome.note or "")
     assert "threshold 3 of 4 is below the configured 0.9" in caplog.text

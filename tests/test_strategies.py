@@ -11,7 +11,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from umbra.federation.records import from_record, to_record
+from umbra.federation.common import from_record, to_record
 from umbra.federation.strategies import (
     CONTROL_PREFIX,
     ModalityFedAvg,

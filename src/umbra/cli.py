@@ -105,7 +105,7 @@ def run(
         requested = None
         if preset or config or overrides:
             requested = load_config(preset or "default", file=config, overrides=overrides)
-        from umbra.experiment import resume_config
+        from umbra.run.folder import resume_config
 
         cfg = resume_config(resume, requested)
         run_dir = resume
@@ -272,7 +272,7 @@ def data_prepare(
     import time
 
     from umbra.config import load_config
-    from umbra.experiment import prepare_data
+    from umbra.run.prepare import prepare_data
 
     cfg = load_config(preset, overrides=set_ or [])
     t0 = time.perf_counter()

@@ -19,7 +19,6 @@ the server's run folder.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,15 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from umbra.federation.client_data import client_records, load_client_data
-from umbra.federation.common import CONTROL_PREFIX, count_key
-from umbra.federation.records import from_record, to_record
+from umbra.federation.common import (
+    CONTROL_PREFIX,
+    ClientActionSpec,
+    SecureSettings,
+    SecureTransport,
+    count_key,
+    from_record,
+    to_record,
+)
 from umbra.federation.train import (
     TrainSettings,
     get_arrays,
@@ -42,23 +48,24 @@ from umbra.models import ModelSpec, MultimodalNet
 from umbra.privacy.client import client_policy
 
 __all__ = [
-    "CLIENT_ACTIONS",
     "ClientSpec",
     "client_state_dir",
     "make_client_app",
     "public_metrics",
-    "register_client_action",
     "round_seed",
 ]
 
 
 @dataclass(frozen=True)
 class ClientSpec:
-    """Everything a ClientApp needs, picklable (no secrets).
+    """Everything a ClientApp needs, picklable (Flower's simulation ships it to workers).
 
     ``state_dir`` is the client-side root of per-node state (a node's own ``state-dir`` in
     its node config overrides it); ``privacy_unit`` is the organisation's own DP unit
     (``"none"``, ``"example"``, ``"client"``), which decides what its replies may reveal.
+    Each of ``transports`` (registry entries; none: plaintext) adds the handler of its
+    ``train.<client_action>`` messages, built from ``secure`` and ``identities`` (the
+    simulated nodes' private identity keys; each node reads only its own; not in repr).
     """
 
     data_dir: str
@@ -67,24 +74,14 @@ class ClientSpec:
     settings: TrainSettings
     seed: int
     threads: int = 1
-    #: extra train actions (``message_type="train.<name>"``) from :data:`CLIENT_ACTIONS`
-    actions: tuple[str, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
+    transports: tuple[SecureTransport, ...] = ()
+    secure: SecureSettings = field(default_factory=SecureSettings)
+    identities: dict[int, bytes] = field(default_factory=dict, repr=False)
     privacy_unit: str = "none"
 
-
-TrainFn = Callable[[Message, Context], Message]
-#: name -> factory(train_fn, spec) -> handler for ``train.<name>`` messages (e.g. the
-#: stages of a secure aggregation protocol, which call ``train_fn`` for the local update).
-ClientAction = Callable[[TrainFn, ClientSpec], TrainFn]
-CLIENT_ACTIONS: dict[str, ClientAction] = {}
-
-
-def register_client_action(name: str, factory: ClientAction) -> None:
-    """Register a client action factory under ``name``; duplicates raise."""
-    if name in CLIENT_ACTIONS:
-        raise ValueError(f"client action {name!r} is already registered")
-    CLIENT_ACTIONS[name] = factory
+    def action_spec(self) -> ClientActionSpec:
+        """What the secure transport's client mod is built from."""
+        return ClientActionSpec(secure=self.secure, identities=dict(self.identities))
 
 
 def round_seed(seed: int, server_round: int, client: int) -> int:
@@ -241,8 +238,6 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
         )
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
-    for name in spec.actions:
-        if name not in CLIENT_ACTIONS:
-            raise ValueError(f"unknown client action {name!r}; known: {sorted(CLIENT_ACTIONS)}")
-        app.train(name)(CLIENT_ACTIONS[name](train, spec))
+    for transport in spec.transports:
+        app.train(transport.client_action)(transport.client_mod(train, spec.action_spec()))
     return app

@@ -20,18 +20,32 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from umbra.config import Config, FederationConfig, PrivacyConfig
 from umbra.errors import AllRoundsAborted, BudgetExhausted, UmbraError
 from umbra.federation.checkpoint import load_latest, save_checkpoint
 from umbra.federation.client_data import load_client_data
-from umbra.federation.messaging import send_and_receive
-from umbra.federation.records import from_record
-from umbra.federation.rounds import TRAIN_ROUNDS, RoundPrivacy
-from umbra.federation.strategies import build_strategy
+from umbra.federation.common import (
+    NUM_EXAMPLES,
+    PARTITION_ID,
+    SecureSettings,
+    SecureTransport,
+    from_record,
+    metric_float,
+    metric_int,
+    reply_metrics,
+    send_and_receive,
+)
+from umbra.federation.rounds import PlainTrainRound, TrainRound
+from umbra.federation.secure_round import SecureTrainRound
+from umbra.federation.strategies import ModalityFedAvg, build_strategy
 from umbra.federation.train import Batchable, evaluate, get_arrays, set_arrays
 from umbra.models import ModelSpec, MultimodalNet, parameter_groups, parameter_modality
+from umbra.privacy.controller import PrivacyController
+from umbra.privacy.round_dp import RoundDP
 
 __all__ = [
     "RoundReport",
+    "RunResult",
     "ServerSpec",
     "check_some_round_completed",
     "initial_arrays",
@@ -40,30 +54,72 @@ __all__ = [
 
 log = logging.getLogger("umbra")
 
+#: One row of ``results.json``'s ``rounds``: round, clients, bytes, aborted/note, train
+#: loss, evaluation metrics (every ``run.eval_every`` rounds), ε (under DP), wall time.
 RoundReport = dict[str, Any]
 
 
 @dataclass
+class RunResult:
+    """What the round loop returns: the final arrays, one row per round, why the run
+    stopped early (None: it ran every round) and the privacy summary (None without DP)."""
+
+    arrays: dict[str, np.ndarray]
+    history: list[RoundReport]
+    stopped: str | None = None
+    privacy: dict[str, Any] | None = None
+
+
+@dataclass
 class ServerSpec:
-    """What the ServerApp needs: where to write, what to build, how long to run."""
+    """What the ServerApp needs: where to write, what to build, how long to run.
+
+    ``transport`` is the registry entry of the secure round transport (None: plaintext
+    rounds); ``secure`` its public settings (threshold, clip range, the CKKS roster).
+    Picklable as long as the callbacks are.
+    """
 
     run_dir: str
     test_dir: str
     model_spec: dict[str, Any]
-    federation: Any  # FederationConfig
+    federation: FederationConfig
     seed: int
     eval_every: int = 1
-    train_round: str = "none"
-    #: PrivacyConfig (or None): DP mode, budget, accountant
-    privacy: Any = None
-    #: set by the server loop: the round transports' view of DP (RoundPrivacy)
-    dp: Any = None
-    #: filled by the server loop: "stopped" (reason or None), "privacy" (summary)
-    status: dict[str, Any] = field(default_factory=dict)
+    #: DP mode, budget, accountant (None: no differential privacy)
+    privacy: PrivacyConfig | None = None
+    secure: SecureSettings = field(default_factory=SecureSettings)
+    transport: SecureTransport | None = None
     node_timeout_s: float = 600.0
     on_round: Callable[[RoundReport], None] | None = None
-    on_finish: Callable[[dict[str, np.ndarray], list[RoundReport]], None] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    on_finish: Callable[[RunResult], None] | None = None
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: Config,
+        *,
+        run_dir: str,
+        test_dir: str,
+        model_spec: dict[str, Any],
+        secure: SecureSettings,
+        transport: SecureTransport | None,
+        on_round: Callable[[RoundReport], None] | None = None,
+        on_finish: Callable[[RunResult], None] | None = None,
+    ) -> ServerSpec:
+        """The spec of ``cfg``'s server (the data folders and model spec already made)."""
+        return cls(
+            run_dir=run_dir,
+            test_dir=test_dir,
+            model_spec=model_spec,
+            federation=cfg.federation,
+            seed=cfg.run.seed,
+            eval_every=cfg.run.eval_every,
+            privacy=cfg.privacy if cfg.privacy.mode != "none" else None,
+            secure=secure,
+            transport=transport,
+            on_round=on_round,
+            on_finish=on_finish,
+        )
 
 
 def initial_arrays(model_spec: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
@@ -80,23 +136,13 @@ def _wait_for_nodes(grid: Grid, n: int, timeout_s: float) -> None:
         time.sleep(0.05)
 
 
-def run_rounds(spec: ServerSpec, grid: Grid) -> tuple[dict[str, np.ndarray], list[RoundReport]]:
-    """Run (or resume) the federated rounds; returns the final arrays and the history."""
+def run_rounds(spec: ServerSpec, grid: Grid) -> RunResult:
+    """Run (or resume) the federated rounds; returns the final arrays, the history, why
+    the run stopped early (the privacy budget) and the privacy summary."""
     fed = spec.federation
     run_dir = Path(spec.run_dir)
     ckpt_dir = run_dir / "checkpoints"
-    client_dp = spec.privacy is not None and spec.privacy.mode == "client"
-    strategy = build_strategy(
-        fed.strategy,
-        fed,
-        key_modality=parameter_modality,
-        # client-level DP samples clients itself (Poisson); the strategy takes all offered
-        fraction_train=1.0 if client_dp else fed.fraction_train,
-        fraction_evaluate=0.0,
-        min_train_nodes=1 if client_dp else max(1, round(fed.fraction_train * fed.num_clients)),
-        min_evaluate_nodes=0,
-        min_available_nodes=1 if client_dp else fed.num_clients,
-    )
+    strategy = _strategy(spec)
     latest = load_latest(ckpt_dir)
     if latest is None:
         arrays, history, start = initial_arrays(spec.model_spec, spec.seed), [], 0
@@ -112,36 +158,18 @@ def run_rounds(spec: ServerSpec, grid: Grid) -> tuple[dict[str, np.ndarray], lis
     model = MultimodalNet(ModelSpec.from_dict(spec.model_spec))
     test = Batchable.from_data(load_client_data(spec.test_dir, 0))
     _wait_for_nodes(grid, fed.num_clients, spec.node_timeout_s)
-    controller = None
-    if spec.privacy is not None and spec.privacy.mode != "none":
-        from umbra.privacy.controller import PrivacyController
+    dp = _round_dp(spec, grid, model)
+    controller = dp.controller if dp is not None else None
+    train_round = _train_round(spec, dp)
+    stopped: str | None = None
 
-        info = query_clients(grid, spec.node_timeout_s)
-        controller = PrivacyController(
-            spec.privacy,
-            groups=list(parameter_groups(model)),
-            rounds=fed.rounds,
-            batch_size=fed.batch_size,
-            local_epochs=fed.local_epochs,
-            num_clients=fed.num_clients,
-            ledger_path=run_dir / "ledger.jsonl",
-        )
-        controller.plan_clients({pid: n for pid, n in info.values()})
-        spec.dp = RoundPrivacy(controller, {node: pid for node, (pid, _) in info.items()})
-    spec.status["stopped"] = None
-
-    if spec.train_round not in TRAIN_ROUNDS:
-        raise UmbraError(
-            f"unknown round transport {spec.train_round!r}; known: {sorted(TRAIN_ROUNDS)}"
-        )
-    train_round = TRAIN_ROUNDS[spec.train_round]
     for rnd in range(start + 1, fed.rounds + 1):
         t0 = time.perf_counter()
         try:
-            outcome = train_round(strategy, grid, rnd, arrays, spec)
+            outcome = train_round(strategy, grid, rnd, arrays)
         except BudgetExhausted as stop:
             log.warning("%s", stop)
-            spec.status["stopped"] = str(stop)
+            stopped = str(stop)
             break
         if outcome.record is None:
             log.error("round %d aborted (%s); the global model is unchanged", rnd, outcome.note)
@@ -182,9 +210,59 @@ def run_rounds(spec: ServerSpec, grid: Grid) -> tuple[dict[str, np.ndarray], lis
         )
         if spec.on_round is not None:
             spec.on_round(row)
-    if controller is not None:
-        spec.status["privacy"] = controller.summary()
-    return arrays, history
+    privacy = controller.summary() if controller is not None else None
+    return RunResult(arrays=arrays, history=history, stopped=stopped, privacy=privacy)
+
+
+def _strategy(spec: ServerSpec) -> ModalityFedAvg:
+    """The configured strategy; client-level DP samples clients itself (Poisson), so its
+    strategy takes every node offered."""
+    fed = spec.federation
+    client_dp = spec.privacy is not None and spec.privacy.mode == "client"
+    return build_strategy(
+        fed.strategy,
+        fed,
+        key_modality=parameter_modality,
+        fraction_train=1.0 if client_dp else fed.fraction_train,
+        fraction_evaluate=0.0,
+        min_train_nodes=1 if client_dp else max(1, round(fed.fraction_train * fed.num_clients)),
+        min_evaluate_nodes=0,
+        min_available_nodes=1 if client_dp else fed.num_clients,
+    )
+
+
+def _round_dp(spec: ServerSpec, grid: Grid, model: MultimodalNet) -> RoundDP | None:
+    """The run's server-side DP (None without DP): the controller, planned with every
+    client's public record count, and the node -> partition map of the ledger."""
+    if spec.privacy is None or spec.privacy.mode == "none":
+        return None
+    fed = spec.federation
+    info = query_clients(grid, spec.node_timeout_s)
+    controller = PrivacyController(
+        spec.privacy,
+        groups=list(parameter_groups(model)),
+        rounds=fed.rounds,
+        batch_size=fed.batch_size,
+        local_epochs=fed.local_epochs,
+        num_clients=fed.num_clients,
+        ledger_path=Path(spec.run_dir) / "ledger.jsonl",
+    )
+    controller.plan_clients({pid: n for pid, n in info.values()})
+    return RoundDP(
+        controller,
+        {node: pid for node, (pid, _) in info.items()},
+        secure=spec.secure,
+        integer_noise=spec.transport is not None and spec.transport.integer_noise,
+        lr=fed.lr,
+    )
+
+
+def _train_round(spec: ServerSpec, dp: RoundDP | None) -> TrainRound:
+    """The run's round: plaintext, or the secure skeleton over the spec's transport."""
+    if spec.transport is None:
+        return PlainTrainRound(dp=dp, timeout_s=spec.node_timeout_s)
+    transport = spec.transport.server(spec.secure)
+    return SecureTrainRound(transport, dp=dp, timeout_s=spec.node_timeout_s)
 
 
 def check_some_round_completed(history: list[RoundReport]) -> None:
@@ -215,10 +293,10 @@ def query_clients(grid: Grid, timeout_s: float) -> dict[int, tuple[int, int]]:
             raise UmbraError(
                 f"client {reply.metadata.src_node_id} did not answer: {reply.error.reason}"
             )
-        metrics = next(iter(reply.content.metric_records.values()))
+        metrics = reply_metrics(reply)
         out[reply.metadata.src_node_id] = (
-            int(metrics["partition-id"]),  # type: ignore[arg-type]
-            int(metrics.get("num-examples", 0)),  # type: ignore[arg-type]
+            metric_int(metrics, PARTITION_ID),
+            metric_int(metrics, NUM_EXAMPLES, 0),
         )
     if len(out) != len(nodes):
         raise UmbraError(f"only {len(out)} of {len(nodes)} clients answered the info query")
@@ -228,7 +306,7 @@ def query_clients(grid: Grid, timeout_s: float) -> dict[int, tuple[int, int]]:
 def _metric(metrics: MetricRecord | None, key: str) -> float | None:
     if metrics is None or key not in metrics:
         return None
-    return float(metrics[key])  # type: ignore[arg-type]
+    return metric_float(metrics, key)
 
 
 def make_server_app(spec: ServerSpec) -> ServerApp:
@@ -237,9 +315,9 @@ def make_server_app(spec: ServerSpec) -> ServerApp:
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        arrays, history = run_rounds(spec, grid)
+        result = run_rounds(spec, grid)
         if spec.on_finish is not None:
-            spec.on_finish(arrays, history)
+            spec.on_finish(result)
 
     return app
 

@@ -11,7 +11,7 @@ follow the key they control) client ``i`` contributes
 
 plus the exact integer counts ``n_{i,g}``. The server computes
 ``x_k + sum_i c_{i,k} / (sum_i n_{i,g(k)} / B)``, which equals the plaintext
-modality-aware average (`umbra.federation.strategies.modality_weighted_average`) of the
+modality-aware average (the strategies' ``modality_weighted_average``) of the
 ``y_i`` up to quantization error; a group nobody holds keeps the previous value (zeros
 for ``cv.`` deltas), as in the plaintext rule.
 
@@ -37,7 +37,7 @@ summed clients`` to ``x``; the counts are still summed, the training losses are 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,9 +48,12 @@ from umbra.federation.common import CONTROL_PREFIX
 from umbra.privacy.controller import (
     CLIENT_GROUP,
     DP_INTEGER_NOISE,
+    DP_MODE,
     DP_NOISE_SHARES,
     DP_RANGE,
+    DP_UNWEIGHTED,
     dp_config_keys,
+    dp_mode_code,
     dp_sensitivity_key,
 )
 from umbra.privacy.ddg import IntegerNoise, plan_integer_noise
@@ -58,7 +61,6 @@ from umbra.privacy.ddg import IntegerNoise, plan_integer_noise
 __all__ = [
     "CONTROL_PREFIX",
     "DEFAULT_WEIGHT_SCALE",
-    "DP_UNWEIGHTED",
     "METRIC_KEYS",
     "METRIC_SCALE",
     "WEIGHT_GROUPS",
@@ -66,6 +68,7 @@ __all__ = [
     "clipped_fraction",
     "combine_sums",
     "dp_range_of",
+    "dp_sums",
     "int_template",
     "integer_noise_for",
     "make_contribution",
@@ -81,8 +84,6 @@ METRIC_KEYS: tuple[str, ...] = ("train-ce", "train-align", "train-total")
 METRIC_SCALE = 64.0
 #: ``B`` in the first round (Flower's SecAgg+ uses a fixed ``max_weight = 1000``).
 DEFAULT_WEIGHT_SCALE = 1000.0
-#: Reply metric marking a client-level-DP update (already clipped and noised).
-DP_UNWEIGHTED = "dp-unweighted"
 _METRIC_PREFIX = "metric/"
 
 KeyModality = Callable[[str], "str | None"]
@@ -243,7 +244,7 @@ def integer_noise_for(
     sens = {k[len(prefix) :]: float(v) for k, v in metrics.items() if k.startswith(prefix)}
     if not sens:
         raise ValueError("the DP update carries no per-group sensitivities (dp-sens-<group>)")
-    client_level = int(config.get("dp-mode", 0)) == 2
+    client_level = int(config.get(DP_MODE, 0)) == dp_mode_code("client")
     return plan_integer_noise(
         sizes,
         key_group=(lambda _: CLIENT_GROUP) if client_level else key_group,
@@ -329,20 +330,13 @@ def next_weight_scale(int_sums: Mapping[str, np.ndarray]) -> float:
     return max(1.0, examples / clients)
 
 
-def client_dp_from_sums(
-    x: Mapping[str, np.ndarray],
+def dp_sums(
     float_sums: Mapping[str, np.ndarray],
     int_sums: Mapping[str, np.ndarray],
-    dp: Any,
-    *,
-    sampled: int,
+    keys: Iterable[str],
 ) -> dict[str, np.ndarray]:
-    """Client-level DP under secure aggregation: the summed clipped (noised) deltas, the
-    server's noise top-up and the fixed ``qN`` divisor (`umbra.federation.rounds.client_dp_model`).
-    """
-    from umbra.federation.rounds import client_dp_model
-
-    received = int(np.asarray(int_sums["clients"]).ravel()[0])
+    """The summed DP contributions of ``keys`` in update units (float64): the secure sums
+    times the round's range divisor ρ (:func:`dp_range_of`). Client-level DP finishes the
+    round from these (noise top-up, fixed ``qN`` divisor) on the server's privacy side."""
     rho = dp_range_of(int_sums)
-    summed = {k: np.asarray(float_sums[k], dtype=np.float64) * rho for k in x}
-    return client_dp_model(dict(x), summed, received=received, sampled=sampled, dp=dp)
+    return {k: np.asarray(float_sums[k], dtype=np.float64) * rho for k in keys}

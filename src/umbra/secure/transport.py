@@ -19,9 +19,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from umbra.errors import UmbraError
-from umbra.federation.messaging import send_and_receive
-from umbra.federation.records import message_bytes
-from umbra.federation.rounds import RoundOutcome
+from umbra.federation.common import SecureSum, message_bytes, send_and_receive
 
 __all__ = [
     "ARRAYS_RECORD",
@@ -162,19 +160,28 @@ class StageExchange:
             replies[node] = proto
         return replies
 
-    def outcome(
-        self, record: Any, metrics: Any, *, note: str | None = None, clients: int = 0
-    ) -> RoundOutcome:
-        """The round's outcome with every stage's bytes (``record=None``: round aborted)."""
-        return RoundOutcome(
-            record=record,
-            metrics=metrics,
+    def secure_sum(
+        self,
+        float_sums: dict[str, np.ndarray] | None = None,
+        int_sums: dict[str, np.ndarray] | None = None,
+        *,
+        clients: int = 0,
+        note: str | None = None,
+    ) -> SecureSum:
+        """The round's sums with every stage's bytes (``note`` set: the round aborted)."""
+        return SecureSum(
+            float_sums=dict(float_sums or {}),
+            int_sums=dict(int_sums or {}),
+            clients=clients,
             bytes_up=self.bytes_up,
             bytes_down=self.bytes_down,
-            clients=clients,
             per_client=self.per_client(),
             note=note,
         )
+
+    def abort(self, note: str) -> SecureSum:
+        """An aborted round: no sums, the bytes spent so far, and why."""
+        return self.secure_sum(note=note)
 
     def per_client(self) -> dict[int, dict[str, int]]:
         """Bytes per partition id, ``{"up", "down"}`` summed over stages (known nodes)."""

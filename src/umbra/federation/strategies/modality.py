@@ -18,8 +18,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from umbra.federation.common import CONTROL_PREFIX, NUM_EXAMPLES, PARTITION_ID, count_key
-from umbra.federation.records import to_record
+from umbra.federation.common import CONTROL_PREFIX, NUM_EXAMPLES, PARTITION_ID, count_key, to_record
 
 __all__ = [
     "CONTROL_PREFIX",
@@ -28,6 +27,7 @@ __all__ = [
     "modality_weighted_average",
     "strip_prefix",
 ]
+
 
 def strip_prefix(key: str) -> str:
     return key[len(CONTROL_PREFIX) :] if key.startswith(CONTROL_PREFIX) else key

@@ -16,7 +16,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
-from umbra.federation.records import from_record, to_record
+from umbra.federation.common import from_record, to_record
 from umbra.federation.strategies.modality import CONTROL_PREFIX, ModalityFedAvg
 
 __all__ = ["Scaffold", "scaffold_server_update"]

@@ -171,6 +171,7 @@ def update_digest(ciphertexts: Sequence[bytes], *, client_id: int, round_number:
         h.update(blob)
     return h.digest()
 
+
 def checked_update_blobs(
     message: Any,
     *,
@@ -207,7 +208,6 @@ def checked_update_blobs(
     if digest in seen_digests:
         raise CiphertextError(f"client {client_id}: update replayed")
     return data
-
 
 
 def _scratch_path() -> str:

@@ -8,10 +8,11 @@ under the Deployment Engine; in simulation all parties share one process tree), 
 `umbra.secure.he.payload`).
 
 Identity: the node's Ed25519 private key comes from ``node_config["umbra-identity-key"]``
-(hex) under the Deployment Engine, or, in simulation, from the ClientApp's spec
-(``extra["ckks-identity"]``, generated from os.urandom where the apps are built); the
-public roster from ``extra["ckks-roster"]``. The run's rounds (the decryption budget of the
-flooding bound) from ``extra["ckks-rounds"]``: a holder never takes them from the server.
+(hex) under the Deployment Engine, or, in simulation, from the mod's spec
+(``ClientActionSpec.identities``, generated from os.urandom where the apps are built); the
+public roster from ``SecureSettings.roster``. The run's rounds (the decryption budget of
+the flooding bound) from ``SecureSettings.rounds``: a holder never takes them from the
+server.
 """
 
 from __future__ import annotations
@@ -21,8 +22,14 @@ from typing import Any
 
 from flwr.app import ConfigRecord, Context, Error, Message
 
-from umbra.federation.client_app import ClientSpec, TrainFn
-from umbra.federation.records import from_record
+from umbra.federation.common import (
+    ClientActionSpec,
+    TrainFn,
+    config_float,
+    from_record,
+    metric_values,
+    reply_metrics,
+)
 from umbra.models import parameter_modality
 from umbra.secure.contribution import CONTROL_PREFIX, make_contribution
 from umbra.secure.he import holder
@@ -38,7 +45,13 @@ from umbra.secure.he.holder import (
 from umbra.secure.he.payload import flatten_contribution
 from umbra.secure.transport import decode_proto, reply_content
 
-__all__ = ["DROPOUT_ERROR_CODE", "IDENTITY_NODE_KEY", "STATE_RECORD", "make_ckks_handler", "run_key"]
+__all__ = [
+    "DROPOUT_ERROR_CODE",
+    "IDENTITY_NODE_KEY",
+    "STATE_RECORD",
+    "make_ckks_handler",
+    "run_key",
+]
 
 log = logging.getLogger("umbra")
 
@@ -69,13 +82,13 @@ def _shared(_: str) -> str | None:
     return None
 
 
-def make_ckks_handler(train_fn: TrainFn, spec: ClientSpec) -> TrainFn:
-    """Factory registered as the ``ckks`` client action (``train.ckks`` messages)."""
-    secure = dict(spec.extra.get("secure", {}))
-    dropouts = {int(c) for c in secure.get("dropout_clients", [])}
-    identities: dict[int, bytes] = dict(spec.extra.get("ckks-identity", {}))
-    roster = {int(k): bytes(v) for k, v in dict(spec.extra.get("ckks-roster", {})).items()}
-    rounds = int(spec.extra.get("ckks-rounds", 1))
+def make_ckks_handler(train_fn: TrainFn, spec: ClientActionSpec) -> TrainFn:
+    """The client mod of the ``ckks`` client action (``train.ckks`` messages)."""
+    secure = spec.secure
+    dropouts = {int(c) for c in secure.dropout_clients}
+    identities = dict(spec.identities)
+    roster = {int(k): bytes(v) for k, v in secure.roster.items()}
+    rounds = int(secure.rounds)
 
     def handler(msg: Message, context: Context) -> Message:
         pid = int(context.node_config["partition-id"])
@@ -87,9 +100,9 @@ def make_ckks_handler(train_fn: TrainFn, spec: ClientSpec) -> TrainFn:
             client_id=pid,
             identity_key=key,
             roster=roster,
-            threshold=float(secure.get("threshold", 0.67)),
+            threshold=float(secure.threshold),
             rounds=rounds,
-            clip=float(secure.get("clip_range", 4.0)),
+            clip=float(secure.clip_range),
         )
         config = msg.content["config"]
         stage = str(config["stage"])
@@ -114,11 +127,11 @@ def make_ckks_handler(train_fn: TrainFn, spec: ClientSpec) -> TrainFn:
             contribution = make_contribution(
                 x,
                 from_record(train_reply.content.array_records["arrays"]),
-                dict(next(iter(train_reply.content.metric_records.values()))),  # type: ignore[arg-type]
+                metric_values(reply_metrics(train_reply)),
                 key_modality=parameter_modality
                 if bool(config.get("modality-aware", True))
                 else _shared,
-                weight_scale=float(config["weight-scale"]),  # type: ignore[arg-type]
+                weight_scale=config_float(config, "weight-scale"),
             )
             vector = flatten_contribution(contribution, clip=cfg.clip)
             reply = holder.encrypt_update(cfg, state, vector, round_number=rnd)

@@ -904,9 +904,7 @@ def pack_ciphertext(ring: Ring, ct: Any, *, c0_drop_bits: int) -> bytes:
     c1 = Ring.read(ct, (2, k, ring.n))[1]
     ring.evaluator.transform_from_ntt_inplace(ct)
     c0 = Ring.read(ct, (2, k, ring.n))[0]
-    return _pack_rounded(c0, ring.data_primes, c0_drop_bits) + pack_residues(
-        c1, ring.data_primes
-    )
+    return _pack_rounded(c0, ring.data_primes, c0_drop_bits) + pack_residues(c1, ring.data_primes)
 
 
 def ciphertext_bytes(ring: Ring, *, c0_drop_bits: int) -> int:
@@ -1000,9 +998,7 @@ def rounded_to_residues(c0: np.ndarray, primes: Sequence[int], drop: int) -> np.
     return np.stack([_mul_pow2(v % np.uint64(p), drop, p) for p in primes], axis=1)
 
 
-def unpack_residue_blobs(
-    blobs: Sequence[bytes], primes: Sequence[int], n: int
-) -> np.ndarray:
+def unpack_residue_blobs(blobs: Sequence[bytes], primes: Sequence[int], n: int) -> np.ndarray:
     """`unpack_residues` of many blobs at once: (m, primes, N); ValueError naming the
     index of the first blob of the wrong length or with a residue out of range."""
     size = sum(-(-p.bit_length() * n // 8) for p in primes)

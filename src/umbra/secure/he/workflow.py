@@ -8,8 +8,9 @@ peer) -> finish (every holder checks the signed ``b_i``, sums the collective pub
 keeps its share ``sigma_j``). Every round: collect (global model; clients train and send
 ciphertexts under the collective key) -> server-side sum -> decrypt (a set ``T`` of t
 holders returns flooded decryption shares of the sum) -> the server decodes
-``c0 + sum h_j``, divides by the summed counts (`umbra.secure.contribution.combine_sums`)
-and hands the average to the strategy.
+``c0 + sum h_j`` and returns the sums to the federation's secure-round skeleton, which
+divides them by the summed counts (`umbra.secure.contribution.combine_sums`) and hands the
+average to the strategy.
 
 The server holds public keys, signatures, encrypted shares it cannot open, ciphertexts,
 flooded decryption shares and the decoded sum; never a secret key or an unflooded
@@ -19,20 +20,14 @@ decryption. Threat model: see `umbra.secure.he.holder` and docs/privacy.md.
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, RecordDict
-from flwr.serverapp import Grid
 
-from umbra.federation.records import to_record
-from umbra.federation.rounds import RoundOutcome, prepare_train_messages, strategy_step
-from umbra.federation.strategies import ModalityFedAvg
+from umbra.federation.common import SecureRound, SecureSettings, SecureSum
 from umbra.secure import identity
-from umbra.secure.contribution import client_dp_from_sums, combine_sums, next_weight_scale
 from umbra.secure.he.aggregator import ThresholdAggregator, decode_sum
 from umbra.secure.he.ckks import CiphertextError, HeAbort
 from umbra.secure.he.holder import (
@@ -46,14 +41,23 @@ from umbra.secure.he.holder import (
 )
 from umbra.secure.he.payload import payload_length, split_sum
 from umbra.secure.he.threshold import ThresholdParams, ThresholdPlan
-from umbra.secure.secagg.workflow import round_threshold, run_state
+from umbra.secure.secagg.workflow import round_threshold
 from umbra.secure.transport import StageExchange
 
-__all__ = ["MESSAGE_TYPE", "CkksAbort", "CkksWorkflow", "ckks_train_round", "key_setup"]
+__all__ = [
+    "CLIENT_ACTION",
+    "MESSAGE_TYPE",
+    "CkksAbort",
+    "CkksTransport",
+    "CkksWorkflow",
+    "KeySetup",
+]
 
 log = logging.getLogger("umbra")
 
-MESSAGE_TYPE = "train.ckks"
+#: The client mod answers ``train.ckks`` messages.
+CLIENT_ACTION = "ckks"
+MESSAGE_TYPE = f"train.{CLIENT_ACTION}"
 
 
 class CkksAbort(HeAbort):
@@ -72,55 +76,43 @@ class KeySetup:
     bytes_down: int = 0
 
 
-_SETUPS: weakref.WeakKeyDictionary[Any, KeySetup] = weakref.WeakKeyDictionary()
+class CkksTransport:
+    """Round transport ``"ckks"``, one per run (`umbra.federation.common.SecureAggregator`).
 
+    Holds the run's public state: the key setup (`KeySetup`, empty until the first round
+    has set up the collective key) and the digests of past ciphertexts. ``settings.roster``
+    is the public Ed25519 roster, ``settings.rounds`` the run's rounds (the decryption
+    budget of the flooding bound).
+    """
 
-def key_setup(strategy: Any) -> KeySetup:
-    """The run's key setup (empty until the first round has set up the keys)."""
-    if strategy not in _SETUPS:
-        _SETUPS[strategy] = KeySetup()
-    return _SETUPS[strategy]
+    name = "ckks"
+    client_action = CLIENT_ACTION
+
+    def __init__(self, settings: SecureSettings, params: ThresholdParams | None = None) -> None:
+        self.settings = settings
+        self.params = params or ThresholdParams()
+        self.keys = KeySetup()
+        self.seen_digests: set[bytes] = set()
+
+    def aggregate(self, round: SecureRound) -> SecureSum:
+        """One threshold-CKKS round (key setup first if none yet): the decoded sums."""
+        return CkksWorkflow(self, round).run_round()
 
 
 class CkksWorkflow:
     """One threshold-CKKS-aggregated training round over a Flower Grid."""
 
-    def __init__(
-        self,
-        strategy: ModalityFedAvg,
-        grid: Grid,
-        server_round: int,
-        arrays: Mapping[str, np.ndarray],
-        *,
-        secure: Mapping[str, Any],
-        timeout_s: float,
-        spec: Any = None,
-        roster: Mapping[int, bytes] | None = None,
-        rounds: int = 1,
-        params: ThresholdParams | None = None,
-    ) -> None:
-        self.strategy = strategy
-        self.grid = grid
-        self.round = server_round
-        self.arrays = dict(arrays)
-        self.secure = dict(secure)
-        self.run = run_state(strategy)
-        self.keys = key_setup(strategy)
-        self.roster = dict(roster or {})
-        self.rounds = rounds
-        self.params = params or ThresholdParams()
-        self.weight_scale = self.run.weight_scale
-        self.clip = float(self.secure.get("clip_range", 4.0))
-        self.threshold = float(self.secure.get("threshold", 0.67))
-        self.dp = getattr(spec, "dp", None)
-        messages = (
-            prepare_train_messages(strategy, grid, server_round, dict(arrays), spec)
-            if spec is not None
-            else strategy.configure_train(server_round, to_record(arrays), ConfigRecord(), grid)
-        )
-        self.train_content: dict[int, RecordDict] = {
-            m.metadata.dst_node_id: m.content for m in messages
-        }
+    def __init__(self, transport: CkksTransport, round: SecureRound) -> None:
+        self.grid = round.grid
+        self.round = round.server_round
+        self.run = transport
+        self.keys = transport.keys
+        self.roster = dict(transport.settings.roster)
+        self.rounds = transport.settings.rounds
+        self.params = transport.params
+        self.clip = float(transport.settings.clip_range)
+        self.threshold = float(transport.settings.threshold)
+        self.train_content: dict[int, Any] = dict(round.messages)
         self.nodes = sorted(self.train_content)
         n = max(1, len(self.nodes))
         self.min_clients = round_threshold(self.threshold, n)
@@ -131,12 +123,9 @@ class CkksWorkflow:
             else {}
         )
         self.length = payload_length(self.shapes)
-        self.exchange = StageExchange(grid, MESSAGE_TYPE, timeout_s, server_round)
+        self.exchange = StageExchange(round.grid, MESSAGE_TYPE, round.timeout_s, self.round)
         self.included: tuple[int, ...] = ()
-        self.public: dict[str, Any] = {
-            "weight-scale": self.weight_scale,
-            "modality-aware": bool(strategy.modality_aware),
-        }
+        self.public: dict[str, Any] = round.public_config()
 
     # ------------------------------------------------------------------ setup
 
@@ -267,10 +256,10 @@ class CkksWorkflow:
         except CiphertextError as err:
             raise CkksAbort(str(err)) from err
 
-    def run_round(self) -> RoundOutcome:
-        """All stages; an abort returns ``RoundOutcome(record=None, note=reason)``."""
+    def run_round(self) -> SecureSum:
+        """All stages; an abort returns a `SecureSum` with ``note`` set."""
         if not self.nodes:
-            return self._outcome(None, None, note="no client sampled")
+            return self.exchange.abort("no client sampled")
         try:
             if self.keys.plan is None:
                 self.setup()
@@ -286,46 +275,7 @@ class CkksWorkflow:
                     f"decrypted sum counts {int(int_sums['clients'][0])} clients, "
                     f"expected {len(self.included)}"
                 )
-            averaged, metrics = combine_sums(
-                float_sums,
-                int_sums,
-                self.arrays,
-                key_modality=self.strategy.key_modality,
-                weight_scale=self.weight_scale,
-            )
-            if self.dp is not None and self.dp.client_level:
-                averaged = client_dp_from_sums(self.arrays, float_sums, int_sums, self.dp,
-                                               sampled=len(self.nodes))  # fmt: skip
         except (HeAbort, ValueError, KeyError) as err:
             log.error("ckks round %d aborted, model unchanged: %s", self.round, err)
-            return self._outcome(None, None, note=str(err))
-        self.run.weight_scale = next_weight_scale(int_sums)
-        train_metrics = {k: v for k, v in metrics.items() if k.startswith("train-")}
-        record, mrec = strategy_step(self.strategy, self.round, averaged, train_metrics)
-        if record is None:
-            return self._outcome(None, None, note="strategy step failed")
-        return self._outcome(record, mrec, clients=len(self.included))
-
-    def _outcome(
-        self, record: Any, metrics: Any, *, note: str | None = None, clients: int = 0
-    ) -> RoundOutcome:
-        return self.exchange.outcome(record, metrics, note=note, clients=clients)
-
-
-def ckks_train_round(
-    strategy: ModalityFedAvg, grid: Grid, rnd: int, arrays: dict[str, np.ndarray], spec: Any
-) -> RoundOutcome:
-    """Round transport ``"ckks"`` (see `umbra.federation.rounds.TrainRound`)."""
-    extra = dict(getattr(spec, "extra", {}))
-    workflow = CkksWorkflow(
-        strategy,
-        grid,
-        rnd,
-        arrays,
-        secure=dict(extra.get("secure", {})),
-        timeout_s=float(spec.node_timeout_s),
-        spec=spec,
-        roster={int(k): bytes(v) for k, v in dict(extra.get("ckks-roster", {})).items()},
-        rounds=int(extra.get("ckks-rounds", 1)),
-    )
-    return workflow.run_round()
+            return self.exchange.abort(str(err))
+        return self.exchange.secure_sum(float_sums, int_sums, clients=len(self.included))

@@ -38,8 +38,17 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, Context, Error, Message
 
-from umbra.federation.client_app import ClientSpec, TrainFn
-from umbra.federation.records import from_record
+from umbra.federation.common import (
+    ClientActionSpec,
+    TrainFn,
+    config_bytes,
+    config_float,
+    config_int,
+    config_list,
+    from_record,
+    metric_values,
+    reply_metrics,
+)
 from umbra.models import SHARED_GROUP, parameter_modality
 from umbra.privacy.controller import DP_RANGE
 from umbra.privacy.randomness import SecureRandom
@@ -103,8 +112,8 @@ def _pairs(prefix: str, mapping: dict[int, bytes]) -> dict[str, Any]:
 def _unpairs(record: ConfigRecord, prefix: str) -> dict[int, bytes]:
     if f"{prefix}.ids" not in record:
         return {}
-    ids: list[Any] = list(record[f"{prefix}.ids"])  # type: ignore[arg-type]
-    vals: list[Any] = list(record[f"{prefix}.vals"])  # type: ignore[arg-type]
+    ids = config_list(record, f"{prefix}.ids")
+    vals = config_list(record, f"{prefix}.vals")
     return {int(i): bytes(v) for i, v in zip(ids, vals, strict=True)}
 
 
@@ -144,30 +153,30 @@ def load_client(context: Context) -> SecAggPlusClient | None:
     if STATE_RECORD not in context.state:
         return None
     rec = context.state.config_records[STATE_RECORD]
-    client = SecAggPlusClient(int(rec["client_id"]))  # type: ignore[arg-type]
+    client = SecAggPlusClient(config_int(rec, "client_id"))
     st: ClientState = client.state
     st.stage = str(rec["stage"])
     cfg = {k[4:]: v for k, v in rec.items() if k.startswith("cfg.")}
     if cfg:
         st.config = SecAggConfig.from_message(cfg)
     if "graph.ids" in rec:
-        ids: list[Any] = list(rec["graph.ids"])  # type: ignore[arg-type]
+        ids = config_list(rec, "graph.ids")
         st.graph = {}
         for n in ids:
-            nbrs: list[Any] = list(rec[f"graph.{n}"])  # type: ignore[arg-type]
+            nbrs = config_list(rec, f"graph.{n}")
             st.graph[int(n)] = frozenset(int(j) for j in nbrs if int(j) >= 0)
     st.pk_c, st.pk_s = _unpairs(rec, "pk_c"), _unpairs(rec, "pk_s")
     st.b_shares, st.sk_shares = _unpairs(rec, "b"), _unpairs(rec, "sk")
-    st.masked_with = tuple(int(j) for j in rec.get("masked_with", []))  # type: ignore[union-attr]
-    st.rejected = tuple(int(j) for j in rec.get("rejected", []))  # type: ignore[union-attr]
+    st.masked_with = tuple(int(j) for j in config_list(rec, "masked_with"))
+    st.rejected = tuple(int(j) for j in config_list(rec, "rejected"))
     if "c_key" in rec and "s_key" in rec:
-        st.c_keys = crypto.keypair_from(bytes(rec["c_key"]))  # type: ignore[arg-type]
-        st.s_keys = crypto.keypair_from(bytes(rec["s_key"]))  # type: ignore[arg-type]
+        st.c_keys = crypto.keypair_from(config_bytes(rec, "c_key"))
+        st.s_keys = crypto.keypair_from(config_bytes(rec, "s_key"))
     if "self_seed" in rec:
-        st.self_seed = bytes(rec["self_seed"])  # type: ignore[arg-type]
+        st.self_seed = config_bytes(rec, "self_seed")
     if "graph_r" in rec:
-        st.graph_randomness = bytes(rec["graph_r"])  # type: ignore[arg-type]
-    st.roster = tuple(int(j) for j in rec.get("roster", []))  # type: ignore[union-attr]
+        st.graph_randomness = config_bytes(rec, "graph_r")
+    st.roster = tuple(int(j) for j in config_list(rec, "roster"))
     st.graph_commitments = _unpairs(rec, "gc")
     return client
 
@@ -197,7 +206,7 @@ def take_prekeys(context: Context) -> tuple[bytes, bytes] | None:
         return None
     rec = context.state.config_records[NEXT_RECORD]
     del context.state[NEXT_RECORD]  # before any use: a pre-key pair serves one round only
-    return bytes(rec["c_key"]), bytes(rec["s_key"])  # type: ignore[arg-type]
+    return config_bytes(rec, "c_key"), config_bytes(rec, "s_key")
 
 
 def _rng() -> SecureRandom:
@@ -220,19 +229,19 @@ def masked_contribution_vector(
     quantiser would clip or a level that could wrap refuses the round (``DDGError``).
     """
     cfg = msg.content["config"]
-    clip = float(cfg["clip-range"])  # type: ignore[arg-type]
+    clip = config_float(cfg, "clip-range")
     incoming = from_record(msg.content.array_records["arrays"])
     x = {k: v for k, v in incoming.items() if not k.startswith(CONTROL_PREFIX)}
     y = from_record(train_reply.content.array_records["arrays"])
-    metrics = dict(next(iter(train_reply.content.metric_records.values())))
+    metrics = metric_values(reply_metrics(train_reply))
     key_modality = parameter_modality if bool(cfg.get("modality-aware", True)) else _shared
     contribution = make_contribution(
         x,
         y,
-        metrics,  # type: ignore[arg-type]
+        metrics,
         key_modality=key_modality,
-        weight_scale=float(cfg["weight-scale"]),  # type: ignore[arg-type]
-        dp_range=int(cfg.get(DP_RANGE, 1)),  # type: ignore[arg-type]
+        weight_scale=config_float(cfg, "weight-scale"),
+        dp_range=config_int(cfg, DP_RANGE, 1),
     )
     shapes = {k: tuple(v.shape) for k, v in incoming.items()}
     layout = PayloadLayout.from_arrays(
@@ -260,12 +269,11 @@ def _privacy_group(key: str) -> str:
     return parameter_modality(key) or SHARED_GROUP
 
 
-def make_secagg_handler(train_fn: TrainFn, spec: ClientSpec) -> TrainFn:
-    """Factory registered as the ``secagg`` client action (``train.secagg`` messages)."""
-    secure = dict(spec.extra.get("secure", {}))
-    dropouts = {int(c) for c in secure.get("dropout_clients", [])}
+def make_secagg_handler(train_fn: TrainFn, spec: ClientActionSpec) -> TrainFn:
+    """The client mod of the ``secagg`` client action (``train.secagg`` messages)."""
+    dropouts = {int(c) for c in spec.secure.dropout_clients}
     # the organisation's own threshold: a server asking for fewer survivors is refused
-    fraction = float(secure.get("threshold", 0.67))
+    fraction = float(spec.secure.threshold)
 
     def handler(msg: Message, context: Context) -> Message:
         pid = int(context.node_config["partition-id"])
@@ -275,7 +283,7 @@ def make_secagg_handler(train_fn: TrainFn, spec: ClientSpec) -> TrainFn:
         if stage == STAGE_ADVERTISE_KEYS:
             take_prekeys(context)  # the server holds none for this node: drop stale ones
             client = SecAggPlusClient(
-                int(cfg_rec[CFG_SECAGG_ID]),  # type: ignore[arg-type]
+                config_int(cfg_rec, CFG_SECAGG_ID),
                 threshold_fraction=fraction,
             )
             reply = client.advertise_keys(proto)
@@ -284,7 +292,7 @@ def make_secagg_handler(train_fn: TrainFn, spec: ClientSpec) -> TrainFn:
             if prekeys is None:
                 raise ProtocolViolation(f"client {pid}: share_keys on pre-keys it does not hold")
             client = SecAggPlusClient(
-                int(cfg_rec[CFG_SECAGG_ID]),  # type: ignore[arg-type]
+                config_int(cfg_rec, CFG_SECAGG_ID),
                 threshold_fraction=fraction,
             )
             client.adopt_keys(proto, *prekeys)

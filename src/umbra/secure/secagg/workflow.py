@@ -15,11 +15,11 @@ pre-keys carries the round configuration and ``secagg-id`` its advertise request
 have carried (client side: `umbra.secure.secagg.client_mod`).
 
 The server only ever holds public keys, encrypted shares, masked vectors and the unmasked
-*sum* of the weighted contributions (`umbra.secure.contribution`), which it divides by
-the summed counts and hands to the strategy (`strategy_step`: FedAvg keeps the average,
-FedAdam/SCAFFOLD apply their server step). Fewer than ``t = ceil(threshold * n)``
-survivors: the round aborts, nothing is revealed, the model stays unchanged and the
-round's row in results.json says why (``aborted``, ``note``). Up to
+*sum* of the weighted contributions (`umbra.secure.contribution`), which it returns to
+the federation's secure-round skeleton (divide by the summed counts, hand the
+average to the strategy). Fewer than ``t = ceil(threshold * n)``
+survivors: the round aborts (a `SecureSum` with ``note``), nothing is revealed, the model
+stays unchanged and the round's row in results.json says why (``aborted``, ``note``). Up to
 ``COMPLETE_GRAPH_MAX_CLIENTS`` sampled clients the graph is complete, so any ``n - t``
 dropouts are recovered; beyond, the sparse graph adds one exchange (``reveal_seed``: the
 clients fix the graph seed by commit-reveal) and pre-keys are not used.
@@ -28,27 +28,14 @@ clients fix the graph seed by commit-reveal) and pre-keys are not used.
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, RecordDict
-from flwr.serverapp import Grid
 
-from umbra.federation.records import to_record
-from umbra.federation.rounds import RoundOutcome, prepare_train_messages, strategy_step
-from umbra.federation.strategies import ModalityFedAvg
+from umbra.federation.common import SecureRound, SecureSettings, SecureSum
 from umbra.privacy.client_dp import shares_needed
-from umbra.secure.contribution import (
-    DEFAULT_WEIGHT_SCALE,
-    client_dp_from_sums,
-    combine_sums,
-    int_template,
-    next_weight_scale,
-    payload_template,
-)
+from umbra.secure.contribution import int_template, payload_template
 from umbra.secure.secagg.config import SecAggConfig
 from umbra.secure.secagg.constants import (
     CFG_NEXT_KEYS,
@@ -67,11 +54,19 @@ from umbra.secure.secagg.quantize import PayloadLayout
 from umbra.secure.secagg.server import SecAggPlusServer
 from umbra.secure.transport import StageExchange
 
-__all__ = ["MESSAGE_TYPE", "SecAggPlusWorkflow", "round_threshold", "secagg_train_round"]
+__all__ = [
+    "CLIENT_ACTION",
+    "MESSAGE_TYPE",
+    "SecAggPlusTransport",
+    "SecAggPlusWorkflow",
+    "round_threshold",
+]
 
 log = logging.getLogger("umbra")
 
-MESSAGE_TYPE = "train.secagg"
+#: The client mod answers ``train.secagg`` messages.
+CLIENT_ACTION = "secagg"
+MESSAGE_TYPE = f"train.{CLIENT_ACTION}"
 
 
 def round_threshold(fraction: float, num_clients: int) -> int:
@@ -79,73 +74,58 @@ def round_threshold(fraction: float, num_clients: int) -> int:
     return shares_needed(fraction, max(1, num_clients))
 
 
-@dataclass
-class _RunState:
-    """Public state kept across rounds for one strategy (one run)."""
+class SecAggPlusTransport:
+    """Round transport ``"secagg+"``, one per run (`umbra.federation.common.SecureAggregator`).
 
-    weight_scale: float = DEFAULT_WEIGHT_SCALE
-    seen_digests: set[bytes] = field(default_factory=set, repr=False)
-    #: node id -> (pk_c, pk_s) sent ahead in its last unmask reply; used by one round only
-    prekeys: dict[int, tuple[bytes, bytes]] = field(default_factory=dict, repr=False)
+    Holds the run's public state across rounds: the digests of past masked vectors (a
+    replayed vector is refused) and the pre-keys, node id -> (pk_c, pk_s) sent ahead in
+    its last unmask reply, each used by one round only.
+    """
 
+    name = "secagg+"
+    client_action = CLIENT_ACTION
 
-_RUNS: weakref.WeakKeyDictionary[Any, _RunState] = weakref.WeakKeyDictionary()
+    def __init__(self, settings: SecureSettings) -> None:
+        self.settings = settings
+        self.seen_digests: set[bytes] = set()
+        self.prekeys: dict[int, tuple[bytes, bytes]] = {}
 
-
-def run_state(strategy: Any) -> _RunState:
-    """Per-run public state (weight scale ``B``, digests of past masked vectors, pre-keys)."""
-    if strategy not in _RUNS:
-        _RUNS[strategy] = _RunState()
-    return _RUNS[strategy]
+    def aggregate(self, round: SecureRound) -> SecureSum:
+        """One SecAgg+ round: the unmasked sums of the survivors, or an aborted sum."""
+        return SecAggPlusWorkflow(self, round).run_round()
 
 
 class SecAggPlusWorkflow:
     """One SecAgg+ training round over a Flower Grid (Bell et al., CCS 2020)."""
 
-    def __init__(
-        self,
-        strategy: ModalityFedAvg,
-        grid: Grid,
-        server_round: int,
-        arrays: Mapping[str, np.ndarray],
-        *,
-        secure: Mapping[str, Any],
-        timeout_s: float,
-        spec: Any = None,
-    ) -> None:
-        self.strategy = strategy
-        self.arrays = dict(arrays)
-        self.secure = dict(secure)
-        self.run = run_state(strategy)
-        self.weight_scale = self.run.weight_scale
-        # DP (when on): client sampling, and the ledger written before any release
-        self.dp = getattr(spec, "dp", None)
-        messages = (
-            prepare_train_messages(strategy, grid, server_round, dict(arrays), spec)
-            if spec is not None
-            else strategy.configure_train(server_round, to_record(arrays), ConfigRecord(), grid)
-        )
-        self.train_content: dict[int, RecordDict] = {
-            m.metadata.dst_node_id: m.content for m in messages
-        }
+    def __init__(self, transport: SecAggPlusTransport, round: SecureRound) -> None:
+        self.run = transport
+        self.secure = transport.settings
+        self.round = round
+        self.train_content: dict[int, Any] = dict(round.messages)
         self.nodes = sorted(self.train_content)
-        self.exchange = StageExchange(grid, MESSAGE_TYPE, timeout_s, server_round)
-        n = len(self.nodes)
-        first = next(iter(self.train_content.values()))
-        shapes = {k: tuple(v.shape) for k, v in first.array_records["arrays"].items()}
-        self.clip = float(self.secure.get("clip_range", 4.0))
+        self.exchange = StageExchange(round.grid, MESSAGE_TYPE, round.timeout_s,
+                                      round.server_round)  # fmt: skip
+        n = max(len(self.nodes), 1)
+        first = next(iter(self.train_content.values()), None)
+        shapes = (
+            {k: tuple(v.shape) for k, v in first.array_records["arrays"].items()}
+            if first is not None
+            else {}
+        )
+        self.clip = float(self.secure.clip_range)
         self.layout = PayloadLayout.from_arrays(
-            payload_template(shapes), int_template(), clip=self.clip, num_clients=max(n, 1)
+            payload_template(shapes), int_template(), clip=self.clip, num_clients=n
         )
         self.config = SecAggConfig(
-            round_number=server_round,
-            num_clients=max(n, 1),
-            threshold=round_threshold(float(self.secure.get("threshold", 0.67)), max(n, 1)),
+            round_number=round.server_round,
+            num_clients=n,
+            threshold=round_threshold(float(self.secure.threshold), n),
             vector_length=self.layout.size,
         )
         self.server = SecAggPlusServer(self.config, seen_digests=self.run.seen_digests)
         # sparse graphs need every client's graph commitment, sent with its advertised keys
-        self.use_prekeys = bool(self.secure.get("prekeys", True)) and self.config.complete
+        self.use_prekeys = bool(self.secure.prekeys) and self.config.complete
         self.prekeyed: set[int] = set()  # nodes whose keys this round are stored pre-keys
 
     # node id <-> protocol id (0..n-1 in node order)
@@ -200,11 +180,7 @@ class SecAggPlusWorkflow:
 
     def collect_masked_inputs(self, replies: Mapping[int, Any]) -> dict[int, dict[str, Any]]:
         requests = self._to_nodes(self.server.collect_masked(replies))
-        public = {
-            "clip-range": self.clip,
-            "weight-scale": self.weight_scale,
-            "modality-aware": bool(self.strategy.modality_aware),
-        }
+        public = {"clip-range": self.clip, **self.round.public_config()}
         return self._to_ids(
             self.exchange.send(
                 STAGE_COLLECT_MASKED, requests, config=public, base=self.train_content
@@ -227,63 +203,22 @@ class SecAggPlusWorkflow:
             if (
                 msg.get(Key.ROUND) == self.config.round_number
                 and msg.get(Key.CLIENT_ID) == i
-                and all(isinstance(k, bytes) and len(k) == KEY_BYTES for k in (pk_c, pk_s))
+                and isinstance(pk_c, bytes)
+                and isinstance(pk_s, bytes)
+                and len(pk_c) == len(pk_s) == KEY_BYTES
             ):
-                self.run.prekeys[self.nodes[i]] = (bytes(pk_c), bytes(pk_s))  # type: ignore[arg-type]
+                self.run.prekeys[self.nodes[i]] = (bytes(pk_c), bytes(pk_s))
 
-    def run_round(self) -> RoundOutcome:
-        """All stages; an abort returns ``RoundOutcome(record=None, note=reason)``."""
+    def run_round(self) -> SecureSum:
+        """All stages; an abort returns a `SecureSum` with ``note`` set (nothing revealed)."""
         if not self.nodes:
-            return self._outcome(None, None, note="no client sampled")
+            return self.exchange.abort("no client sampled")
         try:
             keys = self.advertise_keys()
             if not self.config.complete:
                 keys = self.reveal_seed(keys)
             total, summed = self.unmask(self.collect_masked_inputs(self.share_keys(keys)))
         except SecAggAbort as err:
-            return self._outcome(None, None, note=str(err))
+            return self.exchange.abort(str(err))
         float_sums, int_sums = self.layout.decode_sum(total, num_summed=summed)
-        try:
-            averaged, metrics = combine_sums(
-                float_sums,
-                int_sums,
-                self.arrays,
-                key_modality=self.strategy.key_modality,
-                weight_scale=self.weight_scale,
-            )
-            if self.dp is not None and self.dp.client_level:
-                averaged = client_dp_from_sums(self.arrays, float_sums, int_sums, self.dp,
-                                               sampled=len(self.nodes))  # fmt: skip
-        except ValueError as err:
-            log.error("secagg+ round %d aborted: %s", self.config.round_number, err)
-            return self._outcome(None, None, note=str(err))
-        self.run.weight_scale = next_weight_scale(int_sums)
-        train_metrics = {k: v for k, v in metrics.items() if k.startswith("train-")}
-        record, mrec = strategy_step(
-            self.strategy, self.config.round_number, averaged, train_metrics
-        )
-        if record is None:
-            return self._outcome(None, None, note="strategy step failed", clients=summed)
-        return self._outcome(record, mrec, clients=summed)
-
-    def _outcome(
-        self, record: Any, metrics: Any, *, note: str | None = None, clients: int = 0
-    ) -> RoundOutcome:
-        return self.exchange.outcome(record, metrics, note=note, clients=clients)
-
-
-def secagg_train_round(
-    strategy: ModalityFedAvg, grid: Grid, rnd: int, arrays: dict[str, np.ndarray], spec: Any
-) -> RoundOutcome:
-    """Round transport ``"secagg+"`` (see `umbra.federation.rounds.TrainRound`)."""
-    secure = dict(getattr(spec, "extra", {}).get("secure", {}))
-    workflow = SecAggPlusWorkflow(
-        strategy,
-        grid,
-        rnd,
-        arrays,
-        secure=secure,
-        timeout_s=float(spec.node_timeout_s),
-        spec=spec,
-    )
-    return workflow.run_round()
+        return self.exchange.secure_sum(float_sums, int_sums, clients=summed)

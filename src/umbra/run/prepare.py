@@ -1,0 +1,257 @@
+"""The data of a run: load the configured source (or a user's manifest), hold out the
+test set, split the training records across the simulated organisations with the
+requested skew and missing modalities, and size the model for it.
+
+`prepare_data` is what ``umbra run`` and ``umbra data prepare`` call; features are cached
+under ``data.cache_dir``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from umbra.config import Config
+from umbra.data.dataset import MultimodalData
+from umbra.errors import ConfigError
+
+__all__ = [
+    "DATA_SOURCES",
+    "PreparedData",
+    "image_features",
+    "model_spec_for",
+    "prepare_data",
+    "register_source",
+]
+
+DataLoader = Callable[[Config], tuple[MultimodalData, MultimodalData]]
+DATA_SOURCES: dict[str, DataLoader] = {}
+
+
+def register_source(name: str, loader: DataLoader) -> None:
+    if name in DATA_SOURCES:
+        raise ValueError(f"data source {name!r} is already registered")
+    DATA_SOURCES[name] = loader
+
+
+def _fmnist_avt(cfg: Config) -> tuple[MultimodalData, MultimodalData]:
+    from umbra.data.sources.avt import load_fmnist_avt
+
+    return load_fmnist_avt(
+        n_train=cfg.data.n_train,
+        n_test=cfg.data.n_test,
+        seed=cfg.run.seed,
+        cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
+    )
+
+
+def _synthetic(cfg: Config) -> tuple[MultimodalData, MultimodalData]:
+    from umbra.data.sources.synthetic import make_synthetic
+
+    both = make_synthetic(n=cfg.data.n_train + cfg.data.n_test, seed=cfg.run.seed)
+    idx = np.arange(len(both))
+    return both.subset(idx[: cfg.data.n_train]), both.subset(idx[cfg.data.n_train :])
+
+
+register_source("fmnist-avt", _fmnist_avt)
+register_source("synthetic", _synthetic)
+
+
+@dataclass
+class PreparedData:
+    train: MultimodalData
+    test: MultimodalData
+    parts: list[np.ndarray]
+    masks: list[np.ndarray]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def client_summary(self) -> list[dict[str, Any]]:
+        out = []
+        for i, (idx, mask) in enumerate(zip(self.parts, self.masks, strict=True)):
+            labels = self.train.labels[idx]
+            out.append(
+                {
+                    "client": i,
+                    "records": len(idx),
+                    "per_modality": {
+                        m: int(mask[:, j].sum()) for j, m in enumerate(self.train.modalities)
+                    },
+                    "labels": np.bincount(labels, minlength=self.train.num_classes).tolist(),
+                }
+            )
+        return out
+
+
+def _stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean test mask holding out ``fraction`` of each label's records (at least one)."""
+    rng = np.random.default_rng(seed)
+    test = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = min(len(idx) - 1, max(1, round(fraction * len(idx)))) if len(idx) > 1 else 0
+        test[rng.choice(idx, size=k, replace=False)] = True
+    return test
+
+
+def _prepare_manifest(cfg: Config) -> PreparedData:
+    """A user's manifest: hold out a stratified test set, split by its `client` column
+    (or the configured partitioner), scale tabular values (:func:`_scale_tabular`)."""
+    from umbra.data.manifest import load_manifest
+    from umbra.data.partition import partition
+
+    md = load_manifest(
+        Path(str(cfg.data.manifest)),
+        on_bad_rows=cfg.data.on_bad_rows,
+        cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
+    )
+    data = md.data
+    is_test = _stratified_holdout(data.labels, cfg.data.test_fraction, cfg.run.seed)
+    train_idx, test_idx = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+    train, test = data.subset(train_idx), data.subset(test_idx)
+    n_clients = cfg.federation.num_clients
+    if md.clients is not None:
+        names = sorted(set(md.clients))
+        if len(names) != n_clients:
+            raise ConfigError(
+                f"the manifest names {len(names)} clients ({', '.join(names[:5])}"
+                f"{'...' if len(names) > 5 else ''}); set federation.num_clients = {len(names)}"
+            )
+        owner = np.array([names.index(c) for c in md.clients])[train_idx]
+        parts = [np.flatnonzero(owner == i) for i in range(n_clients)]
+        empty = [names[i] for i, p in enumerate(parts) if len(p) == 0]
+        if empty:
+            raise ConfigError(f"after holding out the test set, client(s) {empty} hold no records")
+    else:
+        if n_clients > len(train):
+            raise ConfigError(
+                f"federation.num_clients = {n_clients} is more than the {len(train)} training records"
+            )
+        parts = partition(train.labels, n_clients, scheme=cfg.data.partition,
+                          alpha=cfg.data.alpha, seed=cfg.run.seed,
+                          min_size=min(cfg.data.min_client_size, len(train) // n_clients))  # fmt: skip
+    scaling = None
+    if "tabular" in train.modalities:
+        base = Path(str(cfg.data.manifest)).parent
+        train, test, scaling = _scale_tabular(cfg, train, test, parts, md.tabular_columns, base)
+    masked = train.mask  # a manifest's empty cells are its missingness: none is added
+    extra = {"manifest": str(cfg.data.manifest), "skipped_rows": md.skipped,
+             "tabular_standardization": scaling}  # fmt: skip
+    return PreparedData(train, test, parts, [masked[i] for i in parts], extra)
+
+
+def _scale_tabular(
+    cfg: Config,
+    train: MultimodalData,
+    test: MultimodalData,
+    parts: list[np.ndarray],
+    columns: tuple[str, ...],
+    base: Path,
+) -> tuple[MultimodalData, MultimodalData, str]:
+    """Tabular features as ``data.tabular_stats`` says: ``"identity"`` (as given), public
+    statistics (fixed, no record enters them) or ``"per-client"`` (each organisation's own
+    mean/std; config validation refuses it under DP, and so does this function)."""
+    from umbra.data.manifest import read_tabular_stats, standardize_tabular
+
+    how = cfg.data.tabular_stats
+    if how == "identity":
+        return train, test, "identity"
+    if how == "per-client":
+        if cfg.privacy.mode != "none":
+            raise ConfigError(
+                "data.tabular_stats = 'per-client' is not allowed under differential privacy"
+            )
+        feats = train.features["tabular"].copy()
+        for idx in parts:  # each client's own statistics: no pooling of raw data
+            feats[idx] = standardize_tabular(train.subset(idx)).features["tabular"]
+        train = MultimodalData({**train.features, "tabular": feats}, train.mask, train.labels,
+                               train.modalities, train.class_names, train.ids)  # fmt: skip
+        return train, standardize_tabular(test), "per-client"
+    moments = read_tabular_stats(how, columns, base=base)
+    return standardize_tabular(train, moments), standardize_tabular(test, moments), "public"
+
+
+def image_features(data: MultimodalData, cfg: Config) -> MultimodalData:
+    """``data`` with its images replaced by what ``data.image_features`` asks for."""
+    if cfg.data.image_features == "pixels":
+        return data
+    from umbra.data.scattering import scattering_features
+
+    if "image" not in data.modalities:
+        raise ConfigError(
+            f"data.image_features = {cfg.data.image_features!r} needs an image modality; "
+            f"the data has {list(data.modalities)}"
+        )
+    try:
+        feats = scattering_features(data.features["image"], cfg.data.cache_dir)
+    except ValueError as err:
+        raise ConfigError(f"data.image_features = 'scattering': {err}") from err
+    return MultimodalData({**data.features, "image": feats}, data.mask, data.labels,
+                          data.modalities, data.class_names, data.ids)  # fmt: skip
+
+
+def prepare_data(cfg: Config) -> PreparedData:
+    """Load the data set, split it across clients and apply the missing-modality pattern;
+    images become scattering coefficients when ``data.image_features`` says so."""
+    prep = _prepare_pixels(cfg)
+    prep.train = image_features(prep.train, cfg)
+    prep.test = image_features(prep.test, cfg)
+    return prep
+
+
+def _prepare_pixels(cfg: Config) -> PreparedData:
+    from umbra.data.partition import absent_modalities, apply_missing, partition
+
+    if cfg.data.source == "manifest":
+        return _prepare_manifest(cfg)
+    train, test = DATA_SOURCES[cfg.data.source](cfg)
+    unknown = sorted(set(cfg.data.missing) - set(train.modalities))
+    if unknown:
+        raise ConfigError(
+            f"data.missing names {unknown}, but the data has {list(train.modalities)}"
+        )
+    for c, mods in cfg.data.absent.items():
+        bad = sorted(set(mods) - set(train.modalities))
+        if bad:
+            raise ConfigError(f"data.absent.{c} names {bad}, not in {list(train.modalities)}")
+    n_clients = cfg.federation.num_clients
+    if n_clients > len(train):
+        raise ConfigError(
+            f"federation.num_clients = {n_clients} is more than the {len(train)} training records"
+        )
+    parts = partition(
+        train.labels,
+        n_clients,
+        scheme=cfg.data.partition,
+        alpha=cfg.data.alpha,
+        seed=cfg.run.seed,
+        min_size=cfg.data.min_client_size,
+    )
+    # whole modalities first, then per-record missingness (which never empties a record)
+    absent = {
+        int(c): [train.modality_index(m) for m in mods] for c, mods in cfg.data.absent.items()
+    }
+    masked = absent_modalities(train.mask, parts, absent) if absent else train.mask.copy()
+    rates = np.array([cfg.data.missing.get(m, 0.0) for m in train.modalities])
+    masked = apply_missing(masked, rates=rates, seed=cfg.run.seed + 1)
+    masks = [masked[idx] for idx in parts]
+    return PreparedData(train, test, parts, masks)
+
+
+def model_spec_for(cfg: Config, data: MultimodalData) -> dict[str, Any]:
+    from umbra.models import ModelSpec
+
+    try:
+        spec = ModelSpec.from_data(
+            data,
+            hidden=cfg.model.hidden,
+            embed_dim=cfg.model.embed_dim,
+            dropout=cfg.model.dropout,
+            encoders=dict(cfg.model.encoders),
+        )
+    except ValueError as err:
+        raise ConfigError(f"model.encoders: {err}") from err
+    return spec.to_dict()
