@@ -226,10 +226,16 @@ class ProcessSupervisor:
     def kill(self, name: str) -> None:
         """SIGKILL one process and its descendants at once (a crash, not a shutdown)."""
         proc = self.processes[name]
-        for pid, started in self._snapshot([proc]).items():
+        pids = self._snapshot([proc])
+        for pid, started in pids.items():
             _signal_tree(pid, started, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.popen.wait(timeout=self.grace_s)
+        # SIGKILL is delivered asynchronously: on a busy machine a descendant outside our
+        # children can still be running for a moment; return only once the tree is gone.
+        deadline = time.monotonic() + max(self.grace_s, 5.0)
+        while any(_alive(p, s) for p, s in pids.items()) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def stop(self, name: str) -> None:
         """Stop one process tree: SIGTERM, then SIGKILL after the grace period."""
