@@ -17,8 +17,11 @@ with both audio encoders. Records the held-out accuracy of the audio alone, the 
 and fused.
 
     .venv/bin/python bench/brought_data.py [--rounds 30] [--seeds 0 1] [--data DIR]
+        [--sets spoken-digits spoken-commands fmnist-avt] [--image-encoders scattering image]
 
-Writes bench/results/brought_data.json and bench/results/brought_data.md.
+Each finished run is merged into bench/results/brought_data.json at once (keyed by data,
+encoders, seed and rounds, with the command that made it), so that runs of a few sets at a
+time add up; bench/results/brought_data.md is the table of the whole file.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from umbra.data.spoken_words import COMMAND_WORDS, SPOKEN_WORDS, write_spoken_wo
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SETS = {"spoken-digits": SPOKEN_WORDS, "spoken-commands": COMMAND_WORDS}
+RESULT = RESULTS / "brought_data.json"
 #: The federation every run shares (on top of the ``baseline`` preset).
 FEDERATION = [
     "federation.num_clients=4",
@@ -69,85 +73,100 @@ def _run(out: Path, sets: list[str]) -> dict[str, Any]:
     }
 
 
+def _save(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    """Merge ``rows`` into the result file (a later run of the same key replaces it)."""
+    old = json.loads(RESULT.read_text()) if RESULT.exists() else {"runs": []}
+    key = ("set", "image_encoder", "audio_encoder", "seed", "rounds")
+    fresh = {tuple(r[k] for k in key) for r in rows}
+    kept = [r for r in old["runs"] if tuple(r.get(k) for k in key) not in fresh]
+    RESULTS.mkdir(exist_ok=True)
+    RESULT.write_text(json.dumps({**meta, "runs": kept + rows}, indent=2) + "\n")
+    (RESULTS / "brought_data.md").write_text(
+        _table(kept + rows) + f"\n\nCommands: see `runs[].command` in brought_data.json "
+        f"({meta['cpus']} CPUs, {meta['machine']}).\n"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--data", type=Path, help="folder for the manifests (default: a temp one)")
-    ap.add_argument("--no-fmnist", action="store_true", help="skip the fmnist-avt contrast")
+    ap.add_argument("--sets", nargs="+", default=[*SETS, "fmnist-avt"],
+                    choices=[*SETS, "fmnist-avt"])  # fmt: skip
+    ap.add_argument("--image-encoders", nargs="+", default=["scattering", "image"],
+                    choices=["scattering", "image"], help="on spoken-digits")  # fmt: skip
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    started = datetime.now(UTC).isoformat(timespec="seconds")
-    load_before = os.getloadavg()[0]
+    command = "bench/brought_data.py " + " ".join(sys.argv[1:])
+    meta = {
+        "preset": "baseline",
+        "federation": FEDERATION,
+        "fmnist_avt": FMNIST,
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+    }
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="umbra-brought-") as tmp:
         data = args.data or Path(tmp) / "data"
-        manifests, build_s = {}, {}
-        for name, words in SETS.items():
-            t0 = time.perf_counter()
-            path = data / name / "manifest.csv"
-            manifests[name] = (
-                path if path.exists() else write_spoken_words(data / name, words=words)
-            )
-            build_s[name] = round(time.perf_counter() - t0, 1)
         plan: list[tuple[str, str, str, list[str]]] = []  # (set, image enc, audio enc, sets)
-        for name, path in manifests.items():
-            images = ("scattering", "image") if name == "spoken-digits" else ("scattering",)
+        for name, words in SETS.items():
+            if name not in args.sets:
+                continue
+            path = data / name / "manifest.csv"
+            t0 = time.perf_counter()
+            if not path.exists():
+                write_spoken_words(data / name, words=words)
+                print(f"{name}: built in {time.perf_counter() - t0:.1f} s", flush=True)
+            images = args.image_encoders if name == "spoken-digits" else ["scattering"]
             for image in images:
                 for audio in ("spectral-stats", "audio"):
                     sets = [f"data.manifest={path}", f"model.encoders.audio={audio}"]
                     if image == "image":
                         sets += ["data.image_features=pixels", "model.encoders.image=image"]
                     plan.append((name, image, audio, sets))
-        if not args.no_fmnist:
+        if "fmnist-avt" in args.sets:
             for audio in ("spectral-stats", "audio"):
                 plan.append(("fmnist-avt", "scattering", audio,
                              [*FMNIST, f"model.encoders.audio={audio}"]))  # fmt: skip
-        rows = []
         for name, image, audio, sets in plan:
             for seed in args.seeds:
                 full = [*sets, *FEDERATION, f"federation.rounds={args.rounds}", f"run.seed={seed}"]
                 out = Path(tmp) / "runs" / f"{name}-{image}-{audio}-{seed}"
+                load = os.getloadavg()[0]
                 row = {"set": name, "image_encoder": image, "audio_encoder": audio,
-                       "seed": seed, **_run(out, full)}  # fmt: skip
+                       "seed": seed, "rounds": args.rounds, **_run(out, full),
+                       "load_average_1min_before": round(load, 2),
+                       "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                       "command": command}  # fmt: skip
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-    result = {
-        "command": "bench/brought_data.py " + " ".join(sys.argv[1:]),
-        "preset": "baseline",
-        "federation": [*FEDERATION, f"federation.rounds={args.rounds}"],
-        "fmnist_avt": FMNIST,
-        "date": started,
-        "build_s": build_s,
-        "runs": rows,
-        "cpus": os.cpu_count(),
-        "load_average_1min_before": round(load_before, 2),
-        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-    }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "brought_data.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = _table(rows, args.seeds)
-    (RESULTS / "brought_data.md").write_text(
-        table + f"\n\n`.venv/bin/python {result['command']}` ({started}, {os.cpu_count()} CPUs)\n"
-    )
-    print(table)
+                _save(rows, meta)
+    print((RESULTS / "brought_data.md").read_text())
 
 
-def _table(rows: list[dict[str, Any]], seeds: list[int]) -> str:
-    """Mean over the seeds of each (set, image encoder, audio encoder)."""
+def _table(rows: list[dict[str, Any]]) -> str:
+    """Mean over the seeds of each (set, image encoder, audio encoder, rounds)."""
     lines = [
-        f"| data | image encoder | audio encoder | audio only | image only | fused "
-        f"(mean of seeds {', '.join(map(str, seeds))}) |",
-        "|---|---|---|---:|---:|---:|",
+        "| data | image encoder | audio encoder | rounds | seeds | audio only | image only "
+        "| fused |",
+        "|---|---|---|---:|---|---:|---:|---:|",
     ]
-    keys = dict.fromkeys((r["set"], r["image_encoder"], r["audio_encoder"]) for r in rows)
+    keys = dict.fromkeys(
+        (r["set"], r["image_encoder"], r["audio_encoder"], r["rounds"]) for r in rows
+    )
     for key in keys:
-        sel = [r for r in rows if (r["set"], r["image_encoder"], r["audio_encoder"]) == key]
+        sel = [
+            r
+            for r in rows
+            if (r["set"], r["image_encoder"], r["audio_encoder"], r["rounds"]) == key
+        ]
         mean = {m: sum(r[m] for r in sel) / len(sel) for m in ("audio", "image", "fused")}
+        seeds = ", ".join(str(r["seed"]) for r in sel)
         lines.append(
-            f"| {key[0]} | {key[1]} | {key[2]} | {mean['audio']:.3f} | {mean['image']:.3f} "
-            f"| {mean['fused']:.3f} |"
+            f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {seeds} | {mean['audio']:.3f} "
+            f"| {mean['image']:.3f} | {mean['fused']:.3f} |"
         )
     return "\n".join(lines)
 
