@@ -1,16 +1,17 @@
 """A generated brought-data set: spoken digit words paired with handwritten digits.
 
 It stands in for the data a user brings (a manifest of real media files, docs/data.md) and
-is deliberately *not* ``fmnist-avt``: the label is a word ("zero" … "nine"), the audio
-speaks that word (espeak-ng, several voices, speeds and pitches, then a random time shift,
+is deliberately *not* ``fmnist-avt``: the label is a word (the digit words "zero" … "nine",
+or Speech Commands' command words "yes", "no", "up", …), the audio speaks that word (espeak-ng, several voices, speeds and pitches, then a random time shift,
 gain and white noise per record, as in :mod:`umbra.data.sources.speech`), and the image is
 a handwritten digit from scikit-learn's bundled UCI digits set (8 × 8 scans, 1,797 images;
-Alpaydin & Kaynak 1998), upscaled to 32 × 32. Each modality alone determines the label, as
-in real paired data, unlike ``fmnist-avt`` whose audio is a deliberately partial view.
+Alpaydin & Kaynak 1998), upscaled to 32 × 32; word k pairs with digit k. Each modality
+alone determines the label, as in real paired data, unlike ``fmnist-avt`` whose audio is a
+deliberately partial view.
 
 :func:`write_spoken_words` writes WAV and PNG files plus ``manifest.csv`` (columns ``id``,
 ``label``, ``image``, ``audio``) into a folder; some records lack their image or their
-audio, never both. The benchmark ``bench/brought_data.py`` and the end-to-end tests train
+audio, never both (or, with ``images=False``, speech only). The benchmark ``bench/brought_data.py`` and the end-to-end tests train
 on it through ``--set data.manifest=...`` like any user's manifest.
 """
 
@@ -33,8 +34,8 @@ SPOKEN_WORDS: tuple[str, ...] = (
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
 )  # fmt: skip
 #: The ten command words of Speech Commands (Warden 2018, arXiv:1804.03209): short, with
-#: shared phonemes in another order ("no" / "on"), which a time-pooled summary cannot tell
-#: apart. Label k still pairs with handwritten digit k.
+#: shared phonemes in another order ("no" / "on"), which a time-pooled summary tells apart
+#: poorly. Label k still pairs with handwritten digit k.
 COMMAND_WORDS: tuple[str, ...] = (
     "yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go",
 )  # fmt: skip
