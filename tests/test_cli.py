@@ -12,9 +12,11 @@ import click
 import numpy as np
 import pytest
 import typer.main
+from typer.testing import CliRunner
 
 from umbra.cli import app
-from umbra.config import load_config
+from umbra.config import Config, load_config
+from umbra.errors import UmbraError
 from umbra.federation.checkpoint import save_checkpoint
 
 UMBRA = [sys.executable, "-m", "umbra.cli"]
@@ -60,6 +62,32 @@ def _assert_user_error(proc: subprocess.CompletedProcess[str], *needles: str) ->
 )  # fmt: skip
 def test_config_errors(args: list[str], needles: list[str], tmp_path: Path) -> None:
     _assert_user_error(_run("run", *args, "--out", str(tmp_path / "r")), *needles)
+
+
+@pytest.mark.parametrize(
+    ("extra", "audio", "note"),
+    [
+        ([], "audio", True),
+        (["--set", "model.encoders.audio=spectral-stats"], "spectral-stats", False),
+    ],
+)
+def test_run_says_which_audio_encoder_a_manifest_gets(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, extra: list[str], audio: str, note: bool
+) -> None:
+    """The first status line names the encoder chosen for the manifest; an explicit one wins."""
+    seen: list[Config] = []
+
+    def stop(cfg: Config, run_dir: Path, **kwargs: object) -> None:
+        seen.append(cfg)
+        raise UmbraError("stopped before training")
+
+    monkeypatch.setattr("umbra.experiment.run_experiment", stop)
+    args = ["run", "--preset", "default", "--set", f"data.manifest={tmp_path / 'm.csv'}"]
+    result = CliRunner().invoke(app, [*args, *extra, "--out", str(tmp_path / "r")])
+    assert isinstance(result.exception, UmbraError)
+    assert [c.model.encoders["audio"] for c in seen] == [audio]
+    first = result.output.splitlines()[0] if result.output else ""
+    assert first.startswith("model.encoders.audio = 'audio' for your manifest") == note, first
 
 
 def test_malformed_toml(tmp_path: Path) -> None:

@@ -7,11 +7,15 @@ from pathlib import Path
 import pytest
 
 from umbra.config import (
+    MANIFEST_ENCODERS,
     Config,
     apply_override,
     available_presets,
     config_fingerprint,
     load_config,
+    preset_dict,
+    resolve_config,
+    validate_config,
 )
 from umbra.errors import ConfigError
 
@@ -154,6 +158,95 @@ def test_manifest_in_a_config_file_without_source(tmp_path: Path) -> None:
     file.write_text('[data]\nsource = "fmnist-avt"\n')
     with pytest.raises(ConfigError, match="conflicts with"):
         load_config(file=file, overrides=["data.manifest=/m.csv"])
+
+
+@pytest.mark.parametrize("preset", ["smoke", "default", "baseline"])
+def test_manifest_run_gets_the_encoders_for_real_media(preset: str) -> None:
+    """On a manifest the audio encoder is the conv one; every other choice is the preset's."""
+    assert MANIFEST_ENCODERS == {"audio": "audio"}  # what docs/data.md documents
+    toml = preset_dict(preset)  # the preset as written, read without the resolution step
+    own = dict(toml.get("model", {}).get("encoders", {}))
+    resolved = resolve_config(preset, overrides=["data.manifest=/m.csv"])
+    encoders = resolved.config.model.encoders
+    assert encoders.get("audio", "audio") == "audio"
+    assert {m: e for m, e in encoders.items() if m != "audio"} == {
+        m: e for m, e in own.items() if m != "audio"
+    }
+    if own.get("audio", "audio") == "audio":
+        assert resolved.notes == []
+    else:  # default and baseline name spectral-stats: the first status line says so
+        assert resolved.notes == [
+            f"model.encoders.audio = 'audio' for your manifest (the preset's {own['audio']!r} "
+            f"suits fmnist-avt; --set model.encoders.audio={own['audio']} keeps it; see "
+            "docs/data.md)"
+        ]
+    rest = resolved.config.model_dump()
+    data = {k: v for k, v in toml["data"].items() if k != "source"}
+    plain = validate_config({**toml, "data": {**data, "manifest": "/m.csv"}}).model_dump()
+    rest["model"].pop("encoders")
+    plain["model"].pop("encoders")
+    assert rest == plain  # nothing but the audio encoder (and the source) is resolved
+
+
+@pytest.mark.parametrize("preset", ["smoke", "default", "baseline"])
+def test_fmnist_runs_keep_the_preset_as_written(preset: str) -> None:
+    resolved = resolve_config(preset, overrides=["federation.rounds=2"])
+    toml = preset_dict(preset)
+    toml.setdefault("federation", {})["rounds"] = 2
+    assert resolved.config == validate_config(toml) and resolved.notes == []
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["data.manifest=/m.csv", "model.encoders.audio=spectral-stats"],
+        ["model.encoders.audio=spectral-stats", "data.source=manifest", "data.manifest=/m.csv"],
+        ["data.manifest=/m.csv", 'model.encoders={audio = "spectral-stats"}'],
+    ],
+)
+def test_an_explicit_audio_encoder_wins_on_a_manifest(overrides: list[str]) -> None:
+    resolved = resolve_config("default", overrides=overrides)
+    assert resolved.config.data.source == "manifest"
+    assert resolved.config.model.encoders["audio"] == "spectral-stats"
+    assert resolved.notes == []
+
+
+def test_a_config_file_keeps_its_own_encoders_on_a_manifest(tmp_path: Path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text('[model]\nencoders = { audio = "spectral-stats" }\n')
+    resolved = resolve_config(file=file, overrides=["data.manifest=/m.csv"])
+    assert resolved.config.model.encoders == {"audio": "spectral-stats"}
+    assert resolved.notes == []
+
+
+@pytest.mark.parametrize(
+    ("header", "encoders", "image_features"),
+    [
+        ("id,label,audio", {"audio": "audio"}, "pixels"),
+        ("label,image,tab:age", {"image": "scattering"}, "scattering"),
+        ("label,image,audio,text", {"image": "scattering", "audio": "audio"}, "scattering"),
+    ],
+)
+def test_manifest_defaults_follow_its_columns(
+    tmp_path: Path, header: str, encoders: dict[str, str], image_features: str
+) -> None:
+    """The preset's choices for a modality the manifest lacks go (else the model refuses
+    them); an explicit setting still wins."""
+    path = tmp_path / "m.csv"
+    path.write_text(header + "\n")
+    resolved = resolve_config("default", overrides=[f"data.manifest={path}"])
+    assert resolved.config.model.encoders == encoders
+    assert resolved.config.data.image_features == image_features
+    assert len(resolved.notes) == sum(
+        ["audio" in header, "audio" not in header, "image" not in header, "image" not in header]
+    )
+    kept = resolve_config(
+        "default",
+        overrides=[f"data.manifest={path}", "data.image_features=scattering",
+                   "model.encoders.image=scattering"],
+    )  # fmt: skip
+    assert kept.config.data.image_features == "scattering"
+    assert kept.config.model.encoders["image"] == "scattering"
 
 
 def test_saved_manifest_config_round_trips() -> None:

@@ -98,9 +98,10 @@ def run(
 
     Writes results.json and checkpoints/ into the output folder.
     """
-    from umbra.config import load_config
+    from umbra.config import load_config, resolve_config
 
     overrides = set_ or []
+    notes: list[str] = []
     if resume is not None:
         requested = None
         if preset or config or overrides:
@@ -112,10 +113,13 @@ def run(
     else:
         if preset and config:
             raise UmbraError("give either --preset or --config, not both")
-        cfg = load_config(preset or "default", file=config, overrides=overrides)
+        resolved = resolve_config(preset or "default", file=config, overrides=overrides)
+        cfg, notes = resolved.config, resolved.notes
         run_dir = out or Path("runs") / (preset or (config.stem if config else "default"))
     from umbra.experiment import run_experiment
 
+    for note in notes:  # defaults chosen for the data, before anything runs
+        console.print(note, style="dim", markup=False, highlight=False)
     show = _round_line(cfg.federation.rounds) if cfg.run.progress else None
     results = run_experiment(
         cfg,

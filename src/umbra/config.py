@@ -7,9 +7,11 @@ allowed.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import tomllib
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -19,18 +21,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from umbra.errors import ConfigError
 
 __all__ = [
+    "MANIFEST_ENCODERS",
     "AuditConfig",
     "Config",
     "DataConfig",
     "FederationConfig",
     "ModelConfig",
     "PrivacyConfig",
+    "ResolvedConfig",
     "RunConfig",
     "SecureConfig",
     "apply_override",
     "available_presets",
     "config_fingerprint",
     "load_config",
+    "resolve_config",
 ]
 
 
@@ -138,7 +143,8 @@ class ModelConfig(_Section):
     encoders: dict[str, str] = Field(
         default_factory=dict,
         description="modality -> registered encoder name where it differs from the modality's "
-        'own (e.g. audio = "spectral-stats": small, suits DP-SGD)',
+        'own (e.g. audio = "spectral-stats": small, suits DP-SGD on fmnist-avt); a manifest '
+        "run on a preset uses MANIFEST_ENCODERS for the modalities not set with --set",
     )
 
 
@@ -443,17 +449,97 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = _parse_value(value.strip())
 
 
-def load_config(
+#: Encoders for a manifest (the user's own media) in place of a preset's choice, measured
+#: on generated speech manifests (docs/data.md, bench/brought_data.py): the presets'
+#: ``spectral-stats`` keeps each band's mean and spread over time, enough for
+#: ``fmnist-avt``'s one phrase per class but blind to the order of sounds in real words,
+#: where the conv encoder ``audio`` learns it.
+MANIFEST_ENCODERS: dict[str, str] = {"audio": "audio"}
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    """A validated config and the defaults chosen for it (one line each, for the user)."""
+
+    config: Config
+    notes: list[str] = field(default_factory=list)
+
+
+def _manifest_modalities(path: str) -> set[str] | None:
+    """The modalities whose columns the manifest at ``path`` has (``image``, ``audio``,
+    ``text``, ``tabular`` for ``tab:`` columns), from its header alone; None when the header
+    cannot be read (the manifest loader then reports why, with the rest of the checks)."""
+    file = Path(path)
+    try:
+        if file.suffix.lower() in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            columns = {c.strip() for c in pq.read_schema(file).names}
+        else:
+            with file.open(encoding="utf-8-sig", newline="") as f:
+                columns = {c.strip() for c in next(csv.reader(f), [])}
+    except (OSError, ValueError, csv.Error):  # ValueError: bad encoding, bad Parquet
+        return None
+    tabular = {"tabular"} if any(c.startswith("tab:") for c in columns) else set()
+    return (columns & {"image", "audio", "text"}) | tabular
+
+
+def _manifest_defaults(raw: dict[str, Any], given: dict[str, Any]) -> list[str]:
+    """Replace the preset's fmnist-avt choices in ``raw`` where the overrides ``given`` do
+    not name them: MANIFEST_ENCODERS for the manifest's modalities; no encoder, and for
+    images no scattering, for a modality the manifest lacks. One note per change."""
+    given_model, given_data = given.get("model", {}), given.get("data", {})
+    named = given_model.get("encoders", {}) if isinstance(given_model, dict) else None
+    model, data = raw.setdefault("model", {}), raw.get("data", {})
+    encoders = model.setdefault("encoders", {}) if isinstance(model, dict) else None
+    if not isinstance(encoders, dict) or not isinstance(named, dict) or not isinstance(data, dict):
+        return []  # malformed tables: validation reports them
+    present = _manifest_modalities(str(given_data["manifest"]))
+    notes = []
+    for modality, name in MANIFEST_ENCODERS.items():
+        preset_choice = encoders.get(modality, modality)  # no entry: the modality's own
+        absent = present is not None and modality not in present
+        if modality in named or preset_choice == name or absent:
+            continue
+        encoders[modality] = name
+        notes.append(
+            f"model.encoders.{modality} = {name!r} for your manifest (the preset's "
+            f"{preset_choice!r} suits fmnist-avt; --set model.encoders.{modality}="
+            f"{preset_choice} keeps it; see docs/data.md)"
+        )
+    if present is None:
+        return notes
+    for modality in sorted(set(encoders) - present - set(named)):
+        notes.append(
+            f"model.encoders.{modality} dropped: your manifest has no {modality} column "
+            f"(the preset's {encoders.pop(modality)!r})"
+        )
+    features = data.get("image_features", "pixels")
+    if "image" not in present and features != "pixels" and "image_features" not in given_data:
+        data["image_features"] = "pixels"
+        notes.append(
+            f"data.image_features = 'pixels': your manifest has no image column (the "
+            f"preset's {features!r} needs images)"
+        )
+    return notes
+
+
+def resolve_config(
     preset: str | None = "default",
     *,
     file: Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
-) -> Config:
+) -> ResolvedConfig:
     """Resolve a preset (or a TOML file) plus ``--set`` overrides into a validated Config.
 
-    A preset's ``data.source`` is a default, not a choice: when the overrides give
-    ``data.manifest`` without ``data.source``, the manifest is the data set. In a config
-    file both are the user's own, so a manifest beside another source is an error.
+    A preset's ``data.source`` and encoders are defaults, not choices: when the overrides
+    give ``data.manifest`` without ``data.source``, the manifest is the data set; each of
+    its modalities in :data:`MANIFEST_ENCODERS` whose encoder the overrides do not name
+    gets the encoder that suits real media, and a manifest without an ``image`` column
+    gets ``data.image_features = "pixels"`` unless the overrides set it (each said in
+    ``notes``; the manifest's header is read for its columns). In a config file every key
+    is the user's own, so a manifest beside another source is an error and nothing is
+    replaced.
     """
     if file is not None:
         try:
@@ -468,15 +554,22 @@ def load_config(
         apply_override(raw, o)
         apply_override(given, o)
     given_data = given.get("data")
-    if (
-        file is None
-        and isinstance(given_data, dict)
-        and given_data.get("manifest")
-        and "source" not in given_data
-        and isinstance(raw.get("data"), dict)
-    ):
-        raw["data"].pop("source", None)
-    return validate_config(raw)
+    notes: list[str] = []
+    if file is None and isinstance(given_data, dict) and given_data.get("manifest"):
+        if "source" not in given_data and isinstance(raw.get("data"), dict):
+            raw["data"].pop("source", None)
+        notes = _manifest_defaults(raw, given)
+    return ResolvedConfig(validate_config(raw), notes)
+
+
+def load_config(
+    preset: str | None = "default",
+    *,
+    file: Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> Config:
+    """The validated Config of :func:`resolve_config` (its notes dropped)."""
+    return resolve_config(preset, file=file, overrides=overrides).config
 
 
 def config_fingerprint(cfg: Config, *, ignore: tuple[str, ...] = ("federation.rounds",)) -> str:
