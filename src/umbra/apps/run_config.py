@@ -1,0 +1,95 @@
+"""The Flower run config of Umbra's app, and how it maps onto Umbra's `Config`.
+
+``flwr run`` hands every ServerApp and ClientApp of a run the same flat run config (the
+defaults under ``[tool.flwr.app.config]`` in the app's ``pyproject.toml``, overridden by
+``--run-config``). Umbra reads four keys from it:
+
+``preset``     a built-in preset name (``umbra presets``), as ``umbra run --preset``;
+``overrides``  space-separated ``section.key=value`` assignments, each parsed exactly like
+               one ``--set`` (quote a value holding spaces: ``data.manifest="/a b.csv"``);
+``out``        the run folder on the server's machine (absolute path);
+``test-dir``   the server's folder holding the held-out test set (absolute path).
+
+Both sides resolve the same config from them, so the organisations train with the
+settings the server plans with. Where each organisation's records are is not in the run
+config: every SuperNode names its own in its ``--node-config``.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from umbra.config import Config, load_config
+from umbra.errors import ConfigError
+
+__all__ = ["RUN_CONFIG_DEFAULTS", "AppRunConfig", "config_from_run_config", "parse_overrides"]
+
+#: The run config keys and their defaults (the same as ``[tool.flwr.app.config]``).
+RUN_CONFIG_DEFAULTS: dict[str, str] = {
+    "preset": "smoke",
+    "overrides": "",
+    "out": "",
+    "test-dir": "",
+}
+
+
+def parse_overrides(text: str) -> list[str]:
+    """The ``section.key=value`` assignments of ``overrides`` (shell-style splitting)."""
+    try:
+        return shlex.split(text)
+    except ValueError as err:
+        raise ConfigError(f"run config overrides: {err} in {text!r}") from None
+
+
+def _string(run_config: Mapping[str, Any], key: str) -> str:
+    value = run_config.get(key, RUN_CONFIG_DEFAULTS[key])
+    if not isinstance(value, str):
+        raise ConfigError(f"run config {key} must be a string, got {value!r}")
+    return value
+
+
+def config_from_run_config(run_config: Mapping[str, Any]) -> Config:
+    """The validated `Config` a run config names; `ConfigError` (one line) for unknown
+    keys, a non-string value, an unknown preset or a bad override."""
+    unknown = sorted(set(run_config) - set(RUN_CONFIG_DEFAULTS))
+    if unknown:
+        raise ConfigError(
+            f"unknown run config key(s) {unknown}; known: {sorted(RUN_CONFIG_DEFAULTS)}"
+        )
+    preset = _string(run_config, "preset")
+    if not preset:
+        raise ConfigError("run config preset is empty: name a preset (umbra presets)")
+    return load_config(preset, overrides=parse_overrides(_string(run_config, "overrides")))
+
+
+def _folder(run_config: Mapping[str, Any], key: str, what: str) -> Path:
+    text = _string(run_config, key)
+    if not text:
+        raise ConfigError(f"run config {key} is empty: give the absolute path of {what}")
+    path = Path(text)
+    if not path.is_absolute():
+        raise ConfigError(f"run config {key} = {text!r} must be an absolute path ({what})")
+    return path
+
+
+@dataclass(frozen=True)
+class AppRunConfig:
+    """What the ServerApp reads from the run config: the config, its run folder and the
+    held-out test set's folder (which must exist)."""
+
+    cfg: Config
+    out: Path
+    test_dir: Path
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> AppRunConfig:
+        cfg = config_from_run_config(run_config)
+        out = _folder(run_config, "out", "the run folder")
+        test_dir = _folder(run_config, "test-dir", "the held-out test set's folder")
+        if not (test_dir / "meta.json").is_file():
+            raise ConfigError(f"run config test-dir = {str(test_dir)!r} holds no test set")
+        return cls(cfg=cfg, out=out, test_dir=test_dir)
