@@ -184,8 +184,9 @@ def deploy_local(
         int | None, typer.Option(help="SuperLink port on 127.0.0.1 (default: a free one)")
     ] = None,
 ) -> None:
-    """Train as separate parties on this machine: a SuperLink, one SuperNode per
-    organisation (each reading only its own data folder) and flwr run, over TLS with
+    """Train as separate parties on this machine (SuperLink, SuperNodes, flwr run).
+
+    One SuperNode per organisation, each reading only its own data folder, over TLS with
     SuperNode authentication. Writes the same run folder as umbra run, plus logs/.
     """
     from umbra.experiment import run_experiment

@@ -16,7 +16,7 @@ from __future__ import annotations
 import shutil
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -177,14 +177,15 @@ def plan_local(
 
 
 def write_party_data(run_dir: Path, prep: PreparedData) -> tuple[list[Path], Path]:
-    """Write organisation i's records (only its own: partition i, with its presence mask)
-    into a folder of its own, and the held-out test set into the server's folder; returns
+    """Write organisation i's records (only its own: partition i, with its presence mask,
+    the features of its absent modalities zeroed) into a folder of its own, and the held-out test set into the server's folder; returns
     the organisations' folders and the server's."""
     root = run_dir / PARTY_DATA
     orgs = []
     for i, (idx, mask) in enumerate(zip(prep.parts, prep.masks, strict=True)):
         folder = root / f"org-{i}"
-        write_federation_data(folder, prep.train.subset(idx), [np.arange(len(idx))], [mask])
+        own = prep.train.subset(idx).with_mask(mask)  # an absent modality is not held at all
+        write_federation_data(folder, own, [np.arange(len(idx))], [mask])
         orgs.append(folder)
     test = root / "server-test"
     write_federation_data(test, prep.test, [np.arange(len(prep.test))], [prep.test.mask])
@@ -206,6 +207,8 @@ class DeployedRunner:
     superlink_port: int | None = None
     timeout_s: float = 7 * 24 * 3600.0
     poll_s: float = 0.5
+    #: every PID the deployment started (for checks that none is left)
+    started_pids: set[int] = field(default_factory=set)
 
     def run_config(self, run_dir: Path, test_dir: Path) -> dict[str, str]:
         """The run config of ``flwr run`` (``overrides`` quoted so each stays one item)."""
@@ -254,6 +257,7 @@ class DeployedRunner:
                 fed.run_app(app_dir, run_config,
                                  timeout_s=self.timeout_s, on_log=log_lines.append)  # fmt: skip
             finally:
+                self.started_pids |= set(fed.supervisor.all_pids())
                 done.set()
                 streamer.join(timeout=5)
         for row in progress.new_rows():  # the rows the streamer had not read yet
