@@ -1,7 +1,9 @@
 """The Flower ClientApp: runs inside each organisation (a SuperNode), sees only its data.
 
-``make_client_app(spec)`` binds an experiment to the app (Flower's simulation engine ships
-the app to its workers). Each train message carries the global arrays (and, for SCAFFOLD,
+`train_reply` and `info_reply` answer a train or query message for a `ClientSpec`;
+``make_client_app(spec)`` binds them to one experiment (Flower's simulation engine ships
+the app to its workers), while the Deployment Engine's module-level app
+(`umbra.apps.client`) builds the spec from the run and node config at run time. Each train message carries the global arrays (and, for SCAFFOLD,
 the control variate under ``cv.``); the reply carries the updated arrays and a
 MetricRecord with ``num-examples``, ``n-<modality>`` counts and the ``partition-id``.
 
