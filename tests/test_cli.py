@@ -126,6 +126,22 @@ def test_deploy_local_port_in_use(tmp_path: Path) -> None:
     assert not (tmp_path / "r").exists()
 
 
+def test_deploy_local_certificate_not_signed_by_the_ca(tmp_path: Path) -> None:
+    from umbra.deploy.pki import generate_server_credentials
+
+    first = generate_server_credentials(tmp_path / "a")
+    other = generate_server_credentials(tmp_path / "b")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for src, name in ((other.ca_cert, "ca.crt"), (first.cert, "server.crt"),
+                      (first.key, "server.key")):  # fmt: skip
+        (mixed / name).write_bytes(src.read_bytes())
+    proc = _run("deploy", "local", "--preset", "smoke", "--certificates", str(mixed),
+                "--out", str(tmp_path / "r"))  # fmt: skip
+    _assert_user_error(proc, "not signed by CA")
+    assert not (tmp_path / "r").exists()
+
+
 def test_deploy_local_resume_of_a_folder_it_did_not_make(tmp_path: Path) -> None:
     run = tmp_path / "run"
     _fake_run(run, [])

@@ -183,6 +183,10 @@ def deploy_local(
     port: Annotated[
         int | None, typer.Option(help="SuperLink port on 127.0.0.1 (default: a free one)")
     ] = None,
+    certificates: Annotated[
+        Path | None,
+        typer.Option(help="folder with ca.crt, server.crt, server.key (default: throwaway ones)"),
+    ] = None,
 ) -> None:
     """Train as separate parties on this machine (SuperLink, SuperNodes, flwr run).
 
@@ -193,7 +197,7 @@ def deploy_local(
     from umbra.run.deploy import plan_local
 
     plan = plan_local(preset=preset, overrides=set_ or [], nodes=nodes, out=out, resume=resume,
-                      insecure=insecure, port=port)  # fmt: skip
+                      insecure=insecure, port=port, certificates=certificates)  # fmt: skip
     cfg = plan.cfg
     console.print(
         f"[dim]deployment: SuperLink + {plan.runner.nodes} SuperNodes on 127.0.0.1"

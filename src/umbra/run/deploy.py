@@ -28,6 +28,7 @@ from umbra.apps.server import ERROR_PREFIX
 from umbra.config import Config
 from umbra.deploy.errors import DeployError
 from umbra.deploy.local_federation import LocalFederation
+from umbra.deploy.pki import ServerCredentials, verify_server_credentials
 from umbra.errors import ConfigError, ResumeError
 from umbra.federation.client_data import write_federation_data
 from umbra.federation.server_app import RunResult
@@ -127,12 +128,15 @@ def plan_local(
     resume: Path | None,
     insecure: bool = False,
     port: int | None = None,
+    certificates: Path | None = None,
 ) -> LocalPlan:
     """Resolve and check what ``umbra deploy local`` runs, before any process starts.
 
     ``nodes`` sets ``federation.num_clients`` (default: the config's); ``resume`` continues
     a deployed run folder with the preset and overrides it was launched with (plus
-    ``overrides``, e.g. more rounds). Bad input is a one-line `UmbraError`.
+    ``overrides``, e.g. more rounds); ``certificates`` is a folder holding ``ca.crt``,
+    ``server.crt`` and ``server.key`` to use instead of throwaway ones (checked now).
+    Bad input is a one-line `UmbraError`.
     """
     from umbra.config import load_config
     from umbra.deploy.ports import check_port_free
@@ -171,8 +175,17 @@ def plan_local(
         raise ConfigError(f"federation.num_clients = {n}: at most {MAX_LOCAL_NODES} local nodes")
     if port is not None:
         check_port_free(port, purpose="SuperLink")
+    credentials = None
+    if certificates is not None:
+        if insecure:
+            raise ConfigError("--certificates: not used with --insecure; give one or the other")
+        credentials = ServerCredentials(ca_cert=certificates / "ca.crt",
+                                        cert=certificates / "server.crt",
+                                        key=certificates / "server.key")  # fmt: skip
+        verify_server_credentials(credentials)
     runner = DeployedRunner(preset=preset, overrides=tuple(all_overrides), nodes=n,
-                            insecure=insecure, superlink_port=port)  # fmt: skip
+                            insecure=insecure, superlink_port=port,
+                            tls_credentials=credentials)  # fmt: skip
     return LocalPlan(cfg=cfg, run_dir=run_dir, runner=runner)
 
 
@@ -205,6 +218,7 @@ class DeployedRunner:
     nodes: int
     insecure: bool = False
     superlink_port: int | None = None
+    tls_credentials: ServerCredentials | None = None
     timeout_s: float = 7 * 24 * 3600.0
     poll_s: float = 0.5
     #: every PID the deployment started (for checks that none is left)
@@ -249,7 +263,8 @@ class DeployedRunner:
                         on_round(row)
 
         fed = LocalFederation(run_dir, nodes=self.nodes, insecure=self.insecure,
-                              node_configs=node_configs, superlink_port=self.superlink_port)  # fmt: skip
+                              node_configs=node_configs, superlink_port=self.superlink_port,
+                              tls_credentials=self.tls_credentials)  # fmt: skip
         streamer = threading.Thread(target=stream, name="umbra-progress", daemon=True)
         with fed:
             streamer.start()
