@@ -16,7 +16,12 @@ from flwr.serverapp import ServerApp
 
 import umbra.apps
 from umbra.apps.outcome import ProgressReader, append_progress, read_outcome, write_outcome
-from umbra.apps.run_config import AppRunConfig, config_from_run_config, parse_overrides
+from umbra.apps.run_config import (
+    AppRunConfig,
+    config_from_run_config,
+    join_overrides,
+    parse_overrides,
+)
 from umbra.apps.server import ERROR_PREFIX, server_app
 from umbra.config import load_config
 from umbra.errors import ConfigError
@@ -164,3 +169,47 @@ def test_plan_local_sets_the_node_count_and_refuses_signed_transports(tmp_path: 
     with pytest.raises(ConfigError, match="ckks"):
         plan_local(preset="smoke", overrides=["secure.aggregation=ckks"], nodes=None,
                    out=tmp_path / "r", resume=None)  # fmt: skip
+
+
+def test_run_config_survives_flowers_own_parser(tmp_path: Path) -> None:
+    """What ``flwr run --run-config`` receives resolves to the config the CLI prepared,
+    also for a ``--set`` value with spaces and quotes."""
+    from flwr.common.config import parse_config_args
+
+    from umbra.deploy.commands import format_config_pairs
+
+    sets = ["federation.rounds=2", "data.missing={image=0.0, audio=0.5, text=0.25}",
+            'federation.strategy="fedprox"']  # fmt: skip
+    plan = plan_local(preset="smoke", overrides=sets, nodes=2, out=tmp_path / "r", resume=None)
+    text = format_config_pairs(plan.runner.run_config(tmp_path / "r", tmp_path / "t"))
+    received = parse_config_args([text])
+    assert received["out"] == str((tmp_path / "r").resolve())
+    cfg = config_from_run_config(received)
+    assert cfg == plan.cfg == load_config("smoke", overrides=[*sets, "federation.num_clients=2"])
+    assert cfg.data.missing == {"image": 0.0, "audio": 0.5, "text": 0.25}
+    assert cfg.federation.strategy == "fedprox"
+
+
+@pytest.mark.parametrize(
+    "assignments",
+    [
+        ["federation.rounds=2"],
+        ["data.missing={image=0.0, audio=0.5}", 'federation.strategy="fedprox"'],
+        ["data.manifest=/data/my org/a\\b.csv", "run.seed=3"],
+        ["data.manifest=/data/o'neil.csv"],
+    ],
+)
+def test_overrides_join_and_split_back(assignments: list[str]) -> None:
+    from flwr.common.config import parse_config_args
+
+    from umbra.deploy.commands import format_config_pairs
+
+    text = join_overrides(assignments)
+    assert parse_overrides(text) == assignments
+    carried = parse_config_args([format_config_pairs({"overrides": text})])["overrides"]
+    assert parse_overrides(str(carried)) == assignments
+
+
+def test_overrides_with_both_quote_kinds_are_refused() -> None:
+    with pytest.raises(ConfigError, match="both quote characters"):
+        join_overrides(["data.manifest=/o'neil.csv", 'federation.strategy="fedprox"'])

@@ -17,8 +17,9 @@ config: every SuperNode names its own in its ``--node-config``.
 
 from __future__ import annotations
 
+import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,13 @@ from typing import Any
 from umbra.config import Config, load_config
 from umbra.errors import ConfigError
 
-__all__ = ["RUN_CONFIG_DEFAULTS", "AppRunConfig", "config_from_run_config", "parse_overrides"]
+__all__ = [
+    "RUN_CONFIG_DEFAULTS",
+    "AppRunConfig",
+    "config_from_run_config",
+    "join_overrides",
+    "parse_overrides",
+]
 
 #: The run config keys and their defaults (the same as ``[tool.flwr.app.config]``).
 RUN_CONFIG_DEFAULTS: dict[str, str] = {
@@ -35,6 +42,25 @@ RUN_CONFIG_DEFAULTS: dict[str, str] = {
     "out": "",
     "test-dir": "",
 }
+
+
+def join_overrides(assignments: Sequence[str]) -> str:
+    """The ``overrides`` text that `parse_overrides` splits back into ``assignments``.
+
+    Spaces, quotes and backslashes inside an assignment are escaped with a backslash, so
+    the text holds no quote characters beyond the assignments' own: Flower's
+    ``--run-config`` splitter cuts a quoted value at the next quote of the same kind, so
+    the assignments together may use one kind of quote only.
+    """
+    if any(not a for a in assignments):
+        raise ConfigError("an override is empty: expected section.key=value")
+    text = " ".join(re.sub(r"""([\s'"\\])""", r"\\\1", a) for a in assignments)
+    if "'" in text and '"' in text:
+        raise ConfigError(
+            f"the overrides use both quote characters, which Flower's run config cannot carry: "
+            f"{' '.join(assignments)!r}"
+        )
+    return text
 
 
 def parse_overrides(text: str) -> list[str]:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from umbra.apps.outcome import ProgressReader, read_outcome
-from umbra.apps.run_config import RUN_CONFIG_DEFAULTS, parse_overrides
+from umbra.apps.run_config import RUN_CONFIG_DEFAULTS, join_overrides, parse_overrides
 from umbra.apps.server import ERROR_PREFIX
 from umbra.config import Config
 from umbra.deploy.errors import DeployError
@@ -226,11 +226,9 @@ class DeployedRunner:
 
     def run_config(self, run_dir: Path, test_dir: Path) -> dict[str, str]:
         """The run config of ``flwr run`` (``overrides`` quoted so each stays one item)."""
-        import shlex
-
         return {
             "preset": self.preset,
-            "overrides": " ".join(shlex.quote(o) for o in self.overrides),
+            "overrides": join_overrides(self.overrides),
             "out": str(run_dir.resolve()),
             "test-dir": str(test_dir.resolve()),
         }
