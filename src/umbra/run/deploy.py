@@ -13,8 +13,10 @@ returns, raises or is interrupted; their logs are in ``<run folder>/logs/``.
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,7 @@ from umbra.run.simulation import RoundCallback
 
 __all__ = [
     "APP_FOLDER",
+    "PARTY_DATA",
     "DeployedRunner",
     "LocalPlan",
     "app_pyproject",
@@ -58,8 +61,6 @@ def app_pyproject(defaults: dict[str, str] | None = None) -> str:
     """The ``pyproject.toml`` of a minimal Flower App whose components are the installed
     ``umbra.apps`` (the FAB then carries no code: every party runs its own installed Umbra).
     """
-    import json
-
     config = {**RUN_CONFIG_DEFAULTS, **(defaults or {})}
     lines = [
         "[build-system]",
@@ -97,8 +98,6 @@ def write_app_folder(run_dir: Path, run_config: dict[str, str] | None = None) ->
 
 def saved_run_config(run_dir: Path) -> dict[str, str]:
     """The run config a deployed run folder was launched with (its app folder's defaults)."""
-    import tomllib
-
     path = run_dir / APP_FOLDER / "pyproject.toml"
     if not path.is_file():
         raise ResumeError(f"{run_dir} was not made by umbra deploy local (no {path})")
