@@ -122,6 +122,60 @@ def test_out_folder_holding_a_run_is_not_overwritten(tmp_path: Path) -> None:
     _assert_user_error(_run("run", "--preset", "smoke", "--out", str(run)), "--resume")
 
 
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--set", "federation.colour=1"], ["unknown key 'federation.colour'"]),
+        (["--set", "secure.aggregation=ckks"], ["ckks", "secagg+"]),
+        (["--nodes", "0"], ["--nodes 0"]),
+        (["--set", "federation.mode=centralized"], ["umbra run"]),
+    ],
+)
+def test_deploy_local_bad_input_starts_nothing(
+    args: list[str], needles: list[str], tmp_path: Path
+) -> None:
+    """Checked before data or processes: the run folder is never made (no logs/)."""
+    out = tmp_path / "r"
+    _assert_user_error(_run("deploy", "local", "--preset", "smoke", *args, "--out", str(out)),
+                       *needles)  # fmt: skip
+    assert not out.exists()
+
+
+def test_deploy_local_port_in_use(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = _run("deploy", "local", "--preset", "smoke", "--port", str(port),
+                    "--out", str(tmp_path / "r"))  # fmt: skip
+    _assert_user_error(proc, str(port))
+    assert not (tmp_path / "r").exists()
+
+
+def test_deploy_local_certificate_not_signed_by_the_ca(tmp_path: Path) -> None:
+    from umbra.deploy.pki import generate_server_credentials
+
+    first = generate_server_credentials(tmp_path / "a")
+    other = generate_server_credentials(tmp_path / "b")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for src, name in ((other.ca_cert, "ca.crt"), (first.cert, "server.crt"),
+                      (first.key, "server.key")):  # fmt: skip
+        (mixed / name).write_bytes(src.read_bytes())
+    proc = _run("deploy", "local", "--preset", "smoke", "--certificates", str(mixed),
+                "--out", str(tmp_path / "r"))  # fmt: skip
+    _assert_user_error(proc, "not signed by CA")
+    assert not (tmp_path / "r").exists()
+
+
+def test_deploy_local_resume_of_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _fake_run(run, [])
+    _assert_user_error(_run("deploy", "local", "--resume", str(run)), "not made by umbra deploy")
+
+
 def _registered(group: click.Group) -> dict[str, str]:
     """Command name -> the first paragraph of the help typer registered for it."""
     return {n: " ".join((c.help or "").split("\n\n")[0].split()) for n, c in group.commands.items()}
@@ -134,7 +188,9 @@ def _listed(help_text: str) -> tuple[list[str], str]:
     return names, " ".join(panel.replace("│", " ").split())
 
 
-@pytest.mark.parametrize("sub", [(), ("privacy",), ("data",)], ids=["umbra", "privacy", "data"])
+@pytest.mark.parametrize(
+    "sub", [(), ("privacy",), ("data",), ("deploy",)], ids=["umbra", "privacy", "data", "deploy"]
+)
 def test_help_lists_every_command_with_its_help(sub: tuple[str, ...]) -> None:
     group = typer.main.get_command(app)
     for name in sub:

@@ -128,6 +128,11 @@ def run(
         on_round=show,
         on_status=lambda s: console.print(f"[dim]{s}[/]"),
     )
+    _print_results(results, run_dir)
+
+
+def _print_results(results: dict[str, Any], run_dir: Path) -> None:
+    """The end of a run: stop reason, final table, ε per observer, where results are."""
     if results.get("stopped"):
         console.print(f"[yellow]stopped early:[/] {results['stopped']}", highlight=False)
     console.print(_final_table(results))
@@ -148,6 +153,72 @@ def run(
         f"results: {run_dir / 'results.json'}  (data {t['data_s']:.0f} s, "
         f"training {t['train_s']:.0f} s, total {t['total_s']:.0f} s)"
     )
+
+
+deploy_app = typer.Typer(
+    help="Run on Flower's Deployment Engine (SuperLink, SuperNodes, flwr run).",
+    no_args_is_help=True,
+)
+app.add_typer(deploy_app, name="deploy")
+
+
+@deploy_app.command("local")
+def deploy_local(
+    nodes: Annotated[
+        int | None,
+        typer.Option(help="SuperNodes, one per organisation (default: federation.num_clients)"),
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option(help="no TLS, no SuperNode authentication (testing only)")
+    ] = False,
+    preset: Annotated[
+        str | None, typer.Option(help="preset name: smoke, default, baseline")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="override one setting: section.key=value (repeatable)"),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="output folder (default runs/deploy-<preset>)")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="continue the deployed run in this folder")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="SuperLink port on 127.0.0.1 (default: a free one)")
+    ] = None,
+    certificates: Annotated[
+        Path | None,
+        typer.Option(help="folder with ca.crt, server.crt, server.key (default: throwaway ones)"),
+    ] = None,
+) -> None:
+    """Train as separate parties on this machine (SuperLink, SuperNodes, flwr run).
+
+    One SuperNode per organisation, each reading only its own data folder, over TLS with
+    SuperNode authentication. Writes the same run folder as umbra run, plus logs/.
+    """
+    from umbra.experiment import run_experiment
+    from umbra.run.deploy import plan_local
+
+    plan = plan_local(preset=preset, overrides=set_ or [], nodes=nodes, out=out, resume=resume,
+                      insecure=insecure, port=port, certificates=certificates)  # fmt: skip
+    cfg = plan.cfg
+    console.print(
+        f"[dim]deployment: SuperLink + {plan.runner.nodes} SuperNodes on 127.0.0.1"
+        f"{' (insecure)' if insecure else ', TLS and SuperNode authentication'}; "
+        f"logs in {plan.run_dir / 'logs'}[/]",
+        highlight=False,
+    )
+    show = _round_line(cfg.federation.rounds) if cfg.run.progress else None
+    results = run_experiment(
+        cfg,
+        plan.run_dir,
+        resume=resume is not None,
+        on_round=show,
+        on_status=lambda s: console.print(f"[dim]{s}[/]"),
+        runner=plan.runner,
+    )
+    _print_results(results, plan.run_dir)
 
 
 privacy_app = typer.Typer(help="Inspect the privacy ledger of a run.", no_args_is_help=True)

@@ -18,13 +18,18 @@ from typing import Any
 from umbra.config import Config
 from umbra.errors import ResumeError
 from umbra.federation.checkpoint import atomic_write_text
+from umbra.federation.server_app import RunResult
 from umbra.run.centralized import run_centralized
 from umbra.run.folder import CONFIG_FILE, check_ledger
-from umbra.run.prepare import model_spec_for, prepare_data
+from umbra.run.prepare import PreparedData, model_spec_for, prepare_data
 from umbra.run.results import results_object
 from umbra.run.simulation import RoundCallback, run_federated
 
-__all__ = ["run_experiment"]
+__all__ = ["Runner", "run_experiment"]
+
+#: Runs the federation of a prepared config into a run folder: the simulation engine
+#: (`run_federated`), the centralized baseline or a deployment (`umbra.run.deploy`).
+Runner = Callable[[Config, Path, PreparedData, dict[str, Any], RoundCallback | None], RunResult]
 
 
 def _privacy_line(cfg: Config) -> str:
@@ -78,8 +83,12 @@ def run_experiment(
     resume: bool = False,
     on_round: RoundCallback | None = None,
     on_status: Callable[[str], None] | None = None,
+    runner: Runner | None = None,
 ) -> dict[str, Any]:
-    """Run ``cfg`` into ``run_dir`` (or resume it) and return the results object."""
+    """Run ``cfg`` into ``run_dir`` (or resume it) and return the results object.
+
+    ``runner`` trains the federation (default: Flower's simulation engine; the centralized
+    baseline when ``federation.mode`` says so)."""
     from umbra.federation.server_app import load_model
 
     say = on_status or (lambda s: None)
@@ -111,7 +120,8 @@ def run_experiment(
         writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
         on_round = _with_tensorboard(writer, on_round)
     t1 = time.perf_counter()
-    runner = run_centralized if cfg.federation.mode == "centralized" else run_federated
+    if runner is None:
+        runner = run_centralized if cfg.federation.mode == "centralized" else run_federated
     outcome = runner(cfg, run_dir, prep, model_spec, on_round)
     train_s = time.perf_counter() - t1
     if writer is not None:

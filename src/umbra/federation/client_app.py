@@ -1,7 +1,9 @@
 """The Flower ClientApp: runs inside each organisation (a SuperNode), sees only its data.
 
-``make_client_app(spec)`` binds an experiment to the app (Flower's simulation engine ships
-the app to its workers). Each train message carries the global arrays (and, for SCAFFOLD,
+`train_reply` and `info_reply` answer a train or query message for a `ClientSpec`;
+``make_client_app(spec)`` binds them to one experiment (Flower's simulation engine ships
+the app to its workers), while the Deployment Engine's module-level app
+(`umbra.apps.client`) builds the spec from the run and node config at run time. Each train message carries the global arrays (and, for SCAFFOLD,
 the control variate under ``cv.``); the reply carries the updated arrays and a
 MetricRecord with ``num-examples``, ``n-<modality>`` counts and the ``partition-id``.
 
@@ -50,9 +52,12 @@ from umbra.privacy.client import client_policy
 __all__ = [
     "ClientSpec",
     "client_state_dir",
+    "info_reply",
     "make_client_app",
+    "node_records",
     "public_metrics",
     "round_seed",
+    "train_reply",
 ]
 
 
@@ -66,6 +71,8 @@ class ClientSpec:
     Each of ``transports`` (registry entries; none: plaintext) adds the handler of its
     ``train.<client_action>`` messages, built from ``secure`` and ``identities`` (the
     simulated nodes' private identity keys; each node reads only its own; not in repr).
+    ``own_data``: ``data_dir`` holds this organisation's records only (a deployed node's
+    own folder, row set 0), not every simulated organisation's partitions.
     """
 
     data_dir: str
@@ -78,6 +85,7 @@ class ClientSpec:
     secure: SecureSettings = field(default_factory=SecureSettings)
     identities: dict[int, bytes] = field(default_factory=dict, repr=False)
     privacy_unit: str = "none"
+    own_data: bool = False
 
     def action_spec(self) -> ClientActionSpec:
         """What the secure transport's client mod is built from."""
@@ -163,80 +171,94 @@ def _save_control(state_dir: Path, server_round: int, c_i: dict[str, np.ndarray]
             p.unlink(missing_ok=True)
 
 
+def node_records(spec: ClientSpec, client: int) -> tuple[str, int]:
+    """The folder this node reads its records from and their row set in it: its own
+    partition ``client`` of a pooled folder (simulation), or row set 0 of a folder that
+    holds this organisation's records only (``spec.own_data``, a deployed SuperNode)."""
+    return spec.data_dir, 0 if spec.own_data else client
+
+
+def train_reply(spec: ClientSpec, msg: Message, context: Context) -> Message:
+    """Train on this node's records from the message's global model; the reply carries the
+    update and the metrics the organisation's DP unit lets it reveal."""
+    torch.set_num_threads(spec.threads)
+    client = int(context.node_config["partition-id"])
+    server_round = int(msg.content["config"]["server-round"])  # type: ignore[arg-type]
+    config = msg.content["config"]
+    incoming = from_record(msg.content.array_records["arrays"])
+    x = {k: v for k, v in incoming.items() if not k.startswith(CONTROL_PREFIX)}
+    c = {k[len(CONTROL_PREFIX) :]: v for k, v in incoming.items() if k.startswith(CONTROL_PREFIX)}
+
+    data, batchable = client_records(*node_records(spec, client))
+    model = MultimodalNet(ModelSpec.from_dict(spec.model_spec))
+    set_arrays(model, x)
+    settings = spec.settings
+    mu = float(config.get("proximal-mu", 0.0))  # type: ignore[arg-type]
+    if mu != settings.proximal_mu:
+        settings = TrainSettings(**{**settings.__dict__, "proximal_mu": mu})
+    state_dir = client_state_dir(spec, context.node_config, client)
+    c_i = None
+    if c:
+        c_i = _load_control(state_dir, server_round) or {k: np.zeros_like(v) for k, v in c.items()}
+    seed = round_seed(spec.seed, server_round, client)
+    scaffold = (c, c_i) if c_i is not None else None
+    policy = client_policy(config)  # the DP mode's trainer and reply post-processing
+    settings = policy.settings(settings)
+    metrics = policy.train(model, batchable, settings, seed=seed, scaffold=scaffold)
+    y = get_arrays(model)
+    out = dict(y)
+    if c_i is not None:
+        new_c_i = scaffold_control_update(
+            c,
+            c_i,
+            x,
+            y,
+            steps=int(metrics["steps"]),
+            lr=settings.lr,
+            momentum=settings.momentum,
+        )
+        _save_control(state_dir, server_round, new_c_i)
+        out.update({CONTROL_PREFIX + k: new_c_i[k] - c_i[k] for k in new_c_i})
+    out, metrics = policy.reply(x, y, out, metrics)
+    counts = data.counts()
+    reply_metrics = public_metrics(
+        spec.privacy_unit,
+        partition_id=client,
+        num_examples=len(data),
+        counts={m: counts[m] for m in data.modalities},
+        metrics=metrics,
+    )
+    content = RecordDict({"arrays": to_record(out), "metrics": MetricRecord(reply_metrics)})
+    return Message(content=content, reply_to=msg)
+
+
+def info_reply(spec: ClientSpec, msg: Message, context: Context) -> Message:
+    """Public metadata the server plans with (:func:`public_metrics`, no training)."""
+    client = int(context.node_config["partition-id"])
+    data = load_client_data(*node_records(spec, client))
+    counts = data.counts()
+    metrics = public_metrics(
+        spec.privacy_unit,
+        partition_id=client,
+        num_examples=len(data),
+        counts={m: counts[m] for m in data.modalities},
+        metrics={},
+    )
+    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
 def make_client_app(spec: ClientSpec) -> ClientApp:
-    """A ClientApp bound to ``spec``."""
+    """A ClientApp bound to ``spec`` (the simulation engine's; a deployment uses the
+    module-level app of :mod:`umbra.apps`, which builds its spec at run time)."""
     app = ClientApp()
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        torch.set_num_threads(spec.threads)
-        client = int(context.node_config["partition-id"])
-        server_round = int(msg.content["config"]["server-round"])  # type: ignore[arg-type]
-        config = msg.content["config"]
-        incoming = from_record(msg.content.array_records["arrays"])
-        x = {k: v for k, v in incoming.items() if not k.startswith(CONTROL_PREFIX)}
-        c = {
-            k[len(CONTROL_PREFIX) :]: v for k, v in incoming.items() if k.startswith(CONTROL_PREFIX)
-        }
-
-        data, batchable = client_records(spec.data_dir, client)
-        model = MultimodalNet(ModelSpec.from_dict(spec.model_spec))
-        set_arrays(model, x)
-        settings = spec.settings
-        mu = float(config.get("proximal-mu", 0.0))  # type: ignore[arg-type]
-        if mu != settings.proximal_mu:
-            settings = TrainSettings(**{**settings.__dict__, "proximal_mu": mu})
-        state_dir = client_state_dir(spec, context.node_config, client)
-        c_i = None
-        if c:
-            c_i = _load_control(state_dir, server_round) or {
-                k: np.zeros_like(v) for k, v in c.items()
-            }
-        seed = round_seed(spec.seed, server_round, client)
-        scaffold = (c, c_i) if c_i is not None else None
-        policy = client_policy(config)  # the DP mode's trainer and reply post-processing
-        settings = policy.settings(settings)
-        metrics = policy.train(model, batchable, settings, seed=seed, scaffold=scaffold)
-        y = get_arrays(model)
-        out = dict(y)
-        if c_i is not None:
-            new_c_i = scaffold_control_update(
-                c,
-                c_i,
-                x,
-                y,
-                steps=int(metrics["steps"]),
-                lr=settings.lr,
-                momentum=settings.momentum,
-            )
-            _save_control(state_dir, server_round, new_c_i)
-            out.update({CONTROL_PREFIX + k: new_c_i[k] - c_i[k] for k in new_c_i})
-        out, metrics = policy.reply(x, y, out, metrics)
-        counts = data.counts()
-        reply_metrics = public_metrics(
-            spec.privacy_unit,
-            partition_id=client,
-            num_examples=len(data),
-            counts={m: counts[m] for m in data.modalities},
-            metrics=metrics,
-        )
-        content = RecordDict({"arrays": to_record(out), "metrics": MetricRecord(reply_metrics)})
-        return Message(content=content, reply_to=msg)
+        return train_reply(spec, msg, context)
 
     @app.query()
     def info(msg: Message, context: Context) -> Message:
-        """Public metadata the server plans with (:func:`public_metrics`, no training)."""
-        client = int(context.node_config["partition-id"])
-        data = load_client_data(spec.data_dir, client)
-        counts = data.counts()
-        metrics = public_metrics(
-            spec.privacy_unit,
-            partition_id=client,
-            num_examples=len(data),
-            counts={m: counts[m] for m in data.modalities},
-            metrics={},
-        )
-        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+        return info_reply(spec, msg, context)
 
     for transport in spec.transports:
         app.train(transport.client_action)(transport.client_mod(train, spec.action_spec()))

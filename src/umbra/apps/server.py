@@ -1,0 +1,109 @@
+"""Umbra's ServerApp for Flower's Deployment Engine (``flwr run``).
+
+A module-level `ServerApp` (``umbra.apps:server_app`` in the app's ``pyproject.toml``):
+at run time it resolves the config from the run config (:mod:`umbra.apps.run_config`),
+reads the held-out test set from ``test-dir`` (the only records the server holds), sizes
+the model from it, builds the `ServerSpec` as the simulation does and runs the same round
+loop (`run_rounds`). Rounds are appended to ``progress.jsonl`` and printed to the run's
+log; the final `RunResult` goes into the run folder (:mod:`umbra.apps.outcome`).
+
+A bad run config, a config the run folder does not match, or a failure of the round loop
+is one line ``umbra error: ...`` in the run's log and a failed run.
+"""
+
+from __future__ import annotations
+
+import json
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from umbra.apps.outcome import append_progress, write_outcome
+from umbra.apps.run_config import AppRunConfig
+from umbra.config import config_fingerprint, validate_config
+from umbra.errors import ConfigError, ResumeError, UmbraError
+from umbra.federation.checkpoint import atomic_write_text
+from umbra.federation.client_data import load_client_data
+from umbra.federation.server_app import (
+    RoundReport,
+    RunResult,
+    ServerSpec,
+    check_some_round_completed,
+    run_rounds,
+)
+from umbra.run.folder import CONFIG_FILE
+from umbra.run.prepare import model_spec_for
+from umbra.run.simulation import secure_setup
+
+__all__ = ["ERROR_PREFIX", "server_app", "server_spec"]
+
+#: How the ServerApp's one-line errors start in the run's log.
+ERROR_PREFIX = "umbra error: "
+
+server_app = ServerApp()
+
+
+def _check_run_folder(run: AppRunConfig) -> None:
+    """Save the config into a new run folder; refuse one made with another config."""
+    run.out.mkdir(parents=True, exist_ok=True)
+    path = run.out / CONFIG_FILE
+    if not path.exists():
+        atomic_write_text(path, json.dumps(run.cfg.model_dump(mode="json"), indent=2))
+        return
+    saved = validate_config(json.loads(path.read_text()))
+    if config_fingerprint(saved) != config_fingerprint(run.cfg):
+        raise ResumeError(f"{run.out} holds a run made with another config")
+
+
+def server_spec(run: AppRunConfig) -> ServerSpec:
+    """The ServerSpec of a deployed run (as `ServerSpec.from_config`, with the model sized
+    from the test set and the secure settings without a simulated identity roster)."""
+    cfg = run.cfg
+    transport, secure, identities = secure_setup(cfg)
+    if identities:
+        raise ConfigError(
+            f"secure.aggregation = {cfg.secure.aggregation!r} signs with per-node identity "
+            "keys, which a deployment does not distribute yet; use 'secagg+' or 'none'"
+        )
+    test = load_client_data(str(run.test_dir), 0)
+    out = run.out
+
+    def on_round(row: RoundReport) -> None:
+        append_progress(out, row)
+        acc = row.get("accuracy")
+        print(
+            f"umbra round {row['round']}/{cfg.federation.rounds}: "
+            f"accuracy {'-' if acc is None else f'{acc:.3f}'}, {row['clients']} clients, "
+            f"{row['wall_s']:.1f} s" + (" (aborted)" if row.get("aborted") else ""),
+            flush=True,
+        )
+
+    def on_finish(result: RunResult) -> None:
+        write_outcome(out, result)
+
+    return ServerSpec.from_config(
+        cfg,
+        run_dir=str(out),
+        test_dir=str(run.test_dir),
+        model_spec=model_spec_for(cfg, test),
+        secure=secure,
+        transport=transport,
+        on_round=on_round,
+        on_finish=on_finish,
+    )
+
+
+@server_app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Resolve the run config and run the rounds; errors are one line in the log."""
+    try:
+        run = AppRunConfig.from_run_config(context.run_config)
+        _check_run_folder(run)
+        spec = server_spec(run)
+        result = run_rounds(spec, grid)
+        if spec.on_finish is not None:
+            spec.on_finish(result)
+        check_some_round_completed(result.history)
+    except UmbraError as err:
+        print(f"{ERROR_PREFIX}{err}", flush=True)
+        raise
