@@ -36,6 +36,8 @@ from umbra.federation.common import (
     ClientActionSpec,
     SecureSettings,
     SecureTransport,
+    config_float,
+    config_int,
     count_key,
     from_record,
     to_record,
@@ -183,8 +185,8 @@ def train_reply(spec: ClientSpec, msg: Message, context: Context) -> Message:
     update and the metrics the organisation's DP unit lets it reveal."""
     torch.set_num_threads(spec.threads)
     client = int(context.node_config["partition-id"])
-    server_round = int(msg.content["config"]["server-round"])  # type: ignore[arg-type]
-    config = msg.content["config"]
+    config = msg.content.config_records["config"]
+    server_round = config_int(config, "server-round")
     incoming = from_record(msg.content.array_records["arrays"])
     x = {k: v for k, v in incoming.items() if not k.startswith(CONTROL_PREFIX)}
     c = {k[len(CONTROL_PREFIX) :]: v for k, v in incoming.items() if k.startswith(CONTROL_PREFIX)}
@@ -193,7 +195,7 @@ def train_reply(spec: ClientSpec, msg: Message, context: Context) -> Message:
     model = MultimodalNet(ModelSpec.from_dict(spec.model_spec))
     set_arrays(model, x)
     settings = spec.settings
-    mu = float(config.get("proximal-mu", 0.0))  # type: ignore[arg-type]
+    mu = config_float(config, "proximal-mu", 0.0)
     if mu != settings.proximal_mu:
         settings = TrainSettings(**{**settings.__dict__, "proximal_mu": mu})
     state_dir = client_state_dir(spec, context.node_config, client)

@@ -18,7 +18,14 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from umbra.federation.common import CONTROL_PREFIX, NUM_EXAMPLES, PARTITION_ID, count_key, to_record
+from umbra.federation.common import (
+    CONTROL_PREFIX,
+    NUM_EXAMPLES,
+    PARTITION_ID,
+    config_int,
+    count_key,
+    to_record,
+)
 
 __all__ = [
     "CONTROL_PREFIX",
@@ -153,4 +160,4 @@ class ModalityFedAvg(FedAvg):
 
 def _partition_id(msg: Message) -> int:
     metrics = next(iter(msg.content.metric_records.values()))
-    return int(metrics.get(PARTITION_ID, 0))  # type: ignore[arg-type]
+    return config_int(metrics, PARTITION_ID, 0)
