@@ -14,7 +14,7 @@ the same backend config (one CPU per client actor, ``run.num_cpus`` CPUs for Ray
 Every (system, size) pair runs in a fresh Python process, so one run's memory does not
 carry into the next.
 
-    .venv/bin/python bench/scale.py [--sizes 10,100,300,1000] [--rounds 4] [--fraction 0.1]
+    PYTHONPATH=src .venv/bin/python bench/scale.py [--sizes 10,100,300,1000] [--rounds 5] [--fraction 0.1]
 
 What is measured, per run:
 
