@@ -54,6 +54,7 @@ bench: install
 	$(BIN)/python bench/dpsgd_overhead.py
 	$(BIN)/python bench/secure_aggregation.py
 	$(BIN)/python bench/manifest_load.py
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache

@@ -83,3 +83,32 @@ def test_grid_without_push_pull_uses_its_own_send_and_receive() -> None:
 def test_bad_polling_parameters_raise(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="first_poll_s"):
         send_and_receive(_DelayedGrid({}), [], timeout=1.0, **kwargs)
+
+
+class _Clock:
+    """A virtual clock: ``sleep`` advances ``monotonic`` instantly."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def sleep(self, s: float) -> None:
+        self.t += s
+
+
+@pytest.mark.parametrize(("clients", "most_pulls"), [(2, 250), (1000, 40)])
+def test_pulls_over_a_slow_stage_do_not_grow_with_its_clients(
+    monkeypatch: pytest.MonkeyPatch, clients: int, most_pulls: int
+) -> None:
+    # every reply lands after 10 s (local training); each pull costs Flower's link state
+    # time in proportion to the pending replies, so 1,000 clients must pull less often
+    clock = _Clock()
+    monkeypatch.setattr(time, "monotonic", clock.monotonic)
+    monkeypatch.setattr(time, "sleep", clock.sleep)
+    grid = _DelayedGrid(dict.fromkeys(range(clients), 10.0))
+    replies = send_and_receive(grid, _messages(list(range(clients))), timeout=None)
+    assert _nodes(replies) == list(range(clients))
+    assert grid.pulls <= most_pulls  # a fixed 50 ms cap would pull about 200 times
+    assert clock.t < 10.0 + 1.0 + 1e-9  # the last reply is collected within one pause

@@ -40,8 +40,13 @@ def _privacy_line(cfg: Config) -> str:
         return head + f"client, client-level DP ({p.noise} noise, client rate {p.client_rate:g})"
     batch = p.batch_size or cfg.federation.batch_size
     if p.noise == "distributed":
+        k, n = cfg.federation.num_clients, cfg.data.n_train
+        expected = f"expected batch {batch} per client"
+        if cfg.data.source != "manifest" and batch * k >= n:
+            # the joint rate B·K/N is capped at 1: every record is in every step
+            expected = f"every record in every step: {batch} x {k} clients >= {n} records"
         return head + (
-            f"record, one joint DP-SGD step per round (expected batch {batch} per client; "
+            f"record, one joint DP-SGD step per round ({expected}; "
             f"each adds a share of the noise under {cfg.secure.aggregation}; "
             "federation.local_epochs does not apply)"
         )

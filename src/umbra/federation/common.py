@@ -154,8 +154,12 @@ def message_bytes(messages: Iterable[Message]) -> int:
 
 #: First pause between pushing the messages and pulling replies.
 FIRST_POLL_S = 0.002
-#: Longest pause between two pulls.
+#: Longest pause between two pulls (while few replies are pending).
 MAX_POLL_S = 0.05
+#: Added to the longest pause per pending reply: a pull costs Flower's link state time in
+#: proportion to the pending messages (and holds its lock), so with a fixed interval a
+#: stage of n clients would cost O(n^2) in pulls; 100 pending replies -> 0.1 s between pulls.
+POLL_S_PER_PENDING = 0.001
 
 
 def send_and_receive(
@@ -166,6 +170,7 @@ def send_and_receive(
     first_poll_s: float = FIRST_POLL_S,
     max_poll_s: float = MAX_POLL_S,
     backoff: float = 1.5,
+    poll_s_per_pending: float = POLL_S_PER_PENDING,
 ) -> list[Message]:
     """Push ``messages`` and return the replies that arrive within ``timeout`` seconds.
 
@@ -174,16 +179,19 @@ def send_and_receive(
     (SecAgg+ has three or four exchanges, CKKS three) would pay it in every stage. Here the
     messages are pushed with ``grid.push_messages`` and pulled with ``grid.pull_messages``,
     first after ``first_poll_s``, then at intervals growing by ``backoff`` up to
-    ``max_poll_s``: a fast stage returns almost as soon as its last reply lands, a slow one
-    (local training) costs a few cheap pulls per second.
+    ``max_poll_s`` (raised by ``poll_s_per_pending`` per reply still pending): a fast stage
+    returns almost as soon as its last reply lands, a slow one (local training) costs a few
+    cheap pulls per second, and a stage of 1,000 clients no more pulls than it has replies.
 
     Same contract as Flower's ``Grid.send_and_receive`` (replies in arrival order; a node
     that does not answer in time is simply missing; ``timeout=None`` waits for all). A grid
     without ``push_messages``/``pull_messages`` (a test double) is asked through its own
     ``send_and_receive``.
     """
-    if not (0 < first_poll_s <= max_poll_s) or backoff < 1.0:
-        raise ValueError("need 0 < first_poll_s <= max_poll_s and backoff >= 1")
+    if not (0 < first_poll_s <= max_poll_s) or backoff < 1.0 or poll_s_per_pending < 0:
+        raise ValueError(
+            "need 0 < first_poll_s <= max_poll_s, backoff >= 1 and poll_s_per_pending >= 0"
+        )
     if not (hasattr(grid, "push_messages") and hasattr(grid, "pull_messages")):
         return list(grid.send_and_receive(messages, timeout=timeout))
     pending = set(grid.push_messages(messages))
@@ -198,7 +206,7 @@ def send_and_receive(
         pending.difference_update(m.metadata.reply_to_message_id for m in got)
         if deadline is not None and time.monotonic() >= deadline:
             break
-        pause = min(pause * backoff, max_poll_s)
+        pause = min(pause * backoff, max(max_poll_s, poll_s_per_pending * len(pending)))
     return replies
 
 
