@@ -43,7 +43,12 @@ def _probe(fed: LocalFederation, out: Path, **config: Any) -> dict[str, Any]:
     return result
 
 
-def test_three_nodes_with_tls_and_node_auth_all_reply(tmp_path: Path) -> None:
+def test_three_nodes_with_tls_and_node_auth_reply_survive_a_kill_and_rejoin(
+    tmp_path: Path,
+) -> None:
+    """One federation serves the whole scenario (starting Flower's processes is the cost):
+    every node replies; one is killed and the others keep serving; it restarts (after the
+    SuperLink has let the crashed node go) and answers again under its registered id."""
     with LocalFederation(tmp_path / "deploy", nodes=3) as fed:
         assert fed.key_dir is not None and fed.tls is not None
         key_dir = fed.key_dir
@@ -65,6 +70,21 @@ def test_three_nodes_with_tls_and_node_auth_all_reply(tmp_path: Path) -> None:
         ]
         assert len(listening) >= 4  # SuperLink + 3 SuperNode Runtime APIs
         assert {addr.ip for addr in listening} == {"127.0.0.1"}
+        # a node killed (a crash, not a shutdown) leaves the others serving
+        victim = fed.supervisor.processes["supernode-1"].pid
+        fed.kill_node(1)
+        assert not _alive(victim)
+        after_kill = _probe(
+            fed, tmp_path / "after-kill.json", **{"min-nodes": 2, "reply-timeout": 20.0}
+        )
+        assert sorted(after_kill["replies"].values()) == [0, 2]
+        # restarted, it rejoins under the id it was registered with
+        fed.restart_node(1)  # waits until the SuperLink has let the crashed node go
+        assert fed.supervisor.processes["supernode-1"].pid != victim
+        assert fed.online_node_ids() == registered
+        rejoined = _probe(fed, tmp_path / "after-restart.json", **{"min-nodes": 3})
+        assert rejoined["replies"] == result["replies"]
+        started = fed.supervisor.all_pids()
     # every node answered with its own partition id, under the id it was registered with
     assert {int(k): v for k, v in result["replies"].items()} == {
         node.node_id: i for i, node in enumerate(fed.nodes)
@@ -73,7 +93,7 @@ def test_three_nodes_with_tls_and_node_auth_all_reply(tmp_path: Path) -> None:
     # the ClientApps ran in processes outside this test's process
     assert len(set(result["pids"].values())) == 3
     # nothing started is left, the throwaway keys are gone, each process has its log
-    assert len(started) >= 4
+    assert len(started) >= 4 and victim in started
     assert [pid for pid in started if _alive(pid)] == []
     assert not any(_alive(int(pid)) for pid in result["pids"].values())
     assert not key_dir.exists()
@@ -145,35 +165,6 @@ def test_unregistered_key_and_foreign_ca_are_refused(tmp_path: Path) -> None:
         )
         assert stranger_id not in fed.online_node_ids()
         started = fed.supervisor.all_pids()
-    assert [pid for pid in started if _alive(pid)] == []
-
-
-def test_killed_node_leaves_the_others_serving(tmp_path: Path) -> None:
-    with LocalFederation(tmp_path / "deploy", nodes=3) as fed:
-        victim = fed.supervisor.processes["supernode-1"].pid
-        fed.kill_node(1)
-        assert not _alive(victim)
-        result = _probe(
-            fed, tmp_path / "after-kill.json", **{"min-nodes": 2, "reply-timeout": 20.0}
-        )
-        assert sorted(result["replies"].values()) == [0, 2]
-        started = fed.supervisor.all_pids()
-    assert victim in started
-    assert [pid for pid in started if _alive(pid)] == []
-
-
-def test_crashed_node_rejoins_under_its_id(tmp_path: Path) -> None:
-    with LocalFederation(tmp_path / "deploy", nodes=1) as fed:
-        (node_id,) = fed.online_node_ids()
-        first = fed.supervisor.processes["supernode-0"].pid
-        fed.kill_node(0)
-        fed.restart_node(0)  # waits until the SuperLink has let the crashed node go
-        assert fed.supervisor.processes["supernode-0"].pid != first
-        assert fed.online_node_ids() == {node_id}
-        result = _probe(fed, tmp_path / "after-restart.json")
-        assert result["replies"] == {str(node_id): 0}
-        started = fed.supervisor.all_pids()
-    assert first in started
     assert [pid for pid in started if _alive(pid)] == []
 
 
