@@ -30,6 +30,7 @@ import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from umbra.data.dataset import MultimodalData
 from umbra.federation.client_data import client_records, load_client_data
 from umbra.federation.common import (
     CONTROL_PREFIX,
@@ -180,6 +181,20 @@ def node_records(spec: ClientSpec, client: int) -> tuple[str, int]:
     return spec.data_dir, 0 if spec.own_data else client
 
 
+def _reply_metrics(
+    spec: ClientSpec, client: int, data: MultimodalData, metrics: dict[str, float]
+) -> Metrics:
+    """What this organisation may reveal about ``data`` under its DP unit (`public_metrics`)."""
+    counts = data.counts()
+    return public_metrics(
+        spec.privacy_unit,
+        partition_id=client,
+        num_examples=len(data),
+        counts={m: counts[m] for m in data.modalities},
+        metrics=metrics,
+    )
+
+
 def train_reply(spec: ClientSpec, msg: Message, context: Context) -> Message:
     """Train on this node's records from the message's global model; the reply carries the
     update and the metrics the organisation's DP unit lets it reveal."""
@@ -222,14 +237,7 @@ def train_reply(spec: ClientSpec, msg: Message, context: Context) -> Message:
         _save_control(state_dir, server_round, new_c_i)
         out.update({CONTROL_PREFIX + k: new_c_i[k] - c_i[k] for k in new_c_i})
     out, metrics = policy.reply(x, y, out, metrics)
-    counts = data.counts()
-    reply_metrics = public_metrics(
-        spec.privacy_unit,
-        partition_id=client,
-        num_examples=len(data),
-        counts={m: counts[m] for m in data.modalities},
-        metrics=metrics,
-    )
+    reply_metrics = _reply_metrics(spec, client, data, metrics)
     content = RecordDict({"arrays": to_record(out), "metrics": MetricRecord(reply_metrics)})
     return Message(content=content, reply_to=msg)
 
@@ -238,14 +246,7 @@ def info_reply(spec: ClientSpec, msg: Message, context: Context) -> Message:
     """Public metadata the server plans with (:func:`public_metrics`, no training)."""
     client = int(context.node_config["partition-id"])
     data = load_client_data(*node_records(spec, client))
-    counts = data.counts()
-    metrics = public_metrics(
-        spec.privacy_unit,
-        partition_id=client,
-        num_examples=len(data),
-        counts={m: counts[m] for m in data.modalities},
-        metrics={},
-    )
+    metrics = _reply_metrics(spec, client, data, {})
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
