@@ -40,7 +40,6 @@ __all__ = [
     "SecureSum",
     "SecureTransport",
     "TrainFn",
-    "config_bool",
     "config_bytes",
     "config_float",
     "config_int",
@@ -94,11 +93,6 @@ def config_int(record: Mapping[str, Any], key: str, default: int = _MISSING) -> 
 def config_float(record: Mapping[str, Any], key: str, default: float = _MISSING) -> float:
     """``record[key]`` (or ``default``) as a float (see `config_int`)."""
     return float(_number(record, key, default))
-
-
-def config_bool(record: Mapping[str, Any], key: str, default: bool = False) -> bool:
-    """``record[key]`` (or ``default``) as a bool (numbers: non-zero is true)."""
-    return bool(_number(record, key, default))
 
 
 def config_bytes(record: Mapping[str, Any], key: str) -> bytes:
