@@ -277,6 +277,9 @@ def test_dropout_after_masking_is_recovered(federation: dict[str, Any], mode: st
     outcome = run["outcome"]
     assert outcome.record is not None, outcome.note
     assert outcome.clients == N_CLIENTS - 1
+    if mode == "secagg+":  # the round names its dropout: partition 1's node
+        assert outcome.dropped_nodes == (run["grid"].node_ids[1],)
+        assert [outcome.partitions[n] for n in outcome.dropped_nodes] == [1]
     replies = _plain_replies(run["grid"], _strategy("fedavg"), 1, run["x"])
     want = _reference("fedavg", replies, [0, 2, 3], 1, run["x"])
     upd_err, _ = _rel_err(from_record(outcome.record), want, run["x"])

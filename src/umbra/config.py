@@ -174,6 +174,13 @@ class FederationConfig(_Section):
     scaffold_server_lr: float = Field(1.0, gt=0, description="SCAFFOLD global step size η_g")
     fedavgm_server_lr: float = Field(1.0, gt=0, description="FedAvgM server learning rate")
     fedavgm_momentum: float = Field(0.9, ge=0, lt=1, description="FedAvgM server momentum β")
+    reply_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="seconds the server waits for the replies of one message exchange; a "
+        "client silent that long counts as dropped in that round",
+    )
 
 
 class PrivacyConfig(_Section):

@@ -377,9 +377,15 @@ class LocalFederation:
         return None
 
     def run_status(self, run_id: int) -> str:
-        """The SuperLink's status of a run, e.g. ``running`` or ``finished:completed``."""
-        out = self._flwr(["ls", CONNECTION_NAME, "--run-id", str(run_id), "--format", "json"])
-        runs = _last_json(out).get("runs", [])
+        """The SuperLink's status of a run, e.g. ``running`` or ``finished:completed``; a
+        `DeployError` when the SuperLink cannot say (``flwr ls`` exits 0 even then)."""
+        out = _last_json(
+            self._flwr(["ls", CONNECTION_NAME, "--run-id", str(run_id), "--format", "json"])
+        )
+        if out.get("success") is False:
+            lines = str(out.get("error-message", "")).strip().splitlines()
+            raise DeployError(f"flwr ls failed: {lines[-1].strip() if lines else 'no reason'}")
+        runs = out.get("runs", [])
         return str(runs[0]["status"]) if runs else "unknown"
 
     # -- faults -------------------------------------------------------------------------

@@ -213,7 +213,11 @@ class RoundOutcome:
 
     ``record`` is the new global model (None: the round aborted and the model stays as it
     was, ``note`` says why); bytes are real serialized message sizes, in total and per
-    client (keyed by partition id, ``{"up": ..., "down": ...}``).
+    client (keyed by partition id, ``{"up": ..., "down": ...}``). ``dropped_nodes`` are the
+    node ids sent the round's train message whose update is not in the aggregate (no reply
+    within the reply timeout, an error reply, or a dropout the secure protocol recovered
+    from); ``partitions`` maps the node ids the round heard from to their partition ids,
+    so the server loop can name the dropouts by partition.
     """
 
     record: ArrayRecord | None
@@ -223,6 +227,8 @@ class RoundOutcome:
     clients: int
     per_client: dict[int, dict[str, int]] = field(default_factory=dict)
     note: str | None = None
+    dropped_nodes: tuple[int, ...] = ()
+    partitions: dict[int, int] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------- client actions
@@ -319,6 +325,8 @@ class SecureSum:
     parts (`umbra.secure.contribution`), ``clients`` the number of contributions summed.
     ``note`` set means the round aborted (the sums are empty; nothing was revealed).
     Bytes are the real serialized sizes of every stage's messages, also per partition id.
+    ``contributors`` are the node ids whose contributions are in the sums (None: the
+    transport does not say); ``partitions`` maps the node ids heard from to partition ids.
     """
 
     float_sums: dict[str, np.ndarray]
@@ -328,6 +336,8 @@ class SecureSum:
     bytes_down: int = 0
     per_client: dict[int, dict[str, int]] = field(default_factory=dict)
     note: str | None = None
+    contributors: frozenset[int] | None = None
+    partitions: dict[int, int] = field(default_factory=dict)
 
     @property
     def aborted(self) -> bool:

@@ -125,6 +125,7 @@ class PlainTrainRound:
             record, agg_metrics = strategy.aggregate_train(rnd, ok)
         if record is None:
             raise UmbraError(f"round {rnd}: aggregation failed")
+        answered = {m.metadata.src_node_id for m in ok}
         return RoundOutcome(
             record=record,
             metrics=agg_metrics,
@@ -132,6 +133,8 @@ class PlainTrainRound:
             bytes_down=sum(down.values()),
             clients=len(ok),
             per_client=per_client,
+            dropped_nodes=tuple(sorted(set(down) - answered)),
+            partitions={m.metadata.src_node_id: reply_partition(m) for m in ok},
         )
 
 

@@ -55,7 +55,8 @@ class SecureTrainRound:
     ) -> RoundOutcome:
         messages = train_messages(strategy, grid, rnd, arrays, self.dp)
         if not messages:
-            return _outcome(SecureSum({}, {}, clients=0, note="no client sampled"))
+            return _outcome(SecureSum({}, {}, clients=0, note="no client sampled"), ())
+        sampled = tuple(sorted(m.metadata.dst_node_id for m in messages))
         total = self.transport.aggregate(
             SecureRound(
                 grid=grid,
@@ -67,7 +68,7 @@ class SecureTrainRound:
             )
         )
         if total.aborted:
-            return _outcome(total)
+            return _outcome(total, sampled)
         try:
             averaged, metrics = combine_sums(
                 total.float_sums,
@@ -83,20 +84,27 @@ class SecureTrainRound:
         except (ValueError, KeyError) as err:
             log.error("%s round %d aborted, model unchanged: %s", self.transport.name, rnd, err)
             total.note = str(err)
-            return _outcome(total)
+            return _outcome(total, sampled)
         self.weight_scale = next_weight_scale(total.int_sums)
         train_metrics = {k: v for k, v in metrics.items() if k.startswith("train-")}
         record, agg_metrics = strategy_step(strategy, rnd, averaged, train_metrics)
         if record is None:
             total.note = "strategy step failed"
-            return _outcome(total)
-        return _outcome(total, record=record, metrics=agg_metrics)
+            return _outcome(total, sampled)
+        return _outcome(total, sampled, record=record, metrics=agg_metrics)
 
 
 def _outcome(
-    total: SecureSum, *, record: ArrayRecord | None = None, metrics: MetricRecord | None = None
+    total: SecureSum,
+    sampled: tuple[int, ...],
+    *,
+    record: ArrayRecord | None = None,
+    metrics: MetricRecord | None = None,
 ) -> RoundOutcome:
-    """The round's outcome with the transport's bytes (``record=None``: aborted)."""
+    """The round's outcome with the transport's bytes (``record=None``: aborted); the
+    sampled nodes missing from the transport's contributors are its dropouts."""
+    contributors = total.contributors
+    dropped = () if contributors is None else tuple(n for n in sampled if n not in contributors)
     return RoundOutcome(
         record=record,
         metrics=metrics,
@@ -105,4 +113,6 @@ def _outcome(
         clients=0 if record is None else total.clients,
         per_client=dict(total.per_client),
         note=total.note,
+        dropped_nodes=dropped,
+        partitions=dict(total.partitions),
     )

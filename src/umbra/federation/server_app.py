@@ -22,6 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from umbra.config import Config, FederationConfig, PrivacyConfig
 from umbra.errors import AllRoundsAborted, BudgetExhausted, UmbraError
+from umbra.federation.availability import NodeFloor
 from umbra.federation.checkpoint import load_latest, save_checkpoint
 from umbra.federation.client_data import load_client_data
 from umbra.federation.common import (
@@ -40,6 +41,7 @@ from umbra.federation.secure_round import SecureTrainRound
 from umbra.federation.strategies import ModalityFedAvg, build_strategy
 from umbra.federation.train import Batchable, evaluate, get_arrays, set_arrays
 from umbra.models import ModelSpec, MultimodalNet, parameter_groups, parameter_modality
+from umbra.privacy.client_dp import shares_needed
 from umbra.privacy.controller import PrivacyController
 from umbra.privacy.round_dp import RoundDP
 
@@ -54,8 +56,10 @@ __all__ = [
 
 log = logging.getLogger("umbra")
 
-#: One row of ``results.json``'s ``rounds``: round, clients, bytes, aborted/note, train
-#: loss, evaluation metrics (every ``run.eval_every`` rounds), ε (under DP), wall time.
+#: One row of ``results.json``'s ``rounds``: round, clients, bytes, aborted/note, the
+#: partition ids of the clients sent the round whose update is not in it (``dropped``,
+#: only when there are some), train loss, evaluation metrics (every ``run.eval_every``
+#: rounds), ε (under DP), wall time.
 RoundReport = dict[str, Any]
 
 
@@ -76,6 +80,8 @@ class ServerSpec:
 
     ``transport`` is the registry entry of the secure round transport (None: plaintext
     rounds); ``secure`` its public settings (threshold, clip range, the CKKS roster).
+    ``node_timeout_s`` bounds the start (every client connected, the DP info query);
+    each round's message exchanges wait ``federation.reply_timeout_s`` for replies.
     Picklable as long as the callbacks are.
     """
 
@@ -161,10 +167,13 @@ def run_rounds(spec: ServerSpec, grid: Grid) -> RunResult:
     dp = _round_dp(spec, grid, model)
     controller = dp.controller if dp is not None else None
     train_round = _train_round(spec, dp)
+    floor = _node_floor(spec, strategy)
+    partitions: dict[int, int] = dict(dp.node_pids) if dp is not None else {}
     stopped: str | None = None
 
     for rnd in range(start + 1, fed.rounds + 1):
         t0 = time.perf_counter()
+        floor.apply(strategy, grid)  # a crashed node must not stall the round
         try:
             outcome = train_round(strategy, grid, rnd, arrays)
         except BudgetExhausted as stop:
@@ -188,6 +197,9 @@ def run_rounds(spec: ServerSpec, grid: Grid) -> RunResult:
         }
         if outcome.record is None:
             row["note"] = outcome.note or "aborted"
+        partitions.update(outcome.partitions)
+        if outcome.dropped_nodes:
+            row["dropped"] = _dropped_partitions(rnd, outcome.dropped_nodes, partitions)
         if rnd % spec.eval_every == 0 or rnd == fed.rounds:
             set_arrays(model, arrays)
             ev = evaluate(model, test, subsets=[])
@@ -231,6 +243,25 @@ def _strategy(spec: ServerSpec) -> ModalityFedAvg:
     )
 
 
+def _node_floor(spec: ServerSpec, strategy: ModalityFedAvg) -> NodeFloor:
+    """The strategy's floors as built, and the fewest nodes a round can finish with."""
+    quorum = 1
+    if spec.transport is not None:
+        quorum = shares_needed(float(spec.secure.threshold), spec.federation.num_clients)
+    return NodeFloor(min_train_nodes=strategy.min_train_nodes,
+                     min_available_nodes=strategy.min_available_nodes, quorum=quorum)  # fmt: skip
+
+
+def _dropped_partitions(rnd: int, nodes: tuple[int, ...], partitions: dict[int, int]) -> list[int]:
+    """The partition ids of a round's dropped nodes (a node never heard from is logged)."""
+    unknown = [n for n in nodes if n not in partitions]
+    if unknown:
+        log.warning("round %d: node(s) %s dropped before naming their partition", rnd, unknown)
+    dropped = sorted(partitions[n] for n in nodes if n in partitions)
+    log.warning("round %d: client(s) %s dropped out", rnd, dropped)
+    return dropped
+
+
 def _round_dp(spec: ServerSpec, grid: Grid, model: MultimodalNet) -> RoundDP | None:
     """The run's server-side DP (None without DP): the controller, planned with every
     client's public record count, and the node -> partition map of the ledger."""
@@ -259,10 +290,11 @@ def _round_dp(spec: ServerSpec, grid: Grid, model: MultimodalNet) -> RoundDP | N
 
 def _train_round(spec: ServerSpec, dp: RoundDP | None) -> TrainRound:
     """The run's round: plaintext, or the secure skeleton over the spec's transport."""
+    timeout_s = spec.federation.reply_timeout_s
     if spec.transport is None:
-        return PlainTrainRound(dp=dp, timeout_s=spec.node_timeout_s)
+        return PlainTrainRound(dp=dp, timeout_s=timeout_s)
     transport = spec.transport.server(spec.secure)
-    return SecureTrainRound(transport, dp=dp, timeout_s=spec.node_timeout_s)
+    return SecureTrainRound(transport, dp=dp, timeout_s=timeout_s)
 
 
 def check_some_round_completed(history: list[RoundReport]) -> None:

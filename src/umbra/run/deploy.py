@@ -222,6 +222,9 @@ class DeployedRunner:
     poll_s: float = 0.5
     #: every PID the deployment started (for checks that none is left)
     started_pids: set[int] = field(default_factory=set)
+    #: the running deployment while a run is in flight (None otherwise): its processes,
+    #: e.g. to crash and restart a SuperNode (`LocalFederation.kill_node`)
+    federation: LocalFederation | None = field(default=None, repr=False, compare=False)
 
     def run_config(self, run_dir: Path, test_dir: Path) -> dict[str, str]:
         """The run config of ``flwr run`` (``overrides`` quoted so each stays one item)."""
@@ -264,11 +267,21 @@ class DeployedRunner:
                               tls_credentials=self.tls_credentials)  # fmt: skip
         streamer = threading.Thread(target=stream, name="umbra-progress", daemon=True)
         with fed:
+            self.federation = fed
             streamer.start()
             try:
                 fed.run_app(app_dir, run_config,
                                  timeout_s=self.timeout_s, on_log=log_lines.append)  # fmt: skip
+            except DeployError as err:
+                superlink = fed.supervisor.processes.get("superlink")
+                if superlink is None or superlink.running():
+                    raise
+                raise DeployError(
+                    f"the SuperLink exited mid-run ({err}); the run folder keeps every "
+                    f"completed round: continue with umbra deploy local --resume {run_dir}"
+                ) from err
             finally:
+                self.federation = None
                 self.started_pids |= set(fed.supervisor.all_pids())
                 done.set()
                 streamer.join(timeout=5)

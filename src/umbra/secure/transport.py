@@ -167,8 +167,10 @@ class StageExchange:
         *,
         clients: int = 0,
         note: str | None = None,
+        contributors: frozenset[int] | None = None,
     ) -> SecureSum:
-        """The round's sums with every stage's bytes (``note`` set: the round aborted)."""
+        """The round's sums with every stage's bytes (``note`` set: the round aborted);
+        ``contributors``: the node ids whose contributions are summed, where known."""
         return SecureSum(
             float_sums=dict(float_sums or {}),
             int_sums=dict(int_sums or {}),
@@ -177,6 +179,8 @@ class StageExchange:
             bytes_down=self.bytes_down,
             per_client=self.per_client(),
             note=note,
+            contributors=contributors,
+            partitions=dict(self.partition),
         )
 
     def abort(self, note: str) -> SecureSum:

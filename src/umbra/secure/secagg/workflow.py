@@ -221,4 +221,9 @@ class SecAggPlusWorkflow:
         except SecAggAbort as err:
             return self.exchange.abort(str(err))
         float_sums, int_sums = self.layout.decode_sum(total, num_summed=summed)
-        return self.exchange.secure_sum(float_sums, int_sums, clients=summed)
+        return self.exchange.secure_sum(float_sums, int_sums, clients=summed,
+                                        contributors=self._survivors())  # fmt: skip
+
+    def _survivors(self) -> frozenset[int]:
+        """Node ids whose masked inputs are in the sum (a dropout's masks were recovered)."""
+        return frozenset(self.nodes[i] for i in self.server.state.survivors)
