@@ -1,12 +1,15 @@
 """Umbra's own app on a real loopback deployment: SuperLink + 3 SuperNodes with TLS and
-SuperNode authentication, ``flwr run`` of ``umbra.apps``, 2 rounds of the smoke preset
-under SecAgg+. Slow: it starts Flower's processes and one ClientApp process per message.
+SuperNode authentication, ``flwr run`` of ``umbra.apps``, the smoke preset under SecAgg+.
+One federation serves both checks: the run's results, and a SuperNode crashed mid-round
+(the round completes with the others, results.json names the dropped node, the restarted
+node rejoins in a later round). Slow: it starts Flower's processes.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +17,12 @@ import psutil
 import pytest
 
 from umbra.experiment import run_experiment
-from umbra.run.deploy import PARTY_DATA, plan_local
+from umbra.run.deploy import PARTY_DATA, DeployedRunner, plan_local
 from umbra.run.results import privacy_results
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reason="POSIX")]
+
+KILLED = 2  # the partition id (and SuperNode index) crashed in round 2
 
 
 def _alive(pid: int) -> bool:
@@ -27,25 +32,63 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_smoke_secagg_on_three_authenticated_nodes(tmp_path: Path) -> None:
+def _running(runner: DeployedRunner) -> Any:
+    fed = runner.federation
+    assert fed is not None, "no deployment is running"
+    return fed
+
+
+def test_secagg_on_three_authenticated_nodes_survives_a_crashed_node(tmp_path: Path) -> None:
     out = tmp_path / "run"
     plan = plan_local(preset="smoke", nodes=3, out=out, resume=None,
-                      overrides=["federation.rounds=2", "federation.local_epochs=1",
-                                 "secure.aggregation=secagg+"])  # fmt: skip
-    assert not plan.runner.insecure
+                      overrides=["federation.rounds=4", "federation.local_epochs=1",
+                                 "secure.aggregation=secagg+", "secure.threshold=0.6",
+                                 "federation.reply_timeout_s=90"])  # fmt: skip
+    runner = plan.runner
+    assert not runner.insecure
     rows: list[dict[str, Any]] = []
-    results = run_experiment(plan.cfg, out, on_round=rows.append, runner=plan.runner)
+    back: list[int] = []  # the number of rows streamed when the node was online again
+    errors: list[BaseException] = []
+
+    def restart() -> None:
+        try:
+            _running(runner).restart_node(KILLED)
+            back.append(len(rows))
+        except BaseException as err:  # reported by the test below
+            errors.append(err)
+
+    restarter = threading.Thread(target=restart, name="restart-node")
+
+    def on_round(row: dict[str, Any]) -> None:
+        rows.append(row)
+        if row["round"] == 1:  # round 2 is starting: crash a node in it, then restart it
+            _running(runner).kill_node(KILLED)
+            restarter.start()
+
+    results = run_experiment(plan.cfg, out, on_round=on_round, runner=runner)
+    restarter.join(timeout=300)
+    assert not errors, errors
 
     # the progress lines streamed from the ServerApp, one per round, as umbra run's
-    assert [r["round"] for r in rows] == [1, 2]
+    assert [r["round"] for r in rows] == [1, 2, 3, 4]
     saved = json.loads((out / "results.json").read_text())
     assert saved == json.loads(json.dumps(results))
-    assert [r["round"] for r in saved["rounds"]] == [1, 2]
-    assert saved["rounds"] == rows
-    assert all(r["clients"] == 3 and not r["aborted"] for r in saved["rounds"])
-    assert all(0.0 <= r["accuracy"] <= 1.0 for r in saved["rounds"])
-    assert saved["final"]["accuracy"] == pytest.approx(saved["rounds"][-1]["accuracy"])
+    rounds = saved["rounds"]
+    assert rounds == rows
+    assert not any(r["aborted"] for r in rounds)
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rounds)
+    assert saved["final"]["accuracy"] == pytest.approx(rounds[-1]["accuracy"])
     assert saved["final"]["accuracy"] > 0.2  # ten classes: chance is 0.1
+    # round 1 with every node; round 2 without the crashed one, its masks recovered
+    assert rounds[0]["clients"] == 3 and "dropped" not in rounds[0]
+    assert rounds[1]["clients"] == 2 and rounds[1]["dropped"] == [KILLED]
+    # every round it missed says so, or it was no longer sampled (the SuperLink saw it go)
+    assert all(r["clients"] + len(r.get("dropped", [])) in (2, 3) for r in rounds)
+    # back with the same partition id in a later round, with every node
+    assert back, "the node did not come back during the run"
+    later = rounds[back[0] + 1 :]
+    assert later and later[-1]["clients"] == 3 and "dropped" not in later[-1]
+    assert str(KILLED) in later[-1]["bytes_per_client"]
     # the same privacy and secure fields as a simulation run of this config builds
     assert saved["secure_aggregation"] == "secagg+"
     assert saved["config"]["secure"]["aggregation"] == "secagg+"
@@ -56,6 +99,6 @@ def test_smoke_secagg_on_three_authenticated_nodes(tmp_path: Path) -> None:
     assert {"superlink.log", "supernode-0.log", "supernode-1.log", "supernode-2.log"} <= logs
     assert any(name.startswith("run-") for name in logs)
     assert not (out / PARTY_DATA).exists()
-    started = plan.runner.started_pids
+    started = runner.started_pids
     assert len(started) >= 4
     assert [pid for pid in started if _alive(pid)] == []

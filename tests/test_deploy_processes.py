@@ -21,9 +21,13 @@ import psutil
 import pytest
 from flwr.common.config import parse_config_args
 
+from umbra.deploy import clientapp_host
+from umbra.deploy.clientapp_host import ForkExecutor
 from umbra.deploy.commands import (
     SuperLinkTLS,
+    clientapp_host_argv,
     flwr_config_toml,
+    flwr_env,
     format_config_pairs,
     superlink_argv,
     supernode_argv,
@@ -228,6 +232,58 @@ def test_command_lines_bind_loopback_and_carry_tls_and_auth(tmp_path: Path) -> N
     toml = flwr_config_toml(port=9100, root_cert=tls.ca_cert)
     assert 'address = "127.0.0.1:9100"' in toml and "root-certificates" in toml
     assert "insecure = true" in flwr_config_toml(port=9100, root_cert=None)
+    assert "--isolation" not in node
+
+
+def test_warm_clientapps_command_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    node = supernode_argv(
+        superlink_port=9100,
+        runtime_port=9200,
+        root_cert=None,
+        auth_key=None,
+        node_config={},
+        external_superexec=True,
+    )
+    assert node[node.index("--isolation") + 1] == "process"
+    host = clientapp_host_argv(runtime_port=9200, supernode_pid=4321)
+    assert host[:3] == [sys.executable, "-m", "umbra.deploy.clientapp_host"]
+    assert host[host.index("--runtime-api-address") + 1] == "127.0.0.1:9200"
+    assert host[host.index("--parent-pid") + 1] == "4321"
+    # Flower's own SuperExec parser accepts the poll interval the deployment sets
+    from flwr.supercore.superexec.run_superexec import _get_task_poll_interval
+
+    monkeypatch.setenv(
+        "FLWR_SUPEREXEC_TASK_POLL_INTERVAL",
+        flwr_env(tmp_path, base={})["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"],
+    )
+    assert _get_task_poll_interval() < 1.0  # Flower's default is 1 s
+
+
+def test_fork_executor_runs_each_task_in_a_reaped_child(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def child(address: str, token: str, parent_pid: int) -> int:
+        (tmp_path / token).write_text(f"{os.getpid()} {parent_pid} {address}")
+        if token == "slow":
+            time.sleep(60)
+        return 0
+
+    monkeypatch.setattr(clientapp_host, "_run_child", child)
+    executor = ForkExecutor()
+    pids = [executor.launch("127.0.0.1:9200", token) for token in ("a", "b")]
+    deadline = time.monotonic() + 30
+    while executor.children and time.monotonic() < deadline:
+        executor.reconcile()
+        time.sleep(0.05)
+    assert executor.children == set()
+    for token, pid in zip(("a", "b"), pids, strict=True):
+        assert (tmp_path / token).read_text() == f"{pid} {os.getpid()} 127.0.0.1:9200"
+        assert not psutil.pid_exists(pid)  # reaped, not a zombie
+    slow = executor.launch("127.0.0.1:9200", "slow")
+    while not (tmp_path / "slow").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    executor.close(grace_s=2.0)
+    assert not psutil.pid_exists(slow) and executor.children == set()
 
 
 def test_bad_federation_input_is_refused_before_any_process_starts(tmp_path: Path) -> None:
@@ -258,3 +314,64 @@ def test_bad_federation_input_is_refused_before_any_process_starts(tmp_path: Pat
         with pytest.raises(PortInUseError, match=f"127.0.0.1:{port}"):
             fed.start()
     assert fed.supervisor.processes == {}
+
+
+def test_capped_sleep_shortens_only_sleep() -> None:
+    from umbra.deploy.flower_timing import CappedSleep
+
+    capped = CappedSleep(0.01)
+    t0 = time.monotonic()
+    capped.sleep(3)
+    assert time.monotonic() - t0 < 1.0  # not Flower's 3 s
+    assert capped.time is time.time and capped.monotonic is time.monotonic
+    with pytest.raises(ValueError, match="idle poll"):
+        CappedSleep(0)
+
+
+def test_flower_timing_patches_the_idle_sleep_and_the_pull_backoff_only() -> None:
+    # in a child interpreter, so this test process keeps Flower's module as it is
+    code = textwrap.dedent(
+        """
+        import inspect, time
+        import flwr.supernode.start_client_internal as sci
+        assert sci.time is time
+        # the patch point: the idle branch of the SuperNode loop sleeps through `time`
+        assert "time.sleep(3)" in inspect.getsource(sci)
+        from umbra.deploy.flower_timing import CappedSleep, cap_supernode_sleep, shorten_pull_backoff
+        capped = cap_supernode_sleep(0.05)
+        assert sci.time is capped and isinstance(capped, CappedSleep)
+        assert time.sleep is not capped.sleep  # the real module is untouched
+        t0 = time.monotonic(); sci.time.sleep(3); assert time.monotonic() - t0 < 1.0
+        import flwr.supercore.inflatable.inflatable_utils as iu
+        assert iu.pull_objects.__kwdefaults__["initial_backoff"] == 1
+        shorten_pull_backoff(0.05, 0.5)
+        for fn in (iu.pull_objects, iu.pull_and_inflate_object_from_tree):
+            d = fn.__kwdefaults__
+            assert (d["initial_backoff"], d["backoff_cap"], d["max_tries_per_object"]) == (0.05, 0.5, None)
+            assert d["max_time"] == 7200  # Flower's overall limit is kept
+        print("ok")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": "src"})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("ok")
+
+
+def test_supernode_argv_through_the_launcher() -> None:
+    argv = supernode_argv(superlink_port=9092, runtime_port=9094, root_cert=None,
+                          auth_key=None, node_config={}, idle_poll_s=0.25)  # fmt: skip
+    assert argv[:6] == [sys.executable, "-m", "umbra.deploy.supernode", "--idle-poll-s",
+                        "0.25", "--"]  # fmt: skip
+    assert argv[6:10] == ["--superlink", "127.0.0.1:9092", "--host", "127.0.0.1"]
+    stock = supernode_argv(superlink_port=9092, runtime_port=9094, root_cert=None,
+                           auth_key=None, node_config={})  # fmt: skip
+    assert stock[0].endswith("flower-supernode") and stock[1] == "--superlink"
+
+
+def test_supernode_launcher_refuses_a_bad_poll_with_one_line() -> None:
+    done = subprocess.run([sys.executable, "-m", "umbra.deploy.supernode", "--idle-poll-s", "0",
+                           "--", "--help"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": "src"})  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: idle poll must be > 0 seconds, got 0.0"

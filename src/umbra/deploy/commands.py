@@ -28,8 +28,10 @@ from umbra.deploy.ports import LOOPBACK
 
 __all__ = [
     "CONNECTION_NAME",
+    "DEFAULT_IDLE_POLL_S",
     "NodeConfigValue",
     "SuperLinkTLS",
+    "clientapp_host_argv",
     "flwr_config_toml",
     "flwr_env",
     "format_config_pairs",
@@ -42,6 +44,10 @@ __all__ = [
 CONNECTION_NAME = "umbra-local"
 
 NodeConfigValue = str | int | float | bool
+
+#: Seconds between two pulls of an idle SuperNode started through `umbra.deploy.supernode`
+#: (Flower's own: 3 s).
+DEFAULT_IDLE_POLL_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,8 @@ def flwr_env(flwr_home: Path, base: Mapping[str, str] | None = None) -> dict[str
     env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
     env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
+    # The SuperLink's SuperExec asks for a ServerApp task every second by default.
+    env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = "0.1"
     return env
 
 
@@ -150,16 +158,27 @@ def supernode_argv(
     root_cert: Path | None,
     auth_key: Path | None,
     node_config: Mapping[str, NodeConfigValue],
+    external_superexec: bool = False,
+    idle_poll_s: float | None = None,
 ) -> list[str]:
     """``flower-supernode`` connecting to the loopback SuperLink; its own Runtime API (for
-    its ``flower-superexec``) listens on 127.0.0.1:``runtime_port``.
+    its SuperExec) listens on 127.0.0.1:``runtime_port``.
 
     ``root_cert=None`` connects without TLS; ``auth_key`` is the node's OpenSSH private key
     (without one, the node makes a key of its own and self-registers, which a SuperLink
-    with node authentication refuses).
+    with node authentication refuses). ``external_superexec`` adds ``--isolation process``:
+    the node starts no ``flower-superexec`` and waits for one started beside it
+    (`clientapp_host_argv`). ``idle_poll_s`` starts it through `umbra.deploy.supernode`,
+    which shortens Flower's 3 s idle poll to that many seconds; ``None`` runs
+    ``flower-supernode`` itself.
     """
+    if idle_poll_s is None:
+        launcher = [venv_executable("flower-supernode")]
+    else:
+        launcher = [sys.executable, "-m", "umbra.deploy.supernode",
+                    "--idle-poll-s", repr(float(idle_poll_s)), "--"]  # fmt: skip
     argv = [
-        venv_executable("flower-supernode"),
+        *launcher,
         "--superlink",
         f"{LOOPBACK}:{superlink_port}",
         "--host",
@@ -172,7 +191,24 @@ def supernode_argv(
         argv += ["--auth-supernode-private-key", str(auth_key)]
     if node_config:
         argv += ["--node-config", format_config_pairs(node_config)]
+    if external_superexec:
+        argv += ["--isolation", "process"]
     return argv
+
+
+def clientapp_host_argv(*, runtime_port: int, supernode_pid: int) -> list[str]:
+    """`umbra.deploy.clientapp_host` serving the SuperNode whose Runtime API listens on
+    127.0.0.1:``runtime_port`` (plain HTTP, loopback only); it exits when that SuperNode
+    (``supernode_pid``) does."""
+    return [
+        sys.executable,
+        "-m",
+        "umbra.deploy.clientapp_host",
+        "--runtime-api-address",
+        f"{LOOPBACK}:{runtime_port}",
+        "--parent-pid",
+        str(supernode_pid),
+    ]
 
 
 def flwr_config_toml(*, port: int, root_cert: Path | None) -> str:

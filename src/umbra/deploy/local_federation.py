@@ -8,8 +8,10 @@
    the ``flwr`` CLI's default connection;
 3. starts ``flower-superlink`` with TLS and ``--enable-supernode-auth``, waits until it
    accepts connections, registers each node's public key (``flwr supernode register``),
-   starts one ``flower-supernode`` per node with its own ``--node-config``, and waits until
-   the SuperLink lists every node online;
+   starts one ``flower-supernode`` per node with its own ``--node-config`` and, beside
+   each, the node's SuperExec (`umbra.deploy.clientapp_host`: torch and Umbra imported
+   once, one fork per message, instead of a fresh ``flwr-clientapp`` process per
+   message), and waits until the SuperLink lists every node online;
 4. runs a Flower App with ``flwr run`` and follows its log until the run finishes;
 5. stops every process it started, by PID, on `stop`, on leaving a ``with`` block, on an
    exception, on Ctrl-C and on SIGTERM (`ProcessSupervisor`).
@@ -37,8 +39,10 @@ from typing import Any, TextIO
 
 from umbra.deploy.commands import (
     CONNECTION_NAME,
+    DEFAULT_IDLE_POLL_S,
     NodeConfigValue,
     SuperLinkTLS,
+    clientapp_host_argv,
     flwr_config_toml,
     flwr_env,
     format_config_pairs,
@@ -87,7 +91,10 @@ class LocalFederation:
     node ``i``. ``superlink_port=None`` picks a free port. ``tls_credentials`` uses an
     existing CA and server certificate instead of throwaway ones (checked before anything
     starts: unreadable, expired or mismatched files are one-line `CertificateError`s).
-    Timeouts are in seconds.
+    ``warm_clientapps=False`` keeps Flower's own SuperExec on each SuperNode (a new
+    ``flwr-clientapp`` process per message: slower, for comparison); ``idle_poll_s``
+    is how often an idle SuperNode asks for work (`umbra.deploy.supernode`; ``None``:
+    Flower's own 3 s). Timeouts are in seconds.
     """
 
     def __init__(
@@ -101,6 +108,8 @@ class LocalFederation:
         tls_credentials: ServerCredentials | None = None,
         startup_timeout_s: float = 120.0,
         grace_s: float = 5.0,
+        warm_clientapps: bool = True,
+        idle_poll_s: float | None = DEFAULT_IDLE_POLL_S,
     ) -> None:
         if nodes < 1:
             raise ValueError(f"nodes must be >= 1, got {nodes}")
@@ -112,6 +121,8 @@ class LocalFederation:
             )
         self.out_dir = Path(out_dir)
         self.insecure = insecure
+        self.warm_clientapps = warm_clientapps
+        self.idle_poll_s = idle_poll_s
         self.startup_timeout_s = startup_timeout_s
         self.log_dir = self.out_dir / "logs"
         self.flwr_home = self.out_dir / "flwr_home"
@@ -187,6 +198,8 @@ class LocalFederation:
             self.timings["nodes_registered_s"] = time.monotonic() - t0
             for i in range(len(self.nodes)):
                 self._start_node(i)
+            for i in range(len(self.nodes)):
+                self._start_host(i)
             self.wait_for_nodes(len(self.nodes))
             self.timings["all_nodes_online_s"] = time.monotonic() - t0
         except BaseException:
@@ -224,6 +237,26 @@ class LocalFederation:
                 root_cert=None if self.tls is None else self.tls.ca_cert,
                 auth_key=None if node.key is None else node.key.private_key,
                 node_config=node.node_config,
+                external_superexec=self.warm_clientapps,
+                idle_poll_s=self.idle_poll_s,
+            ),
+            env=self.env,
+        )
+
+    def _start_host(self, i: int) -> None:
+        """Start node ``i``'s SuperExec once its Runtime API accepts connections (only
+        with ``warm_clientapps``)."""
+        if not self.warm_clientapps:
+            return
+        node = self.nodes[i]
+        self.supervisor.wait_for_port(
+            node.name, node.runtime_port, timeout_s=self.startup_timeout_s
+        )
+        self.supervisor.start(
+            _host_name(node),
+            clientapp_host_argv(
+                runtime_port=node.runtime_port,
+                supernode_pid=self.supervisor.processes[node.name].pid,
             ),
             env=self.env,
         )
@@ -268,12 +301,15 @@ class LocalFederation:
     def _raise_if_exited(self, node: NodeSpec) -> None:
         """A SuperNode that exited on its own (not killed by us) is a `DeployError` naming
         it and the last line of its log (e.g. a refused key or certificate)."""
-        proc = self.supervisor.processes.get(node.name)
-        if proc is not None and not proc.running() and node.name not in self._halted:
-            raise DeployError(
-                f"{node.name} exited with code {proc.popen.returncode} "
-                f"(log: {proc.log_path}): {tail(proc.log_path)}"
-            )
+        if node.name in self._halted:
+            return
+        for name in (node.name, _host_name(node)):
+            proc = self.supervisor.processes.get(name)
+            if proc is not None and not proc.running():
+                raise DeployError(
+                    f"{name} exited with code {proc.popen.returncode} "
+                    f"(log: {proc.log_path}): {tail(proc.log_path)}"
+                )
 
     def wait_for_nodes(self, count: int, *, timeout_s: float | None = None) -> set[int]:
         """Block until ``count`` nodes are online; a node process that exits meanwhile is
@@ -391,8 +427,11 @@ class LocalFederation:
     # -- faults -------------------------------------------------------------------------
     def kill_node(self, i: int) -> None:
         """SIGKILL SuperNode ``i`` and its helpers, as a crash would."""
-        self._halted.add(self.nodes[i].name)
-        self.supervisor.kill(self.nodes[i].name)
+        node = self.nodes[i]
+        self._halted.add(node.name)
+        self.supervisor.kill(node.name)
+        if _host_name(node) in self.supervisor.processes:
+            self.supervisor.kill(_host_name(node))
 
     def restart_node(self, i: int, *, timeout_s: float = 180.0) -> None:
         """Start SuperNode ``i`` again with the same key and node config (its log file
@@ -409,6 +448,8 @@ class LocalFederation:
         if proc is not None and proc.running():
             self._halted.add(node.name)
             self.supervisor.stop(node.name)
+        if _host_name(node) in self.supervisor.processes:
+            self.supervisor.stop(_host_name(node))
         deadline = time.monotonic() + timeout_s
         if node.node_id is not None:
             while self.node_statuses().get(node.node_id) == "online":
@@ -419,6 +460,7 @@ class LocalFederation:
                     )
                 time.sleep(2.0)
         self._start_node(i)
+        self._start_host(i)
         if node.node_id is not None:
             while self.node_statuses().get(node.node_id) != "online":
                 self._raise_if_exited(node)
@@ -449,6 +491,11 @@ class LocalFederation:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _host_name(node: NodeSpec) -> str:
+    """Process name of a node's SuperExec (`umbra.deploy.clientapp_host`)."""
+    return f"clientapp-host-{node.name.removeprefix('supernode-')}"
 
 
 def _last_json(text: str) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from umbra.apps.outcome import ProgressReader, read_outcome
 from umbra.apps.run_config import RUN_CONFIG_DEFAULTS, join_overrides, parse_overrides
 from umbra.apps.server import ERROR_PREFIX
 from umbra.config import Config
+from umbra.deploy.commands import DEFAULT_IDLE_POLL_S
 from umbra.deploy.errors import DeployError
 from umbra.deploy.local_federation import LocalFederation
 from umbra.deploy.pki import ServerCredentials, verify_server_credentials
@@ -220,6 +221,9 @@ class DeployedRunner:
     tls_credentials: ServerCredentials | None = None
     timeout_s: float = 7 * 24 * 3600.0
     poll_s: float = 0.5
+    #: Flower's own SuperExec (a fresh ``flwr-clientapp`` per message) and 3 s idle poll,
+    #: instead of Umbra's warm ClientApp host and 0.25 s poll (for comparison)
+    stock_flower: bool = False
     #: every PID the deployment started (for checks that none is left)
     started_pids: set[int] = field(default_factory=set)
     #: the running deployment while a run is in flight (None otherwise): its processes,
@@ -264,7 +268,9 @@ class DeployedRunner:
 
         fed = LocalFederation(run_dir, nodes=self.nodes, insecure=self.insecure,
                               node_configs=node_configs, superlink_port=self.superlink_port,
-                              tls_credentials=self.tls_credentials)  # fmt: skip
+                              tls_credentials=self.tls_credentials,
+                              warm_clientapps=not self.stock_flower,
+                              idle_poll_s=None if self.stock_flower else DEFAULT_IDLE_POLL_S)  # fmt: skip
         streamer = threading.Thread(target=stream, name="umbra-progress", daemon=True)
         with fed:
             self.federation = fed

@@ -1,0 +1,216 @@
+"""A SuperNode's SuperExec that imports torch and Umbra once and forks a ClientApp per task.
+
+Flower 1.42 runs every message a SuperNode receives in a fresh ``flwr-clientapp`` process:
+with ``--isolation subprocess`` (the default) the SuperNode starts a ``flower-superexec``,
+which asks the SuperNode's Runtime API for tasks (``AcquireTask``, every second) and starts
+``flwr-clientapp --token ...`` for each. That process imports Python, Flower, torch and
+Umbra again (seconds of CPU), handles one message and exits; ``flwr-clientapp`` cannot
+serve a second message.
+
+``flower-supernode --isolation process`` starts no SuperExec: it waits for an external one
+to connect to its Runtime API. This module is that SuperExec (``python -m
+umbra.deploy.clientapp_host --runtime-api-address 127.0.0.1:PORT``). It imports torch and
+``umbra.apps`` once, then for each task forks itself; the child runs Flower's own
+``run_clientapp`` (pull the message, load ``umbra.apps:client_app`` from the already
+imported modules, handle, push the reply) and exits. Each message still runs in its own
+process with a fresh copy of memory, exactly as with ``flwr-clientapp``, but without the
+imports. The parent never runs a task and never touches torch's thread pools, so forking
+is safe.
+
+It polls for tasks every `TASK_POLL_INTERVAL_S` (Flower's SuperExec: 1 s) and exits when
+its SuperNode (``--parent-pid``) exits, or on SIGTERM / SIGINT after stopping its children.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from types import FrameType
+from typing import ClassVar
+
+from umbra.deploy.flower_timing import shorten_pull_backoff
+
+__all__ = ["TASK_POLL_INTERVAL_S", "ForkExecutor", "main", "serve"]
+
+#: Seconds between two ``AcquireTask`` requests to the SuperNode's Runtime API.
+TASK_POLL_INTERVAL_S = 0.1
+#: Modules imported once in the parent, so that no forked ClientApp imports them again.
+PRELOAD = ("torch", "torch._dynamo", "umbra.apps.client", "flwr.supernode.runtime.run_clientapp")
+
+
+def _run_child(runtime_api_address: str, token: str, parent_pid: int) -> int:
+    """Body of a forked task process: Flower's ``flwr-clientapp`` without the imports."""
+    from flwr.supernode.runtime.run_clientapp import run_clientapp
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)  # run_clientapp installs its own handlers
+    try:
+        run_clientapp(
+            runtime_api_address=runtime_api_address,
+            token=token,
+            insecure=True,
+            certificates=None,
+            parent_pid=parent_pid,
+            runtime_dependency_install=False,
+        )
+    except SystemExit as done:  # flwr_exit ends every task with sys.exit
+        return done.code if isinstance(done.code, int) else 1
+    except BaseException:  # a task must never return into the parent's loop
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+class ForkExecutor:
+    """Starts each task as a fork of this process (`_run_child`) where Flower's
+    ``SubprocessExecutor`` starts a new ``flwr-clientapp`` process, and reaps and stops
+    the children."""
+
+    def __init__(self) -> None:
+        self.children: set[int] = set()
+
+    def launch(self, runtime_api_address: str, token: str) -> int:
+        """Fork a child that runs the task ``token``; its PID."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child never returns
+            code, started = 1, time.monotonic()
+            try:
+                code = _run_child(runtime_api_address, token, os.getppid())
+            finally:
+                with contextlib.suppress(Exception):
+                    print(
+                        f"umbra clientapp host: task {os.getpid()} ended with code {code} "
+                        f"after {time.monotonic() - started:.1f} s",
+                        flush=True,
+                    )
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(code)
+        self.children.add(pid)
+        return pid
+
+    def reconcile(self) -> None:
+        """Reap finished children, so none lingers as a zombie."""
+        for pid in list(self.children):
+            with contextlib.suppress(ChildProcessError):
+                done, _ = os.waitpid(pid, os.WNOHANG)
+                if done == 0:
+                    continue
+            self.children.discard(pid)
+
+    def close(self, grace_s: float = 5.0) -> None:
+        """SIGTERM every running child, SIGKILL what is left after ``grace_s``."""
+        for pid in self.children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while self.children and time.monotonic() < deadline:
+            self.reconcile()
+            time.sleep(0.05)
+        for pid in self.children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in list(self.children):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        self.children.clear()
+
+
+class _Stop:
+    """Set by SIGTERM / SIGINT or by the SuperNode exiting; ends `serve`'s loop."""
+
+    signals: ClassVar[tuple[signal.Signals, ...]] = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        for sig in self.signals:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.event.set()
+
+    def watch_parent(self, parent_pid: int) -> None:
+        def watch() -> None:
+            while not self.event.wait(0.2):
+                try:
+                    os.kill(parent_pid, 0)
+                except ProcessLookupError:
+                    self.event.set()
+                except PermissionError:
+                    continue
+
+        threading.Thread(target=watch, name="umbra-clientapp-host-parent", daemon=True).start()
+
+
+def serve(
+    runtime_api_address: str,
+    *,
+    parent_pid: int | None = None,
+    poll_interval_s: float = TASK_POLL_INTERVAL_S,
+) -> None:
+    """Acquire ClientApp tasks from the SuperNode's Runtime API (plain HTTP on loopback)
+    and fork one child per task until stopped (see the module docstring)."""
+    for module in PRELOAD:
+        importlib.import_module(module)
+    shorten_pull_backoff()  # a task starts before its SuperNode holds the message's objects
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+    from flwr.supercore.runtime import RuntimeHttpClient
+
+    stop = _Stop()
+    if parent_pid is not None:
+        stop.watch_parent(parent_pid)
+    executor = ForkExecutor()
+    client = RuntimeHttpClient.from_server_address(
+        server_address=runtime_api_address,
+        insecure=True,
+        root_certificates=None,
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
+        retry_invoker=make_simple_http_retry_invoker(),
+    )
+    wanted = [str(TaskType.CLIENT_APP)]
+    print(f"umbra clientapp host {os.getpid()} serving {runtime_api_address}", flush=True)
+    try:
+        while not stop.event.is_set():
+            executor.reconcile()
+            reply = client.AcquireTask(
+                AcquireTaskRequest(supported_task_types=wanted, agentapp_fab_hashes=[])
+            )
+            if reply.HasField("task") and reply.token:
+                if reply.task.type in wanted:
+                    executor.launch(runtime_api_address, reply.token)
+                else:
+                    print(f"umbra clientapp host: ignored a {reply.task.type} task", flush=True)
+                continue  # another task may be waiting: ask again at once
+            stop.event.wait(poll_interval_s)
+    finally:
+        executor.close()
+        with contextlib.suppress(Exception):
+            client.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m umbra.deploy.clientapp_host --runtime-api-address HOST:PORT
+    [--parent-pid PID]``."""
+    parser = argparse.ArgumentParser(prog="python -m umbra.deploy.clientapp_host")
+    parser.add_argument("--runtime-api-address", required=True)
+    parser.add_argument("--parent-pid", type=int, default=None)
+    args = parser.parse_args(argv)
+    serve(args.runtime_api_address, parent_pid=args.parent_pid)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
