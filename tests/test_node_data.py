@@ -221,3 +221,21 @@ def test_plan_local_publishes_the_schema_of_a_manifest_with_clients(
                       out=tmp_path / "r", resume=None)  # fmt: skip
     assert plan.cfg.data.labels == []  # the partitioner splits: nodes get prepared folders
     assert (manifest.parent / MANIFEST_NAME).exists() is False
+
+
+def test_data_schema_prints_what_a_coordinator_publishes(manifest: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from umbra.cli import app
+
+    result = CliRunner().invoke(app, ["data", "schema", str(manifest)])
+    assert result.exit_code == 0, result.output
+    printed = [
+        line.removeprefix("--set '").removesuffix("'") for line in result.output.split("\n") if line
+    ]
+    cfg = load_config("smoke", overrides=[f"data.manifest={manifest}", *printed])
+    assert cfg.data.labels == ["large", "medium", "small"]
+    assert cfg.data.tabular_columns == ["tab:hr", "tab:temp"]
+    missing = CliRunner().invoke(app, ["data", "schema", str(tmp_path / "nowhere.csv")])
+    # an UmbraError: main() prints it as one line and exits 2
+    assert isinstance(missing.exception, DataError) and "nowhere.csv" in str(missing.exception)
