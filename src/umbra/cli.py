@@ -374,6 +374,19 @@ def data_inspect(
     console.print(inspect_manifest(manifest))
 
 
+@data_app.command("schema")
+def data_schema(
+    manifest: Annotated[Path, typer.Argument(help="a CSV or Parquet manifest")],
+) -> None:
+    """The data schema a coordinator publishes for this manifest: the --set assignments
+    (labels, modalities, tab: columns) every organisation's node resolves the same model
+    from (docs/deployment.md)."""
+    from umbra.data.manifest import DataSchema
+
+    for line in DataSchema.of_manifest(manifest).overrides():
+        console.print(f"--set '{line}'", highlight=False, soft_wrap=True)
+
+
 @app.command()
 def presets() -> None:
     """List the built-in presets."""

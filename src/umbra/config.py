@@ -96,6 +96,23 @@ class DataConfig(_Section):
         "organisation's own; not under DP: it makes every record depend on the others)",
     )
 
+    # The schema a federation agrees on (docs/deployment.md, "Each organisation's data"):
+    # public, no record of anyone's in it; ``umbra data schema MANIFEST`` prints it.
+    labels: list[str] = Field(
+        default_factory=list,
+        description="manifest: the class names in class-index order, shared by every "
+        "organisation (empty: the labels found in the manifest, sorted)",
+    )
+    modalities: list[str] = Field(
+        default_factory=list,
+        description="manifest: the modalities of the federation's model (empty: the "
+        "manifest's columns); a record or organisation without one holds it as missing",
+    )
+    tabular_columns: list[str] = Field(
+        default_factory=list,
+        description="manifest: the tab: columns in feature order, when modalities names tabular",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _manifest_selects_source(cls, data: Any) -> Any:
@@ -128,7 +145,33 @@ class DataConfig(_Section):
                 raise ValueError(f"data.absent.{c} is empty")
         if self.source == "manifest" and not self.manifest:
             raise ValueError("data.source = 'manifest' needs data.manifest = <path>")
+        self._check_schema()
         return self
+
+    def _check_schema(self) -> None:
+        from umbra.data.dataset import MODALITIES
+
+        declared = [k for k in ("labels", "modalities", "tabular_columns") if getattr(self, k)]
+        if declared and self.source != "manifest":
+            raise ValueError(f"data.{declared[0]} describes a manifest; data.source = "
+                             f"{self.source!r}")  # fmt: skip
+        if bool(self.labels) != bool(self.modalities):
+            raise ValueError("data.labels and data.modalities come together: set both "
+                             "(umbra data schema MANIFEST prints them) or neither")  # fmt: skip
+        for key in ("labels", "modalities", "tabular_columns"):
+            values = getattr(self, key)
+            if len(set(values)) != len(values) or not all(values):
+                raise ValueError(f"data.{key} must be distinct non-empty names, got {values}")
+        unknown = [m for m in self.modalities if m not in MODALITIES]
+        if unknown:
+            raise ValueError(f"data.modalities names {unknown}; known: {list(MODALITIES)}")
+        if ("tabular" in self.modalities) != bool(self.tabular_columns):
+            raise ValueError("data.tabular_columns lists the tab: columns exactly when "
+                             "data.modalities names tabular")  # fmt: skip
+        bad = [c for c in self.tabular_columns if not c.startswith("tab:") or c == "tab:"]
+        if bad:
+            raise ValueError(f"data.tabular_columns {bad}: write each as in the manifest, "
+                             "tab:<name>")  # fmt: skip
 
 
 class ModelConfig(_Section):
@@ -501,7 +544,13 @@ def _manifest_defaults(raw: dict[str, Any], given: dict[str, Any]) -> list[str]:
     encoders = model.setdefault("encoders", {}) if isinstance(model, dict) else None
     if not isinstance(encoders, dict) or not isinstance(named, dict) or not isinstance(data, dict):
         return []  # malformed tables: validation reports them
-    present = _manifest_modalities(str(given_data["manifest"]))
+    declared = given_data.get("modalities")
+    # a declared schema decides, so a node whose machine lacks the coordinator's manifest
+    # resolves the same config
+    present = (
+        set(declared) if isinstance(declared, list) and declared
+        else _manifest_modalities(str(given_data["manifest"]))
+    )  # fmt: skip
     notes = []
     for modality, name in MANIFEST_ENCODERS.items():
         preset_choice = encoders.get(modality, modality)  # no entry: the modality's own

@@ -7,14 +7,18 @@ resolves, :mod:`umbra.apps.run_config`) and the node's own ``--node-config``:
 ``partition-id``  the organisation's number in the federation (public);
 ``data-dir``      a folder holding this organisation's records only (the layout of
                   `umbra.federation.client_data`, one row set), or
-``manifest``      (not yet) its own manifest file;
-``state-dir``     (optional) where it keeps its own state between rounds (SCAFFOLD's c_i);
-                  by default a folder keyed by ``data-dir`` under ``$UMBRA_CLIENT_STATE``
-                  or ``~/.local/state/umbra/clients``.
+``manifest``      its own manifest file (CSV or Parquet, docs/data.md), read and prepared
+                  on the node against the schema the run config declares
+                  (`umbra.apps.node_data`); one of the two;
+``state-dir``     (optional) where it keeps its own state between rounds (SCAFFOLD's c_i,
+                  the records prepared from its manifest); by default a folder keyed by
+                  ``data-dir`` or ``manifest`` under ``$UMBRA_CLIENT_STATE`` or
+                  ``~/.local/state/umbra/clients``.
 
-The node reads nothing but its own folder; the model is sized from its own records. The
-handlers are the simulation's (`train_reply`, `info_reply`, the secure transports' client
-mods), so a deployed organisation trains exactly as a simulated one.
+The node reads nothing but its own records; the model is sized from them (with a
+manifest: from the declared schema, so every node builds the same model). The handlers
+are the simulation's (`train_reply`, `info_reply`, the secure transports' client mods),
+so a deployed organisation trains exactly as a simulated one.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from typing import Any
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from umbra.apps.node_data import prepared_records
 from umbra.apps.run_config import config_from_run_config
+from umbra.config import Config
 from umbra.errors import ConfigError, DataError
 from umbra.federation.client_app import ClientSpec, info_reply, train_reply
 from umbra.federation.client_data import load_client_data
@@ -43,18 +49,28 @@ client_app = ClientApp()
 Handler = Callable[[Message, Context], Message]
 
 
-def _data_dir(node_config: Mapping[str, Any]) -> Path:
-    if "manifest" in node_config and "data-dir" not in node_config:
+def _records(cfg: Config, node_config: Mapping[str, Any]) -> tuple[Path, Path]:
+    """This node's prepared records folder and its state root, from ``data-dir`` or
+    ``manifest`` (one-line errors naming the key)."""
+    if "manifest" in node_config and "data-dir" in node_config:
         raise ConfigError(
-            "node config manifest: reading a manifest on the node is not supported yet; "
-            "give data-dir (a prepared folder of this organisation's records)"
+            "node config names both data-dir and manifest: give one (a prepared folder, or "
+            "this organisation's own manifest)"
         )
+    own = node_config.get("state-dir")
+    if "manifest" in node_config:
+        manifest = Path(str(node_config["manifest"]))
+        state = Path(str(own)) if own else client_state_root(manifest)
+        client = f"client_{node_config.get('partition-id', 0)}"
+        return prepared_records(cfg, manifest, state / client / "records"), state
     if "data-dir" not in node_config:
-        raise ConfigError("node config has no data-dir: name this organisation's data folder")
+        raise ConfigError(
+            "node config has neither data-dir nor manifest: name this organisation's data"
+        )
     folder = Path(str(node_config["data-dir"]))
     if not (folder / "meta.json").is_file():
         raise DataError(f"node config data-dir = {str(folder)!r} holds no prepared records")
-    return folder
+    return folder, client_state_root(folder)
 
 
 @lru_cache(maxsize=4)
@@ -62,8 +78,7 @@ def _cached_spec(
     run_items: tuple[tuple[str, Any], ...], node_items: tuple[tuple[str, Any], ...]
 ) -> ClientSpec:
     cfg = config_from_run_config(dict(run_items))
-    node_config = dict(node_items)
-    folder = _data_dir(node_config)
+    folder, state = _records(cfg, dict(node_items))
     transport, secure, identities = secure_setup(cfg)
     if identities:
         raise ConfigError(
@@ -72,7 +87,7 @@ def _cached_spec(
         )
     return ClientSpec(
         data_dir=str(folder),
-        state_dir=str(client_state_root(folder)),
+        state_dir=str(state),
         model_spec=model_spec_for(cfg, load_client_data(str(folder), 0)),
         settings=train_settings(cfg),
         seed=cfg.run.seed,

@@ -3,7 +3,10 @@ organisations would run it (``umbra deploy local``).
 
 `DeployedRunner` is a `umbra.experiment.Runner`: given the prepared data it writes each
 organisation's records into a folder of its own (nothing of another organisation's
-records is in it) and the held-out test set into the server's folder, writes the Flower
+records is in it; for a manifest with a ``client`` column, the organisation's own rows as a
+manifest with its media files, which the node reads and prepares itself against the
+schema `plan_local` published in the run config) and the held-out test set into the
+server's folder, writes the Flower
 App folder (`write_app_folder`), starts a SuperLink and one SuperNode per organisation
 (`umbra.deploy.LocalFederation`: TLS and SuperNode authentication unless ``insecure``),
 launches the run with ``flwr run``, streams each round's row from ``progress.jsonl`` to
@@ -47,8 +50,10 @@ __all__ = [
     "app_pyproject",
     "plan_local",
     "saved_run_config",
+    "schema_overrides",
     "write_app_folder",
     "write_party_data",
+    "write_party_manifests",
 ]
 
 #: The Flower App folder ``flwr run`` packs, inside the run folder.
@@ -159,6 +164,10 @@ def plan_local(
     else:
         preset = preset or "default"
         cfg = load_config(preset, overrides=extra)
+        published = schema_overrides(cfg)  # each node then reads its own manifest
+        if published:
+            extra += published
+            cfg = load_config(preset, overrides=extra)
         run_dir, all_overrides = out or Path("runs") / f"deploy-{preset}", extra
     if cfg.federation.mode == "centralized":
         raise ConfigError("federation.mode = 'centralized' trains no federation; use umbra run")
@@ -191,8 +200,9 @@ def plan_local(
 
 def write_party_data(run_dir: Path, prep: PreparedData) -> tuple[list[Path], Path]:
     """Write organisation i's records (only its own: partition i, with its presence mask,
-    the features of its absent modalities zeroed) into a folder of its own, and the held-out test set into the server's folder; returns
-    the organisations' folders and the server's."""
+    the features of its absent modalities zeroed) into a folder of its own, and the
+    held-out test set into the server's folder; returns the organisations' folders and the
+    server's."""
     root = run_dir / PARTY_DATA
     orgs = []
     for i, (idx, mask) in enumerate(zip(prep.parts, prep.masks, strict=True)):
@@ -200,9 +210,60 @@ def write_party_data(run_dir: Path, prep: PreparedData) -> tuple[list[Path], Pat
         own = prep.train.subset(idx).with_mask(mask)  # an absent modality is not held at all
         write_federation_data(folder, own, [np.arange(len(idx))], [mask])
         orgs.append(folder)
+    return orgs, _write_test(root, prep)
+
+
+def _write_test(root: Path, prep: PreparedData) -> Path:
     test = root / "server-test"
     write_federation_data(test, prep.test, [np.arange(len(prep.test))], [prep.test.mask])
-    return orgs, test
+    return test
+
+
+def write_party_manifests(
+    run_dir: Path, cfg: Config, prep: PreparedData
+) -> tuple[list[Path], Path]:
+    """Write organisation i's training rows of the manifest (those its ``client`` column
+    gives it, less the held-out test rows) as a manifest of its own, with its media files,
+    into a folder of its own; the held-out test set into the server's folder. Returns the
+    organisations' manifests and the server's folder."""
+    from umbra.data.manifest import write_manifest_subset
+
+    if prep.source_records is None:
+        raise ConfigError("the data has no client column: each node needs a prepared folder")
+    root = run_dir / PARTY_DATA
+    source = Path(str(cfg.data.manifest))
+    manifests = [
+        write_manifest_subset(source, prep.source_records[idx].tolist(), root / f"org-{i}")
+        for i, idx in enumerate(prep.parts)
+    ]
+    return manifests, _write_test(root, prep)
+
+
+def schema_overrides(cfg: Config) -> list[str]:
+    """The overrides that publish a manifest's schema in the run config (labels,
+    modalities, ``tab:`` columns; public ``data.tabular_stats`` from a file written out)
+    so each node can read its own manifest; none unless ``cfg`` reads a manifest with a
+    ``client`` column and declares no schema yet."""
+    from umbra.data.manifest import DataSchema, tabular_stats_table
+    from umbra.data.manifest.table import read_table
+
+    if cfg.data.source != "manifest" or cfg.data.labels:
+        return []
+    path = Path(str(cfg.data.manifest))
+    if "client" not in read_table(path).columns:
+        return []
+    schema = DataSchema.of_manifest(path)
+    out = schema.overrides()
+    stats = cfg.data.tabular_stats
+    if (
+        isinstance(stats, str)
+        and stats not in ("identity", "per-client")
+        and schema.tabular_columns
+    ):
+        table = tabular_stats_table(stats, schema.tabular_columns, base=path.parent)
+        pairs = ", ".join(f"{json.dumps(c)} = {json.dumps(v)}" for c, v in table.items())
+        out.append(f"data.tabular_stats={{{pairs}}}")
+    return out
 
 
 @dataclass
@@ -251,9 +312,15 @@ class DeployedRunner:
             raise DeployError(
                 f"federation.num_clients = {cfg.federation.num_clients} but {self.nodes} nodes"
             )
-        orgs, test = write_party_data(run_dir, prep)
         state = client_state_root(run_dir)
-        node_configs = [{"data-dir": str(o.resolve()), "state-dir": str(state)} for o in orgs]
+        if prep.source_records is not None and cfg.data.labels:  # each reads its own manifest
+            manifests, test = write_party_manifests(run_dir, cfg, prep)
+            node_configs = [{"manifest": str(m.resolve()), "state-dir": str(state)}
+                            for m in manifests]  # fmt: skip
+        else:
+            orgs, test = write_party_data(run_dir, prep)
+            node_configs = [{"data-dir": str(o.resolve()), "state-dir": str(state)}
+                            for o in orgs]  # fmt: skip
         run_config = self.run_config(run_dir, test)
         app_dir = write_app_folder(run_dir, run_config)
         progress = ProgressReader(run_dir)

@@ -3,7 +3,9 @@ test set, split the training records across the simulated organisations with the
 requested skew and missing modalities, and size the model for it.
 
 `prepare_data` is what ``umbra run`` and ``umbra data prepare`` call; features are cached
-under ``data.cache_dir``.
+under ``data.cache_dir``. `declared_schema`, `scale_own_tabular` and `image_features` are
+what a SuperNode reading its own manifest (`umbra.apps.node_data`) shares with it, so its
+records come out exactly as the coordinator would have prepared them.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,13 +21,18 @@ from umbra.config import Config
 from umbra.data.dataset import MultimodalData
 from umbra.errors import ConfigError
 
+if TYPE_CHECKING:
+    from umbra.data.manifest import DataSchema
+
 __all__ = [
     "DATA_SOURCES",
     "PreparedData",
+    "declared_schema",
     "image_features",
     "model_spec_for",
     "prepare_data",
     "register_source",
+    "scale_own_tabular",
 ]
 
 DataLoader = Callable[[Config], tuple[MultimodalData, MultimodalData]]
@@ -63,11 +70,20 @@ register_source("synthetic", _synthetic)
 
 @dataclass
 class PreparedData:
+    """The training records, the held-out test set, each client's record indices into
+    ``train`` and presence masks; ``extra`` goes into results.json.
+
+    ``source_records``: for a manifest with a ``client`` column, the position of each
+    training record among the manifest's records (``umbra deploy local`` then writes each
+    organisation its own manifest); None otherwise.
+    """
+
     train: MultimodalData
     test: MultimodalData
     parts: list[np.ndarray]
     masks: list[np.ndarray]
     extra: dict[str, Any] = field(default_factory=dict)
+    source_records: np.ndarray | None = None
 
     def client_summary(self) -> list[dict[str, Any]]:
         out = []
@@ -97,18 +113,37 @@ def _stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> np.nd
     return test
 
 
+def declared_schema(cfg: Config) -> DataSchema | None:
+    """The schema the run config declares (``data.labels``, ``data.modalities``,
+    ``data.tabular_columns``), or None where it declares none."""
+    from umbra.data.manifest import DataSchema
+
+    if not cfg.data.labels:
+        return None
+    return DataSchema(tuple(cfg.data.labels), tuple(cfg.data.modalities),
+                      tuple(cfg.data.tabular_columns))  # fmt: skip
+
+
 def _prepare_manifest(cfg: Config) -> PreparedData:
     """A user's manifest: hold out a stratified test set, split by its `client` column
-    (or the configured partitioner), scale tabular values (:func:`_scale_tabular`)."""
-    from umbra.data.manifest import load_manifest
+    (or the configured partitioner), scale tabular values (:func:`_scale_tabular`); fitted
+    to the declared schema (:func:`declared_schema`) where the config has one."""
+    from umbra.data.manifest import check_manifest, fit_to_schema, load_manifest
     from umbra.data.partition import partition
 
+    path = Path(str(cfg.data.manifest))
+    schema = declared_schema(cfg)
+    if schema is not None:
+        check_manifest(path, schema)
     md = load_manifest(
-        Path(str(cfg.data.manifest)),
+        path,
         on_bad_rows=cfg.data.on_bad_rows,
         cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
+        label_names=None if schema is None else schema.labels,
     )
-    data = md.data
+    data, columns = md.data, md.tabular_columns
+    if schema is not None:
+        data, columns = fit_to_schema(data, columns, schema), schema.tabular_columns
     is_test = _stratified_holdout(data.labels, cfg.data.test_fraction, cfg.run.seed)
     train_idx, test_idx = np.flatnonzero(~is_test), np.flatnonzero(is_test)
     train, test = data.subset(train_idx), data.subset(test_idx)
@@ -135,12 +170,33 @@ def _prepare_manifest(cfg: Config) -> PreparedData:
                           min_size=min(cfg.data.min_client_size, len(train) // n_clients))  # fmt: skip
     scaling = None
     if "tabular" in train.modalities:
-        base = Path(str(cfg.data.manifest)).parent
-        train, test, scaling = _scale_tabular(cfg, train, test, parts, md.tabular_columns, base)
+        train, test, scaling = _scale_tabular(cfg, train, test, parts, columns, path.parent)
     masked = train.mask  # a manifest's empty cells are its missingness: none is added
     extra = {"manifest": str(cfg.data.manifest), "skipped_rows": md.skipped,
              "tabular_standardization": scaling}  # fmt: skip
-    return PreparedData(train, test, parts, [masked[i] for i in parts], extra)
+    sources = None if md.clients is None else md.source_records[train_idx]
+    return PreparedData(train, test, parts, [masked[i] for i in parts], extra, sources)
+
+
+def scale_own_tabular(
+    cfg: Config, data: MultimodalData, columns: tuple[str, ...], base: Path
+) -> MultimodalData:
+    """One organisation's records with tabular values as ``data.tabular_stats`` says:
+    ``"identity"`` (as given), public statistics (``{name: [mean, std]}`` or a JSON file
+    relative to ``base``; no record enters them) or ``"per-client"`` (its own mean/std;
+    refused under DP: it makes every record depend on the others)."""
+    from umbra.data.manifest import read_tabular_stats, standardize_tabular
+
+    how = cfg.data.tabular_stats
+    if "tabular" not in data.modalities or how == "identity":
+        return data
+    if how == "per-client":
+        if cfg.privacy.mode != "none":
+            raise ConfigError(
+                "data.tabular_stats = 'per-client' is not allowed under differential privacy"
+            )
+        return standardize_tabular(data)
+    return standardize_tabular(data, read_tabular_stats(how, columns, base=base))
 
 
 def _scale_tabular(
@@ -151,27 +207,22 @@ def _scale_tabular(
     columns: tuple[str, ...],
     base: Path,
 ) -> tuple[MultimodalData, MultimodalData, str]:
-    """Tabular features as ``data.tabular_stats`` says: ``"identity"`` (as given), public
-    statistics (fixed, no record enters them) or ``"per-client"`` (each organisation's own
-    mean/std; config validation refuses it under DP, and so does this function)."""
-    from umbra.data.manifest import read_tabular_stats, standardize_tabular
-
+    """Training and test records scaled as :func:`scale_own_tabular` scales one
+    organisation's: per client for ``"per-client"`` (no pooling of raw data), the
+    coordinator's test set by its own statistics."""
     how = cfg.data.tabular_stats
     if how == "identity":
         return train, test, "identity"
     if how == "per-client":
-        if cfg.privacy.mode != "none":
-            raise ConfigError(
-                "data.tabular_stats = 'per-client' is not allowed under differential privacy"
-            )
         feats = train.features["tabular"].copy()
         for idx in parts:  # each client's own statistics: no pooling of raw data
-            feats[idx] = standardize_tabular(train.subset(idx)).features["tabular"]
+            own = scale_own_tabular(cfg, train.subset(idx), columns, base)
+            feats[idx] = own.features["tabular"]
         train = MultimodalData({**train.features, "tabular": feats}, train.mask, train.labels,
                                train.modalities, train.class_names, train.ids)  # fmt: skip
-        return train, standardize_tabular(test), "per-client"
-    moments = read_tabular_stats(how, columns, base=base)
-    return standardize_tabular(train, moments), standardize_tabular(test, moments), "public"
+        return train, scale_own_tabular(cfg, test, columns, base), "per-client"
+    scaled = scale_own_tabular(cfg, train, columns, base)
+    return scaled, scale_own_tabular(cfg, test, columns, base), "public"
 
 
 def image_features(data: MultimodalData, cfg: Config) -> MultimodalData:

@@ -32,8 +32,11 @@ Modules, one job each: :mod:`~umbra.data.manifest.table` (reading CSV/Parquet),
 :mod:`~umbra.data.manifest.features` and :mod:`~umbra.data.manifest.feature_cache`
 (featurizers and the content-hash cache), :mod:`~umbra.data.manifest.load`
 (:func:`load_manifest`), :mod:`~umbra.data.manifest.tabular` (moments and
-standardisation), :mod:`~umbra.data.manifest.inspect` (counts for ``umbra data inspect``)
-and :mod:`~umbra.data.manifest.problems` (bad rows and :class:`ManifestError`).
+standardisation), :mod:`~umbra.data.manifest.inspect` (counts for ``umbra data inspect``),
+:mod:`~umbra.data.manifest.schema` (the labels, modalities and columns a federation agrees
+on, and records fitted to them), :mod:`~umbra.data.manifest.subset` (some records written
+out as a manifest of their own) and :mod:`~umbra.data.manifest.problems` (bad rows and
+:class:`ManifestError`).
 
 Tabular values are returned raw. Standardisation must not pool raw values across
 organisations, so it is offered as pure functions on one partition:
@@ -53,9 +56,11 @@ values as given.
 
 from umbra.data.manifest.feature_cache import FeatureCache
 from umbra.data.manifest.inspect import ManifestSummary, inspect_manifest, summarize_manifest
-from umbra.data.manifest.load import ManifestData, client_indices, load_manifest
+from umbra.data.manifest.load import IMAGE_SHAPE, ManifestData, client_indices, load_manifest
 from umbra.data.manifest.media import decode_audio, decode_image
 from umbra.data.manifest.problems import MAX_REPORTED_ROWS, ON_BAD_ROWS, BadRow, ManifestError
+from umbra.data.manifest.schema import DataSchema, check_manifest, fit_to_schema, modality_shape
+from umbra.data.manifest.subset import MANIFEST_NAME, write_manifest_subset
 from umbra.data.manifest.tabular import (
     TabularMoments,
     moments_by_client,
@@ -63,26 +68,35 @@ from umbra.data.manifest.tabular import (
     read_tabular_stats,
     standardize_tabular,
     tabular_moments,
+    tabular_stats_table,
 )
 
 __all__ = [
+    "IMAGE_SHAPE",
+    "MANIFEST_NAME",
     "MAX_REPORTED_ROWS",
     "ON_BAD_ROWS",
     "BadRow",
+    "DataSchema",
     "FeatureCache",
     "ManifestData",
     "ManifestError",
     "ManifestSummary",
     "TabularMoments",
+    "check_manifest",
     "client_indices",
     "decode_audio",
     "decode_image",
+    "fit_to_schema",
     "inspect_manifest",
     "load_manifest",
+    "modality_shape",
     "moments_by_client",
     "public_moments",
     "read_tabular_stats",
     "standardize_tabular",
     "summarize_manifest",
     "tabular_moments",
+    "tabular_stats_table",
+    "write_manifest_subset",
 ]

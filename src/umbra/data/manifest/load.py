@@ -29,7 +29,10 @@ from umbra.data.manifest.rows import validate_cells
 from umbra.data.manifest.table import modality_columns, natural_order, read_table
 from umbra.errors import DataError
 
-__all__ = ["ManifestData", "client_indices", "load_manifest"]
+__all__ = ["IMAGE_SHAPE", "ManifestData", "client_indices", "load_manifest"]
+
+#: (C, H, W) a manifest's images are converted to unless asked otherwise.
+IMAGE_SHAPE: tuple[int, int, int] = (1, 28, 28)
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class ManifestData:
         label_names: class names; ``data.labels`` index into them.
         tabular_columns: the ``tab:`` column names, in feature order.
         skipped_rows: the problems of the skipped rows.
+        source_records: the position of each record of ``data`` among the table's records
+            (0-based; bad rows skipped leave gaps), to write a subset of the manifest back.
         timings: seconds spent per phase (``validate``, ``image``, ``audio``, ``text``);
             the sentence encoder loads in the background during ``image``/``audio``,
             so ``text`` holds the embedding and only the rest of that load.
@@ -54,6 +59,7 @@ class ManifestData:
     label_names: tuple[str, ...]
     tabular_columns: tuple[str, ...] = ()
     skipped_rows: tuple[BadRow, ...] = field(default=())
+    source_records: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     timings: dict[str, float] = field(default_factory=dict)
 
     def client_indices(self) -> dict[str, np.ndarray]:
@@ -87,7 +93,7 @@ class _Clock:
 def load_manifest(
     path: Path,
     *,
-    image_shape: tuple[int, int, int] = (1, 28, 28),
+    image_shape: tuple[int, int, int] = IMAGE_SHAPE,
     on_bad_rows: str = "error",
     text_required: bool = False,
     cache_dir: Path | None = None,
@@ -229,6 +235,7 @@ def load_manifest(
         label_names=names,
         tabular_columns=tuple(mod_cols.get("tabular", ())),
         skipped_rows=tuple(bad),
+        source_records=kept.astype(np.int64),
         timings=clock.laps,
     )
 

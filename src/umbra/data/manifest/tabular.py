@@ -21,6 +21,7 @@ __all__ = [
     "read_tabular_stats",
     "standardize_tabular",
     "tabular_moments",
+    "tabular_stats_table",
 ]
 
 
@@ -107,10 +108,11 @@ def public_moments(mean: Sequence[float], std: Sequence[float]) -> TabularMoment
     return TabularMoments(1.0, m, s * s + m * m)
 
 
-def read_tabular_stats(
+def tabular_stats_table(
     stats: str | Mapping[str, Sequence[float]], columns: Sequence[str], *, base: Path | None = None
-) -> TabularMoments:
-    """Public per-column ``[mean, std]`` for the manifest's ``tab:`` ``columns``.
+) -> dict[str, list[float]]:
+    """Public ``{column: [mean, std]}`` for the manifest's ``tab:`` ``columns`` (feature
+    order, names as in the manifest), checked, values as given.
 
     Args:
         stats: ``{name: [mean, std]}`` (``name`` with or without the ``tab:`` prefix), or
@@ -137,10 +139,21 @@ def read_tabular_stats(
     if missing:
         raise DataError(f"data.tabular_stats has no [mean, std] for column(s) {missing}")
     try:
-        pairs = [(float(table[n][0]), float(table[n][1])) for n in names]
-        return public_moments([p[0] for p in pairs], [p[1] for p in pairs])
-    except (TypeError, IndexError, ValueError) as err:
+        pairs = {
+            c: [float(table[n][0]), float(table[n][1])] for c, n in zip(columns, names, strict=True)
+        }
+        public_moments([p[0] for p in pairs.values()], [p[1] for p in pairs.values()])
+    except (TypeError, IndexError, ValueError, KeyError) as err:
         raise DataError(f"data.tabular_stats: {err}") from None
+    return pairs
+
+
+def read_tabular_stats(
+    stats: str | Mapping[str, Sequence[float]], columns: Sequence[str], *, base: Path | None = None
+) -> TabularMoments:
+    """Public per-column ``[mean, std]`` (:func:`tabular_stats_table`) as fixed moments."""
+    pairs = tabular_stats_table(stats, columns, base=base)
+    return public_moments([p[0] for p in pairs.values()], [p[1] for p in pairs.values()])
 
 
 def standardize_tabular(
