@@ -308,6 +308,13 @@ def test_bad_federation_input_is_refused_before_any_process_starts(tmp_path: Pat
     ):
         fed.start()
     assert fed.supervisor.processes == {}
+    no_manifest = tmp_path / "no-such.csv"
+    fed = LocalFederation(tmp_path, nodes=1, node_configs=[{"manifest": str(no_manifest)}])
+    with pytest.raises(
+        DataError, match=f"supernode-0: node config manifest={no_manifest} is not a file"
+    ):
+        fed.start()
+    assert fed.supervisor.processes == {}
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]
         fed = LocalFederation(tmp_path, nodes=1, superlink_port=port)

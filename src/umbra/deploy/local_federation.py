@@ -67,6 +67,8 @@ __all__ = ["RUN_OK", "LocalFederation", "NodeSpec"]
 #: Node-config keys that name a folder the node reads its data from: checked to exist
 #: before any process starts, so a typo is one clear line, not a ClientApp traceback.
 DATA_PATH_KEYS = ("data-dir",)
+#: Node-config keys that name a file the node reads its data from (its own manifest).
+DATA_FILE_KEYS = ("manifest",)
 #: Return code of `LocalFederation.run_app` when the run finished as completed.
 RUN_OK = 0
 _RUN_FAILED = 1
@@ -149,6 +151,11 @@ class LocalFederation:
                 if key in node.node_config and not Path(str(node.node_config[key])).is_dir():
                     raise DataError(
                         f"{node.name}: node config {key}={node.node_config[key]} is not a folder"
+                    )
+            for key in DATA_FILE_KEYS:
+                if key in node.node_config and not Path(str(node.node_config[key])).is_file():
+                    raise DataError(
+                        f"{node.name}: node config {key}={node.node_config[key]} is not a file"
                     )
         if self.tls_credentials is not None:
             verify_server_credentials(self.tls_credentials)
