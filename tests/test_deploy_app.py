@@ -1,6 +1,6 @@
 """Umbra's own app on a real loopback deployment: SuperLink + 3 SuperNodes with TLS and
 SuperNode authentication, ``flwr run`` of ``umbra.apps``, 2 rounds of the smoke preset
-under SecAgg+. Slow: it starts Flower's processes and one ClientApp process per message.
+under SecAgg+ with signed advertisements (the SuperNode keys as identities). Slow: it starts Flower's processes and one ClientApp process per message.
 """
 
 from __future__ import annotations
@@ -56,6 +56,14 @@ def test_smoke_secagg_on_three_authenticated_nodes(tmp_path: Path) -> None:
     assert {"superlink.log", "supernode-0.log", "supernode-1.log", "supernode-2.log"} <= logs
     assert any(name.startswith("run-") for name in logs)
     assert not (out / PARTY_DATA).exists()
+    # signed advertisements (each node's SuperNode key, its own roster copy): every
+    # signature verified, so no node was excluded or refused; the keys stay out of the
+    # run folder (node configs carry their paths, and the key folder is gone)
+    run_log = "".join((out / "logs" / n).read_text() for n in logs if n.startswith("run-"))
+    assert "excluded" not in run_log and "ProtocolViolation" not in run_log
+    assert "IdentityError" not in run_log
+    for path in out.rglob("*"):
+        assert not path.is_file() or b"PRIVATE KEY" not in path.read_bytes(), path
     started = plan.runner.started_pids
     assert len(started) >= 4
     assert [pid for pid in started if _alive(pid)] == []

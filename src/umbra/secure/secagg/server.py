@@ -218,13 +218,11 @@ class SecAggPlusServer:
         exclude a client whose advertisement is unsigned or whose signature fails."""
         st = self.state
         pid, sig = msg.get(Key.IDENTITY), msg.get(Key.SIGNATURE)
-        signed = isinstance(pid, int) and isinstance(sig, bytes | bytearray)
-        if not signed:
+        if not isinstance(pid, int) or not isinstance(sig, bytes | bytearray):
             if self.roster:
                 self._exclude(cid, "advertisement without an identity signature")
                 return False
             return True
-        assert isinstance(pid, int) and isinstance(sig, bytes | bytearray)
         if self.roster and self.run_id is not None:
             try:
                 check_advert(self.roster, sig, run_id=self.run_id, partition_id=pid,
