@@ -1,6 +1,7 @@
 """Umbra's own app on a real loopback deployment: SuperLink + 3 SuperNodes with TLS and
 SuperNode authentication, ``flwr run`` of ``umbra.apps``, 2 rounds of the smoke preset
-under SecAgg+ with signed advertisements (the SuperNode keys as identities). Slow: it starts Flower's processes and one ClientApp process per message.
+under SecAgg+ with signed advertisements (the SuperNode keys as identities). Slow: it
+starts Flower's processes and one ClientApp process per message.
 """
 
 from __future__ import annotations

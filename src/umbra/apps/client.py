@@ -75,20 +75,21 @@ def node_identity(
     file (missing, unreadable, not a key or roster) or the mismatch."""
     if transport is None or not transport.signed:
         return {}, {}
-    has_key, has_roster = IDENTITY_KEY_NODE_CONFIG in node_config, ROSTER_NODE_CONFIG in node_config
+    key_name, roster_name = IDENTITY_KEY_NODE_CONFIG, ROSTER_NODE_CONFIG
+    has_key, has_roster = key_name in node_config, roster_name in node_config
     if not has_key and not has_roster:
         if transport.identity_required:
             raise ConfigError(
                 f"secure.aggregation = {transport.name!r} needs this node's identity key and "
-                f"roster: node config {IDENTITY_KEY_NODE_CONFIG}=<key file> {ROSTER_NODE_CONFIG}=<roster file>"
+                f"roster: node config {key_name}=<key file> {roster_name}=<roster file>"
             )
         return {}, {}
     if not (has_key and has_roster):
-        missing = ROSTER_NODE_CONFIG if has_key else IDENTITY_KEY_NODE_CONFIG
+        missing = roster_name if has_key else key_name
         raise ConfigError(f"node config names one identity file but not {missing}")
     pid = int(node_config["partition-id"])
-    key = read_identity_key(Path(str(node_config[IDENTITY_KEY_NODE_CONFIG])))
-    roster = read_roster(Path(str(node_config[ROSTER_NODE_CONFIG])))
+    key = read_identity_key(Path(str(node_config[key_name])))
+    roster = read_roster(Path(str(node_config[roster_name])))
     check_own_key(roster, pid, key)
     return {pid: key}, roster
 

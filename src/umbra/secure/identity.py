@@ -18,8 +18,9 @@ Two key types, dispatched on the key itself:
 
 A roster entry is the raw 32-byte Ed25519 key or an OpenSSH public-key line (Ed25519 or
 ECDSA P-384). A roster file (`read_roster`) has one line per node, ``<partition id>
-<OpenSSH public key>`` (`umbra.deploy.pki.write_roster` writes one). Signatures from `cryptography`; keys from the OS CSPRNG. A bad
-key is a one-line `IdentityError` naming the client or the file.
+<OpenSSH public key>`` (`umbra.deploy.pki.write_roster` writes one). Signatures from
+`cryptography`; keys from the OS CSPRNG. A bad key is a one-line `IdentityError` naming
+the client or the file.
 """
 
 from __future__ import annotations

@@ -85,8 +85,9 @@ class HolderConfig:
     """What a holder knows from its own configuration (never from the server).
 
     ``identity_key``: private identity key (`identity.load_private_key`); ``roster``:
-    client id -> public identity key; ``threshold``: the fraction of holders needed (``secure.threshold``); ``rounds``:
-    the run's rounds (sizes the decryption budget tau); ``clip``: |value| bound per client.
+    client id -> public identity key; ``threshold``: the fraction of holders needed
+    (``secure.threshold``); ``rounds``: the run's rounds (sizes the decryption budget tau);
+    ``clip``: |value| bound per client.
     """
 
     client_id: int

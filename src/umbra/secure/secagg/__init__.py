@@ -44,10 +44,11 @@ graph).
 * **With an identity roster** (`SecureSettings.roster`: simulation always; a deployment
   whose nodes have authentication keys) advertisements are signed (``advert``; Bonawitz
   et al. §4, active-adversary variant): each client checks every neighbour's signature
-  against its own roster before deriving a pairwise key or sharing a secret, so a server that substitutes a client's public keys (a man in the middle on the
-  pairwise keys and the share encryption), replays an advertisement from another round or
-  run, or invents a client is refused by every honest client (`ProtocolViolation` naming
-  the peer). Pre-keys are unsigned and not used then.
+  against its own roster before deriving a pairwise key or sharing a secret, so a server
+  that substitutes a client's public keys (a man in the middle on the pairwise keys and the
+  share encryption), replays an advertisement from another round or run, or invents a
+  client is refused by every honest client (`ProtocolViolation` naming the peer). Pre-keys
+  are unsigned and not used then.
 * **Without a roster** advertisements are unsigned: the guarantee needs a server that
   relays keys faithfully (semi-honest), since a substituted key goes unnoticed by everyone
   but its owner.
