@@ -24,6 +24,7 @@ from umbra.secure.secagg import (
     SecAggPlusClient,
     SecAggPlusServer,
 )
+from umbra.secure.secagg.advert import NodeIdentity
 from umbra.secure.secagg.constants import (
     STAGE_ADVERTISE_KEYS,
     STAGE_COLLECT_MASKED,
@@ -67,6 +68,8 @@ class Transcript:
     dropped: tuple[int, ...] = ()
     excluded: dict[int, str] = field(default_factory=dict)
     flagged: dict[int, str] = field(default_factory=dict)
+    #: clients that refused a server message (ProtocolViolation), with the reason
+    refused: dict[int, str] = field(default_factory=dict)
     aborted: str | None = None
 
 
@@ -94,6 +97,9 @@ def run_secagg_round(
     tamper: Tamper | None = None,
     seen_digests: set[bytes] | None = None,
     rng: np.random.Generator | None = None,
+    identities: Mapping[int, NodeIdentity] | None = None,
+    server_roster: Mapping[int, bytes] | None = None,
+    run_id: int | None = None,
 ) -> tuple[np.ndarray | dict[str, np.ndarray], Transcript]:
     """Run one in-process SecAgg+ round over ``updates`` (client ``i`` has id ``i``).
 
@@ -103,6 +109,8 @@ def run_secagg_round(
     that stop answering at that stage; a plain collection means they drop after sharing
     keys (before sending their masked input), the case SecAgg+ recovers from. ``tamper``
     may rewrite (or drop, by returning None) any client-to-server message, for tests.
+    ``identities`` (client id -> `NodeIdentity`) makes the clients sign and check
+    advertisements; ``server_roster`` (and ``run_id``) makes the server check them too.
     Raises :class:`RoundAborted` (a SecAggAbort with ``.transcript``) when fewer than ``threshold`` remain.
     """
     n = len(updates)
@@ -134,9 +142,14 @@ def run_secagg_round(
         share_threshold=share_threshold,
     )
     transcript = Transcript()
-    server = SecAggPlusServer(config, seen_digests=seen_digests)
+    server = SecAggPlusServer(
+        config, seen_digests=seen_digests, roster=server_roster, run_id=run_id
+    )
     explicit = degree != -1 or share_threshold != -1
-    clients = {i: SecAggPlusClient(i, check_graph=not explicit) for i in range(n)}
+    ids = identities or {}
+    clients = {
+        i: SecAggPlusClient(i, check_graph=not explicit, identity=ids.get(i)) for i in range(n)
+    }
     gone: set[int] = set()
 
     def exchange(
@@ -154,6 +167,7 @@ def run_secagg_round(
                 reply: Message | None = act(cid, req)
             except ProtocolViolation as err:
                 log.warning("secagg+ client %d refused %s: %s", cid, stage, err)
+                transcript.refused[cid] = str(err)
                 gone.add(cid)
                 continue
             finally:

@@ -15,6 +15,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
 import umbra.apps
+from umbra.apps.client import client_spec, node_identity
 from umbra.apps.outcome import ProgressReader, append_progress, read_outcome, write_outcome
 from umbra.apps.run_config import (
     AppRunConfig,
@@ -22,8 +23,14 @@ from umbra.apps.run_config import (
     join_overrides,
     parse_overrides,
 )
-from umbra.apps.server import ERROR_PREFIX, server_app
+from umbra.apps.server import ERROR_PREFIX, server_app, server_spec
 from umbra.config import load_config
+from umbra.deploy.pki import (
+    IDENTITY_KEY_NODE_CONFIG,
+    ROSTER_NODE_CONFIG,
+    generate_supernode_key,
+    write_roster,
+)
 from umbra.errors import ConfigError
 from umbra.federation.client_data import load_client_data
 from umbra.federation.server_app import RunResult
@@ -35,6 +42,8 @@ from umbra.run.deploy import (
     write_party_data,
 )
 from umbra.run.prepare import prepare_data
+from umbra.secure import identity, transports
+from umbra.secure.identity import IdentityError
 
 
 def test_run_config_resolves_like_set() -> None:
@@ -110,7 +119,7 @@ def test_app_folder_is_a_flower_app_of_the_installed_components(tmp_path: Path) 
     fab, _ = build_fab_from_files({"pyproject.toml": text.encode()})  # Flower accepts it
     assert fab
     assert saved_run_config(tmp_path) == {"preset": "baseline", "overrides": "federation.rounds=2",
-                                          "out": "", "test-dir": ""}  # fmt: skip
+                                          "out": "", "test-dir": "", "roster": ""}  # fmt: skip
 
 
 def test_project_pyproject_declares_the_same_app() -> None:
@@ -160,15 +169,24 @@ def test_outcome_and_progress_round_trip(tmp_path: Path) -> None:
     assert read_outcome(tmp_path) is None  # read once
 
 
-def test_plan_local_sets_the_node_count_and_refuses_signed_transports(tmp_path: Path) -> None:
+def test_plan_local_sets_the_node_count_and_refuses_ckks_without_node_keys(
+    tmp_path: Path,
+) -> None:
     plan = plan_local(preset="smoke", overrides=["federation.rounds=2"], nodes=3,
                       out=tmp_path / "r", resume=None)  # fmt: skip
     assert plan.cfg.federation.num_clients == 3 and plan.runner.nodes == 3
     assert plan.runner.overrides == ("federation.rounds=2", "federation.num_clients=3")
     assert config_from_run_config(plan.runner.run_config(tmp_path, tmp_path)) == plan.cfg
-    with pytest.raises(ConfigError, match="ckks"):
-        plan_local(preset="smoke", overrides=["secure.aggregation=ckks"], nodes=None,
-                   out=tmp_path / "r", resume=None)  # fmt: skip
+    ckks = ["secure.aggregation=ckks"]
+    plan = plan_local(preset="smoke", overrides=ckks, nodes=None, out=tmp_path / "r", resume=None)
+    assert plan.cfg.secure.aggregation == "ckks" and not plan.runner.insecure
+    with pytest.raises(ConfigError, match="'ckks' needs node keys") as err:
+        plan_local(preset="smoke", overrides=ckks, nodes=None, out=tmp_path / "r", resume=None,
+                   insecure=True)  # fmt: skip
+    assert "\n" not in str(err.value)
+    sa = plan_local(preset="smoke", overrides=["secure.aggregation=secagg+"], nodes=None,
+                    out=tmp_path / "r", resume=None, insecure=True)  # fmt: skip
+    assert sa.runner.insecure  # SecAgg+ runs unsigned without node keys
 
 
 def test_run_config_survives_flowers_own_parser(tmp_path: Path) -> None:
@@ -213,3 +231,69 @@ def test_overrides_join_and_split_back(assignments: list[str]) -> None:
 def test_overrides_with_both_quote_kinds_are_refused() -> None:
     with pytest.raises(ConfigError, match="both quote characters"):
         join_overrides(["data.manifest=/o'neil.csv", 'federation.strategy="fedprox"'])
+
+
+def _node_keys(folder: Path, n: int) -> tuple[dict[int, Path], dict[int, Path]]:
+    """SuperNode key pairs as `umbra deploy local` makes them: private and public files."""
+    keys = {i: generate_supernode_key(folder, f"supernode-{i}") for i in range(n)}
+    return {i: k.private_key for i, k in keys.items()}, {i: k.public_key for i, k in keys.items()}
+
+
+def test_client_app_reads_its_identity_from_the_files_its_node_config_names(
+    tmp_path: Path,
+) -> None:
+    private, public = _node_keys(tmp_path, 3)
+    roster_file = write_roster(tmp_path / "roster.txt", public)
+    secagg, ckks = transports().get("secagg+"), transports().get("ckks")
+    node = {"partition-id": 1, IDENTITY_KEY_NODE_CONFIG: str(private[1]),
+            ROSTER_NODE_CONFIG: str(roster_file)}  # fmt: skip
+    keys, roster = node_identity(node, ckks)
+    assert list(keys) == [1] and keys[1] == private[1].read_bytes()
+    assert roster == {i: public[i].read_bytes().strip() for i in range(3)}
+    assert node_identity(node, None) == ({}, {})  # a plaintext run reads nothing
+    # without identity files: SecAgg+ unsigned, CKKS refused in one line
+    assert node_identity({"partition-id": 1}, secagg) == ({}, {})
+    with pytest.raises(ConfigError, match="'ckks' needs this node's identity key and roster"):
+        node_identity({"partition-id": 1}, ckks)
+    # a roster that lacks the node, a key that is not the node's, a missing file
+    lacking = write_roster(tmp_path / "lacking.txt", {0: public[0], 2: public[2]})
+    with pytest.raises(IdentityError, match="client 1: not in its own identity roster"):
+        node_identity({**node, ROSTER_NODE_CONFIG: str(lacking)}, secagg)
+    with pytest.raises(IdentityError, match="client 1: its identity key does not match"):
+        node_identity({**node, IDENTITY_KEY_NODE_CONFIG: str(private[2])}, secagg)
+    absent = tmp_path / "absent.key"
+    with pytest.raises(IdentityError, match=f"cannot read identity key {absent}"):
+        node_identity({**node, IDENTITY_KEY_NODE_CONFIG: str(absent)}, secagg)
+    with pytest.raises(ConfigError, match="not umbra-roster"):
+        node_identity({"partition-id": 1, IDENTITY_KEY_NODE_CONFIG: str(private[1])}, secagg)
+
+
+def test_deployed_specs_take_the_roster_from_each_partys_own_file(tmp_path: Path) -> None:
+    """The ClientApp's spec carries the node's key and its own roster copy (whatever the
+    run config says); the ServerApp's roster comes from the run config's file, and CKKS
+    without one is refused."""
+    private, public = _node_keys(tmp_path / "keys", 2)
+    roster_file = write_roster(tmp_path / "roster.txt", public)
+    overrides = ["data.source=synthetic", "data.n_train=200", "data.n_test=60",
+                 "federation.num_clients=2", "secure.aggregation=ckks"]  # fmt: skip
+    cfg = load_config("smoke", overrides=overrides)
+    orgs, test = write_party_data(tmp_path, prepare_data(cfg))
+    other = write_roster(tmp_path / "server-roster.txt", {0: public[1], 1: public[0]})
+    run_config = {"preset": "smoke", "overrides": join_overrides(overrides),
+                  "out": str(tmp_path / "run"), "test-dir": str(test), "roster": str(other)}  # fmt: skip
+    node_config = {"partition-id": 0, "data-dir": str(orgs[0]),
+                   IDENTITY_KEY_NODE_CONFIG: str(private[0]),
+                   ROSTER_NODE_CONFIG: str(roster_file)}  # fmt: skip
+    context = Context(run_id=1, node_id=5, node_config=node_config, state=RecordDict(),
+                      run_config=run_config)  # fmt: skip
+    spec = client_spec(context)
+    assert spec.secure.roster == identity.read_roster(roster_file)  # its own, not the server's
+    assert spec.action_spec().identities == {0: private[0].read_bytes()}
+    assert private[0].read_bytes().hex() not in repr(spec)
+    run = AppRunConfig.from_run_config(run_config)
+    assert run.roster == other
+    assert server_spec(run).secure.roster == identity.read_roster(other)
+    with pytest.raises(ConfigError, match="'ckks' needs node identity keys"):
+        server_spec(AppRunConfig.from_run_config({**run_config, "roster": ""}))
+    with pytest.raises(IdentityError, match="cannot read roster"):
+        server_spec(AppRunConfig.from_run_config({**run_config, "roster": str(tmp_path / "x")}))

@@ -126,7 +126,10 @@ def test_out_folder_holding_a_run_is_not_overwritten(tmp_path: Path) -> None:
     ("args", "needles"),
     [
         (["--set", "federation.colour=1"], ["unknown key 'federation.colour'"]),
-        (["--set", "secure.aggregation=ckks"], ["ckks", "secagg+"]),
+        (
+            ["--insecure", "--set", "secure.aggregation=ckks"],
+            ["'ckks' needs node keys", "--insecure"],
+        ),
         (["--nodes", "0"], ["--nodes 0"]),
         (["--set", "federation.mode=centralized"], ["umbra run"]),
     ],

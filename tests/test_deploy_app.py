@@ -1,8 +1,9 @@
 """Umbra's own app on a real loopback deployment: SuperLink + 3 SuperNodes with TLS and
-SuperNode authentication, ``flwr run`` of ``umbra.apps``, the smoke preset under SecAgg+.
-One federation serves both checks: the run's results, and a SuperNode crashed mid-round
-(the round completes with the others, results.json names the dropped node, the restarted
-node rejoins in a later round). Slow: it starts Flower's processes.
+SuperNode authentication, ``flwr run`` of ``umbra.apps``, the smoke preset under SecAgg+
+with signed advertisements (the SuperNode keys as identities). One federation serves both
+checks: the run's results, and a SuperNode crashed mid-round (the round completes with the
+others, results.json names the dropped node, the restarted node rejoins in a later round).
+Slow: it starts Flower's processes.
 """
 
 from __future__ import annotations
@@ -99,6 +100,14 @@ def test_secagg_on_three_authenticated_nodes_survives_a_crashed_node(tmp_path: P
     assert {"superlink.log", "supernode-0.log", "supernode-1.log", "supernode-2.log"} <= logs
     assert any(name.startswith("run-") for name in logs)
     assert not (out / PARTY_DATA).exists()
+    # signed advertisements (each node's SuperNode key, its own roster copy): every
+    # signature verified, so no node was excluded or refused; the keys stay out of the
+    # run folder (node configs carry their paths, and the key folder is gone)
+    run_log = "".join((out / "logs" / n).read_text() for n in logs if n.startswith("run-"))
+    assert "excluded" not in run_log and "ProtocolViolation" not in run_log
+    assert "IdentityError" not in run_log
+    for path in out.rglob("*"):
+        assert not path.is_file() or b"PRIVATE KEY" not in path.read_bytes(), path
     started = runner.started_pids
     assert len(started) >= 4
     assert [pid for pid in started if _alive(pid)] == []

@@ -27,6 +27,7 @@ from umbra.deploy.pki import (
     load_supernode_private_key,
     verify_server_credentials,
 )
+from umbra.errors import DataError
 
 UTC = datetime.UTC
 
@@ -166,3 +167,37 @@ def test_regenerating_into_a_folder_replaces_keys_owner_only(tmp_path: Path) -> 
     assert second.key.read_bytes() != old_key
     assert stat.S_IMODE(second.key.stat().st_mode) == 0o600
     shutil.rmtree(tmp_path)
+
+
+def test_local_federation_names_each_nodes_key_and_own_roster_copy(tmp_path: Path) -> None:
+    """With node identities the SuperNode keys become the roster (server's copy plus one in
+    each node's own folder) and each node config names its key and its copy, as paths."""
+    from umbra.deploy.local_federation import LocalFederation
+    from umbra.deploy.pki import IDENTITY_KEY_NODE_CONFIG, ROSTER_NODE_CONFIG
+    from umbra.secure.identity import check_own_key, read_identity_key, read_roster
+
+    fed = LocalFederation(tmp_path / "deploy", nodes=3, node_identities=True)
+    try:
+        fed._make_keys()
+        assert fed.roster_file is not None and fed.key_dir is not None
+        roster = read_roster(fed.roster_file)
+        assert sorted(roster) == [0, 1, 2]
+        for i, node in enumerate(fed.nodes):
+            assert node.key is not None
+            key_path = Path(str(node.node_config[IDENTITY_KEY_NODE_CONFIG]))
+            own = Path(str(node.node_config[ROSTER_NODE_CONFIG]))
+            assert key_path == node.key.private_key and own.parent == fed.key_dir / node.name
+            assert stat.S_IMODE(own.parent.stat().st_mode) == 0o700
+            assert read_roster(own) == roster
+            assert roster[i] == node.key.public_key.read_bytes().strip()
+            check_own_key(roster, i, read_identity_key(key_path))
+        key_dir = fed.key_dir
+    finally:
+        fed.stop()
+    assert not key_dir.exists() and fed.roster_file is None
+    insecure = LocalFederation(tmp_path / "plain", nodes=2, insecure=True, node_identities=True)
+    assert not insecure.node_identities  # no node keys, nothing to sign with
+    with pytest.raises(DataError, match="umbra-roster=/nope is not a file"):
+        LocalFederation(
+            tmp_path / "d", nodes=1, node_configs=[{"umbra-roster": "/nope"}]
+        )._check_inputs()

@@ -30,7 +30,7 @@ from umbra.federation.common import (
 from umbra.federation.secure_round import SecureTrainRound
 from umbra.federation.strategies import build_strategy
 from umbra.models import parameter_modality
-from umbra.secure import TransportRegistry, transports
+from umbra.secure import TransportRegistry, identity, transports
 from umbra.secure.contribution import DEFAULT_WEIGHT_SCALE, int_template, make_contribution
 
 NODES = [21, 22, 23]
@@ -129,8 +129,10 @@ def test_registry_names_the_built_in_transports_and_refuses_duplicates() -> None
     registry = transports()
     assert registry.names() == ["ckks", "secagg+"]
     secagg = registry.get("secagg+")
-    assert (secagg.client_action, secagg.integer_noise, secagg.signed) == ("secagg", True, False)
-    assert registry.get("ckks").signed
+    # SecAgg+ signs its advertisements when the run has identities; CKKS cannot run without
+    assert (secagg.client_action, secagg.integer_noise) == ("secagg", True)
+    assert (secagg.signed, secagg.identity_required) == (True, False)
+    assert registry.get("ckks").signed and registry.get("ckks").identity_required
     with pytest.raises(ValueError, match="already registered"):
         registry.register(secagg)
     with pytest.raises(ConfigError, match=r"unknown round transport 'none'.*ckks"):
@@ -197,6 +199,11 @@ def test_specs_built_from_a_config_are_typed_and_picklable(tmp_path: Path) -> No
     assert all(key.hex() not in repr(client) for key in identities.values())
     plain = secure_setup(load_config("smoke"))
     assert plain[0] is None and plain[2] == {} and plain[1].roster == {}
+    # simulated SecAgg+ signs its advertisements too, with fresh keys per run
+    _, sa, sa_keys = secure_setup(load_config("smoke", overrides=["secure.aggregation=secagg+"]))
+    assert sorted(sa_keys) == sorted(sa.roster) == list(range(cfg.federation.num_clients))
+    assert all(identity.public_identity(sa_keys[i]) == sa.roster[i] for i in sa_keys)
+    assert not set(sa_keys.values()) & set(identities.values())
 
 
 def test_secure_transport_entry_is_picklable() -> None:

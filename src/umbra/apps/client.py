@@ -14,6 +14,12 @@ resolves, :mod:`umbra.apps.run_config`) and the node's own ``--node-config``:
                   the records prepared from its manifest); by default a folder keyed by
                   ``data-dir`` or ``manifest`` under ``$UMBRA_CLIENT_STATE`` or
                   ``~/.local/state/umbra/clients``.
+``umbra-identity-key``  (optional) the path of its private identity key: its SuperNode
+                  authentication key (ECDSA P-384, OpenSSH), never the key itself;
+``umbra-roster``  (with the key) the path of its own copy of the identity roster (partition
+                  id -> public key, `umbra.secure.identity.read_roster`), received out of
+                  band: the trust anchor of the signing transports never comes from the
+                  server. Without both, SecAgg+ runs unsigned and CKKS is refused.
 
 The node reads nothing but its own records; the model is sized from them (with a
 manifest: from the declared schema, so every node builds the same model). The handlers
@@ -34,15 +40,18 @@ from flwr.clientapp import ClientApp
 from umbra.apps.node_data import prepared_records
 from umbra.apps.run_config import config_from_run_config
 from umbra.config import Config
+from umbra.deploy.pki import IDENTITY_KEY_NODE_CONFIG, ROSTER_NODE_CONFIG
 from umbra.errors import ConfigError, DataError
 from umbra.federation.client_app import ClientSpec, info_reply, train_reply
 from umbra.federation.client_data import load_client_data
+from umbra.federation.common import SecureSettings, SecureTransport
 from umbra.run.folder import client_state_root
 from umbra.run.prepare import model_spec_for
-from umbra.run.simulation import secure_setup, train_settings
+from umbra.run.simulation import secure_transport, train_settings
 from umbra.secure import transports
+from umbra.secure.identity import check_own_key, read_identity_key, read_roster
 
-__all__ = ["client_app", "client_spec"]
+__all__ = ["client_app", "client_spec", "node_identity"]
 
 client_app = ClientApp()
 
@@ -73,18 +82,44 @@ def _records(cfg: Config, node_config: Mapping[str, Any]) -> tuple[Path, Path]:
     return folder, client_state_root(folder)
 
 
+def node_identity(
+    node_config: Mapping[str, Any], transport: SecureTransport | None
+) -> tuple[dict[int, bytes], dict[int, bytes]]:
+    """This node's identity: ({partition id: private key}, roster) read from the files its
+    node config names, checked to name this node with this key; ({}, {}) when the
+    transport does not sign or the node has no identity files. One-line errors naming the
+    file (missing, unreadable, not a key or roster) or the mismatch."""
+    if transport is None or not transport.signed:
+        return {}, {}
+    key_name, roster_name = IDENTITY_KEY_NODE_CONFIG, ROSTER_NODE_CONFIG
+    has_key, has_roster = key_name in node_config, roster_name in node_config
+    if not has_key and not has_roster:
+        if transport.identity_required:
+            raise ConfigError(
+                f"secure.aggregation = {transport.name!r} needs this node's identity key and "
+                f"roster: node config {key_name}=<key file> {roster_name}=<roster file>"
+            )
+        return {}, {}
+    if not (has_key and has_roster):
+        missing = roster_name if has_key else key_name
+        raise ConfigError(f"node config names one identity file but not {missing}")
+    pid = int(node_config["partition-id"])
+    key = read_identity_key(Path(str(node_config[key_name])))
+    roster = read_roster(Path(str(node_config[roster_name])))
+    check_own_key(roster, pid, key)
+    return {pid: key}, roster
+
+
 @lru_cache(maxsize=4)
 def _cached_spec(
     run_items: tuple[tuple[str, Any], ...], node_items: tuple[tuple[str, Any], ...]
 ) -> ClientSpec:
     cfg = config_from_run_config(dict(run_items))
-    folder, state = _records(cfg, dict(node_items))
-    transport, secure, identities = secure_setup(cfg)
-    if identities:
-        raise ConfigError(
-            f"secure.aggregation = {cfg.secure.aggregation!r} needs per-node identity keys, "
-            "which a deployment does not distribute yet"
-        )
+    node_config = dict(node_items)
+    folder, state = _records(cfg, node_config)
+    transport = secure_transport(cfg)
+    identities, roster = node_identity(node_config, transport)
+    secure = SecureSettings.from_section(cfg.secure, roster=roster, rounds=cfg.federation.rounds)
     return ClientSpec(
         data_dir=str(folder),
         state_dir=str(state),
@@ -94,6 +129,7 @@ def _cached_spec(
         threads=cfg.run.threads,
         transports=(transport,) if transport is not None else (),
         secure=secure,
+        identities=identities,
         privacy_unit=cfg.privacy.mode,
         own_data=True,
     )

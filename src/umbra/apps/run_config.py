@@ -8,7 +8,11 @@ defaults under ``[tool.flwr.app.config]`` in the app's ``pyproject.toml``, overr
 ``overrides``  space-separated ``section.key=value`` assignments, each parsed exactly like
                one ``--set`` (quote a value holding spaces: ``data.manifest="/a b.csv"``);
 ``out``        the run folder on the server's machine (absolute path);
-``test-dir``   the server's folder holding the held-out test set (absolute path).
+``test-dir``   the server's folder holding the held-out test set (absolute path);
+``roster``     (optional) the server's copy of the identity roster file (absolute path:
+               partition id -> the node's public key, `umbra.secure.identity.read_roster`),
+               for the signing transports; the nodes never take it from here, each reads
+               its own copy named in its node config.
 
 Both sides resolve the same config from them, so the organisations train with the
 settings the server plans with. Where each organisation's records are is not in the run
@@ -41,6 +45,7 @@ RUN_CONFIG_DEFAULTS: dict[str, str] = {
     "overrides": "",
     "out": "",
     "test-dir": "",
+    "roster": "",
 }
 
 
@@ -104,12 +109,14 @@ def _folder(run_config: Mapping[str, Any], key: str, what: str) -> Path:
 
 @dataclass(frozen=True)
 class AppRunConfig:
-    """What the ServerApp reads from the run config: the config, its run folder and the
-    held-out test set's folder (which must exist)."""
+    """What the ServerApp reads from the run config: the config, its run folder, the
+    held-out test set's folder (which must exist) and the identity roster file (None:
+    the run has no node identities)."""
 
     cfg: Config
     out: Path
     test_dir: Path
+    roster: Path | None = None
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> AppRunConfig:
@@ -118,4 +125,7 @@ class AppRunConfig:
         test_dir = _folder(run_config, "test-dir", "the held-out test set's folder")
         if not (test_dir / "meta.json").is_file():
             raise ConfigError(f"run config test-dir = {str(test_dir)!r} holds no test set")
-        return cls(cfg=cfg, out=out, test_dir=test_dir)
+        roster = (
+            _folder(run_config, "roster", "the roster file") if run_config.get("roster") else None
+        )
+        return cls(cfg=cfg, out=out, test_dir=test_dir, roster=roster)

@@ -24,6 +24,7 @@ from umbra.config import config_fingerprint, validate_config
 from umbra.errors import ConfigError, ResumeError, UmbraError
 from umbra.federation.checkpoint import atomic_write_text
 from umbra.federation.client_data import load_client_data
+from umbra.federation.common import SecureSettings
 from umbra.federation.server_app import (
     RoundReport,
     RunResult,
@@ -33,7 +34,8 @@ from umbra.federation.server_app import (
 )
 from umbra.run.folder import CONFIG_FILE
 from umbra.run.prepare import model_spec_for
-from umbra.run.simulation import secure_setup
+from umbra.run.simulation import secure_transport
+from umbra.secure.identity import read_roster
 
 __all__ = ["ERROR_PREFIX", "server_app", "server_spec"]
 
@@ -57,14 +59,19 @@ def _check_run_folder(run: AppRunConfig) -> None:
 
 def server_spec(run: AppRunConfig) -> ServerSpec:
     """The ServerSpec of a deployed run (as `ServerSpec.from_config`, with the model sized
-    from the test set and the secure settings without a simulated identity roster)."""
+    from the test set and the public identity roster from the run config's ``roster``
+    file: the server verifies and relays signatures, it holds no identity key)."""
     cfg = run.cfg
-    transport, secure, identities = secure_setup(cfg)
-    if identities:
+    transport = secure_transport(cfg)
+    roster: dict[int, bytes] = {}
+    if transport is not None and transport.signed and run.roster is not None:
+        roster = read_roster(run.roster)
+    if transport is not None and transport.identity_required and not roster:
         raise ConfigError(
-            f"secure.aggregation = {cfg.secure.aggregation!r} signs with per-node identity "
-            "keys, which a deployment does not distribute yet; use 'secagg+' or 'none'"
+            f"secure.aggregation = {cfg.secure.aggregation!r} needs node identity keys and "
+            "their roster (run config roster); a deployment without node keys cannot run it"
         )
+    secure = SecureSettings.from_section(cfg.secure, roster=roster, rounds=cfg.federation.rounds)
     test = load_client_data(str(run.test_dir), 0)
     out = run.out
 

@@ -16,6 +16,13 @@
 5. stops every process it started, by PID, on `stop`, on leaving a ``with`` block, on an
    exception, on Ctrl-C and on SIGTERM (`ProcessSupervisor`).
 
+With ``node_identities=True`` (and not insecure) each SuperNode's authentication key is
+also its protocol identity (`umbra.secure.identity`): the public keys go into a roster file
+(``<partition id> <OpenSSH public key>`` per node), a copy of which is written into each
+node's own folder of the key folder, as a coordinator would hand it out out of band; each
+node's ``--node-config`` names its key file and its roster copy (``umbra-identity-key``,
+``umbra-roster``: paths, never key bytes), and `roster_file` is the server's copy.
+
 ``insecure=True`` drops TLS and node authentication (nodes then self-register). Each
 process logs to ``<out_dir>/logs/<name>.log``; the run's own log (ServerApp and
 ClientApps, as the SuperLink collects it) to ``<out_dir>/logs/run-<id>.log``.
@@ -52,11 +59,14 @@ from umbra.deploy.commands import (
 )
 from umbra.deploy.errors import DeployError
 from umbra.deploy.pki import (
+    IDENTITY_KEY_NODE_CONFIG,
+    ROSTER_NODE_CONFIG,
     ServerCredentials,
     SuperNodeKey,
     generate_server_credentials,
     generate_supernode_key,
     verify_server_credentials,
+    write_roster,
 )
 from umbra.deploy.ports import check_port_free, free_port
 from umbra.deploy.processes import ProcessSupervisor, tail
@@ -69,6 +79,10 @@ __all__ = ["RUN_OK", "LocalFederation", "NodeSpec"]
 DATA_PATH_KEYS = ("data-dir",)
 #: Node-config keys that name a file the node reads its data from (its own manifest).
 DATA_FILE_KEYS = ("manifest",)
+#: Node-config keys that name a file the node reads (its identity key and roster copy).
+FILE_PATH_KEYS = (IDENTITY_KEY_NODE_CONFIG, ROSTER_NODE_CONFIG)
+#: Name of a roster file (the server's copy in the key folder, each node's in its own).
+ROSTER_FILE = "roster.txt"
 #: Return code of `LocalFederation.run_app` when the run finished as completed.
 RUN_OK = 0
 _RUN_FAILED = 1
@@ -96,7 +110,9 @@ class LocalFederation:
     ``warm_clientapps=False`` keeps Flower's own SuperExec on each SuperNode (a new
     ``flwr-clientapp`` process per message: slower, for comparison); ``idle_poll_s``
     is how often an idle SuperNode asks for work (`umbra.deploy.supernode`; ``None``:
-    Flower's own 3 s). Timeouts are in seconds.
+    Flower's own 3 s).
+    ``node_identities`` makes the SuperNode keys the nodes' protocol identities (see the
+    module docstring; ignored when insecure). Timeouts are in seconds.
     """
 
     def __init__(
@@ -108,6 +124,7 @@ class LocalFederation:
         node_configs: Sequence[Mapping[str, NodeConfigValue]] | None = None,
         superlink_port: int | None = None,
         tls_credentials: ServerCredentials | None = None,
+        node_identities: bool = False,
         startup_timeout_s: float = 120.0,
         grace_s: float = 5.0,
         warm_clientapps: bool = True,
@@ -136,6 +153,9 @@ class LocalFederation:
             format_config_pairs(config)  # reject malformed keys and values now
             self.nodes.append(NodeSpec(name=f"supernode-{i}", node_config=config, key=None))
         self.tls_credentials = tls_credentials
+        self.node_identities = node_identities and not insecure
+        #: the server's copy of the identity roster (with ``node_identities``, once started)
+        self.roster_file: Path | None = None
         self.supervisor = ProcessSupervisor(self.log_dir, grace_s=grace_s)
         self.key_dir: Path | None = None
         self.tls: SuperLinkTLS | None = None
@@ -152,7 +172,7 @@ class LocalFederation:
                     raise DataError(
                         f"{node.name}: node config {key}={node.node_config[key]} is not a folder"
                     )
-            for key in DATA_FILE_KEYS:
+            for key in (*DATA_FILE_KEYS, *FILE_PATH_KEYS):
                 if key in node.node_config and not Path(str(node.node_config[key])).is_file():
                     raise DataError(
                         f"{node.name}: node config {key}={node.node_config[key]} is not a file"
@@ -172,6 +192,25 @@ class LocalFederation:
         self.tls = SuperLinkTLS(ca_cert=creds.ca_cert, cert=creds.cert, key=creds.key)
         for node in self.nodes:
             node.key = generate_supernode_key(self.key_dir, node.name)
+        if self.node_identities:
+            self._write_rosters()
+
+    def _write_rosters(self) -> None:
+        """The roster of the nodes' authentication keys: the server's copy, one copy in
+        each node's own folder, and each node's node config naming its key and roster."""
+        assert self.key_dir is not None
+        public = {}
+        for node in self.nodes:
+            assert node.key is not None
+            public[int(node.node_config["partition-id"])] = node.key.public_key
+        self.roster_file = write_roster(self.key_dir / ROSTER_FILE, public)
+        for node in self.nodes:
+            assert node.key is not None
+            own = self.key_dir / node.name
+            own.mkdir(mode=0o700)
+            shutil.copyfile(self.roster_file, own / ROSTER_FILE)
+            node.node_config[IDENTITY_KEY_NODE_CONFIG] = str(node.key.private_key)
+            node.node_config[ROSTER_NODE_CONFIG] = str(own / ROSTER_FILE)
 
     def start(self) -> LocalFederation:
         """Start the SuperLink and every SuperNode; return once all nodes are online."""
@@ -487,6 +526,7 @@ class LocalFederation:
         if self.key_dir is not None:
             shutil.rmtree(self.key_dir, ignore_errors=True)
             self.key_dir = None
+            self.roster_file = None
 
     def __enter__(self) -> LocalFederation:
         return self.start()

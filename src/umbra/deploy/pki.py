@@ -9,7 +9,11 @@ and written into one folder:
   CA (SuperNodes and the ``flwr`` CLI trust it through the CA certificate alone);
 * one authentication key pair per SuperNode: ECDSA P-384 in OpenSSH encoding, which is
   what Flower 1.42 reads (``flower-supernode --auth-supernode-private-key`` and
-  ``flwr supernode register <public key>`` both use OpenSSH key files).
+  ``flwr supernode register <public key>`` both use OpenSSH key files). The same key is
+  the node's identity in the signing secure-aggregation modes (`umbra.secure.identity`):
+  `write_roster` lists the public keys by partition id, and a node's ``--node-config``
+  names its key file and its roster copy (`IDENTITY_KEY_NODE_CONFIG`,
+  `ROSTER_NODE_CONFIG`: paths, never key bytes).
 
 Private keys are written with mode 0600 and never logged. The loaders turn every failure
 (missing file, garbage, expired or not-yet-valid certificate, a key that does not belong to
@@ -21,6 +25,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +39,8 @@ from umbra.deploy.errors import CertificateError
 
 __all__ = [
     "DEFAULT_VALIDITY",
+    "IDENTITY_KEY_NODE_CONFIG",
+    "ROSTER_NODE_CONFIG",
     "ServerCredentials",
     "SuperNodeKey",
     "generate_certificate_authority",
@@ -43,10 +50,15 @@ __all__ = [
     "load_supernode_private_key",
     "verify_server_credentials",
     "write_private_key",
+    "write_roster",
 ]
 
 _CURVE = ec.SECP384R1()
 _PRIVATE_MODE = 0o600
+#: Node-config keys naming a node's identity files: its private key (the SuperNode
+#: authentication key) and its own copy of the roster (`umbra.secure.identity.read_roster`).
+IDENTITY_KEY_NODE_CONFIG = "umbra-identity-key"
+ROSTER_NODE_CONFIG = "umbra-roster"
 #: Validity of the throwaway certificates: long enough for any local run.
 DEFAULT_VALIDITY = datetime.timedelta(days=7)
 
@@ -219,6 +231,21 @@ def generate_supernode_key(folder: Path, name: str) -> SuperNodeKey:
         + b"\n"
     )
     return paths
+
+
+def write_roster(path: Path, public_keys: Mapping[int, Path]) -> Path:
+    """Write the identity roster ``path``: one line ``<partition id> <OpenSSH public key>``
+    per node, from its ``.pub`` file (what the SuperLink registered). Public data: the
+    coordinator hands every node and the server a copy out of band."""
+    lines = ["# partition id, then the node's public identity key (OpenSSH)"]
+    for pid in sorted(public_keys):
+        key = _read(public_keys[pid], "SuperNode public key").decode("ascii", "replace")
+        fields = key.split()
+        if len(fields) < 2:
+            raise CertificateError(f"SuperNode public key {public_keys[pid]} is not OpenSSH")
+        lines.append(f"{int(pid)} {fields[0]} {fields[1]}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
 
 
 def _read(path: Path, what: str) -> bytes:

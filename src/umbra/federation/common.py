@@ -244,9 +244,11 @@ class SecureSettings:
     ``threshold`` is the fraction of a round's clients needed to finish it, in (0.5, 1];
     ``clip_range`` the ±R range of each weighted update element; ``prekeys`` and
     ``dropout_clients`` are SecAgg+ options (fault injection: partition ids that drop out
-    after masking). ``roster`` (partition id -> public Ed25519 key) and ``rounds`` (the
-    run's rounds: the decryption budget of the flooding bound) are threshold CKKS's; both
-    are public and fixed when the run is assembled, never taken from a server message.
+    after masking). ``roster`` (partition id -> public identity key, `umbra.secure.identity`:
+    the signing transports' trust anchor; empty: unsigned rounds) and ``rounds`` (the run's
+    rounds: threshold CKKS's decryption budget) are public and fixed when the run is
+    assembled, never taken from a server message (a node reads its roster from its own
+    file under the Deployment Engine).
     """
 
     aggregation: str = "none"
@@ -278,9 +280,10 @@ class SecureSettings:
 class ClientActionSpec:
     """What a secure-aggregation client mod needs besides the train function.
 
-    ``identities`` holds the simulated nodes' Ed25519 private keys (partition id -> key;
-    each node reads only its own; under the Deployment Engine a node takes its key from its
-    node config instead). Kept out of ``repr``; never written to the run folder.
+    ``identities`` holds private identity keys (partition id -> key): the simulated
+    nodes' Ed25519 keys (each node reads only its own), or under the Deployment Engine the
+    one node's key read from the file its node config names. Kept out of ``repr``; never
+    written to the run folder.
     """
 
     secure: SecureSettings
@@ -367,8 +370,9 @@ class SecureTransport:
     ``client_mod`` builds the ClientApp handler of ``train.<client_action>``.
     ``integer_noise`` says distributed DP noise is added after quantisation (discrete
     Gaussian shares: the plan is checked on the server before any release); ``signed``
-    that the clients sign their messages (an Ed25519 identity per node and a public
-    roster, `SecureSettings.roster`).
+    that the clients sign their key messages when the run has node identities (a private
+    identity key per node and a public roster, `SecureSettings.roster`);
+    ``identity_required`` that the mode cannot run without them.
     """
 
     name: str
@@ -377,3 +381,4 @@ class SecureTransport:
     client_mod: ClientMod
     integer_noise: bool = False
     signed: bool = False
+    identity_required: bool = False

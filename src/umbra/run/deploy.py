@@ -8,7 +8,9 @@ manifest with its media files, which the node reads and prepares itself against 
 schema `plan_local` published in the run config) and the held-out test set into the
 server's folder, writes the Flower
 App folder (`write_app_folder`), starts a SuperLink and one SuperNode per organisation
-(`umbra.deploy.LocalFederation`: TLS and SuperNode authentication unless ``insecure``),
+(`umbra.deploy.LocalFederation`: TLS and SuperNode authentication unless ``insecure``;
+then each SuperNode's authentication key is also its identity key, named with the roster
+copy in its node config, and the ServerApp gets the roster file through the run config),
 launches the run with ``flwr run``, streams each round's row from ``progress.jsonl`` to
 ``on_round``, and returns the ServerApp's `RunResult`. Every process is stopped when it
 returns, raises or is interrupted; their logs are in ``<run folder>/logs/``.
@@ -40,7 +42,7 @@ from umbra.federation.client_data import write_federation_data
 from umbra.federation.server_app import RunResult
 from umbra.run.folder import client_state_root
 from umbra.run.prepare import PreparedData
-from umbra.run.simulation import RoundCallback
+from umbra.run.simulation import RoundCallback, secure_transport
 
 __all__ = [
     "APP_FOLDER",
@@ -171,14 +173,12 @@ def plan_local(
         run_dir, all_overrides = out or Path("runs") / f"deploy-{preset}", extra
     if cfg.federation.mode == "centralized":
         raise ConfigError("federation.mode = 'centralized' trains no federation; use umbra run")
-    if cfg.secure.aggregation != "none":
-        from umbra.secure import transports
-
-        if transports().get(cfg.secure.aggregation).signed:
-            raise ConfigError(
-                f"secure.aggregation = {cfg.secure.aggregation!r} signs with per-node identity "
-                "keys, which umbra deploy local does not distribute yet; use 'secagg+' or 'none'"
-            )
+    transport = secure_transport(cfg)
+    if insecure and transport is not None and transport.identity_required:
+        raise ConfigError(
+            f"secure.aggregation = {cfg.secure.aggregation!r} needs node keys (the SuperNode "
+            "authentication keys sign its key set-up); run without --insecure"
+        )
     n = cfg.federation.num_clients
     if n > MAX_LOCAL_NODES:
         raise ConfigError(f"federation.num_clients = {n}: at most {MAX_LOCAL_NODES} local nodes")
@@ -337,10 +337,13 @@ class DeployedRunner:
                               node_configs=node_configs, superlink_port=self.superlink_port,
                               tls_credentials=self.tls_credentials,
                               warm_clientapps=not self.stock_flower,
-                              idle_poll_s=None if self.stock_flower else DEFAULT_IDLE_POLL_S)  # fmt: skip
+                              idle_poll_s=None if self.stock_flower else DEFAULT_IDLE_POLL_S,
+                              node_identities=True)  # fmt: skip
         streamer = threading.Thread(target=stream, name="umbra-progress", daemon=True)
         with fed:
             self.federation = fed
+            if fed.roster_file is not None:  # the server's copy of the nodes' public keys
+                run_config = {**run_config, "roster": str(fed.roster_file)}
             streamer.start()
             try:
                 fed.run_app(app_dir, run_config,

@@ -21,7 +21,13 @@ from umbra.federation.train import TrainSettings
 from umbra.run.folder import client_state_root
 from umbra.run.prepare import PreparedData
 
-__all__ = ["RoundCallback", "run_federated", "secure_setup", "train_settings"]
+__all__ = [
+    "RoundCallback",
+    "run_federated",
+    "secure_setup",
+    "secure_transport",
+    "train_settings",
+]
 
 RoundCallback = Callable[[dict[str, Any]], None]
 
@@ -42,21 +48,28 @@ def train_settings(cfg: Config) -> TrainSettings:
     )
 
 
+def secure_transport(cfg: Config) -> SecureTransport | None:
+    """The run's secure transport from the registry (None: plaintext rounds)."""
+    if cfg.secure.aggregation == "none":
+        return None
+    from umbra.secure import transports
+
+    return transports().get(cfg.secure.aggregation)
+
+
 def secure_setup(cfg: Config) -> tuple[SecureTransport | None, SecureSettings, dict[int, bytes]]:
     """The run's secure transport (from the registry; None: plaintext), its settings and
-    the simulated nodes' private identity keys (empty unless the transport signs).
+    the simulated nodes' private identity keys (empty unless the transport signs: CKKS's
+    key set-up, SecAgg+'s advertisements).
 
-    Identity keys come from the OS CSPRNG (never run.seed): each private key belongs to its
-    node only (the ClientApp picks its own partition's key), the public roster goes to
-    everyone. Kept in memory only, never in the run folder.
+    Identity keys are Ed25519 from the OS CSPRNG (never run.seed): each private key belongs
+    to its node only (the ClientApp picks its own partition's key), the public roster goes
+    to everyone. Kept in memory only, never in the run folder. (A deployment uses the
+    SuperNodes' authentication keys instead: `umbra.apps.client`.)
     """
-    transport: SecureTransport | None = None
+    transport = secure_transport(cfg)
     identities: dict[int, bytes] = {}
     roster: dict[int, bytes] = {}
-    if cfg.secure.aggregation != "none":
-        from umbra.secure import transports
-
-        transport = transports().get(cfg.secure.aggregation)
     if transport is not None and transport.signed:
         from umbra.secure.identity import generate_identities
 

@@ -55,6 +55,7 @@ def transports() -> TransportRegistry:
             server=SecAggPlusTransport,
             client_mod=make_secagg_handler,
             integer_noise=True,  # discrete Gaussian shares added after quantisation
+            signed=True,  # signed advertisements when the run has a roster of identity keys
         )
     )
     registry.register(
@@ -64,6 +65,7 @@ def transports() -> TransportRegistry:
             server=CkksTransport,
             client_mod=make_ckks_handler,
             signed=True,  # signed key setup against the roster of identity keys
+            identity_required=True,
         )
     )
     return registry

@@ -7,10 +7,13 @@ under the Deployment Engine; in simulation all parties share one process tree), 
 ``collect`` and encrypts the weighted contribution (`umbra.secure.contribution`,
 `umbra.secure.he.payload`).
 
-Identity: the node's Ed25519 private key comes from ``node_config["umbra-identity-key"]``
-(hex) under the Deployment Engine, or, in simulation, from the mod's spec
-(``ClientActionSpec.identities``, generated from os.urandom where the apps are built); the
-public roster from ``SecureSettings.roster``. The run's rounds (the decryption budget of
+Identity: the node's private identity key comes from the mod's spec
+(``ClientActionSpec.identities[partition id]``): in simulation an Ed25519 key generated from
+os.urandom where the apps are built; under the Deployment Engine the SuperNode
+authentication key (ECDSA P-384) the ClientApp read from the file its node config names
+(``umbra-identity-key``, `umbra.apps.client`). The public roster from
+``SecureSettings.roster``: the node's own copy (in a deployment, the file named by its
+node config's ``umbra-roster``), never the server's. The run's rounds (the decryption budget of
 the flooding bound) from ``SecureSettings.rounds``: a holder never takes them from the
 server.
 """
@@ -43,29 +46,22 @@ from umbra.secure.he.holder import (
     HolderConfig,
 )
 from umbra.secure.he.payload import flatten_contribution
+from umbra.secure.identity import IdentityError, check_own_key, run_key
 from umbra.secure.transport import decode_proto, reply_content
 
 __all__ = [
     "DROPOUT_ERROR_CODE",
-    "IDENTITY_NODE_KEY",
     "STATE_RECORD",
     "make_ckks_handler",
-    "run_key",
 ]
 
 log = logging.getLogger("umbra")
 
 STATE_RECORD = "ckks-state"
-IDENTITY_NODE_KEY = "umbra-identity-key"
 
 
 #: Error code of the reply a fault-injected dropout sends (``secure.dropout_clients``)
 DROPOUT_ERROR_CODE = 4102
-
-
-def run_key(run_id: int) -> int:
-    """The run id as signed and stored (63 bits, fits a ConfigRecord int)."""
-    return int(run_id) & (2**63 - 1)
 
 
 def _state(context: Context) -> dict[str, Any]:
@@ -92,10 +88,10 @@ def make_ckks_handler(train_fn: TrainFn, spec: ClientActionSpec) -> TrainFn:
 
     def handler(msg: Message, context: Context) -> Message:
         pid = int(context.node_config["partition-id"])
-        raw_key = context.node_config.get(IDENTITY_NODE_KEY)
-        key = bytes.fromhex(str(raw_key)) if raw_key else identities.get(pid)
+        key = identities.get(pid)
         if key is None:
-            raise RuntimeError(f"ckks client {pid}: no identity key")
+            raise IdentityError(f"ckks client {pid}: no identity key")
+        check_own_key(roster, pid, key)
         cfg = HolderConfig(
             client_id=pid,
             identity_key=key,

@@ -84,9 +84,10 @@ class DecryptionRefused(UmbraError, ValueError):
 class HolderConfig:
     """What a holder knows from its own configuration (never from the server).
 
-    ``identity_key``: raw Ed25519 private key; ``roster``: client id -> Ed25519 public
-    key; ``threshold``: the fraction of holders needed (``secure.threshold``); ``rounds``:
-    the run's rounds (sizes the decryption budget tau); ``clip``: |value| bound per client.
+    ``identity_key``: private identity key (`identity.load_private_key`); ``roster``:
+    client id -> public identity key; ``threshold``: the fraction of holders needed
+    (``secure.threshold``); ``rounds``: the run's rounds (sizes the decryption budget tau);
+    ``clip``: |value| bound per client.
     """
 
     client_id: int

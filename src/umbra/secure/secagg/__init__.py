@@ -2,12 +2,13 @@
 
 Modules: :mod:`~umbra.secure.secagg.config` (the round's public parameters),
 :mod:`~umbra.secure.secagg.messages` (what both sides agree on about messages),
+:mod:`~umbra.secure.secagg.advert` (signed advertisements),
 :mod:`~umbra.secure.secagg.client` and :mod:`~umbra.secure.secagg.server` (the state
 machines), :mod:`~umbra.secure.secagg.errors`; primitives in ``crypto``, ``shamir``,
 ``graph``, ``quantize``, ``constants``; Flower glue in ``client_mod`` and ``workflow``.
 
-Transport-independent state machines for the semi-honest SecAgg+ protocol, itself the
-sparse-graph version of Bonawitz et al. (CCS 2017, https://eprint.iacr.org/2017/281):
+Transport-independent state machines for the SecAgg+ protocol, itself the sparse-graph
+version of Bonawitz et al. (CCS 2017, https://eprint.iacr.org/2017/281):
 
 1. **advertise keys** - each client creates two X25519 key pairs (``c``: share
    encryption, ``s``: pairwise masks) and sends the public halves (or adopts, with
@@ -31,16 +32,32 @@ sparse-graph version of Bonawitz et al. (CCS 2017, https://eprint.iacr.org/2017/
    obtains only the sum. A client never reveals both kinds of share for one client.
 
 Messages are plain dicts of ints, bytes, lists of bytes and numpy arrays (keys in
-`constants.Key`), ready to be put into Flower records. Threat model: honest-but-curious
-server colluding with fewer than ``t`` clients on the complete graph (``n <=
-COMPLETE_GRAPH_MAX_CLIENTS``), with a ``CORRUPT_FRACTION`` of the clients on the sparse
-graph beyond, except with probability ``2^-SECURITY_BITS`` (`graph.collusion_bound`).
-The graph seed is unbiased except that the server may abort a round after the reveals
-(a visible aborted round, after which the next round draws a fresh graph). There is no consistency
-check round (the signatures of the malicious-server variant of Bell et al.), so a server
-that sent different survivor lists to different clients could unmask one client; a
-malicious client can still send any well-formed vector (input validation is the poisoning
-defence's job). A digest on the masked vector only detects corruption in transit.
+`constants.Key`), ready to be put into Flower records.
+
+Threat model: a server colluding with fewer than ``t`` clients on the complete graph
+(``n <= COMPLETE_GRAPH_MAX_CLIENTS``), with a ``CORRUPT_FRACTION`` of the clients on the
+sparse graph beyond, except with probability ``2^-SECURITY_BITS``
+(`graph.collusion_bound`). The graph seed is unbiased except that the server may abort a
+round after the reveals (a visible aborted round, after which the next round draws a fresh
+graph).
+
+* **With an identity roster** (`SecureSettings.roster`: simulation always; a deployment
+  whose nodes have authentication keys) advertisements are signed (``advert``; Bonawitz
+  et al. §4, active-adversary variant): each client checks every neighbour's signature
+  against its own roster before deriving a pairwise key or sharing a secret, so a server
+  that substitutes a client's public keys (a man in the middle on the pairwise keys and the
+  share encryption), replays an advertisement from another round or run, or invents a
+  client is refused by every honest client (`ProtocolViolation` naming the peer). Pre-keys
+  are unsigned and not used then.
+* **Without a roster** advertisements are unsigned: the guarantee needs a server that
+  relays keys faithfully (semi-honest), since a substituted key goes unnoticed by everyone
+  but its owner.
+
+There is no consistency-check round (signatures on the survivor set, Bonawitz et al. §4 /
+Bell et al.), so a server that sent different survivor lists to different clients could
+unmask one client; a malicious client can still send any well-formed vector (input
+validation is the poisoning defence's job). A digest on the masked vector only detects
+corruption in transit.
 """
 
 from umbra.secure.secagg.client import ClientState, SecAggPlusClient

@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from umbra.secure.identity import IdentityError
 from umbra.secure.secagg import crypto
+from umbra.secure.secagg.advert import NodeIdentity, check_advert
 from umbra.secure.secagg.config import SecAggConfig
 from umbra.secure.secagg.constants import (
     AEAD_KEY_INFO,
@@ -90,11 +92,14 @@ class SecAggPlusClient:
         *,
         threshold_fraction: float | None = None,
         check_graph: bool = True,
+        identity: NodeIdentity | None = None,
     ) -> None:
         """``threshold_fraction``: the client's own configured threshold; it refuses a round
         whose threshold is below ``ceil(threshold_fraction * n)``. ``check_graph``: refuse a
         round whose degree and Shamir threshold are not `graph.graph_parameters`' (off only
-        for rounds run with explicit parameters, which carry no guarantee)."""
+        for rounds run with explicit parameters, which carry no guarantee). ``identity``:
+        sign this client's advertisement and accept a neighbour's keys only with a valid
+        signature from the roster (`umbra.secure.secagg.advert`); None: unsigned rounds."""
         if not 0 <= client_id < 1 << 32:
             raise ValueError(f"client_id must be in [0, 2^32), got {client_id}")
         if threshold_fraction is not None and not 0 < threshold_fraction <= 1:
@@ -102,6 +107,7 @@ class SecAggPlusClient:
         self.state = ClientState(client_id=client_id)
         self.threshold_fraction = threshold_fraction
         self.check_graph = check_graph
+        self.identity = identity
 
     def __repr__(self) -> str:
         return f"SecAggPlusClient({self.state!r})"
@@ -148,6 +154,15 @@ class SecAggPlusClient:
             st.graph_randomness = crypto.new_seed(KEY_BYTES)
             reply[Key.GRAPH_COMMITMENT] = crypto.commit_graph_randomness(
                 st.graph_randomness, client_id=st.client_id, round_number=st.config.round_number
+            )
+        if self.identity is not None:
+            reply[Key.IDENTITY] = self.identity.partition_id
+            reply[Key.SIGNATURE] = self.identity.sign_advert(
+                round_number=st.config.round_number,
+                secagg_id=st.client_id,
+                pk_c=st.c_keys.public,
+                pk_s=st.s_keys.public,
+                graph_commitment=reply.get(Key.GRAPH_COMMITMENT, b""),
             )
         return reply
 
@@ -261,6 +276,8 @@ class SecAggPlusClient:
         st.pk_s = {j: bytes(k) for j, k in zip(holders, pk_s, strict=True)}
         if st.pk_c[me] != st.c_keys.public or st.pk_s[me] != st.s_keys.public:
             raise ProtocolViolation(f"client {me}: server relayed wrong public keys for it")
+        if self.identity is not None:
+            self._check_signatures(holders, msg, cfg)
         if len(holders) < cfg.share_threshold:
             raise ProtocolViolation(f"client {me}: fewer neighbours than the share threshold")
         st.self_seed = crypto.new_seed(SEED_BYTES)
@@ -297,6 +314,45 @@ class SecAggPlusClient:
                 st.self_seed, client_id=me, round_number=cfg.round_number
             ),
         }
+
+    def _check_signatures(
+        self, holders: list[int], msg: Mapping[str, Any], cfg: SecAggConfig
+    ) -> None:
+        """Before any pairwise key is derived: every neighbour's advertisement carries a
+        valid signature of a distinct roster member (this client's own roster); else a
+        `ProtocolViolation` naming the peer."""
+        st, ident = self.state, self.identity
+        assert ident is not None
+        me = st.client_id
+        try:
+            pids = id_list(msg[Key.KEY_PIDS])
+            sigs = list(msg[Key.SIGNATURES])
+        except (KeyError, TypeError, ValueError):
+            raise ProtocolViolation(
+                f"client {me}: the server relayed its neighbours' keys without signatures"
+            ) from None
+        if len(pids) != len(holders) or len(sigs) != len(holders):
+            raise ProtocolViolation(f"client {me}: one signature per neighbour needed")
+        if pids[holders.index(me)] != ident.partition_id:
+            raise ProtocolViolation(f"client {me}: server relayed another identity for it")
+        seen: dict[int, int] = {}
+        for j, pid, sig in zip(holders, pids, sigs, strict=True):
+            if pid in seen:
+                raise ProtocolViolation(
+                    f"client {me}: partition {pid} advertised as clients {seen[pid]} and {j}"
+                )
+            seen[pid] = j
+            if j == me:
+                continue
+            try:
+                check_advert(ident.roster, sig, run_id=ident.run_id, partition_id=pid,
+                             round_number=cfg.round_number, secagg_id=j, pk_c=st.pk_c[j],
+                             pk_s=st.pk_s[j],
+                             graph_commitment=st.graph_commitments.get(j, b""))  # fmt: skip
+            except IdentityError as err:
+                raise ProtocolViolation(
+                    f"client {me}: advertisement of client {j} (partition {pid}) refused: {err}"
+                ) from err
 
     def _open_share(self, sender: int, blob: Any, round_number: int) -> tuple[bytes, bytes]:
         st = self.state

@@ -28,6 +28,13 @@ and the node's ``secagg-id``, and the client deletes ``"secagg-next"`` before ad
 keys (`SecAggPlusClient.adopt_keys`), so a pre-key pair serves one round only and a
 replayed request is refused. An advertise request means the server holds no pre-keys for
 the node: stale ones are deleted.
+
+Signed advertisements. When the run has an identity roster (`SecureSettings.roster`, the
+node's own copy: in a deployment read from the file its node config names) the node signs
+its advertisement with its identity key (``ClientActionSpec.identities[partition id]``)
+and refuses any neighbour whose signature does not verify
+(`umbra.secure.secagg.advert`). Pre-keys are unsigned, so a signing node issues none: its
+every round starts with a signed advertise exchange.
 """
 
 from __future__ import annotations
@@ -60,7 +67,9 @@ from umbra.secure.contribution import (
     make_contribution,
     payload_template,
 )
+from umbra.secure.identity import IdentityError, check_own_key, run_key
 from umbra.secure.secagg import crypto
+from umbra.secure.secagg.advert import NodeIdentity
 from umbra.secure.secagg.client import ClientState, SecAggPlusClient
 from umbra.secure.secagg.config import SecAggConfig
 from umbra.secure.secagg.constants import (
@@ -148,12 +157,13 @@ def save_client(context: Context, client: SecAggPlusClient) -> None:
     context.state[STATE_RECORD] = ConfigRecord(rec)
 
 
-def load_client(context: Context) -> SecAggPlusClient | None:
-    """Rebuild the client stored by `save_client` (None if there is none)."""
+def load_client(context: Context, identity: NodeIdentity | None = None) -> SecAggPlusClient | None:
+    """Rebuild the client stored by `save_client` (None if there is none); ``identity``
+    is the node's signing identity (never stored in the Context)."""
     if STATE_RECORD not in context.state:
         return None
     rec = context.state.config_records[STATE_RECORD]
-    client = SecAggPlusClient(config_int(rec, "client_id"))
+    client = SecAggPlusClient(config_int(rec, "client_id"), identity=identity)
     st: ClientState = client.state
     st.stage = str(rec["stage"])
     cfg = {k[4:]: v for k, v in rec.items() if k.startswith("cfg.")}
@@ -274,9 +284,24 @@ def make_secagg_handler(train_fn: TrainFn, spec: ClientActionSpec) -> TrainFn:
     dropouts = {int(c) for c in spec.secure.dropout_clients}
     # the organisation's own threshold: a server asking for fewer survivors is refused
     fraction = float(spec.secure.threshold)
+    roster = {int(k): bytes(v) for k, v in spec.secure.roster.items()}
+    keys = dict(spec.identities)
+
+    def node_identity(pid: int, msg: Message) -> NodeIdentity | None:
+        """The node's signing identity in this run (None: the run has no roster)."""
+        if not roster:
+            return None
+        key = keys.get(pid)
+        if key is None:
+            raise IdentityError(f"client {pid}: the run signs advertisements but this node "
+                                "has no identity key")  # fmt: skip
+        check_own_key(roster, pid, key)
+        return NodeIdentity(partition_id=pid, private_key=key, roster=roster,
+                            run_id=run_key(msg.metadata.run_id))  # fmt: skip
 
     def handler(msg: Message, context: Context) -> Message:
         pid = int(context.node_config["partition-id"])
+        identity = node_identity(pid, msg)
         cfg_rec = msg.content.config_records["config"]
         stage = str(cfg_rec["stage"])
         proto = decode_proto(msg.content)
@@ -285,6 +310,7 @@ def make_secagg_handler(train_fn: TrainFn, spec: ClientActionSpec) -> TrainFn:
             client = SecAggPlusClient(
                 config_int(cfg_rec, CFG_SECAGG_ID),
                 threshold_fraction=fraction,
+                identity=identity,
             )
             reply = client.advertise_keys(proto)
         elif stage == STAGE_SHARE_KEYS and bool(cfg_rec.get(CFG_PREKEYS, False)):
@@ -294,11 +320,12 @@ def make_secagg_handler(train_fn: TrainFn, spec: ClientActionSpec) -> TrainFn:
             client = SecAggPlusClient(
                 config_int(cfg_rec, CFG_SECAGG_ID),
                 threshold_fraction=fraction,
+                identity=identity,
             )
             client.adopt_keys(proto, *prekeys)
             reply = client.share_keys(proto)
         else:
-            loaded = load_client(context)
+            loaded = load_client(context, identity)
             if loaded is None:
                 raise ProtocolViolation(f"client {pid}: stage {stage!r} before advertise_keys")
             client = loaded
@@ -324,7 +351,7 @@ def make_secagg_handler(train_fn: TrainFn, spec: ClientActionSpec) -> TrainFn:
             elif stage == STAGE_UNMASK:
                 reply = client.unmask(proto)
                 forget_client(context)
-                if bool(cfg_rec.get(CFG_NEXT_KEYS, False)):
+                if bool(cfg_rec.get(CFG_NEXT_KEYS, False)) and identity is None:
                     reply.update(issue_prekeys(context))
                 return Message(content=reply_content(reply, partition_id=pid), reply_to=msg)
             else:

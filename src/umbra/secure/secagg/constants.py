@@ -137,3 +137,8 @@ class Key:
     # unmask reply: public halves of the pre-keys for the client's next round (32 bytes)
     NEXT_PK_C: Final = "next_pk_c"
     NEXT_PK_S: Final = "next_pk_s"
+    # signed advertisements (a run with an identity roster, `umbra.secure.secagg.advert`)
+    IDENTITY: Final = "identity"  # the advertiser's partition id (its roster entry)
+    SIGNATURE: Final = "signature"  # its identity signature over the advertisement
+    KEY_PIDS: Final = "key_pids"  # partition ids of the KEY_IDS, in the same order
+    SIGNATURES: Final = "signatures"  # their advertisement signatures, in the same order

@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from umbra.secure.identity import IdentityError
 from umbra.secure.secagg import crypto
+from umbra.secure.secagg.advert import check_advert
 from umbra.secure.secagg.config import SecAggConfig
 from umbra.secure.secagg.constants import (
     KEY_BYTES,
@@ -62,6 +64,8 @@ class ServerState:
     invited: tuple[int, ...] = ()
     pk_c: dict[int, bytes] = field(default_factory=dict, repr=False)
     pk_s: dict[int, bytes] = field(default_factory=dict, repr=False)
+    identities: dict[int, int] = field(default_factory=dict)  # client id -> partition id
+    signatures: dict[int, bytes] = field(default_factory=dict, repr=False)
     graph_seed: bytes = b""
     graph_commitments: dict[int, bytes] = field(default_factory=dict, repr=False)
     graph_reveals: dict[int, bytes] = field(default_factory=dict, repr=False)
@@ -82,12 +86,26 @@ class ServerState:
 
 class SecAggPlusServer:
     """Server side of SecAgg+. Each stage method takes the clients' replies to the previous
-    stage (missing clients have dropped out) and returns the next requests, per client."""
+    stage (missing clients have dropped out) and returns the next requests, per client.
 
-    def __init__(self, config: SecAggConfig, *, seen_digests: set[bytes] | None = None) -> None:
+    Signed advertisements (`umbra.secure.secagg.advert`) are relayed as received; with a
+    ``roster`` the server also requires and checks them (against ``run_id`` when known), so
+    one client's bad signature excludes that client instead of making every honest client
+    refuse the round. The clients check them against their own rosters in any case."""
+
+    def __init__(
+        self,
+        config: SecAggConfig,
+        *,
+        seen_digests: set[bytes] | None = None,
+        roster: Mapping[int, bytes] | None = None,
+        run_id: int | None = None,
+    ) -> None:
         self.state = ServerState(config=config)
         if seen_digests is not None:
             self.state.seen_digests = seen_digests  # shared across rounds: replay detection
+        self.roster = dict(roster or {})
+        self.run_id = run_id
 
     def __repr__(self) -> str:
         return f"SecAggPlusServer({self.state!r})"
@@ -170,6 +188,8 @@ class SecAggPlusServer:
             if sparse and not is_bytes(msg.get(Key.GRAPH_COMMITMENT), KEY_BYTES):
                 self._exclude(cid, "missing or malformed graph commitment")
                 continue
+            if not self._accept_signature(cid, msg):
+                continue
             for pk in (bytes(pk_c), bytes(pk_s)):
                 if pk in seen:
                     self._exclude(cid, f"public key already used by client {seen[pk]} (replayed)")
@@ -179,11 +199,41 @@ class SecAggPlusServer:
             if sparse:
                 st.graph_commitments[cid] = bytes(msg[Key.GRAPH_COMMITMENT])
             candidates.append(cid)
+        owners: dict[int, int] = {}
+        for cid in candidates:
+            pid = st.identities.get(cid)
+            if pid is not None and pid in owners:
+                self._exclude(cid, f"partition {pid} already advertised by client {owners[pid]}")
+                self._exclude(owners[pid], f"partition {pid} also advertised by client {cid}")
+            elif pid is not None:
+                owners[pid] = cid
         st.u1 = tuple(c for c in candidates if c not in st.excluded)
         if len(st.u1) < st.config.threshold:
             raise self._abort(
                 f"{len(st.u1)} valid key advertisements < threshold {st.config.threshold}"
             )
+
+    def _accept_signature(self, cid: int, msg: Mapping[str, Any]) -> bool:
+        """Keep a signed advertisement's identity and signature for relaying; with a roster,
+        exclude a client whose advertisement is unsigned or whose signature fails."""
+        st = self.state
+        pid, sig = msg.get(Key.IDENTITY), msg.get(Key.SIGNATURE)
+        if not isinstance(pid, int) or not isinstance(sig, bytes | bytearray):
+            if self.roster:
+                self._exclude(cid, "advertisement without an identity signature")
+                return False
+            return True
+        if self.roster and self.run_id is not None:
+            try:
+                check_advert(self.roster, sig, run_id=self.run_id, partition_id=pid,
+                             round_number=st.config.round_number, secagg_id=cid,
+                             pk_c=bytes(msg[Key.PK_C]), pk_s=bytes(msg[Key.PK_S]),
+                             graph_commitment=bytes(msg.get(Key.GRAPH_COMMITMENT, b"")))  # fmt: skip
+            except IdentityError as err:
+                self._exclude(cid, str(err))
+                return False
+        st.identities[cid], st.signatures[cid] = pid, bytes(sig)
+        return True
 
     def reveal_seed(self, replies: Mapping[int, Mapping[str, Any]]) -> dict[int, Message]:
         """Sparse graphs: check advertised keys, relay the roster's graph commitments."""
@@ -258,6 +308,11 @@ class SecAggPlusServer:
                 Key.PK_C: [st.pk_c[j] for j in holders],
                 Key.PK_S: [st.pk_s[j] for j in holders],
             }
+            if st.signatures:  # relayed as received; each client checks them itself
+                requests[cid][Key.KEY_PIDS] = np.asarray(
+                    [st.identities.get(j, -1) for j in holders], dtype=np.int64
+                )
+                requests[cid][Key.SIGNATURES] = [st.signatures.get(j, b"") for j in holders]
             if reveals is not None:
                 requests[cid][Key.GRAPH_REVEALS] = reveals
         st.stage = STAGE_SHARE_KEYS

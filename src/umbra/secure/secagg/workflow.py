@@ -14,6 +14,12 @@ advertised keys (`SecAggPlusServer.share_keys`); the share_keys request of a nod
 pre-keys carries the round configuration and ``secagg-id`` its advertise request would
 have carried (client side: `umbra.secure.secagg.client_mod`).
 
+Signed advertisements: with an identity roster (``settings.roster``: in a deployment from
+the run config, in simulation generated with the nodes' keys) the server excludes a client
+whose advertisement is unsigned or whose signature fails, and relays every neighbour's
+signature with its keys; each client checks them against its own roster
+(`umbra.secure.secagg.advert`). Pre-keys are unsigned, so such a run advertises every round.
+
 The server only ever holds public keys, encrypted shares, masked vectors and the unmasked
 *sum* of the weighted contributions (`umbra.secure.contribution`), which it returns to
 the federation's secure-round skeleton (divide by the summed counts, hand the
@@ -36,6 +42,7 @@ import numpy as np
 from umbra.federation.common import SecureRound, SecureSettings, SecureSum
 from umbra.privacy.client_dp import shares_needed
 from umbra.secure.contribution import int_template, payload_template
+from umbra.secure.identity import run_key
 from umbra.secure.secagg.config import SecAggConfig
 from umbra.secure.secagg.constants import (
     CFG_NEXT_KEYS,
@@ -123,10 +130,22 @@ class SecAggPlusWorkflow:
             threshold=round_threshold(float(self.secure.threshold), n),
             vector_length=self.layout.size,
         )
-        self.server = SecAggPlusServer(self.config, seen_digests=self.run.seen_digests)
-        # sparse graphs need every client's graph commitment, sent with its advertised keys
-        self.use_prekeys = bool(self.secure.prekeys) and self.config.complete
+        self.server = SecAggPlusServer(self.config, seen_digests=self.run.seen_digests,
+                                       roster=self.secure.roster, run_id=self._run_id())  # fmt: skip
+        # sparse graphs need every client's graph commitment, sent with its advertised keys;
+        # pre-keys are unsigned: a run with an identity roster advertises every round
+        self.use_prekeys = (
+            bool(self.secure.prekeys) and self.config.complete and not self.secure.roster
+        )
         self.prekeyed: set[int] = set()  # nodes whose keys this round are stored pre-keys
+
+    def _run_id(self) -> int | None:
+        """The run id the clients sign with (None on a Grid without run metadata: then
+        only the clients check the signatures)."""
+        try:
+            return run_key(self.round.grid.run.run_id)
+        except Exception:
+            return None
 
     # node id <-> protocol id (0..n-1 in node order)
     def _to_nodes(self, requests: Mapping[int, Any]) -> dict[int, Any]:
@@ -196,8 +215,8 @@ class SecAggPlusWorkflow:
 
     def _store_prekeys(self, replies: Mapping[int, Mapping[str, Any]]) -> None:
         """Keep the public pre-keys of well-formed unmask replies (checked when used)."""
-        if not self.use_prekeys:
-            return
+        if not self.use_prekeys or self.server.state.signatures:
+            return  # a signed round's keys come from signed advertisements only
         for i, msg in replies.items():
             pk_c, pk_s = msg.get(Key.NEXT_PK_C), msg.get(Key.NEXT_PK_S)
             if (
