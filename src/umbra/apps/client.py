@@ -29,6 +29,7 @@ from flwr.clientapp import ClientApp
 
 from umbra.apps.run_config import config_from_run_config
 from umbra.errors import ConfigError, DataError
+from umbra.federation.attacks import AttackSpec
 from umbra.federation.client_app import ClientSpec, info_reply, train_reply
 from umbra.federation.client_data import load_client_data
 from umbra.run.folder import client_state_root
@@ -81,6 +82,7 @@ def _cached_spec(
         secure=secure,
         privacy_unit=cfg.privacy.mode,
         own_data=True,
+        attack=AttackSpec.from_config(cfg),
     )
 
 
