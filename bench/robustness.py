@@ -41,9 +41,9 @@ from umbra.federation.attacks import AttackSpec
 from umbra.federation.client_app import ClientSpec, make_client_app
 from umbra.federation.client_data import write_federation_data
 from umbra.federation.common import SecureSettings
+from umbra.federation.detection import detection_quality
 from umbra.federation.server_app import ServerSpec, load_model, run_rounds
 from umbra.federation.strategies import AGGREGATORS
-from umbra.run.poisoning import poisoning_results
 from umbra.run.prepare import PreparedData, model_spec_for, prepare_data
 from umbra.run.results import final_metrics
 from umbra.run.simulation import train_settings
@@ -104,13 +104,14 @@ def _federate(cfg: Config, prep: PreparedData, root: Path) -> dict[str, Any]:
     train_s = time.perf_counter() - t0
     model = load_model(model_spec, result.arrays)
     final = final_metrics(model, prep.test)
-    poisoning = poisoning_results(cfg, result.history, model, prep.test) or {}
-    detection = poisoning.get("detection", {})
+    attackers = AttackSpec.from_config(cfg).attackers
+    screened = [(r["screened"], r["flagged"]) for r in result.history if "screened" in r]
+    detection = detection_quality(screened, attackers)
     return {
         "accuracy": final["accuracy"],
         "macro_f1": final["macro_f1"],
         "per_round": [r.get("accuracy") for r in result.history],
-        "attackers": poisoning.get("attack", {}).get("attackers", []),
+        "attackers": list(attackers),
         "precision": detection.get("precision"),
         "recall": detection.get("recall"),
         "false_positives": detection.get("false_positives"),

@@ -1,6 +1,7 @@
 """``results.json``'s ``audit.poisoning``: the planted attack, the server's defences, how
 well screening found the attackers (precision and recall over client-rounds) and, for a
-backdoor, its success rate on the held-out test set (docs/robustness.md)."""
+backdoor, its success rate on the held-out test set (docs/robustness.md). Written for a
+run with a planted attack (``attack.kind``), separately from the other audits."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from umbra.config import Config
 from umbra.data.dataset import MultimodalData
 from umbra.federation.attacks import AttackSpec, backdoor_success_rate
 from umbra.federation.detection import detection_quality
-from umbra.federation.strategies import Defence
 from umbra.models import MultimodalNet
 
 __all__ = ["poisoning_results"]
@@ -23,10 +23,10 @@ __all__ = ["poisoning_results"]
 def poisoning_results(
     cfg: Config, history: Sequence[dict[str, Any]], model: torch.nn.Module, test: MultimodalData
 ) -> dict[str, Any] | None:
-    """The ``audit.poisoning`` object, or None for a run with neither attack nor defence."""
+    """The ``audit.poisoning`` object, or None for a run without a planted attack (its
+    defences are in the config and its per-round flags in the rows)."""
     fed = cfg.federation
-    defence = Defence.from_federation(fed)
-    if cfg.attack.kind == "none" and not defence.active:
+    if cfg.attack.kind == "none":
         return None
     spec = AttackSpec.from_config(cfg)
     attack: dict[str, Any] = {"kind": spec.kind, "attackers": list(spec.attackers)}
