@@ -19,10 +19,16 @@ from flwr.serverapp import Grid
 from umbra.config import FederationConfig, load_config
 from umbra.data.sources.synthetic import make_synthetic
 from umbra.errors import ConfigError
-from umbra.federation.attacks import AttackSpec
+from umbra.federation.attacks import AttackSpec, backdoor_success_rate
 from umbra.federation.client_app import ClientSpec, make_client_app
 from umbra.federation.client_data import write_federation_data
-from umbra.federation.server_app import RunResult, ServerSpec, load_model, run_rounds
+from umbra.federation.server_app import (
+    RunResult,
+    ServerSpec,
+    initial_arrays,
+    load_model,
+    run_rounds,
+)
 from umbra.federation.train import TrainSettings
 from umbra.models import ModelSpec
 from umbra.run.poisoning import poisoning_results
@@ -147,3 +153,16 @@ def test_robust_rules_with_enough_clients_are_accepted() -> None:
                                           "federation.aggregator=bulyan"])  # fmt: skip
     assert cfg.federation.aggregator == "bulyan"
     assert load_config("smoke").federation.aggregator == "mean"
+
+
+def test_poisoning_results_only_for_a_planted_attack(federation: dict[str, Any]) -> None:
+    model = load_model(federation["model_spec"], initial_arrays(federation["model_spec"], 0))
+    clean = load_config("smoke", overrides=["federation.aggregator=median"])
+    assert poisoning_results(clean, [], model, federation["test"]) is None
+    backdoor = load_config("smoke", overrides=["attack.kind=backdoor", "attack.clients=[1]",
+                                               "attack.target_class=2"])  # fmt: skip
+    out = poisoning_results(backdoor, [], model, federation["test"])
+    assert out is not None and "detection" not in out
+    rate, n = backdoor_success_rate(model, federation["test"], AttackSpec.from_config(backdoor))
+    assert out["backdoor"] == {"success_rate": rate, "records": n}
+    assert n == int(np.sum(federation["test"].labels != 2))
