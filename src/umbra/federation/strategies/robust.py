@@ -93,7 +93,8 @@ def robust_aggregate(
     strategy for ``rule``; ``weights`` (e.g. record counts) only weight Multi-Krum's mean.
 
     Raises ValueError for an unknown rule, no clients, or ``byzantine`` beyond what the
-    rule tolerates with ``len(arrays)`` clients (:func:`max_byzantine`).
+    rule tolerates with ``len(arrays)`` clients (:func:`max_byzantine`). Runs where Flower
+    can build messages (inside a ServerApp, or with its task identity set, as in tests).
     """
     if rule not in ROBUST_RULES:
         raise ValueError(f"unknown robust rule {rule!r}; registered: {', '.join(ROBUST_RULES)}")
