@@ -36,27 +36,27 @@ def poisoning_results(
         attack.update(target_class=spec.target_class, trigger_modality=spec.trigger_modality,
                       trigger_size=spec.trigger_size, trigger_value=spec.trigger_value,
                       poison_fraction=spec.poison_fraction)  # fmt: skip
-    robust = fed.aggregator in ("krum", "multi-krum", "bulyan")
-    out: dict[str, Any] = {
-        "attack": attack,
-        "defence": {
-            "aggregator": fed.aggregator,
-            "trim_fraction": fed.trim_fraction if fed.aggregator == "trimmed-mean" else None,
-            "byzantine": fed.byzantine if robust else None,
-            "clip_updates": fed.clip_updates,
-            "detect": fed.detect,
-        },
-    }
+    # outcomes first: readers (the report) show an audit entry's leading figures
+    out: dict[str, Any] = {}
+    if spec.kind == "backdoor" and isinstance(model, MultimodalNet):
+        rate, n = backdoor_success_rate(model, test, spec)
+        out["backdoor"] = {"success_rate": rate, "records": n}
     if fed.detect:
         rounds = [(r["screened"], r.get("flagged", [])) for r in history if "screened" in r]
         flagged = Counter(p for _, f in rounds for p in f)
         out["detection"] = {
+            **detection_quality(rounds, spec.attackers),
             "k": fed.detect_k,
             "rounds": len(rounds),
-            **detection_quality(rounds, spec.attackers),
             "flagged_rounds": {str(p): n for p, n in sorted(flagged.items())},
         }
-    if spec.kind == "backdoor" and isinstance(model, MultimodalNet):
-        rate, n = backdoor_success_rate(model, test, spec)
-        out["backdoor"] = {"success_rate": rate, "records": n}
+    robust = fed.aggregator in ("krum", "multi-krum", "bulyan")
+    out["attack"] = attack
+    out["defence"] = {
+        "aggregator": fed.aggregator,
+        "trim_fraction": fed.trim_fraction if fed.aggregator == "trimmed-mean" else None,
+        "byzantine": fed.byzantine if robust else None,
+        "clip_updates": fed.clip_updates,
+        "detect": fed.detect,
+    }
     return out
