@@ -22,6 +22,7 @@ from umbra.errors import ConfigError
 
 __all__ = [
     "MANIFEST_ENCODERS",
+    "AttackConfig",
     "AuditConfig",
     "Config",
     "DataConfig",
@@ -224,6 +225,48 @@ class FederationConfig(_Section):
         description="seconds the server waits for the replies of one message exchange; a "
         "client silent that long counts as dropped in that round",
     )
+    aggregator: Literal["mean", "median", "trimmed-mean", "krum", "multi-krum", "bulyan"] = Field(
+        "mean",
+        description="how the server combines the updates: the modality-aware weighted mean, "
+        "or a Byzantine-robust rule per modality group (docs/robustness.md); not with "
+        "secure aggregation, client-level DP or SCAFFOLD",
+    )
+    trim_fraction: float = Field(
+        0.2, ge=0, lt=0.5, description="trimmed-mean: share of values cut at each end"
+    )
+    byzantine: int = Field(
+        0, ge=0, description="krum, multi-krum, bulyan: the assumed number of attackers f"
+    )
+    clip_updates: float | None = Field(
+        None,
+        gt=0,
+        description="server-side L2 bound on each client's update (model minus global) "
+        "before aggregation; None: off",
+    )
+    detect: bool = Field(
+        False,
+        description="score every update (norm, cosine, per-modality norms) and flag "
+        "outliers per round (median + k·MAD)",
+    )
+    detect_k: float = Field(3.0, gt=0, description="detect: robust deviations that flag")
+
+    @model_validator(mode="after")
+    def _check_defence(self) -> FederationConfig:
+        defended = self.aggregator != "mean" or self.clip_updates is not None or self.detect
+        if defended and self.strategy == "scaffold":
+            raise ValueError(
+                "federation.strategy = 'scaffold' cannot use robust aggregation, update "
+                "clipping or screening: its control variates assume the plain mean"
+            )
+        if self.aggregator in ("krum", "multi-krum", "bulyan"):
+            n = max(1, round(self.fraction_train * self.num_clients))
+            need = (4 if self.aggregator == "bulyan" else 2) * self.byzantine + 3
+            if n < need:
+                raise ValueError(
+                    f"federation.byzantine = {self.byzantine} is too large for "
+                    f"{self.aggregator} with {n} sampled clients (needs at least {need})"
+                )
+        return self
 
 
 class PrivacyConfig(_Section):
@@ -328,6 +371,51 @@ class AuditConfig(_Section):
         return self
 
 
+class AttackConfig(_Section):
+    """Fault injection: organisations that poison their updates (docs/robustness.md)."""
+
+    kind: Literal["none", "sign-flip", "scale", "label-flip", "backdoor"] = Field(
+        "none",
+        description="fault injection, what attacking organisations do: sign-flip (send "
+        "-Δ), scale (send attack.scale·Δ), label-flip (train on C-1-y), backdoor (trigger "
+        "-> attack.target_class); none in any real run",
+    )
+    clients: list[int] = Field(
+        default_factory=list, description="partition ids of the attackers (or attack.fraction)"
+    )
+    fraction: float = Field(
+        0.0, ge=0, lt=1, description="share of organisations that attack, drawn with run.seed"
+    )
+    scale: float = Field(10.0, gt=0, description="scale: factor on the attacker's update")
+    target_class: int = Field(0, ge=0, description="backdoor: the class the trigger maps to")
+    trigger_modality: str = Field("image", description="backdoor: the modality holding the trigger")
+    trigger_size: int = Field(
+        4, ge=1, le=64, description="backdoor: side of the trigger patch (1-D: size² entries)"
+    )
+    trigger_value: float = Field(
+        2.5, description="backdoor: the trigger's feature value (2.5 ≈ white, standardised)"
+    )
+    poison_fraction: float = Field(
+        0.5, gt=0, le=1, description="backdoor: share of the attacker's records triggered"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> AttackConfig:
+        if len(set(self.clients)) != len(self.clients) or any(c < 0 for c in self.clients):
+            raise ValueError(f"attack.clients = {self.clients} must be distinct ids >= 0")
+        if self.clients and self.fraction > 0:
+            raise ValueError("set attack.clients or attack.fraction, not both")
+        named = bool(self.clients) or self.fraction > 0
+        if self.kind == "none" and named:
+            raise ValueError("attack.clients/fraction name attackers but attack.kind = 'none'")
+        if self.kind != "none" and not named:
+            raise ValueError(
+                f"attack.kind = {self.kind!r} names no attacker: set attack.clients or "
+                "attack.fraction"
+            )
+        return self
+
+
 class RunConfig(_Section):
     seed: int = Field(0, ge=0, description="seed for data, partition, initialisation and training")
     eval_every: int = Field(1, ge=1, description="evaluate the global model every k rounds")
@@ -349,6 +437,7 @@ class Config(_Section):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)  # type: ignore[arg-type]
     secure: SecureConfig = Field(default_factory=SecureConfig)  # type: ignore[arg-type]
     audit: AuditConfig = Field(default_factory=AuditConfig)  # type: ignore[arg-type]
+    attack: AttackConfig = Field(default_factory=AttackConfig)  # type: ignore[arg-type]
     run: RunConfig = Field(default_factory=RunConfig)  # type: ignore[arg-type]
 
     @model_validator(mode="after")
@@ -408,6 +497,30 @@ class Config(_Section):
                 raise ValueError(
                     f"privacy.delta = {self.privacy.delta:g} exceeds 1 / (records per client ≈ "
                     f"{per_client:.0f}): δ must be well below 1/n"
+                )
+        fed = self.federation
+        if fed.aggregator != "mean" or fed.clip_updates is not None or fed.detect:
+            what = (
+                f"federation.aggregator = {fed.aggregator!r}"
+                if fed.aggregator != "mean"
+                else "federation.clip_updates" if fed.clip_updates is not None
+                else "federation.detect"
+            )  # fmt: skip
+            if self.secure.aggregation != "none":
+                raise ValueError(
+                    f"{what} needs each client's update, which secure aggregation "
+                    f"({self.secure.aggregation!r}) hides from the server"
+                )
+            if self.privacy.mode == "client":
+                raise ValueError(
+                    f"{what} does not fit privacy.mode = 'client': its sensitivity "
+                    "analysis assumes the plain mean of clipped updates"
+                )
+        for pid in self.attack.clients:
+            if pid >= fed.num_clients:
+                raise ValueError(
+                    f"attack.clients names client {pid}, but federation.num_clients = "
+                    f"{fed.num_clients}"
                 )
         for c in self.data.absent:
             if int(c) >= self.federation.num_clients:

@@ -42,6 +42,7 @@ from umbra.apps.run_config import config_from_run_config
 from umbra.config import Config
 from umbra.deploy.pki import IDENTITY_KEY_NODE_CONFIG, ROSTER_NODE_CONFIG
 from umbra.errors import ConfigError, DataError
+from umbra.federation.attacks import AttackSpec
 from umbra.federation.client_app import ClientSpec, info_reply, train_reply
 from umbra.federation.client_data import load_client_data
 from umbra.federation.common import SecureSettings, SecureTransport
@@ -132,6 +133,7 @@ def _cached_spec(
         identities=identities,
         privacy_unit=cfg.privacy.mode,
         own_data=True,
+        attack=AttackSpec.from_config(cfg),
     )
 
 

@@ -31,6 +31,7 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from umbra.data.dataset import MultimodalData
+from umbra.federation.attacks import AttackSpec, attack_policy
 from umbra.federation.client_data import client_records, load_client_data
 from umbra.federation.common import (
     CONTROL_PREFIX,
@@ -76,6 +77,8 @@ class ClientSpec:
     simulated nodes' private identity keys; each node reads only its own; not in repr).
     ``own_data``: ``data_dir`` holds this organisation's records only (a deployed node's
     own folder, row set 0), not every simulated organisation's partitions.
+    ``attack``: fault injection (``attack.*``): the organisations it names poison their
+    data or update (:mod:`umbra.federation.attacks`); honest by default.
     """
 
     data_dir: str
@@ -89,6 +92,7 @@ class ClientSpec:
     identities: dict[int, bytes] = field(default_factory=dict, repr=False)
     privacy_unit: str = "none"
     own_data: bool = False
+    attack: AttackSpec = field(default_factory=AttackSpec)
 
     def action_spec(self) -> ClientActionSpec:
         """What the secure transport's client mod is built from."""
@@ -219,10 +223,13 @@ def train_reply(spec: ClientSpec, msg: Message, context: Context) -> Message:
         c_i = _load_control(state_dir, server_round) or {k: np.zeros_like(v) for k, v in c.items()}
     seed = round_seed(spec.seed, server_round, client)
     scaffold = (c, c_i) if c_i is not None else None
+    attack = attack_policy(spec.attack, client)  # fault injection; honest unless named
+    batchable = attack.poison_data(batchable, num_classes=model.spec.num_classes,
+                                   seed=round_seed(spec.seed, 0, client))  # fmt: skip
     policy = client_policy(config)  # the DP mode's trainer and reply post-processing
     settings = policy.settings(settings)
     metrics = policy.train(model, batchable, settings, seed=seed, scaffold=scaffold)
-    y = get_arrays(model)
+    y = attack.poison_update(x, get_arrays(model))
     out = dict(y)
     if c_i is not None:
         new_c_i = scaffold_control_update(

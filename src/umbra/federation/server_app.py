@@ -59,7 +59,8 @@ log = logging.getLogger("umbra")
 #: One row of ``results.json``'s ``rounds``: round, clients, bytes, aborted/note, the
 #: partition ids of the clients sent the round whose update is not in it (``dropped``,
 #: only when there are some), train loss, evaluation metrics (every ``run.eval_every``
-#: rounds), ε (under DP), wall time.
+#: rounds), ε (under DP), wall time; with ``federation.detect`` the partition ids
+#: ``screened`` and ``flagged`` and each update's ``anomaly`` scores.
 RoundReport = dict[str, Any]
 
 
@@ -198,6 +199,11 @@ def run_rounds(spec: ServerSpec, grid: Grid) -> RunResult:
         if outcome.record is None:
             row["note"] = outcome.note or "aborted"
         partitions.update(outcome.partitions)
+        screening = strategy.take_screening()  # federation.detect: who looked poisoned
+        if screening is not None:
+            row["screened"] = list(screening.partitions)
+            row["flagged"] = list(screening.flagged)
+            row["anomaly"] = {str(s.partition): s.row() for s in screening.scores}
         if outcome.dropped_nodes:
             row["dropped"] = _dropped_partitions(rnd, outcome.dropped_nodes, partitions)
         if rnd % spec.eval_every == 0 or rnd == fed.rounds:

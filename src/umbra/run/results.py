@@ -14,6 +14,7 @@ from umbra.config import Config, config_fingerprint
 from umbra.data.dataset import MultimodalData, modality_subsets
 from umbra.federation.server_app import RunResult
 from umbra.federation.train import Batchable, evaluate
+from umbra.run.poisoning import poisoning_results
 from umbra.run.prepare import PreparedData
 
 __all__ = ["client_summary", "final_metrics", "privacy_results", "results_object"]
@@ -87,6 +88,7 @@ def results_object(
     """The object ``results.json`` holds for a finished (or stopped) run (``started``: the
     run's ``time.perf_counter()`` at its start; ``total_s`` includes the final evaluation)."""
     history = outcome.history
+    poisoning = poisoning_results(cfg, history, model, prep.test)
     return {
         "umbra_version": __version__,
         "config": cfg.model_dump(mode="json"),
@@ -105,6 +107,7 @@ def results_object(
         "privacy": privacy_results(cfg, run_dir, outcome.privacy),
         "stopped": outcome.stopped,
         "secure_aggregation": cfg.secure.aggregation,
+        **({"audit": {"poisoning": poisoning}} if poisoning is not None else {}),
         "bytes": {
             "up_total": int(sum(r["bytes_up"] for r in history)),
             "down_total": int(sum(r["bytes_down"] for r in history)),

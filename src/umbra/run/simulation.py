@@ -88,6 +88,7 @@ def run_federated(
     """Write each organisation's data, build the apps from ``cfg`` and run the simulation."""
     from flwr.simulation import run_simulation
 
+    from umbra.federation.attacks import AttackSpec
     from umbra.federation.client_app import ClientSpec, make_client_app
     from umbra.federation.server_app import ServerSpec, make_server_app
 
@@ -121,6 +122,7 @@ def run_federated(
             secure=secure,
             identities=identities,
             privacy_unit=cfg.privacy.mode,
+            attack=AttackSpec.from_config(cfg),
         )
     )
     logging.getLogger("flwr").setLevel(logging.ERROR)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from umbra.federation.strategies.defence import Defence, clip_update
 from umbra.federation.strategies.fedadam import UmbraFedAdam
 from umbra.federation.strategies.fedavgm import UmbraFedAvgM
 from umbra.federation.strategies.fedprox import UmbraFedProx
@@ -14,20 +15,36 @@ from umbra.federation.strategies.modality import (
     count_key,
     modality_weighted_average,
 )
+from umbra.federation.strategies.robust import (
+    AGGREGATORS,
+    ROBUST_RULES,
+    max_byzantine,
+    modality_robust_aggregate,
+    register_robust_rule,
+    robust_aggregate,
+)
 from umbra.federation.strategies.scaffold import Scaffold, scaffold_server_update
 
 __all__ = [
+    "AGGREGATORS",
     "CONTROL_PREFIX",
+    "ROBUST_RULES",
     "STRATEGIES",
+    "Defence",
     "ModalityFedAvg",
     "Scaffold",
     "UmbraFedAdam",
     "UmbraFedAvgM",
     "UmbraFedProx",
     "build_strategy",
+    "clip_update",
     "count_key",
+    "max_byzantine",
+    "modality_robust_aggregate",
     "modality_weighted_average",
+    "register_robust_rule",
     "register_strategy",
+    "robust_aggregate",
     "scaffold_server_update",
 ]
 
@@ -81,12 +98,14 @@ def build_strategy(
     """Build the registered strategy ``name`` from a FederationConfig-like ``fed``.
 
     ``flower_kwargs`` go to Flower's FedAvg constructor (fractions, minimum nodes).
-    Modality-aware averaging follows ``fed.modality_aware``.
+    Modality-aware averaging follows ``fed.modality_aware``; the defences (robust rule,
+    update clipping, screening) follow ``fed.aggregator`` and its companions.
     """
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; registered: {', '.join(STRATEGIES)}")
     strategy = STRATEGIES[name](fed, **flower_kwargs)
     strategy.set_modality_map(key_modality, enabled=bool(fed.modality_aware))
+    strategy.set_defence(Defence.from_federation(fed))
     return strategy
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from logging import INFO
+from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -26,6 +27,10 @@ from umbra.federation.common import (
     count_key,
     to_record,
 )
+
+if TYPE_CHECKING:
+    from umbra.federation.detection import Screening
+    from umbra.federation.strategies.defence import Defence
 
 __all__ = [
     "CONTROL_PREFIX",
@@ -100,6 +105,19 @@ class ModalityFedAvg(FedAvg):
     key_modality: Callable[[str], str | None] = staticmethod(_no_modality)
     modality_aware: bool = False
     global_arrays: dict[str, np.ndarray] | None = None
+    #: clipping, screening and a robust rule in place of the mean (None: plain averaging)
+    defence: Defence | None = None
+    #: the last aggregation's anomaly screening (None: no screening ran)
+    screening: Screening | None = None
+
+    def set_defence(self, defence: Defence) -> None:
+        """Aggregate with ``defence`` (an inactive one leaves the mean as it is)."""
+        self.defence = defence if defence.active else None
+
+    def take_screening(self) -> Screening | None:
+        """The screening of the last aggregation, once (None when none ran since)."""
+        screening, self.screening = self.screening, None
+        return screening
 
     def set_modality_map(
         self, key_modality: Callable[[str], str | None], *, enabled: bool = True
@@ -123,18 +141,33 @@ class ModalityFedAvg(FedAvg):
         return super().configure_train(server_round, arrays, config, grid)
 
     def average_replies(self, replies: list[Message]) -> dict[str, np.ndarray]:
-        """Modality-aware average of the replies' arrays (replies already validated)."""
+        """Modality-aware average of the replies' arrays (replies already validated), or
+        the defence's aggregate when one is set (:meth:`set_defence`)."""
         contents = [m.content for m in replies]
         arrays = [
             {k: v.numpy() for k, v in next(iter(c.array_records.values())).items()}
             for c in contents
         ]
-        counts = [dict(next(iter(c.metric_records.values()))) for c in contents]
+        counts = [
+            {k: float(v) for k, v in next(iter(c.metric_records.values())).items()
+             if isinstance(v, int | float)}
+            for c in contents
+        ]  # fmt: skip
         previous = dict(self.global_arrays or {})
         for k in arrays[0]:
             if k.startswith(CONTROL_PREFIX) and k not in previous:
                 previous[k] = np.zeros_like(arrays[0][k])
-        return modality_weighted_average(arrays, counts, self.key_modality, previous)  # type: ignore[arg-type]
+        if self.defence is None:
+            return modality_weighted_average(arrays, counts, self.key_modality, previous)
+        averaged, self.screening = self.defence.aggregate(
+            [_partition_id(m) for m in replies],
+            arrays,
+            counts,
+            self.key_modality,
+            previous,
+            self.global_arrays,
+        )
+        return averaged
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

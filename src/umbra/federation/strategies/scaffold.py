@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from umbra.federation.common import from_record, to_record
+from umbra.federation.strategies.defence import Defence
 from umbra.federation.strategies.modality import CONTROL_PREFIX, ModalityFedAvg
 
 __all__ = ["Scaffold", "scaffold_server_update"]
@@ -51,6 +52,15 @@ class Scaffold(ModalityFedAvg):
         self.server_lr = server_lr
         self.control: dict[str, np.ndarray] | None = None
         self._num_nodes = 1
+
+    def set_defence(self, defence: Defence) -> None:
+        """SCAFFOLD refuses robust aggregation, clipping and screening: its control-variate
+        deltas are averaged with the model and assume the mean."""
+        if defence.active:
+            raise ValueError(
+                "federation.strategy = 'scaffold' cannot use robust aggregation, update "
+                "clipping or screening: its control variates assume the plain mean"
+            )
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -1,0 +1,127 @@
+"""The server's defences against poisoning organisations, as one object a strategy holds:
+clip each update's norm, screen the updates for anomalies, aggregate with a robust rule.
+
+All three need each client's update in the clear, so they run only in plaintext rounds
+(the configuration refuses them with secure aggregation and with client-level DP, whose
+sensitivity analysis assumes the clipped mean). The order, per round:
+
+1. screening (:mod:`umbra.federation.detection`) of the updates as sent;
+2. clipping: ``y_i ← x + Δ_i · min(1, C / ‖Δ_i‖)`` with ``Δ_i = y_i − x``;
+3. aggregation: the modality-aware weighted mean, or a robust rule
+   (:mod:`umbra.federation.strategies.robust`) per parameter group.
+
+Flagged clients are reported, not excluded: the robust rule is the defence, the flags
+tell who looked like an attacker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from umbra.federation.common import count_key
+from umbra.federation.detection import Screening, score_updates, screen_updates
+from umbra.federation.strategies.modality import modality_weighted_average
+from umbra.federation.strategies.robust import AGGREGATORS, modality_robust_aggregate
+
+__all__ = ["Defence", "clip_update"]
+
+Arrays = dict[str, np.ndarray]
+
+
+def clip_update(
+    x: Mapping[str, np.ndarray], y: Mapping[str, np.ndarray], max_norm: float
+) -> dict[str, np.ndarray]:
+    """``x + Δ · min(1, max_norm / ‖Δ‖)`` with ``Δ = y − x`` (L2 over every array of ``x``;
+    arrays not in ``x`` pass unchanged)."""
+    if not max_norm > 0:
+        raise ValueError(f"max_norm must be > 0, got {max_norm}")
+    delta = {k: np.asarray(y[k], dtype=np.float64) - np.asarray(x[k], dtype=np.float64) for k in x}
+    norm = float(np.sqrt(sum(float(np.sum(np.square(d))) for d in delta.values())))
+    factor = min(1.0, max_norm / norm) if norm > 0 else 1.0
+    out = dict(y)
+    for k, d in delta.items():
+        ref = np.asarray(y[k])
+        out[k] = (np.asarray(x[k], dtype=np.float64) + factor * d).astype(ref.dtype, copy=False)
+    return out
+
+
+@dataclass(frozen=True)
+class Defence:
+    """``federation.aggregator`` (+ ``trim_fraction``, ``byzantine``), ``clip_updates``
+    (None: off) and ``detect`` (+ ``detect_k``) of one run."""
+
+    aggregator: str = "mean"
+    trim_fraction: float = 0.2
+    byzantine: int = 0
+    clip_updates: float | None = None
+    detect: bool = False
+    detect_k: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.aggregator not in AGGREGATORS:
+            raise ValueError(
+                f"unknown aggregator {self.aggregator!r}; choose one of {', '.join(AGGREGATORS)}"
+            )
+        if not 0 <= self.trim_fraction < 0.5:
+            raise ValueError(f"trim_fraction must be in [0, 0.5), got {self.trim_fraction}")
+        if self.byzantine < 0:
+            raise ValueError(f"byzantine must be >= 0, got {self.byzantine}")
+        if self.clip_updates is not None and not self.clip_updates > 0:
+            raise ValueError(f"clip_updates must be > 0, got {self.clip_updates}")
+        if not self.detect_k > 0:
+            raise ValueError(f"detect_k must be > 0, got {self.detect_k}")
+
+    @classmethod
+    def from_federation(cls, fed: Any) -> Defence:
+        """The defence a FederationConfig-like ``fed`` asks for."""
+        return cls(
+            aggregator=fed.aggregator,
+            trim_fraction=fed.trim_fraction,
+            byzantine=fed.byzantine,
+            clip_updates=fed.clip_updates,
+            detect=fed.detect,
+            detect_k=fed.detect_k,
+        )
+
+    @property
+    def active(self) -> bool:
+        """Whether this changes anything against plain modality-aware averaging."""
+        return self.aggregator != "mean" or self.clip_updates is not None or self.detect
+
+    def aggregate(
+        self,
+        partitions: Sequence[int],
+        arrays: Sequence[Arrays],
+        counts: Sequence[Mapping[str, float]],
+        key_modality: Callable[[str], str | None],
+        previous: Mapping[str, np.ndarray],
+        global_arrays: Mapping[str, np.ndarray] | None,
+    ) -> tuple[Arrays, Screening | None]:
+        """Screen, clip and aggregate one round's updates (see the module docstring)."""
+        screening = None
+        x = {k: v for k, v in (global_arrays or {}).items() if k in arrays[0]}
+        if self.detect and x:
+            deltas = [{k: np.asarray(a[k], np.float64) - np.asarray(x[k], np.float64) for k in x}
+                      for a in arrays]  # fmt: skip
+            mods = {m for k in x if (m := key_modality(k)) is not None}
+            holds = [{m for m in mods if float(c.get(count_key(m), 0.0)) > 0} for c in counts]
+            scores = score_updates(partitions, deltas, key_modality, holds)
+            screening = screen_updates(scores, k=self.detect_k)
+        if self.clip_updates is not None and x:
+            arrays = [clip_update(x, a, self.clip_updates) for a in arrays]
+        if self.aggregator == "mean":
+            return modality_weighted_average(arrays, counts, key_modality, previous), screening
+        averaged = modality_robust_aggregate(
+            self.aggregator,
+            arrays,
+            counts,
+            key_modality,
+            previous,
+            trim_fraction=self.trim_fraction,
+            byzantine=self.byzantine,
+        )
+        return averaged, screening
