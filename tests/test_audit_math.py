@@ -151,7 +151,9 @@ def test_attack_summary_fields_and_subsets() -> None:
     out = attack_summary(m, n, fprs=[0.01, 0.1], roc_points=50,
                          subsets={"a": (sel_m, sel_n), "empty": (sel_m, np.zeros(400, bool))},
                          dp=(2.0, 1e-5))  # fmt: skip
-    assert out["auc"] == pytest.approx(roc_auc_score(np.r_[np.ones(500), np.zeros(400)], np.r_[m, n]))
+    assert out["auc"] == pytest.approx(
+        roc_auc_score(np.r_[np.ones(500), np.zeros(400)], np.r_[m, n])
+    )
     assert set(out["tpr_at_fpr"]) == {"0.01", "0.1"}
     lo, hi = out["tpr_interval_95"]["0.1"]
     assert lo <= out["tpr_at_fpr"]["0.1"] <= hi
