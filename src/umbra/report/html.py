@@ -30,7 +30,12 @@ skipped, never an error)::
              noise: "central"|"distributed", noise_multiplier (client level),
              clip_norms: {group: number}}
     secure_aggregation: "none"|"secagg+"|"ckks"
-    audit: {<attack>: {<metric>: number | {..} , roc: {fpr: [], tpr: []}, ...}}
+    audit.membership (umbra.audit, docs/audit.md): {attacker, model, members.{count, origin},
+          non_members.{count, origin}, shadows.{count, records_each, epochs, origin,
+          training, lira_variance}, attacks.{loss, lira}: {auc, auc_standard_error,
+          tpr_at_fpr: {<fpr>: tpr}, roc.{fpr, tpr}, subsets: {<name>: {auc, members,
+          non_members}}, dp_ceiling_check}, dp: {epsilon, delta, ceiling_at_fpr} | null}
+    audit: {<other attack>: {<metric>: number | {..} , roc: {fpr: [], tpr: []}, ...}}
     bytes.{up_total, down_total}, timing.{data_s, train_s, total_s}
 
 ``ledger.jsonl`` (see :mod:`umbra.privacy.ledger`) is summarised when present, and ε is
