@@ -75,6 +75,8 @@ def audit_run(
 ) -> dict[str, Any]:
     """Audit the finished run in ``run_dir``; returns the ``audit.membership`` object
     written into its results.json (report.html re-rendered)."""
+    import torch
+
     from umbra.audit.membership_audit import membership_audit
     from umbra.federation.checkpoint import atomic_write_text, load_latest
     from umbra.federation.train import Batchable, evaluate, set_arrays
@@ -82,8 +84,6 @@ def audit_run(
     from umbra.report import render_report
     from umbra.run.prepare import model_spec_for, prepare_data
     from umbra.run.simulation import train_settings
-
-    import torch
 
     say = on_status or (lambda s: None)
     cfg, results = load_finished_run(run_dir, overrides)
