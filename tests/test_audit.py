@@ -342,3 +342,68 @@ def test_reference_auc_of_the_audit_scores(
     y = np.r_[np.ones(len(recs.members)), np.zeros(len(recs.non_members))]
     ref = roc_auc_score(y, -np.r_[ce(recs.members), ce(recs.non_members)])
     assert out["attacks"]["loss"]["auc"] == pytest.approx(ref, abs=1e-12)
+
+
+def test_statement_sentences_come_from_the_numbers() -> None:
+    from umbra.report.statement import privacy_statement
+
+    def attack(auc: float, tpr: float, excess: float, sig: bool) -> dict[str, Any]:
+        check = {"max_excess": excess, "under_ceiling": excess <= 0, "significant_violation": sig}
+        return {"auc": auc, "auc_standard_error": 0.01, "tpr_at_fpr": {"0.001": 0.0, "0.01": tpr},
+                "dp_ceiling_check": check}  # fmt: skip
+
+    entry = {
+        "members": {"count": 2000}, "non_members": {"count": 1500},
+        "attacks": {"loss": attack(0.53, 0.012, 0.0, False), "lira": attack(0.52, 0.02, 0.0, False)},
+        "dp": {"epsilon": 1.0, "delta": 1e-5, "ceiling_at_fpr": {"0.001": 0.0027, "0.01": 0.0272}},
+    }  # fmt: skip
+    parts = {
+        p.title: " ".join(p.sentences) for p in privacy_statement({"audit": {"membership": entry}})
+    }
+    said = parts["Attacks"]
+    assert (
+        "among 2,000 members and 1,500 non-members with AUC 0.53 (loss threshold) and 0.52" in said
+    )
+    assert "offline LiRA attack finds 2 % of members" in said  # the attack finding most at 1 %
+    assert "caps any membership test at 2.72 % of members at 1 % FPR" in said
+    assert "stay under that ceiling" in said
+    entry["attacks"]["lira"] = attack(0.9, 0.5, 0.47, True)
+    said = " ".join(privacy_statement({"audit": {"membership": entry}})[-1].sentences)
+    assert "rises above it by up to 0.47" in said and "in doubt" in said
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_umbra_run_audits_when_enabled(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, enabled: bool
+) -> None:
+    """``umbra run --set audit.enabled=true`` audits the run folder after training (the
+    training itself stubbed out: it is tested elsewhere)."""
+    from typer.testing import CliRunner
+
+    import umbra.audit
+    import umbra.experiment
+    from umbra.cli import app
+
+    final = {"accuracy": 0.5, "macro_f1": 0.5, "per_modality_accuracy": {},
+             "missing_modality_accuracy": {}}  # fmt: skip
+    results = {"final": final, "timing": {"data_s": 0.0, "train_s": 0.0, "total_s": 0.0}}
+    monkeypatch.setattr(umbra.experiment, "run_experiment", lambda cfg, run_dir, **kw: results)
+    calls: list[tuple[Path, list[str]]] = []
+    membership = {
+        "members": {"count": 10}, "non_members": {"count": 10}, "shadows": {"count": 1},
+        "attacks": {"loss": {"auc": 0.5, "auc_standard_error": 0.1, "tpr_at_fpr": {"0.01": 0.0}}},
+        "dp": None, "seconds": 1.0,
+    }  # fmt: skip
+
+    def fake_audit(run_dir: Path, overrides: list[str], **kw: Any) -> dict[str, Any]:
+        calls.append((run_dir, overrides))
+        return membership
+
+    monkeypatch.setattr(umbra.audit, "audit_run", fake_audit)
+    out = tmp_path / "r"
+    args = ["run", "--preset", "smoke", "--out", str(out)]
+    res = CliRunner().invoke(app, args + (["--set", "audit.enabled=true"] if enabled else []))
+    assert res.exit_code == 0, res.output
+    assert calls == ([(out, [])] if enabled else [])
+    if enabled:
+        assert "Membership inference against the final model" in res.output

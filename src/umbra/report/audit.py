@@ -128,13 +128,14 @@ def ceiling_sentence(entry: Mapping[str, Any]) -> str | None:
     sig = [k for k, c in above.items() if c.get("significant_violation")]
     worst = max(float(c.get("max_excess", 0.0)) for c in above.values())
     n1, n0 = get_count(entry, "members"), get_count(entry, "non_members")
+    sample = f"{n1:,} members and {n0:,} non-members" if n1 and n0 else "a finite sample"
     return text + (
         f"; the {join_words(sorted(above))} curve rises above it by up to "
         f"{fmt_num(worst, 3)} in TPR at some point"
         + (
             ", more than chance allows: the guarantee or its accounting is in doubt."
             if sig
-            else f", within the chance variation of {n1} members and {n0} non-members "
+            else f", within the chance variation of {sample} "
             "(no point lies above it at the 95 % confidence ends)."
         )
     )
@@ -156,18 +157,24 @@ def membership_sentences(entry: Mapping[str, Any]) -> list[str]:
         [f"{fmt_num(a['auc'], 3)} ({MEMBERSHIP_ATTACKS.get(k, k)})" for k, a in attacks.items()]
     )
     n1, n0 = get_count(entry, "members"), get_count(entry, "non_members")
-    among = f" among {n1} members and {n0} non-members" if n1 and n0 else ""
+    among = f" among {n1:,} members and {n0:,} non-members" if n1 and n0 else ""
     s = [
         "Whoever holds the final model tells the run's training records from records it "
         f"never saw{among} with AUC {aucs}; guessing gives 0.5."
     ]
-    best_k = max(attacks, key=lambda k: attacks[k]["auc"])
-    tprs = attacks[best_k].get("tpr_at_fpr")
     at = _top_fpr(entry)
-    if isinstance(tprs, Mapping) and at is not None and is_number(tprs.get(at)):
+    found = {
+        k: a["tpr_at_fpr"][at]
+        for k, a in attacks.items()
+        if at is not None
+        and isinstance(a.get("tpr_at_fpr"), Mapping)
+        and is_number(a["tpr_at_fpr"].get(at))
+    }
+    if found and at is not None:
+        best = max(found, key=lambda k: found[k])  # the attack that finds the most there
         s.append(
-            f"At {pct(float(at))} false positives the {MEMBERSHIP_ATTACKS.get(best_k, best_k)} "
-            f"attack finds {pct(tprs[at])} of members (guessing finds {pct(float(at))})."
+            f"At {pct(float(at))} false positives the {MEMBERSHIP_ATTACKS.get(best, best)} "
+            f"attack finds {pct(found[best])} of members (guessing finds {pct(float(at))})."
         )
     ceiling = ceiling_sentence(entry)
     if ceiling:
