@@ -96,11 +96,12 @@ def test_malformed_toml_file(tmp_path: Path) -> None:
         load_config(file=tmp_path / "missing.toml")
 
 
-def test_fingerprint_ignores_rounds_only() -> None:
+def test_fingerprint_ignores_rounds_and_audit_only() -> None:
     a = load_config("smoke")
     b = load_config("smoke", overrides=["federation.rounds=9"])
     c = load_config("smoke", overrides=["data.alpha=0.9"])
-    assert config_fingerprint(a) == config_fingerprint(b)
+    d = load_config("smoke", overrides=["audit.enabled=true", "audit.shadows=16"])
+    assert config_fingerprint(a) == config_fingerprint(b) == config_fingerprint(d)
     assert config_fingerprint(a) != config_fingerprint(c)
 
 

@@ -129,6 +129,8 @@ def run(
         on_status=lambda s: console.print(f"[dim]{s}[/]"),
     )
     _print_results(results, run_dir)
+    if cfg.audit.enabled:
+        _audit(run_dir, [])
 
 
 def _print_results(results: dict[str, Any], run_dir: Path) -> None:
@@ -219,6 +221,8 @@ def deploy_local(
         runner=plan.runner,
     )
     _print_results(results, plan.run_dir)
+    if cfg.audit.enabled:
+        _audit(plan.run_dir, [])
 
 
 privacy_app = typer.Typer(help="Inspect the privacy ledger of a run.", no_args_is_help=True)
@@ -330,6 +334,64 @@ def report(
     if not (run_dir / "results.json").exists():
         raise UmbraError(f"{run_dir} holds no results.json")
     console.print(f"wrote {render_report(run_dir)}")
+
+
+@app.command()
+def audit(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run folder")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="override one audit setting: audit.key=value (repeatable)"),
+    ] = None,
+) -> None:
+    """Attack the final model of a finished run (membership inference) as whoever holds it.
+
+    Adds audit.membership to results.json (all else kept) and an Attacks section to
+    report.html; see docs/audit.md.
+    """
+    _audit(run_dir, set_ or [])
+
+
+def _audit(run_dir: Path, overrides: list[str]) -> None:
+    """Run the audit of ``run_dir`` and print its figures."""
+    from umbra.audit import audit_run
+
+    membership = audit_run(
+        run_dir, overrides, on_status=lambda s: console.print(f"[dim]{s}[/]", highlight=False)
+    )
+    table = Table(
+        title=f"Membership inference against the final model ({membership['members']['count']} "
+        f"members, {membership['non_members']['count']} non-members)"
+    )
+    table.add_column("attack")
+    table.add_column("AUC", justify="right")
+    fprs = list(next(iter(membership["attacks"].values()))["tpr_at_fpr"])
+    for f in fprs:
+        table.add_column(f"TPR at FPR {float(f):.2%}", justify="right")
+    names = {
+        "loss": "loss threshold",
+        "lira": f"offline LiRA ({membership['shadows']['count']} shadows)",
+    }
+    for name, att in membership["attacks"].items():
+        se = att["auc_standard_error"]
+        table.add_row(
+            names.get(name, name),
+            f"{att['auc']:.3f} ± {se:.3f}",
+            *(f"{att['tpr_at_fpr'][f]:.2%}" for f in fprs),
+        )
+    dp = membership.get("dp")
+    if dp:
+        table.add_row(
+            f"DP ceiling (ε {dp['epsilon']:.2f}, δ {dp['delta']:g})",
+            "",
+            *(f"{dp['ceiling_at_fpr'][f]:.2%}" for f in fprs),
+        )
+    console.print(table)
+    console.print(
+        f"results: {run_dir / 'results.json'} (audit.membership), report: "
+        f"{run_dir / 'report.html'}  ({membership['seconds']:.0f} s)",
+        highlight=False,
+    )
 
 
 data_app = typer.Typer(help="Inspect bring-your-own data.", no_args_is_help=True)

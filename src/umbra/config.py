@@ -362,12 +362,50 @@ class SecureConfig(_Section):
 
 
 class AuditConfig(_Section):
-    enabled: bool = Field(False, description="run privacy attacks after training (not built yet)")
+    """The privacy audit of a finished run (``umbra audit DIR`` or ``audit.enabled``):
+    membership inference against the final model (docs/audit.md)."""
+
+    enabled: bool = Field(
+        False, description="run the privacy audit (membership inference) after training"
+    )
+    records: int = Field(
+        1000,
+        ge=10,
+        le=100_000,
+        description="records per side: members drawn from the training records, as many "
+        "non-members from the held-out ones (fewer when fewer are available)",
+    )
+    shadows: int = Field(8, ge=1, le=256, description="shadow models of the offline LiRA")
+    shadow_data: Literal["held-out", "training-rest"] = Field(
+        "held-out",
+        description="what the shadows train on: held-out records not used as non-members "
+        "(disjoint from every member of the run), or the training records not under audit "
+        "(a larger pool, closer to the target; slower)",
+    )
+    shadow_fraction: float = Field(
+        0.5, gt=0, le=1, description="share of the shadow pool each shadow trains on"
+    )
+    shadow_epochs: float = Field(
+        20.0, gt=0, le=1000, description="epochs each shadow trains (centralised SGD, no DP)"
+    )
+    lira_variance: Literal["auto", "per-record", "global"] = Field(
+        "auto",
+        description="LiRA's OUT variance: per record, one pooled over records (robust with "
+        "few shadows), or auto (per record from 16 shadows on)",
+    )
+    fpr: list[float] = Field(
+        default_factory=lambda: [0.001, 0.01],
+        description="false-positive rates at which the true-positive rate is reported, in (0, 1)",
+    )
+    roc_points: int = Field(
+        200, ge=10, le=10_000, description="points kept of each ROC curve in results.json"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> AuditConfig:
-        if self.enabled:
-            raise ValueError("audit.enabled = true is not available yet")
+        for f in self.fpr:
+            if not 0.0 < f < 1.0:
+                raise ValueError(f"audit.fpr = {f} is outside (0, 1)")
         return self
 
 
@@ -742,8 +780,11 @@ def load_config(
 
 
 def config_fingerprint(cfg: Config, *, ignore: tuple[str, ...] = ("federation.rounds",)) -> str:
-    """sha256 of the resolved config, minus fields a resumed run may change."""
+    """sha256 of the resolved config, minus fields a resumed run may change (the rounds,
+    progress output, and the audit settings: the audit attacks the trained model and
+    changes nothing of the training)."""
     d = cfg.model_dump(mode="json")
+    d.pop("audit", None)
     for path in ignore:
         section, key = path.split(".")
         d.get(section, {}).pop(key, None)

@@ -5,9 +5,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from umbra.report.format import fmt_num, is_number
+from umbra.report.format import fmt_delta, fmt_eps, fmt_num, is_number, join_words
 
-__all__ = ["attack_label", "audit_metrics", "metric_phrase"]
+__all__ = [
+    "MEMBERSHIP_ATTACKS",
+    "attack_label",
+    "audit_metrics",
+    "ceiling_sentence",
+    "is_membership_audit",
+    "membership_sentences",
+    "metric_phrase",
+    "pct",
+]
+
+#: The attacks of ``audit.membership.attacks`` (umbra.audit), named for people.
+MEMBERSHIP_ATTACKS = {"loss": "loss threshold", "lira": "offline LiRA"}
 
 _ATTACK_NAMES = {
     "membership": "membership-inference attack",
@@ -64,3 +76,107 @@ def metric_phrase(key: str, value: float) -> str:
     if key in _CHANCE:
         text += f" (guessing gives {fmt_num(_CHANCE[key], 3)})"
     return text
+
+
+def pct(x: float) -> str:
+    """A rate as a percentage for prose: ``0.012`` -> ``1.2 %``, ``0.001`` -> ``0.1 %``."""
+    return f"{fmt_num(100 * x, 3)} %"
+
+
+def is_membership_audit(entry: Any) -> bool:
+    """Whether ``entry`` is umbra.audit's membership object (it has ``attacks`` with AUCs)."""
+    attacks = entry.get("attacks") if isinstance(entry, Mapping) else None
+    return (
+        isinstance(attacks, Mapping)
+        and bool(attacks)
+        and all(isinstance(a, Mapping) and is_number(a.get("auc")) for a in attacks.values())
+    )
+
+
+def _top_fpr(entry: Mapping[str, Any]) -> str | None:
+    """The largest FPR key at which the attacks report a TPR."""
+    keys = {str(f) for a in entry["attacks"].values() for f in (a.get("tpr_at_fpr") or {})}
+    return max(keys, key=float) if keys else None
+
+
+def ceiling_sentence(entry: Mapping[str, Any]) -> str | None:
+    """How the measured curves compare with the DP ceiling (None without DP)."""
+    at = _top_fpr(entry)
+    dp = entry.get("dp")
+    if not isinstance(dp, Mapping) or not is_number(dp.get("epsilon")):
+        return None
+    cap = (
+        dp.get("ceiling_at_fpr", {}).get(at)
+        if isinstance(dp.get("ceiling_at_fpr"), Mapping)
+        else None
+    )
+    checks = {
+        MEMBERSHIP_ATTACKS.get(str(k), str(k)): a.get("dp_ceiling_check")
+        for k, a in entry["attacks"].items()
+    }
+    above = {
+        k: c for k, c in checks.items() if isinstance(c, Mapping) and not c.get("under_ceiling")
+    }
+    text = f"The differential-privacy guarantee against the model holder (ε = {fmt_eps(dp['epsilon'])}, δ = {fmt_delta(float(dp.get('delta') or 0.0))})"
+    text += (
+        f" caps any membership test at {pct(cap)} of members at {pct(float(at))} FPR"
+        if is_number(cap) and at is not None
+        else " caps any membership test"
+    )
+    if not above:
+        return text + "; the measured curves stay under that ceiling."
+    sig = [k for k, c in above.items() if c.get("significant_violation")]
+    worst = max(float(c.get("max_excess", 0.0)) for c in above.values())
+    n1, n0 = get_count(entry, "members"), get_count(entry, "non_members")
+    sample = f"{n1:,} members and {n0:,} non-members" if n1 and n0 else "a finite sample"
+    return text + (
+        f"; the {join_words(sorted(above))} curve rises above it by up to "
+        f"{fmt_num(worst, 3)} in TPR at some point"
+        + (
+            ", more than chance allows: the guarantee or its accounting is in doubt."
+            if sig
+            else f", within the chance variation of {sample} "
+            "(no point lies above it at the 95 % confidence ends)."
+        )
+    )
+
+
+def get_count(entry: Mapping[str, Any], side: str) -> int | None:
+    """``members.count`` / ``non_members.count`` of a membership object, if present."""
+    part = entry.get(side)
+    n = part.get("count") if isinstance(part, Mapping) else None
+    return int(n) if is_number(n) else None
+
+
+def membership_sentences(entry: Mapping[str, Any]) -> list[str]:
+    """The statement's sentences for umbra.audit's membership object, from its numbers:
+    the AUC of each attack, what the strongest finds at the largest reported FPR, and how
+    the curves compare with the DP ceiling."""
+    attacks = {str(k): v for k, v in entry["attacks"].items()}
+    aucs = join_words(
+        [f"{fmt_num(a['auc'], 3)} ({MEMBERSHIP_ATTACKS.get(k, k)})" for k, a in attacks.items()]
+    )
+    n1, n0 = get_count(entry, "members"), get_count(entry, "non_members")
+    among = f" among {n1:,} members and {n0:,} non-members" if n1 and n0 else ""
+    s = [
+        "Whoever holds the final model tells the run's training records from records it "
+        f"never saw{among} with AUC {aucs}; guessing gives 0.5."
+    ]
+    at = _top_fpr(entry)
+    found = {
+        k: a["tpr_at_fpr"][at]
+        for k, a in attacks.items()
+        if at is not None
+        and isinstance(a.get("tpr_at_fpr"), Mapping)
+        and is_number(a["tpr_at_fpr"].get(at))
+    }
+    if found and at is not None:
+        best = max(found, key=lambda k: found[k])  # the attack that finds the most there
+        s.append(
+            f"At {pct(float(at))} false positives the {MEMBERSHIP_ATTACKS.get(best, best)} "
+            f"attack finds {pct(found[best])} of members (guessing finds {pct(float(at))})."
+        )
+    ceiling = ceiling_sentence(entry)
+    if ceiling:
+        s.append(ceiling)
+    return s

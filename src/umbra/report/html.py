@@ -30,7 +30,12 @@ skipped, never an error)::
              noise: "central"|"distributed", noise_multiplier (client level),
              clip_norms: {group: number}}
     secure_aggregation: "none"|"secagg+"|"ckks"
-    audit: {<attack>: {<metric>: number | {..} , roc: {fpr: [], tpr: []}, ...}}
+    audit.membership (umbra.audit, docs/audit.md): {attacker, model, members.{count, origin},
+          non_members.{count, origin}, shadows.{count, records_each, epochs, origin,
+          training, lira_variance}, attacks.{loss, lira}: {auc, auc_standard_error,
+          tpr_at_fpr: {<fpr>: tpr}, roc.{fpr, tpr}, subsets: {<name>: {auc, members,
+          non_members}}, dp_ceiling_check}, dp: {epsilon, delta, ceiling_at_fpr} | null}
+    audit: {<other attack>: {<metric>: number | {..} , roc: {fpr: [], tpr: []}, ...}}
     bytes.{up_total, down_total}, timing.{data_s, train_s, total_s}
 
 ``ledger.jsonl`` (see :mod:`umbra.privacy.ledger`) is summarised when present, and ε is
@@ -48,9 +53,19 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
+
+from umbra.audit.membership import dp_ceiling
 from umbra.errors import DataError
 from umbra.report import plots
-from umbra.report.audit import attack_label, audit_metrics
+from umbra.report.audit import (
+    MEMBERSHIP_ATTACKS,
+    attack_label,
+    audit_metrics,
+    ceiling_sentence,
+    get_count,
+    is_membership_audit,
+)
 from umbra.report.facts import privacy_on, secure_mode
 from umbra.report.format import fmt_bytes, fmt_delta, fmt_num, get_in, is_number
 from umbra.report.ledger_summary import LedgerSummary, summarize_ledger
@@ -544,6 +559,9 @@ def _audit(results: Mapping[str, Any]) -> str:
     for name, entry in audit.items():
         label = attack_label(str(name))
         body += f"<h3>{_e(label[:1].upper() + label[1:])}</h3>"
+        if is_membership_audit(entry):
+            body += _membership(str(name), entry)
+            continue
         metrics = audit_metrics(entry)
         if metrics:
             body += _table(
@@ -573,6 +591,87 @@ def _audit(results: Mapping[str, Any]) -> str:
                         f"{label} {k}",
                     )
     return _section("audit", "Attacks (privacy audit)", body)
+
+
+def _membership(name: str, entry: Mapping[str, Any]) -> str:
+    """umbra.audit's membership object: who attacks with what, AUC and TPR at each FPR per
+    attack (and the DP ceiling), AUC per modality subset, the ROC curves."""
+    attacks = {str(k): v for k, v in entry["attacks"].items()}
+    shadows = entry.get("shadows") if isinstance(entry.get("shadows"), Mapping) else {}
+    setup = [
+        ("attacker", entry.get("attacker")),
+        ("model", entry.get("model")),
+        ("members", get_in(entry, "members", "origin")),
+        ("non-members", get_in(entry, "non_members", "origin")),
+        (
+            "LiRA shadow models",
+            f"{shadows.get('count')} models, {shadows.get('records_each')} records each, "
+            f"{fmt_num(shadows.get('epochs'))} epochs; {shadows.get('origin')}; "
+            f"{shadows.get('training')}; {shadows.get('lira_variance')} OUT variance"
+            if shadows
+            else None,
+        ),
+    ]
+    body = "".join(f"<p><b>{_e(k)}:</b> {_e(v)}</p>" for k, v in setup if isinstance(v, str))
+    fprs = sorted({f for a in attacks.values() for f in (a.get("tpr_at_fpr") or {})}, key=float)
+    rows: list[list[Any]] = []
+    for k, a in attacks.items():
+        tprs = a.get("tpr_at_fpr") or {}
+        rows.append(
+            [MEMBERSHIP_ATTACKS.get(k, k), a.get("auc"), a.get("auc_standard_error")]
+            + [tprs.get(f) for f in fprs]
+        )
+    dp = entry.get("dp") if isinstance(entry.get("dp"), Mapping) else None
+    if dp is not None:
+        caps = dp.get("ceiling_at_fpr") or {}
+        rows.append(["DP ceiling (any attack)", None, None] + [caps.get(f) for f in fprs])
+    header = ["attack", "AUC", "± (std. error)"] + [f"TPR at FPR {f}" for f in fprs]
+    body += _table(f"audit.{name}", header, rows)
+    n0 = get_count(entry, "non_members")
+    if n0:
+        body += (
+            f'<p class="meta">With {n0} non-members the smallest false-positive rate '
+            f"measured is {fmt_num(1 / n0)}: a TPR at a lower FPR rests on the few "
+            "highest-scoring non-members and is uncertain (95 % intervals in results.json).</p>"
+        )
+    subsets = sorted({s for a in attacks.values() for s in (a.get("subsets") or {})})
+    if subsets:
+        srows = []
+        for sub in subsets:
+            first = next(
+                a["subsets"][sub] for a in attacks.values() if sub in (a.get("subsets") or {})
+            )
+            srows.append(
+                [sub, first.get("members"), first.get("non_members")]
+                + [get_in(a, "subsets", sub, "auc") for a in attacks.values()]
+            )
+        body += "<p>AUC per modality subset (records holding, or lacking, a modality):</p>"
+        body += _table(
+            f"audit.{name}.subsets",
+            ["records", "members", "non-members"]
+            + [f"AUC {MEMBERSHIP_ATTACKS.get(k, k)}" for k in attacks],
+            srows,
+        )
+    curves = {}
+    for k, a in attacks.items():
+        fpr, tpr = get_in(a, "roc", "fpr"), get_in(a, "roc", "tpr")
+        if isinstance(fpr, list) and isinstance(tpr, list) and all(map(is_number, fpr + tpr)):
+            curves[MEMBERSHIP_ATTACKS.get(k, k)] = (fpr, tpr)
+    ceiling = None
+    floor = 1.0 / n0 if n0 else 1e-3
+    if dp is not None and is_number(dp.get("epsilon")) and is_number(dp.get("delta")):
+        grid = [floor * (1.0 / floor) ** (i / 60) for i in range(61)]
+        caps = dp_ceiling(np.array(grid), epsilon=float(dp["epsilon"]), delta=float(dp["delta"]))
+        ceiling = (grid, caps.tolist())
+    body += _img(
+        plots.membership_roc(
+            curves, floor=floor, ceiling=ceiling, title="membership inference: ROC"
+        ),
+        "membership inference ROC",
+    )
+    said = ceiling_sentence(entry)
+    body += f"<p>{_e(said)}</p>" if said else ""
+    return body
 
 
 def _data(results: Mapping[str, Any]) -> str:

@@ -18,6 +18,7 @@ from matplotlib.ticker import MaxNLocator
 __all__ = [
     "bar_chart",
     "line_chart",
+    "membership_roc",
     "png_bytes",
     "roc_curve",
     "stacked_bars",
@@ -155,6 +156,41 @@ def roc_curve(fpr: Sequence[float], tpr: Sequence[float], *, title: str) -> byte
     ax.plot([0, 1], [0, 1], ls=":", color="grey", label="chance")
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize="small")
+    return png_bytes(fig)
+
+
+def membership_roc(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    floor: float,
+    ceiling: tuple[Sequence[float], Sequence[float]] | None = None,
+    title: str,
+) -> bytes | None:
+    """Membership-attack ROC curves on log-log axes (low false-positive rates are where such
+    attacks are judged), the chance diagonal, and an optional DP ceiling. ``floor``: the
+    smallest rate drawn (1 / number of non-members): zero rates sit on it."""
+    curves = {k: v for k, v in curves.items() if len(v[0]) >= 2 and len(v[0]) == len(v[1])}
+    if not curves:
+        return None
+    fig = Figure(figsize=(5.2, 4.4))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.grid(True, which="both", alpha=0.25)
+    for name, (fpr, tpr) in curves.items():
+        ax.step([max(f, floor) for f in fpr], [max(t, floor) for t in tpr], where="post",
+                label=name)  # fmt: skip
+    ax.plot([floor, 1], [floor, 1], ls=":", color="grey", label="chance")
+    if ceiling is not None:
+        fpr, tpr = ceiling
+        ax.plot([max(f, floor) for f in fpr], [max(t, floor) for t in tpr], ls="--",
+                color="#a33", label="DP ceiling")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(floor, 1)
+    ax.set_ylim(floor, 1.05)
+    ax.set_xlabel("false positive rate (non-members called members)")
+    ax.set_ylabel("true positive rate (members found)")
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize="small")
     return png_bytes(fig)

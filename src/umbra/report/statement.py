@@ -17,7 +17,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from umbra.report.audit import attack_label, audit_metrics, metric_phrase
+from umbra.report.audit import (
+    attack_label,
+    audit_metrics,
+    is_membership_audit,
+    membership_sentences,
+    metric_phrase,
+)
 from umbra.report.facts import (
     budget_target,
     bytes_total,
@@ -370,6 +376,9 @@ def _attack_part(results: Mapping[str, Any]) -> StatementPart | None:
         return None
     s: list[str] = []
     for name, entry in audit.items():
+        if is_membership_audit(entry):
+            s.extend(membership_sentences(entry))
+            continue
         metrics = audit_metrics(entry)
         if not metrics:
             continue

@@ -1,0 +1,21 @@
+"""Privacy attacks on a finished run, as its observers could mount them (docs/audit.md).
+
+* :mod:`~umbra.audit.roc`: ROC curves, AUC, TPR at an FPR, binomial intervals (pure);
+* :mod:`~umbra.audit.membership`: loss-threshold and offline LiRA scores, the DP ceiling
+  on any membership test (pure);
+* :mod:`~umbra.audit.attack_summary`: one attack's figures for results.json;
+* :mod:`~umbra.audit.records`: the audited members, non-members and the shadow pool;
+* :mod:`~umbra.audit.query`: a model's logits on records (what its holder sees);
+* :mod:`~umbra.audit.shadows`: OUT shadow models for LiRA;
+* :mod:`~umbra.audit.membership_audit`: the membership audit of a model;
+* :mod:`~umbra.audit.run`: ``umbra audit DIR`` on a run folder.
+
+Only the run-folder entry points are imported here (they load torch on first use), so
+``umbra audit`` refuses a bad folder without loading the models.
+"""
+
+from __future__ import annotations
+
+from umbra.audit.run import audit_run, load_finished_run
+
+__all__ = ["audit_run", "load_finished_run"]
