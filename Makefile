@@ -16,11 +16,14 @@ demo: install
 	rm -rf runs/demo
 	$(BIN)/umbra run --preset default --out runs/demo
 
-# One check for humans and CI: lint, types, then the whole suite (slow end-to-end runs included).
+# One check for humans and CI: lint, types, then the whole suite (slow end-to-end runs included),
+# in two pytest-xdist workers: the deployment tests mostly wait on Flower's processes, so a
+# second worker fills that time (`make test PYTEST_WORKERS=0` runs it in one process).
+PYTEST_WORKERS ?= 2
 test: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy src
-	$(BIN)/python -m pytest -q --durations=20
+	$(BIN)/python -m pytest -q --durations=20 -n $(PYTEST_WORKERS)
 
 # Debian packages, only the missing ones (apt-get update only when something is missing).
 system:

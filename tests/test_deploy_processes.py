@@ -382,3 +382,11 @@ def test_supernode_launcher_refuses_a_bad_poll_with_one_line() -> None:
                           env={**os.environ, "PYTHONPATH": "src"})  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.strip() == "error: idle poll must be > 0 seconds, got 0.0"
+
+
+def test_clientapp_host_refuses_an_unknown_isolation() -> None:
+    with pytest.raises(ValueError, match="isolation must be one of"):
+        clientapp_host.serve("127.0.0.1:1", isolation="thread")
+    with pytest.raises(SystemExit) as done:
+        clientapp_host.main(["--runtime-api-address", "127.0.0.1:1", "--isolation", "thread"])
+    assert done.value.code == 2

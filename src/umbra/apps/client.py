@@ -45,18 +45,33 @@ from umbra.errors import ConfigError, DataError
 from umbra.federation.attacks import AttackSpec
 from umbra.federation.client_app import ClientSpec, info_reply, train_reply
 from umbra.federation.client_data import load_client_data
-from umbra.federation.common import SecureSettings, SecureTransport
+from umbra.federation.common import (
+    SecureSettings,
+    SecureTransport,
+    pack_message,
+    unpack_message,
+)
 from umbra.run.folder import client_state_root
 from umbra.run.prepare import model_spec_for
 from umbra.run.simulation import secure_transport, train_settings
 from umbra.secure import transports
 from umbra.secure.identity import check_own_key, read_identity_key, read_roster
 
-__all__ = ["client_app", "client_spec", "node_identity"]
-
-client_app = ClientApp()
+__all__ = ["client_app", "client_spec", "node_identity", "packed_arrays_mod"]
 
 Handler = Callable[[Message, Context], Message]
+
+
+def packed_arrays_mod(msg: Message, context: Context, call_next: Handler) -> Message:
+    """Flower ClientApp mod: unpack the ArrayRecords a deployed ServerApp packed
+    (`umbra.federation.common.pack_message`: one object per record instead of one per
+    array on every hop), and pack the reply's the same way."""
+    packed = unpack_message(msg)
+    reply = call_next(msg, context)
+    return pack_message(reply) if packed else reply
+
+
+client_app = ClientApp(mods=[packed_arrays_mod])
 
 
 def _records(cfg: Config, node_config: Mapping[str, Any]) -> tuple[Path, Path]:

@@ -10,8 +10,8 @@
    accepts connections, registers each node's public key (``flwr supernode register``),
    starts one ``flower-supernode`` per node with its own ``--node-config`` and, beside
    each, the node's SuperExec (`umbra.deploy.clientapp_host`: torch and Umbra imported
-   once, one fork per message, instead of a fresh ``flwr-clientapp`` process per
-   message), and waits until the SuperLink lists every node online;
+   once, each message handled in that process, instead of a fresh ``flwr-clientapp``
+   process per message), and waits until the SuperLink lists every node online;
 4. runs a Flower App with ``flwr run`` and follows its log until the run finishes;
 5. stops every process it started, by PID, on `stop`, on leaving a ``with`` block, on an
    exception, on Ctrl-C and on SIGTERM (`ProcessSupervisor`).

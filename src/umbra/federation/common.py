@@ -16,6 +16,7 @@ with back-off); `RoundOutcome` (what a training round produced); the client-acti
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ __all__ = [
     "FIRST_POLL_S",
     "MAX_POLL_S",
     "NUM_EXAMPLES",
+    "PACKED_ARRAYS",
     "PARTITION_ID",
     "ClientActionSpec",
     "ClientMod",
@@ -46,13 +48,19 @@ __all__ = [
     "config_list",
     "count_key",
     "from_record",
+    "is_packed",
     "message_bytes",
     "metric_float",
     "metric_int",
     "metric_values",
+    "pack_arrays",
+    "pack_message",
+    "packs_messages",
     "reply_metrics",
     "send_and_receive",
     "to_record",
+    "unpack_arrays",
+    "unpack_message",
 ]
 
 # ------------------------------------------------------------------------------ keys
@@ -141,6 +149,80 @@ def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in record.items()}
 
 
+#: The one Array a packed ArrayRecord holds (`pack_arrays`).
+PACKED_ARRAYS = "umbra-packed"
+_HEADER_LEN = 8
+
+
+def pack_arrays(record: ArrayRecord) -> ArrayRecord:
+    """All arrays of ``record`` in one uint8 Array: an 8-byte length, a JSON header (name,
+    dtype, shape of each array, in order), then the arrays' bytes.
+
+    Flower's Deployment Engine moves each Array of a message as an object of its own, one
+    request per object on every hop (ServerApp -> SuperLink -> SuperNode -> ClientApp and
+    back), at most as many at once as the machine has cores: a model of 76 arrays costs
+    76 requests per hop, one packed record one. `unpack_arrays` is the inverse."""
+    arrays = {k: np.ascontiguousarray(v.numpy()) for k, v in record.items()}
+    header = json.dumps([[k, a.dtype.str, list(a.shape)] for k, a in arrays.items()]).encode()
+    buf = b"".join([len(header).to_bytes(_HEADER_LEN, "little"), header,
+                    *(a.tobytes() for a in arrays.values())])  # fmt: skip
+    return ArrayRecord({PACKED_ARRAYS: Array(np.frombuffer(buf, dtype=np.uint8))})
+
+
+def is_packed(record: ArrayRecord) -> bool:
+    """Whether ``record`` is a `pack_arrays` record."""
+    return list(record.keys()) == [PACKED_ARRAYS]
+
+
+def unpack_arrays(record: ArrayRecord) -> ArrayRecord:
+    """The ArrayRecord `pack_arrays` packed (a record that is not packed is returned as
+    is); a malformed one is a one-line ValueError."""
+    if not is_packed(record):
+        return record
+    buf = record[PACKED_ARRAYS].numpy().tobytes()
+    try:
+        n = int.from_bytes(buf[:_HEADER_LEN], "little")
+        header = json.loads(buf[_HEADER_LEN : _HEADER_LEN + n])
+        offset, out = _HEADER_LEN + n, {}
+        for name, dtype, shape in header:
+            dt, count = np.dtype(dtype), int(np.prod(shape, dtype=np.int64))
+            if dt.hasobject or offset + count * dt.itemsize > len(buf):
+                raise ValueError(f"array {name!r} does not fit")
+            out[str(name)] = np.frombuffer(buf, dtype=dt, count=count, offset=offset).reshape(shape)
+            offset += count * dt.itemsize
+    except (ValueError, TypeError, json.JSONDecodeError) as err:
+        raise ValueError(f"malformed packed arrays: {err}") from None
+    if offset != len(buf):
+        raise ValueError(f"malformed packed arrays: {len(buf) - offset} bytes left over")
+    return to_record({k: v.copy() for k, v in out.items()})
+
+
+def pack_message(msg: Message) -> Message:
+    """``msg`` with each of its ArrayRecords packed (`pack_arrays`), in place."""
+    if msg.has_content():
+        for key, record in list(msg.content.array_records.items()):
+            if not is_packed(record):
+                msg.content[key] = pack_arrays(record)
+    return msg
+
+
+def unpack_message(msg: Message) -> bool:
+    """Unpack ``msg``'s packed ArrayRecords in place; whether it had any."""
+    found = False
+    if msg.has_content():
+        for key, record in list(msg.content.array_records.items()):
+            if is_packed(record):
+                msg.content[key] = unpack_arrays(record)
+                found = True
+    return found
+
+
+def packs_messages(grid: Any) -> bool:
+    """Whether messages through ``grid`` are packed: on the Deployment Engine's grid
+    (``HttpGrid``), where every array is a request per hop; not in simulation."""
+    return type(grid).__name__ == "HttpGrid"
+
+
 def message_bytes(messages: Iterable[Message]) -> int:
     """Sum of the serialized (protobuf) sizes of ``messages`` as Flower sends them."""
     return sum(message_to_proto(m).ByteSize() for m in messages)
@@ -188,6 +270,9 @@ def send_and_receive(
         )
     if not (hasattr(grid, "push_messages") and hasattr(grid, "pull_messages")):
         return list(grid.send_and_receive(messages, timeout=timeout))
+    packed = packs_messages(grid)
+    if packed:
+        messages = [pack_message(m) for m in messages]
     pending = set(grid.push_messages(messages))
     deadline = None if timeout is None else time.monotonic() + timeout
     replies: list[Message] = []
@@ -196,6 +281,9 @@ def send_and_receive(
         left = None if deadline is None else deadline - time.monotonic()
         time.sleep(pause if left is None else max(0.0, min(pause, left)))
         got = list(grid.pull_messages(pending))
+        if packed:
+            for reply in got:
+                unpack_message(reply)
         replies.extend(got)
         pending.difference_update(m.metadata.reply_to_message_id for m in got)
         if deadline is not None and time.monotonic() >= deadline:
