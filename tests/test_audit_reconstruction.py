@@ -3,6 +3,7 @@ scattering inversion, PSNR/SSIM, and what SecAgg+ sums leave of a record."""
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -190,3 +191,32 @@ def test_audit_adds_reconstruction_and_keeps_results(tmp_path: Path) -> None:
     audit_run(run_dir, ["audit.reconstruction=false"])
     again = json.loads((run_dir / "results.json").read_text())
     assert again["audit"]["reconstruction"] == rec
+
+
+def test_report_embeds_the_grid_a_run_folder_holds(tmp_path: Path) -> None:
+    from umbra.audit.reconstruction_grid import save_grid
+    from umbra.report import render_report
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    imgs = np.random.default_rng(0).random((2, 1, 8, 8))
+    save_grid(run_dir / "audit" / "reconstruction.png", imgs, imgs, ["a", "b"])
+    png = (run_dir / "audit" / "reconstruction.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    results = {
+        "config": {},
+        "final": {"accuracy": 0.5},
+        "audit": {
+            "reconstruction": {
+                "views": {"single": {"psnr": 9.0}},
+                "grid": "audit/reconstruction.png",
+            },
+            "other": {"psnr": 1.0, "grid": "../outside.png"},
+        },
+    }
+    (tmp_path / "outside.png").write_bytes(png)
+    (run_dir / "results.json").write_text(json.dumps(results))
+    page = render_report(run_dir).read_text(encoding="utf-8")
+    embedded = base64.b64encode(png).decode("ascii")
+    assert page.count(embedded) == 1  # the run folder's grid, not the file outside it
+    assert "originals (top), reconstructions (bottom)" in page
