@@ -41,12 +41,14 @@ def invert_scattering(
     steps: int = 200,
     lr: float = 0.1,
     tv_weight: float = 0.02,
+    stretch: bool = True,
 ) -> np.ndarray:
     """Images ``(B, C, H, W)`` in [0, 1] whose scattering coefficients, group-normalised
     into ``groups`` groups, come closest to ``target`` (``(B, *scattering_shape)``, already
     group-normalised). ``value_range``: the feature values of black and white pixels
     (the data set's standardisation, which the coefficients were computed from). Starts
-    from mid-grey; Adam for ``steps`` steps."""
+    from mid-grey; Adam for ``steps`` steps. ``stretch``: rescale each image to span
+    [0, 1] (an attacker's prior that images run from black to white)."""
     c, h, w = image_shape
     want = torch.as_tensor(np.asarray(target), dtype=torch.float32)
     if tuple(want.shape[1:]) != scattering_shape(image_shape):
@@ -67,4 +69,11 @@ def invert_scattering(
         loss = loss + tv_weight * total_variation(img)
         loss.backward()
         opt.step()
-    return torch.sigmoid(u).detach().numpy().astype(np.float64)
+    img = torch.sigmoid(u).detach().numpy().astype(np.float64)
+    if not stretch:
+        return img
+    # The normalisation lost each group's level and scale, so overall brightness and
+    # contrast are not determined: span black to white, as the data set's images do.
+    lo_px = img.min(axis=(1, 2, 3), keepdims=True)
+    hi_px = img.max(axis=(1, 2, 3), keepdims=True)
+    return (img - lo_px) / np.maximum(hi_px - lo_px, 1e-12)
