@@ -69,11 +69,11 @@ def invert_scattering(
         loss = loss + tv_weight * total_variation(img)
         loss.backward()
         opt.step()
-    img = torch.sigmoid(u).detach().numpy().astype(np.float64)
+    out = torch.sigmoid(u).detach().numpy().astype(np.float64)  # (B, C, H, W)
     if not stretch:
-        return img
+        return out
     # The normalisation lost each group's level and scale, so overall brightness and
     # contrast are not determined: span black to white, as the data set's images do.
-    lo_px = img.min(axis=(1, 2, 3), keepdims=True)
-    hi_px = img.max(axis=(1, 2, 3), keepdims=True)
-    return (img - lo_px) / np.maximum(hi_px - lo_px, 1e-12)
+    lo_px = out.min(axis=(1, 2, 3), keepdims=True)
+    hi_px = out.max(axis=(1, 2, 3), keepdims=True)
+    return (out - lo_px) / np.maximum(hi_px - lo_px, 1e-12)
