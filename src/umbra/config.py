@@ -402,9 +402,10 @@ class AuditConfig(_Section):
         200, ge=10, le=10_000, description="points kept of each ROC curve in results.json"
     )
     reconstruction: bool = Field(
-        True,
+        False,
         description="also run the reconstruction attack: the server recovers an "
-        "organisation's records from its update (plaintext, SecAgg+ sum, DP-SGD)",
+        "organisation's records from its update (plaintext, SecAgg+ sum, DP-SGD); off by "
+        "default (about 30 s on the baseline)",
     )
     reconstruction_batch: int = Field(
         4, ge=1, le=8, description="records in the audited organisation's one-step update"
