@@ -325,6 +325,8 @@ def reconstruction_audit(
     pixels, value_range = None, (0.0, 1.0)
     if (
         "image" in fixed
+        and len(fixed["image"].prefix) > 0
+        and isinstance(fixed["image"].prefix[0], nn.GroupNorm)
         and cfg.data.image_features == "scattering"
         and cfg.data.source != "manifest"
     ):
