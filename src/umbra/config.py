@@ -363,7 +363,8 @@ class SecureConfig(_Section):
 
 class AuditConfig(_Section):
     """The privacy audit of a finished run (``umbra audit DIR`` or ``audit.enabled``):
-    membership inference against the final model (docs/audit.md)."""
+    membership inference against the final model and reconstruction of an organisation's
+    records from its update (docs/audit.md)."""
 
     enabled: bool = Field(
         False, description="run the privacy audit (membership inference) after training"
@@ -399,6 +400,21 @@ class AuditConfig(_Section):
     )
     roc_points: int = Field(
         200, ge=10, le=10_000, description="points kept of each ROC curve in results.json"
+    )
+    reconstruction: bool = Field(
+        False,
+        description="also run the reconstruction attack: the server recovers an "
+        "organisation's records from its update (plaintext, SecAgg+ sum, DP-SGD); off by "
+        "default (about 30 s on the baseline)",
+    )
+    reconstruction_batch: int = Field(
+        4, ge=1, le=8, description="records in the audited organisation's one-step update"
+    )
+    reconstruction_steps: int = Field(
+        200,
+        ge=1,
+        le=10_000,
+        description="optimisation steps of gradient matching and of the pixel inversion",
     )
 
     @model_validator(mode="after")

@@ -8,6 +8,12 @@
 * :mod:`~umbra.audit.query`: a model's logits on records (what its holder sees);
 * :mod:`~umbra.audit.shadows`: OUT shadow models for LiRA;
 * :mod:`~umbra.audit.membership_audit`: the membership audit of a model;
+* :mod:`~umbra.audit.reconstruction_analytic`, :mod:`~umbra.audit.reconstruction_matching`,
+  :mod:`~umbra.audit.reconstruction_scattering`, :mod:`~umbra.audit.reconstruction_metrics`,
+  :mod:`~umbra.audit.reconstruction_grid`: recovering records from an update (closed form,
+  gradient matching, back to pixels, PSNR/SSIM, the picture);
+* :mod:`~umbra.audit.reconstruction_audit`: the reconstruction audit of one
+  organisation's update (plaintext, SecAgg+ sum, DP-SGD);
 * :mod:`~umbra.audit.run`: ``umbra audit DIR`` on a run folder.
 
 Only the run-folder entry points are imported here (they load torch on first use), so

@@ -1,5 +1,6 @@
 """``umbra audit DIR``: attack the final model of a finished run folder and add the
-figures to its results.json (``audit.membership``) and report.html.
+figures to its results.json (``audit.membership``, ``audit.reconstruction``) and
+report.html.
 
 The run folder is only read, except results.json, rewritten atomically with every old
 field kept, and report.html, re-rendered from it.
@@ -74,7 +75,8 @@ def audit_run(
     on_status: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Audit the finished run in ``run_dir``; returns the ``audit.membership`` object
-    written into its results.json (report.html re-rendered)."""
+    written into its results.json (beside ``audit.reconstruction`` when
+    ``audit.reconstruction`` is on; report.html re-rendered)."""
     import torch
 
     from umbra.audit.membership_audit import membership_audit
@@ -115,9 +117,18 @@ def audit_run(
         on_status=say,
     )  # fmt: skip
     membership = {"model": where, **membership}
+    found: dict[str, Any] = {"membership": membership}
+    if cfg.audit.reconstruction:
+        from umbra.audit.reconstruction_audit import reconstruction_audit
+
+        recon = reconstruction_audit(
+            model, prep, cfg, train_settings(cfg), run_dir=run_dir,
+            privacy=results.get("privacy"), on_status=say,
+        )  # fmt: skip
+        found["reconstruction"] = {"model": where, **recon}
     current = _read_json(run_dir / "results.json", "results")  # as it is now: keep it all
     old = current.get("audit")
-    current["audit"] = {**(old if isinstance(old, dict) else {}), "membership": membership}
+    current["audit"] = {**(old if isinstance(old, dict) else {}), **found}
     atomic_write_text(run_dir / "results.json", json.dumps(current, indent=2))
     try:
         render_report(run_dir)

@@ -35,7 +35,8 @@ skipped, never an error)::
           training, lira_variance}, attacks.{loss, lira}: {auc, auc_standard_error,
           tpr_at_fpr: {<fpr>: tpr}, roc.{fpr, tpr}, subsets: {<name>: {auc, members,
           non_members}}, dp_ceiling_check}, dp: {epsilon, delta, ceiling_at_fpr} | null}
-    audit: {<other attack>: {<metric>: number | {..} , roc: {fpr: [], tpr: []}, ...}}
+    audit: {<other attack>: {<metric>: number | {..} , roc: {fpr: [], tpr: []}, ...,
+           grid: a PNG's path in the run folder, embedded (audit.reconstruction)}}
     bytes.{up_total, down_total}, timing.{data_s, train_s, total_s}
 
 ``ledger.jsonl`` (see :mod:`umbra.privacy.ledger`) is summarised when present, and ε is
@@ -551,7 +552,7 @@ def _secure(results: Mapping[str, Any]) -> str:
     return _section("secure", "Secure aggregation", _table("secure", ["", ""], rows))
 
 
-def _audit(results: Mapping[str, Any]) -> str:
+def _audit(results: Mapping[str, Any], pictures: Mapping[str, bytes]) -> str:
     audit = results.get("audit")
     if not isinstance(audit, Mapping) or not audit:
         return ""
@@ -567,6 +568,9 @@ def _audit(results: Mapping[str, Any]) -> str:
             body += _table(
                 f"audit.{name}", ["metric", "value"], [[k, v] for k, v in metrics.items()]
             )
+        grid = entry.get("grid") if isinstance(entry, Mapping) else None
+        if isinstance(grid, str) and grid in pictures:
+            body += _img(pictures[grid], f"{label}: originals (top), reconstructions (bottom)")
         roc = entry.get("roc") if isinstance(entry, Mapping) else None
         roc = roc if isinstance(roc, Mapping) else entry if isinstance(entry, Mapping) else {}
         fpr, tpr = roc.get("fpr"), roc.get("tpr")
@@ -730,9 +734,16 @@ _SECTIONS: tuple[Callable[[Mapping[str, Any]], str], ...] = (
 
 
 def build_report(
-    results: Mapping[str, Any], ledger: LedgerSummary | None = None, *, title: str = "Umbra run"
+    results: Mapping[str, Any],
+    ledger: LedgerSummary | None = None,
+    *,
+    title: str = "Umbra run",
+    pictures: Mapping[str, bytes] | None = None,
 ) -> str:
-    """The report page for ``results`` (and an optional ledger summary), as HTML text."""
+    """The report page for ``results`` (and an optional ledger summary), as HTML text.
+
+    ``pictures``: PNG bytes of the run folder's files that an attack names as its
+    ``grid`` (path relative to the run folder), embedded in the Attacks section."""
     fed = get_in(results, "config", "federation", default={})
     meta = [
         f"{k} {v}"
@@ -754,7 +765,7 @@ def build_report(
         *(f(results) for f in _SECTIONS),
         _ledger(ledger),
         _secure(results),
-        _audit(results),
+        _audit(results, pictures or {}),
         _data(results),
         _config(results),
     ]
@@ -764,6 +775,23 @@ def build_report(
         f"<title>{_e(title)} — report</title><style>{_CSS}</style></head>"
         f"<body><main>{''.join(parts)}</main></body></html>\n"
     )
+
+
+def _audit_pictures(run_dir: Path, results: Mapping[str, Any]) -> dict[str, bytes]:
+    """The PNG files inside ``run_dir`` that results.json's attacks name as ``grid``."""
+    audit = results.get("audit")
+    out: dict[str, bytes] = {}
+    if not isinstance(audit, Mapping):
+        return out
+    root = run_dir.resolve()
+    for entry in audit.values():
+        grid = entry.get("grid") if isinstance(entry, Mapping) else None
+        if not isinstance(grid, str) or not grid.endswith(".png"):
+            continue
+        path = (run_dir / grid).resolve()
+        if path.is_relative_to(root) and path.is_file():
+            out[grid] = path.read_bytes()
+    return out
 
 
 def render_report(run_dir: Path, *, verify_ledger: bool = True) -> Path:
@@ -790,7 +818,12 @@ def render_report(run_dir: Path, *, verify_ledger: bool = True) -> Path:
     if not isinstance(results, dict):
         raise DataError(f"{path} must hold a JSON object")
     ledger = summarize_ledger(run_dir / LEDGER_FILE, recompute=verify_ledger)
-    page = build_report(results, ledger, title=f"Umbra run {run_dir.resolve().name}")
+    page = build_report(
+        results,
+        ledger,
+        title=f"Umbra run {run_dir.resolve().name}",
+        pictures=_audit_pictures(run_dir, results),
+    )
     out = run_dir / REPORT_FILE
     tmp = run_dir / f".{REPORT_FILE}.{os.getpid()}.tmp"  # same folder: os.replace is atomic
     try:

@@ -1,0 +1,453 @@
+"""The reconstruction audit of a trained model: a curious server that sees one
+organisation's update tries to recover the records it was computed from (docs/audit.md).
+
+The update is what the organisation would send in plaintext FedAvg: one local SGD step
+with the run's settings (modality dropout included) from the final model on a few of its
+records, re-derived from the run's config and seed. Four views of the same round:
+
+* ``single``: the update of one record; the first linear layer on each modality's fixed
+  features gives the record in closed form (:mod:`~umbra.audit.reconstruction_analytic`);
+* ``batch``: the update of ``audit.reconstruction_batch`` records; closed form on the
+  rows one record dominates, and gradient matching (Geiping et al. 2020) on every input;
+* ``secagg``: the sum of every organisation's one-step update on as many records (what
+  the server of SecAgg+ learns), attacked in closed form for the audited records;
+* ``dp``: the one-record update clipped and noised as DP-SGD at the run's privacy settings
+  would (central Gaussian noise of σ·C on the one step), attacked in closed form.
+
+Images are mapped back from scattering coefficients to pixels
+(:mod:`~umbra.audit.reconstruction_scattering`) and scored by PSNR/SSIM against the
+originals (``inversion_ceiling``: the same inversion from the true features, the best
+any view can reach); texts by whether the nearest sentence embedding of the data set is the
+record's; other modalities by the cosine of the recovered to the true features.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from umbra.audit.reconstruction_analytic import distinct_candidates, idlg_label, linear_inputs
+from umbra.audit.reconstruction_matching import match_gradients
+from umbra.audit.reconstruction_metrics import psnr, ssim
+from umbra.audit.reconstruction_scattering import invert_scattering
+from umbra.config import Config
+from umbra.data.dataset import MultimodalData
+from umbra.federation.train import Batchable, TrainSettings, train_local
+from umbra.models import MultimodalNet
+from umbra.models.losses import multimodal_loss
+from umbra.run.prepare import PreparedData
+
+__all__ = ["ATTACKER", "FixedInput", "fixed_inputs", "one_step_update", "reconstruction_audit"]
+
+#: Who the attacker is, in results.json and the report.
+ATTACKER = (
+    "the server (honest-but-curious): it sees one organisation's update of one local SGD "
+    "step in plaintext FedAvg, the sum of all updates under SecAgg+, or a noised update "
+    "under DP-SGD; it knows the model and, for a batch, the records' labels and modalities"
+)
+#: Second word of the audit's seed sequence [run.seed, _STREAM]: apart from the run's own.
+_STREAM = 0x4EC0
+#: PNG of the reconstructed images, relative to the run folder.
+GRID_FILE = "audit/reconstruction.png"
+
+
+@dataclass(frozen=True)
+class FixedInput:
+    """A modality whose encoder's first linear layer sees fixed features through
+    parameter-free or normalising layers only: ``prefix`` maps the modality's features
+    to that layer's input; ``weight``/``bias`` are the layer's parameter names."""
+
+    modality: str
+    prefix: nn.Sequential
+    weight: str
+    bias: str
+
+
+def fixed_inputs(model: MultimodalNet) -> dict[str, FixedInput]:
+    """Each modality whose first linear layer the closed form applies to (no convolution
+    or other learnt feature extractor before it); conv encoders are left out."""
+    out: dict[str, FixedInput] = {}
+    for m in model.modalities:
+        before: list[nn.Module] = []
+        for name, mod in model.encoders[m].named_modules():
+            if isinstance(mod, nn.Sequential):
+                continue
+            if isinstance(mod, nn.Linear):
+                if mod.bias is not None:
+                    base = f"encoders.{m}.{name}"
+                    out[m] = FixedInput(m, nn.Sequential(*before), f"{base}.weight", f"{base}.bias")
+                break
+            if isinstance(mod, nn.Conv2d | nn.Conv1d):
+                break
+            before.append(mod)
+    return out
+
+
+def one_step_update(
+    model: MultimodalNet, data: MultimodalData, settings: TrainSettings, *, seed: int
+) -> dict[str, Tensor]:
+    """The update (new − old weights) of one local SGD step on all of ``data`` as one
+    batch, with the run's optimiser settings; ``model`` is left unchanged. No modality
+    dropout: every modality a record holds reaches the update (the organisation's worst
+    case; with the run's dropout a hidden modality leaves no trace in that step)."""
+    local = copy.deepcopy(model)
+    before = {k: p.detach().clone() for k, p in local.named_parameters()}
+    one = replace(settings, epochs=1.0, batch_size=len(data), modality_dropout=0.0)
+    train_local(local, Batchable.from_data(data), one, seed=seed)
+    return {k: p.detach() - before[k] for k, p in local.named_parameters()}
+
+
+def _gradient(
+    update: Mapping[str, Tensor], model: nn.Module, settings: TrainSettings
+) -> dict[str, Tensor]:
+    """The gradient behind a first SGD step: Δ = −lr·(∇ + wd·w)."""
+    params = dict(model.named_parameters())
+    return {
+        k: -d / settings.lr - settings.weight_decay * params[k].detach() for k, d in update.items()
+    }
+
+
+def _layer_input(fixed: FixedInput, x: np.ndarray) -> np.ndarray:
+    """What the first linear layer sees of features ``x``, flattened, ``(B, in)``."""
+    with torch.no_grad():
+        return (
+            fixed.prefix.eval()(torch.as_tensor(np.asarray(x), dtype=torch.float32))
+            .reshape(len(x), -1)
+            .double()
+            .numpy()
+        )
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-300))
+
+
+def _best_match(candidates: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """For each true record, the candidate closest in cosine (evaluation pairing: the
+    attacker holds the candidates, the audit scores the best of them); zeros if none."""
+    if len(candidates) == 0:
+        return np.zeros_like(truth)
+    return np.stack(
+        [candidates[int(np.argmax([_cosine(c, t) for c in candidates]))] for t in truth]
+    )
+
+
+class _Scorer:
+    """Turns recovered first-layer inputs (or features) into per-modality figures."""
+
+    def __init__(
+        self,
+        model: MultimodalNet,
+        fixed: dict[str, FixedInput],
+        pool: MultimodalData,
+        pixels: np.ndarray | None,
+        value_range: tuple[float, float],
+    ) -> None:
+        self.value_range = value_range
+        self.model = model
+        self.fixed = fixed
+        self.pixels = pixels  # (N_all, C, H, W) originals of the training set, or None
+        self.text_pool: np.ndarray | None = None
+        if "text" in fixed:
+            texts = np.unique(np.asarray(pool.features["text"], dtype=np.float32), axis=0)
+            self.text_pool = _layer_input(fixed["text"], texts)  # (P, in)
+        self.images: list[tuple[str, np.ndarray, np.ndarray]] = []  # (label, original, target)
+
+    def image_target(self, y: np.ndarray) -> np.ndarray:
+        """Group-normalised scattering coefficients from the GroupNorm's output ``y``."""
+        norm = self.fixed["image"].prefix[0]
+        assert isinstance(norm, nn.GroupNorm)
+        gamma = norm.weight.detach().double().numpy()[:, None, None]
+        beta = norm.bias.detach().double().numpy()[:, None, None]
+        shape = self.model.spec.input_shapes["image"]
+        z = (y.reshape(len(y), *shape) - beta) / np.where(np.abs(gamma) < 1e-6, np.inf, gamma)
+        return z
+
+    def score(
+        self,
+        label: str,
+        recovered: Mapping[str, np.ndarray],
+        truth: MultimodalData,
+        rows: np.ndarray,
+    ) -> dict[str, Any]:
+        """Figures of ``recovered`` (modality -> ``(B, in)`` first-layer inputs) against
+        the records ``truth`` (training indices ``rows``)."""
+        out: dict[str, Any] = {}
+        for m, y in recovered.items():
+            held = truth.mask[:, truth.modality_index(m)]
+            if not held.any():
+                continue
+            y, truth_m, rows_m = y[held], truth.subset(np.flatnonzero(held)), rows[held]
+            true_y = _layer_input(self.fixed[m], truth_m.features[m])
+            cos = [_cosine(a, b) for a, b in zip(y, true_y, strict=True)]
+            err = [
+                float(np.linalg.norm(a - b)) / max(float(np.linalg.norm(b)), 1e-300)
+                for a, b in zip(y, true_y, strict=True)
+            ]
+            entry: dict[str, Any] = {
+                "feature_cosine": float(np.median(cos)),
+                "exact": int(sum(e < 1e-3 for e in err)),
+                "records": len(y),
+            }
+            if m == "text" and self.text_pool is not None:
+
+                def nearest(v: np.ndarray) -> int:
+                    assert self.text_pool is not None
+                    return int(
+                        np.argmax(
+                            self.text_pool
+                            @ v
+                            / np.maximum(np.linalg.norm(self.text_pool, axis=1), 1e-300)
+                        )
+                    )
+
+                hits = [nearest(a) == nearest(b) for a, b in zip(y, true_y, strict=True)]
+                entry["text_recovery_rate"] = float(np.mean(hits))
+            if m == "image" and self.pixels is not None:
+                for k, r in enumerate(rows_m):
+                    self.images.append((label, self.pixels[r], self.image_target(y[k : k + 1])[0]))
+            out[m] = entry
+        return out
+
+
+def _dp_sigma(
+    cfg: Config, privacy: Mapping[str, Any] | None, n_org: int, settings: TrainSettings
+) -> float:
+    """σ of the run's DP-SGD: the configured one, the run's reported one, or the one
+    that reaches ``privacy.epsilon`` over the run's steps at its sampling rate."""
+    if cfg.privacy.noise_multiplier is not None:
+        return float(cfg.privacy.noise_multiplier)
+    nm = (privacy or {}).get("noise_multiplier")
+    if isinstance(nm, int | float):
+        return float(nm)
+    from umbra.privacy.budget import calibrate_noise_multiplier
+
+    return calibrate_noise_multiplier(
+        epsilon=cfg.privacy.epsilon,
+        delta=cfg.privacy.delta,
+        sample_rate=min(1.0, settings.batch_size / max(n_org, 1)),
+        steps=cfg.federation.rounds * settings.steps(n_org),
+        accountant=cfg.privacy.accountant,
+    )
+
+
+def _analytic(
+    grads: Mapping[str, Tensor], fixed: dict[str, FixedInput], truth: MultimodalData
+) -> dict[str, np.ndarray]:
+    out = {}
+    for m, f in fixed.items():
+        cands = distinct_candidates(linear_inputs(grads[f.weight].numpy(), grads[f.bias].numpy()))
+        out[m] = _best_match(cands, _layer_input(f, truth.features[m]))
+    return out
+
+
+def _matching(
+    model: MultimodalNet,
+    grads: Mapping[str, Tensor],
+    data: MultimodalData,
+    settings: TrainSettings,
+    *,
+    steps: int,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """Geiping et al.'s attack on every modality's features of ``data`` (labels and
+    presence masks known), from standard-normal noise."""
+    net = copy.deepcopy(model).eval()
+    names = [k for k, _ in net.named_parameters()]
+    params = [p for _, p in net.named_parameters()]
+    target = [grads[k] for k in names]
+    batch = Batchable.from_data(data)
+    _, mask, labels = batch.take(torch.arange(len(data)))
+    gen = torch.Generator().manual_seed(seed)
+    init = {
+        m: torch.randn((len(data), *net.spec.input_shapes[m]), generator=gen)
+        for m in net.modalities
+    }
+
+    def grad_fn(x: dict[str, Tensor]) -> list[Tensor]:
+        logits, emb = net.forward_with_embeddings(x, mask)
+        loss, _ = multimodal_loss(
+            logits,
+            labels,
+            emb,
+            mask,
+            align_weight=settings.align_weight,
+            temperature=settings.temperature,
+        )
+        return list(torch.autograd.grad(loss, params, create_graph=True))
+
+    found = match_gradients(grad_fn, target, init, steps=steps, lr=0.1, tv_weight=1e-3)
+    return {m: v.numpy() for m, v in found.items()}
+
+
+def reconstruction_audit(
+    model: MultimodalNet,
+    prep: PreparedData,
+    cfg: Config,
+    settings: TrainSettings,
+    *,
+    run_dir: Path,
+    privacy: Mapping[str, Any] | None = None,
+    on_status: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the four views of the attack and return results.json's
+    ``audit.reconstruction`` object; writes the image grid to ``run_dir``/``GRID_FILE``."""
+    say = on_status or (lambda s: None)
+    t0 = time.perf_counter()
+    a = cfg.audit
+    rng = np.random.default_rng([cfg.run.seed, _STREAM])
+    fixed = fixed_inputs(model)
+    mods = list(model.modalities)
+    img = mods.index("image") if "image" in mods else None
+    # The audited organisation: one with enough records holding an image (if any).
+    usable = []
+    for c, (idx, mask) in enumerate(zip(prep.parts, prep.masks, strict=True)):
+        ok = np.flatnonzero(mask[:, img]) if img is not None else np.arange(len(idx))
+        if len(ok) >= a.reconstruction_batch:
+            usable.append((c, ok))
+    if not usable:
+        raise ValueError(f"no organisation holds {a.reconstruction_batch} records for the audit")
+    org, ok = usable[int(rng.integers(len(usable)))]
+    pick = rng.choice(ok, size=a.reconstruction_batch, replace=False)
+    idx, mask = prep.parts[org], prep.masks[org]
+
+    def records(local: np.ndarray, c: int = org) -> MultimodalData:
+        return prep.train.subset(prep.parts[c][local]).with_mask(prep.masks[c][local])
+
+    pixels, value_range = None, (0.0, 1.0)
+    if (
+        "image" in fixed
+        and len(fixed["image"].prefix) > 0
+        and isinstance(fixed["image"].prefix[0], nn.GroupNorm)
+        and cfg.data.image_features == "scattering"
+        and cfg.data.source != "manifest"
+    ):
+        from umbra.run.prepare import DATA_SOURCES
+
+        pixels = np.asarray(DATA_SOURCES[cfg.data.source](cfg)[0].features["image"])
+        # Standardised pixels: the data set's extremes are black and white.
+        value_range = (float(pixels.min()), float(pixels.max()))
+        pixels = (pixels - value_range[0]) / max(value_range[1] - value_range[0], 1e-12)
+    scorer = _Scorer(model, fixed, prep.train, pixels, value_range)
+    seed = int(rng.integers(2**31))
+    say(f"reconstruction audit: organisation {org}, {a.reconstruction_batch} of its records")
+
+    one = records(pick[:1])
+    g1 = _gradient(one_step_update(model, one, settings, seed=seed), model, settings)
+    last_bias = [k for k, _ in model.named_parameters()][-1]
+    views: dict[str, Any] = {}
+    views["single"] = {
+        "records": 1,
+        "label_inferred": idlg_label(g1[last_bias].numpy()) == int(one.labels[0]),
+        "analytic": scorer.score(
+            "plaintext, 1 record", _analytic(g1, fixed, one), one, idx[pick[:1]]
+        ),
+    }
+    batch = records(pick)
+    gb = _gradient(one_step_update(model, batch, settings, seed=seed), model, settings)
+    say(f"gradient matching on {len(batch)} records ({a.reconstruction_steps} steps)")
+    matched = _matching(model, gb, batch, settings, steps=a.reconstruction_steps, seed=seed)
+    views["batch"] = {
+        "records": len(batch),
+        "analytic": scorer.score(
+            "plaintext, batch (closed form)", _analytic(gb, fixed, batch), batch, idx[pick]
+        ),
+        "matching": scorer.score(
+            "plaintext, batch (matching)",
+            {m: _layer_input(fixed[m], matched[m]) for m in fixed},
+            batch,
+            idx[pick],
+        ),
+    }
+    total = {k: v.clone() for k, v in gb.items()}
+    for c, part in enumerate(prep.parts):
+        if c != org and len(part):
+            size = min(len(part), a.reconstruction_batch)
+            other = records(rng.choice(len(part), size=size, replace=False), c)
+            for k, v in _gradient(
+                one_step_update(model, other, settings, seed=seed + c + 1), model, settings
+            ).items():
+                total[k] += v
+    views["secagg"] = {
+        "records": sum(min(len(p), a.reconstruction_batch) for p in prep.parts if len(p)),
+        "analytic": scorer.score("SecAgg+ sum", _analytic(total, fixed, batch), batch, idx[pick]),
+    }
+    if "image" in fixed:
+        exact = {"image": _layer_input(fixed["image"], batch.features["image"])}
+        views["inversion_ceiling"] = {
+            "records": len(batch),
+            "exact": scorer.score("exact features (ceiling)", exact, batch, idx[pick]),
+        }
+    sigma = _dp_sigma(cfg, privacy, len(idx), settings)
+    clip = cfg.privacy.clip_norm
+    norm = float(np.sqrt(sum(float((v**2).sum()) for v in g1.values())))
+    from umbra.privacy.randomness import SecureRandom
+
+    noise = SecureRandom()
+    noisy = {
+        k: v * min(1.0, clip / max(norm, 1e-12))
+        + torch.from_numpy(noise.normal(tuple(v.shape), std=sigma * clip)).float()
+        for k, v in g1.items()
+    }
+    views["dp"] = {
+        "records": 1,
+        "noise_multiplier": sigma,
+        "clip_norm": clip,
+        "analytic": scorer.score("DP-SGD", _analytic(noisy, fixed, one), one, idx[pick[:1]]),
+    }
+    grid = _images(scorer, views, run_dir, steps=a.reconstruction_steps)
+    return {
+        "attacker": ATTACKER,
+        "organisation": org,
+        "modalities": sorted(fixed),
+        "views": views,
+        "grid": grid,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+_VIEW_OF = {
+    "plaintext, 1 record": ("single", "analytic"),
+    "plaintext, batch (closed form)": ("batch", "analytic"),
+    "plaintext, batch (matching)": ("batch", "matching"),
+    "SecAgg+ sum": ("secagg", "analytic"),
+    "exact features (ceiling)": ("inversion_ceiling", "exact"),
+    "DP-SGD": ("dp", "analytic"),
+}
+
+
+def _images(scorer: _Scorer, views: dict[str, Any], run_dir: Path, *, steps: int) -> str | None:
+    """Invert the recovered scattering coefficients of every scored image, add median
+    PSNR/SSIM to each view's image entry, draw the grid; its path or None."""
+    if not scorer.images:
+        return None
+    groups = scorer.fixed["image"].prefix[0]
+    assert isinstance(groups, nn.GroupNorm)
+    originals = np.stack([o for _, o, _ in scorer.images]).astype(np.float64)
+    targets = np.stack([t for _, _, t in scorer.images])
+    recon = invert_scattering(
+        np.nan_to_num(targets),
+        originals.shape[1:],
+        groups=groups.num_groups,
+        value_range=scorer.value_range,
+        steps=steps,
+    )
+    labels = [lab for lab, _, _ in scorer.images]
+    for lab in dict.fromkeys(labels):
+        sel = [i for i, x in enumerate(labels) if x == lab]
+        view, how = _VIEW_OF[lab]
+        entry = views[view][how]["image"]
+        entry["psnr"] = float(np.median([psnr(originals[i], recon[i]) for i in sel]))
+        entry["ssim"] = float(np.median([ssim(originals[i], recon[i]) for i in sel]))
+    from umbra.audit.reconstruction_grid import save_grid
+
+    save_grid(run_dir / GRID_FILE, originals, recon, labels)
+    return GRID_FILE

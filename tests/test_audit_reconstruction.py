@@ -1,0 +1,246 @@
+"""Reconstruction attacks: closed-form recovery from a linear layer, gradient matching,
+scattering inversion, PSNR/SSIM, and what SecAgg+ sums leave of a record."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from umbra.audit import audit_run
+from umbra.audit.reconstruction_analytic import distinct_candidates, idlg_label, linear_inputs
+from umbra.audit.reconstruction_matching import match_gradients
+from umbra.audit.reconstruction_metrics import psnr, ssim
+from umbra.config import Config, validate_config
+from umbra.federation.checkpoint import save_checkpoint
+from umbra.federation.train import Batchable, evaluate, get_arrays, train_local
+from umbra.models import ModelSpec, MultimodalNet
+from umbra.run.folder import CONFIG_FILE
+from umbra.run.prepare import model_spec_for, prepare_data
+from umbra.run.simulation import train_settings
+
+
+def _grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    model.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    lin = next(m for m in model.modules() if isinstance(m, nn.Linear))
+    assert lin.weight.grad is not None and lin.bias.grad is not None
+    return lin.weight.grad.double().numpy(), lin.bias.grad.double().numpy()
+
+
+def test_one_record_is_recovered_exactly_from_a_linear_layer() -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(12, 5)
+    x = torch.rand(1, 12, dtype=torch.float64)
+    model = model.double()
+    w, b = _grads(model, x, torch.tensor([3]))
+    cands = linear_inputs(w, b)
+    assert len(cands) == 5  # every row of a softmax layer gets a gradient
+    for c in cands:
+        assert np.allclose(c, x[0].numpy(), rtol=1e-9, atol=1e-12)
+    assert len(distinct_candidates(cands)) == 1
+    # an SGD update (−lr·∇) gives the same ratios
+    assert np.allclose(linear_inputs(-0.1 * w, -0.1 * b)[0], x[0].numpy())
+    assert idlg_label(b) == 3
+
+
+def test_rows_one_record_dominates_give_that_record_in_a_batch() -> None:
+    # Row r of the layer fires (ReLU) only for record r: each row's ratio is one record.
+    n, d = 3, 6
+    x = torch.rand(n, d, dtype=torch.float64) * 0.1
+    x[torch.arange(n), torch.arange(n)] = 1.0
+    lin = nn.Linear(d, n).double()
+    with torch.no_grad():
+        lin.weight.copy_(torch.eye(n, d, dtype=torch.float64))
+        lin.bias.fill_(-0.5)
+    model = nn.Sequential(lin, nn.ReLU(), nn.Linear(n, 4).double())
+    w, b = _grads(model, x, torch.tensor([0, 1, 2]))
+    found = distinct_candidates(linear_inputs(w, b))
+    assert len(found) == n
+    for i in range(n):
+        assert any(np.allclose(c, x[i].numpy(), rtol=1e-9) for c in found), i
+
+
+def test_no_gradient_no_candidate() -> None:
+    assert linear_inputs(np.zeros((3, 4)), np.zeros(3)).shape == (0, 4)
+    with pytest.raises(ValueError, match="weight"):
+        linear_inputs(np.zeros((3, 4)), np.zeros(4))
+
+
+def test_secagg_sum_of_eight_hides_the_record() -> None:
+    # Eight organisations, one 12x12 image each; the server sees the sum of their
+    # gradients (SecAgg+): the closed form gives mixtures, far from every image.
+    gen = torch.Generator().manual_seed(1)
+    imgs = torch.rand(8, 144, generator=gen, dtype=torch.float64)
+    model = nn.Linear(144, 10).double()
+    torch.manual_seed(1)
+    labels = torch.randint(0, 10, (8,), generator=gen)
+    ws, bs = zip(
+        *(_grads(model, imgs[i : i + 1], labels[i : i + 1]) for i in range(8)), strict=True
+    )
+    alone = linear_inputs(ws[0], bs[0])[0]
+    assert psnr(imgs[0].numpy(), alone) > 100  # exact without aggregation
+    summed = distinct_candidates(linear_inputs(sum(ws), sum(bs)))
+    for i in range(8):
+        best = max(psnr(imgs[i].numpy(), c) for c in summed)
+        # about what guessing mid-grey gets (10.8 dB on uniform pixels), not the record
+        assert best < 13.0, i
+
+
+def test_gradient_matching_recovers_an_input_of_a_tiny_model() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    params = list(model.parameters())
+    x_true = torch.randn(1, 6)
+    y = torch.tensor([1])
+    target = torch.autograd.grad(nn.functional.cross_entropy(model(x_true), y), params)
+
+    def grad_fn(x: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        loss = nn.functional.cross_entropy(model(x["v"]), y)
+        return list(torch.autograd.grad(loss, params, create_graph=True))
+
+    start = {"v": torch.randn(1, 6, generator=torch.Generator().manual_seed(5))}
+    found = match_gradients(grad_fn, target, start, steps=400, lr=0.1)["v"]
+    assert torch.allclose(found, x_true, atol=0.05), (found, x_true)
+    assert not torch.allclose(start["v"], x_true, atol=0.05)
+
+
+def test_psnr_against_hand_values() -> None:
+    a = np.zeros((4, 4))
+    assert psnr(a, a + 0.1) == pytest.approx(20.0)
+    assert psnr(a, a + 0.01, data_range=1.0) == pytest.approx(40.0)
+    assert psnr(a, a + 25.5, data_range=255.0) == pytest.approx(20.0)
+    assert psnr(a, a) == float("inf")
+
+
+def test_ssim_against_closed_forms() -> None:
+    c1 = (0.01 * 1.0) ** 2
+    for p, q in ((0.2, 0.7), (0.5, 0.5), (0.0, 1.0)):
+        # constant images: no variance, SSIM is the luminance term alone
+        want = (2 * p * q + c1) / (p * p + q * q + c1)
+        assert ssim(np.full((16, 16), p), np.full((16, 16), q)) == pytest.approx(want)
+    rng = np.random.default_rng(0)
+    img = rng.random((28, 28))
+    assert ssim(img, img) == pytest.approx(1.0)
+    assert ssim(img, 1 - img) < 0  # anti-correlated structure
+    assert ssim(img, rng.random((28, 28))) < 0.2
+    assert ssim(img, img + 0.05 * rng.standard_normal((28, 28))) > 0.8
+
+
+def _write_run(run_dir: Path, cfg: Config) -> dict[str, Any]:
+    """A finished run folder (config.json, a checkpoint, results.json with an earlier
+    attack's figures), the model trained centrally on the run's own prepared data."""
+    prep = prepare_data(cfg)
+    torch.manual_seed(0)
+    model = MultimodalNet(ModelSpec.from_dict(model_spec_for(cfg, prep.train)))
+    pooled = prep.train.subset(np.concatenate(prep.parts)).with_mask(np.concatenate(prep.masks))
+    train_local(model, Batchable.from_data(pooled), train_settings(cfg), seed=0)
+    acc = evaluate(model, Batchable.from_data(prep.test), subsets=[])["accuracy"]
+    run_dir.mkdir(parents=True)
+    (run_dir / CONFIG_FILE).write_text(json.dumps(cfg.model_dump(mode="json")))
+    save_checkpoint(run_dir / "checkpoints", server_round=1, arrays=get_arrays(model),
+                    strategy={}, state={"history": []})  # fmt: skip
+    results = {
+        "config": cfg.model_dump(mode="json"),
+        "final": {"accuracy": acc},
+        "privacy": {"mode": "none", "unit": None, "delta": None, "epsilon": None},
+        "audit": {"inversion": {"psnr": 9.5}},  # an earlier attack's figures: kept
+    }
+    (run_dir / "results.json").write_text(json.dumps(results))
+    return results
+
+
+def test_audit_adds_reconstruction_and_keeps_results(tmp_path: Path) -> None:
+    cfg = validate_config(
+        {
+            "data": {"source": "synthetic", "n_train": 40, "n_test": 100, "missing": {}},
+            "federation": {"num_clients": 2, "batch_size": 8, "local_epochs": 2},
+            "model": {"hidden": 16, "embed_dim": 8, "dropout": 0.0},
+            "audit": {"records": 20, "shadows": 1, "shadow_epochs": 1,
+                      "reconstruction_steps": 20},
+        }
+    )  # fmt: skip
+    run_dir = tmp_path / "run"
+    before = _write_run(run_dir, cfg)
+    audit_run(run_dir, ["audit.reconstruction=true"])
+    after = json.loads((run_dir / "results.json").read_text())
+    assert {k: v for k, v in after.items() if k != "audit"} == json.loads(
+        json.dumps({k: v for k, v in before.items() if k != "audit"})
+    )
+    assert after["audit"]["inversion"] == before["audit"]["inversion"]
+    assert set(after["audit"]) == {"inversion", "membership", "reconstruction"}
+    rec = after["audit"]["reconstruction"]
+    assert rec["model"] == "checkpoints/round_0001"
+    single = rec["views"]["single"]
+    assert single["label_inferred"] is True
+    # tabular features reach the first Linear unchanged, text through a LayerNorm: both
+    # come back exactly from one record's update, not under DP noise
+    assert single["analytic"]["tabular"]["exact"] == 1
+    assert single["analytic"]["text"]["exact"] == 1
+    assert single["analytic"]["text"]["text_recovery_rate"] == 1.0
+    dp = rec["views"]["dp"]["analytic"]
+    assert dp["tabular"]["exact"] == 0 and dp["text"]["exact"] == 0
+    assert dp["text"]["feature_cosine"] < 0.99 and dp["tabular"]["feature_cosine"] < 0.99
+    assert rec["views"]["dp"]["noise_multiplier"] > 0.3
+    assert rec["grid"] is None  # no image modality
+    # off (the default): only the membership audit is rewritten
+    audit_run(run_dir)
+    again = json.loads((run_dir / "results.json").read_text())
+    assert again["audit"]["reconstruction"] == rec
+
+
+def test_report_embeds_the_grid_a_run_folder_holds(tmp_path: Path) -> None:
+    from umbra.audit.reconstruction_grid import save_grid
+    from umbra.report import render_report
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    imgs = np.random.default_rng(0).random((2, 1, 8, 8))
+    save_grid(run_dir / "audit" / "reconstruction.png", imgs, imgs, ["a", "b"])
+    png = (run_dir / "audit" / "reconstruction.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    results = {
+        "config": {},
+        "final": {"accuracy": 0.5},
+        "audit": {
+            "reconstruction": {
+                "views": {"single": {"psnr": 9.0}},
+                "grid": "audit/reconstruction.png",
+            },
+            "other": {"psnr": 1.0, "grid": "../outside.png"},
+        },
+    }
+    (tmp_path / "outside.png").write_bytes(png)
+    (run_dir / "results.json").write_text(json.dumps(results))
+    page = render_report(run_dir).read_text(encoding="utf-8")
+    embedded = base64.b64encode(png).decode("ascii")
+    assert page.count(embedded) == 1  # the run folder's grid, not the file outside it
+    assert "originals (top), reconstructions (bottom)" in page
+
+
+@pytest.mark.slow
+def test_scattering_inversion_finds_a_known_image() -> None:
+    from kymatio.scattering2d.frontend.torch_frontend import ScatteringTorch2D
+
+    from umbra.audit.reconstruction_scattering import invert_scattering, normalised_scattering
+    from umbra.data.scattering import SCATTERING_J, SCATTERING_L
+
+    img = np.zeros((1, 1, 16, 16), dtype=np.float32)
+    img[0, 0, 4:12, 3:11] = 1.0  # a bright block on black, darker inside
+    img[0, 0, 6:9, 5:9] = 0.3
+    scatter = ScatteringTorch2D(J=SCATTERING_J, shape=(16, 16), L=SCATTERING_L)
+    coeffs = scatter(torch.from_numpy(img)).reshape(1, 81, 4, 4)  # independent of the module
+    target = normalised_scattering(coeffs, 27).numpy()
+    out = invert_scattering(target, (1, 16, 16), groups=27, steps=300, tv_weight=0.0)
+    assert out.shape == img.shape and out.min() >= 0.0 and out.max() <= 1.0
+    grey = np.full_like(img[0], 0.5)
+    # well above guessing grey (6.2 dB, SSIM ~0), far from exact: group normalisation
+    # loses each group's level and scale
+    assert psnr(img[0], out[0]) > psnr(img[0], grey) + 2.0
+    assert ssim(img[0], out[0]) > 0.35
