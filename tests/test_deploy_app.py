@@ -14,29 +14,16 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
+from deploy_checks import alive, running
 from umbra.experiment import run_experiment
-from umbra.run.deploy import PARTY_DATA, DeployedRunner, plan_local
+from umbra.run.deploy import PARTY_DATA, plan_local
 from umbra.run.results import privacy_results
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reason="POSIX")]
 
 KILLED = 2  # the partition id (and SuperNode index) crashed in round 2
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _running(runner: DeployedRunner) -> Any:
-    fed = runner.federation
-    assert fed is not None, "no deployment is running"
-    return fed
 
 
 def test_secagg_on_three_authenticated_nodes_survives_a_crashed_node(tmp_path: Path) -> None:
@@ -53,7 +40,7 @@ def test_secagg_on_three_authenticated_nodes_survives_a_crashed_node(tmp_path: P
 
     def restart() -> None:
         try:
-            _running(runner).restart_node(KILLED)
+            running(runner).restart_node(KILLED)
             back.append(len(rows))
         except BaseException as err:  # reported by the test below
             errors.append(err)
@@ -63,7 +50,7 @@ def test_secagg_on_three_authenticated_nodes_survives_a_crashed_node(tmp_path: P
     def on_round(row: dict[str, Any]) -> None:
         rows.append(row)
         if row["round"] == 1:  # round 2 is starting: crash a node in it, then restart it
-            _running(runner).kill_node(KILLED)
+            running(runner).kill_node(KILLED)
             restarter.start()
 
     results = run_experiment(plan.cfg, out, on_round=on_round, runner=runner)
@@ -112,4 +99,4 @@ def test_secagg_on_three_authenticated_nodes_survives_a_crashed_node(tmp_path: P
         assert not path.is_file() or b"PRIVATE KEY" not in path.read_bytes(), path
     started = runner.started_pids
     assert len(started) >= 4
-    assert [pid for pid in started if _alive(pid)] == []
+    assert [pid for pid in started if alive(pid)] == []

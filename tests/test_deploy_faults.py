@@ -12,29 +12,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
+from deploy_checks import alive, running
 from umbra.deploy import DeployError
 from umbra.experiment import run_experiment
 from umbra.federation.checkpoint import load_latest
 from umbra.privacy.ledger import check_coverage
-from umbra.run.deploy import DeployedRunner, plan_local
+from umbra.run.deploy import plan_local
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reason="POSIX")]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _running(runner: DeployedRunner) -> Any:
-    fed = runner.federation
-    assert fed is not None, "no deployment is running"
-    return fed
 
 
 def test_a_superlink_crashed_mid_run_resumes_with_the_ledger_intact(tmp_path: Path) -> None:
@@ -47,12 +34,12 @@ def test_a_superlink_crashed_mid_run_resumes_with_the_ledger_intact(tmp_path: Pa
     def on_round(row: dict[str, Any]) -> None:
         first.append(row["round"])
         if row["round"] == 1:  # round 2 is in flight: the SuperLink (and its ServerApp) crash
-            _running(runner).supervisor.kill("superlink")
+            running(runner).supervisor.kill("superlink")
 
     with pytest.raises(DeployError, match="--resume"):
         run_experiment(plan.cfg, out, on_round=on_round, runner=runner)
     assert first == [1]
-    assert [pid for pid in runner.started_pids if _alive(pid)] == []
+    assert [pid for pid in runner.started_pids if alive(pid)] == []
     ledger_before = (out / "ledger.jsonl").read_text().splitlines()
     assert ledger_before
 
@@ -72,4 +59,4 @@ def test_a_superlink_crashed_mid_run_resumes_with_the_ledger_intact(tmp_path: Pa
     latest = load_latest(out / "checkpoints")
     assert latest is not None and latest.round == 3
     check_coverage(out / "ledger.jsonl", through_round=3, digest=latest.state["ledger"])
-    assert [pid for pid in again.runner.started_pids if _alive(pid)] == []
+    assert [pid for pid in again.runner.started_pids if alive(pid)] == []

@@ -17,6 +17,7 @@ from typing import Any
 import psutil
 import pytest
 
+from deploy_checks import alive
 from umbra.deploy.commands import supernode_argv
 from umbra.deploy.errors import DeployError
 from umbra.deploy.local_federation import RUN_OK, LocalFederation
@@ -26,13 +27,6 @@ from umbra.deploy.ports import free_port
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reason="POSIX")]
 
 APP = Path(__file__).parent / "data" / "flwr_app"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _probe(fed: LocalFederation, out: Path, **config: Any) -> dict[str, Any]:
@@ -64,7 +58,7 @@ def test_three_nodes_with_tls_and_node_auth_reply_survive_a_kill_and_rejoin(
         listening = [
             conn.laddr
             for pid in started
-            if _alive(pid)
+            if alive(pid)
             for conn in psutil.Process(pid).net_connections(kind="inet")
             if conn.status == psutil.CONN_LISTEN
         ]
@@ -73,7 +67,7 @@ def test_three_nodes_with_tls_and_node_auth_reply_survive_a_kill_and_rejoin(
         # a node killed (a crash, not a shutdown) leaves the others serving
         victim = fed.supervisor.processes["supernode-1"].pid
         fed.kill_node(1)
-        assert not _alive(victim)
+        assert not alive(victim)
         after_kill = _probe(
             fed, tmp_path / "after-kill.json", **{"min-nodes": 2, "reply-timeout": 20.0}
         )
@@ -94,8 +88,8 @@ def test_three_nodes_with_tls_and_node_auth_reply_survive_a_kill_and_rejoin(
     assert len(set(result["pids"].values())) == 3
     # nothing started is left, the throwaway keys are gone, each process has its log
     assert len(started) >= 4 and victim in started
-    assert [pid for pid in started if _alive(pid)] == []
-    assert not any(_alive(int(pid)) for pid in result["pids"].values())
+    assert [pid for pid in started if alive(pid)] == []
+    assert not any(alive(int(pid)) for pid in result["pids"].values())
     assert not key_dir.exists()
     # no private key material in the output folder (logs, Flower's home, results)
     for path in (tmp_path / "deploy").rglob("*"):
@@ -165,7 +159,7 @@ def test_unregistered_key_and_foreign_ca_are_refused(tmp_path: Path) -> None:
         )
         assert stranger_id not in fed.online_node_ids()
         started = fed.supervisor.all_pids()
-    assert [pid for pid in started if _alive(pid)] == []
+    assert [pid for pid in started if alive(pid)] == []
 
 
 def test_insecure_federation_runs_without_tls_or_registration(tmp_path: Path) -> None:
@@ -183,4 +177,4 @@ def test_insecure_federation_runs_without_tls_or_registration(tmp_path: Path) ->
         started = fed.supervisor.all_pids()
     link_log = (tmp_path / "deploy" / "logs" / "superlink.log").read_text()
     assert "http://127.0.0.1:" in link_log and "https://" not in link_log
-    assert [pid for pid in started if _alive(pid)] == []
+    assert [pid for pid in started if alive(pid)] == []

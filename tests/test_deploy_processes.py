@@ -21,6 +21,7 @@ import psutil
 import pytest
 from flwr.common.config import parse_config_args
 
+from deploy_checks import alive
 from umbra.deploy import clientapp_host
 from umbra.deploy.clientapp_host import ForkExecutor
 from umbra.deploy.commands import (
@@ -54,13 +55,6 @@ FORKER = textwrap.dedent(
 STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(600)"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def _wait_for_file(path: Path, timeout_s: float = 30.0) -> int:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -84,8 +78,8 @@ def test_normal_exit_stops_every_process_and_helper(tmp_path: Path) -> None:
         _, helper_b = _start_forker(sup, tmp_path, "b")
         assert {parent, helper, helper_b} <= set(sup.all_pids())
         assert os.getpgid(helper) != os.getpgid(parent)  # the helper left the group
-        assert all(_alive(p) for p in (parent, helper, helper_b))
-    assert not any(_alive(p) for p in (parent, helper, helper_b))
+        assert all(alive(p) for p in (parent, helper, helper_b))
+    assert not any(alive(p) for p in (parent, helper, helper_b))
     assert sup.alive_pids() == set()
     assert "helper started" in (tmp_path / "logs" / "a.log").read_text()
 
@@ -96,7 +90,7 @@ def test_exception_and_ctrl_c_stop_everything(tmp_path: Path, error: BaseExcepti
     with pytest.raises(type(error)), ProcessSupervisor(tmp_path / "logs", grace_s=2) as sup:
         pids.extend(_start_forker(sup, tmp_path, "a"))
         raise error
-    assert pids and not any(_alive(p) for p in pids)
+    assert pids and not any(alive(p) for p in pids)
 
 
 def test_sigterm_to_the_supervising_program_stops_its_processes(tmp_path: Path) -> None:
@@ -123,13 +117,13 @@ def test_sigterm_to_the_supervising_program_stops_its_processes(tmp_path: Path) 
         while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
             time.sleep(0.05)
         children = [int(p) for p in pid_file.read_text().split()]
-        assert len(children) == 2 and all(_alive(p) for p in children)
+        assert len(children) == 2 and all(alive(p) for p in children)
         program.send_signal(signal.SIGTERM)
         program.wait(timeout=30)
     finally:
         if program.poll() is None:
             program.kill()
-    assert not any(_alive(p) for p in children)
+    assert not any(alive(p) for p in children)
 
 
 def test_process_ignoring_sigterm_is_killed_after_the_grace_period(tmp_path: Path) -> None:
@@ -139,20 +133,20 @@ def test_process_ignoring_sigterm_is_killed_after_the_grace_period(tmp_path: Pat
         while "up" not in proc.log_path.read_text() and time.monotonic() < deadline:
             time.sleep(0.05)
     assert proc.popen.returncode == -signal.SIGKILL
-    assert not _alive(proc.pid)
+    assert not alive(proc.pid)
 
 
 def test_kill_and_restart_keep_track_of_old_and_new_pids(tmp_path: Path) -> None:
     with ProcessSupervisor(tmp_path / "logs", grace_s=2) as sup:
         old, old_helper = _start_forker(sup, tmp_path, "node")
         sup.kill("node")
-        assert not _alive(old) and not _alive(old_helper)
+        assert not alive(old) and not alive(old_helper)
         new, new_helper = _start_forker(sup, tmp_path, "node")
         assert new != old
         assert {old, old_helper, new, new_helper} <= set(sup.all_pids())
         with pytest.raises(DeployError, match="already running"):
             sup.start("node", [sys.executable, "-c", "pass"])
-    assert not _alive(new) and not _alive(new_helper)
+    assert not alive(new) and not alive(new_helper)
 
 
 def test_wait_for_port_names_the_log_of_a_process_that_died(tmp_path: Path) -> None:
