@@ -244,3 +244,48 @@ def test_scattering_inversion_finds_a_known_image() -> None:
     # loses each group's level and scale
     assert psnr(img[0], out[0]) > psnr(img[0], grey) + 2.0
     assert ssim(img[0], out[0]) > 0.35
+
+
+def test_cli_prints_one_row_per_view_and_method() -> None:
+    from rich.console import Console
+
+    from umbra.cli import _reconstruction_table
+
+    recon = {
+        "organisation": 3,
+        "views": {
+            "single": {"records": 1, "label_inferred": True, "analytic": {
+                "image": {"exact": 1, "records": 1, "feature_cosine": 1.0, "psnr": 10.06},
+                "text": {"exact": 1, "records": 1, "feature_cosine": 0.99996}}},
+            "dp": {"records": 1, "noise_multiplier": 0.8, "analytic": {
+                "image": {"exact": 0, "records": 1, "feature_cosine": 0.031, "psnr": 6.1}}},
+        },
+    }  # fmt: skip
+    console = Console(record=True, width=200)
+    console.print(_reconstruction_table(recon))
+    lines = [ln for ln in console.export_text().splitlines() if "analytic" in ln]
+    assert len(lines) == 2
+    assert "single" in lines[0] and "1/1, 1.00, 10.1 dB" in lines[0] and "1/1, 1.00" in lines[0]
+    assert "dp" in lines[1] and "0/1, 0.03, 6.1 dB" in lines[1]
+
+
+def test_report_shows_one_row_per_view_with_results_json_numbers(tmp_path: Path) -> None:
+    from umbra.report import render_report
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    image = {"exact": 2, "records": 4, "feature_cosine": 0.998, "psnr": 11.03}
+    results = {
+        "config": {},
+        "final": {"accuracy": 0.5},
+        "audit": {"reconstruction": {
+            "attacker": "the server", "organisation": 3,
+            "views": {"batch": {"records": 4, "analytic": {"image": image}},
+                      "dp": {"records": 1, "noise_multiplier": 0.8, "analytic": {
+                          "image": {"exact": 0, "records": 1, "feature_cosine": 0.03}}}}}},
+    }  # fmt: skip
+    (run_dir / "results.json").write_text(json.dumps(results))
+    page = render_report(run_dir).read_text(encoding="utf-8")
+    assert "what the server sees" in page and "organisation attacked:</b> 3" in page
+    assert "<td>batch</td><td>analytic</td>" in page.replace("\n", "")
+    assert "2/4, 1.00, 11.0 dB" in page and "0/1, 0.03" in page

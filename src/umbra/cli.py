@@ -344,10 +344,12 @@ def audit(
         typer.Option("--set", help="override one audit setting: audit.key=value (repeatable)"),
     ] = None,
 ) -> None:
-    """Attack the final model of a finished run (membership inference) as whoever holds it.
+    """Attack a finished run: membership inference on its final model, as whoever holds it;
+    with --set audit.reconstruction=true also a curious server's reconstruction of one
+    organisation's records from its update.
 
-    Adds audit.membership to results.json (all else kept) and an Attacks section to
-    report.html; see docs/audit.md.
+    Adds audit.membership (and audit.reconstruction) to results.json (all else kept) and
+    an Attacks section to report.html; see docs/audit.md.
     """
     _audit(run_dir, set_ or [])
 
@@ -387,11 +389,41 @@ def _audit(run_dir: Path, overrides: list[str]) -> None:
             *(f"{dp['ceiling_at_fpr'][f]:.2%}" for f in fprs),
         )
     console.print(table)
+    written = "audit.membership"
+    recon = _saved_audit(run_dir).get("reconstruction")
+    if isinstance(recon, dict) and isinstance(recon.get("views"), dict):
+        console.print(_reconstruction_table(recon))
+        written += ", audit.reconstruction"
     console.print(
-        f"results: {run_dir / 'results.json'} (audit.membership), report: "
+        f"results: {run_dir / 'results.json'} ({written}), report: "
         f"{run_dir / 'report.html'}  ({membership['seconds']:.0f} s)",
         highlight=False,
     )
+
+
+def _saved_audit(run_dir: Path) -> dict[str, Any]:
+    """The ``audit`` object of ``run_dir``'s results.json ({} if none or unreadable)."""
+    import json
+
+    try:
+        found = json.loads((run_dir / "results.json").read_text()).get("audit")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _reconstruction_table(recon: dict[str, Any]) -> Table:
+    """The reconstruction audit as a table (`umbra.report.audit.reconstruction_rows`)."""
+    from umbra.report.audit import reconstruction_rows
+
+    header, rows = reconstruction_rows(recon)
+    table = Table(title=f"Reconstruction from organisation {recon.get('organisation')}'s update "
+                        "(exact / records, feature cosine)")  # fmt: skip
+    for i, col in enumerate(header):
+        table.add_column(col, justify="left" if i < 2 else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 data_app = typer.Typer(help="Inspect bring-your-own data.", no_args_is_help=True)

@@ -16,6 +16,7 @@ __all__ = [
     "membership_sentences",
     "metric_phrase",
     "pct",
+    "reconstruction_rows",
 ]
 
 #: The attacks of ``audit.membership.attacks`` (umbra.audit), named for people.
@@ -180,3 +181,33 @@ def membership_sentences(entry: Mapping[str, Any]) -> list[str]:
     if ceiling:
         s.append(ceiling)
     return s
+
+
+def reconstruction_rows(recon: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The reconstruction audit as one row per view (what the server sees) and method,
+    one column per modality: records recovered exactly / records attacked, the median
+    feature cosine and, for images, PSNR. ([], []) when ``recon`` has no views."""
+    views = recon.get("views")
+    if not isinstance(views, Mapping):
+        return [], []
+    methods = [(str(view), str(method), per) for view, found in views.items()
+               if isinstance(found, Mapping) for method, per in found.items()
+               if isinstance(per, Mapping) and any(isinstance(x, Mapping) for x in per.values())]  # fmt: skip
+    modalities = sorted({str(m) for _, _, per in methods for m, x in per.items()
+                         if isinstance(x, Mapping)})  # fmt: skip
+    rows = []
+    for view, method, per in methods:
+        cells = [view, method]
+        for m in modalities:
+            x = per.get(m)
+            if not isinstance(x, Mapping):
+                cells.append("")
+                continue
+            cell = f"{x.get('exact', '-')}/{x.get('records', '-')}"
+            if is_number(x.get("feature_cosine")):
+                cell += f", {float(x['feature_cosine']):.2f}"
+            if is_number(x.get("psnr")):
+                cell += f", {float(x['psnr']):.1f} dB"
+            cells.append(cell)
+        rows.append(cells)
+    return ["what the server sees", "method", *modalities], rows

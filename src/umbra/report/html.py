@@ -66,6 +66,7 @@ from umbra.report.audit import (
     ceiling_sentence,
     get_count,
     is_membership_audit,
+    reconstruction_rows,
 )
 from umbra.report.facts import privacy_on, secure_mode
 from umbra.report.format import fmt_bytes, fmt_delta, fmt_num, get_in, is_number
@@ -563,6 +564,14 @@ def _audit(results: Mapping[str, Any], pictures: Mapping[str, bytes]) -> str:
         if is_membership_audit(entry):
             body += _membership(str(name), entry)
             continue
+        header, recon_rows = reconstruction_rows(entry) if isinstance(entry, Mapping) else ([], [])
+        if recon_rows and isinstance(entry, Mapping):
+            body += _reconstruction_intro(entry)
+            body += _table(f"audit.{name}", header, recon_rows)
+            grid = entry.get("grid")
+            if isinstance(grid, str) and grid in pictures:
+                body += _img(pictures[grid], f"{label}: originals (top), reconstructions (bottom)")
+            continue
         metrics = audit_metrics(entry)
         if metrics:
             body += _table(
@@ -595,6 +604,19 @@ def _audit(results: Mapping[str, Any], pictures: Mapping[str, bytes]) -> str:
                         f"{label} {k}",
                     )
     return _section("audit", "Attacks (privacy audit)", body)
+
+
+def _reconstruction_intro(entry: Mapping[str, Any]) -> str:
+    """Who attacks what in the reconstruction audit, before its table."""
+    parts = []
+    if isinstance(entry.get("attacker"), str):
+        parts.append(f"<p><b>attacker:</b> {_e(entry['attacker'])}</p>")
+    if entry.get("organisation") is not None:
+        parts.append(f"<p><b>organisation attacked:</b> {_e(str(entry['organisation']))}; "
+                     "each cell: records recovered exactly / records in the update, the median "
+                     "cosine of recovered to true features, and for images the PSNR of the "
+                     "pixels rebuilt from them</p>")  # fmt: skip
+    return "".join(parts)
 
 
 def _membership(name: str, entry: Mapping[str, Any]) -> str:
