@@ -40,9 +40,8 @@ from umbra.audit.reconstruction_metrics import psnr, ssim
 from umbra.audit.reconstruction_scattering import invert_scattering
 from umbra.config import Config
 from umbra.data.dataset import MultimodalData
-from umbra.federation.train import Batchable, TrainSettings, train_local
+from umbra.federation.train import Batchable, TrainSettings, batch_loss, train_local
 from umbra.models import MultimodalNet
-from umbra.models.losses import multimodal_loss
 from umbra.run.prepare import PreparedData
 
 __all__ = ["ATTACKER", "FixedInput", "fixed_inputs", "one_step_update", "reconstruction_audit"]
@@ -273,15 +272,7 @@ def _matching(
     }
 
     def grad_fn(x: dict[str, Tensor]) -> list[Tensor]:
-        logits, emb = net.forward_with_embeddings(x, mask)
-        loss, _ = multimodal_loss(
-            logits,
-            labels,
-            emb,
-            mask,
-            align_weight=settings.align_weight,
-            temperature=settings.temperature,
-        )
+        loss, _ = batch_loss(net, x, mask, labels, settings)
         return list(torch.autograd.grad(loss, params, create_graph=True))
 
     found = match_gradients(grad_fn, target, init, steps=steps, lr=0.1, tv_weight=1e-3)

@@ -21,6 +21,7 @@ from umbra.models import MultimodalNet, channels_last, modality_dropout, multimo
 __all__ = [
     "Batchable",
     "TrainSettings",
+    "batch_loss",
     "evaluate",
     "get_arrays",
     "scaffold_control_update",
@@ -161,6 +162,26 @@ class _LocalRun:
                     p.grad.add_(self.correction[k])
 
 
+def batch_loss(
+    model: MultimodalNet,
+    inputs: dict[str, Tensor],
+    mask: Tensor,
+    labels: Tensor,
+    settings: TrainSettings,
+) -> tuple[Tensor, dict[str, float]]:
+    """The training objective of one batch (classification + alignment, as ``settings``
+    weighs them) and its parts."""
+    logits, emb = model.forward_with_embeddings(inputs, mask)
+    return multimodal_loss(
+        logits,
+        labels,
+        emb,
+        mask,
+        align_weight=settings.align_weight,
+        temperature=settings.temperature,
+    )
+
+
 def train_local(
     model: MultimodalNet,
     data: Batchable,
@@ -202,15 +223,7 @@ def _train_local(
         pos += settings.batch_size
         inputs, mask, labels = data.take(idx)
         mask = modality_dropout(mask, settings.modality_dropout, run.gen)
-        logits, emb = model.forward_with_embeddings(inputs, mask)
-        loss, parts = multimodal_loss(
-            logits,
-            labels,
-            emb,
-            mask,
-            align_weight=settings.align_weight,
-            temperature=settings.temperature,
-        )
+        loss, parts = batch_loss(model, inputs, mask, labels, settings)
         if run.start:
             loss = loss + 0.5 * settings.proximal_mu * run.proximal_term()
         run.opt.zero_grad(set_to_none=True)
