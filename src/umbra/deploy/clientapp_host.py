@@ -27,9 +27,11 @@ umbra.deploy.clientapp_host --runtime-api-address 127.0.0.1:PORT``). It imports 
   ``flwr-clientapp``, without the imports. The parent never runs a task and never touches
   torch's thread pools, so forking is safe.
 
-It polls for tasks every `TASK_POLL_INTERVAL_S` (Flower's SuperExec: 1 s) and exits when
-its SuperNode (``--parent-pid``) exits, or on SIGTERM / SIGINT (after stopping its
-children, or finishing the task in hand).
+With ``--wake-port`` it asks for a task when its SuperNode says one is ready (a datagram,
+`umbra.deploy.node_wakeup`) and otherwise only every `FALLBACK_POLL_S`; without, it polls
+every `TASK_POLL_INTERVAL_S` (Flower's SuperExec: 1 s). It exits when its SuperNode
+(``--parent-pid``) exits, or on SIGTERM / SIGINT (after stopping its children, or
+finishing the task in hand).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from types import FrameType
 from typing import ClassVar
 
 from umbra.deploy.flower_timing import shorten_pull_backoff
+from umbra.deploy.node_wakeup import FALLBACK_POLL_S, WakeListener
 
 __all__ = [
     "ISOLATION_MODES",
@@ -59,7 +62,8 @@ __all__ = [
     "serve",
 ]
 
-#: Seconds between two ``AcquireTask`` requests to the SuperNode's Runtime API.
+#: Seconds between two ``AcquireTask`` requests to the SuperNode's Runtime API (without a
+#: wake-up port).
 TASK_POLL_INTERVAL_S = 0.1
 #: How a task runs: in the host itself, or in a fork of it (module docstring).
 ISOLATION_MODES = ("in-process", "fork")
@@ -272,14 +276,20 @@ def serve(
     runtime_api_address: str,
     *,
     parent_pid: int | None = None,
-    poll_interval_s: float = TASK_POLL_INTERVAL_S,
+    poll_interval_s: float | None = None,
     isolation: str = "in-process",
+    wake_port: int | None = None,
 ) -> None:
     """Acquire ClientApp tasks from the SuperNode's Runtime API (plain HTTP on loopback)
     and run each in this process or in a fork (``isolation``, module docstring) until
-    stopped."""
+    stopped; with ``wake_port``, when the SuperNode says a task is ready. Between two
+    requests it waits ``poll_interval_s`` (default `FALLBACK_POLL_S` with a wake-up port,
+    `TASK_POLL_INTERVAL_S` without)."""
     if isolation not in ISOLATION_MODES:
         raise ValueError(f"isolation must be one of {ISOLATION_MODES}, got {isolation!r}")
+    listener = None if wake_port is None else WakeListener(wake_port)
+    if poll_interval_s is None:
+        poll_interval_s = TASK_POLL_INTERVAL_S if listener is None else FALLBACK_POLL_S
     for module in PRELOAD:
         importlib.import_module(module)
     shorten_pull_backoff()  # a task starts before its SuperNode holds the message's objects
@@ -317,22 +327,30 @@ def serve(
                 else:
                     print(f"umbra clientapp host: ignored a {reply.task.type} task", flush=True)
                 continue  # another task may be waiting: ask again at once
-            stop.event.wait(poll_interval_s)
+            if listener is None:
+                stop.event.wait(poll_interval_s)
+            else:
+                listener.wait(poll_interval_s)
     finally:
         executor.close()
+        if listener is not None:
+            listener.close()
         with contextlib.suppress(Exception):
             client.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m umbra.deploy.clientapp_host --runtime-api-address HOST:PORT
-    [--parent-pid PID] [--isolation in-process|fork]``."""
+    [--parent-pid PID] [--isolation in-process|fork] [--wake-port PORT]``."""
     parser = argparse.ArgumentParser(prog="python -m umbra.deploy.clientapp_host")
     parser.add_argument("--runtime-api-address", required=True)
     parser.add_argument("--parent-pid", type=int, default=None)
     parser.add_argument("--isolation", choices=ISOLATION_MODES, default="in-process")
+    parser.add_argument("--wake-port", type=int, default=None,
+                        help="loopback UDP port on which the SuperNode says a task is ready")  # fmt: skip
     args = parser.parse_args(argv)
-    serve(args.runtime_api_address, parent_pid=args.parent_pid, isolation=args.isolation)
+    serve(args.runtime_api_address, parent_pid=args.parent_pid, isolation=args.isolation,
+          wake_port=args.wake_port)  # fmt: skip
     return 0
 
 

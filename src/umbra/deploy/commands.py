@@ -160,6 +160,7 @@ def supernode_argv(
     node_config: Mapping[str, NodeConfigValue],
     external_superexec: bool = False,
     idle_poll_s: float | None = None,
+    wake_port: int | None = None,
 ) -> list[str]:
     """``flower-supernode`` connecting to the loopback SuperLink; its own Runtime API (for
     its SuperExec) listens on 127.0.0.1:``runtime_port``.
@@ -170,13 +171,15 @@ def supernode_argv(
     the node starts no ``flower-superexec`` and waits for one started beside it
     (`clientapp_host_argv`). ``idle_poll_s`` starts it through `umbra.deploy.supernode`,
     which shortens Flower's 3 s idle poll to that many seconds; ``None`` runs
-    ``flower-supernode`` itself.
+    ``flower-supernode`` itself. ``wake_port`` (with ``idle_poll_s``): the loopback UDP
+    port on which the launcher tells the node's ClientApp host that a task is ready.
     """
     if idle_poll_s is None:
         launcher = [venv_executable("flower-supernode")]
     else:
+        wake = [] if wake_port is None else ["--wake-port", str(wake_port)]
         launcher = [sys.executable, "-m", "umbra.deploy.supernode",
-                    "--idle-poll-s", repr(float(idle_poll_s)), "--"]  # fmt: skip
+                    "--idle-poll-s", repr(float(idle_poll_s)), *wake, "--"]  # fmt: skip
     argv = [
         *launcher,
         "--superlink",
@@ -196,10 +199,13 @@ def supernode_argv(
     return argv
 
 
-def clientapp_host_argv(*, runtime_port: int, supernode_pid: int) -> list[str]:
+def clientapp_host_argv(
+    *, runtime_port: int, supernode_pid: int, wake_port: int | None = None
+) -> list[str]:
     """`umbra.deploy.clientapp_host` serving the SuperNode whose Runtime API listens on
     127.0.0.1:``runtime_port`` (plain HTTP, loopback only); it exits when that SuperNode
-    (``supernode_pid``) does."""
+    (``supernode_pid``) does, and waits for the node's datagrams on ``wake_port``."""
+    wake = [] if wake_port is None else ["--wake-port", str(wake_port)]
     return [
         sys.executable,
         "-m",
@@ -208,6 +214,7 @@ def clientapp_host_argv(*, runtime_port: int, supernode_pid: int) -> list[str]:
         f"{LOOPBACK}:{runtime_port}",
         "--parent-pid",
         str(supernode_pid),
+        *wake,
     ]
 
 

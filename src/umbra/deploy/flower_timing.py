@@ -24,6 +24,7 @@ seconds per node instead of every 3 s), which is why it is a parameter.
 from __future__ import annotations
 
 import importlib
+import threading
 import time as _time
 import types
 from typing import Any
@@ -47,16 +48,23 @@ _BACKOFF_KEYS = ("initial_backoff", "backoff_cap", "max_tries_per_object")
 
 
 class CappedSleep:
-    """Stands in for the ``time`` module: ``sleep(s)`` sleeps ``min(s, cap_s)``; every
-    other attribute is ``time``'s own."""
+    """Stands in for the ``time`` module: ``sleep(s)`` lasts at most ``cap_s`` seconds and
+    ends as soon as `wake` is called (the SuperNode's loop then looks again at what it was
+    waiting for); every other attribute is ``time``'s own."""
 
     def __init__(self, cap_s: float) -> None:
         if not cap_s > 0:
             raise ValueError(f"idle poll must be > 0 seconds, got {cap_s}")
         self.cap_s = cap_s
+        self._woken = threading.Event()
 
     def sleep(self, seconds: float) -> None:
-        _time.sleep(min(seconds, self.cap_s))
+        self._woken.wait(min(seconds, self.cap_s))
+        self._woken.clear()  # the caller re-checks its condition after every sleep
+
+    def wake(self) -> None:
+        """End the current (or the next) sleep now."""
+        self._woken.set()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(_time, name)

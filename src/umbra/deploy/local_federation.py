@@ -68,7 +68,7 @@ from umbra.deploy.pki import (
     verify_server_credentials,
     write_roster,
 )
-from umbra.deploy.ports import check_port_free, free_port
+from umbra.deploy.ports import check_port_free, free_port, free_udp_port
 from umbra.deploy.processes import ProcessSupervisor, tail
 from umbra.errors import DataError
 
@@ -91,13 +91,15 @@ _RUN_FAILED = 1
 @dataclass
 class NodeSpec:
     """One SuperNode: its process name, ``--node-config``, key pair (None when insecure),
-    the node id the SuperLink assigned at registration, and its Runtime API port."""
+    the node id the SuperLink assigned at registration, its Runtime API port, and the
+    loopback UDP port on which it wakes its ClientApp host (None: the host polls)."""
 
     name: str
     node_config: dict[str, NodeConfigValue]
     key: SuperNodeKey | None
     node_id: int | None = None
     runtime_port: int = 0
+    wake_port: int | None = None
 
 
 class LocalFederation:
@@ -275,6 +277,8 @@ class LocalFederation:
         node = self.nodes[i]
         self._halted.discard(node.name)
         node.runtime_port = free_port()
+        wakes = self.warm_clientapps and self.idle_poll_s is not None
+        node.wake_port = free_udp_port() if wakes else None
         self.supervisor.start(
             node.name,
             supernode_argv(
@@ -285,6 +289,7 @@ class LocalFederation:
                 node_config=node.node_config,
                 external_superexec=self.warm_clientapps,
                 idle_poll_s=self.idle_poll_s,
+                wake_port=node.wake_port,
             ),
             env=self.env,
         )
@@ -303,6 +308,7 @@ class LocalFederation:
             clientapp_host_argv(
                 runtime_port=node.runtime_port,
                 supernode_pid=self.supervisor.processes[node.name].pid,
+                wake_port=node.wake_port,
             ),
             env=self.env,
         )

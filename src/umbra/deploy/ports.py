@@ -11,7 +11,7 @@ import socket
 
 from umbra.deploy.errors import PortInUseError
 
-__all__ = ["LOOPBACK", "check_port_free", "free_port"]
+__all__ = ["LOOPBACK", "check_port_free", "free_port", "free_udp_port"]
 
 LOOPBACK = "127.0.0.1"
 
@@ -45,5 +45,13 @@ def free_port() -> int:
     Another program may take it before the caller binds it; `check_port_free` just
     before starting a server narrows that window and names the port if it happens."""
     with _bind(0) as sock:
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def free_udp_port() -> int:
+    """A UDP port on 127.0.0.1 that nothing has bound right now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((LOOPBACK, 0))
         port: int = sock.getsockname()[1]
     return port
