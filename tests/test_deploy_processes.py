@@ -384,3 +384,28 @@ def test_clientapp_host_refuses_an_unknown_isolation() -> None:
     with pytest.raises(SystemExit) as done:
         clientapp_host.main(["--runtime-api-address", "127.0.0.1:1", "--isolation", "thread"])
     assert done.value.code == 2
+
+
+def test_process_tree_matches_psutil_descendants() -> None:
+    from umbra.deploy.processes import ProcessTree
+
+    # a child that starts a grandchild in a session of its own, as SuperLink does
+    code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'], start_new_session=True); time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 30
+        while len(psutil.Process(child.pid).children(recursive=True)) < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        expected = {
+            p.pid: p.create_time() for p in psutil.Process(os.getpid()).children(recursive=True)
+        }
+        found = ProcessTree.now().descendants(os.getpid())
+        assert child.pid in found and len(found) >= 2
+        assert {pid: found[pid] for pid in expected if pid in found} == expected
+        assert set(expected) <= set(found) | {p for p in expected if not psutil.pid_exists(p)}
+    finally:
+        for proc in psutil.Process(child.pid).children(recursive=True):
+            proc.kill()
+        child.kill()
+        child.wait()

@@ -32,7 +32,7 @@ import psutil
 from umbra.deploy.errors import DeployError
 from umbra.deploy.ports import LOOPBACK
 
-__all__ = ["ManagedProcess", "ProcessSupervisor", "tail"]
+__all__ = ["ManagedProcess", "ProcessSupervisor", "ProcessTree", "tail"]
 
 #: Seconds between SIGTERM and SIGKILL.
 DEFAULT_GRACE_S = 5.0
@@ -68,13 +68,47 @@ class ManagedProcess:
     def running(self) -> bool:
         return self.popen.poll() is None
 
-    def record_descendants(self) -> None:
+    def record_descendants(self, tree: ProcessTree | None = None) -> None:
         """Add the PIDs of the current descendants to ``pids`` (they may have left the
-        process group, so stopping the group alone would miss them)."""
-        with contextlib.suppress(psutil.Error):
-            for child in psutil.Process(self.pid).children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    self.pids.setdefault(child.pid, child.create_time())
+        process group, so stopping the group alone would miss them); ``tree``: a snapshot
+        of the machine's processes shared by several calls (default: a new one)."""
+        tree = ProcessTree.now() if tree is None else tree
+        for pid, started in tree.descendants(self.pid).items():
+            self.pids.setdefault(pid, started)
+
+
+@dataclass
+class ProcessTree:
+    """One reading of every process's parent and start time: a single scan of the process
+    table serves every supervised process (psutil's ``children(recursive=True)`` scans it
+    once per call)."""
+
+    children: dict[int, list[int]]
+    started: dict[int, float]
+
+    @classmethod
+    def now(cls) -> ProcessTree:
+        children: dict[int, list[int]] = {}
+        started: dict[int, float] = {}
+        for proc in psutil.process_iter(["ppid", "create_time"]):
+            info = proc.info
+            if info.get("ppid") is None or info.get("create_time") is None:
+                continue  # gone, or not ours to read
+            children.setdefault(int(info["ppid"]), []).append(proc.pid)
+            started[proc.pid] = float(info["create_time"])
+        return cls(children, started)
+
+    def descendants(self, pid: int) -> dict[int, float]:
+        """PID -> start time of every process below ``pid``."""
+        found: dict[int, float] = {}
+        stack = list(self.children.get(pid, ()))
+        while stack:
+            child = stack.pop()
+            if child in found:
+                continue
+            found[child] = self.started[child]
+            stack.extend(self.children.get(child, ()))
+        return found
 
 
 def _start_time(pid: int) -> float | None:
@@ -174,9 +208,10 @@ class ProcessSupervisor:
             self.record_descendants()
 
     def record_descendants(self) -> None:
+        tree = ProcessTree.now()
         with self._lock:
             for proc in self.processes.values():
-                proc.record_descendants()
+                proc.record_descendants(tree)
 
     def all_pids(self) -> dict[int, float]:
         """Every process (PID -> start time) this supervisor started or saw below one it
@@ -217,9 +252,10 @@ class ProcessSupervisor:
         """Record the current descendants of ``procs`` and return all their PIDs (under the
         lock: the background watcher adds PIDs concurrently)."""
         pids: dict[int, float] = {}
+        tree = ProcessTree.now()
         with self._lock:
             for proc in procs:
-                proc.record_descendants()
+                proc.record_descendants(tree)
                 pids.update(proc.pids)
         return pids
 
