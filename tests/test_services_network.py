@@ -119,3 +119,29 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path) -> None:
     assert out.stderr.strip().count("\n") == 0 and "is not a folder" in out.stderr
     out = _cli("search", str(tmp_path), "--url", "http://127.0.0.1:9", "--k", "0")
     assert out.returncode == 2
+
+
+def test_short_body_and_info() -> None:
+    import json
+    import socket
+    import urllib.request
+
+    endpoint = ServiceEndpoint(similarity=SimilarityServer(make_gallery(), max_queries=5))
+    endpoint.start()
+    try:
+        with urllib.request.urlopen(endpoint.url + "/v1/info", timeout=30) as resp:
+            info = json.loads(resp.read())
+        assert info["similarity"]["dim"] == D and info["similarity"]["max_queries"] == 5
+        assert "128-bit" in info["similarity"]["params"]
+        host, port = endpoint.server_address[:2]
+        with socket.create_connection((str(host), int(port)), timeout=30) as sock:
+            sock.sendall(
+                b"POST /v1/similarity HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+                + b"x" * 10
+            )
+            sock.shutdown(socket.SHUT_WR)
+            reply = sock.recv(4096).decode()
+        assert reply.startswith("HTTP/1.1 400") and "ended after 10 of 100 bytes" in reply
+    finally:
+        endpoint.shutdown()
+        endpoint.server_close()

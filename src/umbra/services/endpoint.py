@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 #: Most bytes of an oversized body read (and dropped) before answering 413; beyond it the
 #: connection is just closed.
 _MAX_DISCARD = 1 << 30
+#: Seconds a request's socket may stay silent before the server drops it.
+_READ_TIMEOUT_S = 120.0
 #: Longest error message a client shows from a server reply.
 _MAX_ERROR_CHARS = 400
 
@@ -53,6 +55,8 @@ _MAX_ERROR_CHARS = 400
 class _Handler(BaseHTTPRequestHandler):
     server: ServiceEndpoint
     protocol_version = "HTTP/1.1"
+    #: seconds a socket read may stall (a client that announces more bytes than it sends)
+    timeout = _READ_TIMEOUT_S
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
@@ -100,7 +104,14 @@ class _Handler(BaseHTTPRequestHandler):
                 f"{self.server.max_request_bytes} bytes",
             )  # fmt: skip
             return
-        body = self.rfile.read(length)
+        try:
+            body = self.rfile.read(length)
+        except OSError:  # the client stalled or went away: nothing to answer
+            self.close_connection = True
+            return
+        if len(body) != length:
+            self._error(400, f"request body ended after {len(body)} of {length} bytes")
+            return
         try:
             reply = handler(body)
         except QueryBudgetExhausted as err:
@@ -150,6 +161,10 @@ class ServiceEndpoint(ThreadingHTTPServer):
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{host!s}:{port}"
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One log line per broken connection (the default prints a traceback)."""
+        log.warning("connection from %s failed", client_address[0] if client_address else "?")
 
     def info(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

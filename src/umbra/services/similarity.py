@@ -25,6 +25,8 @@ budget to the authenticated organisation instead).
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import tenseal as ts
 
@@ -129,6 +131,7 @@ class SimilarityServer:
         self.budget = QueryBudget(max_queries)
         self.params = params
         self._rng = rng or SecureRandom()
+        self._rng_lock = threading.Lock()  # the endpoint serves queries on several threads
 
     @property
     def dim(self) -> int:
@@ -149,7 +152,9 @@ class SimilarityServer:
         if self.candidates is None or self.candidates >= n:
             return np.arange(n)
         # a uniform subset: the order of n secure uniforms (no numpy or seeded randomness)
-        return np.sort(np.argsort(self._rng.uniform(n))[: self.candidates])
+        with self._rng_lock:
+            draws = self._rng.uniform(n)
+        return np.sort(np.argsort(draws)[: self.candidates])
 
     def handle(self, body: bytes) -> bytes:
         """One query's bytes -> the reply's bytes; ServiceError for any bad input."""
