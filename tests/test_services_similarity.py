@@ -64,6 +64,11 @@ def test_query_budget_per_client_key(client: SimilarityClient) -> None:
     with pytest.raises(QueryBudgetExhausted, match="has used its 2 queries"):
         server.handle(client.request(q))
     server.handle(SimilarityClient().request(q))  # another key has its own budget
+    # ... but not when the endpoint knows the address: new keys do not reset it
+    server.handle(SimilarityClient().request(q), peer="10.0.0.7")
+    server.handle(SimilarityClient().request(q), peer="10.0.0.7")
+    with pytest.raises(QueryBudgetExhausted, match=r"address 10\.0\.0\.7 has used its 2"):
+        server.handle(SimilarityClient().request(q), peer="10.0.0.7")
 
 
 def test_query_budget_counts() -> None:

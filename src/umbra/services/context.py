@@ -3,8 +3,8 @@ through TenSEAL).
 
 The *client* generates the context and keeps it: it alone holds the secret key. The
 *server* receives `public_context` bytes: the parameters plus the relinearisation keys it
-needs to multiply two ciphertexts; no secret key, no public key (encryption is seeded
-symmetric, so the client never publishes one), no Galois keys (neither service rotates).
+needs to multiply two ciphertexts; no secret key, no public key (the client encrypts with
+its secret key, so none is made), no Galois keys (neither service rotates).
 
 Parameters are chosen for the multiplicative depth each service uses, and checked against
 the HomomorphicEncryption.org standard (Albrecht et al. 2018, Table 1, ternary secret,
@@ -107,8 +107,8 @@ SIMILARITY_PARAMS = ServiceParams(4096, (37, 34, 38), 34)
 
 
 def client_context(params: ServiceParams) -> ts.Context:
-    """A fresh client context: new secret key, seeded symmetric encryption, relinearisation
-    keys for the server. Keep it on the client; send only `public_context`."""
+    """A fresh client context: a new secret key, symmetric (secret-key) encryption, and
+    relinearisation keys for the server. Keep it on the client; send only `public_context`."""
     ctx = ts.context(
         ts.SCHEME_TYPE.CKKS,
         poly_modulus_degree=params.poly_modulus_degree,

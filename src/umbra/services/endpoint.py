@@ -113,7 +113,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(400, f"request body ended after {len(body)} of {length} bytes")
             return
         try:
-            reply = handler(body)
+            reply = handler(body, str(self.client_address[0]))
         except QueryBudgetExhausted as err:
             self._error(429, str(err))
         except ServiceError as err:
@@ -150,11 +150,12 @@ class ServiceEndpoint(ThreadingHTTPServer):
         self.inference = inference
         self.similarity = similarity
         self.max_request_bytes = max_request_bytes
-        self.routes: dict[str, Callable[[bytes], bytes]] = {}
+        #: path -> handler(body, peer address)
+        self.routes: dict[str, Callable[[bytes, str], bytes]] = {}
         if inference is not None:
-            self.routes[INFER_PATH] = inference.handle
+            self.routes[INFER_PATH] = lambda body, peer: inference.handle(body)
         if similarity is not None:
-            self.routes[SIMILARITY_PATH] = similarity.handle
+            self.routes[SIMILARITY_PATH] = lambda body, peer: similarity.handle(body, peer=peer)
         super().__init__((host, port), _Handler)
 
     @property

@@ -32,5 +32,5 @@ class QueryBudget:
         with self._lock:
             n = self._used.get(key, 0)
             if self.limit is not None and n >= self.limit:
-                raise QueryBudgetExhausted(f"client key {key} has used its {self.limit} queries")
+                raise QueryBudgetExhausted(f"client {key} has used its {self.limit} queries")
             self._used[key] = n + 1

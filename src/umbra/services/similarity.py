@@ -19,8 +19,9 @@ gallery embeddings: ``D`` well-chosen queries on the same items recover them exa
 server-side limits bound this: ``candidates`` (each query scores only that many items, a
 fresh uniform sample drawn with `umbra.privacy.randomness.SecureRandom`, so one key sees
 scores of few items per query) and ``max_queries`` (queries per client key, counted by the
-fingerprint of its public context; a client can make new keys, so in a deployment tie the
-budget to the authenticated organisation instead).
+fingerprint of its public context, and per network address when the endpoint knows it: a
+client can make new keys; in a deployment tie the budget to the authenticated
+organisation).
 """
 
 from __future__ import annotations
@@ -156,8 +157,12 @@ class SimilarityServer:
             draws = self._rng.uniform(n)
         return np.sort(np.argsort(draws)[: self.candidates])
 
-    def handle(self, body: bytes) -> bytes:
-        """One query's bytes -> the reply's bytes; ServiceError for any bad input."""
+    def handle(self, body: bytes, *, peer: str | None = None) -> bytes:
+        """One query's bytes -> the reply's bytes; ServiceError for any bad input.
+
+        ``peer``: the client's network address, when known: the query budget counts it as
+        well as the client's key (a new key per query does not reset an address's count).
+        """
         msg = decode(body, max_blobs=self.dim + 1)
         got = msg.header.get("dim")
         if got != self.dim or len(msg.blobs) != self.dim + 1:
@@ -170,7 +175,9 @@ class SimilarityServer:
             load_fresh(ctx, blob, self.params, f"query ciphertext {j}")
             for j, blob in enumerate(msg.blobs[1:])
         ]
-        self.budget.charge(context_fingerprint(msg.blobs[0]))
+        self.budget.charge(f"key {context_fingerprint(msg.blobs[0])}")
+        if peer is not None:
+            self.budget.charge(f"address {peer}")
         chosen = self._chosen()
         scores = encrypted_scores(
             query, self.gallery[chosen], slots=self.params.slots, scale_bits=self.params.scale_bits
