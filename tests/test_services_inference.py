@@ -207,3 +207,17 @@ def test_fine_tuning_brings_the_quadratic_head_closer_to_relu() -> None:
     agree_fit = (fitted.logits(x).argmax(1) == relu).mean()
     agree_tuned = (tuned.logits(x).argmax(1) == relu).mean()
     assert agree_tuned > agree_fit
+
+
+def test_dead_hidden_units_fold_into_constants(client: InferenceClient) -> None:
+    head = _head(8)
+    w1 = head.w1.copy()
+    w1[2] = 0.0  # a unit that ignores its input: its activation is a constant
+    dead = PolyHead(w1, head.b1, head.coeffs, head.w2, head.b2)
+    server = InferenceServer(dead.folded(), modalities=("image", "audio", "text"))
+    emb, mask = np.random.default_rng(9).normal(size=(5, M, D)), np.ones((5, M), bool)
+    got = client.logits(server.handle(client.request(emb, mask)), 5)
+    np.testing.assert_allclose(got, _reference(dead, emb, mask), atol=1e-4)
+    flat = PolyHead(head.w1, head.b1, head.coeffs, np.zeros((C, H)), head.b2)
+    with pytest.raises(ValueError, match="logit 0 of the head does not depend on its input"):
+        InferenceServer(flat.folded(), modalities=("image", "audio", "text"))

@@ -127,6 +127,13 @@ class InferenceServer:
             raise ValueError("modalities must name at least one modality")
         if params.depth < 3:
             raise ValueError(f"encrypted inference needs CKKS depth >= 3, got {params.depth}")
+        tiny = 2.0**-params.scale_bits
+        if not (abs(head.w1) >= tiny).any():
+            raise ValueError("the head's first layer has only zero weights")
+        flat = [c for c in range(head.num_classes) if not (abs(head.a[c]) >= tiny).any()
+                and not (abs(head.b[c]) >= tiny).any()]  # fmt: skip
+        if flat:
+            raise ValueError(f"logit {flat[0]} of the head does not depend on its input")
         self.head = head
         self.modalities = tuple(modalities)
         self.params = params
