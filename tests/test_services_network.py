@@ -21,6 +21,7 @@ from umbra.services.similarity import SimilarityServer
 from umbra.services.similarity_client import SimilarityClient
 
 M, D, H, C = 2, 4, 3, 3
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 # The server process: builds the same head and gallery from the same seed, serves them.
 SERVER = """
@@ -55,7 +56,7 @@ def make_gallery() -> np.ndarray:
 
 def test_two_processes_over_http(tmp_path: Path) -> None:
     port_file = tmp_path / "port"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path("src").resolve()), *sys.path])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), *sys.path])}
     proc = subprocess.Popen(
         [sys.executable, "-c", SERVER, str(port_file), str(Path(__file__).parent)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -106,7 +107,7 @@ def test_oversized_request_is_refused_before_it_is_read() -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(Path("src").resolve()), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
         [sys.executable, "-m", "umbra.cli", "infer", *args],
         capture_output=True, text=True, env=env, timeout=120, check=False,
