@@ -490,6 +490,15 @@ def presets() -> None:
         console.print(name)
 
 
+def _infer_app() -> typer.Typer:
+    from umbra.services.commands import infer_app
+
+    return infer_app
+
+
+app.add_typer(_infer_app(), name="infer")
+
+
 def main() -> None:
     """Console entry point: user errors become one line and exit code 2."""
     try:

@@ -14,7 +14,8 @@
   gradient matching, back to pixels, PSNR/SSIM, the picture);
 * :mod:`~umbra.audit.reconstruction_audit`: the reconstruction audit of one
   organisation's update (plaintext, SecAgg+ sum, DP-SGD);
-* :mod:`~umbra.audit.run`: ``umbra audit DIR`` on a run folder.
+* :mod:`~umbra.audit.run`: ``umbra audit DIR`` on a run folder, and the loader of a
+  finished run's final model (also used by the encrypted services).
 
 Only the run-folder entry points are imported here (they load torch on first use), so
 ``umbra audit`` refuses a bad folder without loading the models.
@@ -22,6 +23,6 @@ Only the run-folder entry points are imported here (they load torch on first use
 
 from __future__ import annotations
 
-from umbra.audit.run import audit_run, load_finished_run
+from umbra.audit.run import FinishedModel, audit_run, load_final_model, load_finished_run
 
-__all__ = ["audit_run", "load_finished_run"]
+__all__ = ["FinishedModel", "audit_run", "load_final_model", "load_finished_run"]

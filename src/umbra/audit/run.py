@@ -10,13 +10,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from umbra.config import Config, apply_override, validate_config
 from umbra.errors import ConfigError, DataError, UmbraError
 
-__all__ = ["ACCURACY_TOLERANCE", "audit_run", "load_finished_run"]
+if TYPE_CHECKING:
+    from umbra.models import ModelSpec, MultimodalNet
+    from umbra.run.prepare import PreparedData
+
+__all__ = [
+    "ACCURACY_TOLERANCE",
+    "FinishedModel",
+    "audit_run",
+    "load_final_model",
+    "load_finished_run",
+]
 
 #: How far the checkpoint's test accuracy may lie from results.json's before the audit
 #: refuses the model as not the run's (thread counts may flip a rare near-tie).
@@ -68,24 +79,40 @@ def load_finished_run(
     return validate_config(raw), results
 
 
-def audit_run(
+@dataclass(frozen=True)
+class FinishedModel:
+    """The final model of a finished run, with what it was trained and tested on.
+
+    ``where``: the checkpoint folder it came from, relative to the run folder.
+    """
+
+    config: Config
+    results: dict[str, Any]
+    spec: ModelSpec
+    model: MultimodalNet
+    data: PreparedData
+    where: str
+
+
+def load_final_model(
     run_dir: Path,
     overrides: Sequence[str] = (),
     *,
     on_status: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Audit the finished run in ``run_dir``; returns the ``audit.membership`` object
-    written into its results.json (beside ``audit.reconstruction`` when
-    ``audit.reconstruction`` is on; report.html re-rendered)."""
+) -> FinishedModel:
+    """Load the newest checkpoint of the finished run in ``run_dir`` into its model, with
+    the run's data prepared as the run did (``overrides`` as for `load_finished_run`).
+
+    Raises a one-line UmbraError when the folder holds no finished run or checkpoint, when
+    the checkpoint does not fit the config, or when its test accuracy is not results.json's
+    (within ``ACCURACY_TOLERANCE``): then it is not the run's final model.
+    """
     import torch
 
-    from umbra.audit.membership_audit import membership_audit
-    from umbra.federation.checkpoint import atomic_write_text, load_latest
+    from umbra.federation.checkpoint import load_latest
     from umbra.federation.train import Batchable, evaluate, set_arrays
     from umbra.models import ModelSpec, MultimodalNet
-    from umbra.report import render_report
     from umbra.run.prepare import model_spec_for, prepare_data
-    from umbra.run.simulation import train_settings
 
     say = on_status or (lambda s: None)
     cfg, results = load_finished_run(run_dir, overrides)
@@ -112,6 +139,28 @@ def audit_run(
                 f"{run_dir}/{where} is not the run's final model: its test accuracy is "
                 f"{acc:.4f}, results.json says {claimed:.4f}"
             )
+    return FinishedModel(cfg, results, spec, model, prep, where)
+
+
+def audit_run(
+    run_dir: Path,
+    overrides: Sequence[str] = (),
+    *,
+    on_status: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Audit the finished run in ``run_dir``; returns the ``audit.membership`` object
+    written into its results.json (beside ``audit.reconstruction`` when
+    ``audit.reconstruction`` is on; report.html re-rendered)."""
+    from umbra.audit.membership_audit import membership_audit
+    from umbra.federation.checkpoint import atomic_write_text
+    from umbra.report import render_report
+    from umbra.run.simulation import train_settings
+
+    say = on_status or (lambda s: None)
+    final = load_final_model(run_dir, overrides, on_status=say)
+    cfg, results, model, spec, prep, where = (
+        final.config, final.results, final.model, final.spec, final.data, final.where,
+    )  # fmt: skip
     membership = membership_audit(
         model, spec, prep, cfg, train_settings(cfg), privacy=results.get("privacy"),
         on_status=say,
