@@ -490,6 +490,15 @@ def presets() -> None:
         console.print(name)
 
 
+def _psi_app() -> typer.Typer:
+    from umbra.services.psi_cli import psi_app
+
+    return psi_app
+
+
+app.add_typer(_psi_app(), name="psi")
+
+
 def main() -> None:
     """Console entry point: user errors become one line and exit code 2."""
     try:
