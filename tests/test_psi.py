@@ -5,6 +5,7 @@ openmined-psi messages are refused before the native library sees them."""
 from __future__ import annotations
 
 import hashlib
+import re
 import unicodedata
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from umbra.services import (
     intersect_chain,
     intersect_pair,
 )
+from umbra.services.psi import gcs_min_fpr
 from umbra.services.psi_messages import request_from, response_from, setup_from
 
 STRUCTURES = list(DataStructure)
@@ -113,7 +115,9 @@ def test_normalisation_policy() -> None:
 
 
 def test_duplicates_refused() -> None:
-    with pytest.raises(PsiInputError, match="id 3: duplicate id \\(same as id 1 after trimming\\)"):
+    with pytest.raises(
+        PsiInputError, match=re.escape("id 3: duplicate id (same as id 1 after trimming)")
+    ):
         IdSet.from_ids(["a", "b", " a "])
     with pytest.raises(PsiInputError, match="case folding"):
         IdSet.from_ids(["a", "A"], ignore_case=True)
@@ -127,7 +131,7 @@ def test_file_reading(tmp_path: Path) -> None:
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"ok\nfine\nab\xffc\n")
     with pytest.raises(
-        PsiInputError, match="bad.txt line 3: not valid UTF-8 \\(byte 0xff at column 3\\)"
+        PsiInputError, match=re.escape("bad.txt line 3: not valid UTF-8 (byte 0xff at column 3)")
     ):
         IdSet.from_file(bad)
     with pytest.raises(PsiInputError, match="no such file"):
@@ -206,7 +210,7 @@ def test_malformed_response_and_request() -> None:
     with pytest.raises(PsiProtocolError, match="response has 2 elements; the request had 3"):
         client.finish(setup, resp.SerializeToString())
     resp.encrypted_elements.append(b"\x02" + b"\xff" * 32)  # right length, not a curve point
-    with pytest.raises(PsiProtocolError, match="server messages rejected: .*decode point"):
+    with pytest.raises(PsiProtocolError, match=r"server messages rejected: .*decode point"):
         client.finish(setup, resp.SerializeToString())
     with pytest.raises(PsiProtocolError, match="malformed response message"):
         response_from(b"\xff\xff\xff", expected=3)
@@ -220,7 +224,28 @@ def test_malformed_response_and_request() -> None:
     req = oppsi.Request()
     req.ParseFromString(request)
     req.encrypted_elements[0] = b"\x05" + bytes(32)
-    with pytest.raises(PsiProtocolError, match="request rejected: .*decode point"):
+    with pytest.raises(PsiProtocolError, match=r"request rejected: .*decode point"):
         server.respond(req.SerializeToString(), client_size=3)
     with pytest.raises(PsiProtocolError, match="accepts at most"):
         PsiServer(_ids(["b"]), PsiConfig(max_ids=5)).setup(6)
+
+
+def test_gcs_false_positive_rate_kept_within_the_library_range() -> None:
+    """openmined-psi's GCS hash range wraps past 2^63 and its divisor overflows for huge
+    gaps; the server raises fpr just enough, and the result stays exact."""
+    assert gcs_min_fpr(100_000, 100_000) == pytest.approx(1e10 / 2**62)
+    left, right = [f"r{i}" for i in range(30)], [f"r{i}" for i in range(20, 45)]
+    cfg = PsiConfig(fpr=1e-300)  # 30 * 30 / 1e-300 would wrap
+    server = PsiServer(_ids(right), cfg)
+    client = PsiClient(_ids(left), cfg)
+    setup = server.setup(30)
+    request = client.request()
+    size, _ = client.finish(setup, server.respond(request, client_size=30))
+    assert size == 10
+    assert server.fpr == pytest.approx(30 * 30 / (25 * 2**50))
+    # the range fits in 63 bits, but the mean gap (4e17) would overflow the divisor
+    lone = intersect_pair(_ids([f"r{i}" for i in range(200)]), _ids(["r7"]), PsiConfig(fpr=1e-13))
+    assert lone.shared == ("r7",)
+    small = PsiServer(_ids(right), PsiConfig())
+    small.setup(30)
+    assert small.fpr == 1e-9

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from umbra.services import IdSet, PsiConfig, PsiProtocolError, join, serve
+from umbra.services import IdSet, PsiConfig, PsiError, PsiProtocolError, join, serve
 from umbra.services.psi_wire import HEADER, Hello, MessageType, frame, payload_limit, read_frame
 
 UMBRA = [sys.executable, "-m", "umbra.cli", "psi"]
@@ -215,5 +215,5 @@ def test_join_refuses_without_server() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, not listening: nobody serves here
-        with pytest.raises(Exception, match="cannot connect to 127.0.0.1"):
+        with pytest.raises(PsiError, match=r"cannot connect to 127\.0\.0\.1"):
             join(IdSet.from_ids(["a"]), PsiConfig(), host="127.0.0.1", port=port, timeout_s=5)

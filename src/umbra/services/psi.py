@@ -42,6 +42,7 @@ __all__ = [
     "PsiClient",
     "PsiConfig",
     "PsiServer",
+    "gcs_min_fpr",
     "intersect_pair",
 ]
 
@@ -50,6 +51,8 @@ DEFAULT_FPR = 1e-9
 # A server caps the client's announced set size: every blinded id costs it one scalar
 # multiplication and 33 bytes of response.
 DEFAULT_MAX_IDS = 2_000_000
+_GCS_MAX_RANGE = float(2**62)
+_GCS_MAX_GAP = float(2**50)
 
 
 class DataStructure(StrEnum):
@@ -93,12 +96,33 @@ class PsiConfig:
         return not self.cardinality_only
 
 
+def gcs_min_fpr(client_size: int, server_size: int) -> float:
+    """The smallest false-positive rate openmined-psi's GCS can be built with for these
+    set sizes.
+
+    The library sizes the hash range as ``client_size * max(client_size, server_size) /
+    fpr`` in a signed 64-bit integer, which wraps negative past 2^63 (at 100,000 x 100,000
+    ids, fpr 1e-9 already does); and it picks the Golomb divisor from ``1 - 1 / gap`` in
+    double precision, which rounds to 1 (an infinite divisor, an exception) once the mean
+    gap ``hash_range / server_size`` passes about 2^53. Keeping the range below 2^62 and
+    the mean gap below 2^50 leaves room for rounding.
+    """
+    n_c, n_s = max(client_size, 1), max(server_size, 1)
+    return n_c * max(n_c, n_s) / min(_GCS_MAX_RANGE, n_s * _GCS_MAX_GAP)
+
+
 class PsiServer:
-    """The role whose set is encoded in the setup message. It learns the client's set size."""
+    """The role whose set is encoded in the setup message. It learns the client's set size.
+
+    ``fpr`` after ``setup``: the false-positive rate used, ``config.fpr`` raised to
+    ``gcs_min_fpr`` where a GCS cannot reach it (2.2e-9 at 100,000 x 100,000 ids; 8.9e-8
+    for 100,000 client ids against 100 server ids).
+    """
 
     def __init__(self, ids: IdSet, config: PsiConfig) -> None:
         self.ids = ids
         self.config = config
+        self.fpr = config.fpr
         self._psi = oppsi.server.CreateWithNewKey(config.reveal)
 
     def setup(self, client_size: int) -> bytes:
@@ -108,8 +132,11 @@ class PsiServer:
                 f"the client announced {client_size} ids; this server accepts at most "
                 f"{self.config.max_ids}"
             )
+        self.fpr = self.config.fpr
+        if self.config.data_structure is DataStructure.GCS:
+            self.fpr = max(self.fpr, gcs_min_fpr(client_size, len(self.ids)))
         msg = self._psi.CreateSetupMessage(
-            self.config.fpr,
+            self.fpr,
             max(client_size, 1),  # the library's fpr is per query: at least one element
             self.ids.hex_digests,
             self.config.data_structure.native,
