@@ -95,6 +95,27 @@ def test_bad_input(
         assert n in lines[0], lines[0]
 
 
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--join", "nohost"], "--join wants HOST:PORT, got 'nohost'"),
+        (["--join", "h:99999"], "--join wants HOST:PORT"),
+        ([], "joins the previous party, serves the next, or both"),
+    ],
+)
+def test_chain_bad_input(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    needle: str,
+) -> None:
+    (tmp_path / "a").write_text("x\n")
+    code, _, err = _main(monkeypatch, capsys, "chain", str(tmp_path / "a"), *extra)
+    assert code == 2, err
+    assert err.count("\n") == 1 and needle in err, err
+
+
 def test_missing_file_through_the_entry_point(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("x\n")
     proc = subprocess.run(

@@ -13,7 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from umbra.services import IdSet, PsiConfig, PsiError, PsiProtocolError, join, serve
+from umbra.services import (
+    ChainPartyResult,
+    IdSet,
+    PsiConfig,
+    PsiError,
+    PsiProtocolError,
+    chain_party,
+    join,
+    serve,
+)
 from umbra.services.psi_wire import HEADER, Hello, MessageType, frame, payload_limit, read_frame
 
 UMBRA = [sys.executable, "-m", "umbra.cli", "psi"]
@@ -216,4 +225,70 @@ def test_join_refuses_without_server() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, not listening: nobody serves here
         with pytest.raises(PsiError, match=r"cannot connect to 127\.0\.0\.1"):
-            join(IdSet.from_ids(["a"]), PsiConfig(), host="127.0.0.1", port=port, timeout_s=5)
+            join(IdSet.from_ids(["a"]), PsiConfig(), host="127.0.0.1", port=port, timeout_s=0.5)
+
+
+def _chain_in_threads(
+    sets: list[IdSet], configs: list[PsiConfig] | None = None
+) -> list[ChainPartyResult | BaseException]:
+    """Party i serves on its own port and joins party i-1; started last-first, so every
+    join waits for its upstream to listen."""
+    k = len(sets)
+    ports: list[int] = []
+    for _ in range(k - 1):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    out: list[ChainPartyResult | BaseException] = [RuntimeError("did not finish")] * k
+
+    def run(i: int) -> None:
+        try:
+            out[i] = chain_party(
+                sets[i],
+                (configs or [PsiConfig()] * k)[i],
+                upstream=("127.0.0.1", ports[i - 1]) if i > 0 else None,
+                listen_on=("127.0.0.1", ports[i]) if i < k - 1 else None,
+                timeout_s=20,
+            )
+        except BaseException as err:  # the test inspects it
+            out[i] = err
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in reversed(range(k))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return out
+
+
+def test_chain_across_connections_equals_set_intersection() -> None:
+    raw = [
+        {f"id{i}" for i in range(0, 80)},
+        {f"id{i}" for i in range(20, 120)},
+        {f"id{i}" for i in range(0, 200, 3)},
+        {f"id{i}" for i in range(10, 70)},
+    ]
+    sets = [IdSet.from_ids(sorted(r)) for r in raw]
+    results = _chain_in_threads(sets)
+    expected = set.intersection(*raw)
+    rows = []
+    for i, (ids, res) in enumerate(zip(sets, results, strict=True)):
+        assert isinstance(res, ChainPartyResult), res
+        assert set(res.shared) == expected
+        assert [ids.ids[p] for p in res.positions] == list(res.shared)
+        rows.append(res.shared)
+        prefix = set.intersection(*raw[: i + 1])
+        assert res.running_size == (None if i == 0 else len(prefix))
+    assert all(r == rows[0] for r in rows)  # same records, same order, at every party
+
+
+def test_chain_mismatch_stops_every_party() -> None:
+    sets = [
+        IdSet.from_ids(["a", "b"]),
+        IdSet.from_ids(["a"], ignore_case=True),
+        IdSet.from_ids(["a"]),
+    ]
+    results = _chain_in_threads(sets)
+    assert all(isinstance(r, PsiError) for r in results), results
+    assert "id policy mismatch" in str(results[0])
+    assert "id policy mismatch" in str(results[1])

@@ -12,6 +12,8 @@ Private set intersection (docs/psi.md), which parties run, each on its own ids:
   the running intersection on (``intersect_chain``), each party's aligned view;
 * :mod:`~umbra.services.psi_wire` and :mod:`~umbra.services.psi_network`: the framed TCP
   protocol of ``umbra psi serve`` / ``join``;
+* :mod:`~umbra.services.psi_chain_network`: one party of the chain as its own process
+  (``umbra psi chain``);
 * :mod:`~umbra.services.psi_cli`: the ``umbra psi`` commands.
 """
 
@@ -24,11 +26,13 @@ from umbra.services.psi import (
     intersect_pair,
 )
 from umbra.services.psi_chain import ChainResult, PartyView, intersect_chain
+from umbra.services.psi_chain_network import ChainPartyResult, chain_party
 from umbra.services.psi_errors import PsiError, PsiInputError, PsiProtocolError
 from umbra.services.psi_ids import IdSet
 from umbra.services.psi_network import JoinResult, ServeResult, join, serve
 
 __all__ = [
+    "ChainPartyResult",
     "ChainResult",
     "DataStructure",
     "IdSet",
@@ -42,6 +46,7 @@ __all__ = [
     "PsiProtocolError",
     "PsiServer",
     "ServeResult",
+    "chain_party",
     "intersect_chain",
     "intersect_pair",
     "join",

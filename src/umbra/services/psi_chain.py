@@ -98,7 +98,7 @@ def intersect_chain(sets: Sequence[IdSet], config: PsiConfig | None = None) -> C
         running_sizes[i] = len(running)
         final_size, positions = client.finish(setup, response)
         if positions is not None:
-            running = _subset(sets[i], positions)
+            running = sets[i].subset(positions)
     if cfg.cardinality_only:
         sent[k - 1] += 8 * (k - 1)  # the size, as a 64-bit integer, to every other party
         views = tuple(
@@ -114,11 +114,3 @@ def intersect_chain(sets: Sequence[IdSet], config: PsiConfig | None = None) -> C
             PartyView(len(pos), pos, tuple(s.ids[p] for p in pos), running_sizes[i], sent[i])
         )
     return ChainResult(len(result), tuple(views_list))
-
-
-def _subset(ids: IdSet, positions: Sequence[int]) -> IdSet:
-    return IdSet(
-        tuple(ids.ids[p] for p in positions),
-        tuple(ids.digests[p] for p in positions),
-        ids.ignore_case,
-    )

@@ -3,7 +3,9 @@
 * ``umbra psi A B [C ...]`` runs every role in this process (two parties, or the k-party
   chain) and prints the intersection size on its last line;
 * ``umbra psi serve FILE`` / ``umbra psi join FILE --port N`` run the server and client
-  roles as separate processes over TCP.
+  roles as separate processes over TCP;
+* ``umbra psi chain FILE [--join HOST:PORT] [--serve PORT]`` runs one party of the k-party
+  chain as its own process.
 
 Bad input (unreadable, non-UTF-8 or empty files, duplicate ids, a malformed or unexpected
 message from the peer) is a ``PsiError``: one line on stderr and exit code 2.
@@ -21,6 +23,7 @@ from typer.core import TyperGroup
 
 from umbra.services.psi import DEFAULT_FPR, DEFAULT_MAX_IDS, DataStructure, PsiConfig
 from umbra.services.psi_chain import intersect_chain
+from umbra.services.psi_chain_network import chain_party
 from umbra.services.psi_errors import PsiError, PsiInputError
 from umbra.services.psi_ids import IdSet
 from umbra.services.psi_network import DEFAULT_TIMEOUT_S, join, serve
@@ -186,6 +189,56 @@ def psi_join(
     config = _config(cardinality_only, DataStructure.GCS, DEFAULT_FPR, max_ids)
     ids = _read(file, ignore_case)
     result = join(ids, config, host=host, port=port, share_result=share_result, timeout_s=timeout)
+    typer.echo(f"sent {result.bytes_sent:,} bytes, received {result.bytes_received:,}")
+    _write(out, result.shared)
+    typer.echo(str(result.size))
+
+
+def _address(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise PsiError(f"--join wants HOST:PORT, got {value!r}")
+    return host or "127.0.0.1", int(port)
+
+
+@psi_app.command("chain")
+def psi_chain(
+    file: Annotated[Path, typer.Argument(help="this party's ids, one per line")],
+    join_: Annotated[
+        str | None,
+        typer.Option("--join", help="HOST:PORT of the previous party (leave out for the first)"),
+    ] = None,
+    serve_port: Annotated[
+        int | None,
+        typer.Option("--serve", help="port to serve the next party on (leave out for the last)"),
+    ] = None,
+    host: Annotated[str, typer.Option(help="address to serve on")] = "127.0.0.1",
+    out: Out = None,
+    ignore_case: IgnoreCase = False,
+    structure: Structure = DataStructure.GCS,
+    fpr: Fpr = DEFAULT_FPR,
+    max_ids: MaxIds = DEFAULT_MAX_IDS,
+    timeout: Timeout = DEFAULT_TIMEOUT_S,
+) -> None:
+    """One party of a k-party chain across processes: joins the previous party, serves the
+    next; each learns the intersection of all (docs/psi.md says who learns what else)."""
+    config = _config(False, structure, fpr, max_ids)
+    upstream = _address(join_) if join_ is not None else None
+    ids = _read(file, ignore_case)
+
+    def listening(bound_host: str, bound_port: int) -> None:
+        typer.echo(f"listening on {bound_host}:{bound_port}")
+
+    result = chain_party(
+        ids,
+        config,
+        upstream=upstream,
+        listen_on=None if serve_port is None else (host, serve_port),
+        timeout_s=timeout,
+        on_listening=listening,
+    )
+    if result.running_size is not None:
+        typer.echo(f"running intersection after this party: {result.running_size} ids")
     typer.echo(f"sent {result.bytes_sent:,} bytes, received {result.bytes_received:,}")
     _write(out, result.shared)
     typer.echo(str(result.size))

@@ -110,6 +110,13 @@ class IdSet:
             ids.append(norm)
         return cls(tuple(ids), tuple(id_digest(i) for i in ids), ignore_case)
 
+    def subset(self, positions: Iterable[int]) -> IdSet:
+        """The ids at ``positions``, as a set of their own (same case policy)."""
+        pos = list(positions)
+        return IdSet(
+            tuple(self.ids[p] for p in pos), tuple(self.digests[p] for p in pos), self.ignore_case
+        )
+
     def canonical(self, positions: Iterable[int]) -> tuple[int, ...]:
         """``positions`` reordered by ascending id digest: the order every party shares, so
         that the j-th shared record of one party is the j-th of every other."""

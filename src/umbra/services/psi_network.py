@@ -26,18 +26,40 @@ from __future__ import annotations
 import contextlib
 import itertools
 import socket
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from umbra.services.psi import PsiClient, PsiConfig, PsiServer
 from umbra.services.psi_errors import PsiError, PsiProtocolError
 from umbra.services.psi_ids import IdSet
-from umbra.services.psi_wire import Hello, MessageType, error_frame, frame, read_frame
+from umbra.services.psi_wire import (
+    Hello,
+    MessageType,
+    error_frame,
+    frame,
+    read_frame,
+)
 
-__all__ = ["JoinResult", "ServeResult", "join", "serve"]
+__all__ = [
+    "Channel",
+    "JoinResult",
+    "ServeResult",
+    "accept",
+    "connect",
+    "join",
+    "join_session",
+    "listen",
+    "receive_result",
+    "send_result",
+    "serve",
+    "serve_session",
+]
 
 DEFAULT_TIMEOUT_S = 600.0  # per message: a server blinds 100,000 ids in about a minute
+CONNECT_WAIT_S = 60.0  # how long a joining party waits for its peer to start listening
+_CONNECT_RETRY_S = 0.2
 _DIGEST = 32
 
 
@@ -67,7 +89,7 @@ class JoinResult:
     bytes_received: int
 
 
-class _Channel:
+class Channel:
     """One connection: framed reads and writes, bytes counted, errors made one line."""
 
     def __init__(self, sock: socket.socket, max_ids: int) -> None:
@@ -104,6 +126,59 @@ class _Channel:
         self.stream.close()
         self.sock.close()
 
+    @contextlib.contextmanager
+    def refusing(self) -> Iterator[Channel]:
+        """Closes the connection at the end; on a ``PsiError`` first tells the peer why."""
+        try:
+            yield self
+        except PsiError as err:
+            self.refuse(str(err))
+            raise
+        finally:
+            self.close()
+
+
+def listen(
+    host: str, port: int, on_listening: Callable[[str, int], None] | None = None
+) -> socket.socket:
+    """A listening socket on ``host:port`` (0: any free port, passed to ``on_listening``)."""
+    try:
+        listener = socket.create_server((host, port))
+    except OSError as err:
+        raise PsiError(f"cannot listen on {host}:{port}: {_reason(err)}") from None
+    if on_listening is not None:
+        bound_host, bound_port = listener.getsockname()[:2]
+        on_listening(bound_host, bound_port)
+    return listener
+
+
+def accept(listener: socket.socket, max_ids: int, timeout_s: float) -> Channel:
+    """The first client's connection, waited for at most ``timeout_s``."""
+    listener.settimeout(timeout_s)
+    try:
+        conn, _ = listener.accept()
+    except TimeoutError:
+        raise PsiError(f"no client connected within {timeout_s:g} s") from None
+    conn.settimeout(timeout_s)
+    return Channel(conn, max_ids)
+
+
+def connect(host: str, port: int, max_ids: int, timeout_s: float) -> Channel:
+    """A connection to a serving party; a refused connection is retried for up to
+    ``CONNECT_WAIT_S`` (the peer may not be listening yet), anything else fails at once."""
+    deadline = time.monotonic() + min(timeout_s, CONNECT_WAIT_S)
+    while True:
+        try:
+            conn = socket.create_connection((host, port), timeout=timeout_s)
+        except ConnectionRefusedError as err:
+            if time.monotonic() >= deadline:
+                raise PsiError(f"cannot connect to {host}:{port}: {_reason(err)}") from None
+            time.sleep(_CONNECT_RETRY_S)
+        except OSError as err:
+            raise PsiError(f"cannot connect to {host}:{port}: {_reason(err)}") from None
+        else:
+            return Channel(conn, max_ids)
+
 
 def serve(
     ids: IdSet,
@@ -116,31 +191,14 @@ def serve(
 ) -> ServeResult:
     """Listen on ``host:port`` (0: any free port, passed to ``on_listening``), run one
     session with the first client that connects, and return the server's view."""
-    try:
-        listener = socket.create_server((host, port))
-    except OSError as err:
-        raise PsiError(f"cannot listen on {host}:{port}: {_reason(err)}") from None
-    with listener:
-        listener.settimeout(timeout_s)
-        bound_host, bound_port = listener.getsockname()[:2]
-        if on_listening is not None:
-            on_listening(bound_host, bound_port)
-        try:
-            conn, _ = listener.accept()
-        except TimeoutError:
-            raise PsiError(f"no client connected within {timeout_s:g} s") from None
-    conn.settimeout(timeout_s)
-    channel = _Channel(conn, config.max_ids)
-    try:
-        return _serve_session(channel, ids, config)
-    except PsiError as err:
-        channel.refuse(str(err))
-        raise
-    finally:
-        channel.close()
+    with listen(host, port, on_listening) as listener:
+        channel = accept(listener, config.max_ids, timeout_s)
+    with channel.refusing():
+        return serve_session(channel, ids, config)
 
 
-def _serve_session(channel: _Channel, ids: IdSet, config: PsiConfig) -> ServeResult:
+def serve_session(channel: Channel, ids: IdSet, config: PsiConfig) -> ServeResult:
+    """The server's side of one session on an open connection."""
     hello = Hello.decode(channel.receive(MessageType.HELLO))
     if hello.cardinality_only != config.cardinality_only:
         mine = "the size only" if config.cardinality_only else "the intersection"
@@ -156,9 +214,7 @@ def _serve_session(channel: _Channel, ids: IdSet, config: PsiConfig) -> ServeRes
     channel.send(MessageType.RESPONSE, server.respond(request, client_size=hello.client_size))
     if not hello.share_result:
         return ServeResult(hello.client_size, None, None, None, channel.sent, channel.received)
-    payload = channel.receive(MessageType.RESULT)
-    digests = _digests(payload)
-    positions = tuple(ids.positions_of(digests))
+    positions = tuple(ids.positions_of(receive_result(channel)))
     shared = tuple(ids.ids[p] for p in positions)
     return ServeResult(
         hello.client_size, len(positions), positions, shared, channel.sent, channel.received
@@ -180,32 +236,41 @@ def join(
         raise PsiError("--share-result needs the intersection, not only its size")
     if len(ids) > config.max_ids:
         raise PsiError(f"this set has {len(ids)} ids, more than max_ids = {config.max_ids}")
-    try:
-        conn = socket.create_connection((host, port), timeout=timeout_s)
-    except OSError as err:
-        raise PsiError(f"cannot connect to {host}:{port}: {_reason(err)}") from None
-    channel = _Channel(conn, config.max_ids)
-    try:
-        client = PsiClient(ids, config)
-        hello = Hello(config.cardinality_only, ids.ignore_case, share_result, len(ids))
-        channel.send(MessageType.HELLO, hello.encode())
-        setup = channel.receive(MessageType.SETUP)
-        channel.send(MessageType.REQUEST, client.request())
-        response = channel.receive(MessageType.RESPONSE)
-        size, positions = client.finish(setup, response)
+    channel = connect(host, port, config.max_ids, timeout_s)
+    with channel.refusing():
+        size, positions = join_session(channel, ids, config, share_result=share_result)
         if positions is None:
             return JoinResult(size, None, None, channel.sent, channel.received)
-        positions = ids.canonical(positions)
         if share_result:
-            channel.send(MessageType.RESULT, b"".join(ids.digests[p] for p in positions))
+            send_result(channel, [ids.digests[p] for p in positions])
         shared = tuple(ids.ids[p] for p in positions)
         return JoinResult(size, positions, shared, channel.sent, channel.received)
-    except PsiProtocolError as err:
-        if not str(err).startswith("the peer stopped"):
-            channel.refuse(str(err))
-        raise
-    finally:
-        channel.close()
+
+
+def join_session(
+    channel: Channel, ids: IdSet, config: PsiConfig, *, share_result: bool
+) -> tuple[int, tuple[int, ...] | None]:
+    """The client's side of one session up to its result: the intersection's size and the
+    shared ids' positions in ascending digest order (``None`` if cardinality-only). With
+    ``share_result`` the server then waits for ``send_result``."""
+    client = PsiClient(ids, config)
+    hello = Hello(config.cardinality_only, ids.ignore_case, share_result, len(ids))
+    channel.send(MessageType.HELLO, hello.encode())
+    setup = channel.receive(MessageType.SETUP)
+    channel.send(MessageType.REQUEST, client.request())
+    response = channel.receive(MessageType.RESPONSE)
+    size, positions = client.finish(setup, response)
+    return size, None if positions is None else ids.canonical(positions)
+
+
+def send_result(channel: Channel, digests: list[bytes]) -> None:
+    """The RESULT message: ``digests`` sorted."""
+    channel.send(MessageType.RESULT, b"".join(sorted(digests)))
+
+
+def receive_result(channel: Channel) -> list[bytes]:
+    """A RESULT message's digests, checked sorted and unique."""
+    return _digests(channel.receive(MessageType.RESULT))
 
 
 def _digests(payload: bytes) -> list[bytes]:

@@ -20,6 +20,7 @@ from umbra.services.psi_errors import PsiProtocolError
 
 __all__ = [
     "HEADER",
+    "PEER_STOPPED",
     "VERSION",
     "Hello",
     "MessageType",
@@ -35,6 +36,7 @@ HEADER = struct.Struct(">2sBBI")
 _HELLO = struct.Struct(">BQ")
 _PROTO_OVERHEAD = 3  # protobuf tag + length bytes per 33-byte element, rounded up
 _MAX_ERROR = 512
+PEER_STOPPED = "the peer stopped"
 
 
 class MessageType(IntEnum):
@@ -106,9 +108,9 @@ def read_frame(stream: BinaryIO, expected: MessageType, *, max_ids: int) -> byte
         raise PsiProtocolError(f"the peer speaks protocol version {version}, not {VERSION}")
     if kind == MessageType.ERROR:
         if length > _MAX_ERROR:
-            raise PsiProtocolError("the peer stopped (its error message is too long to show)")
+            raise PsiProtocolError(f"{PEER_STOPPED} (its error message is too long to show)")
         reason = _read_exactly(stream, length, MessageType.ERROR).decode("utf-8", "replace")
-        raise PsiProtocolError(f"the peer stopped: {reason.splitlines()[0] if reason else '?'}")
+        raise PsiProtocolError(f"{PEER_STOPPED}: {reason.splitlines()[0] if reason else '?'}")
     if kind != expected:
         name = MessageType(kind).name if kind in MessageType._value2member_map_ else str(kind)
         raise PsiProtocolError(f"expected a {expected.name} message, got {name}")
