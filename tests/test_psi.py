@@ -141,6 +141,11 @@ def test_file_reading(tmp_path: Path) -> None:
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="fpr must be in"):
         PsiConfig(fpr=0.5)
+    with pytest.raises(ValueError, match="fpr must be in"):
+        PsiConfig(fpr=1e-31)
+    # the smallest accepted rate still gives a Bloom filter the client accepts
+    tight = PsiConfig(fpr=1e-30, data_structure=DataStructure.BLOOM)
+    assert intersect_pair(_ids(["a", "b"]), _ids(["b"]), tight).shared == ("b",)
     with pytest.raises(ValueError, match="max_ids"):
         PsiConfig(max_ids=0)
     with pytest.raises(PsiError, match="at least 2 parties"):
@@ -235,7 +240,7 @@ def test_gcs_false_positive_rate_kept_within_the_library_range() -> None:
     gaps; the server raises fpr just enough, and the result stays exact."""
     assert gcs_min_fpr(100_000, 100_000) == pytest.approx(1e10 / 2**62)
     left, right = [f"r{i}" for i in range(30)], [f"r{i}" for i in range(20, 45)]
-    cfg = PsiConfig(fpr=1e-300)  # 30 * 30 / 1e-300 would wrap
+    cfg = PsiConfig(fpr=1e-30)  # 30 * 30 / 1e-30 would wrap
     server = PsiServer(_ids(right), cfg)
     client = PsiClient(_ids(left), cfg)
     setup = server.setup(30)

@@ -68,7 +68,7 @@ def test_local_two_and_three_parties(
             ["--cardinality-only", "--out", "o"],
             ["--out needs the shared ids"],
         ),
-        ({"a": b"x\n", "b": b"x\n"}, ["--fpr", "0.5"], ["fpr must be in (0, 0.01]"]),
+        ({"a": b"x\n", "b": b"x\n"}, ["--fpr", "0.5"], ["fpr must be in [1e-30, 0.01], got 0.5"]),
         (
             {"a": b"x\n", "b": b"x\n", "c": b"y\n"},
             ["--max-ids", "0"],

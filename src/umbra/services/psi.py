@@ -37,6 +37,7 @@ from umbra.services.psi_messages import request_from, response_from, setup_from
 
 __all__ = [
     "DEFAULT_FPR",
+    "MIN_FPR",
     "DataStructure",
     "PairResult",
     "PsiClient",
@@ -47,6 +48,9 @@ __all__ = [
 ]
 
 DEFAULT_FPR = 1e-9
+# Below this a Bloom filter would need more hash functions than a setup message may carry
+# (psi_messages.MAX_BLOOM_HASHES): about log2(max_ids / fpr).
+MIN_FPR = 1e-30
 
 # A server caps the client's announced set size: every blinded id costs it one scalar
 # multiplication and 33 bytes of response.
@@ -77,7 +81,7 @@ class PsiConfig:
 
     ``cardinality_only``: the client learns only the size of the intersection.
     ``fpr``: false-positive probability of the whole query for GCS and Bloom filters, in
-    (0, 0.01]; ignored for raw. ``max_ids``: the largest set either role accepts from a peer.
+    [1e-30, 0.01]; ignored for raw. ``max_ids``: the largest set either role accepts from a peer.
     """
 
     cardinality_only: bool = False
@@ -86,8 +90,8 @@ class PsiConfig:
     max_ids: int = DEFAULT_MAX_IDS
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.fpr <= 0.01:
-            raise ValueError(f"fpr must be in (0, 0.01], got {self.fpr}")
+        if not MIN_FPR <= self.fpr <= 0.01:
+            raise ValueError(f"fpr must be in [{MIN_FPR:g}, 0.01], got {self.fpr:g}")
         if self.max_ids < 1:
             raise ValueError(f"max_ids must be at least 1, got {self.max_ids}")
 
