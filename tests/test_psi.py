@@ -7,7 +7,9 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import private_set_intersection.python as oppsi
 import pytest
@@ -36,8 +38,8 @@ STRUCTURES = list(DataStructure)
 id_sets = st.sets(st.integers(0, 40), max_size=25).map(lambda s: [f"rec-{i}" for i in s])
 
 
-def _ids(values: list[str], **kw: bool) -> IdSet:
-    return IdSet.from_ids(values, **kw)
+def _ids(values: list[str], ignore_case: bool = False) -> IdSet:
+    return IdSet.from_ids(values, ignore_case=ignore_case)
 
 
 @settings(max_examples=25, deadline=None)
@@ -146,6 +148,9 @@ def test_config_validation() -> None:
     # the smallest accepted rate still gives a Bloom filter the client accepts
     tight = PsiConfig(fpr=1e-30, data_structure=DataStructure.BLOOM)
     assert intersect_pair(_ids(["a", "b"]), _ids(["b"]), tight).shared == ("b",)
+    assert PsiConfig(data_structure="raw").data_structure is DataStructure.RAW
+    with pytest.raises(ValueError, match="'heap' is not a valid DataStructure"):
+        PsiConfig(data_structure="heap")
     with pytest.raises(ValueError, match="max_ids"):
         PsiConfig(max_ids=0)
     with pytest.raises(PsiError, match="at least 2 parties"):
@@ -198,11 +203,13 @@ def test_valid_session_as_reference() -> None:
         (DataStructure.GCS, lambda s: s.ClearField("gcs"), "no data structure"),
     ],
 )
-def test_malformed_setup(structure: DataStructure, edit: object, needle: str) -> None:
+def test_malformed_setup(
+    structure: DataStructure, edit: Callable[[Any], object], needle: str
+) -> None:
     client, setup, _, response = _session(structure)
     msg = oppsi.ServerSetup()
     msg.ParseFromString(setup)
-    edit(msg)  # type: ignore[operator]
+    edit(msg)
     with pytest.raises(PsiProtocolError, match=needle):
         client.finish(msg.SerializeToString(), response)
 

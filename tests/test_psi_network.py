@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,11 +79,9 @@ def test_serve_and_join_in_two_processes(tmp_path: Path) -> None:
     assert client_rows == server_rows  # the same records in the same order on both sides
 
 
-def _serve_in_thread(
-    ids: IdSet, config: PsiConfig
-) -> tuple[int, dict[str, object], threading.Thread]:
+def _serve_in_thread(ids: IdSet, config: PsiConfig) -> tuple[int, dict[str, Any], threading.Thread]:
     ready = threading.Event()
-    box: dict[str, object] = {}
+    box: dict[str, Any] = {}
 
     def listening(_host: str, port: int) -> None:
         box["port"] = port
@@ -98,7 +97,7 @@ def _serve_in_thread(
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     assert ready.wait(20)
-    return int(box["port"]), box, thread  # type: ignore[call-overload]
+    return int(box["port"]), box, thread
 
 
 def test_join_in_process_both_learn() -> None:
@@ -110,10 +109,10 @@ def test_join_in_process_both_learn() -> None:
     thread.join(20)
     assert set(result.shared or ()) == {"a", "c"}
     served = box["result"]
-    assert set(served.shared) == {"a", "c"}  # type: ignore[attr-defined]
-    assert served.client_size == 3  # type: ignore[attr-defined]
-    assert served.bytes_received == result.bytes_sent  # type: ignore[attr-defined]
-    assert served.bytes_sent == result.bytes_received  # type: ignore[attr-defined]
+    assert set(served.shared) == {"a", "c"}
+    assert served.client_size == 3
+    assert served.bytes_received == result.bytes_sent
+    assert served.bytes_sent == result.bytes_received
 
 
 def _raw_client(port: int, *frames: bytes) -> bytes:

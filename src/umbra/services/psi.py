@@ -90,6 +90,8 @@ class PsiConfig:
     max_ids: int = DEFAULT_MAX_IDS
 
     def __post_init__(self) -> None:
+        # accept the plain names ("gcs", "bloom", "raw") as well as the enum
+        object.__setattr__(self, "data_structure", DataStructure(self.data_structure))
         if not MIN_FPR <= self.fpr <= 0.01:
             raise ValueError(f"fpr must be in [{MIN_FPR:g}, 0.01], got {self.fpr:g}")
         if self.max_ids < 1:
