@@ -1,16 +1,19 @@
 """Two-party private set intersection (ECDH PSI with openmined-psi): the two roles and a
 local run of both.
 
-The protocol (Ion et al., "On Deploying Secure Computing: Private Intersection-Sum-with-
-Cardinality", 2020, without the sum; openmined-psi's implementation over P-256):
+The protocol is Diffie-Hellman PSI (Meadows 1986; Huberman, Franklin & Hogg 1999) as
+openmined-psi implements it over P-256 (Angelou et al., "Asymmetric Private Set
+Intersection with Applications to Contact Tracing and Private Vertical Federated Machine
+Learning", 2020):
 
 1. the **server** hashes each of its ids to the curve and raises it to its secret key
    ``s``; the set of ``H(y)^s`` goes to the client in a ``ServerSetup``, compressed as a
    Golomb-compressed set (GCS, the default) or a Bloom filter, both with a false-positive
    rate ``fpr`` for the client's whole query, or raw (every point, exact, ~6x larger);
 2. the **client** sends ``H(x)^c`` for each of its ids (``Request``), ``c`` its secret key;
-3. the server returns ``H(x)^(cs)`` (``Response``): in the request's order, or shuffled
-   under ``cardinality_only`` so that the client learns only the count;
+3. the server returns ``H(x)^(cs)`` (``Response``): in the request's order, or in an
+   order unrelated to it under ``cardinality_only`` so that the client learns only the
+   count;
 4. the client removes ``c`` and looks each ``H(x)^s`` up in the setup's filter.
 
 What each party learns (semi-honest parties): the **client** learns the intersection (or,
