@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -37,7 +36,7 @@ class _LocalByDefault(TyperGroup):
     """``umbra psi A B`` means ``umbra psi local A B``: a first argument that is not a
     subcommand's name is a file of ids."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
             args = ["local", *args]
         return super().parse_args(ctx, args)
