@@ -4,14 +4,18 @@ traceback."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from umbra import cli
+from umbra.services.psi_wire import HEADER, MessageType, frame
 
 UMBRA = [sys.executable, "-m", "umbra.cli", "psi"]
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
@@ -129,3 +133,43 @@ def test_missing_file_through_the_entry_point(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip() == "error: missing.txt: no such file"
+
+
+def test_join_against_a_malformed_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A peer answering the hello with a garbage setup: one line, exit 2, and the peer is
+    told why."""
+    (tmp_path / "ids.txt").write_text("a\nb\n")
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    told: list[bytes] = []
+
+    def fake_server() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(HEADER.size + 9)  # the hello
+            conn.sendall(frame(MessageType.SETUP, b"\x0a\x05garbage"))
+            conn.sendall(frame(MessageType.RESPONSE, b""))
+            conn.settimeout(10)
+            with contextlib.suppress(OSError):
+                while chunk := conn.recv(65536):
+                    told.append(chunk)
+
+    thread = threading.Thread(target=fake_server, daemon=True)
+    thread.start()
+    code, _, err = _main(
+        monkeypatch,
+        capsys,
+        "join",
+        str(tmp_path / "ids.txt"),
+        "--port",
+        str(port),
+        "--timeout",
+        "10",
+    )
+    thread.join(20)
+    listener.close()
+    assert code == 2, err
+    assert err.strip().count("\n") == 0 and "malformed setup message" in err, err
+    assert b"malformed setup message" in b"".join(told)
