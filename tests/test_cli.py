@@ -192,7 +192,9 @@ def _listed(help_text: str) -> tuple[list[str], str]:
 
 
 @pytest.mark.parametrize(
-    "sub", [(), ("privacy",), ("data",), ("deploy",)], ids=["umbra", "privacy", "data", "deploy"]
+    "sub",
+    [(), ("privacy",), ("data",), ("deploy",), ("psi",)],
+    ids=["umbra", "privacy", "data", "deploy", "psi"],
 )
 def test_help_lists_every_command_with_its_help(sub: tuple[str, ...]) -> None:
     group = typer.main.get_command(app)

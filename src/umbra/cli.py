@@ -499,6 +499,15 @@ def _infer_app() -> typer.Typer:
 app.add_typer(_infer_app(), name="infer")
 
 
+def _psi_app() -> typer.Typer:
+    from umbra.services.psi_cli import psi_app
+
+    return psi_app
+
+
+app.add_typer(_psi_app(), name="psi")
+
+
 def main() -> None:
     """Console entry point: user errors become one line and exit code 2."""
     try:
