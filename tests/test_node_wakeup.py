@@ -139,3 +139,19 @@ def test_supernode_launcher_refuses_a_bad_wake_port_with_one_line() -> None:
                           env={**os.environ, "PYTHONPATH": "src"})  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.strip() == "error: --wake-port must be 1-65535, got 0"
+
+
+def test_host_polls_when_its_wake_port_was_taken(capsys: pytest.CaptureFixture[str]) -> None:
+    from umbra.deploy.clientapp_host import wake_listener
+
+    assert wake_listener(None) is None
+    port = free_udp_port()
+    taken = WakeListener(port)
+    try:
+        assert wake_listener(port) is None
+        assert "asking for tasks every 0.1 s instead" in capsys.readouterr().out
+    finally:
+        taken.close()
+    listener = wake_listener(port)
+    assert listener is not None
+    listener.close()

@@ -60,6 +60,7 @@ __all__ = [
     "main",
     "run_task",
     "serve",
+    "wake_listener",
 ]
 
 #: Seconds between two ``AcquireTask`` requests to the SuperNode's Runtime API (without a
@@ -272,6 +273,19 @@ class _Stop:
         threading.Thread(target=watch, name="umbra-clientapp-host-parent", daemon=True).start()
 
 
+def wake_listener(wake_port: int | None) -> WakeListener | None:
+    """The host's end of its node's wake-ups, or None: without a port, or when the port
+    was taken since it was chosen (said in the log; the host then polls)."""
+    if wake_port is None:
+        return None
+    try:
+        return WakeListener(wake_port)
+    except ValueError as err:
+        print(f"umbra clientapp host: {err}; asking for tasks every "
+              f"{TASK_POLL_INTERVAL_S} s instead", flush=True)  # fmt: skip
+        return None
+
+
 def serve(
     runtime_api_address: str,
     *,
@@ -287,7 +301,7 @@ def serve(
     `TASK_POLL_INTERVAL_S` without)."""
     if isolation not in ISOLATION_MODES:
         raise ValueError(f"isolation must be one of {ISOLATION_MODES}, got {isolation!r}")
-    listener = None if wake_port is None else WakeListener(wake_port)
+    listener = wake_listener(wake_port)
     if poll_interval_s is None:
         poll_interval_s = TASK_POLL_INTERVAL_S if listener is None else FALLBACK_POLL_S
     for module in PRELOAD:
