@@ -259,7 +259,7 @@ def main() -> None:
     ap.add_argument("--byzantine", type=int, default=3)
     ap.add_argument("--alphas", type=float, nargs="+", default=[0.5, 0.1])
     ap.add_argument("--defences", nargs="+", default=list(DEFENCES))
-    ap.add_argument("--attacks", nargs="+", default=list(GRID_ATTACKS))
+    ap.add_argument("--attacks", nargs="*", default=list(GRID_ATTACKS))
     ap.add_argument("--extras", action=argparse.BooleanOptionalAction, default=True,
                     help="label-flip and the backdoor rows at the first α")  # fmt: skip
     ap.add_argument("--merge", type=Path, nargs="+", help="combine these partial documents")
