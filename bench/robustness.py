@@ -1,5 +1,5 @@
 """Every aggregator against poisoning organisations on the ``baseline`` preset, plus a
-backdoor against no defence, norm clipping and client-level DP, and screening's
+backdoor against no defence, norm clipping and DP, and screening's
 precision and recall for every attack.
 
 The ``baseline`` preset's data and model (48,000 training records, scattering images,
@@ -9,7 +9,8 @@ attackers, and Bulyan's n ≥ 4f + 3 holds with f = 3 exactly), ``--rounds`` rou
 skew). The grid: each defence of :data:`DEFENCES` (every robust rule, and the mean with
 update norms clipped at the round's median) × {clean, 20 % sign-flip, 20 % scaling ×10}.
 The extras (at the first α): 20 % label-flip, and a 20 % backdoor (image trigger → class
-0) against the mean, the mean with median clipping, and client-level DP at ε = 3.
+0) against the mean, the mean with median clipping, client-level DP at ε = 3 and
+example-level DP-SGD at ε = 3 (the ``default`` preset's tuned settings).
 Screening (``federation.detect``) runs wherever the configuration allows it (not with
 client-level DP), so each row also says how well it found the attackers. The attackers
 are drawn from ``run.seed``, the same ones in every row.
@@ -19,7 +20,7 @@ Each federation runs through the real ClientApp and round loop on an in-process 
 
     .venv/bin/python bench/robustness.py [--rounds 8] [--epochs 0.25] [--alphas 0.5 0.1]
 
-Parts of the grid can run in parallel processes (``--alphas 0.1 --no-extras --out DIR``)
+Parts of the grid can run in parallel processes (``--alphas 0.1 --extras --out DIR``)
 and be combined with ``--merge A.json B.json``. Writes bench/results/robustness.json and
 bench/results/robustness.md (the tables).
 """
@@ -66,12 +67,19 @@ DEFENCES: dict[str, list[str]] = {
     "multi-krum": ['federation.aggregator="multi-krum"'],
     "bulyan": ['federation.aggregator="bulyan"'],
 }
-#: the backdoor's defences: none, norm clipping, client-level DP (no screening there)
+#: the backdoor's defences: none, norm clipping, client-level DP (no screening there) and
+#: the `default` preset's tuned example-level DP-SGD (each organisation's own noise)
 BACKDOOR_DEFENCES: dict[str, list[str]] = {
     "none": [],
     "clipping": ['federation.clip_updates="median"'],
-    "DP": ['privacy.mode="client"', "privacy.epsilon=3.0", "federation.detect=false"],
-}
+    "client-level DP": ['privacy.mode="client"', "privacy.epsilon=3.0", "federation.detect=false"],
+    "DP-SGD": [
+        'privacy.mode="example"', "privacy.epsilon=3.0", "privacy.batch_size=512",
+        "privacy.lr=1.0", "privacy.momentum=0.0",
+        "privacy.weights={ image = 1.5, audio = 1.0, text = 0.75, shared = 1.0 }",
+        "privacy.clip_norms={ image = 0.5, audio = 0.6, text = 0.35, shared = 1.0 }",
+    ],
+}  # fmt: skip
 ATTACKS: dict[str, list[str]] = {
     "clean": [],
     "sign-flip": ['attack.kind="sign-flip"', "attack.fraction=0.2"],
@@ -260,8 +268,10 @@ def main() -> None:
     ap.add_argument("--alphas", type=float, nargs="+", default=[0.5, 0.1])
     ap.add_argument("--defences", nargs="+", default=list(DEFENCES))
     ap.add_argument("--attacks", nargs="*", default=list(GRID_ATTACKS))
-    ap.add_argument("--extras", action=argparse.BooleanOptionalAction, default=True,
-                    help="label-flip and the backdoor rows at the first α")  # fmt: skip
+    extras = ["label-flip", *BACKDOOR_DEFENCES]
+    ap.add_argument("--extras", nargs="*", default=extras, choices=extras,
+                    help="at the first α: label-flip against the mean, the backdoor against "
+                         "these defences (none: --extras alone)")  # fmt: skip
     ap.add_argument("--merge", type=Path, nargs="+", help="combine these partial documents")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
@@ -283,9 +293,9 @@ def main() -> None:
     t_all = time.perf_counter()
     for j, alpha in enumerate(args.alphas):
         jobs = [(d, a, DEFENCES[d]) for a in args.attacks for d in args.defences]
-        if args.extras and j == 0:
-            jobs.append(("mean", "label-flip", []))
-            jobs += [(d, "backdoor", o) for d, o in BACKDOOR_DEFENCES.items()]
+        if j == 0:
+            jobs += [("mean", "label-flip", []) for e in args.extras if e == "label-flip"]
+            jobs += [(d, "backdoor", o) for d, o in BACKDOOR_DEFENCES.items() if d in args.extras]
         _run(args, doc, alpha, jobs)
     doc["total_s"] = round(time.perf_counter() - t_all, 1)
     _write(args.out, doc)
