@@ -34,6 +34,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -150,9 +151,11 @@ def _federate(cfg: Config, prep: PreparedData, root: Path) -> dict[str, Any]:
         "false_positives": detection.get("false_positives"),
         "train_s": round(train_s, 1),
     }
-    if attack.kind == "backdoor" and isinstance(model, MultimodalNet):
+    if attack.kind in ("backdoor", "none") and isinstance(model, MultimodalNet):
+        # on an unpoisoned model: how often the trigger alone lands on the target (control)
+        probe = attack if attack.kind == "backdoor" else replace(attack, kind="backdoor")
         row["backdoor_success"], row["backdoor_records"] = backdoor_success_rate(
-            model, prep.test, attack
+            model, prep.test, probe
         )
     if result.privacy is not None:
         eps = result.privacy.get("epsilon")
@@ -211,10 +214,15 @@ def table(doc: dict[str, Any]) -> str:
         lines.append("")
     bd = [r for r in doc["rows"] if r["attack"] == "backdoor"]
     if bd:
-        lines += ["**Backdoor** (20 % of organisations stamp a 4×4 patch on half their images "
-                  "and relabel them class 0; success = triggered test records of other classes "
-                  f"classified 0; α = {bd[0]['alpha']})", "",
+        lines += ["**Backdoor** (20 % of organisations set a 4×4 trigger in the image features "
+                  "of half their records holding an image and relabel them class 0; success = "
+                  "triggered test records of other classes classified 0; α = "
+                  f"{bd[0]['alpha']})", "",
                   "| defence | accuracy | backdoor success |", "|---|---:|---:|"]  # fmt: skip
+        control = _find(doc, alpha=bd[0]["alpha"], defence="mean", attack="clean")
+        if control is not None and control.get("backdoor_success") is not None:
+            lines.append(f"| no attacker (control) | {control['accuracy']:.3f} | "
+                         f"{_fmt(control['backdoor_success'])} |")  # fmt: skip
         for r in bd:
             eps = f", ε = {r['epsilon']:.2f}" if r.get("epsilon") is not None else ""
             lines.append(f"| {r['defence']}{eps} | {r['accuracy']:.3f} | "
