@@ -237,7 +237,7 @@ class FederationConfig(_Section):
     byzantine: int = Field(
         0, ge=0, description="krum, multi-krum, bulyan: the assumed number of attackers f"
     )
-    clip_updates: float | Literal["median"] | None = Field(
+    clip_updates: float | str | None = Field(
         None,
         description="server-side L2 bound on each client's update (model minus global) "
         "before aggregation; 'median': the round's median update norm; None: off",
@@ -251,10 +251,11 @@ class FederationConfig(_Section):
 
     @model_validator(mode="after")
     def _check_defence(self) -> FederationConfig:
-        if isinstance(self.clip_updates, float) and not self.clip_updates > 0:
-            raise ValueError(
-                f"federation.clip_updates must be > 0 or 'median', got {self.clip_updates}"
-            )
+        clip = self.clip_updates
+        if (isinstance(clip, str) and clip != "median") or (
+            isinstance(clip, float) and not clip > 0
+        ):
+            raise ValueError(f"federation.clip_updates must be > 0 or 'median', got {clip!r}")
         defended = self.aggregator != "mean" or self.clip_updates is not None or self.detect
         if defended and self.strategy == "scaffold":
             raise ValueError(
