@@ -8,8 +8,9 @@ sensitivity analysis assumes the clipped mean). The order, per round:
 1. screening (:mod:`umbra.federation.detection`) of the updates as sent;
 2. clipping: ``y_i ← x + Δ_i · min(1, C / ‖Δ_i‖)`` with ``Δ_i = y_i − x``, where ``C`` is
    a fixed bound or, with ``clip_updates = "median"``, the median of the round's update
-   norms (Sun et al. 2019, https://arxiv.org/abs/1911.07963): no honest-sized update is
-   touched, a scaled one is cut back to an honest size, and no bound has to be tuned;
+   norms (Sun et al. 2019, https://arxiv.org/abs/1911.07963): the smaller half passes
+   unchanged, every larger update (a scaled attacker's among them) is cut back to the
+   median, and no bound has to be tuned;
 3. aggregation: the modality-aware weighted mean, or a robust rule
    (:mod:`umbra.federation.strategies.robust`) per parameter group, applied to the
    updates ``Δ_i`` in float64 and added to ``x``. The rules are translation-equivariant,
@@ -43,21 +44,13 @@ MEDIAN_BOUND = "median"
 
 def update_norm(x: Mapping[str, np.ndarray], y: Mapping[str, np.ndarray]) -> float:
     """``‖y − x‖₂`` over every array of ``x`` (float64)."""
-    return float(
-        np.sqrt(
-            sum(
-                float(
-                    np.sum(np.square(np.asarray(y[k], np.float64) - np.asarray(x[k], np.float64)))
-                )
-                for k in x
-            )
-        )
-    )
+    squares = (np.square(np.asarray(y[k], np.float64) - np.asarray(x[k], np.float64)) for k in x)
+    return float(np.sqrt(sum(float(np.sum(sq)) for sq in squares)))
 
 
 def median_norm(x: Mapping[str, np.ndarray], ys: Sequence[Mapping[str, np.ndarray]]) -> float:
-    """The median of the update norms ``‖y_i − x‖`` of one round (Sun et al. 2019's bound,
-    which adapts to the honest majority while attackers are fewer than half)."""
+    """The median of the update norms ``‖y_i − x‖`` of one round (Sun et al. 2019's bound):
+    while attackers are fewer than half, it lies within the honest updates' norms."""
     if not ys:
         raise ValueError("ys: need at least one update")
     return float(np.median([update_norm(x, y) for y in ys]))
