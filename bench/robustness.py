@@ -1,20 +1,28 @@
-"""Every aggregator against poisoning organisations: clean, 20 % sign-flip, 20 % scaling.
+"""Every aggregator against poisoning organisations on the ``baseline`` preset, plus a
+backdoor against no defence, norm clipping and DP, and screening's
+precision and recall for every attack.
 
-The ``baseline`` preset's model and data pipeline (scattering images, spectral-stats
-audio, no privacy) on a smaller federation so that the whole grid finishes in minutes on
-two shared cores: ``--n-train`` records (``--n-test`` held out) over 15 organisations,
-``--rounds`` rounds of ``--epochs`` local epochs, at Dirichlet α = 0.5 (the preset's) and
-α = 0.1 (strong label skew). 20 % of 15 = 3 attackers (drawn from ``run.seed``), and the
-robust rules assume f = 3 (Bulyan's bound 4f + 3 = 15 is met exactly). The scaling
-attackers send 10 · Δ. Screening (``federation.detect``) runs in every run, so each row
-also says how well it found the attackers.
+The ``baseline`` preset's data and model (48,000 training records, scattering images,
+spectral-stats audio, no privacy) over ``--clients`` organisations (15: 20 % is 3
+attackers, and Bulyan's n ≥ 4f + 3 holds with f = 3 exactly), ``--rounds`` rounds of
+``--epochs`` local epochs, at Dirichlet α = 0.5 (the preset's) and α = 0.1 (strong label
+skew). The grid: each defence of :data:`DEFENCES` (every robust rule, and the mean with
+update norms clipped at the round's median) × {clean, 20 % sign-flip, 20 % scaling ×10}.
+The extras (at the first α): 20 % label-flip, and a 20 % backdoor (image trigger → class
+0) against the mean, the mean with median clipping, client-level DP at ε = 3 and
+example-level DP-SGD at ε = 3 (the ``default`` preset's tuned settings).
+Screening (``federation.detect``) runs wherever the configuration allows it (not with
+client-level DP), so each row also says how well it found the attackers. The attackers
+are drawn from ``run.seed``, the same ones in every row.
 
 Each federation runs through the real ClientApp and round loop on an in-process Grid
 (no Ray workers: the rounds are what is measured), one after the other:
 
-    .venv/bin/python bench/robustness.py [--rounds 4] [--n-train 3000] [--alphas 0.5 0.1]
+    .venv/bin/python bench/robustness.py [--rounds 8] [--epochs 0.25] [--alphas 0.5 0.1]
 
-Writes bench/results/robustness.json and bench/results/robustness.md (the table).
+Parts of the grid can run in parallel processes (``--alphas 0.1 --extras --out DIR``)
+and be combined with ``--merge A.json B.json``. Writes bench/results/robustness.json and
+bench/results/robustness.md (the tables).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -37,25 +46,49 @@ from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 from umbra.config import Config, load_config
-from umbra.federation.attacks import AttackSpec
+from umbra.federation.attacks import AttackSpec, backdoor_success_rate
 from umbra.federation.client_app import ClientSpec, make_client_app
 from umbra.federation.client_data import write_federation_data
 from umbra.federation.common import SecureSettings
 from umbra.federation.detection import detection_quality
 from umbra.federation.server_app import ServerSpec, load_model, run_rounds
-from umbra.federation.strategies import AGGREGATORS
+from umbra.models import MultimodalNet
 from umbra.run.prepare import PreparedData, model_spec_for, prepare_data
 from umbra.run.results import final_metrics
 from umbra.run.simulation import train_settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CLIENTS = 15
-BYZANTINE = 3
+#: defence name -> config overrides (robust rules assume f = --byzantine)
+DEFENCES: dict[str, list[str]] = {
+    "mean": [],
+    "mean + clip": ['federation.clip_updates="median"'],
+    "median": ['federation.aggregator="median"'],
+    "trimmed-mean": ['federation.aggregator="trimmed-mean"'],
+    "krum": ['federation.aggregator="krum"'],
+    "multi-krum": ['federation.aggregator="multi-krum"'],
+    "bulyan": ['federation.aggregator="bulyan"'],
+}
+#: the backdoor's defences: none, norm clipping, client-level DP (no screening there) and
+#: the `default` preset's tuned example-level DP-SGD (each organisation's own noise)
+BACKDOOR_DEFENCES: dict[str, list[str]] = {
+    "none": [],
+    "clipping": ['federation.clip_updates="median"'],
+    "client-level DP": ['privacy.mode="client"', "privacy.epsilon=3.0", "federation.detect=false"],
+    "DP-SGD": [
+        'privacy.mode="example"', "privacy.epsilon=3.0", "privacy.batch_size=512",
+        "privacy.lr=1.0", "privacy.momentum=0.0",
+        "privacy.weights={ image = 1.5, audio = 1.0, text = 0.75, shared = 1.0 }",
+        "privacy.clip_norms={ image = 0.5, audio = 0.6, text = 0.35, shared = 1.0 }",
+    ],
+}  # fmt: skip
 ATTACKS: dict[str, list[str]] = {
     "clean": [],
-    "sign-flip": ["attack.kind=sign-flip", "attack.fraction=0.2"],
-    "scale": ["attack.kind=scale", "attack.fraction=0.2", "attack.scale=10"],
+    "sign-flip": ['attack.kind="sign-flip"', "attack.fraction=0.2"],
+    "scale": ['attack.kind="scale"', "attack.fraction=0.2", "attack.scale=10"],
+    "label-flip": ['attack.kind="label-flip"', "attack.fraction=0.2"],
+    "backdoor": ['attack.kind="backdoor"', "attack.fraction=0.2"],
 }
+GRID_ATTACKS = ("clean", "sign-flip", "scale")
 
 
 class InProcessGrid:
@@ -79,22 +112,24 @@ class InProcessGrid:
         return [self.app(m, self.contexts[m.metadata.dst_node_id]) for m in messages]
 
 
-def _config(args: argparse.Namespace, alpha: float, aggregator: str, attack: str) -> Config:
+def _config(args: argparse.Namespace, alpha: float, overrides: list[str]) -> Config:
     return load_config("baseline", overrides=[
         f"data.n_train={args.n_train}", f"data.n_test={args.n_test}", f"data.alpha={alpha}",
-        f"federation.num_clients={CLIENTS}", f"federation.rounds={args.rounds}",
-        f"federation.local_epochs={args.epochs}", f"federation.aggregator={aggregator}",
-        f"federation.byzantine={BYZANTINE}", "federation.trim_fraction=0.2",
-        "federation.detect=true", "run.progress=false", *ATTACKS[attack],
+        f"federation.num_clients={args.clients}", f"federation.rounds={args.rounds}",
+        f"federation.local_epochs={args.epochs}", f"federation.byzantine={args.byzantine}",
+        "federation.trim_fraction=0.2", "federation.detect=true", "run.progress=false",
+        *overrides,
     ])  # fmt: skip
 
 
 def _federate(cfg: Config, prep: PreparedData, root: Path) -> dict[str, Any]:
     write_federation_data(root / "train", prep.train, prep.parts, prep.masks)
     model_spec = model_spec_for(cfg, prep.train)
+    attack = AttackSpec.from_config(cfg)
     app = make_client_app(ClientSpec(
         data_dir=str(root / "train"), state_dir=str(root / "state"), model_spec=model_spec,
-        settings=train_settings(cfg), seed=cfg.run.seed, attack=AttackSpec.from_config(cfg),
+        settings=train_settings(cfg), seed=cfg.run.seed, attack=attack,
+        privacy_unit=cfg.privacy.mode,
     ))  # fmt: skip
     spec = ServerSpec.from_config(cfg, run_dir=str(root / "run"), test_dir=str(root / "test"),
                                   model_spec=model_spec, secure=SecureSettings(),
@@ -104,97 +139,172 @@ def _federate(cfg: Config, prep: PreparedData, root: Path) -> dict[str, Any]:
     train_s = time.perf_counter() - t0
     model = load_model(model_spec, result.arrays)
     final = final_metrics(model, prep.test)
-    attackers = AttackSpec.from_config(cfg).attackers
     screened = [(r["screened"], r["flagged"]) for r in result.history if "screened" in r]
-    detection = detection_quality(screened, attackers)
-    return {
+    detection = detection_quality(screened, attack.attackers) if screened else {}
+    row: dict[str, Any] = {
         "accuracy": final["accuracy"],
         "macro_f1": final["macro_f1"],
         "per_round": [r.get("accuracy") for r in result.history],
-        "attackers": list(attackers),
+        "attackers": list(attack.attackers),
         "precision": detection.get("precision"),
         "recall": detection.get("recall"),
         "false_positives": detection.get("false_positives"),
         "train_s": round(train_s, 1),
     }
+    if attack.kind in ("backdoor", "none") and isinstance(model, MultimodalNet):
+        # on an unpoisoned model: how often the trigger alone lands on the target (control)
+        probe = attack if attack.kind == "backdoor" else replace(attack, kind="backdoor")
+        row["backdoor_success"], row["backdoor_records"] = backdoor_success_rate(
+            model, prep.test, probe
+        )
+    if result.privacy is not None:
+        eps = result.privacy.get("epsilon")
+        row["epsilon"] = eps.get("total") if isinstance(eps, dict) else eps
+    return row
 
 
 def _fmt(x: float | None) -> str:
     return "–" if x is None else f"{x:.2f}"
 
 
+def _find(doc: dict[str, Any], **want: Any) -> dict[str, Any] | None:
+    return next((r for r in doc["rows"] if all(r.get(k) == v for k, v in want.items())), None)
+
+
 def table(doc: dict[str, Any]) -> str:
-    """The markdown table of a robustness.json document."""
+    """The markdown tables of a robustness.json document."""
     lines = [
-        f"Fused test accuracy after {doc['rounds']} rounds ({doc['clients']} organisations, "
-        f"{doc['n_train']} training records, f = {doc['byzantine']}). In brackets, screening "
-        "over client-rounds: precision / recall against the attackers; on clean runs the "
-        "honest client-rounds flagged (FP).",
+        f"`baseline` data and model: {doc['n_train']} training records over {doc['clients']} "
+        f"organisations, {doc['rounds']} rounds of {doc['epochs']} local epochs, robust rules "
+        f"sized for f = {doc['byzantine']}; 20 % = {doc['byzantine']} attackers. Fused test "
+        "accuracy; in brackets the change against the clean mean of the same α.",
         "",
     ]
     for alpha in doc["alphas"]:
-        rows = [r for r in doc["rows"] if r["alpha"] == alpha]
+        clean = _find(doc, alpha=alpha, defence="mean", attack="clean")
+        ref = clean["accuracy"] if clean else None
         lines += [f"**Dirichlet α = {alpha}**", "",
-                  "| aggregator | clean | 20 % sign-flip | 20 % scale ×10 |", "|---|---:|---:|---:|"]  # fmt: skip
-        for agg in doc["aggregators"]:
+                  "| defence | clean | 20 % sign-flip | 20 % scale ×10 |", "|---|---:|---:|---:|"]  # fmt: skip
+        for name in doc["defences"]:
             cells = []
-            for attack in ATTACKS:
-                r = next(
-                    (r for r in rows if r["aggregator"] == agg and r["attack"] == attack), None
-                )
+            for attack in GRID_ATTACKS:
+                r = _find(doc, alpha=alpha, defence=name, attack=attack)
                 if r is None:
                     cells.append("")
-                elif attack == "clean":  # screening can only be wrong here
-                    cells.append(f"{r['accuracy']:.3f} ({r['false_positives']} FP)")
+                elif ref is None:
+                    cells.append(f"{r['accuracy']:.3f}")
                 else:
-                    cells.append(
-                        f"{r['accuracy']:.3f} ({_fmt(r['precision'])} / {_fmt(r['recall'])})"
-                    )
-            lines.append(f"| {agg} | " + " | ".join(cells) + " |")
+                    cells.append(f"{r['accuracy']:.3f} ({100 * (r['accuracy'] - ref):+.1f})")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    det = [r for r in doc["rows"] if r["attack"] != "clean" and r.get("recall") is not None
+           and r["defence"] in ("mean", "none")]  # fmt: skip
+    if det:
+        lines += ["**Screening** (median + 3 robust deviations of log-norm and cosine, every "
+                  "round; over client-rounds, with the mean as aggregator)", "",
+                  "| α | attack | precision | recall | honest client-rounds flagged |",
+                  "|---:|---|---:|---:|---:|"]  # fmt: skip
+        for r in det:
+            lines.append(f"| {r['alpha']} | {r['attack']} | {_fmt(r['precision'])} | "
+                         f"{_fmt(r['recall'])} | {r['false_positives']} |")  # fmt: skip
+        for alpha in doc["alphas"]:
+            c = _find(doc, alpha=alpha, defence="mean", attack="clean")
+            if c is not None:
+                lines.append(f"| {alpha} | none | | | {c['false_positives']} |")
+        lines.append("")
+    bd = [r for r in doc["rows"] if r["attack"] == "backdoor"]
+    if bd:
+        lines += ["**Backdoor** (20 % of organisations set a 4×4 trigger in the image features "
+                  "of half their records holding an image and relabel them class 0; success = "
+                  "triggered test records of other classes classified 0; α = "
+                  f"{bd[0]['alpha']})", "",
+                  "| defence | accuracy | backdoor success |", "|---|---:|---:|"]  # fmt: skip
+        control = _find(doc, alpha=bd[0]["alpha"], defence="mean", attack="clean")
+        if control is not None and control.get("backdoor_success") is not None:
+            lines.append(f"| no attacker (control) | {control['accuracy']:.3f} | "
+                         f"{_fmt(control['backdoor_success'])} |")  # fmt: skip
+        for r in bd:
+            eps = f", ε = {r['epsilon']:.2f}" if r.get("epsilon") is not None else ""
+            lines.append(f"| {r['defence']}{eps} | {r['accuracy']:.3f} | "
+                         f"{_fmt(r.get('backdoor_success'))} |")  # fmt: skip
         lines.append("")
     return "\n".join(lines)
 
 
+def _run(
+    args: argparse.Namespace,
+    doc: dict[str, Any],
+    alpha: float,
+    jobs: list[tuple[str, str, list[str]]],
+) -> None:
+    prep = prepare_data(_config(args, alpha, []))
+    with tempfile.TemporaryDirectory() as tmp:
+        write_federation_data(Path(tmp) / "test", prep.test, [np.arange(len(prep.test))],
+                              [prep.test.mask])  # fmt: skip
+        for i, (defence, attack, overrides) in enumerate(jobs):
+            cfg = _config(args, alpha, [*overrides, *ATTACKS[attack]])
+            run_root = Path(tmp) / f"run{i}"
+            run_root.mkdir()
+            (run_root / "test").symlink_to(Path(tmp) / "test")
+            row = {"alpha": alpha, "defence": defence, "attack": attack,
+                   **_federate(cfg, prep, run_root)}  # fmt: skip
+            doc["rows"].append(row)
+            _write(args.out, doc)  # a partial grid survives an interrupted run
+            print(f"α={alpha} {attack:10s} {defence:12s} acc {row['accuracy']:.3f} "
+                  f"P/R {_fmt(row['precision'])}/{_fmt(row['recall'])} "
+                  f"bd {_fmt(row.get('backdoor_success'))} ({row['train_s']} s)", flush=True)  # fmt: skip
+
+
+def merge(paths: list[Path]) -> dict[str, Any]:
+    """One document from partial ones (same settings, rows concatenated)."""
+    docs = [json.loads(p.read_text()) for p in paths]
+    out = dict(docs[0])
+    out["alphas"] = sorted({a for d in docs for a in d["alphas"]}, reverse=True)
+    out["rows"] = [r for d in docs for r in d["rows"]]
+    out["total_s"] = round(sum(d.get("total_s", 0.0) for d in docs), 1)
+    return out
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--epochs", type=float, default=1.0)
-    ap.add_argument("--n-train", type=int, default=3000)
-    ap.add_argument("--n-test", type=int, default=1000)
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--epochs", type=float, default=0.25)
+    ap.add_argument("--n-train", type=int, default=48000)
+    ap.add_argument("--n-test", type=int, default=2000)
+    ap.add_argument("--clients", type=int, default=15)
+    ap.add_argument("--byzantine", type=int, default=3)
     ap.add_argument("--alphas", type=float, nargs="+", default=[0.5, 0.1])
-    ap.add_argument("--aggregators", nargs="+", default=list(AGGREGATORS))
-    ap.add_argument("--attacks", nargs="+", default=list(ATTACKS))
+    ap.add_argument("--defences", nargs="+", default=list(DEFENCES))
+    ap.add_argument("--attacks", nargs="*", default=list(GRID_ATTACKS))
+    extras = ["label-flip", *BACKDOOR_DEFENCES]
+    ap.add_argument("--extras", nargs="*", default=extras, choices=extras,
+                    help="at the first α: label-flip against the mean, the backdoor against "
+                         "these defences (none: --extras alone)")  # fmt: skip
+    ap.add_argument("--merge", type=Path, nargs="+", help="combine these partial documents")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
+    if args.merge:
+        doc = merge(args.merge)
+        _write(args.out, doc)
+        print(table(doc))
+        return
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
     logging.getLogger("flwr").setLevel(logging.ERROR)
     torch.set_num_threads(1)
     doc: dict[str, Any] = {
         "preset": "baseline", "n_train": args.n_train, "n_test": args.n_test,
-        "clients": CLIENTS, "byzantine": BYZANTINE, "rounds": args.rounds, "epochs": args.epochs,
-        "alphas": args.alphas, "aggregators": args.aggregators,
+        "clients": args.clients, "byzantine": args.byzantine, "rounds": args.rounds,
+        "epochs": args.epochs, "alphas": args.alphas, "defences": args.defences,
         "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.machine(),
         "rows": [],
     }  # fmt: skip
     t_all = time.perf_counter()
-    for alpha in args.alphas:
-        prep = prepare_data(_config(args, alpha, "mean", "clean"))
-        with tempfile.TemporaryDirectory() as tmp:
-            write_federation_data(Path(tmp) / "test", prep.test, [np.arange(len(prep.test))],
-                                  [prep.test.mask])  # fmt: skip
-            for attack in args.attacks:
-                for agg in args.aggregators:
-                    cfg = _config(args, alpha, agg, attack)
-                    run_root = Path(tmp) / f"{agg}-{attack}"
-                    (run_root).mkdir()
-                    (run_root / "test").symlink_to(Path(tmp) / "test")
-                    row = {"alpha": alpha, "aggregator": agg, "attack": attack,
-                           **_federate(cfg, prep, run_root)}  # fmt: skip
-                    doc["rows"].append(row)
-                    _write(args.out, doc)  # a partial grid survives an interrupted run
-                    print(f"α={alpha} {attack:9s} {agg:12s} acc {row['accuracy']:.3f} "
-                          f"P/R {_fmt(row['precision'])}/{_fmt(row['recall'])} "
-                          f"({row['train_s']} s)", flush=True)  # fmt: skip
+    for j, alpha in enumerate(args.alphas):
+        jobs = [(d, a, DEFENCES[d]) for a in args.attacks for d in args.defences]
+        if j == 0:
+            jobs += [("mean", "label-flip", []) for e in args.extras if e == "label-flip"]
+            jobs += [(d, "backdoor", o) for d, o in BACKDOOR_DEFENCES.items() if d in args.extras]
+        _run(args, doc, alpha, jobs)
     doc["total_s"] = round(time.perf_counter() - t_all, 1)
     _write(args.out, doc)
     print(table(doc))

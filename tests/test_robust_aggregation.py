@@ -23,6 +23,7 @@ from umbra.federation.strategies import (
     modality_robust_aggregate,
     robust_aggregate,
 )
+from umbra.federation.strategies.defence import median_norm
 from umbra.models import parameter_modality
 
 KEYS = {"encoders.image.w": (3, 2), "encoders.audio.w": (4,), "head.0.weight": (2, 2)}
@@ -230,3 +231,86 @@ def test_defence_validates_its_parameters() -> None:
     assert not Defence().active and Defence(detect=True).active
     assert isinstance(build_strategy("fedavg", FederationConfig(), key_modality=parameter_modality),
                       ModalityFedAvg)  # fmt: skip
+
+
+def test_krum_is_computed_on_the_updates_where_float32_models_lose_the_distances() -> None:
+    """Krum's ‖a‖² + ‖b‖² − 2a·b on float32 models far from the origin loses the small
+    distances between them; on the float64 updates it picks the hand-computed winner."""
+    rng = np.random.default_rng(0)
+    n, f = 7, 1
+    x = {"head.0.weight": (rng.normal(size=2000) * 100).astype(np.float32)}
+    deltas = [rng.normal(size=2000) * 1e-3 for _ in range(n)]
+    deltas[0] *= 0.2  # the update closest to all others: Krum's choice
+    arrays = [{"head.0.weight": (x["head.0.weight"] + d).astype(np.float32)} for d in deltas]
+    sent = [{k: v.astype(np.float64) - x[k] for k, v in a.items()} for a in arrays]
+    best = int(np.argmin(_krum_scores_of([s["head.0.weight"] for s in sent], f)))
+    assert best == 0
+    on_models = robust_aggregate("krum", arrays, [1.0] * n, byzantine=f)
+    assert not np.array_equal(on_models["head.0.weight"], arrays[0]["head.0.weight"])
+    counts = [{"num-examples": 1.0}] * n
+    got, _ = Defence(aggregator="krum", byzantine=f).aggregate(
+        list(range(n)), arrays, counts, parameter_modality, x, x
+    )
+    assert got["head.0.weight"].dtype == np.float32
+    np.testing.assert_allclose(got["head.0.weight"], arrays[0]["head.0.weight"], rtol=0, atol=1e-3)
+
+
+def _krum_scores_of(flat: list[np.ndarray], f: int) -> np.ndarray:
+    m = max(1, len(flat) - f - 2)
+    return np.array([
+        sum(sorted(float(np.sum((a - b) ** 2)) for j, b in enumerate(flat) if j != i)[:m])
+        for i, a in enumerate(flat)
+    ])  # fmt: skip
+
+
+def test_with_f_zero_multi_krum_and_trimmed_mean_are_the_mean() -> None:
+    """Multi-Krum keeping all n is FedAvg's weighted mean; trimming nothing is the plain
+    mean: the rules only differ from the mean by what they drop."""
+    x = {k: np.zeros(s, dtype=np.float32) for k, s in KEYS.items()}
+    arrays = [{k: v.astype(np.float32) for k, v in a.items()} for a in _clients(6, seed=11)]
+    counts = [_counts(3 + i, 3 + i, 3 + i) for i in range(6)]
+    pids = list(range(6))
+    mk, _ = Defence(aggregator="multi-krum").aggregate(pids, arrays, counts, parameter_modality,
+                                                      x, x)  # fmt: skip
+    w = np.array([3.0 + i for i in range(6)])
+    for k in KEYS:
+        want = sum(a[k].astype(np.float64) * wi for a, wi in zip(arrays, w, strict=True)) / w.sum()
+        np.testing.assert_allclose(mk[k], want, rtol=1e-5)
+    tm, _ = Defence(aggregator="trimmed-mean", trim_fraction=0.0).aggregate(
+        pids, arrays, counts, parameter_modality, x, x
+    )
+    for k in KEYS:
+        np.testing.assert_allclose(tm[k], np.mean([a[k] for a in arrays], axis=0), rtol=1e-5)
+
+
+def test_median_clipping_bounds_every_update_by_the_rounds_median_norm() -> None:
+    """Sun et al. 2019: C = median ‖Δ_i‖; updates under it pass unchanged, a scaled one is
+    cut to norm C, then the mean as usual."""
+    x = {k: np.ones(s) for k, s in KEYS.items()}
+    rng = np.random.default_rng(12)
+    sizes = [1.0, 2.0, 3.0, 4.0, 50.0]
+    deltas = []
+    for size in sizes:
+        d = {k: rng.normal(size=s) for k, s in KEYS.items()}
+        norm = np.sqrt(sum(float(np.sum(v**2)) for v in d.values()))
+        deltas.append({k: v * size / norm for k, v in d.items()})
+    arrays = [{k: x[k] + d[k] for k in KEYS} for d in deltas]
+    counts = [{"num-examples": 10.0, "n-image": 10.0, "n-audio": 10.0}] * 5
+    assert median_norm(x, arrays) == pytest.approx(3.0)
+    got, _ = Defence(clip_updates="median").aggregate(
+        list(range(5)), arrays, counts, parameter_modality, x, x
+    )
+    factors = [min(1.0, 3.0 / s) for s in sizes]
+    for k in KEYS:
+        want = x[k] + np.mean([d[k] * c for d, c in zip(deltas, factors, strict=True)], axis=0)
+        np.testing.assert_allclose(got[k], want, rtol=1e-9)
+
+
+def test_clip_updates_accepts_a_bound_or_median_only() -> None:
+    assert FederationConfig(clip_updates="median").clip_updates == "median"
+    assert FederationConfig(clip_updates=2).clip_updates == 2.0
+    for bad in ("mean", -1.0, 0.0):
+        with pytest.raises(ValueError, match="clip_updates"):
+            FederationConfig(clip_updates=bad)
+    with pytest.raises(ValueError, match="clip_updates must be > 0 or 'median'"):
+        Defence(clip_updates="mean")

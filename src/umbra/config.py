@@ -237,11 +237,10 @@ class FederationConfig(_Section):
     byzantine: int = Field(
         0, ge=0, description="krum, multi-krum, bulyan: the assumed number of attackers f"
     )
-    clip_updates: float | None = Field(
+    clip_updates: float | str | None = Field(
         None,
-        gt=0,
         description="server-side L2 bound on each client's update (model minus global) "
-        "before aggregation; None: off",
+        "before aggregation; 'median': the round's median update norm; None: off",
     )
     detect: bool = Field(
         False,
@@ -252,6 +251,11 @@ class FederationConfig(_Section):
 
     @model_validator(mode="after")
     def _check_defence(self) -> FederationConfig:
+        clip = self.clip_updates
+        if (isinstance(clip, str) and clip != "median") or (
+            isinstance(clip, float) and not clip > 0
+        ):
+            raise ValueError(f"federation.clip_updates must be > 0 or 'median', got {clip!r}")
         defended = self.aggregator != "mean" or self.clip_updates is not None or self.detect
         if defended and self.strategy == "scaffold":
             raise ValueError(

@@ -6,9 +6,17 @@ All three need each client's update in the clear, so they run only in plaintext 
 sensitivity analysis assumes the clipped mean). The order, per round:
 
 1. screening (:mod:`umbra.federation.detection`) of the updates as sent;
-2. clipping: ``y_i ← x + Δ_i · min(1, C / ‖Δ_i‖)`` with ``Δ_i = y_i − x``;
+2. clipping: ``y_i ← x + Δ_i · min(1, C / ‖Δ_i‖)`` with ``Δ_i = y_i − x``, where ``C`` is
+   a fixed bound or, with ``clip_updates = "median"``, the median of the round's update
+   norms (Sun et al. 2019, https://arxiv.org/abs/1911.07963): the smaller half passes
+   unchanged, every larger update (a scaled attacker's among them) is cut back to the
+   median, and no bound has to be tuned;
 3. aggregation: the modality-aware weighted mean, or a robust rule
-   (:mod:`umbra.federation.strategies.robust`) per parameter group.
+   (:mod:`umbra.federation.strategies.robust`) per parameter group, applied to the
+   updates ``Δ_i`` in float64 and added to ``x``. The rules are translation-equivariant,
+   but Krum's distances are computed as ``‖a‖² + ‖b‖² − 2a·b``: on float32 models that
+   cancels catastrophically (two models close together, far from the origin), while on
+   the updates the distances keep their precision.
 
 Flagged clients are reported, not excluded: the robust rule is the defence, the flags
 tell who looked like an attacker.
@@ -27,9 +35,25 @@ from umbra.federation.detection import Screening, score_updates, screen_updates
 from umbra.federation.strategies.modality import modality_weighted_average
 from umbra.federation.strategies.robust import AGGREGATORS, modality_robust_aggregate
 
-__all__ = ["Defence", "clip_update"]
+__all__ = ["MEDIAN_BOUND", "Defence", "clip_update", "median_norm", "update_norm"]
 
 Arrays = dict[str, np.ndarray]
+#: ``clip_updates`` value that bounds each round's updates by their median norm
+MEDIAN_BOUND = "median"
+
+
+def update_norm(x: Mapping[str, np.ndarray], y: Mapping[str, np.ndarray]) -> float:
+    """``‖y − x‖₂`` over every array of ``x`` (float64)."""
+    squares = (np.square(np.asarray(y[k], np.float64) - np.asarray(x[k], np.float64)) for k in x)
+    return float(np.sqrt(sum(float(np.sum(sq)) for sq in squares)))
+
+
+def median_norm(x: Mapping[str, np.ndarray], ys: Sequence[Mapping[str, np.ndarray]]) -> float:
+    """The median of the update norms ``‖y_i − x‖`` of one round (Sun et al. 2019's bound):
+    while attackers are fewer than half, it lies within the honest updates' norms."""
+    if not ys:
+        raise ValueError("ys: need at least one update")
+    return float(np.median([update_norm(x, y) for y in ys]))
 
 
 def clip_update(
@@ -40,7 +64,7 @@ def clip_update(
     if not max_norm > 0:
         raise ValueError(f"max_norm must be > 0, got {max_norm}")
     delta = {k: np.asarray(y[k], dtype=np.float64) - np.asarray(x[k], dtype=np.float64) for k in x}
-    norm = float(np.sqrt(sum(float(np.sum(np.square(d))) for d in delta.values())))
+    norm = update_norm(x, y)
     factor = min(1.0, max_norm / norm) if norm > 0 else 1.0
     out = dict(y)
     for k, d in delta.items():
@@ -52,12 +76,13 @@ def clip_update(
 @dataclass(frozen=True)
 class Defence:
     """``federation.aggregator`` (+ ``trim_fraction``, ``byzantine``), ``clip_updates``
-    (None: off) and ``detect`` (+ ``detect_k``) of one run."""
+    (a bound, ``"median"``: the round's median update norm, None: off) and ``detect``
+    (+ ``detect_k``) of one run."""
 
     aggregator: str = "mean"
     trim_fraction: float = 0.2
     byzantine: int = 0
-    clip_updates: float | None = None
+    clip_updates: float | str | None = None
     detect: bool = False
     detect_k: float = 3.0
 
@@ -70,8 +95,11 @@ class Defence:
             raise ValueError(f"trim_fraction must be in [0, 0.5), got {self.trim_fraction}")
         if self.byzantine < 0:
             raise ValueError(f"byzantine must be >= 0, got {self.byzantine}")
-        if self.clip_updates is not None and not self.clip_updates > 0:
-            raise ValueError(f"clip_updates must be > 0, got {self.clip_updates}")
+        c = self.clip_updates
+        if isinstance(c, str) and c != MEDIAN_BOUND:
+            raise ValueError(f"clip_updates must be > 0 or {MEDIAN_BOUND!r}, got {c!r}")
+        if isinstance(c, int | float) and not c > 0:
+            raise ValueError(f"clip_updates must be > 0 or {MEDIAN_BOUND!r}, got {c}")
         if not self.detect_k > 0:
             raise ValueError(f"detect_k must be > 0, got {self.detect_k}")
 
@@ -112,16 +140,46 @@ class Defence:
             scores = score_updates(partitions, deltas, key_modality, holds)
             screening = screen_updates(scores, k=self.detect_k)
         if self.clip_updates is not None and x:
-            arrays = [clip_update(x, a, self.clip_updates) for a in arrays]
+            bound = (
+                median_norm(x, arrays)
+                if self.clip_updates == MEDIAN_BOUND
+                else float(self.clip_updates)
+            )
+            if bound > 0:  # a round where most clients sent no change clips nothing
+                arrays = [clip_update(x, a, bound) for a in arrays]
         if self.aggregator == "mean":
             return modality_weighted_average(arrays, counts, key_modality, previous), screening
-        averaged = modality_robust_aggregate(
+        return self.robust(arrays, counts, key_modality, previous, x), screening
+
+    def robust(
+        self,
+        arrays: Sequence[Arrays],
+        counts: Sequence[Mapping[str, float]],
+        key_modality: Callable[[str], str | None],
+        previous: Mapping[str, np.ndarray],
+        x: Mapping[str, np.ndarray],
+    ) -> Arrays:
+        """The robust rule on the updates ``y_i − x`` (float64), added back to ``x``;
+        arrays without a global value are aggregated as sent."""
+        deltas = [
+            {k: np.asarray(a[k], np.float64) - np.asarray(x[k], np.float64) if k in x else a[k]
+             for k in a}
+            for a in arrays
+        ]  # fmt: skip
+        base = {k: np.asarray(previous[k], np.float64) - np.asarray(x[k], np.float64)
+                if k in x else previous[k] for k in previous}  # fmt: skip
+        agg = modality_robust_aggregate(
             self.aggregator,
-            arrays,
+            deltas,
             counts,
             key_modality,
-            previous,
+            base,
             trim_fraction=self.trim_fraction,
             byzantine=self.byzantine,
         )
-        return averaged, screening
+        out: Arrays = {}
+        for k, v in agg.items():
+            ref = np.asarray(arrays[0][k])
+            total = np.asarray(x[k], np.float64) + v if k in x else v
+            out[k] = np.asarray(total).astype(ref.dtype, copy=False)
+        return out
