@@ -8,8 +8,9 @@ Learning", 2020):
 
 1. the **server** hashes each of its ids to the curve and raises it to its secret key
    ``s``; the set of ``H(y)^s`` goes to the client in a ``ServerSetup``, compressed as a
-   Golomb-compressed set (GCS, the default) or a Bloom filter, both with a false-positive
-   rate ``fpr`` for the client's whole query, or raw (every point, exact, ~6x larger);
+   Golomb-compressed set (GCS, the default: a false-positive rate ``fpr`` for the
+   client's whole query), a Bloom filter (padded, `BLOOM_MIN_ELEMENTS`: the library's
+   filter misses ``fpr``), or raw (every point, exact, ~6x larger);
 2. the **client** sends ``H(x)^c`` for each of its ids (``Request``), ``c`` its secret key;
 3. the server returns ``H(x)^(cs)`` (``Response``): in the request's order, or in an
    order unrelated to it under ``cardinality_only`` so that the client learns only the
@@ -19,8 +20,8 @@ Learning", 2020):
 What each party learns (semi-honest parties): the **client** learns the intersection (or,
 with ``cardinality_only``, its size) and the size of the server's set; the **server**
 learns the size of the client's set and nothing about which ids are shared. A filter may
-report a false positive with probability ``fpr`` over the whole query (1e-9 by default;
-``raw`` has none). Keys come from openmined-psi's own key generation (BoringSSL's CSPRNG),
+report a false positive (a GCS with probability ``fpr`` over the whole query, 1e-9 by
+default; ``raw`` never). Keys come from openmined-psi's own key generation (BoringSSL's CSPRNG),
 fresh for every session and never serialized.
 
 ``PsiServer`` and ``PsiClient`` are the two roles over bytes (what the network carries);
@@ -29,6 +30,7 @@ fresh for every session and never serialized.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -39,6 +41,7 @@ from umbra.services.psi_ids import IdSet
 from umbra.services.psi_messages import request_from, response_from, setup_from
 
 __all__ = [
+    "BLOOM_MIN_ELEMENTS",
     "DEFAULT_FPR",
     "MIN_FPR",
     "DataStructure",
@@ -54,6 +57,13 @@ DEFAULT_FPR = 1e-9
 # Below this a Bloom filter would need more hash functions than a setup message may carry
 # (psi_messages.MAX_BLOOM_HASHES): about log2(max_ids / fpr).
 MIN_FPR = 1e-30
+
+# openmined-psi 2.0.6's Bloom filter places an element's k bits by double hashing modulo
+# the filter's m bits; measured, a foreign id then matches with probability about 1/m
+# whatever fpr asks for (1 in 100 against 2 server ids, 1 in 3,000 against 64). A Bloom
+# setup therefore carries at least this many elements: the server's digests and random
+# dummies (32 random bytes each, never the digest of an id), so m >= ~180,000 bits.
+BLOOM_MIN_ELEMENTS = 4096
 
 # A server caps the client's announced set size: every blinded id costs it one scalar
 # multiplication and 33 bytes of response.
@@ -120,6 +130,13 @@ def gcs_min_fpr(client_size: int, server_size: int) -> float:
     return n_c * max(n_c, n_s) / min(_GCS_MAX_RANGE, n_s * _GCS_MAX_GAP)
 
 
+def bloom_padding(count: int) -> list[str]:
+    """Random dummy elements that bring a Bloom setup of ``count`` ids up to
+    `BLOOM_MIN_ELEMENTS` (hex like the ids' digests; from the OS's CSPRNG, so the client
+    cannot tell them from ids and no id of its own can equal one)."""
+    return [secrets.token_hex(32) for _ in range(max(0, BLOOM_MIN_ELEMENTS - count))]
+
+
 class PsiServer:
     """The role whose set is encoded in the setup message. It learns the client's set size.
 
@@ -144,10 +161,13 @@ class PsiServer:
         self.fpr = self.config.fpr
         if self.config.data_structure is DataStructure.GCS:
             self.fpr = max(self.fpr, gcs_min_fpr(client_size, len(self.ids)))
+        elements = list(self.ids.hex_digests)
+        if self.config.data_structure is DataStructure.BLOOM:
+            elements += bloom_padding(len(elements))
         msg = self._psi.CreateSetupMessage(
             self.fpr,
             max(client_size, 1),  # the library's fpr is per query: at least one element
-            self.ids.hex_digests,
+            elements,
             self.config.data_structure.native,
         )
         return msg.SerializeToString()
