@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -375,3 +376,31 @@ def test_report_shows_one_row_per_view_with_results_json_numbers(tmp_path: Path)
     assert "what the server sees" in page and "organisation attacked:</b> 3" in page
     assert "<td>batch</td><td>analytic</td>" in page.replace("\n", "")
     assert "2/4, 1.00, 11.0 dB" in page and "0/1, 0.03" in page
+
+
+def test_dp_view_uses_each_groups_clip_and_noise_from_the_runs_plan() -> None:
+    from umbra.audit.reconstruction_audit import _dp_noise, _dp_update
+    from umbra.federation.train import TrainSettings
+
+    cfg = validate_config({"data": {"source": "synthetic"}, "privacy": {"clip_norm": 2.0}})
+    groups = ["image", "text", "shared"]
+    privacy = {
+        "clip_norms": {"image": 0.5, "text": 0.35, "shared": 1.0},
+        "plans": {"3": {"noise_multipliers": {"image": 3.45, "text": 4.88, "shared": 4.23}}},
+    }
+    settings = TrainSettings(lr=0.1, batch_size=32)
+    dp = _dp_noise(cfg, privacy, groups, 3, 100, settings)
+    assert dp.noise_multipliers == {"image": 3.45, "text": 4.88, "shared": 4.23}
+    assert dp.clip_norms == {"image": 0.5, "text": 0.35, "shared": 1.0}
+    # no plan for this organisation: one σ calibrated to privacy.epsilon, the config's clip
+    other = _dp_noise(cfg, privacy, groups, 5, 100, settings)
+    assert set(other.noise_multipliers.values()) == {other.noise_multipliers["image"]}
+    assert other.clip_norms == dict.fromkeys(groups, 2.0) and "calibrated" in other.source
+    # σ = 0 isolates the clipping: each group's norm becomes min(norm, C_g)
+    quiet = replace(dp, noise_multipliers=dict.fromkeys(groups, 0.0))
+    grads = {"a": torch.full((3,), 1.0), "b": torch.full((4,), 1.0), "c": torch.full((2,), 0.1)}
+    out = _dp_update(grads, {"image": ["a", "b"], "text": [], "shared": ["c"]}, quiet)
+    image_norm = float(torch.sqrt(out["a"].square().sum() + out["b"].square().sum()))
+    assert image_norm == pytest.approx(0.5)
+    assert torch.allclose(out["a"] / out["a"][0], torch.ones(3))  # direction kept
+    assert torch.allclose(out["c"], grads["c"])  # ‖c‖ = 0.14 < 1: untouched
