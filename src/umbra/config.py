@@ -409,7 +409,7 @@ class AuditConfig(_Section):
         False,
         description="also run the reconstruction attack: the server recovers an "
         "organisation's records from its update (plaintext, SecAgg+ sum, DP-SGD); off by "
-        "default (about 30 s on the baseline)",
+        "default (about 1 min of CPU on the baseline)",
     )
     reconstruction_batch: int = Field(
         4, ge=1, le=8, description="records in the audited organisation's one-step update"

@@ -2,7 +2,8 @@
 organisation's update tries to recover the records it was computed from (docs/audit.md).
 
 The update is what the organisation would send in plaintext FedAvg: one local SGD step
-with the run's settings (modality dropout included) from the final model on a few of its
+with the run's optimiser settings (no modality dropout: the organisation's worst case)
+from the final model on a few of its
 records, re-derived from the run's config and seed. Four views of the same round:
 
 * ``single``: the update of one record; the first linear layer on each modality's fixed
@@ -11,14 +12,18 @@ records, re-derived from the run's config and seed. Four views of the same round
   rows one record dominates, and gradient matching (Geiping et al. 2020) on every input;
 * ``secagg``: the sum of every organisation's one-step update on as many records (what
   the server of SecAgg+ learns), attacked in closed form for the audited records;
-* ``dp``: the one-record update clipped and noised as DP-SGD at the run's privacy settings
-  would (central Gaussian noise of σ·C on the one step), attacked in closed form.
+* ``dp``: the one-record update as DP-SGD releases it at the run's privacy settings: each
+  parameter group clipped to its ``C_g`` and noised with ``σ_g·C_g`` (the run's plan; a
+  run without DP: σ calibrated to ``privacy.epsilon``), attacked in closed form.
 
 Images are mapped back from scattering coefficients to pixels
-(:mod:`~umbra.audit.reconstruction_scattering`) and scored by PSNR/SSIM against the
-originals (``inversion_ceiling``: the same inversion from the true features, the best
-any view can reach); texts by whether the nearest sentence embedding of the data set is the
-record's; other modalities by the cosine of the recovered to the true features.
+(:mod:`~umbra.audit.reconstruction_scattering`: from the nearest held-out images, the
+attacker's public prior, by L-BFGS-B; the restart whose coefficients fit best is kept)
+and scored by PSNR/SSIM against the originals, beside two references: the prior image the
+fit started from and the mean held-out image of the record's class (what the label alone
+gives). ``inversion_ceiling`` is the same inversion from the true features, the best any
+view can reach. Texts are scored by whether the nearest sentence embedding of the data set
+is the record's; other modalities by the cosine of the recovered to the true features.
 """
 
 from __future__ import annotations
@@ -37,11 +42,11 @@ from torch import Tensor, nn
 from umbra.audit.reconstruction_analytic import distinct_candidates, idlg_label, linear_inputs
 from umbra.audit.reconstruction_matching import match_gradients
 from umbra.audit.reconstruction_metrics import psnr, ssim
-from umbra.audit.reconstruction_scattering import invert_scattering
+from umbra.audit.reconstruction_scattering import invert_scattering, nearest_prior
 from umbra.config import Config
 from umbra.data.dataset import MultimodalData
 from umbra.federation.train import Batchable, TrainSettings, batch_loss, train_local
-from umbra.models import MultimodalNet
+from umbra.models import MultimodalNet, parameter_groups
 from umbra.run.prepare import PreparedData
 
 __all__ = ["ATTACKER", "FixedInput", "fixed_inputs", "one_step_update", "reconstruction_audit"]
@@ -56,6 +61,21 @@ ATTACKER = (
 _STREAM = 0x4EC0
 #: PNG of the reconstructed images, relative to the run folder.
 GRID_FILE = "audit/reconstruction.png"
+#: The DP view's label in the grid (its noise is fresh in every audit).
+_DP_LABEL = "DP-SGD"
+#: Restarts of the pixel inversion, one from each of the prior's nearest images.
+PRIOR_NEIGHBOURS = 3
+
+
+@dataclass(frozen=True)
+class _Prior:
+    """Public images the attacker starts the pixel inversion from (the held-out records,
+    disjoint from every training record): ``(P, C, H, W)`` pixels in [0, 1] and their raw
+    ``(P, C·81, H/4, W/4)`` scattering coefficients, ``(P,)`` classes."""
+
+    pixels: np.ndarray
+    coefficients: np.ndarray
+    labels: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -158,7 +178,8 @@ class _Scorer:
         if "text" in fixed:
             texts = np.unique(np.asarray(pool.features["text"], dtype=np.float32), axis=0)
             self.text_pool = _layer_input(fixed["text"], texts)  # (P, in)
-        self.images: list[tuple[str, np.ndarray, np.ndarray]] = []  # (label, original, target)
+        # (view label, original pixels, recovered normalised coefficients, record's class)
+        self.images: list[tuple[str, np.ndarray, np.ndarray, int]] = []
 
     def image_target(self, y: np.ndarray) -> np.ndarray:
         """Group-normalised scattering coefficients from the GroupNorm's output ``y``."""
@@ -185,6 +206,7 @@ class _Scorer:
             if not held.any():
                 continue
             y, truth_m, rows_m = y[held], truth.subset(np.flatnonzero(held)), rows[held]
+            classes = np.asarray(truth_m.labels)
             true_y = _layer_input(self.fixed[m], truth_m.features[m])
             cos = [_cosine(a, b) for a, b in zip(y, true_y, strict=True)]
             err = [
@@ -212,30 +234,80 @@ class _Scorer:
                 entry["text_recovery_rate"] = float(np.mean(hits))
             if m == "image" and self.pixels is not None:
                 for k, r in enumerate(rows_m):
-                    self.images.append((label, self.pixels[r], self.image_target(y[k : k + 1])[0]))
+                    target = self.image_target(y[k : k + 1])[0]
+                    self.images.append((label, self.pixels[r], target, int(classes[k])))
             out[m] = entry
         return out
 
 
-def _dp_sigma(
-    cfg: Config, privacy: Mapping[str, Any] | None, n_org: int, settings: TrainSettings
-) -> float:
-    """σ of the run's DP-SGD: the configured one, the run's reported one, or the one
-    that reaches ``privacy.epsilon`` over the run's steps at its sampling rate."""
+@dataclass(frozen=True)
+class _DPNoise:
+    """DP-SGD's per-group clip norms and noise multipliers, and where they came from."""
+
+    clip_norms: dict[str, float]
+    noise_multipliers: dict[str, float]
+    source: str
+
+
+def _dp_noise(
+    cfg: Config,
+    privacy: Mapping[str, Any] | None,
+    groups: list[str],
+    org: int,
+    n_org: int,
+    settings: TrainSettings,
+) -> _DPNoise:
+    """The clip norm ``C_g`` and noise multiplier ``σ_g`` of each parameter group: the
+    audited organisation's plan in the run's results (example-level DP-SGD: one σ per
+    group, from the budget's split among modalities), else ``privacy.noise_multiplier``,
+    else the σ that reaches ``privacy.epsilon`` over the run's steps at its sampling rate
+    (a run without DP: "what DP-SGD at this ε would have shown")."""
+    clips = {g: float(cfg.privacy.clip_norms.get(g, cfg.privacy.clip_norm)) for g in groups}
+    info = privacy or {}
+    plans = info.get("plans")
+    plan = plans.get(str(org)) if isinstance(plans, dict) else None
+    sigmas = plan.get("noise_multipliers") if isinstance(plan, dict) else None
+    if isinstance(sigmas, dict) and set(groups) <= set(sigmas):
+        ran = info.get("clip_norms")
+        if isinstance(ran, dict) and set(groups) <= set(ran):
+            clips = {g: float(ran[g]) for g in groups}
+        return _DPNoise(clips, {g: float(sigmas[g]) for g in groups}, "the run's DP-SGD plan")
     if cfg.privacy.noise_multiplier is not None:
-        return float(cfg.privacy.noise_multiplier)
-    nm = (privacy or {}).get("noise_multiplier")
-    if isinstance(nm, int | float):
-        return float(nm)
+        sigma = float(cfg.privacy.noise_multiplier)
+        return _DPNoise(clips, dict.fromkeys(groups, sigma), "privacy.noise_multiplier")
     from umbra.privacy.budget import calibrate_noise_multiplier
 
-    return calibrate_noise_multiplier(
+    sigma = calibrate_noise_multiplier(
         epsilon=cfg.privacy.epsilon,
         delta=cfg.privacy.delta,
         sample_rate=min(1.0, settings.batch_size / max(n_org, 1)),
         steps=cfg.federation.rounds * settings.steps(n_org),
         accountant=cfg.privacy.accountant,
     )
+    return _DPNoise(
+        clips,
+        dict.fromkeys(groups, sigma),
+        f"calibrated to privacy.epsilon = {cfg.privacy.epsilon}",
+    )
+
+
+def _dp_update(
+    grads: Mapping[str, Tensor], groups: Mapping[str, list[str]], dp: _DPNoise
+) -> dict[str, Tensor]:
+    """One record's gradient as DP-SGD releases it: each group clipped to ``C_g``, plus
+    Gaussian noise of std ``σ_g·C_g`` per coordinate from ``SecureRandom``."""
+    from umbra.privacy.randomness import SecureRandom
+
+    noise = SecureRandom()
+    out: dict[str, Tensor] = {}
+    for g, names in groups.items():
+        clip, sigma = dp.clip_norms[g], dp.noise_multipliers[g]
+        norm = float(np.sqrt(sum(float((grads[k] ** 2).sum()) for k in names)))
+        scale = min(1.0, clip / max(norm, 1e-12))
+        for k in names:
+            drawn = noise.normal(tuple(grads[k].shape), std=sigma * clip)
+            out[k] = grads[k] * scale + torch.from_numpy(np.asarray(drawn)).float()
+    return out
 
 
 def _analytic(
@@ -314,6 +386,7 @@ def reconstruction_audit(
         return prep.train.subset(prep.parts[c][local]).with_mask(prep.masks[c][local])
 
     pixels, value_range = None, (0.0, 1.0)
+    prior: _Prior | None = None
     if (
         "image" in fixed
         and len(fixed["image"].prefix) > 0
@@ -321,12 +394,21 @@ def reconstruction_audit(
         and cfg.data.image_features == "scattering"
         and cfg.data.source != "manifest"
     ):
+        from umbra.data.scattering import scattering_features
         from umbra.run.prepare import DATA_SOURCES
 
-        pixels = np.asarray(DATA_SOURCES[cfg.data.source](cfg)[0].features["image"])
+        train, test = DATA_SOURCES[cfg.data.source](cfg)
+        train_px, test_px = (np.asarray(d.features["image"]) for d in (train, test))
         # Standardised pixels: the data set's extremes are black and white.
-        value_range = (float(pixels.min()), float(pixels.max()))
-        pixels = (pixels - value_range[0]) / max(value_range[1] - value_range[0], 1e-12)
+        value_range = (float(train_px.min()), float(train_px.max()))
+        span = max(value_range[1] - value_range[0], 1e-12)
+        pixels = (train_px - value_range[0]) / span
+        # The attacker's public prior: the held-out images (no training record among them).
+        prior = _Prior(
+            pixels=np.clip((test_px - value_range[0]) / span, 0.0, 1.0),
+            coefficients=np.asarray(scattering_features(test_px, cfg.data.cache_dir)),
+            labels=np.asarray(test.labels),
+        )
     scorer = _Scorer(model, fixed, prep.train, pixels, value_range)
     seed = int(rng.integers(2**31))
     say(f"reconstruction audit: organisation {org}, {a.reconstruction_batch} of its records")
@@ -377,24 +459,20 @@ def reconstruction_audit(
             "records": len(batch),
             "exact": scorer.score("exact features (ceiling)", exact, batch, idx[pick]),
         }
-    sigma = _dp_sigma(cfg, privacy, len(idx), settings)
-    clip = cfg.privacy.clip_norm
-    norm = float(np.sqrt(sum(float((v**2).sum()) for v in g1.values())))
-    from umbra.privacy.randomness import SecureRandom
-
-    noise = SecureRandom()
-    noisy = {
-        k: v * min(1.0, clip / max(norm, 1e-12))
-        + torch.from_numpy(noise.normal(tuple(v.shape), std=sigma * clip)).float()
-        for k, v in g1.items()
-    }
+    groups = parameter_groups(model)
+    dp = _dp_noise(cfg, privacy, list(groups), org, len(idx), settings)
     views["dp"] = {
         "records": 1,
-        "noise_multiplier": sigma,
-        "clip_norm": clip,
-        "analytic": scorer.score("DP-SGD", _analytic(noisy, fixed, one), one, idx[pick[:1]]),
+        "noise_multiplier": dp.noise_multipliers.get("image", max(dp.noise_multipliers.values())),
+        "clip_norm": dp.clip_norms.get("image", max(dp.clip_norms.values())),
+        "noise_multipliers": dp.noise_multipliers,
+        "clip_norms": dp.clip_norms,
+        "noise_from": dp.source,
+        "analytic": scorer.score(
+            _DP_LABEL, _analytic(_dp_update(g1, groups, dp), fixed, one), one, idx[pick[:1]]
+        ),
     }
-    grid = _images(scorer, views, run_dir, steps=a.reconstruction_steps)
+    grid = _images(scorer, views, run_dir, prior=prior, steps=a.reconstruction_steps)
     return {
         "attacker": ATTACKER,
         "organisation": org,
@@ -411,33 +489,69 @@ _VIEW_OF = {
     "plaintext, batch (matching)": ("batch", "matching"),
     "SecAgg+ sum": ("secagg", "analytic"),
     "exact features (ceiling)": ("inversion_ceiling", "exact"),
-    "DP-SGD": ("dp", "analytic"),
+    _DP_LABEL: ("dp", "analytic"),
 }
 
 
-def _images(scorer: _Scorer, views: dict[str, Any], run_dir: Path, *, steps: int) -> str | None:
-    """Invert the recovered scattering coefficients of every scored image, add median
-    PSNR/SSIM to each view's image entry, draw the grid; its path or None."""
-    if not scorer.images:
+def _images(
+    scorer: _Scorer, views: dict[str, Any], run_dir: Path, *, prior: _Prior | None, steps: int
+) -> str | None:
+    """Invert the recovered scattering coefficients of every scored image (one restart
+    from each of the prior's ``PRIOR_NEIGHBOURS`` nearest images, the restart whose
+    coefficients fit best kept), add median PSNR/SSIM to each view's image entry, draw
+    the grid; its path or None."""
+    if not scorer.images or prior is None:
         return None
-    groups = scorer.fixed["image"].prefix[0]
-    assert isinstance(groups, nn.GroupNorm)
-    originals = np.stack([o for _, o, _ in scorer.images]).astype(np.float64)
-    targets = np.stack([t for _, _, t in scorer.images])
-    recon = invert_scattering(
-        np.nan_to_num(targets),
-        originals.shape[1:],
-        groups=groups.num_groups,
-        value_range=scorer.value_range,
-        steps=steps,
-    )
-    labels = [lab for lab, _, _ in scorer.images]
+    norm = scorer.fixed["image"].prefix[0]
+    assert isinstance(norm, nn.GroupNorm)
+    originals = np.stack([o for _, o, _, _ in scorer.images]).astype(np.float64)
+    targets = np.nan_to_num(np.stack([t for _, _, t, _ in scorer.images]))  # (N, C·81, h, w)
+    # What the label alone gives: the mean public image of the record's class.
+    class_mean = {c: prior.pixels[prior.labels == c].mean(axis=0) for c in np.unique(prior.labels)}
+    n, k = len(targets), min(PRIOR_NEIGHBOURS, len(prior.pixels))
+    near, weights = nearest_prior(targets, prior.coefficients, groups=norm.num_groups, k=k)
+    labels = [lab for lab, _, _, _ in scorer.images]
+    found = np.zeros((n, k, *originals.shape[1:]))  # (N, k, C, H, W)
+    misfit = np.zeros((n, k))
+    # One L-BFGS-B fits its images jointly (a shared line search): the DP view, whose
+    # noise is fresh in every audit, is fitted apart so the other views are reproducible.
+    noisy = [i for i, lab in enumerate(labels) if lab == _DP_LABEL]
+    for part in ([i for i in range(n) if i not in noisy], noisy):
+        if not part:
+            continue
+        inv = invert_scattering(
+            np.repeat(targets[part], k, axis=0),
+            originals.shape[1:],
+            groups=norm.num_groups,
+            init=prior.pixels[near[part].ravel()],
+            weights=weights[part].reshape(len(part) * k, -1),
+            value_range=scorer.value_range,
+            steps=steps,
+        )
+        found[part] = inv.images.reshape(len(part), k, *originals.shape[1:])
+        misfit[part] = inv.misfit.reshape(len(part), k)
+    best = misfit.argmin(axis=1)
+    recon = found[np.arange(n), best]
+    classes = [c for _, _, _, c in scorer.images]
     for lab in dict.fromkeys(labels):
         sel = [i for i, x in enumerate(labels) if x == lab]
         view, how = _VIEW_OF[lab]
         entry = views[view][how]["image"]
         entry["psnr"] = float(np.median([psnr(originals[i], recon[i]) for i in sel]))
         entry["ssim"] = float(np.median([ssim(originals[i], recon[i]) for i in sel]))
+        entry["prior_psnr"] = float(
+            np.median([psnr(originals[i], prior.pixels[near[i, best[i]]]) for i in sel])
+        )
+        entry["class_mean_psnr"] = float(
+            np.median(
+                [
+                    psnr(originals[i], class_mean[classes[i]])
+                    for i in sel
+                    if classes[i] in class_mean
+                ]
+                or [float("nan")]
+            )
+        )
     from umbra.audit.reconstruction_grid import save_grid
 
     save_grid(run_dir / GRID_FILE, originals, recon, labels)
