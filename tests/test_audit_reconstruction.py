@@ -404,3 +404,10 @@ def test_dp_view_uses_each_groups_clip_and_noise_from_the_runs_plan() -> None:
     assert image_norm == pytest.approx(0.5)
     assert torch.allclose(out["a"] / out["a"][0], torch.ones(3))  # direction kept
     assert torch.allclose(out["c"], grads["c"])  # ‖c‖ = 0.14 < 1: untouched
+
+
+def test_grid_has_one_row_per_view_in_order() -> None:
+    from umbra.audit.reconstruction_grid import grid_rows
+
+    labels = ["one", "batch", "batch", "sum", "batch", "dp"]
+    assert grid_rows(labels) == [("one", [0]), ("batch", [1, 2, 4]), ("sum", [3]), ("dp", [5])]
