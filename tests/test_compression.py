@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
 
 from secagg_sim import run_secagg_round
 from umbra.config import load_config
@@ -20,15 +23,13 @@ from umbra.federation.compression import (
     decode_arrays,
     dequantise,
     encode_arrays,
-    kept_count,
     quantise,
-    shared_indices,
-    shared_seed,
     top_indices,
 )
 from umbra.federation.compression_client import compress_reply, load_residual
 from umbra.federation.compression_server import Compression
 from umbra.privacy.controller import CLIENT_GROUP, DP_UNWEIGHTED, dp_config_keys
+from umbra.secure.shared_coordinates import kept_count, shared_indices, shared_seed
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -249,6 +250,11 @@ def test_shared_k_secure_sum_equals_the_plaintext_sum() -> None:
         (["compression.method=topk", "secure.aggregation=secagg+"], "does not fit secure"),
         (["compression.method=q8", "secure.aggregation=ckks"], "does not fit secure"),
         (["compression.method=q4", "privacy.mode=client"], "does not fit privacy.mode"),
+        (["compression.method=shared-k", "secure.aggregation=ckks"], "does not fit secure"),
+        (
+            ["compression.method=shared-k", "secure.aggregation=secagg+", "privacy.mode=client"],
+            "not support differential privacy",
+        ),
         (["compression.fraction=0"], "compression.fraction"),
         (["compression.method=zip"], "compression.method"),
     ],
@@ -267,3 +273,61 @@ def test_cli_refuses_top_k_under_secagg_with_exit_2(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "compression.method = 'topk'" in lines[0]
+
+
+# --- shared-k through the real ClientApp and the SecAgg+ workflow ---------------------
+
+
+def test_shared_k_under_secagg_matches_the_plaintext_round(tmp_path: Path) -> None:
+    """The same round, once in the clear and once under SecAgg+: with shared-k both hand
+    the strategy the same model (up to the ring's quantisation), and the masked vectors
+    carry only the kept coordinates."""
+    from test_secure_flower import N_CLIENTS, TRANSPORTS, FakeGrid, _client_spec, _secure, _strategy
+    from umbra.data.sources.synthetic import make_synthetic
+    from umbra.federation.client_app import make_client_app
+    from umbra.federation.client_data import write_federation_data
+    from umbra.federation.common import from_record
+    from umbra.federation.rounds import PlainTrainRound
+    from umbra.federation.secure_round import SecureTrainRound
+    from umbra.federation.server_app import initial_arrays
+    from umbra.models import ModelSpec
+
+    data = make_synthetic(n=120, num_classes=3, modalities=("image", "audio", "text"), seed=3)
+    parts = [np.arange(i, 120, N_CLIENTS) for i in range(N_CLIENTS)]
+    write_federation_data(
+        tmp_path / "train", data, parts, [np.ones((len(p), 3), bool) for p in parts]
+    )
+    fed = {
+        "root": tmp_path,
+        "model_spec": ModelSpec.from_data(data, hidden=8, embed_dim=8).to_dict(),
+    }
+    x = initial_arrays(fed["model_spec"], seed=1)
+    shared = Compression(method="shared-k", fraction=0.2, run_seed=5)
+
+    def secure_round(compression: Compression) -> tuple[dict[str, np.ndarray], int]:
+        secure = _secure("secagg+")
+        grid = FakeGrid(make_client_app(_client_spec(fed, secure)), N_CLIENTS)
+        transport = TRANSPORTS.get("secagg+").server(secure)
+        out = SecureTrainRound(transport, timeout_s=60.0, compression=compression)(
+            _strategy("fedavg"), cast(Grid, grid), 1, x
+        )
+        assert out.record is not None, out.note
+        return from_record(out.record), out.bytes_up
+
+    plain_spec = _client_spec(fed, _secure("secagg+"))
+    plain_app = make_client_app(replace(plain_spec, transports=()))
+    plain = PlainTrainRound(timeout_s=60.0, compression=shared)(
+        _strategy("fedavg"), cast(Grid, FakeGrid(plain_app, N_CLIENTS)), 1, x
+    )
+    assert plain.record is not None
+    want = from_record(plain.record)
+    got, sparse_bytes = secure_round(shared)
+    _, dense_bytes = secure_round(Compression())
+    moved = 0
+    for k in x:
+        assert np.allclose(got[k], want[k], atol=2e-5), k
+        changed = got[k] != x[k]
+        assert np.count_nonzero(changed) <= kept_count(x[k].size, 0.2)
+        moved += int(np.count_nonzero(changed))
+    assert moved > 0
+    assert sparse_bytes < 0.8 * dense_bytes, (sparse_bytes, dense_bytes)

@@ -598,11 +598,18 @@ class Config(_Section):
                     f"{fed.num_clients}"
                 )
         method = self.compression.method
-        if method != "none" and self.secure.aggregation != "none":
+        shared_under_secagg = method == "shared-k" and self.secure.aggregation == "secagg+"
+        if shared_under_secagg and self.privacy.mode != "none":
+            raise ValueError(
+                "compression.method = 'shared-k' under secure.aggregation = 'secagg+' does "
+                "not support differential privacy yet (the noise plan covers every coordinate)"
+            )
+        if method != "none" and self.secure.aggregation != "none" and not shared_under_secagg:
             raise ValueError(
                 f"compression.method = {method!r} does not fit secure.aggregation = "
                 f"{self.secure.aggregation!r}: masked or encrypted updates are summed "
-                "coordinate by coordinate, which per-client codes and supports break"
+                "coordinate by coordinate, which per-client codes and supports break "
+                "(shared-k fits secagg+)"
             )
         if method in ("q8", "q4") and self.privacy.mode == "client":
             raise ValueError(

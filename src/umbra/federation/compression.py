@@ -17,29 +17,30 @@ Methods (``compression.method``):
   with error feedback (:func:`with_feedback`), which carries what was not sent into the
   next round.
 - ``shared-k``: the same ``fraction`` of coordinates at every client of a round, drawn
-  from a public per-round seed (:func:`shared_indices`); only the float32 values travel.
+  from a public per-round seed
+  (:func:`umbra.secure.shared_coordinates.shared_indices`); only the float32 values travel.
   Sums of such vectors are again such vectors, which is what secure aggregation needs
   (per-client top-k supports cannot be summed under masks).
 
 The quantiser's rounding draws are not privacy-relevant (no DP claim rests on them) and
 come from a numpy generator seeded per (run, round, client); the shared-k coordinates are
-public by design and derive from the run seed and the round (:func:`shared_seed`).
+public by design and derive from the run seed and the round
+(:func:`umbra.secure.shared_coordinates.shared_seed`).
 """
 
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
+from umbra.secure.shared_coordinates import kept_count, shared_indices
+
 __all__ = [
+    "COMPRESS_DENSE",
     "COMPRESS_FEEDBACK",
-    "COMPRESS_FRACTION",
-    "COMPRESS_METHOD",
-    "COMPRESS_SEED",
     "METHODS",
     "Arrays",
     "Codec",
@@ -47,20 +48,17 @@ __all__ = [
     "decode_arrays",
     "dequantise",
     "encode_arrays",
-    "kept_count",
     "quantise",
-    "shared_indices",
-    "shared_seed",
     "top_indices",
     "with_feedback",
 ]
 
 Arrays = dict[str, np.ndarray]
-#: Train-message config keys the server announces and the client reads (both sides).
-COMPRESS_METHOD = "compress-method"
-COMPRESS_FRACTION = "compress-fraction"
+#: Train-message config keys the server announces and the client reads (both sides; the
+#: method, fraction and seed keys are the secure transport's too: `shared_coordinates`).
 COMPRESS_FEEDBACK = "compress-feedback"
-COMPRESS_SEED = "compress-seed"
+#: the secure transport sparsifies: the client replies with dense arrays
+COMPRESS_DENSE = "compress-dense"
 #: Separator between a tensor's name and the part of its code (``enc.w|q``).
 SEP = "|"
 
@@ -153,34 +151,12 @@ def _quant_codec(bits: int) -> Codec:
 # --- sparsification -------------------------------------------------------------------
 
 
-def kept_count(size: int, fraction: float) -> int:
-    """Coordinates a sparsifier keeps of a tensor of ``size``: ``ceil(fraction * size)``,
-    at least 1 (0 for an empty tensor)."""
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    return min(size, max(1, math.ceil(fraction * size))) if size else 0
-
-
 def top_indices(v: np.ndarray, k: int) -> np.ndarray:
     """Sorted flat indices of the ``k`` largest ``|v|`` (ties: numpy's partition order)."""
     flat = np.abs(np.asarray(v).ravel())
     if k >= flat.size:
         return np.arange(flat.size, dtype=np.int32)
     return np.sort(np.argpartition(flat, flat.size - k)[flat.size - k :]).astype(np.int32)
-
-
-def shared_seed(run_seed: int, server_round: int) -> int:
-    """The public seed of a round's ``shared-k`` coordinates: the same at every client and
-    at the server (the coordinates reveal nothing about any update)."""
-    return zlib.crc32(f"shared-k/{run_seed}/{server_round}".encode()) & 0x7FFFFFFF
-
-
-def shared_indices(seed: int, name: str, size: int, fraction: float) -> np.ndarray:
-    """Sorted flat indices ``shared-k`` keeps of tensor ``name`` in the round of ``seed``:
-    ``kept_count(size, fraction)`` coordinates drawn uniformly without replacement."""
-    k = kept_count(size, fraction)
-    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-    return np.sort(rng.choice(size, size=k, replace=False)).astype(np.int32)
 
 
 def _topk_codec(fraction: float) -> Codec:

@@ -23,10 +23,8 @@ import numpy as np
 
 from umbra.federation.common import config_float, config_int
 from umbra.federation.compression import (
+    COMPRESS_DENSE,
     COMPRESS_FEEDBACK,
-    COMPRESS_FRACTION,
-    COMPRESS_METHOD,
-    COMPRESS_SEED,
     Arrays,
     codec,
     decode_arrays,
@@ -34,6 +32,7 @@ from umbra.federation.compression import (
     with_feedback,
 )
 from umbra.privacy.controller import CLIENT_GROUP, DP_UNWEIGHTED, dp_config_keys
+from umbra.secure.shared_coordinates import COMPRESS_FRACTION, COMPRESS_METHOD, COMPRESS_SEED
 
 __all__ = ["compress_reply", "load_residual", "save_residual"]
 
@@ -116,4 +115,10 @@ def compress_reply(
         save_residual(state_dir, server_round, residual)
     else:
         wire, _ = send(delta)
-    return {**wire, **{k: np.asarray(v) for k, v in out.items() if k not in shapes}}
+    rest = {k: np.asarray(v) for k, v in out.items() if k not in shapes}
+    if bool(config.get(COMPRESS_DENSE, False)):
+        # the secure transport cuts the shared coordinates out of x + sent itself
+        sent = decode_arrays(wire, shapes, c, seed=shared, fraction=fraction)
+        base = {k: np.zeros(shapes[k]) if dp else np.asarray(x[k], np.float64) for k in keys}
+        return {**{k: (base[k] + sent[k]).astype(np.asarray(out[k]).dtype) for k in keys}, **rest}
+    return {**wire, **rest}

@@ -17,16 +17,19 @@ from flwr.app import Message
 
 from umbra.federation.common import from_record, metric_int, reply_metrics, to_record
 from umbra.federation.compression import (
+    COMPRESS_DENSE,
     COMPRESS_FEEDBACK,
-    COMPRESS_FRACTION,
-    COMPRESS_METHOD,
-    COMPRESS_SEED,
     METHODS,
     codec,
     decode_arrays,
-    shared_seed,
 )
 from umbra.privacy.controller import DP_UNWEIGHTED
+from umbra.secure.shared_coordinates import (
+    COMPRESS_FRACTION,
+    COMPRESS_METHOD,
+    COMPRESS_SEED,
+    shared_seed,
+)
 
 __all__ = ["Compression"]
 
@@ -56,8 +59,13 @@ class Compression:
     def enabled(self) -> bool:
         return self.method != "none"
 
-    def announce(self, messages: Iterable[Message], server_round: int) -> None:
-        """Write the round's codec into each train message's ``config`` record."""
+    def announce(
+        self, messages: Iterable[Message], server_round: int, *, dense: bool = False
+    ) -> None:
+        """Write the round's codec into each train message's ``config`` record.
+
+        ``dense``: the secure transport sparsifies (``shared-k`` under SecAgg+), so the
+        clients reply with ``x`` + their sent update at full shape instead of codes."""
         if not self.enabled:
             return
         sparse = self.method in ("topk", "shared-k")
@@ -67,6 +75,7 @@ class Compression:
             config[COMPRESS_FRACTION] = float(self.fraction)
             config[COMPRESS_FEEDBACK] = bool(self.error_feedback and sparse)
             config[COMPRESS_SEED] = shared_seed(self.run_seed, server_round)
+            config[COMPRESS_DENSE] = dense
 
     def decode(self, msg: Message, x: Mapping[str, np.ndarray], server_round: int) -> None:
         """Replace ``msg``'s compressed arrays by full ones, in place: ``x + Δ̂`` for the

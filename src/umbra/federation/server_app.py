@@ -309,7 +309,7 @@ def _train_round(spec: ServerSpec, dp: RoundDP | None) -> TrainRound:
     if spec.transport is None:
         return PlainTrainRound(dp=dp, timeout_s=timeout_s, compression=spec.compression)
     transport = spec.transport.server(spec.secure)
-    return SecureTrainRound(transport, dp=dp, timeout_s=timeout_s)
+    return SecureTrainRound(transport, dp=dp, timeout_s=timeout_s, compression=spec.compression)
 
 
 def check_some_round_completed(history: list[RoundReport]) -> None:
