@@ -331,3 +331,19 @@ def test_shared_k_under_secagg_matches_the_plaintext_round(tmp_path: Path) -> No
         moved += int(np.count_nonzero(changed))
     assert moved > 0
     assert sparse_bytes < 0.8 * dense_bytes, (sparse_bytes, dense_bytes)
+
+
+def test_a_reply_whose_codes_do_not_decode_is_refused() -> None:
+    x = _model(0)
+    c = Compression(method="q8", run_seed=3)
+    wire = encode_arrays(x, codec("q8"), rng=np.random.default_rng(0))
+    for bad in (
+        {k: v for k, v in wire.items() if k != "enc.b|q"},  # a tensor missing
+        {**wire, "enc.b|q": wire["enc.b|q"][:-1]},
+    ):  # fmt: skip — a short one
+        msg = Message(RecordDict({"arrays": to_record(bad), "metrics": MetricRecord({"partition-id": 1})}),
+                      dst_node_id=1, message_type="train")  # fmt: skip
+        assert c.decode(msg, x, 1) is False
+    ok = Message(RecordDict({"arrays": to_record(wire), "metrics": MetricRecord({"partition-id": 1})}),
+                 dst_node_id=1, message_type="train")  # fmt: skip
+    assert c.decode(ok, x, 1) is True

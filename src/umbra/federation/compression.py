@@ -42,6 +42,7 @@ __all__ = [
     "COMPRESS_DENSE",
     "COMPRESS_FEEDBACK",
     "METHODS",
+    "SEP",
     "Arrays",
     "Codec",
     "codec",

@@ -9,6 +9,7 @@ public, the same for every client of a round, and recomputed here to decode.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from umbra.federation.compression import (
     COMPRESS_DENSE,
     COMPRESS_FEEDBACK,
     METHODS,
+    SEP,
     codec,
     decode_arrays,
 )
@@ -32,6 +34,8 @@ from umbra.secure.shared_coordinates import (
 )
 
 __all__ = ["Compression"]
+
+log = logging.getLogger("umbra")
 
 
 @dataclass(frozen=True)
@@ -77,26 +81,34 @@ class Compression:
             config[COMPRESS_SEED] = shared_seed(self.run_seed, server_round)
             config[COMPRESS_DENSE] = dense
 
-    def decode(self, msg: Message, x: Mapping[str, np.ndarray], server_round: int) -> None:
+    def decode(self, msg: Message, x: Mapping[str, np.ndarray], server_round: int) -> bool:
         """Replace ``msg``'s compressed arrays by full ones, in place: ``x + Δ̂`` for the
         model keys (``Δ̂`` itself for a DP update, which is a delta), in ``x``'s key order
-        (strategies pair arrays by position), then the uncompressed rest (``cv.``)."""
+        (strategies pair arrays by position), then the uncompressed rest (``cv.``).
+
+        Returns False (and logs the client's partition) for a reply whose codes do not
+        decode to ``x``'s shapes; True otherwise (and always without compression)."""
         if not self.enabled:
-            return
+            return True
         wire = from_record(msg.content.array_records["arrays"])
         dp = metric_int(reply_metrics(msg), DP_UNWEIGHTED, 0) == 1
         shapes = {k: tuple(np.shape(v)) for k, v in x.items()}
-        delta = decode_arrays(
-            {k: v for k, v in wire.items() if "|" in k},
-            shapes,
-            codec(self.method, self.fraction),
-            seed=shared_seed(self.run_seed, server_round),
-            fraction=self.fraction,
-        )
+        try:
+            delta = decode_arrays(
+                {k: v for k, v in wire.items() if SEP in k},
+                shapes,
+                codec(self.method, self.fraction),
+                seed=shared_seed(self.run_seed, server_round),
+                fraction=self.fraction,
+            )
+        except (ValueError, IndexError, KeyError) as err:
+            log.warning("round %d: a compressed reply does not decode: %s", server_round, err)
+            return False
         dtype = {k: np.asarray(v).dtype for k, v in x.items()}
         full = {
             k: (d if dp else np.asarray(x[k], dtype=np.float64) + d).astype(dtype[k])
             for k, d in delta.items()
         }
-        full.update({k: v for k, v in wire.items() if "|" not in k})
+        full.update({k: v for k, v in wire.items() if SEP not in k})
         msg.content.array_records["arrays"] = to_record(full)
+        return True

@@ -121,8 +121,9 @@ class PlainTrainRound:
             }
             for m in ok
         }
-        for m in ok:  # compression: full arrays again, after the bytes were counted
-            self.compression.decode(m, arrays, rnd)
+        # compression: full arrays again, after the bytes were counted; a reply whose codes
+        # do not decode counts as no reply
+        ok = [m for m in ok if self.compression.decode(m, arrays, rnd)]
         if dp is not None and client_dp:
             summed = {k: np.zeros_like(v, dtype=np.float64) for k, v in arrays.items()}
             for m in ok:
