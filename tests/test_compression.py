@@ -118,6 +118,11 @@ def test_shared_coordinates_are_the_same_for_everyone_and_change_per_round() -> 
     assert not np.array_equal(a, shared_indices(s2, "enc.w", 1000, 0.1))
     assert not np.array_equal(a, shared_indices(s1, "enc.b", 1000, 0.1))
     assert shared_seed(7, 1) != shared_seed(8, 1)
+    # ten rounds of 10 % cover every coordinate exactly once
+    rounds = np.concatenate(
+        [shared_indices(shared_seed(7, r), "enc.w", 1000, 0.1) for r in range(3, 13)]
+    )
+    assert np.array_equal(np.sort(rounds), np.arange(1000))
 
 
 # --- error feedback and the client's reply --------------------------------------------

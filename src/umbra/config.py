@@ -478,7 +478,8 @@ class CompressionConfig(_Section):
         "none",
         description="none; q8/q4: unbiased stochastic quantisation of the update to 8/4 "
         "bits; topk: the largest coordinates (plaintext rounds); shared-k: the same "
-        "coordinates at every client, drawn from a public per-round seed (fits SecAgg+)",
+        "coordinates at every client, a public block per round from the run seed (fits "
+        "SecAgg+)",
     )
     fraction: float = Field(
         0.1, gt=0, le=1, description="topk, shared-k: share of each tensor's coordinates sent"

@@ -16,8 +16,9 @@ Methods (``compression.method``):
   2018, https://arxiv.org/abs/1809.07599), sent as int32 indices + float32 values; meant
   with error feedback (:func:`with_feedback`), which carries what was not sent into the
   next round.
-- ``shared-k``: the same ``fraction`` of coordinates at every client of a round, drawn
-  from a public per-round seed
+- ``shared-k``: the same ``fraction`` of coordinates at every client of a round: the
+  round's block of a random permutation fixed by the run seed, so that every coordinate
+  is sent once every ``1/fraction`` rounds
   (:func:`umbra.secure.shared_coordinates.shared_indices`); only the float32 values travel.
   Sums of such vectors are again such vectors, which is what secure aggregation needs
   (per-client top-k supports cannot be summed under masks).

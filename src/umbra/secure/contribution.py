@@ -36,7 +36,7 @@ summed clients`` to ``x``; the counts are still summed, the training losses are 
 
 Shared-coordinate sparsification (``compression.method = "shared-k"``): when the round's
 config names it, every client keeps the same public coordinates of each model array
-(:mod:`umbra.secure.shared_coordinates`, drawn from the round's public seed),
+(:mod:`umbra.secure.shared_coordinates`, public: from the run seed and the round),
 (`round_coordinates` of the round's config), so only those are weighted, quantised, masked and sent (:func:`shared_sparsify`,
 :func:`shared_shapes`), and the server scatters the sums back (:func:`shared_densify`):
 the unsent coordinates sum to zero and keep ``x``. ``cv.`` keys and metrics stay dense.

@@ -44,18 +44,30 @@ def kept_count(size: int, fraction: float) -> int:
     return min(size, max(1, math.ceil(fraction * size))) if size else 0
 
 
+#: low bits of a round's coordinate key that hold the round (the rest: the run's key)
+_ROUND_BITS = 24
+
+
 def shared_seed(run_seed: int, server_round: int) -> int:
-    """The public seed of a round's ``shared-k`` coordinates: the same at every client and
-    at the server (the coordinates reveal nothing about any update)."""
-    return zlib.crc32(f"shared-k/{run_seed}/{server_round}".encode()) & 0x7FFFFFFF
+    """The public key of a round's ``shared-k`` coordinates, the same at every client and
+    at the server: the run's permutation key (from ``run_seed``) in the high bits, the
+    round in the low 24 (the coordinates reveal nothing about any update)."""
+    run_key = zlib.crc32(f"shared-k/{run_seed}".encode()) & 0x7FFFFFFF
+    return (run_key << _ROUND_BITS) | (server_round % (1 << _ROUND_BITS))
 
 
 def shared_indices(seed: int, name: str, size: int, fraction: float) -> np.ndarray:
-    """Sorted flat indices ``shared-k`` keeps of tensor ``name`` in the round of ``seed``:
-    ``kept_count(size, fraction)`` coordinates drawn uniformly without replacement."""
+    """Sorted flat indices ``shared-k`` keeps of tensor ``name`` in the round of ``seed``
+    (:func:`shared_seed`): ``kept_count(size, fraction)`` coordinates, the round's block
+    of a random permutation of the tensor that is fixed for the run. Cycling through
+    the blocks sends every coordinate once every ``size / k`` rounds (uniform draws
+    would leave some unsent for many rounds, their error-feedback residual growing stale).
+    """
     k = kept_count(size, fraction)
-    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-    return np.sort(rng.choice(size, size=k, replace=False)).astype(np.int32)
+    run_key, rnd = seed >> _ROUND_BITS, seed & ((1 << _ROUND_BITS) - 1)
+    perm = np.random.default_rng([run_key, zlib.crc32(name.encode())]).permutation(size)
+    start = (rnd * k) % size if size else 0
+    return np.sort(perm[(start + np.arange(k)) % max(size, 1)]).astype(np.int32)
 
 
 def round_coordinates(config: Mapping[str, Any]) -> tuple[int, float] | None:
