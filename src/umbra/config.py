@@ -24,6 +24,7 @@ __all__ = [
     "MANIFEST_ENCODERS",
     "AttackConfig",
     "AuditConfig",
+    "CompressionConfig",
     "Config",
     "DataConfig",
     "FederationConfig",
@@ -474,6 +475,26 @@ class AttackConfig(_Section):
         return self
 
 
+class CompressionConfig(_Section):
+    """What each client's update is compressed to on the wire (docs/compression.md)."""
+
+    method: Literal["none", "q8", "q4", "topk", "shared-k"] = Field(
+        "none",
+        description="none; q8/q4: unbiased stochastic quantisation of the update to 8/4 "
+        "bits; topk: the largest coordinates (plaintext rounds); shared-k: the same "
+        "coordinates at every client, a public block per round from the run seed (fits "
+        "SecAgg+)",
+    )
+    fraction: float = Field(
+        0.1, gt=0, le=1, description="topk, shared-k: share of each tensor's coordinates sent"
+    )
+    error_feedback: bool = Field(
+        True,
+        description="topk, shared-k: each client adds what it did not send to its next "
+        "update (a residual kept in its own state folder)",
+    )
+
+
 class RunConfig(_Section):
     seed: int = Field(0, ge=0, description="seed for data, partition, initialisation and training")
     eval_every: int = Field(1, ge=1, description="evaluate the global model every k rounds")
@@ -496,6 +517,7 @@ class Config(_Section):
     secure: SecureConfig = Field(default_factory=SecureConfig)  # type: ignore[arg-type]
     audit: AuditConfig = Field(default_factory=AuditConfig)  # type: ignore[arg-type]
     attack: AttackConfig = Field(default_factory=AttackConfig)  # type: ignore[arg-type]
+    compression: CompressionConfig = Field(default_factory=CompressionConfig)  # type: ignore[arg-type]
     run: RunConfig = Field(default_factory=RunConfig)  # type: ignore[arg-type]
 
     @model_validator(mode="after")
@@ -580,6 +602,28 @@ class Config(_Section):
                     f"attack.clients names client {pid}, but federation.num_clients = "
                     f"{fed.num_clients}"
                 )
+        method = self.compression.method
+        shared_under_secagg = method == "shared-k" and self.secure.aggregation == "secagg+"
+        if shared_under_secagg and self.privacy.mode != "none":
+            raise ValueError(
+                "compression.method = 'shared-k' under secure.aggregation = 'secagg+' does "
+                "not support differential privacy yet (the noise plan covers every coordinate)"
+            )
+        if method != "none" and self.secure.aggregation != "none" and not shared_under_secagg:
+            raise ValueError(
+                f"compression.method = {method!r} does not fit secure.aggregation = "
+                f"{self.secure.aggregation!r}: masked or encrypted updates are summed "
+                "coordinate by coordinate, which per-client codes and supports break "
+                "(shared-k fits secagg+)"
+            )
+        if method in ("q8", "q4") and self.privacy.mode == "client":
+            raise ValueError(
+                f"compression.method = {method!r} does not fit privacy.mode = 'client': "
+                "quantisation can push a clipped update past its clip norm; use topk or "
+                "shared-k"
+            )
+        if method != "none" and self.federation.mode == "centralized":
+            raise ValueError("compression needs federation.mode = 'federated'")
         for c in self.data.absent:
             if int(c) >= self.federation.num_clients:
                 raise ValueError(

@@ -44,6 +44,7 @@ from umbra.federation.common import (
     from_record,
     to_record,
 )
+from umbra.federation.compression_client import compress_reply
 from umbra.federation.train import (
     TrainSettings,
     get_arrays,
@@ -244,6 +245,9 @@ def train_reply(spec: ClientSpec, msg: Message, context: Context) -> Message:
         _save_control(state_dir, server_round, new_c_i)
         out.update({CONTROL_PREFIX + k: new_c_i[k] - c_i[k] for k in new_c_i})
     out, metrics = policy.reply(x, y, out, metrics)
+    # compression (compression.*): the codes of the update as the round announced them
+    out = compress_reply(config, x, out, metrics, state_dir=state_dir,
+                         server_round=server_round, seed=seed)  # fmt: skip
     reply_metrics = _reply_metrics(spec, client, data, metrics)
     content = RecordDict({"arrays": to_record(out), "metrics": MetricRecord(reply_metrics)})
     return Message(content=content, reply_to=msg)

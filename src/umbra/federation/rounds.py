@@ -31,6 +31,7 @@ from umbra.federation.common import (
     send_and_receive,
     to_record,
 )
+from umbra.federation.compression_server import Compression
 from umbra.federation.strategies import ModalityFedAvg
 from umbra.federation.strategies.modality import strip_prefix
 from umbra.models import parameter_modality
@@ -81,7 +82,13 @@ class PlainTrainRound:
     noised (`RoundDP.finish`) and handed to the strategy as one averaged model.
     """
 
-    def __init__(self, *, dp: RoundDP | None = None, timeout_s: float = 600.0) -> None:
+    def __init__(
+        self,
+        *,
+        dp: RoundDP | None = None,
+        timeout_s: float = 600.0,
+        compression: Compression | None = None,
+    ) -> None:
         if dp is not None and dp.distributed_example:
             raise UmbraError(
                 "example-level DP with distributed noise needs secure aggregation: in the "
@@ -89,6 +96,7 @@ class PlainTrainRound:
             )
         self.dp = dp
         self.timeout_s = timeout_s
+        self.compression = compression or Compression()
 
     def __call__(
         self, strategy: ModalityFedAvg, grid: Grid, rnd: int, arrays: dict[str, np.ndarray]
@@ -96,6 +104,7 @@ class PlainTrainRound:
         dp = self.dp
         client_dp = dp is not None and dp.client_level
         messages = train_messages(strategy, grid, rnd, arrays, dp)
+        self.compression.announce(messages, rnd)  # compression: the round's codec
         down = {m.metadata.dst_node_id: message_bytes([m]) for m in messages}
         replies = send_and_receive(grid, messages, timeout=self.timeout_s) if messages else []
         ok = [m for m in replies if not m.has_error()]
@@ -112,6 +121,9 @@ class PlainTrainRound:
             }
             for m in ok
         }
+        # compression: full arrays again, after the bytes were counted; a reply whose codes
+        # do not decode counts as no reply
+        ok = [m for m in ok if self.compression.decode(m, arrays, rnd)]
         if dp is not None and client_dp:
             summed = {k: np.zeros_like(v, dtype=np.float64) for k, v in arrays.items()}
             for m in ok:

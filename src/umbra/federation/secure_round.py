@@ -20,6 +20,7 @@ from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp import Grid
 
 from umbra.federation.common import RoundOutcome, SecureAggregator, SecureRound, SecureSum
+from umbra.federation.compression_server import Compression
 from umbra.federation.rounds import strategy_step, train_messages
 from umbra.federation.strategies import ModalityFedAvg
 from umbra.privacy.round_dp import RoundDP
@@ -28,7 +29,9 @@ from umbra.secure.contribution import (
     combine_sums,
     dp_sums,
     next_weight_scale,
+    shared_densify,
 )
+from umbra.secure.shared_coordinates import round_coordinates
 
 __all__ = ["SecureTrainRound"]
 
@@ -43,17 +46,26 @@ class SecureTrainRound:
     """
 
     def __init__(
-        self, transport: SecureAggregator, *, dp: RoundDP | None = None, timeout_s: float = 600.0
+        self,
+        transport: SecureAggregator,
+        *,
+        dp: RoundDP | None = None,
+        timeout_s: float = 600.0,
+        compression: Compression | None = None,
     ) -> None:
         self.transport = transport
         self.dp = dp
         self.timeout_s = timeout_s
+        self.compression = compression or Compression()
         self.weight_scale = DEFAULT_WEIGHT_SCALE
 
     def __call__(
         self, strategy: ModalityFedAvg, grid: Grid, rnd: int, arrays: dict[str, np.ndarray]
     ) -> RoundOutcome:
         messages = train_messages(strategy, grid, rnd, arrays, self.dp)
+        # compression "shared-k": the clients send dense updates, the transport the kept
+        # coordinates only (umbra.secure.contribution.shared_sparsify)
+        self.compression.announce(messages, rnd, dense=True)
         if not messages:
             return _outcome(SecureSum({}, {}, clients=0, note="no client sampled"), ())
         sampled = tuple(sorted(m.metadata.dst_node_id for m in messages))
@@ -70,8 +82,12 @@ class SecureTrainRound:
         if total.aborted:
             return _outcome(total, sampled)
         try:
+            shared = round_coordinates(messages[0].content.config_records["config"])
+            float_sums = shared_densify(
+                total.float_sums, {k: v.shape for k, v in arrays.items()}, shared
+            )
             averaged, metrics = combine_sums(
-                total.float_sums,
+                float_sums,
                 total.int_sums,
                 arrays,
                 key_modality=strategy.key_modality,

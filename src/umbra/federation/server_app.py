@@ -36,6 +36,7 @@ from umbra.federation.common import (
     reply_metrics,
     send_and_receive,
 )
+from umbra.federation.compression_server import Compression
 from umbra.federation.rounds import PlainTrainRound, TrainRound
 from umbra.federation.secure_round import SecureTrainRound
 from umbra.federation.strategies import ModalityFedAvg, build_strategy
@@ -97,6 +98,8 @@ class ServerSpec:
     secure: SecureSettings = field(default_factory=SecureSettings)
     transport: SecureTransport | None = None
     node_timeout_s: float = 600.0
+    #: update compression (compression.*; none by default)
+    compression: Compression = field(default_factory=Compression)
     on_round: Callable[[RoundReport], None] | None = None
     on_finish: Callable[[RunResult], None] | None = None
 
@@ -124,6 +127,12 @@ class ServerSpec:
             privacy=cfg.privacy if cfg.privacy.mode != "none" else None,
             secure=secure,
             transport=transport,
+            compression=Compression(
+                method=cfg.compression.method,
+                fraction=cfg.compression.fraction,
+                error_feedback=cfg.compression.error_feedback,
+                run_seed=cfg.run.seed,
+            ),
             on_round=on_round,
             on_finish=on_finish,
         )
@@ -298,9 +307,9 @@ def _train_round(spec: ServerSpec, dp: RoundDP | None) -> TrainRound:
     """The run's round: plaintext, or the secure skeleton over the spec's transport."""
     timeout_s = spec.federation.reply_timeout_s
     if spec.transport is None:
-        return PlainTrainRound(dp=dp, timeout_s=timeout_s)
+        return PlainTrainRound(dp=dp, timeout_s=timeout_s, compression=spec.compression)
     transport = spec.transport.server(spec.secure)
-    return SecureTrainRound(transport, dp=dp, timeout_s=timeout_s)
+    return SecureTrainRound(transport, dp=dp, timeout_s=timeout_s, compression=spec.compression)
 
 
 def check_some_round_completed(history: list[RoundReport]) -> None:

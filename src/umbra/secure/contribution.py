@@ -33,6 +33,13 @@ quantisation (:func:`integer_noise_for`, the distributed discrete Gaussian). The
 contributed as sent with weight 1 (a uniform sum), and the server adds ``sum / number of
 summed clients`` to ``x``; the counts are still summed, the training losses are not sent
 (they are not differentially private). A round mixing both kinds aborts.
+
+Shared-coordinate sparsification (``compression.method = "shared-k"``): when the round's
+config names it, every client keeps the same public coordinates of each model array
+(:mod:`umbra.secure.shared_coordinates`, public: from the run seed and the round),
+(`round_coordinates` of the round's config), so only those are weighted, quantised, masked and sent (:func:`shared_sparsify`,
+:func:`shared_shapes`), and the server scatters the sums back (:func:`shared_densify`):
+the unsent coordinates sum to zero and keep ``x``. ``cv.`` keys and metrics stay dense.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ from umbra.privacy.controller import (
     dp_sensitivity_key,
 )
 from umbra.privacy.ddg import IntegerNoise, plan_integer_noise
+from umbra.secure.shared_coordinates import kept_count, shared_indices
 
 __all__ = [
     "CONTROL_PREFIX",
@@ -74,6 +82,9 @@ __all__ = [
     "make_contribution",
     "next_weight_scale",
     "payload_template",
+    "shared_densify",
+    "shared_shapes",
+    "shared_sparsify",
 ]
 
 #: Weight groups, in the order of the integer count vectors.
@@ -340,3 +351,54 @@ def dp_sums(
     round from these (noise top-up, fixed ``qN`` divisor) on the server's privacy side."""
     rho = dp_range_of(int_sums)
     return {k: np.asarray(float_sums[k], dtype=np.float64) * rho for k in keys}
+
+
+def _sparse_key(key: str) -> bool:
+    return not key.startswith((CONTROL_PREFIX, _METRIC_PREFIX))
+
+
+def shared_shapes(
+    shapes: Mapping[str, tuple[int, ...]], shared: tuple[int, float] | None
+) -> dict[str, tuple[int, ...]]:
+    """The payload shapes once model arrays keep only their shared coordinates."""
+    if shared is None:
+        return dict(shapes)
+    _, fraction = shared
+    return {
+        k: (kept_count(int(np.prod(s)), fraction),) if _sparse_key(k) else tuple(s)
+        for k, s in shapes.items()
+    }
+
+
+def shared_sparsify(contribution: Contribution, shared: tuple[int, float] | None) -> Contribution:
+    """``contribution`` with each model array cut to its shared coordinates (a flat vector)."""
+    if shared is None:
+        return contribution
+    seed, fraction = shared
+    floats = {
+        k: v.ravel()[shared_indices(seed, k, v.size, fraction)] if _sparse_key(k) else v
+        for k, v in contribution.floats.items()
+    }
+    return Contribution(floats=floats, ints=contribution.ints)
+
+
+def shared_densify(
+    float_sums: Mapping[str, np.ndarray],
+    shapes: Mapping[str, tuple[int, ...]],
+    shared: tuple[int, float] | None,
+) -> dict[str, np.ndarray]:
+    """Sums of sparsified contributions back at their coordinates of ``shapes`` (zeros
+    elsewhere), for :func:`combine_sums`."""
+    if shared is None:
+        return dict(float_sums)
+    seed, fraction = shared
+    out: dict[str, np.ndarray] = {}
+    for k, v in float_sums.items():
+        if not _sparse_key(k) or k not in shapes:
+            out[k] = v
+            continue
+        size = int(np.prod(shapes[k]))
+        dense = np.zeros(size, dtype=np.float64)
+        dense[shared_indices(seed, k, size, fraction)] = np.asarray(v).ravel()
+        out[k] = dense.reshape(shapes[k])
+    return out

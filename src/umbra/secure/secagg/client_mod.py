@@ -66,6 +66,8 @@ from umbra.secure.contribution import (
     integer_noise_for,
     make_contribution,
     payload_template,
+    shared_shapes,
+    shared_sparsify,
 )
 from umbra.secure.identity import IdentityError, check_own_key, run_key
 from umbra.secure.secagg import crypto
@@ -85,6 +87,7 @@ from umbra.secure.secagg.constants import (
 )
 from umbra.secure.secagg.errors import ProtocolViolation
 from umbra.secure.secagg.quantize import PayloadLayout, QuantizationSpec
+from umbra.secure.shared_coordinates import round_coordinates
 from umbra.secure.transport import decode_proto, reply_content
 
 __all__ = [
@@ -253,7 +256,9 @@ def masked_contribution_vector(
         weight_scale=config_float(cfg, "weight-scale"),
         dp_range=config_int(cfg, DP_RANGE, 1),
     )
-    shapes = {k: tuple(v.shape) for k, v in incoming.items()}
+    shared = round_coordinates(cfg)  # compression "shared-k": only the public coordinates
+    contribution = shared_sparsify(contribution, shared)
+    shapes = shared_shapes({k: tuple(v.shape) for k, v in incoming.items()}, shared)
     layout = PayloadLayout.from_arrays(
         payload_template(shapes), int_template(), clip=clip, num_clients=num_clients
     )

@@ -41,7 +41,11 @@ import numpy as np
 
 from umbra.federation.common import SecureRound, SecureSettings, SecureSum
 from umbra.privacy.client_dp import shares_needed
-from umbra.secure.contribution import int_template, payload_template
+from umbra.secure.contribution import (
+    int_template,
+    payload_template,
+    shared_shapes,
+)
 from umbra.secure.identity import run_key
 from umbra.secure.secagg.config import SecAggConfig
 from umbra.secure.secagg.constants import (
@@ -59,6 +63,7 @@ from umbra.secure.secagg.constants import (
 from umbra.secure.secagg.errors import SecAggAbort
 from umbra.secure.secagg.quantize import PayloadLayout
 from umbra.secure.secagg.server import SecAggPlusServer
+from umbra.secure.shared_coordinates import round_coordinates
 from umbra.secure.transport import StageExchange
 
 __all__ = [
@@ -120,6 +125,8 @@ class SecAggPlusWorkflow:
             if first is not None
             else {}
         )
+        if first is not None:  # compression "shared-k": the payload holds the kept coordinates
+            shapes = shared_shapes(shapes, round_coordinates(first.config_records["config"]))
         self.clip = float(self.secure.clip_range)
         self.layout = PayloadLayout.from_arrays(
             payload_template(shapes), int_template(), clip=self.clip, num_clients=n
