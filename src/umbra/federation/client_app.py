@@ -33,6 +33,7 @@ from flwr.clientapp import ClientApp
 from umbra.data.dataset import MultimodalData
 from umbra.federation.attacks import AttackSpec, attack_policy
 from umbra.federation.client_data import client_records, load_client_data
+from umbra.federation.client_state import load_round_arrays, save_round_arrays
 from umbra.federation.common import (
     CONTROL_PREFIX,
     ClientActionSpec,
@@ -111,6 +112,8 @@ Metrics = dict[str, int | float | list[int] | list[float]]
 
 #: reply keys that carry no information about the private records (schedule and protocol)
 _PUBLIC_KEYS = ("partition-id", "dp-unweighted")
+#: SCAFFOLD's control variate c_i in the organisation's state folder: scaffold_r<round>.npz
+_CONTROL_STEM = "scaffold_r"
 #: Public per-group DP metrics (sensitivities: functions of the clip norms, the learning rate
 #: and the public record count), read by the secure-aggregation client mods.
 _PUBLIC_PREFIXES = ("dp-sens-",)
@@ -158,25 +161,11 @@ def client_state_dir(spec: ClientSpec, node_config: Any, client: int) -> Path:
 
 def _load_control(state_dir: Path, server_round: int) -> dict[str, np.ndarray] | None:
     """The newest stored SCAFFOLD c_i from a round before ``server_round`` (resume-safe)."""
-    best: tuple[int, Path] | None = None
-    for p in state_dir.glob("scaffold_r*.npz"):
-        r = int(p.stem.split("_r")[1])
-        if r < server_round and (best is None or r > best[0]):
-            best = (r, p)
-    if best is None:
-        return None
-    with np.load(best[1]) as z:
-        return {k: z[k] for k in z.files}
+    return load_round_arrays(state_dir, _CONTROL_STEM, server_round)
 
 
 def _save_control(state_dir: Path, server_round: int, c_i: dict[str, np.ndarray]) -> None:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = state_dir / f".scaffold_r{server_round}.tmp.npz"
-    np.savez(tmp, **c_i)  # type: ignore[arg-type]
-    tmp.replace(state_dir / f"scaffold_r{server_round}.npz")
-    for p in state_dir.glob("scaffold_r*.npz"):  # keep the last two rounds
-        if int(p.stem.split("_r")[1]) < server_round - 1:
-            p.unlink(missing_ok=True)
+    save_round_arrays(state_dir, _CONTROL_STEM, server_round, c_i)
 
 
 def node_records(spec: ClientSpec, client: int) -> tuple[str, int]:

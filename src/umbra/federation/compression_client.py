@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from umbra.federation.client_state import load_round_arrays, save_round_arrays
 from umbra.federation.common import config_float, config_int
 from umbra.federation.compression import (
     COMPRESS_DENSE,
@@ -41,26 +42,12 @@ _RESIDUAL = "compress_residual_r"
 
 def load_residual(state_dir: Path, server_round: int) -> dict[str, np.ndarray] | None:
     """The newest stored residual from a round before ``server_round``, or None."""
-    best: tuple[int, Path] | None = None
-    for p in state_dir.glob(f"{_RESIDUAL}*.npz"):
-        r = int(p.stem[len(_RESIDUAL) :])
-        if r < server_round and (best is None or r > best[0]):
-            best = (r, p)
-    if best is None:
-        return None
-    with np.load(best[1]) as z:
-        return {k: z[k] for k in z.files}
+    return load_round_arrays(state_dir, _RESIDUAL, server_round)
 
 
 def save_residual(state_dir: Path, server_round: int, residual: Mapping[str, np.ndarray]) -> None:
     """Store ``residual`` for the rounds after ``server_round`` (atomic; keeps two rounds)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = state_dir / f".{_RESIDUAL}{server_round}.tmp.npz"
-    np.savez(tmp, allow_pickle=False, **dict(residual))
-    tmp.replace(state_dir / f"{_RESIDUAL}{server_round}.npz")
-    for p in state_dir.glob(f"{_RESIDUAL}*.npz"):
-        if int(p.stem[len(_RESIDUAL) :]) < server_round - 1:
-            p.unlink(missing_ok=True)
+    save_round_arrays(state_dir, _RESIDUAL, server_round, residual)
 
 
 def compress_reply(
