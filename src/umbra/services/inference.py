@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import tenseal as ts
 
-from umbra.services.context import INFERENCE_PARAMS, ServiceParams, load_public_context
+from umbra.services.context import INFERENCE_PARAMS, ServiceParams
 from umbra.services.errors import ServiceError
 from umbra.services.poly_head import FoldedHead
-from umbra.services.protocol import load_fresh
+from umbra.services.protocol import load_request
 from umbra.services.wire import Message, decode, encode
 
 __all__ = ["InferenceServer", "evaluate_head"]
@@ -168,11 +168,7 @@ class InferenceServer:
                 f"request holds {len(msg.blobs) - 1} ciphertexts; {m} modalities x {d} "
                 f"features need {self.num_ciphertexts}"
             )
-        ctx = load_public_context(msg.blobs[0], self.params)
-        cts = [
-            load_fresh(ctx, blob, self.params, f"ciphertext {k}")
-            for k, blob in enumerate(msg.blobs[1:])
-        ]
+        cts = load_request(msg.blobs, self.params, "ciphertext")
         embeddings = [cts[i * d : (i + 1) * d] for i in range(m)]
         logits = evaluate_head(embeddings, self.head, scale_bits=self.params.scale_bits)
         reply = Message(

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import tenseal as ts
 
-from umbra.services.context import ServiceParams
+from umbra.services.context import ServiceParams, load_public_context
 from umbra.services.errors import ServiceError
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "SIMILARITY_PATH",
     "Transport",
     "load_fresh",
+    "load_request",
     "load_result",
 ]
 
@@ -82,3 +83,10 @@ def load_result(ctx: ts.Context, blob: bytes, params: ServiceParams, what: str) 
     if vec.size() != params.slots or len(vec.ciphertext()) != 1:
         raise ServiceError(f"{what} does not hold {params.slots} slots")
     return vec
+
+
+def load_request(blobs: list[bytes], params: ServiceParams, what: str) -> list[ts.CKKSVector]:
+    """A request's ciphertexts: the client's public context in ``blobs[0]``, then one
+    fresh vector per further blob (`load_fresh`, named ``"<what> <k>"``)."""
+    ctx = load_public_context(blobs[0], params)
+    return [load_fresh(ctx, blob, params, f"{what} {k}") for k, blob in enumerate(blobs[1:])]

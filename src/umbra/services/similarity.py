@@ -36,10 +36,9 @@ from umbra.services.context import (
     SIMILARITY_PARAMS,
     ServiceParams,
     context_fingerprint,
-    load_public_context,
 )
 from umbra.services.errors import ServiceError
-from umbra.services.protocol import load_fresh
+from umbra.services.protocol import load_request
 from umbra.services.query_budget import QueryBudget
 from umbra.services.wire import Message, decode, encode
 
@@ -170,11 +169,7 @@ class SimilarityServer:
                 f"query has dimension {got} ({len(msg.blobs) - 1} ciphertexts); the "
                 f"gallery's embeddings have dimension {self.dim}"
             )
-        ctx = load_public_context(msg.blobs[0], self.params)
-        query = [
-            load_fresh(ctx, blob, self.params, f"query ciphertext {j}")
-            for j, blob in enumerate(msg.blobs[1:])
-        ]
+        query = load_request(msg.blobs, self.params, "query ciphertext")
         self.budget.charge(f"key {context_fingerprint(msg.blobs[0])}")
         if peer is not None:
             self.budget.charge(f"address {peer}")
