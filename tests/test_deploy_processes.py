@@ -370,12 +370,21 @@ def test_supernode_argv_through_the_launcher() -> None:
     assert stock[0].endswith("flower-supernode") and stock[1] == "--superlink"
 
 
-def test_supernode_launcher_refuses_a_bad_poll_with_one_line() -> None:
-    done = subprocess.run([sys.executable, "-m", "umbra.deploy.supernode", "--idle-poll-s", "0",
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--idle-poll-s", "0"], "error: idle poll must be > 0 seconds, got 0.0"),
+        (["--wake-port", "0"], "error: --wake-port must be 1-65535, got 0"),
+    ],
+)
+def test_supernode_launcher_refuses_a_bad_option_with_one_line(
+    option: list[str], message: str
+) -> None:
+    done = subprocess.run([sys.executable, "-m", "umbra.deploy.supernode", *option,
                            "--", "--help"], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": "src"})  # fmt: skip
     assert done.returncode == 2
-    assert done.stderr.strip() == "error: idle poll must be > 0 seconds, got 0.0"
+    assert done.stderr.strip() == message
 
 
 def test_clientapp_host_refuses_an_unknown_isolation() -> None:
