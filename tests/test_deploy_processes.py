@@ -243,14 +243,10 @@ def test_warm_clientapps_command_lines(tmp_path: Path, monkeypatch: pytest.Monke
     assert host[:3] == [sys.executable, "-m", "umbra.deploy.clientapp_host"]
     assert host[host.index("--runtime-api-address") + 1] == "127.0.0.1:9200"
     assert host[host.index("--parent-pid") + 1] == "4321"
-    # Flower's own SuperExec parser accepts the poll interval the deployment sets
-    from flwr.supercore.superexec.run_superexec import _get_task_poll_interval
-
-    monkeypatch.setenv(
-        "FLWR_SUPEREXEC_TASK_POLL_INTERVAL",
-        flwr_env(tmp_path, base={})["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"],
+    # the SuperLink's SuperExec keeps Flower's 1 s task poll: it polls the whole run long
+    assert "FLWR_SUPEREXEC_TASK_POLL_INTERVAL" not in flwr_env(
+        tmp_path, base={"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"}
     )
-    assert _get_task_poll_interval() < 1.0  # Flower's default is 1 s
 
 
 def test_fork_executor_runs_each_task_in_a_reaped_child(

@@ -63,9 +63,9 @@ Handler = Callable[[Message, Context], Message]
 
 
 def packed_arrays_mod(msg: Message, context: Context, call_next: Handler) -> Message:
-    """Flower ClientApp mod: unpack the ArrayRecords a deployed ServerApp packed
-    (`umbra.federation.common.pack_message`: one object per record instead of one per
-    array on every hop), and pack the reply's the same way."""
+    """Flower ClientApp mod: unpack the content a deployed ServerApp packed
+    (`umbra.federation.common.pack_message`: one record instead of one object per record,
+    array and chunk on every hop), and pack the reply the same way."""
     packed = unpack_message(msg)
     reply = call_next(msg, context)
     return pack_message(reply) if packed else reply

@@ -82,21 +82,32 @@ def flwr_env(flwr_home: Path, base: Mapping[str, str] | None = None) -> dict[str
     env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
     env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
-    # The SuperLink's SuperExec asks for a ServerApp task every second by default.
-    env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = "0.1"
+    # The SuperLink's SuperExec asks for a ServerApp task every second (Flower's default)
+    # for the whole run: 0.1 s would start the ServerApp at most 0.9 s sooner, once, at the
+    # price of ten HTTPS requests a second to the SuperLink throughout.
+    env.pop("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", None)
     return env
 
 
-def superlink_argv(*, port: int, tls: SuperLinkTLS | None, node_auth: bool) -> list[str]:
+def superlink_argv(
+    *, port: int, tls: SuperLinkTLS | None, node_auth: bool, hold_s: float | None = None
+) -> list[str]:
     """``flower-superlink`` on 127.0.0.1:``port`` (Fleet, Control and Runtime API).
 
     ``tls=None`` starts it without TLS (``--insecure``); node authentication needs TLS,
-    as Flower itself insists.
+    as Flower itself insists. ``hold_s`` starts it through `umbra.deploy.superlink`,
+    whose message pulls wait up to that many seconds for a message (`umbra.deploy.link_wait`);
+    ``None`` runs ``flower-superlink`` itself.
     """
     if node_auth and tls is None:
         raise ValueError("node_auth: SuperNode authentication requires TLS")
+    launcher = (
+        [venv_executable("flower-superlink")]
+        if hold_s is None
+        else [sys.executable, "-m", "umbra.deploy.superlink", "--hold-s", repr(float(hold_s)), "--"]
+    )
     argv = [
-        venv_executable("flower-superlink"),
+        *launcher,
         "--host",
         LOOPBACK,
         "--port",

@@ -58,6 +58,7 @@ from umbra.deploy.commands import (
     venv_executable,
 )
 from umbra.deploy.errors import DeployError
+from umbra.deploy.link_wait import DEFAULT_HOLD_S
 from umbra.deploy.pki import (
     IDENTITY_KEY_NODE_CONFIG,
     ROSTER_NODE_CONFIG,
@@ -112,7 +113,8 @@ class LocalFederation:
     ``warm_clientapps=False`` keeps Flower's own SuperExec on each SuperNode (a new
     ``flwr-clientapp`` process per message: slower, for comparison); ``idle_poll_s``
     is how often an idle SuperNode asks for work (`umbra.deploy.supernode`; ``None``:
-    Flower's own 3 s).
+    Flower's own 3 s); ``hold_s`` is how long the SuperLink holds a pull with nothing to
+    answer (`umbra.deploy.superlink`; ``None``: Flower's own, which answers at once).
     ``node_identities`` makes the SuperNode keys the nodes' protocol identities (see the
     module docstring; ignored when insecure). Timeouts are in seconds.
     """
@@ -131,6 +133,7 @@ class LocalFederation:
         grace_s: float = 5.0,
         warm_clientapps: bool = True,
         idle_poll_s: float | None = DEFAULT_IDLE_POLL_S,
+        hold_s: float | None = DEFAULT_HOLD_S,
     ) -> None:
         if nodes < 1:
             raise ValueError(f"nodes must be >= 1, got {nodes}")
@@ -144,6 +147,7 @@ class LocalFederation:
         self.insecure = insecure
         self.warm_clientapps = warm_clientapps
         self.idle_poll_s = idle_poll_s
+        self.hold_s = hold_s
         self.startup_timeout_s = startup_timeout_s
         self.log_dir = self.out_dir / "logs"
         self.flwr_home = self.out_dir / "flwr_home"
@@ -235,7 +239,9 @@ class LocalFederation:
             self.env = flwr_env(self.flwr_home)
             self.supervisor.start(
                 "superlink",
-                superlink_argv(port=port, tls=self.tls, node_auth=not self.insecure),
+                superlink_argv(
+                    port=port, tls=self.tls, node_auth=not self.insecure, hold_s=self.hold_s
+                ),
                 env=self.env,
             )
             self.supervisor.wait_for_port("superlink", port, timeout_s=self.startup_timeout_s)

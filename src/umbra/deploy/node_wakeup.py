@@ -41,8 +41,9 @@ __all__ = ["FALLBACK_POLL_S", "WAKE_DATAGRAM", "WakeListener", "install_supernod
 #: What the SuperNode sends; anything else arriving on the port is read and ignored.
 WAKE_DATAGRAM = b"umbra: task ready"
 #: How often a host with a wake-up port still asks for a task (a missed datagram, a node
-#: restarted before its host): the wait of Flower's own SuperExec.
-FALLBACK_POLL_S = 1.0
+#: restarted before its host). Flower's own SuperExec asks every 1 s; with wake-ups that
+#: would be 8 of a node's 30-odd Runtime API requests in a deployed `baseline` round.
+FALLBACK_POLL_S = 5.0
 
 _LOOP = "flwr.supernode.start_client_internal"
 _PULL_AND_STORE = "_pull_and_store_message"

@@ -35,6 +35,7 @@ from umbra.apps.server import ERROR_PREFIX
 from umbra.config import Config
 from umbra.deploy.commands import DEFAULT_IDLE_POLL_S
 from umbra.deploy.errors import DeployError
+from umbra.deploy.link_wait import DEFAULT_HOLD_S
 from umbra.deploy.local_federation import LocalFederation
 from umbra.deploy.pki import ServerCredentials, verify_server_credentials
 from umbra.errors import ConfigError, ResumeError
@@ -338,6 +339,7 @@ class DeployedRunner:
                               tls_credentials=self.tls_credentials,
                               warm_clientapps=not self.stock_flower,
                               idle_poll_s=None if self.stock_flower else DEFAULT_IDLE_POLL_S,
+                              hold_s=None if self.stock_flower else DEFAULT_HOLD_S,
                               node_identities=True)  # fmt: skip
         streamer = threading.Thread(target=stream, name="umbra-progress", daemon=True)
         with fed:
