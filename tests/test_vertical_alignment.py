@@ -17,7 +17,7 @@ from umbra.vertical.layout import PartyData, holder_sets, split_parties
 PARTIES = [["image"], ["audio"], ["text"]]
 
 
-def _parties(n: int = 300, shared: float = 0.7) -> tuple[list[PartyData], np.ndarray]:
+def _parties(n: int = 300, shared: float = 0.7) -> tuple[list[PartyData], list[np.ndarray]]:
     data = make_synthetic(n=n, seed=3)
     return split_parties(data, PARTIES, [2], shared=shared, seed=5)
 
@@ -33,7 +33,7 @@ def test_holder_sets_share_and_subsets() -> None:
 
 
 def test_alignment_rows_are_the_same_entities() -> None:
-    parties, held = _parties()
+    parties, sources = _parties()
     a = align(parties, [2])
     holder = parties[2]
     # every aligned entity is one of the label holder's, and who holds it matches the layout
@@ -49,7 +49,11 @@ def test_alignment_rows_are_the_same_entities() -> None:
         # a party's own list is in the canonical order the label holder addresses it by
         assert (a.party_rows[p][a.positions[p][have]] == rows[have]).all()
     # 70 % of all entities are held by everyone; the label holder holds 90 % of them
-    assert a.holders.all(axis=1).sum() == round(0.7 * len(held))
+    assert a.holders.all(axis=1).sum() == round(0.7 * 300)
+    # and the rows behind each party's aligned rows are the label holder's entities
+    for p in range(3):
+        have = a.slots[p] >= 0
+        assert (sources[p][a.slots[p][have]] == sources[2][have]).all()
     assert a.psi_bytes > 0
 
 

@@ -517,7 +517,6 @@ class VerticalConfig(_Section):
     shared: float = Field(
         0.7, ge=0, le=1, description="share of entities held by every party; the rest by subsets"
     )
-    epochs: int = Field(4, ge=1, le=1000, description="passes over the aligned entities")
     secure_sum: bool = Field(
         False,
         description="the label holder receives only the sum of the parties' embeddings "

@@ -127,6 +127,11 @@ def run_experiment(
     t1 = time.perf_counter()
     if runner is None:
         runner = run_centralized if cfg.federation.mode == "centralized" else run_federated
+    # vertical federation (docs/vertical.md): its own runner; its facts join results.json
+    if cfg.federation.layout == "vertical" and runner is run_federated:
+        from umbra.vertical.runner import run_vertical
+
+        runner = run_vertical
     outcome = runner(cfg, run_dir, prep, model_spec, on_round)
     train_s = time.perf_counter() - t1
     if writer is not None:
@@ -134,6 +139,8 @@ def run_experiment(
     model = load_model(model_spec, outcome.arrays)
     results = results_object(cfg, prep, run_dir, outcome, model,
                              data_s=data_s, train_s=train_s, started=t_start)  # fmt: skip
+    if (run_dir / "vertical.json").exists():  # vertical federation: layout, traffic, leakage
+        results["vertical"] = json.loads((run_dir / "vertical.json").read_text(encoding="utf-8"))
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     from umbra.report import render_report
 

@@ -86,10 +86,11 @@ def split_parties(
     *,
     shared: float,
     seed: int,
-) -> tuple[list[PartyData], np.ndarray]:
+) -> tuple[list[PartyData], list[np.ndarray]]:
     """Split ``data`` vertically: each party's rows, features of its modalities and labels.
 
-    Returns the parties and the ``(n, k)`` holder matrix (for tests and the reference run).
+    Returns the parties and, per party, the row of ``data`` behind each of its rows (what
+    the simulation knows and no party does: for the centralized reference and tests).
     A party's rows are in its own shuffled order; ids are shared across parties.
     """
     unknown = sorted({m for mods in parties for m in mods} - set(data.modalities))
@@ -100,8 +101,10 @@ def split_parties(
     ids = entity_ids(len(data), seed)
     rng = np.random.default_rng(seed + 1)
     out = []
+    sources = []
     for p, mods in enumerate(parties):
         rows = rng.permutation(np.flatnonzero(held[:, p]))
+        sources.append(rows)
         own = tuple(m for m in data.modalities if m in mods)
         out.append(
             PartyData(
@@ -112,4 +115,4 @@ def split_parties(
                 labels=data.labels[rows].copy() if p in label_parties else None,
             )
         )
-    return out, held
+    return out, sources
