@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # one simulation run (Ray start-up included): ~1 minute
+pytestmark = pytest.mark.slow  # one simulation run (Ray start-up included): about a minute
 
 
 def test_vertical_run_with_every_protection(tmp_path: Path) -> None:
     out = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "UMBRA_CLIENT_STATE": str(tmp_path / "state")}
-    sets = ["data.n_train=400", "data.n_test=200", "federation.rounds=2",
+    sets = ["data.source=synthetic", "data.n_train=400", "data.n_test=100", "federation.rounds=2",
+            'vertical.parties=[["image"], ["audio", "tabular"], ["text"]]',
             "vertical.secure_sum=true", "vertical.label_dp=randomized-response",
             "vertical.label_epsilon=1.0", "vertical.embedding_noise=2.0"]  # fmt: skip
     args = [a for s in sets for a in ("--set", s)]
@@ -27,7 +28,7 @@ def test_vertical_run_with_every_protection(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
     v = res["vertical"]
-    assert [p["modalities"] for p in v["parties"]] == [["image"], ["audio"], ["text"]]
+    assert [p["modalities"] for p in v["parties"]] == [["image"], ["audio", "tabular"], ["text"]]
     assert v["held_by_all"] == round(0.7 * 400)
     assert v["aligned_entities"] == v["held_by"]["party-2"] == 360
     assert v["secure_sum"] and v["label_dp"]["epsilon"] == 1.0

@@ -112,10 +112,14 @@ def run_experiment(
     prep = prepare_data(cfg)
     data_s = time.perf_counter() - t0
     model_spec = model_spec_for(cfg, prep.train)
-    say(
-        f"{cfg.federation.mode} training: {cfg.federation.num_clients} clients, "
-        f"{cfg.federation.rounds} rounds, strategy {cfg.federation.strategy}"
-    )
+    if cfg.federation.layout == "vertical":  # vertical federation (docs/vertical.md)
+        say(f"vertical training: {len(cfg.vertical.parties)} parties, "
+            f"{cfg.federation.rounds} epochs of split learning")  # fmt: skip
+    else:
+        say(
+            f"{cfg.federation.mode} training: {cfg.federation.num_clients} clients, "
+            f"{cfg.federation.rounds} rounds, strategy {cfg.federation.strategy}"
+        )
     if cfg.privacy.mode != "none":
         say(_privacy_line(cfg))
     writer = None
