@@ -114,8 +114,9 @@ def run_vertical(
         raise UmbraError("a vertical run protects embeddings and labels with vertical.secure_sum, "
                          "vertical.embedding_noise and vertical.label_dp; privacy.mode and "
                          "secure.aggregation must stay 'none'")  # fmt: skip
-    if (run_dir / "checkpoints" / "latest.json").exists():
-        raise UmbraError("a vertical run cannot be resumed; start it again with another --out")
+    if (run_dir / SUMMARY_FILE).exists() or (run_dir / "ledger.jsonl").exists():
+        raise UmbraError(f"{run_dir} already holds a vertical run, which cannot be resumed; "
+                         "start it again with another --out")  # fmt: skip
     init = initial_arrays(model_spec, cfg.run.seed)
     state_root = client_state_root(run_dir) / "vertical"
     shutil.rmtree(state_root, ignore_errors=True)
