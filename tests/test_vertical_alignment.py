@@ -95,18 +95,30 @@ def test_party_without_modality() -> None:
 
 
 @pytest.mark.parametrize(
-    ("override", "needle"),
+    ("overrides", "needle"),
     [
-        ('vertical.parties=[["image"], []]', "vertical.parties[1] holds no modality"),
-        ('vertical.parties=[["image"], ["image", "text"]]', "is at parties 0 and 1"),
-        ("vertical.label_parties=[3]", "label_parties [3] must be distinct party indices"),
+        (['vertical.parties=[["image"], []]'], "vertical.parties[1] holds no modality"),
+        (['vertical.parties=[["image"], ["image", "text"]]'], "is at parties 0 and 1"),
+        (["vertical.label_parties=[3]"], "label_parties [3] must be distinct party indices"),
+        # two parties, no entity held by both: the PSI alignment finds nothing to train
+        (
+            [
+                "data.source=synthetic",
+                "data.n_train=100",
+                'vertical.parties=[["image"], ["text"]]',
+                "vertical.label_parties=[1]",
+                "vertical.shared=0",
+            ],
+            "party-0 shares no entity",
+        ),
     ],
 )
-def test_bad_layout_at_the_cli(override: str, needle: str, tmp_path: Path) -> None:
+def test_bad_layout_at_the_cli(overrides: list[str], needle: str, tmp_path: Path) -> None:
+    sets = [a for o in overrides for a in ("--set", o)]
     proc = subprocess.run(
-        [sys.executable, "-m", "umbra.cli", "run", "--preset", "vertical", "--set", override,
+        [sys.executable, "-m", "umbra.cli", "run", "--preset", "vertical", *sets,
          "--out", str(tmp_path / "r")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
