@@ -87,6 +87,7 @@ def _run(name: str, overrides: list[str], base: Path) -> dict[str, Any]:
         "round_trips_per_epoch": rounds[0]["round_trips"],
         "direction_auc": image.get("direction_auc"),
         "norm_auc": image.get("norm_auc"),
+        "norm_auc_either_sign": image.get("norm_auc_either_sign"),
         "label_dp": v["label_dp"],
         "psi_s": v["psi"]["seconds"],
         "psi_bytes": v["psi"]["bytes"],
@@ -99,22 +100,27 @@ def _run(name: str, overrides: list[str], base: Path) -> dict[str, Any]:
 
 def _table(out: dict[str, Any]) -> str:
     ref = out["reference"]["accuracy"]
-    plain = next(r for r in out["runs"] if r["name"] == "unprotected")
     lines = [
-        "| run | fused acc | vs centralized | s / epoch | bytes / epoch | vs unprotected "
-        "(time, bytes) | direction AUC | norm AUC |",
-        "|---|---:|---:|---:|---:|---|---:|---:|",
+        "| run | fused acc | vs centralized | s / epoch | bytes / epoch | direction AUC "
+        "| norm AUC (either sign) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
         f"| centralized reference ({out['reference']['records']} aligned records) | {ref:.3f} "
-        "| | | | | | |",
+        "| | | | | |",
     ]
     for r in out["runs"]:
-        t = r["seconds_per_epoch"] / plain["seconds_per_epoch"]
-        b = r["bytes_per_epoch"] / plain["bytes_per_epoch"]
         lines.append(
             f"| {r['name']} | {r['accuracy']:.3f} | {r['accuracy'] - ref:+.3f} | "
             f"{r['seconds_per_epoch']:.1f} | {r['bytes_per_epoch'] / 1e6:.2f} MB | "
-            f"{t:.2f}x, {b:.2f}x | {r['direction_auc']:.3f} | {r['norm_auc']:.3f} |"
+            f"{r['direction_auc']:.3f} | {r['norm_auc']:.3f} ({r['norm_auc_either_sign']:.3f}) |"
         )
+    ratio = out["secure_over_plain"]
+    lines.append(
+        "\nSecure sum / unprotected, per pair of runs made one after the other: time per epoch "
+        + ", ".join(f"{x:.2f}x" for x in ratio["seconds_per_epoch"])
+        + "; bytes per epoch "
+        + ", ".join(f"{x:.3f}x" for x in ratio["bytes_per_epoch"])
+        + "."
+    )
     return "\n".join(lines)
 
 
@@ -123,6 +129,7 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=4000)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--label-eps", type=float, nargs="*", default=[1.0, 2.0])
+    ap.add_argument("--pairs", type=int, default=2, help="unprotected / secure-sum run pairs")
     ap.add_argument("--set", action="append", default=[], dest="sets")
     args = ap.parse_args()
     from umbra.config import resolve_config
@@ -132,7 +139,10 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     out: dict[str, Any] = {"reference": _reference(cfg), "runs": []}
     print("reference", out["reference"], flush=True)
-    plans = [("unprotected", []), ("secure sum", ["vertical.secure_sum=true"])]
+    plans: list[tuple[str, list[str]]] = []
+    for i in range(args.pairs):  # alternating, so that both see the same machine load
+        tag = "" if i == 0 else f" (repeat {i})"
+        plans += [("unprotected" + tag, []), ("secure sum" + tag, ["vertical.secure_sum=true"])]
     plans += [(f"label DP ε={e:g}", ["vertical.label_dp=randomized-response",
                                      f"vertical.label_epsilon={e}"]) for e in args.label_eps]  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
@@ -142,9 +152,15 @@ def main() -> None:
             print(json.dumps({k: row[k] for k in ("name", "accuracy", "seconds_per_epoch",
                                                   "bytes_per_epoch", "direction_auc",
                                                   "norm_auc")}), flush=True)  # fmt: skip
+    runs = out["runs"]
+    pairs = [(runs[2 * i], runs[2 * i + 1]) for i in range(args.pairs)]
+    out["secure_over_plain"] = {
+        "seconds_per_epoch": [s["seconds_per_epoch"] / p["seconds_per_epoch"] for p, s in pairs],
+        "bytes_per_epoch": [s["bytes_per_epoch"] / p["bytes_per_epoch"] for p, s in pairs],
+    }
     out["setup"] = {
         "command": "PYTHONPATH=src .venv/bin/python bench/vertical.py " + " ".join(sys.argv[1:]),
-        "n_train": args.n_train, "rounds": args.rounds, "sets": args.sets,
+        "n_train": args.n_train, "rounds": args.rounds, "pairs": args.pairs, "sets": args.sets,
         "cpus": os.cpu_count(), "load_before": load_before, "load_after": os.getloadavg()[0],
         "python": platform.python_version(), "date": datetime.now(UTC).date().isoformat(),
     }  # fmt: skip

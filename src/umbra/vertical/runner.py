@@ -49,12 +49,15 @@ def leakage_audit(setup: VerticalSetup, party: int) -> dict[str, Any]:
     labels = entity_labels(setup, party, pos)
     counts = np.bincount(labels)
     rare = int(np.argmin(np.where(counts > 0, counts, np.iinfo(np.int64).max)))
+    norm = norm_attack_auc(grads, labels, positive=rare)
     return {
         "party": party,
         "records": len(pos),
         "direction_auc": direction_attack_auc(grads, labels),
-        "norm_auc": norm_attack_auc(grads, labels, positive=rare),
+        "norm_auc": norm,
         "norm_positive_class": rare,
+        # an attacker who knows which way the score points takes the better of the two
+        "norm_auc_either_sign": max(norm, 1.0 - norm),
     }
 
 
