@@ -89,6 +89,8 @@ def make_vertical_client_app(spec: VerticalClientSpec) -> ClientApp:
 
     @app.query(P.EXPORT)
     def export(msg: Message, context: Context) -> Message:
-        return _reply(msg, {}, _party(spec, context).export())
+        # from the saved state: whichever worker process ran the last step saved it
+        index = int(context.node_config["partition-id"])
+        return _reply(msg, {}, FeatureParty(spec.parties[index]).export())
 
     return app
