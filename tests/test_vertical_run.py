@@ -38,7 +38,11 @@ def test_vertical_run_with_every_protection(tmp_path: Path) -> None:
     assert all(r["bytes_up"] > 0 and r["bytes_down"] > 0 for r in res["rounds"])
     assert {a["party"] for a in v["label_leakage"]} == {0, 1}
     assert 0.0 <= res["final"]["accuracy"] <= 1.0
-    assert (out / "report.html").exists()
+    # the attacks' AUCs are in the audit object, which the report shows with other attacks
+    leak = res["audit"]["label_leakage"]
+    assert leak["label_dp_epsilon"] == 1.0 and 0.0 <= leak["party-0"]["direction_auc"] <= 1.0
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "audit.label_leakage" in html and "party-0.direction_auc" in html
     # embedding DP: one Gaussian release per party per epoch, replayable from the ledger
     from dp_accounting import dp_event, pld
     from dp_accounting.privacy_accountant import NeighboringRelation

@@ -143,8 +143,10 @@ def run_experiment(
     model = load_model(model_spec, outcome.arrays)
     results = results_object(cfg, prep, run_dir, outcome, model,
                              data_s=data_s, train_s=train_s, started=t_start)  # fmt: skip
-    if (run_dir / "vertical.json").exists():  # vertical federation: layout, traffic, leakage
-        results["vertical"] = json.loads((run_dir / "vertical.json").read_text(encoding="utf-8"))
+    if cfg.federation.layout == "vertical":  # vertical federation: layout, traffic, leakage
+        from umbra.vertical.runner import merge_vertical_results
+
+        merge_vertical_results(results, run_dir)
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     from umbra.report import render_report
 

@@ -35,7 +35,13 @@ from umbra.vertical.leakage import direction_attack_auc, norm_attack_auc
 from umbra.vertical.party import FeatureParty
 from umbra.vertical.trainer import EpochStats
 
-__all__ = ["SUMMARY_FILE", "leakage_audit", "run_vertical", "vertical_summary"]
+__all__ = [
+    "SUMMARY_FILE",
+    "leakage_audit",
+    "merge_vertical_results",
+    "run_vertical",
+    "vertical_summary",
+]
 
 #: The run folder's vertical facts (merged into results.json as ``vertical``).
 SUMMARY_FILE = "vertical.json"
@@ -98,6 +104,24 @@ def vertical_summary(cfg: Config, setup: VerticalSetup, extra: dict[str, Any]) -
         "embedding_dp": embedding_dp,
         **extra,
     }
+
+
+def merge_vertical_results(results: dict[str, Any], run_dir: Path) -> None:
+    """Add ``vertical.json`` to ``results`` as ``vertical``, and the label-leakage attacks'
+    AUCs as ``audit.label_leakage`` (which the report shows with the other attacks)."""
+    path = run_dir / SUMMARY_FILE
+    if not path.exists():
+        return
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    results["vertical"] = summary
+    keys = ("direction_auc", "norm_auc", "norm_auc_either_sign", "records")
+    leakage: dict[str, Any] = {
+        f"party-{a['party']}": {k: a[k] for k in keys if k in a}
+        for a in summary.get("label_leakage", [])
+    }
+    if summary["label_dp"].get("epsilon") is not None:
+        leakage["label_dp_epsilon"] = summary["label_dp"]["epsilon"]
+    results.setdefault("audit", {})["label_leakage"] = leakage
 
 
 def run_vertical(
