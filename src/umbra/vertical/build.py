@@ -83,12 +83,14 @@ def build_vertical(
     alignment = align(parties, v.label_parties)
     work_dir.mkdir(parents=True, exist_ok=True)
     init_file = work_dir / "init.npz"
-    np.savez(init_file, **init)  # type: ignore[arg-type]
+    np.savez(init_file, allow_pickle=False, **init)
     specs = []
     for p, party in enumerate(parties):
         rows = alignment.party_rows[p]
         data_file = work_dir / f"party-{p}.npz"
-        np.savez(data_file, **{m: party.features[m][rows] for m in party.modalities})  # type: ignore[arg-type]
+        np.savez(
+            data_file, allow_pickle=False, **{m: party.features[m][rows] for m in party.modalities}
+        )
         specs.append(
             PartySpec(
                 index=p,
