@@ -30,6 +30,7 @@ def test_vertical_run_with_every_protection(tmp_path: Path) -> None:
     v = res["vertical"]
     assert [p["modalities"] for p in v["parties"]] == [["image"], ["audio", "tabular"], ["text"]]
     assert v["held_by_all"] == round(0.7 * 400)
+    assert [c["records"] for c in res["data"]["clients"]] == [360, 360, 360]
     assert v["aligned_entities"] == v["held_by"]["party-2"] == 360
     assert v["secure_sum"] and v["label_dp"]["epsilon"] == 1.0
     assert v["label_dp"]["epsilon_pld"] == pytest.approx(1.0, abs=1e-3)

@@ -114,6 +114,11 @@ def merge_vertical_results(results: dict[str, Any], run_dir: Path) -> None:
         return
     summary = json.loads(path.read_text(encoding="utf-8"))
     results["vertical"] = summary
+    # the organisations are the parties, not the horizontal partition prepare_data drew
+    results["data"]["clients"] = [
+        {"client": i, "records": p["ids"], "per_modality": dict.fromkeys(p["modalities"], p["ids"])}
+        for i, p in enumerate(summary["parties"])
+    ]
     keys = ("direction_auc", "norm_auc", "norm_auc_either_sign", "records")
     leakage: dict[str, Any] = {
         f"party-{a['party']}": {k: a[k] for k in keys if k in a}
