@@ -33,6 +33,7 @@ __all__ = [
     "ResolvedConfig",
     "RunConfig",
     "SecureConfig",
+    "VerticalConfig",
     "apply_override",
     "available_presets",
     "config_fingerprint",
@@ -196,6 +197,11 @@ class ModelConfig(_Section):
 class FederationConfig(_Section):
     mode: Literal["federated", "centralized"] = Field(
         "federated", description="federated on Flower, or a centralized baseline on pooled data"
+    )
+    layout: Literal["horizontal", "vertical"] = Field(
+        "horizontal",
+        description="horizontal: organisations hold all modalities of their own records; "
+        "vertical: parties hold different modalities of shared entities (section vertical)",
     )
     strategy: Literal["fedavg", "fedavgm", "fedprox", "fedadam", "scaffold"] = Field(
         "fedavg", description="server strategy"
@@ -495,6 +501,79 @@ class CompressionConfig(_Section):
     )
 
 
+class VerticalConfig(_Section):
+    """Vertical federation (federation.layout = 'vertical'; docs/vertical.md): parties hold
+    different modalities of overlapping entities, aligned by PSI, trained by split learning."""
+
+    parties: list[list[str]] = Field(
+        default_factory=lambda: [["image"], ["audio"], ["text"]],
+        description="the modalities each party holds (one list per party; each modality at "
+        "one party)",
+    )
+    label_parties: list[int] = Field(
+        default_factory=lambda: [2],
+        description="indices of the parties holding the labels; the first runs the top model",
+    )
+    shared: float = Field(
+        0.7, ge=0, le=1, description="share of entities held by every party; the rest by subsets"
+    )
+    secure_sum: bool = Field(
+        False,
+        description="the label holder receives only the sum of the parties' embeddings "
+        "(pairwise masks among the feature parties)",
+    )
+    clip: float = Field(
+        64.0, gt=0, description="secure sum: embedding coordinates are clipped to [-clip, clip]"
+    )
+    label_dp: Literal["none", "randomized-response"] = Field(
+        "none",
+        description="label protection: randomised response on the labels before training "
+        "(Ghazi et al. 2021), ε = vertical.label_epsilon",
+    )
+    label_epsilon: float = Field(
+        2.0, gt=0, le=50, description="ε of randomised response on the labels"
+    )
+    embedding_noise: float = Field(
+        0.0,
+        ge=0,
+        description="per-record embedding DP: Gaussian noise multiplier on each party's "
+        "clipped embedding rows (0: off)",
+    )
+    embedding_clip: float = Field(
+        1.0, gt=0, description="embedding DP: L2 bound of one record's embedding row"
+    )
+    attack_records: int = Field(
+        500, ge=10, le=100000, description="gradients a feature party keeps for the leakage audit"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> VerticalConfig:
+        from umbra.data.dataset import MODALITIES
+
+        if len(self.parties) < 2:
+            raise ValueError(f"vertical.parties needs at least 2 parties, got {len(self.parties)}")
+        seen: dict[str, int] = {}
+        for i, mods in enumerate(self.parties):
+            if not mods:
+                raise ValueError(f"vertical.parties[{i}] holds no modality")
+            for m in mods:
+                if m not in MODALITIES:
+                    raise ValueError(
+                        f"vertical.parties[{i}] names {m!r}; known: {list(MODALITIES)}"
+                    )
+                if m in seen:
+                    raise ValueError(f"modality {m!r} is at parties {seen[m]} and {i}; "
+                                     "each modality belongs to one party")  # fmt: skip
+                seen[m] = i
+        if not self.label_parties:
+            raise ValueError("vertical.label_parties is empty: some party must hold the labels")
+        bad = [p for p in self.label_parties if not 0 <= p < len(self.parties)]
+        if bad or len(set(self.label_parties)) != len(self.label_parties):
+            raise ValueError(f"vertical.label_parties {self.label_parties} must be distinct "
+                             f"party indices in [0, {len(self.parties) - 1}]")  # fmt: skip
+        return self
+
+
 class RunConfig(_Section):
     seed: int = Field(0, ge=0, description="seed for data, partition, initialisation and training")
     eval_every: int = Field(1, ge=1, description="evaluate the global model every k rounds")
@@ -518,6 +597,7 @@ class Config(_Section):
     audit: AuditConfig = Field(default_factory=AuditConfig)  # type: ignore[arg-type]
     attack: AttackConfig = Field(default_factory=AttackConfig)  # type: ignore[arg-type]
     compression: CompressionConfig = Field(default_factory=CompressionConfig)  # type: ignore[arg-type]
+    vertical: VerticalConfig = Field(default_factory=VerticalConfig)  # type: ignore[arg-type]
     run: RunConfig = Field(default_factory=RunConfig)  # type: ignore[arg-type]
 
     @model_validator(mode="after")

@@ -112,10 +112,14 @@ def run_experiment(
     prep = prepare_data(cfg)
     data_s = time.perf_counter() - t0
     model_spec = model_spec_for(cfg, prep.train)
-    say(
-        f"{cfg.federation.mode} training: {cfg.federation.num_clients} clients, "
-        f"{cfg.federation.rounds} rounds, strategy {cfg.federation.strategy}"
-    )
+    if cfg.federation.layout == "vertical":  # vertical federation (docs/vertical.md)
+        say(f"vertical training: {len(cfg.vertical.parties)} parties, "
+            f"{cfg.federation.rounds} epochs of split learning")  # fmt: skip
+    else:
+        say(
+            f"{cfg.federation.mode} training: {cfg.federation.num_clients} clients, "
+            f"{cfg.federation.rounds} rounds, strategy {cfg.federation.strategy}"
+        )
     if cfg.privacy.mode != "none":
         say(_privacy_line(cfg))
     writer = None
@@ -127,6 +131,11 @@ def run_experiment(
     t1 = time.perf_counter()
     if runner is None:
         runner = run_centralized if cfg.federation.mode == "centralized" else run_federated
+    # vertical federation (docs/vertical.md): its own runner; its facts join results.json
+    if cfg.federation.layout == "vertical" and runner is run_federated:
+        from umbra.vertical.runner import run_vertical
+
+        runner = run_vertical
     outcome = runner(cfg, run_dir, prep, model_spec, on_round)
     train_s = time.perf_counter() - t1
     if writer is not None:
@@ -134,6 +143,10 @@ def run_experiment(
     model = load_model(model_spec, outcome.arrays)
     results = results_object(cfg, prep, run_dir, outcome, model,
                              data_s=data_s, train_s=train_s, started=t_start)  # fmt: skip
+    if cfg.federation.layout == "vertical":  # vertical federation: layout, traffic, leakage
+        from umbra.vertical.runner import merge_vertical_results
+
+        merge_vertical_results(results, run_dir)
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     from umbra.report import render_report
 

@@ -1,0 +1,242 @@
+"""``umbra run`` for ``federation.layout = 'vertical'``: build, align, train on Flower's
+simulation engine (one ClientApp per party, the label holder's ServerApp), then the
+label-leakage audit; returns the run's :class:`RunResult` and writes ``vertical.json``.
+
+Embedding DP (``vertical.embedding_noise`` > 0) writes one Gaussian release per party per
+epoch to ``ledger.jsonl`` before the epoch runs (each record's embedding row is released
+once per epoch, clipped to ``embedding_clip``; no subsampling amplification is claimed:
+sample rate 1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from umbra.config import Config
+from umbra.errors import UmbraError
+from umbra.federation.checkpoint import atomic_write_text
+from umbra.federation.server_app import RunResult, initial_arrays, load_model
+from umbra.federation.train import Batchable, evaluate
+from umbra.run.folder import client_state_root
+from umbra.run.prepare import PreparedData
+from umbra.run.simulation import RoundCallback
+from umbra.vertical.build import VerticalSetup, build_vertical, entity_labels
+from umbra.vertical.label_dp import keep_probability, rr_epsilon_pld
+from umbra.vertical.leakage import direction_attack_auc, norm_attack_auc
+from umbra.vertical.party import FeatureParty
+from umbra.vertical.trainer import EpochStats
+
+__all__ = [
+    "SUMMARY_FILE",
+    "leakage_audit",
+    "merge_vertical_results",
+    "run_vertical",
+    "vertical_summary",
+]
+
+#: The run folder's vertical facts (merged into results.json as ``vertical``).
+SUMMARY_FILE = "vertical.json"
+
+
+def leakage_audit(setup: VerticalSetup, party: int) -> dict[str, Any]:
+    """Norm and direction attack AUCs on the gradients ``party`` kept (true labels)."""
+    pos, grads = FeatureParty(setup.specs[party]).observed()
+    if len(pos) < 10:
+        return {"party": party, "records": len(pos)}
+    labels = entity_labels(setup, party, pos)
+    counts = np.bincount(labels)
+    rare = int(np.argmin(np.where(counts > 0, counts, np.iinfo(np.int64).max)))
+    norm = norm_attack_auc(grads, labels, positive=rare)
+    return {
+        "party": party,
+        "records": len(pos),
+        "direction_auc": direction_attack_auc(grads, labels),
+        "norm_auc": norm,
+        "norm_positive_class": rare,
+        # an attacker who knows which way the score points takes the better of the two
+        "norm_auc_either_sign": max(norm, 1.0 - norm),
+    }
+
+
+def vertical_summary(cfg: Config, setup: VerticalSetup, extra: dict[str, Any]) -> dict[str, Any]:
+    """Layout, alignment, protection and (from ``extra``) traffic and audit facts."""
+    a, v = setup.alignment, cfg.vertical
+    holders = a.holders
+    label_dp: dict[str, Any] = {"mechanism": v.label_dp}
+    if v.label_dp == "randomized-response":
+        k = setup.holder.num_classes
+        label_dp |= {
+            "epsilon": v.label_epsilon,
+            "epsilon_pld": rr_epsilon_pld(v.label_epsilon, k),
+            "keep_probability": keep_probability(v.label_epsilon, k),
+            "labels_changed": float(np.mean(setup.train_labels != setup.true_labels)),
+        }
+    single = (holders.sum(axis=1) == 2) if cfg.vertical.secure_sum else np.zeros(0, bool)
+    parties = [
+        {"party": p.name, "modalities": list(p.modalities), "ids": len(p),
+         "labels": p.labels is not None}
+        for p in setup.parties
+    ]  # fmt: skip
+    embedding_dp = None
+    if v.embedding_noise > 0:
+        embedding_dp = {"noise_multiplier": v.embedding_noise, "clip": v.embedding_clip}
+    return {
+        "parties": parties,
+        "label_party": a.label_party,
+        "aligned_entities": len(a.entities),
+        "held_by_all": int(holders.all(axis=1).sum()),
+        "held_by": {q.name: int(holders[:, p].sum()) for p, q in enumerate(setup.parties)},
+        "psi": {"seconds": a.psi_s, "bytes": a.psi_bytes},
+        "secure_sum": v.secure_sum,
+        # an entity held by the label holder and one other party: the sum shows that
+        # party's embedding to the label holder (who subtracts its own)
+        "secure_sum_single_contributor": int(single.sum()),
+        "label_dp": label_dp,
+        "embedding_dp": embedding_dp,
+        **extra,
+    }
+
+
+def merge_vertical_results(results: dict[str, Any], run_dir: Path) -> None:
+    """Add ``vertical.json`` to ``results`` as ``vertical``, and the label-leakage attacks'
+    AUCs as ``audit.label_leakage`` (which the report shows with the other attacks)."""
+    path = run_dir / SUMMARY_FILE
+    if not path.exists():
+        return
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    results["vertical"] = summary
+    # the organisations are the parties, not the horizontal partition prepare_data drew
+    results["data"]["clients"] = [
+        {"client": i, "records": p["ids"], "per_modality": dict.fromkeys(p["modalities"], p["ids"])}
+        for i, p in enumerate(summary["parties"])
+    ]
+    keys = ("direction_auc", "norm_auc", "norm_auc_either_sign", "records")
+    leakage: dict[str, Any] = {
+        f"party-{a['party']}": {k: a[k] for k in keys if k in a}
+        for a in summary.get("label_leakage", [])
+    }
+    if summary["label_dp"].get("epsilon") is not None:
+        leakage["label_dp_epsilon"] = summary["label_dp"]["epsilon"]
+    results.setdefault("audit", {})["label_leakage"] = leakage
+
+
+def run_vertical(
+    cfg: Config,
+    run_dir: Path,
+    prep: PreparedData,
+    model_spec: dict[str, Any],
+    on_round: RoundCallback | None,
+) -> RunResult:
+    """Train ``cfg``'s vertical federation on the simulation engine (see the module doc)."""
+    from flwr.simulation import run_simulation
+
+    from umbra.vertical.client_app import VerticalClientSpec, make_vertical_client_app
+    from umbra.vertical.server_app import Traffic, VerticalServerSpec, make_vertical_server_app
+
+    if cfg.privacy.mode != "none" or cfg.secure.aggregation != "none":
+        raise UmbraError("a vertical run protects embeddings and labels with vertical.secure_sum, "
+                         "vertical.embedding_noise and vertical.label_dp; privacy.mode and "
+                         "secure.aggregation must stay 'none'")  # fmt: skip
+    if (run_dir / SUMMARY_FILE).exists() or (run_dir / "ledger.jsonl").exists():
+        raise UmbraError(f"{run_dir} already holds a vertical run, which cannot be resumed; "
+                         "start it again with another --out")  # fmt: skip
+    init = initial_arrays(model_spec, cfg.run.seed)
+    state_root = client_state_root(run_dir) / "vertical"
+    shutil.rmtree(state_root, ignore_errors=True)
+    work = run_dir / ".vertical"
+    setup = build_vertical(cfg, prep.train, model_spec, work_dir=work, state_root=state_root,
+                           init=init)  # fmt: skip
+    ledger = _embedding_ledger(cfg, run_dir)
+    test = Batchable.from_data(prep.test)
+    finished: list[tuple[dict[str, np.ndarray], list[dict[str, Any]]]] = []
+
+    def on_epoch(
+        stats: EpochStats, arrays: dict[str, np.ndarray], traffic: Traffic
+    ) -> dict[str, Any]:
+        model = load_model(model_spec, {**init, **arrays})
+        ev = evaluate(model, test, subsets=[])
+        before = sum(r["bytes_down"] for r in rows), sum(r["bytes_up"] for r in rows)
+        row = {
+            "round": stats.epoch, "clients": len(setup.parties),
+            "bytes_down": traffic.bytes_down - before[0], "bytes_up": traffic.bytes_up - before[1],
+            "round_trips": stats.round_trips, "steps": stats.steps,
+            "train_loss": stats.train_loss, "accuracy": ev["accuracy"],
+            "macro_f1": ev["macro_f1"], "loss": ev["loss"], "wall_s": stats.wall_s,
+        }  # fmt: skip
+        rows.append(row)
+        if on_round is not None:
+            on_round(row)
+        return row
+
+    rows: list[dict[str, Any]] = []
+    spec = VerticalServerSpec(
+        holder=setup.holder, parties=len(setup.parties), epochs=cfg.federation.rounds,
+        secure=cfg.vertical.secure_sum, clip=cfg.vertical.clip,
+        timeout_s=cfg.federation.reply_timeout_s, on_epoch=on_epoch,
+        on_finish=lambda arrays, r: finished.append((arrays, r)),
+        before_epoch=None if ledger is None else (lambda e: ledger(e, setup)),
+    )  # fmt: skip
+    client = make_vertical_client_app(VerticalClientSpec(parties=tuple(setup.specs)))
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    t0 = time.perf_counter()
+    run_simulation(
+        server_app=make_vertical_server_app(spec),
+        client_app=client,
+        num_supernodes=len(setup.parties),
+        backend_config={
+            "client_resources": {"num_cpus": cfg.run.num_cpus, "num_gpus": 0.0},
+            "init_args": {"num_cpus": cfg.run.num_cpus, "include_dashboard": False,
+                          "log_to_driver": False, "logging_level": "error"},
+        },
+    )  # fmt: skip
+    train_s = time.perf_counter() - t0
+    if not finished:
+        raise UmbraError("the vertical federation stopped before finishing (see the log above)")
+    arrays, history = finished[0]
+    audits = [leakage_audit(setup, p) for p in range(len(setup.parties))
+              if p != setup.alignment.label_party]  # fmt: skip
+    extra = {
+        "round_trips": int(sum(r["round_trips"] for r in history)) + (3 if cfg.vertical.secure_sum else 1),
+        "bytes_per_epoch": float(np.mean([r["bytes_up"] + r["bytes_down"] for r in history])),
+        "seconds_per_epoch": float(np.mean([r["wall_s"] for r in history])),
+        "train_s": train_s,
+        "label_leakage": audits,
+    }  # fmt: skip
+    atomic_write_text(
+        run_dir / SUMMARY_FILE, json.dumps(vertical_summary(cfg, setup, extra), indent=2)
+    )
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(state_root, ignore_errors=True)
+    torch.set_grad_enabled(True)
+    return RunResult(arrays={**init, **arrays}, history=history)
+
+
+def _embedding_ledger(cfg: Config, run_dir: Path) -> Any:
+    """``record(epoch, setup)``: each party's embedding release of the epoch, written ahead;
+    None without embedding DP."""
+    v = cfg.vertical
+    if v.embedding_noise <= 0:
+        return None
+    from umbra.privacy.ledger import PrivacyLedger, Release
+
+    ledger = PrivacyLedger(run_dir / "ledger.jsonl", unit="example", delta=cfg.privacy.delta,
+                           accountant=cfg.privacy.accountant)  # fmt: skip
+
+    def record(epoch: int, setup: VerticalSetup) -> None:
+        for party in setup.parties:
+            ledger.record(Release.dpsgd(round=epoch, party=party.name, sample_rate=1.0, steps=1,
+                                        noise_multipliers={"embedding": v.embedding_noise},
+                                        clip_norms={"embedding": v.embedding_clip}))  # fmt: skip
+
+    return record
