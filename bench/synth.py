@@ -36,6 +36,7 @@ from umbra.synth.federated_fit import fit_federated
 from umbra.synth.fidelity import frechet_distance
 from umbra.synth.membership_attack import generator_membership, sample_records
 from umbra.synth.noise_plan import plan_noise
+from umbra.synth.statistics import statistics_groups
 from umbra.synth.tstr import tstr_accuracy
 
 RESULTS = Path(__file__).parent / "results"
@@ -142,11 +143,10 @@ def _image_only(data: Any) -> Any:
 
 def _fit(cfg: Any, train: Any, parts: Any, masks: Any, maps: Any, eps: float) -> Any:
     """The generator of ``train`` at ``eps`` as ``umbra synth`` fits it, and ε replayed."""
-    groups = [f"{m}.{k}" for m in maps for k in ("mean", "cov")] + ["pattern"]
     sig = plan_noise(
         epsilon=eps,
         delta=cfg.privacy.delta,
-        groups=groups,
+        groups=statistics_groups(maps),
         cov_weight=cfg.synth.cov_weight,
         accountant=cfg.privacy.accountant,
     )

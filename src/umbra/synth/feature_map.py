@@ -55,6 +55,8 @@ class FeatureMap:
 
         A record whose features are all zero (a missing modality) maps to ``u = 0``, ρ = 0.
         """
+        if len(x) == 0:
+            return np.zeros((0, self.dim)), np.zeros(0)
         v = torch.as_tensor(np.asarray(x, dtype=np.float32))
         if self.pool is not None:
             v = F.adaptive_avg_pool2d(v, self.pool)  # (N, C, pool, pool)

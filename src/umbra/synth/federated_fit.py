@@ -20,7 +20,12 @@ from umbra.privacy.randomness import SecureRandom
 from umbra.synth.feature_map import FeatureMap
 from umbra.synth.generator import GaussianGenerator
 from umbra.synth.release import noised_statistics
-from umbra.synth.statistics import CLIP_NORMS, SufficientStatistics, clipped_statistics
+from umbra.synth.statistics import (
+    CLIP_NORMS,
+    SufficientStatistics,
+    clipped_statistics,
+    statistics_groups,
+)
 
 __all__ = ["SYNTH_ROUND", "fit_federated"]
 
@@ -50,7 +55,7 @@ def fit_federated(
     total: SufficientStatistics | None = None
     for i, (idx, mask) in enumerate(zip(parts, masks, strict=True)):
         own = train.subset(idx)
-        groups = [f"{m}.{k}" for m in maps for k in ("mean", "cov")] + ["pattern"]
+        groups = statistics_groups(maps)
         ledger.record(
             Release.dpsgd(
                 round=SYNTH_ROUND,

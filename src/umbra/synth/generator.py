@@ -55,12 +55,15 @@ class ModalityModel:
     residual: float
 
     @classmethod
-    def fit(cls, sums: np.ndarray, second: np.ndarray, rank: int) -> ModalityModel:
-        """From noised ``(K, D + 2)`` class sums ``[Σu, n, Σρ]`` and ``(D, D)`` Σ u uᵀ."""
-        d = sums.shape[1] - 2
-        counts = np.maximum(sums[:, d], 1.0)  # (K,)
-        means = sums[:, :d] / counts[:, None]
-        rho = np.clip(sums[:, d + 1] / counts, 0.0, 1.0)
+    def fit(
+        cls, sums: np.ndarray, tallies: np.ndarray, second: np.ndarray, rank: int
+    ) -> ModalityModel:
+        """From noised ``(K, D)`` class sums Σu, ``(K, 2)`` class counts and Σρ, and
+        ``(D, D)`` Σ u uᵀ."""
+        d = sums.shape[1]
+        counts = np.maximum(tallies[:, 0], 1.0)  # (K,)
+        means = sums / counts[:, None]
+        rho = np.clip(tallies[:, 1] / counts, 0.0, 1.0)
         sym = (second + second.T) / 2
         scatter = (sym - (means.T * counts) @ means) / counts.sum()  # (D, D) within-class
         lam, vec = np.linalg.eigh(scatter)
@@ -129,7 +132,9 @@ class GaussianGenerator:
         rank: int,
     ) -> GaussianGenerator:
         """The generator of noised statistics (post-processing: no privacy spent here)."""
-        models = {m: ModalityModel.fit(stats.means[m], stats.covs[m], rank) for m in maps}
+        models = {
+            m: ModalityModel.fit(stats.means[m], stats.counts[m], stats.covs[m], rank) for m in maps
+        }
         joint = np.maximum(stats.patterns, 0.0)
         joint[:, 0] = 0.0
         if joint.sum() <= 0:

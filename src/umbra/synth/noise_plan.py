@@ -16,10 +16,12 @@ from collections.abc import Sequence
 from umbra.privacy.accounting import DEFAULT_ACCOUNTANT
 from umbra.privacy.budget import calibrate_noise_multiplier
 
-__all__ = ["PATTERN_WEIGHT", "plan_noise"]
+__all__ = ["COUNT_WEIGHT", "PATTERN_WEIGHT", "plan_noise"]
 
-#: Weight of the presence-pattern counts: a histogram of K · 2^M cells whose every cell
-#: holds hundreds of records needs little of the budget.
+#: Weight of each kind of group: the counts (per class: records and Σρ) and the presence
+#: patterns are histograms whose cells hold hundreds of records: they need little of the
+#: budget; the class means and the covariance share the rest (``cov_weight``).
+COUNT_WEIGHT = 0.1
 PATTERN_WEIGHT = 0.1
 
 
@@ -31,8 +33,8 @@ def plan_noise(
     cov_weight: float = 1.0,
     accountant: str = DEFAULT_ACCOUNTANT,
 ) -> dict[str, float]:
-    """σ_g of every group (``<m>.mean`` weight 1, ``<m>.cov`` ``cov_weight``, ``pattern``
-    :data:`PATTERN_WEIGHT`) whose one joint release spends at most ``epsilon`` at ``delta``.
+    """σ_g of every group (``<m>.mean`` weight 1, ``<m>.cov`` ``cov_weight``, ``<m>.count``
+    :data:`COUNT_WEIGHT`, ``pattern`` :data:`PATTERN_WEIGHT`) whose one joint release spends at most ``epsilon`` at ``delta``.
 
     Raises:
         ConfigError: ε or δ out of range (from the calibration).
@@ -43,9 +45,10 @@ def plan_noise(
     weights: dict[str, float] = {}
     for g in groups:
         kind = g.rsplit(".", 1)[-1]
-        if kind not in ("mean", "cov", "pattern"):
+        table = {"mean": 1.0, "count": COUNT_WEIGHT, "cov": cov_weight, "pattern": PATTERN_WEIGHT}
+        if kind not in table:
             raise ValueError(f"unknown statistics group {g!r}")
-        weights[g] = {"mean": 1.0, "cov": cov_weight, "pattern": PATTERN_WEIGHT}[kind]
+        weights[g] = table[kind]
     sigma = calibrate_noise_multiplier(
         epsilon=epsilon, delta=delta, sample_rate=1.0, steps=1, accountant=accountant
     )

@@ -50,10 +50,14 @@ def noised_statistics(
         m: v + rng.normal(v.shape, std=noise_multipliers[f"{m}.mean"] * CLIP_NORMS["mean"])
         for m, v in stats.means.items()
     }
+    counts = {
+        m: v + rng.normal(v.shape, std=noise_multipliers[f"{m}.count"] * CLIP_NORMS["count"])
+        for m, v in stats.counts.items()
+    }
     covs = {
         m: v + _symmetric_noise(len(v), noise_multipliers[f"{m}.cov"] * CLIP_NORMS["cov"], rng)
         for m, v in stats.covs.items()
     }
     std = noise_multipliers["pattern"] * CLIP_NORMS["pattern"]
     patterns = stats.patterns + rng.normal(stats.patterns.shape, std=std)
-    return SufficientStatistics(means, covs, patterns)
+    return SufficientStatistics(means, counts, covs, patterns)

@@ -10,7 +10,8 @@ norm ratio ρ (:mod:`umbra.synth.feature_map`):
 ========================  ===============================================  ==========
 group                     one record's contribution                        clip norm
 ========================  ===============================================  ==========
-``<m>.mean``              row ``y`` of a ``(K, D + 2)`` matrix: ``[u, 1, ρ]``  √3
+``<m>.mean``              row ``y`` of a ``(K, D)`` matrix: ``u``            1
+``<m>.count``             row ``y`` of a ``(K, 2)`` matrix: ``[1, ρ]``       √2
 ``<m>.cov``               ``u uᵀ`` (``D × D``, upper triangle released)       1
 ``pattern``               one-hot of (class, which modalities are present)   1
 ========================  ===============================================  ==========
@@ -23,17 +24,26 @@ own: a function of the record). Pure: no noise, no I/O.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from umbra.synth.feature_map import FeatureMap
 
-__all__ = ["CLIP_NORMS", "SufficientStatistics", "clipped_statistics", "pattern_index"]
+__all__ = [
+    "CLIP_NORMS",
+    "MODALITY_GROUPS",
+    "SufficientStatistics",
+    "clipped_statistics",
+    "pattern_index",
+    "statistics_groups",
+]
 
 #: Per-record L2 bound of each kind of group (see the module docstring).
-CLIP_NORMS: dict[str, float] = {"mean": math.sqrt(3.0), "cov": 1.0, "pattern": 1.0}
+CLIP_NORMS: dict[str, float] = {"mean": 1.0, "count": math.sqrt(2.0), "cov": 1.0, "pattern": 1.0}
+#: The kinds of group of each modality, in release order.
+MODALITY_GROUPS = ("mean", "count", "cov")
 
 
 @dataclass
@@ -41,25 +51,34 @@ class SufficientStatistics:
     """Sums over records (clipped; noised once an organisation releases them).
 
     Attributes:
-        means: modality -> ``(K, D + 2)``: per class, Σu, the count and Σρ.
+        means: modality -> ``(K, D)``: per class, Σu.
+        counts: modality -> ``(K, 2)``: per class, the count and Σρ.
         covs: modality -> ``(D, D)`` Σ u uᵀ (symmetric).
         patterns: ``(K, 2^M)`` counts of each class and presence pattern.
     """
 
     means: dict[str, np.ndarray]
+    counts: dict[str, np.ndarray]
     covs: dict[str, np.ndarray]
     patterns: np.ndarray
 
     def __add__(self, other: SufficientStatistics) -> SufficientStatistics:
         return SufficientStatistics(
             {m: self.means[m] + other.means[m] for m in self.means},
+            {m: self.counts[m] + other.counts[m] for m in self.counts},
             {m: self.covs[m] + other.covs[m] for m in self.covs},
             self.patterns + other.patterns,
         )
 
     def groups(self) -> list[str]:
         """The released groups, in a fixed order."""
-        return [f"{m}.{k}" for m in self.means for k in ("mean", "cov")] + ["pattern"]
+        return statistics_groups(self.means)
+
+
+def statistics_groups(modalities: Iterable[str]) -> list[str]:
+    """The groups released for ``modalities``: ``<m>.mean``, ``<m>.count``, ``<m>.cov`` per
+    modality, then ``pattern``."""
+    return [f"{m}.{k}" for m in modalities for k in MODALITY_GROUPS] + ["pattern"]
 
 
 def pattern_index(mask: np.ndarray) -> np.ndarray:
@@ -86,15 +105,17 @@ def clipped_statistics(
     labels = np.asarray(labels, dtype=np.int64)
     mask = np.asarray(mask, dtype=bool)
     means: dict[str, np.ndarray] = {}
+    counts: dict[str, np.ndarray] = {}
     covs: dict[str, np.ndarray] = {}
     for j, (m, fmap) in enumerate(maps.items()):
         have = mask[:, j]
         u, rho = fmap.forward(np.asarray(features[m])[have])  # (n, D), (n,)
         y = labels[have]
-        row = np.concatenate([u, np.ones((len(u), 1)), rho[:, None]], axis=1)  # (n, D + 2)
-        means[m] = np.eye(num_classes)[y].T @ row  # (K, D + 2)
+        onehot = np.eye(num_classes)[y]  # (n, K)
+        means[m] = onehot.T @ u  # (K, D)
+        counts[m] = onehot.T @ np.stack([np.ones(len(u)), rho], axis=1)  # (K, 2)
         covs[m] = u.T @ u  # (D, D)
     k = 1 << len(maps)
     patterns = np.zeros((num_classes, k))
     np.add.at(patterns, (labels, pattern_index(mask)), 1.0)
-    return SufficientStatistics(means, covs, patterns)
+    return SufficientStatistics(means, counts, covs, patterns)

@@ -138,6 +138,7 @@ def synthesize(
     from umbra.synth.federated_fit import fit_federated
     from umbra.synth.membership_attack import generator_membership, sample_records
     from umbra.synth.noise_plan import plan_noise
+    from umbra.synth.statistics import statistics_groups
     from umbra.synth.synthetic_set import save_synthetic
     from umbra.synth.tstr import tstr_accuracy
 
@@ -155,11 +156,10 @@ def synthesize(
         m: feature_map_for(shape, max_dim=s.max_dim)
         for m, shape in prep.train.feature_shapes().items()
     }
-    groups = [f"{m}.{k}" for m in maps for k in ("mean", "cov")] + ["pattern"]
     sigmas = plan_noise(
         epsilon=s.epsilon,
         delta=delta,
-        groups=groups,
+        groups=statistics_groups(maps),
         cov_weight=s.cov_weight,
         accountant=cfg.privacy.accountant,
     )
