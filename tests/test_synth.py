@@ -51,6 +51,12 @@ def test_feature_map_round_trip_and_pooling() -> None:
     assert np.allclose(u, blocks / np.linalg.norm(blocks, axis=1, keepdims=True), atol=1e-6)
     flat_maps = np.full((1, 2, 8, 8), 0.25, np.float32)  # constant: upsampling is exact
     assert np.allclose(pooled.inverse(*pooled.forward(flat_maps)), flat_maps, atol=1e-5)
+    # a pooled vector survives the way back and forth, also with overlapping windows (7 -> 3)
+    odd = feature_map_for((4, 7, 7), max_dim=36)
+    v = rng.standard_normal((6, 36))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    again, _ = odd.forward(odd.inverse(v, np.full(6, 0.3)))
+    assert np.allclose(again, v, atol=1e-5)
     assert pooled.forward(maps[:0])[0].shape == (0, 32)
 
 

@@ -11,7 +11,7 @@ Each record's features become one unit vector ``u`` and a norm ratio ``ρ`` in [
 * ``ρ = log1p(r) / log1p(NORM_BOUND)``, clipped to [0, 1], carries the scale back.
 
 Every step is a function of the record alone, so the map costs no privacy; :meth:`inverse`
-undoes it (upsampling the pooled maps bilinearly), which puts synthetic records in the
+undoes it (the pooled maps through the minimum-norm right inverse of the pooling), which puts synthetic records in the
 run's own feature space.
 """
 
@@ -74,11 +74,18 @@ class FeatureMap:
         if self.pool is None:
             return flat.reshape(len(flat), *self.shape).astype(np.float32)
         c, h, w = self.shape
-        small = torch.as_tensor(
-            flat.reshape(len(flat), c, self.pool, self.pool), dtype=torch.float32
-        )
-        big = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
-        return big.numpy().astype(np.float32)
+        small = flat.reshape(len(flat), c, self.pool * self.pool)
+        big = small @ _unpooling(h, w, self.pool).T  # (N, C, H·W)
+        return big.reshape(len(flat), c, h, w).astype(np.float32)
+
+
+def _unpooling(h: int, w: int, side: int) -> np.ndarray:
+    """``(H·W, side²)``: the minimum-norm right inverse of adaptive average pooling from
+    ``H × W`` to ``side × side`` (pooling its output gives the input back exactly; the
+    pooling windows may overlap, so no plain upsampling does)."""
+    basis = torch.eye(h * w, dtype=torch.float64).reshape(h * w, 1, h, w)
+    pool = F.adaptive_avg_pool2d(basis, side).reshape(h * w, side * side).T.numpy()
+    return np.linalg.pinv(pool)
 
 
 def feature_map_for(shape: tuple[int, ...], *, max_dim: int) -> FeatureMap:
