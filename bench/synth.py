@@ -97,6 +97,7 @@ def main() -> None:
             sample_records(prep.test, s.audit_records, rng),
             epsilon=spent,
             delta=cfg.privacy.delta,
+            rng=rng,
         )
         rows[f"ε = {eps:g}"] = {
             "epsilon_ledger": spent,

@@ -4,7 +4,10 @@ higher density than records it never saw?
 Whoever holds the released generator scores a record by its log-density given its class
 (:meth:`~umbra.synth.generator.GaussianGenerator.density_score`: the log-density of its
 present modalities, each relative to its expectation); members are training
-records of the run, non-members its held-out records. The figures are the audit's
+records of the run, non-members its held-out records, given the members' presence
+patterns (shuffled): the organisations' records lack modalities that the held-out ones
+hold, and a score summed over present modalities would otherwise tell them apart by what
+they lack, not by membership. The figures are the audit's
 (:func:`umbra.audit.attack_summary.attack_summary`): AUC, TPR at low FPR, and whether the
 curve stays under the (ε, δ) ceiling that DP puts on every such test.
 """
@@ -30,10 +33,17 @@ def generator_membership(
     *,
     epsilon: float,
     delta: float,
+    rng: np.random.Generator,
     fprs: Sequence[float] = (0.001, 0.01),
     roc_points: int = 100,
 ) -> dict[str, Any]:
-    """The attack's figures, with the record counts of each side."""
+    """The attack's figures, with the record counts of each side (as many non-members as
+    members at most; each takes the presence pattern of a member drawn by ``rng``)."""
+    k = min(len(members), len(non_members))
+    non_members = non_members.subset(np.arange(k))
+    patterns = members.mask[rng.permutation(len(members))[:k]] & non_members.mask
+    patterns[~patterns.any(axis=1)] = non_members.mask[~patterns.any(axis=1)]
+    non_members = non_members.with_mask(patterns)
     scores_in = generator.density_score(members)
     scores_out = generator.density_score(non_members)
     out = attack_summary(

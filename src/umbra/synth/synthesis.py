@@ -197,6 +197,7 @@ def synthesize(
         sample_records(prep.test, s.audit_records, rng),
         epsilon=spent.epsilon["total"],
         delta=delta,
+        rng=rng,
     )
     summary: dict[str, Any] = {
         "run": str(run_dir),
