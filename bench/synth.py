@@ -110,7 +110,8 @@ def main() -> None:
         if eps == max(args.eps) and cfg.data.image_features == "scattering":
             _render_one_per_class(gen, rng, cfg)
     out = {
-        "command": "bench/synth.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items()),
+        "command": f"bench/synth.py --eps {' '.join(f'{e:g}' for e in args.eps)} --n {args.n}"
+        f" --preset {args.preset}",
         "preset": args.preset,
         "records_train": len(prep.train),
         "records_test": len(prep.test),
