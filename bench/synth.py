@@ -164,15 +164,16 @@ def _fit(cfg: Any, train: Any, parts: Any, masks: Any, maps: Any, eps: float) ->
 
 def _render_one_per_class(gen: Any, rng: np.random.Generator, cfg: Any) -> None:
     from umbra.synth.render import render_scattering, write_png
-    from umbra.synth.synthesis import _value_range
+    from umbra.synth.synthesis import image_value_range
 
     syn = gen.sample(400, rng)
     have = syn.mask[:, syn.modality_index("image")]
     pick = [int(np.flatnonzero(have & (syn.labels == c))[0]) for c in range(syn.num_classes)]
     images = render_scattering(
         np.asarray(syn.features["image"])[pick],
+        gen.maps["image"],
         (1, 28, 28),
-        value_range=_value_range(cfg),
+        value_range=image_value_range(cfg),
         steps=cfg.synth.render_steps,
     )
     write_png(np.concatenate(list(images), axis=2), RESULTS / "synth_images.png")

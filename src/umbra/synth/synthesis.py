@@ -23,7 +23,13 @@ from umbra.config import Config, apply_override, validate_config
 from umbra.errors import ConfigError, DataError
 from umbra.privacy.randomness import SecureRandom
 
-__all__ = ["SUMMARY_FILE", "epsilon_with_run", "load_synth_settings", "synthesize"]
+__all__ = [
+    "SUMMARY_FILE",
+    "epsilon_with_run",
+    "image_value_range",
+    "load_synth_settings",
+    "synthesize",
+]
 
 SUMMARY_FILE = "synth.json"
 LEDGER_FILE = "ledger.jsonl"
@@ -84,7 +90,7 @@ def _fidelity(syn: Any, real: Any, maps: dict[str, Any]) -> dict[str, float | No
     return out
 
 
-def _value_range(cfg: Config) -> tuple[float, float]:
+def image_value_range(cfg: Config) -> tuple[float, float]:
     """Feature values of black and white pixels (fmnist-avt standardises its images)."""
     if cfg.data.source == "fmnist-avt":
         from umbra.data.sources.fmnist import FMNIST_MEAN, FMNIST_STD
@@ -93,7 +99,7 @@ def _value_range(cfg: Config) -> tuple[float, float]:
     return (0.0, 1.0)
 
 
-def _render(cfg: Config, syn: Any, out: Path, image_shape: tuple[int, int, int]) -> int:
+def _render(cfg: Config, syn: Any, out: Path, fmap: Any, image_shape: tuple[int, int, int]) -> int:
     """Render up to ``synth.render`` synthetic images; returns how many were written."""
     from umbra.synth.render import render_scattering, write_png
     from umbra.synth.synthetic_set import write_image_manifest
@@ -106,10 +112,11 @@ def _render(cfg: Config, syn: Any, out: Path, image_shape: tuple[int, int, int])
     feats = np.asarray(syn.features["image"])[have]
     if cfg.data.image_features == "scattering":
         images = render_scattering(
-            feats, image_shape, value_range=_value_range(cfg), steps=cfg.synth.render_steps
-        )
+            feats, fmap, image_shape, value_range=image_value_range(cfg),
+            steps=cfg.synth.render_steps,
+        )  # fmt: skip
     else:
-        lo, hi = _value_range(cfg)
+        lo, hi = image_value_range(cfg)
         images = np.clip((feats - lo) / (hi - lo), 0.0, 1.0)
     ids = [f"s{i:06d}" for i in have]
     paths = [out / "images" / f"{i}.png" for i in ids]
@@ -187,7 +194,7 @@ def synthesize(
         say(f"rendering up to {s.render} images")
         pixel_shape = _pixel_shape(cfg, prep.train.feature_shapes()["image"])
         if pixel_shape is not None:
-            rendered = _render(cfg, syn, out, pixel_shape)
+            rendered = _render(cfg, syn, out, maps["image"], pixel_shape)
     say("measuring: train on synthetic, test on real; fidelity; membership attack")
     tstr = tstr_accuracy(syn, prep.test, maps)
     members = prep.train.subset(np.concatenate(prep.parts)).with_mask(np.concatenate(prep.masks))
