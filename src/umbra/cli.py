@@ -508,6 +508,15 @@ def _psi_app() -> typer.Typer:
 app.add_typer(_psi_app(), name="psi")
 
 
+def _synth_command() -> Any:
+    from umbra.synth.command import synth_command
+
+    return synth_command
+
+
+app.command("synth")(_synth_command())
+
+
 def main() -> None:
     """Console entry point: user errors become one line and exit code 2."""
     try:

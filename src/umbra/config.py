@@ -33,6 +33,7 @@ __all__ = [
     "ResolvedConfig",
     "RunConfig",
     "SecureConfig",
+    "SynthConfig",
     "VerticalConfig",
     "apply_override",
     "available_presets",
@@ -573,6 +574,47 @@ class VerticalConfig(_Section):
                              f"party indices in [0, {len(self.parties) - 1}]")  # fmt: skip
         return self
 
+class SynthConfig(_Section):
+    """The DP synthetic data set of a finished run (``umbra synth DIR``): a class-conditional
+    Gaussian over the run's fixed features, fitted from each organisation's noised
+    statistics (docs/synthetic.md)."""
+
+    epsilon: float = Field(
+        3.0, gt=0, le=100, description="ε of the generator (all its statistics composed)"
+    )
+    delta: float | None = Field(
+        None, gt=0, lt=1, description="δ of the generator; None: the run's privacy.delta"
+    )
+    require_dp: bool = Field(
+        True,
+        description="refuse a run trained without differential privacy (privacy.mode = "
+        "'none'): its records left the organisations unprotected already",
+    )
+    rank: int = Field(
+        16, ge=0, le=512, description="principal directions of each modality's covariance"
+    )
+    max_dim: int = Field(
+        729,
+        ge=16,
+        le=8192,
+        description="(C, H, W) feature maps average-pooled to at most this many numbers "
+        "(the noise on a covariance grows with its side)",
+    )
+    cov_weight: float = Field(
+        1.0,
+        gt=0,
+        description="share of the privacy loss of each covariance against its class means (1)",
+    )
+    render: int = Field(
+        32, ge=0, le=100_000, description="synthetic images rendered back to PNG pixels"
+    )
+    render_steps: int = Field(
+        100, ge=1, le=10_000, description="L-BFGS-B iterations of each rendering"
+    )
+    audit_records: int = Field(
+        1000, ge=10, le=100_000, description="records per side of the membership attack"
+    )
+
 
 class RunConfig(_Section):
     seed: int = Field(0, ge=0, description="seed for data, partition, initialisation and training")
@@ -598,6 +640,7 @@ class Config(_Section):
     attack: AttackConfig = Field(default_factory=AttackConfig)  # type: ignore[arg-type]
     compression: CompressionConfig = Field(default_factory=CompressionConfig)  # type: ignore[arg-type]
     vertical: VerticalConfig = Field(default_factory=VerticalConfig)  # type: ignore[arg-type]
+    synth: SynthConfig = Field(default_factory=SynthConfig)  # type: ignore[arg-type]
     run: RunConfig = Field(default_factory=RunConfig)  # type: ignore[arg-type]
 
     @model_validator(mode="after")
@@ -925,10 +968,11 @@ def load_config(
 
 def config_fingerprint(cfg: Config, *, ignore: tuple[str, ...] = ("federation.rounds",)) -> str:
     """sha256 of the resolved config, minus fields a resumed run may change (the rounds,
-    progress output, and the audit settings: the audit attacks the trained model and
-    changes nothing of the training)."""
+    progress output, and the audit and synth settings: both work on a finished run and
+    change nothing of the training)."""
     d = cfg.model_dump(mode="json")
     d.pop("audit", None)
+    d.pop("synth", None)
     for path in ignore:
         section, key = path.split(".")
         d.get(section, {}).pop(key, None)
