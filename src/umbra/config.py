@@ -574,6 +574,7 @@ class VerticalConfig(_Section):
                              f"party indices in [0, {len(self.parties) - 1}]")  # fmt: skip
         return self
 
+
 class SynthConfig(_Section):
     """The DP synthetic data set of a finished run (``umbra synth DIR``): a class-conditional
     Gaussian over the run's fixed features, fitted from each organisation's noised
