@@ -24,6 +24,7 @@ module is (it registers the encoder names only).
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -204,7 +205,9 @@ class MiniLMEncoder(nn.Module):
                 lora_dropout=0.0,
                 bias="none",
             )
-            self.transformer = get_peft_model(base, config)  # freezes every base weight
+            with warnings.catch_warnings():  # peft asks a transformers API it renamed
+                warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+                self.transformer = get_peft_model(base, config)  # freezes every base weight
         self.out = nn.Sequential(nn.Dropout(dropout), nn.Linear(MINILM_WIDTH, hidden), nn.ReLU())
 
     def forward(self, x: Tensor) -> Tensor:
