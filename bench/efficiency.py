@@ -12,8 +12,8 @@ records; ``s/round`` is the mean round wall time on this machine. CPU transforme
 is slow, so the configuration is small (few clients and records, short token sequences,
 few rounds) and stated in the output:
 
-    .venv/bin/python bench/efficiency.py lora [--n-train 800 --n-test 200 --clients 2
-        --rounds 3 --tokens 16]
+    .venv/bin/python bench/efficiency.py lora [--n-train 600 --n-test 200 --clients 2
+        --rounds 2 --tokens 16]
 
 Writes bench/results/efficiency_lora.json and bench/results/efficiency_lora.md.
 """
@@ -143,10 +143,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="part", required=True)
     lora = sub.add_parser("lora", help="LoRA on MiniLM vs full fine-tuning vs frozen embeddings")
-    lora.add_argument("--n-train", type=int, default=800)
+    lora.add_argument("--n-train", type=int, default=600)
     lora.add_argument("--n-test", type=int, default=200)
     lora.add_argument("--clients", type=int, default=2)
-    lora.add_argument("--rounds", type=int, default=3)
+    lora.add_argument("--rounds", type=int, default=2)
     lora.add_argument("--tokens", type=int, default=16, help="model.text_tokens")
     lora.add_argument("--seed", type=int, default=0)
     lora.add_argument("--setups", nargs="*", default=list(LORA_SETUPS), choices=LORA_SETUPS)

@@ -22,7 +22,10 @@ from umbra.data.text_tokens import tokenize_texts
 from umbra.federation.common import to_record
 from umbra.federation.train import Batchable, TrainSettings, get_arrays, set_arrays, train_local
 from umbra.models import LoraSettings, ModelSpec, MultimodalNet, frozen_names, num_parameters
+from umbra.models.multimodal import parameter_groups
 from umbra.models.text_lora import minilm_dir
+from umbra.privacy.dpsgd import DPSGD
+from umbra.privacy.randomness import SecureRandom
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -199,3 +202,55 @@ def test_cli_bad_lora_settings_are_one_line_and_exit_2(
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr, lines
     assert not (tmp_path / "r" / "results.json").exists()
+
+
+def test_dp_sgd_clips_and_noises_only_the_adapters_and_heads() -> None:
+    """DP-SGD on the LoRA model (the default per-record backend) against a loop over single
+    records: the clipped sum over the trainable weights, nothing for the frozen base."""
+    torch.manual_seed(0)
+    spec = ModelSpec(input_shapes={"text": (L,)}, num_classes=3, hidden=16, embed_dim=8,
+                     dropout=0.0, encoders={"text": "minilm-lora"},
+                     encoder_options={"text": LORA})  # fmt: skip
+    model = MultimodalNet(spec)
+    for module in model.modules():  # MiniLM's own dropout off: the loop must see the same net
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".lora_B." in n:
+                p.normal_(0.0, 0.05)  # B = 0 would leave A without gradient
+    twin = copy.deepcopy(model)
+    groups = parameter_groups(model)
+    clip = {"text": 0.05, "shared": 0.05}  # small: every record is clipped
+    x, mask, y = _batch(5).take(torch.arange(1, 5))  # records that hold text
+    batch = {"x": {"text": x["text"]}, "mask": mask[:, 1:], "y": y}
+
+    def loss(m: torch.nn.Module, b: dict) -> torch.Tensor:  # type: ignore[type-arg]
+        return torch.nn.functional.cross_entropy(m(b["x"], b["mask"]), b["y"], reduction="none")
+
+    dp = DPSGD(model, groups=groups, clip_norms=clip, noise_multipliers=dict.fromkeys(clip, 1.0),
+               sample_rate=0.5, num_samples=8, rng=SecureRandom.for_testing(0))  # fmt: skip
+    dp.noise_multipliers = dict.fromkeys(clip, 0.0)  # clipping alone, to compare exactly
+    model.train()
+    dp.step(loss, batch)
+    dp.close()
+
+    params = dict(twin.named_parameters())
+    trainable = [n for n, p in params.items() if p.requires_grad]
+    ref = {n: torch.zeros_like(params[n]) for n in trainable}
+    twin.train()
+    for i in range(4):
+        twin.zero_grad()
+        one = {"x": {"text": batch["x"]["text"][i : i + 1]}, "mask": batch["mask"][i : i + 1],
+               "y": batch["y"][i : i + 1]}  # fmt: skip
+        loss(twin, one).sum().backward()
+        for g, names in groups.items():
+            live = [n for n in names if params[n].requires_grad]
+            norm = float(torch.sqrt(sum((params[n].grad.double() ** 2).sum() for n in live)))
+            for n in live:
+                ref[n] += min(1.0, clip[g] / norm) * params[n].grad
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, ref[n] / (0.5 * 8), rtol=1e-4, atol=1e-7)
+        else:
+            assert p.grad is None, n  # the frozen base gets no gradient, hence no noise
