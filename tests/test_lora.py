@@ -254,3 +254,18 @@ def test_dp_sgd_clips_and_noises_only_the_adapters_and_heads() -> None:
             torch.testing.assert_close(p.grad, ref[n] / (0.5 * 8), rtol=1e-4, atol=1e-7)
         else:
             assert p.grad is None, n  # the frozen base gets no gradient, hence no noise
+
+
+def test_manifest_texts_become_token_ids(tmp_path: Path) -> None:
+    from umbra.data.manifest import load_manifest
+
+    rows = [("top", "a red shirt"), ("bag", ""), ("bag", "a leather bag with a strap")]
+    path = tmp_path / "m.csv"
+    path.write_text("label,text,tab:x\n" + "".join(f"{y},{t},1.5\n" for y, t in rows))
+    md = load_manifest(path, cache_dir=tmp_path, text_tokens=L)
+    ids = md.data.features["text"]
+    has_text = md.data.mask[:, md.data.modality_index("text")]
+    assert ids.shape == (3, L) and has_text.tolist() == [True, False, True]
+    expected = tokenize_texts([rows[0][1], rows[2][1]], L, tmp_path)
+    np.testing.assert_array_equal(ids[[0, 2]], expected)
+    assert not ids[1].any()  # no text: all [PAD], masked out
