@@ -13,7 +13,7 @@ is slow, so the configuration is small (few clients and records, short token seq
 few rounds) and stated in the output:
 
     .venv/bin/python bench/efficiency.py lora [--n-train 600 --n-test 200 --clients 2
-        --rounds 2 --tokens 16]
+        --rounds 2 --tokens 16 --batch 8]
 
 Writes bench/results/efficiency_lora.json and bench/results/efficiency_lora.md.
 """
@@ -72,7 +72,8 @@ def lora_run(encoder: str, setup: str, args: argparse.Namespace, manifest: Path)
     overrides = [
         f"model.encoders={{text=\"{encoder}\"}}", f"model.text_tokens={args.tokens}",
         f"federation.num_clients={args.clients}", f"federation.rounds={args.rounds}",
-        "federation.local_epochs=1", "data.partition=iid", "data.missing={}",
+        "federation.local_epochs=1", f"federation.batch_size={args.batch}",
+        "data.partition=iid", "data.missing={}",
         f"run.eval_every={args.rounds}", "run.progress=false", f"run.seed={args.seed}",
     ]  # fmt: skip
     if setup == "text":
@@ -133,7 +134,7 @@ def lora_main(args: argparse.Namespace) -> None:
                     json.dumps({"config": conf, "rows": rows}, indent=2)
                 )
                 (args.out / "efficiency_lora.md").write_text(
-                    f"config: {json.dumps(conf)}, local_epochs 1, batch 32, iid\n\n"
+                    f"config: {json.dumps(conf)}, local_epochs 1, lr 0.05, iid\n\n"
                     + lora_table(rows) + "\n"
                 )  # fmt: skip
     print(lora_table(rows))
@@ -148,6 +149,7 @@ def main() -> None:
     lora.add_argument("--clients", type=int, default=2)
     lora.add_argument("--rounds", type=int, default=2)
     lora.add_argument("--tokens", type=int, default=16, help="model.text_tokens")
+    lora.add_argument("--batch", type=int, default=8, help="federation.batch_size")
     lora.add_argument("--seed", type=int, default=0)
     lora.add_argument("--setups", nargs="*", default=list(LORA_SETUPS), choices=LORA_SETUPS)
     lora.add_argument("--encoders", nargs="*", default=list(LORA_ENCODERS), choices=LORA_ENCODERS)
