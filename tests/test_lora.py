@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -155,9 +156,9 @@ def test_merged_weights_are_base_plus_scaled_adapter_product() -> None:
         ({"targets": ()}, "at least one module"),
     ],
 )
-def test_lora_settings_reject_bad_values(kwargs: dict[str, object], needle: str) -> None:
+def test_lora_settings_reject_bad_values(kwargs: dict[str, Any], needle: str) -> None:
     with pytest.raises(ValueError, match=needle):
-        LoraSettings(**kwargs)  # type: ignore[arg-type]
+        LoraSettings(**kwargs)
 
 
 def test_lora_targets_accept_every_linear_layer_name() -> None:
@@ -225,7 +226,7 @@ def test_dp_sgd_clips_and_noises_only_the_adapters_and_heads() -> None:
     x, mask, y = _batch(5).take(torch.arange(1, 5))  # records that hold text
     batch = {"x": {"text": x["text"]}, "mask": mask[:, 1:], "y": y}
 
-    def loss(m: torch.nn.Module, b: dict) -> torch.Tensor:  # type: ignore[type-arg]
+    def loss(m: torch.nn.Module, b: dict[str, Any]) -> torch.Tensor:
         return torch.nn.functional.cross_entropy(m(b["x"], b["mask"]), b["y"], reduction="none")
 
     dp = DPSGD(model, groups=groups, clip_norms=clip, noise_multipliers=dict.fromkeys(clip, 1.0),
