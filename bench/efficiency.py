@@ -73,6 +73,7 @@ def lora_run(encoder: str, setup: str, args: argparse.Namespace, manifest: Path)
         f"model.encoders={{text=\"{encoder}\"}}", f"model.text_tokens={args.tokens}",
         f"federation.num_clients={args.clients}", f"federation.rounds={args.rounds}",
         "federation.local_epochs=1", f"federation.batch_size={args.batch}",
+        f"federation.lr={args.lr}",
         "data.partition=iid", "data.missing={}",
         f"run.eval_every={args.rounds}", "run.progress=false", f"run.seed={args.seed}",
     ]  # fmt: skip
@@ -90,6 +91,7 @@ def lora_run(encoder: str, setup: str, args: argparse.Namespace, manifest: Path)
     return {
         "setup": setup,
         "encoder": encoder,
+        "lr": args.lr,
         "bytes_per_round_per_client": float(np.mean(ups)),
         "accuracy": float(final["accuracy"]),
         "text_accuracy": float(final["per_modality_accuracy"].get("text", final["accuracy"])),
@@ -101,8 +103,9 @@ def lora_run(encoder: str, setup: str, args: argparse.Namespace, manifest: Path)
 def lora_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: each run against the fully fine-tuned MiniLM of its setup."""
     full = {r["setup"]: r for r in rows if r["encoder"] == "minilm"}
-    out = ["| setup | text encoder | bytes/round/client | vs full fine-tuning | text-only acc. "
-           "| fused acc. | s/round |", "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    out = ["| setup | text encoder | lr | bytes/round/client | vs full fine-tuning "
+           "| text-only acc. | fused acc. | s/round |",
+           "|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in rows:
         ref = full.get(r["setup"])
         smaller = (
@@ -111,17 +114,29 @@ def lora_table(rows: list[dict[str, Any]]) -> str:
             else "–"
         )
         fused = f"{r['accuracy']:.3f}" if r["setup"] == "fused" else "–"
-        out.append(f"| {r['setup']} | {r['encoder']} | {r['bytes_per_round_per_client'] / 1e6:.3f} MB"
+        out.append(f"| {r['setup']} | {r['encoder']} | {r.get('lr', 0.05)} | {r['bytes_per_round_per_client'] / 1e6:.3f} MB"
                    f" | {smaller} | {r['text_accuracy']:.3f} | {fused} | {r['s_per_round']:.0f} |")  # fmt: skip
     return "\n".join(out)
 
 
 def lora_main(args: argparse.Namespace) -> None:
-    """Every (setup, encoder) run, written after each one (a long run keeps what it has)."""
-    conf = {
-        k: getattr(args, k) for k in ("n_train", "n_test", "clients", "rounds", "tokens", "seed")
-    }
-    rows: list[dict[str, Any]] = []
+    """Every (setup, encoder) run at ``--lr``, written after each one (a long run keeps what
+    it has); rows of other learning rates already in the JSON file for the same
+    configuration are kept."""
+    keys = ("n_train", "n_test", "clients", "rounds", "tokens", "batch", "seed")
+    conf = {k: getattr(args, k) for k in keys}
+    path = args.out / "efficiency_lora.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    rows: list[dict[str, Any]] = [
+        r
+        for r in old.get("rows", [])
+        if old.get("config") == conf
+        and not (
+            r["setup"] in args.setups
+            and r["encoder"] in args.encoders
+            and r.get("lr", 0.05) == args.lr
+        )
+    ]
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         manifest = lora_text_manifest(Path(tmp), n_train=args.n_train, n_test=args.n_test,
@@ -130,11 +145,9 @@ def lora_main(args: argparse.Namespace) -> None:
             for encoder in args.encoders:
                 rows.append(lora_run(encoder, setup, args, manifest))
                 print(rows[-1], flush=True)
-                (args.out / "efficiency_lora.json").write_text(
-                    json.dumps({"config": conf, "rows": rows}, indent=2)
-                )
+                path.write_text(json.dumps({"config": conf, "rows": rows}, indent=2))
                 (args.out / "efficiency_lora.md").write_text(
-                    f"config: {json.dumps(conf)}, local_epochs 1, lr 0.05, iid\n\n"
+                    f"config: {json.dumps(conf)}, local_epochs 1, SGD momentum 0.9, iid\n\n"
                     + lora_table(rows) + "\n"
                 )  # fmt: skip
     print(lora_table(rows))
@@ -150,6 +163,7 @@ def main() -> None:
     lora.add_argument("--rounds", type=int, default=2)
     lora.add_argument("--tokens", type=int, default=16, help="model.text_tokens")
     lora.add_argument("--batch", type=int, default=8, help="federation.batch_size")
+    lora.add_argument("--lr", type=float, default=0.05, help="federation.lr (client SGD)")
     lora.add_argument("--seed", type=int, default=0)
     lora.add_argument("--setups", nargs="*", default=list(LORA_SETUPS), choices=LORA_SETUPS)
     lora.add_argument("--encoders", nargs="*", default=list(LORA_ENCODERS), choices=LORA_ENCODERS)
