@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -97,25 +98,24 @@ def lora_run(encoder: str, setup: str, args: argparse.Namespace, manifest: Path)
         "text_accuracy": float(final["per_modality_accuracy"].get("text", final["accuracy"])),
         "s_per_round": float(np.mean([float(r["wall_s"]) for r in res["rounds"]])),
         "total_s": time.perf_counter() - t0,
+        "load_average_1m": os.getloadavg()[0],
     }
 
 
 def lora_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown: each run against the fully fine-tuned MiniLM of its setup."""
+    """Markdown: each run's bytes against the fully fine-tuned MiniLM of its setup."""
     full = {r["setup"]: r for r in rows if r["encoder"] == "minilm"}
     out = ["| setup | text encoder | lr | bytes/round/client | vs full fine-tuning "
            "| text-only acc. | fused acc. | s/round |",
            "|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in rows:
-        ref = full.get(r["setup"])
-        smaller = (
-            f"{100 * (1 - r['bytes_per_round_per_client'] / ref['bytes_per_round_per_client']):.2f} % smaller"
-            if ref and r is not ref
-            else "–"
-        )
+        ref, mb = full.get(r["setup"]), r["bytes_per_round_per_client"] / 1e6
+        smaller = "–"
+        if ref is not None and r["encoder"] != "minilm":
+            smaller = f"{100 * (1 - mb * 1e6 / ref['bytes_per_round_per_client']):.2f} % smaller"
         fused = f"{r['accuracy']:.3f}" if r["setup"] == "fused" else "–"
-        out.append(f"| {r['setup']} | {r['encoder']} | {r.get('lr', 0.05)} | {r['bytes_per_round_per_client'] / 1e6:.3f} MB"
-                   f" | {smaller} | {r['text_accuracy']:.3f} | {fused} | {r['s_per_round']:.0f} |")  # fmt: skip
+        out.append(f"| {r['setup']} | {r['encoder']} | {r.get('lr', 0.05)} | {mb:.3f} MB | {smaller}"
+                   f" | {r['text_accuracy']:.3f} | {fused} | {r['s_per_round']:.0f} |")  # fmt: skip
     return "\n".join(out)
 
 
