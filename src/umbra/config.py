@@ -193,6 +193,19 @@ class ModelConfig(_Section):
         'own (e.g. audio = "spectral-stats": small, suits DP-SGD on fmnist-avt); a manifest '
         "run on a preset uses MANIFEST_ENCODERS for the modalities not set with --set",
     )
+    # The text modality on raw tokens: encoders.text = "minilm-lora" (pretrained MiniLM with
+    # LoRA adapters; only they, the projections and the head travel) or "minilm" (fully
+    # fine-tuned). docs/lora.md
+    text_tokens: int = Field(
+        32, ge=2, le=256, description="token ids per text for the MiniLM encoders (cut/padded)"
+    )
+    lora_rank: int = Field(8, ge=1, le=384, description="LoRA rank r of the adapters")
+    lora_alpha: int = Field(16, ge=1, le=4096, description="LoRA scale: the update is alpha/r·B·A")
+    lora_targets: list[str] = Field(
+        default_factory=lambda: ["query", "value"],
+        description="MiniLM layers that get adapters (query, key, value, attention.output.dense, "
+        "intermediate.dense, output.dense, or a full dotted name)",
+    )
 
 
 class FederationConfig(_Section):

@@ -32,7 +32,12 @@ from umbra.data.manifest import DataSchema, check_manifest, fit_to_schema, load_
 from umbra.data.manifest.table import read_table
 from umbra.errors import ConfigError, DataError
 from umbra.federation.client_data import write_federation_data
-from umbra.run.prepare import declared_schema, image_features, scale_own_tabular
+from umbra.run.prepare import (
+    declared_schema,
+    image_features,
+    scale_own_tabular,
+    text_token_length,
+)
 
 __all__ = ["RECORDS_VERSION", "node_schema", "own_records", "prepared_records"]
 
@@ -61,6 +66,7 @@ def own_records(cfg: Config, manifest: Path) -> MultimodalData:
         on_bad_rows=cfg.data.on_bad_rows,
         cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
         label_names=schema.labels,
+        text_tokens=text_token_length(cfg),
     )
     data = fit_to_schema(md.data, md.tabular_columns, schema)
     data = scale_own_tabular(cfg, data, schema.tabular_columns, manifest.parent)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from umbra.data.dataset import MultimodalData, modality_subsets
 from umbra.models import MultimodalNet, channels_last, modality_dropout, multimodal_loss
+from umbra.models.travel import load_travelling_state, travelling_state
 
 __all__ = [
     "Batchable",
@@ -89,14 +90,16 @@ def _tensor_ready(features: np.ndarray) -> np.ndarray:
 
 
 def get_arrays(model: nn.Module) -> dict[str, np.ndarray]:
-    """The model's state as name -> float32 numpy arrays (copies)."""
-    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+    """The model's travelling state as name -> float32 numpy arrays (copies): everything
+    but frozen parameters (:func:`~umbra.models.travel.travelling_state`)."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in travelling_state(model).items()}
 
 
 def set_arrays(model: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
-    """Load name -> array into ``model`` (strict: names and shapes must match)."""
+    """Load name -> array into ``model`` (strict on the travelling state: names and shapes
+    must match; frozen parameters keep their values)."""
     state = {k: torch.from_numpy(np.asarray(v).copy()) for k, v in arrays.items()}
-    model.load_state_dict(state, strict=True)
+    load_travelling_state(model, state)
 
 
 @dataclass

@@ -11,16 +11,23 @@ from umbra.models.multimodal import (
     parameter_groups,
     parameter_modality,
 )
+from umbra.models.text_lora import TOKEN_ENCODERS, LoraSettings, MiniLMEncoder
+from umbra.models.travel import frozen_names, load_travelling_state, travelling_state
 
 __all__ = [
     "SHARED_GROUP",
+    "TOKEN_ENCODERS",
+    "LoraSettings",
     "MaskedMeanFusion",
+    "MiniLMEncoder",
     "ModelSpec",
     "MultimodalNet",
     "build_encoder",
     "channels_last",
     "encoder_names",
+    "frozen_names",
     "info_nce",
+    "load_travelling_state",
     "masked_mean",
     "modality_dropout",
     "multimodal_loss",
@@ -28,4 +35,5 @@ __all__ = [
     "parameter_groups",
     "parameter_modality",
     "register_encoder",
+    "travelling_state",
 ]

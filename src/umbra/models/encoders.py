@@ -13,8 +13,9 @@ raise), the way Opacus registers its accountants.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -32,9 +33,10 @@ __all__ = [
     "spectral_stats_encoder",
 ]
 
-#: ``factory(input_shape, hidden, dropout) -> module``; the module maps
-#: ``(B, *input_shape)`` to ``(B, hidden)``.
-EncoderFactory = Callable[[tuple[int, ...], int, float], nn.Module]
+#: ``factory(input_shape, hidden, dropout, **options) -> module``; the module maps
+#: ``(B, *input_shape)`` to ``(B, hidden)``. ``options`` are the encoder's own keyword
+#: settings (LoRA's rank, say); most encoders take none.
+EncoderFactory = Callable[..., nn.Module]
 
 _REGISTRY: dict[str, EncoderFactory] = {}
 
@@ -61,7 +63,12 @@ def encoder_names() -> tuple[str, ...]:
 
 
 def build_encoder(
-    name: str, input_shape: Sequence[int], *, hidden: int, dropout: float = 0.0
+    name: str,
+    input_shape: Sequence[int],
+    *,
+    hidden: int,
+    dropout: float = 0.0,
+    options: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """Instantiate encoder ``name`` for per-sample features of ``input_shape``.
 
@@ -70,6 +77,7 @@ def build_encoder(
         input_shape: shape of one record's features, without the batch dimension.
         hidden: output width, >= 1.
         dropout: dropout probability inside the encoder, in [0, 1).
+        options: keyword settings of this encoder (e.g. ``rank`` of ``"minilm-lora"``).
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown encoder {name!r}; registered: {', '.join(_REGISTRY)}")
@@ -80,7 +88,7 @@ def build_encoder(
     shape = tuple(int(s) for s in input_shape)
     if not shape or any(s < 1 for s in shape):
         raise ValueError(f"input_shape of encoder {name!r} must be non-empty and positive: {shape}")
-    return _REGISTRY[name](shape, hidden, dropout)
+    return _REGISTRY[name](shape, hidden, dropout, **dict(options or {}))
 
 
 class ChannelsLast(nn.Module):

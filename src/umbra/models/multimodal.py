@@ -56,6 +56,8 @@ class ModelSpec:
         dropout: dropout probability in encoders and head, in [0, 1).
         encoders: modality -> registered encoder name, for modalities that do not use the
             encoder registered under their own name (e.g. ``{"audio": "spectral-stats"}``).
+        encoder_options: modality -> keyword settings of its encoder, JSON values (e.g.
+            ``{"text": {"rank": 8, "alpha": 16.0, "targets": ["query", "value"]}}``).
     """
 
     input_shapes: dict[str, tuple[int, ...]]
@@ -64,6 +66,7 @@ class ModelSpec:
     embed_dim: int = 64
     dropout: float = 0.1
     encoders: dict[str, str] = field(default_factory=dict)
+    encoder_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.input_shapes:
@@ -81,6 +84,11 @@ class ModelSpec:
                 f" registered: {', '.join(encoder_names())}"
             )
         object.__setattr__(self, "encoders", choice)
+        options = {str(m): dict(o) for m, o in self.encoder_options.items()}
+        extra = sorted(set(options) - set(shapes))
+        if extra:
+            raise ValueError(f"encoder_options names modalities the data lacks: {extra}")
+        object.__setattr__(self, "encoder_options", options)
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
         if self.hidden < 1:
@@ -115,6 +123,7 @@ class ModelSpec:
             "embed_dim": self.embed_dim,
             "dropout": self.dropout,
             "encoders": dict(self.encoders),
+            "encoder_options": {m: dict(o) for m, o in self.encoder_options.items()},
         }
 
     @classmethod
@@ -140,7 +149,11 @@ class MultimodalNet(nn.Module):
         self.encoders = nn.ModuleDict(
             {
                 m: build_encoder(
-                    spec.encoders.get(m, m), shape, hidden=spec.hidden, dropout=spec.dropout
+                    spec.encoders.get(m, m),
+                    shape,
+                    hidden=spec.hidden,
+                    dropout=spec.dropout,
+                    options=spec.encoder_options.get(m),
                 )
                 for m, shape in spec.input_shapes.items()
             }

@@ -33,6 +33,8 @@ __all__ = [
     "prepare_data",
     "register_source",
     "scale_own_tabular",
+    "text_encoder_options",
+    "text_token_length",
 ]
 
 DataLoader = Callable[[Config], tuple[MultimodalData, MultimodalData]]
@@ -46,13 +48,27 @@ def register_source(name: str, loader: DataLoader) -> None:
 
 
 def _fmnist_avt(cfg: Config) -> tuple[MultimodalData, MultimodalData]:
-    from umbra.data.sources.avt import load_fmnist_avt
+    from umbra.data.sources.avt import avt_cache_path, load_fmnist_avt
 
-    return load_fmnist_avt(
-        n_train=cfg.data.n_train,
-        n_test=cfg.data.n_test,
-        seed=cfg.run.seed,
-        cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else None
+    kwargs: dict[str, Any] = {"n_train": cfg.data.n_train, "n_test": cfg.data.n_test,
+                              "seed": cfg.run.seed}  # fmt: skip
+    train, test = load_fmnist_avt(**kwargs, cache_dir=cache_dir)
+    length = text_token_length(cfg)
+    if length is None:
+        return train, test
+    # the MiniLM text encoders read the descriptions themselves, as token ids
+    from umbra.data.cache import resolve_cache_dir
+    from umbra.data.sources.avt import DEFAULT_AUDIO_SNR_DB, DEFAULT_TEXT_UNINFORMATIVE
+    from umbra.data.text_tokens import fmnist_avt_texts, tokenize_texts, with_text_tokens
+
+    path = avt_cache_path(resolve_cache_dir(cache_dir), **kwargs,
+                          text_uninformative=DEFAULT_TEXT_UNINFORMATIVE,
+                          audio_snr_db=DEFAULT_AUDIO_SNR_DB)  # fmt: skip
+    train_texts, test_texts = fmnist_avt_texts(path)
+    return (
+        with_text_tokens(train, tokenize_texts(train_texts, length, cache_dir)),
+        with_text_tokens(test, tokenize_texts(test_texts, length, cache_dir)),
     )
 
 
@@ -62,6 +78,30 @@ def _synthetic(cfg: Config) -> tuple[MultimodalData, MultimodalData]:
     both = make_synthetic(n=cfg.data.n_train + cfg.data.n_test, seed=cfg.run.seed)
     idx = np.arange(len(both))
     return both.subset(idx[: cfg.data.n_train]), both.subset(idx[cfg.data.n_train :])
+
+
+def text_token_length(cfg: Config) -> int | None:
+    """``model.text_tokens`` where the text encoder reads token ids (the MiniLM encoders of
+    :mod:`umbra.models.text_lora`), None where it reads a sentence embedding."""
+    from umbra.models.text_lora import TOKEN_ENCODERS
+
+    return cfg.model.text_tokens if cfg.model.encoders.get("text") in TOKEN_ENCODERS else None
+
+
+def text_encoder_options(cfg: Config) -> dict[str, dict[str, Any]]:
+    """The ``encoder_options`` of the model spec: LoRA's settings for ``"minilm-lora"``,
+    checked against the model (a rank < 1 or a target module MiniLM lacks is a
+    ConfigError)."""
+    if cfg.model.encoders.get("text") != "minilm-lora":
+        return {}
+    from umbra.models.text_lora import LoraSettings
+
+    m = cfg.model
+    try:
+        lora = LoraSettings(rank=m.lora_rank, alpha=m.lora_alpha, targets=tuple(m.lora_targets))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return {"text": {"rank": lora.rank, "alpha": lora.alpha, "targets": list(lora.targets)}}
 
 
 register_source("fmnist-avt", _fmnist_avt)
@@ -138,6 +178,7 @@ def _prepare_manifest(cfg: Config) -> PreparedData:
     md = load_manifest(
         path,
         on_bad_rows=cfg.data.on_bad_rows,
+        text_tokens=text_token_length(cfg),
         cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
         label_names=None if schema is None else schema.labels,
     )
@@ -246,8 +287,17 @@ def image_features(data: MultimodalData, cfg: Config) -> MultimodalData:
 
 def prepare_data(cfg: Config) -> PreparedData:
     """Load the data set, split it across clients and apply the missing-modality pattern;
-    images become scattering coefficients when ``data.image_features`` says so."""
+    images become scattering coefficients when ``data.image_features`` says so, texts token
+    ids when the text encoder reads them (:func:`text_token_length`)."""
+    text_encoder_options(cfg)  # LoRA's settings checked before any data is read
     prep = _prepare_pixels(cfg)
+    length = text_token_length(cfg)
+    text = prep.train.features.get("text")
+    if length is not None and text is not None and text.shape[1:] != (length,):
+        raise ConfigError(
+            f"model.encoders.text = {cfg.model.encoders['text']!r} reads raw text; data"
+            f" source {cfg.data.source!r} has none (use fmnist-avt or a manifest with text)"
+        )
     prep.train = image_features(prep.train, cfg)
     prep.test = image_features(prep.test, cfg)
     return prep
@@ -302,6 +352,7 @@ def model_spec_for(cfg: Config, data: MultimodalData) -> dict[str, Any]:
             embed_dim=cfg.model.embed_dim,
             dropout=cfg.model.dropout,
             encoders=dict(cfg.model.encoders),
+            encoder_options=text_encoder_options(cfg),
         )
     except ValueError as err:
         raise ConfigError(f"model.encoders: {err}") from err

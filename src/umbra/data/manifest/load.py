@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,7 @@ def load_manifest(
     cache_dir: Path | None = None,
     label_names: Sequence[str] | None = None,
     expected_clients: Sequence[str] | None = None,
+    text_tokens: int | None = None,
 ) -> ManifestData:
     """Validate a manifest and load its features.
 
@@ -115,6 +117,9 @@ def load_manifest(
             bad row. None: the labels found, sorted (numerically if all are integers).
         expected_clients: the clients the federation expects; a record of another client
             is a bad row, and an expected client without records is a problem.
+        text_tokens: texts become this many MiniLM token ids
+            (:func:`umbra.data.text_tokens.tokenize_texts`, for the MiniLM text encoders)
+            instead of sentence embeddings; None: embeddings.
 
     Raises:
         DataError: the file is not a CSV/Parquet manifest, lacks ``label``, has unknown
@@ -160,7 +165,7 @@ def load_manifest(
     }
     # Made (and their libraries imported) in this thread before the encoder warm-up starts.
     featurizers = {m: make() for m, make in makers.items() if m in mod_cols}
-    if "text" in mod_cols and (on_bad_rows == "skip" or not bad):
+    if "text" in mod_cols and text_tokens is None and (on_bad_rows == "skip" or not bad):
         # Load the sentence encoder in the background while the files are decoded; texts
         # are still embedded only after validation passed.
         assert parsed.texts is not None
@@ -193,7 +198,12 @@ def load_manifest(
 
     if "text" in mod_cols:  # embedded only once validation passed (the model is slow)
         assert parsed.texts is not None
-        embed_texts, dim = text_encoder()
+        if text_tokens is None:
+            embed_texts, dim = text_encoder()
+        else:  # the model reads the text itself, as token ids
+            from umbra.data.text_tokens import tokenize_texts
+
+            embed_texts, dim = partial(tokenize_texts, length=int(text_tokens)), int(text_tokens)
         texts = [parsed.texts[i] for i in kept]
         has_text = np.array([t is not None for t in texts], dtype=bool)
         vecs = np.asarray(

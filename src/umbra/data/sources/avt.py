@@ -33,6 +33,8 @@ __all__ = [
     "AVT_MODALITIES",
     "CLASS_ATTRIBUTE",
     "CLASS_GROUP",
+    "DEFAULT_AUDIO_SNR_DB",
+    "DEFAULT_TEXT_UNINFORMATIVE",
     "TEXT_GROUPS",
     "attribute_phrases",
     "avt_cache_path",
@@ -42,6 +44,10 @@ __all__ = [
 ]
 
 AVT_MODALITIES: tuple[str, ...] = ("image", "audio", "text")
+#: :func:`load_fmnist_avt`'s defaults (also what :func:`avt_cache_path` is called with to
+#: find a default build again).
+DEFAULT_TEXT_UNINFORMATIVE = 0.15
+DEFAULT_AUDIO_SNR_DB: tuple[float, float] = (0.0, 20.0)
 FORMAT_VERSION = 2
 
 #: Coarse text groups and the class each Fashion-MNIST class belongs to.
@@ -365,8 +371,8 @@ def load_fmnist_avt(
     n_test: int,
     seed: int,
     cache_dir: Path | None = None,
-    text_uninformative: float = 0.15,
-    audio_snr_db: tuple[float, float] = (0.0, 20.0),
+    text_uninformative: float = DEFAULT_TEXT_UNINFORMATIVE,
+    audio_snr_db: tuple[float, float] = DEFAULT_AUDIO_SNR_DB,
 ) -> tuple[MultimodalData, MultimodalData]:
     """The ``fmnist-avt`` train and test sets, every modality present.
 
