@@ -165,6 +165,47 @@ def test_bad_async_settings_are_one_config_error(overrides: list[str], needle: s
     assert "\n" not in str(err.value)
 
 
+def test_the_secure_sum_of_staleness_weighted_updates_is_the_plaintext_weighted_sum() -> None:
+    """Each client weights its own update (the server sees only the sum): the SecAgg+ sum
+    of the weighted updates equals Σ s(τ_i) Δ_i, including after a dropout."""
+    from secagg_sim import run_secagg_round
+
+    rng = np.random.default_rng(7)
+    taus = [0, 3, 8, 1, 15]
+    starts = [{"w": rng.normal(size=40)} for _ in taus]
+    trained = [{"w": x["w"] + rng.normal(scale=0.3, size=40)} for x in starts]
+    config = [{STALENESS_KEY: t, RULE_KEY: "sqrt"} for t in taus]
+    updates = [
+        staleness_scaled(c, x, y)["w"] - x["w"]
+        for c, x, y in zip(config, starts, trained, strict=True)
+    ]
+    for dropped in ((), (2,)):
+        total, transcript = run_secagg_round(updates, threshold=3, clip_range=4.0,
+                                             dropouts=dropped)  # fmt: skip
+        want = sum(
+            (trained[i]["w"] - starts[i]["w"]) / np.sqrt(1 + taus[i])
+            for i in range(len(taus))
+            if i not in dropped
+        )
+        assert sorted(transcript.survivors) == [i for i in range(5) if i not in dropped]
+        np.testing.assert_allclose(total, want, atol=1e-6)
+
+
+def test_cli_refuses_a_buffer_larger_than_the_federation_with_exit_2(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    args = ["--preset", "smoke", "--set", "federation.mode=async",
+            "--set", "federation.buffer_size=5", "--out", str(tmp_path / "r")]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "umbra.cli", "run", *args],
+                          capture_output=True, text=True, env={"PYTHONPATH": str(src),
+                          "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, timeout=120)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "federation.buffer_size = 5 exceeds" in lines[0], lines
+
+
 # --- rounds through the real ClientApp ------------------------------------------------
 
 
@@ -217,7 +258,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def _client_spec(
-    federation: dict[str, Any], tmp: Path, secure: SecureSettings | None = None
+    federation: dict[str, Any], tmp: Path, secure: SecureSettings | None = None, unit: str = "none"
 ) -> ClientSpec:
     registry = transports()
     return ClientSpec(
@@ -228,6 +269,7 @@ def _client_spec(
         seed=3,
         transports=(registry.get(secure.aggregation),) if secure is not None else (),
         secure=secure or SecureSettings(),
+        privacy_unit=unit,
     )
 
 
@@ -335,3 +377,39 @@ def test_a_buffered_release_is_fedbuffs_staleness_weighted_step(
     for k in x:
         np.testing.assert_allclose(got[k], want[k], atol=tol, rtol=0)
     assert any(not np.allclose(got[k], x[k]) for k in x)
+
+
+@pytest.mark.parametrize(
+    "unit", [pytest.param("example", marks=pytest.mark.slow), "client"]
+)  # example-level: calibrating σ per client takes the accountant about a minute here
+def test_every_buffer_release_is_charged_in_the_ledger(
+    federation: dict[str, Any], tmp_path: Path, unit: str
+) -> None:
+    """Buffers of 2 of 4 clients with one 10x straggler: example-level DP charges exactly
+    the clients of each buffer in its release, client-level DP one server release per
+    buffer at sample rate 1 (no amplification claimed)."""
+    from umbra.config import PrivacyConfig
+    from umbra.privacy.ledger import read_ledger
+
+    app = make_client_app(_client_spec(federation, tmp_path, unit=unit))
+    fed = FederationConfig(num_clients=N_CLIENTS, rounds=3, batch_size=10, mode="async",
+                           buffer_size=2, straggler_fraction=0.25, speed_sigma=0.2)  # fmt: skip
+    privacy = PrivacyConfig.model_validate(
+        {"mode": unit, "epsilon": 20.0, "delta": 1e-3, "accountant": "rdp"}
+    )
+    spec = ServerSpec(run_dir=str(tmp_path / "run"), test_dir=str(federation["root"] / "test"),
+                      model_spec=federation["model_spec"], federation=fed, seed=1,
+                      privacy=privacy)  # fmt: skip
+    result = run_rounds(spec, cast(Grid, LocalGrid(app, N_CLIENTS)))
+    assert len(result.history) == 3 and not any(r["aborted"] for r in result.history)
+    releases = read_ledger(tmp_path / "run" / "ledger.jsonl").releases
+    if unit == "example":
+        charged = sorted((r.round, int(r.party)) for r in releases)
+        want = sorted((row["round"], p) for row in result.history for p in row["buffer"])
+        assert charged == want
+        # the straggler (10x slower) never fills a buffer in 3 releases: it is never charged
+        assert {p for _, p in charged} == set(range(N_CLIENTS)) - set(stragglers(4, 0.25, seed=1))
+    else:
+        assert sorted(r.round for r in releases) == [1, 2, 3]
+        assert {(r.party, r.sample_rate) for r in releases} == {("server", 1.0)}
+    assert all(len(row["buffer"]) == 2 for row in result.history)
