@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -190,6 +191,7 @@ def variant(name: str, rounds: int, max_releases: int, buffer: int) -> dict[str,
         "epsilon_sync": sync[-1].get("epsilon"),
         "epsilon_async": asy[-1].get("epsilon"),
         "wall_s": time.perf_counter() - t0,
+        "load_average": os.getloadavg()[0],
     }
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from flwr.serverapp import Grid
 
+from umbra.config import FederationConfig
 from umbra.errors import BudgetExhausted, UmbraError
 from umbra.federation.buffered.buffer_round import (
     BufferDP,
@@ -41,7 +42,7 @@ from umbra.federation.buffered.clock import VirtualClock
 from umbra.federation.buffered.speeds import speed_factors
 from umbra.federation.checkpoint import load_latest, save_checkpoint
 from umbra.federation.client_data import load_client_data
-from umbra.federation.common import from_record, metric_float
+from umbra.federation.common import RoundOutcome, from_record, metric_float
 from umbra.federation.server_app import (
     RoundReport,
     RunResult,
@@ -63,7 +64,7 @@ log = logging.getLogger("umbra")
 NOMINAL_COST = 1.0
 
 
-def client_durations(fed: Any, seed: int) -> dict[int, float]:
+def client_durations(fed: FederationConfig, seed: int) -> dict[int, float]:
     """partition id -> virtual compute time of one local training (``federation.*``'s
     speed distribution, drawn from the run seed: hardware, not privacy randomness)."""
     factors = speed_factors(
@@ -76,7 +77,7 @@ def client_durations(fed: Any, seed: int) -> dict[int, float]:
     return {pid: NOMINAL_COST * float(f) for pid, f in enumerate(factors)}
 
 
-def async_summary(fed: Any, seed: int, history: list[RoundReport]) -> dict[str, Any]:
+def async_summary(fed: FederationConfig, seed: int, history: list[RoundReport]) -> dict[str, Any]:
     """results.json's ``async`` object: how the run was timed, and the clock at its end."""
     durations = client_durations(fed, seed)
     return {
@@ -172,7 +173,12 @@ def run_buffered(spec: ServerSpec, grid: Grid) -> RunResult:
 
 
 def _row(
-    rnd: int, outcome: Any, virtual_s: float, staleness: dict[int, int], *, private: bool
+    rnd: int,
+    outcome: RoundOutcome,
+    virtual_s: float,
+    staleness: dict[int, int],
+    *,
+    private: bool,
 ) -> RoundReport:
     """One release's row: the synchronous row's fields plus the clock and the buffer."""
     metrics = outcome.metrics
