@@ -193,6 +193,25 @@ def test_the_secure_sum_of_staleness_weighted_updates_is_the_plaintext_weighted_
         np.testing.assert_allclose(total, want, atol=1e-6)
 
 
+def test_client_level_dp_divides_a_buffer_by_its_fixed_size() -> None:
+    """DP-FedAvg over a buffer: (Σ clipped weighted deltas + noise) / K with K the public
+    buffer size (not qN of Poisson rounds); σ = 0 leaves the exact mean to compare."""
+    from types import SimpleNamespace
+
+    from umbra.federation.buffered.buffer_round import BufferDP
+
+    ctl = SimpleNamespace(cfg=SimpleNamespace(noise="central", client_rate=1.0),
+                          client_sigma=0.0, clip_norms=lambda: {"all": 1.0}, num_clients=10)  # fmt: skip
+    dp = BufferDP(cast(Any, ctl), {}, buffer_size=3)
+    x = {"w": np.array([1.0, 2.0], dtype=np.float32)}
+    summed = {"w": np.array([0.3, -0.6])}
+    with pytest.warns(UserWarning):  # σ = 0 is flagged as adding no noise
+        got = dp.finish(x, summed, received=3, sampled=3)
+    np.testing.assert_allclose(got["w"], [1.1, 1.8], rtol=1e-6)
+    with pytest.raises(ValueError, match="buffer_size"):
+        BufferDP(cast(Any, ctl), {}, buffer_size=0)
+
+
 def test_cli_refuses_a_buffer_larger_than_the_federation_with_exit_2(tmp_path: Path) -> None:
     import subprocess
     import sys
