@@ -18,7 +18,8 @@ round and release is evaluated, and the asynchronous run stops once it reaches t
 
     .venv/bin/python bench/async_fl.py [--rounds 8] [--max-releases 40] [--variants plain,secagg+,dp]
 
-Writes bench/results/async.json and bench/results/async.md.
+Writes bench/results/async.json (merged with the rows already there: a row is replaced by
+one of the same variant, rounds, buffer size and release cap) and bench/results/async.md.
 """
 
 from __future__ import annotations
@@ -175,6 +176,7 @@ def variant(name: str, rounds: int, max_releases: int, buffer: int) -> dict[str,
         "variant": name,
         "overrides": [*COMMON, *extra],
         "sync_rounds": rounds,
+        "max_releases": max_releases,
         "async_releases": len(a_acc),
         "buffer_size": buffer,
         "target_accuracy": target,
@@ -225,13 +227,14 @@ def main() -> None:
     # Flower 1.42 needs a task identity to build Messages outside a running app
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
     OUT.mkdir(exist_ok=True)
-    rows = []
+    path = OUT / "async.json"
+    rows = json.loads(path.read_text()) if path.exists() else []
     for name in args.variants.split(","):
-        rows.append(variant(name, args.rounds, args.max_releases, args.buffer))
-        print(
-            json.dumps({k: v for k, v in rows[-1].items() if not k.endswith(("accuracy", "times"))})
-        )
-        (OUT / "async.json").write_text(json.dumps(rows, indent=2))
+        row = variant(name, args.rounds, args.max_releases, args.buffer)
+        key = ("variant", "sync_rounds", "buffer_size", "max_releases")
+        rows = [r for r in rows if any(r.get(k) != row[k] for k in key)] + [row]
+        print(json.dumps({k: v for k, v in row.items() if not k.endswith(("accuracy", "times"))}))
+        path.write_text(json.dumps(rows, indent=2))
         (OUT / "async.md").write_text(table(rows))
     print(table(rows))
 
