@@ -19,7 +19,8 @@ round and release is evaluated, and the asynchronous run stops once it reaches t
     .venv/bin/python bench/async_fl.py [--rounds 8] [--max-releases 40] [--variants plain,secagg+,dp]
 
 Writes bench/results/async.json (merged with the rows already there: a row is replaced by
-one of the same variant, rounds, buffer size and release cap) and bench/results/async.md.
+one of the same variant, rounds, buffer size, release cap and ``--repeat``) and
+bench/results/async.md.
 """
 
 from __future__ import annotations
@@ -220,6 +221,9 @@ def main() -> None:
     ap.add_argument("--max-releases", type=int, default=40, help="asynchronous releases")
     ap.add_argument("--buffer", type=int, default=3, help="buffer size K")
     ap.add_argument("--variants", default="plain,secagg+,dp")
+    ap.add_argument(
+        "--repeat", type=int, default=0, help="repetition number (DP noise is OS-seeded)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     from flwr.supercore.task_identity import TaskIdentity
@@ -230,9 +234,9 @@ def main() -> None:
     path = OUT / "async.json"
     rows = json.loads(path.read_text()) if path.exists() else []
     for name in args.variants.split(","):
-        row = variant(name, args.rounds, args.max_releases, args.buffer)
-        key = ("variant", "sync_rounds", "buffer_size", "max_releases")
-        rows = [r for r in rows if any(r.get(k) != row[k] for k in key)] + [row]
+        row = {**variant(name, args.rounds, args.max_releases, args.buffer), "repeat": args.repeat}
+        key = ("variant", "sync_rounds", "buffer_size", "max_releases", "repeat")
+        rows = [r for r in rows if any(r.get(k, 0) != row[k] for k in key)] + [row]
         print(json.dumps({k: v for k, v in row.items() if not k.endswith(("accuracy", "times"))}))
         path.write_text(json.dumps(rows, indent=2))
         (OUT / "async.md").write_text(table(rows))
