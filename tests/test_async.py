@@ -403,9 +403,7 @@ def test_a_buffered_release_is_fedbuffs_staleness_weighted_step(
     assert any(not np.allclose(got[k], x[k]) for k in x)
 
 
-@pytest.mark.parametrize(
-    "unit", [pytest.param("example", marks=pytest.mark.slow), "client"]
-)  # example-level: calibrating σ per client takes the accountant about a minute here
+@pytest.mark.parametrize("unit", ["example", "client"])
 def test_every_buffer_release_is_charged_in_the_ledger(
     federation: dict[str, Any], tmp_path: Path, unit: str
 ) -> None:
