@@ -209,8 +209,10 @@ class ModelConfig(_Section):
 
 
 class FederationConfig(_Section):
-    mode: Literal["federated", "centralized"] = Field(
-        "federated", description="federated on Flower, or a centralized baseline on pooled data"
+    mode: Literal["federated", "centralized", "async"] = Field(
+        "federated",
+        description="federated on Flower (synchronous rounds), async (FedBuff: buffered "
+        "asynchronous aggregation, docs/async.md), or a centralized baseline on pooled data",
     )
     layout: Literal["horizontal", "vertical"] = Field(
         "horizontal",
@@ -269,6 +271,38 @@ class FederationConfig(_Section):
         "outliers per round (median + k·MAD)",
     )
     detect_k: float = Field(3.0, gt=0, description="detect: robust deviations that flag")
+    # mode = "async" (FedBuff, docs/async.md): `rounds` counts buffer releases; client speeds
+    # drive a virtual clock (compute time = nominal cost x speed factor)
+    buffer_size: int | None = Field(
+        None, ge=1, description="async: updates per buffer release K (None: every client)"
+    )
+    max_staleness: int = Field(
+        100, description="async: an update staler than this many releases is discarded (> 0)"
+    )
+    staleness: Literal["sqrt", "constant"] = Field(
+        "sqrt",
+        description="async: staleness weight s(τ), 'sqrt' = 1/sqrt(1+τ) (FedBuff) or 'constant' = 1",
+    )
+    speed_sigma: float = Field(
+        0.0, ge=0, le=5, description="async: log-normal σ of the clients' compute-time factors"
+    )
+    straggler_fraction: float = Field(
+        0.0, ge=0, le=1, description="async: share of clients slowed by straggler_slowdown"
+    )
+    straggler_slowdown: float = Field(
+        10.0, ge=1, le=1000, description="async: compute-time factor of a straggler"
+    )
+
+    @model_validator(mode="after")
+    def _check_async(self) -> FederationConfig:
+        if self.max_staleness <= 0:
+            raise ValueError(f"federation.max_staleness must be > 0, got {self.max_staleness}")
+        if self.buffer_size is not None and self.buffer_size > self.num_clients:
+            raise ValueError(
+                f"federation.buffer_size = {self.buffer_size} exceeds federation.num_clients "
+                f"= {self.num_clients}: a buffer holds at most one update per client"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_defence(self) -> FederationConfig:
@@ -733,6 +767,8 @@ class Config(_Section):
                     f"{what} does not fit privacy.mode = 'client': its sensitivity "
                     "analysis assumes the plain mean of clipped updates"
                 )
+        if fed.mode == "async":
+            _check_async_fits(self)
         for pid in self.attack.clients:
             if pid >= fed.num_clients:
                 raise ValueError(
@@ -768,6 +804,33 @@ class Config(_Section):
                     f"{self.federation.num_clients}"
                 )
         return self
+
+
+def _check_async_fits(cfg: Config) -> None:
+    """federation.mode = 'async' (FedBuff) with the rest of the config: what its buffers
+    cannot carry is refused here, in one line."""
+    fed, dp = cfg.federation, cfg.privacy
+    if fed.strategy == "scaffold":
+        raise ValueError(
+            "federation.mode = 'async' does not support federation.strategy = 'scaffold' "
+            "(control variates assume every client trains on the same model)"
+        )
+    if cfg.compression.method != "none":
+        raise ValueError(
+            "federation.mode = 'async' does not support compression: a stale update is "
+            "encoded against a model the server no longer holds"
+        )
+    if dp.mode == "client" and dp.client_rate < 1.0:
+        raise ValueError(
+            f"privacy.client_rate = {dp.client_rate:g} under federation.mode = 'async': a "
+            "buffer is filled by the clients' speeds, not a Poisson sample, so no "
+            "amplification may be claimed; set privacy.client_rate = 1"
+        )
+    if dp.mode == "example" and dp.noise == "distributed":
+        raise ValueError(
+            "federation.mode = 'async' does not support privacy.noise = 'distributed' with "
+            "privacy.mode = 'example' (a staleness weight would scale the noise shares down)"
+        )
 
 
 def _format_error(err: ValidationError) -> str:

@@ -32,6 +32,7 @@ from flwr.clientapp import ClientApp
 
 from umbra.data.dataset import MultimodalData
 from umbra.federation.attacks import AttackSpec, attack_policy
+from umbra.federation.buffered.client_update import staleness_scaled
 from umbra.federation.client_data import client_records, load_client_data
 from umbra.federation.client_state import load_round_arrays, save_round_arrays
 from umbra.federation.common import (
@@ -220,6 +221,7 @@ def train_reply(spec: ClientSpec, msg: Message, context: Context) -> Message:
     settings = policy.settings(settings)
     metrics = policy.train(model, batchable, settings, seed=seed, scaffold=scaffold)
     y = attack.poison_update(x, get_arrays(model))
+    y = staleness_scaled(config, x, y)  # federation.mode = "async": FedBuff's s(τ), before DP
     out = dict(y)
     if c_i is not None:
         new_c_i = scaffold_control_update(

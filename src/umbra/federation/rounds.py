@@ -103,7 +103,7 @@ class PlainTrainRound:
     ) -> RoundOutcome:
         dp = self.dp
         client_dp = dp is not None and dp.client_level
-        messages = train_messages(strategy, grid, rnd, arrays, dp)
+        messages = self.messages(strategy, grid, rnd, arrays)
         self.compression.announce(messages, rnd)  # compression: the round's codec
         down = {m.metadata.dst_node_id: message_bytes([m]) for m in messages}
         replies = send_and_receive(grid, messages, timeout=self.timeout_s) if messages else []
@@ -124,6 +124,7 @@ class PlainTrainRound:
         # compression: full arrays again, after the bytes were counted; a reply whose codes
         # do not decode counts as no reply
         ok = [m for m in ok if self.compression.decode(m, arrays, rnd)]
+        ok = self.updates(ok, arrays)
         if dp is not None and client_dp:
             summed = {k: np.zeros_like(v, dtype=np.float64) for k, v in arrays.items()}
             for m in ok:
@@ -148,6 +149,17 @@ class PlainTrainRound:
             dropped_nodes=tuple(sorted(set(down) - answered)),
             partitions={m.metadata.src_node_id: reply_partition(m) for m in ok},
         )
+
+    def messages(
+        self, strategy: ModalityFedAvg, grid: Grid, rnd: int, arrays: dict[str, np.ndarray]
+    ) -> list[Message]:
+        """The round's train messages (`train_messages`; a subclass may readdress them)."""
+        return train_messages(strategy, grid, rnd, arrays, self.dp)
+
+    def updates(self, replies: list[Message], arrays: dict[str, np.ndarray]) -> list[Message]:
+        """The decoded replies as the aggregation takes them (a subclass may rewrite them,
+        e.g. onto the global ``arrays``); unchanged here."""
+        return replies
 
 
 def _loss(msg: Message) -> float:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from flwr.app import ArrayRecord, MetricRecord
+from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from umbra.federation.common import RoundOutcome, SecureAggregator, SecureRound, SecureSum
@@ -62,7 +62,7 @@ class SecureTrainRound:
     def __call__(
         self, strategy: ModalityFedAvg, grid: Grid, rnd: int, arrays: dict[str, np.ndarray]
     ) -> RoundOutcome:
-        messages = train_messages(strategy, grid, rnd, arrays, self.dp)
+        messages = self.messages(strategy, grid, rnd, arrays)
         # compression "shared-k": the clients send dense updates, the transport the kept
         # coordinates only (umbra.secure.contribution.shared_sparsify)
         self.compression.announce(messages, rnd, dense=True)
@@ -108,6 +108,12 @@ class SecureTrainRound:
             total.note = "strategy step failed"
             return _outcome(total, sampled)
         return _outcome(total, sampled, record=record, metrics=agg_metrics)
+
+    def messages(
+        self, strategy: ModalityFedAvg, grid: Grid, rnd: int, arrays: dict[str, np.ndarray]
+    ) -> list[Message]:
+        """The round's train messages (`train_messages`; a subclass may readdress them)."""
+        return train_messages(strategy, grid, rnd, arrays, self.dp)
 
 
 def _outcome(

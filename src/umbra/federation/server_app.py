@@ -53,6 +53,8 @@ __all__ = [
     "check_some_round_completed",
     "initial_arrays",
     "make_server_app",
+    "query_clients",
+    "wait_for_nodes",
 ]
 
 log = logging.getLogger("umbra")
@@ -144,7 +146,8 @@ def initial_arrays(model_spec: dict[str, Any], seed: int) -> dict[str, np.ndarra
     return get_arrays(MultimodalNet(ModelSpec.from_dict(model_spec)))
 
 
-def _wait_for_nodes(grid: Grid, n: int, timeout_s: float) -> None:
+def wait_for_nodes(grid: Grid, n: int, timeout_s: float) -> None:
+    """Wait until ``n`` nodes are connected (UmbraError after ``timeout_s`` seconds)."""
     deadline = time.monotonic() + timeout_s
     while len(list(grid.get_node_ids())) < n:
         if time.monotonic() > deadline:
@@ -156,6 +159,10 @@ def run_rounds(spec: ServerSpec, grid: Grid) -> RunResult:
     """Run (or resume) the federated rounds; returns the final arrays, the history, why
     the run stopped early (the privacy budget) and the privacy summary."""
     fed = spec.federation
+    if fed.mode == "async":  # buffered asynchronous releases instead of synchronous rounds
+        from umbra.federation.buffered.loop import run_buffered
+
+        return run_buffered(spec, grid)
     run_dir = Path(spec.run_dir)
     ckpt_dir = run_dir / "checkpoints"
     strategy = _strategy(spec)
@@ -173,7 +180,7 @@ def run_rounds(spec: ServerSpec, grid: Grid) -> RunResult:
         log.info("resuming after round %d", start)
     model = MultimodalNet(ModelSpec.from_dict(spec.model_spec))
     test = Batchable.from_data(load_client_data(spec.test_dir, 0))
-    _wait_for_nodes(grid, fed.num_clients, spec.node_timeout_s)
+    wait_for_nodes(grid, fed.num_clients, spec.node_timeout_s)
     dp = _round_dp(spec, grid, model)
     controller = dp.controller if dp is not None else None
     train_round = _train_round(spec, dp)

@@ -108,6 +108,7 @@ def results_object(
         "stopped": outcome.stopped,
         "secure_aggregation": cfg.secure.aggregation,
         **({"audit": {"poisoning": poisoning}} if poisoning is not None else {}),
+        **({"async": _async_summary(cfg, history)} if cfg.federation.mode == "async" else {}),
         "bytes": {
             "up_total": int(sum(r["bytes_up"] for r in history)),
             "down_total": int(sum(r["bytes_down"] for r in history)),
@@ -118,3 +119,10 @@ def results_object(
             "total_s": time.perf_counter() - started,
         },
     }
+
+
+def _async_summary(cfg: Config, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """federation.mode = "async": the virtual clock the run was timed on (docs/async.md)."""
+    from umbra.federation.buffered.loop import async_summary
+
+    return async_summary(cfg.federation, cfg.run.seed, history)
