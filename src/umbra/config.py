@@ -28,7 +28,9 @@ __all__ = [
     "Config",
     "DataConfig",
     "FederationConfig",
+    "HeteroConfig",
     "ModelConfig",
+    "OrganisationModel",
     "PrivacyConfig",
     "ResolvedConfig",
     "RunConfig",
@@ -191,6 +193,62 @@ class ModelConfig(_Section):
         'own (e.g. audio = "spectral-stats": small, suits DP-SGD on fmnist-avt); a manifest '
         "run on a preset uses MANIFEST_ENCODERS for the modalities not set with --set",
     )
+
+
+class OrganisationModel(_Section):
+    """One organisation's own choice of architecture, overriding the ``model`` section."""
+
+    encoders: dict[str, str] = Field(
+        default_factory=dict,
+        description="modality -> registered encoder name, over model.encoders for this "
+        'organisation (e.g. image = "image": the conv encoder)',
+    )
+    hidden: int | None = Field(
+        None, ge=8, le=4096, description="this organisation's encoder width (default model.hidden)"
+    )
+    embed_dim: int | None = Field(
+        None,
+        ge=4,
+        le=2048,
+        description="shared embedding size; organisations are joined in that space, so it "
+        "must equal model.embed_dim",
+    )
+
+
+class HeteroConfig(_Section):
+    """Organisations with different architectures, joined by averaging what matches and
+    FedDF ensemble distillation on an unlabeled transfer set (docs/heterogeneous.md)."""
+
+    organisations: dict[str, OrganisationModel] = Field(
+        default_factory=dict,
+        description='client index -> its own architecture, e.g. {"4" = {encoders = {image '
+        '= "image"}}}; clients not named use the model section',
+    )
+    transfer: str = Field(
+        "held-out",
+        description="the unlabeled transfer set: 'held-out' (training records of the source "
+        "kept from every organisation) or the path of a manifest (e.g. synthetic data)",
+    )
+    transfer_records: int = Field(
+        2000, ge=10, le=60000, description="held-out: records kept from the organisations"
+    )
+    distill_steps: int = Field(
+        100, ge=0, le=100000, description="server distillation steps per round (0: off)"
+    )
+    distill_batch: int = Field(128, ge=2, le=8192, description="transfer records per step")
+    distill_lr: float = Field(1e-3, gt=0, le=1, description="Adam learning rate of distillation")
+    distill_temperature: float = Field(
+        1.0, gt=0, le=100, description="softmax temperature of teacher and student"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> HeteroConfig:
+        for c in self.organisations:
+            if not c.isdigit():
+                raise ValueError(
+                    f'hetero.organisations key {c!r} must be a client index such as "0"'
+                )
+        return self
 
 
 class FederationConfig(_Section):
@@ -518,6 +576,7 @@ class Config(_Section):
     audit: AuditConfig = Field(default_factory=AuditConfig)  # type: ignore[arg-type]
     attack: AttackConfig = Field(default_factory=AttackConfig)  # type: ignore[arg-type]
     compression: CompressionConfig = Field(default_factory=CompressionConfig)  # type: ignore[arg-type]
+    hetero: HeteroConfig = Field(default_factory=HeteroConfig)  # type: ignore[arg-type]
     run: RunConfig = Field(default_factory=RunConfig)  # type: ignore[arg-type]
 
     @model_validator(mode="after")
@@ -630,7 +689,22 @@ class Config(_Section):
                     f"data.absent names client {c}, but federation.num_clients = "
                     f"{self.federation.num_clients}"
                 )
+        self._check_hetero()
         return self
+
+    def _check_hetero(self) -> None:
+        for c, org in self.hetero.organisations.items():
+            if int(c) >= self.federation.num_clients:
+                raise ValueError(
+                    f"hetero.organisations names client {c}, but federation.num_clients = "
+                    f"{self.federation.num_clients}"
+                )
+            if org.embed_dim is not None and org.embed_dim != self.model.embed_dim:
+                raise ValueError(
+                    f"hetero.organisations.{c}.embed_dim = {org.embed_dim} differs from "
+                    f"model.embed_dim = {self.model.embed_dim}: organisations are joined in "
+                    "one shared embedding space, which needs one size"
+                )
 
 
 def _format_error(err: ValidationError) -> str:
