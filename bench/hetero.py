@@ -12,7 +12,10 @@ Heterogeneous architectures:
 * ``homogeneous``: every organisation on ``baseline``'s model (scattering image head);
 * ``hetero-avg``: organisations 4-7 on the conv encoder ``image`` over the scattering
   coefficients, averaging only what matches, no distillation;
-* ``hetero-feddf``: the same plus FedDF distillation (``--distill-steps`` per round).
+* ``hetero-feddf``: the same plus FedDF distillation (``--distill-steps`` per round)
+  towards the ensemble of the round's local models;
+* ``hetero-feddf-avg``: distillation towards the ensemble of the two architectures'
+  averaged models instead (``hetero.teachers = "averaged"``).
 
 Text as the mediator (every organisation on ``baseline``'s model, no distillation):
 
@@ -20,6 +23,11 @@ Text as the mediator (every organisation on ``baseline``'s model, no distillatio
   (image+audio pairs exist);
 * ``mediator``: 0-3 image+text, 4-7 audio+text (nobody holds image with audio);
 * ``mediator-noalign``: ``mediator`` with ``model.align_weight = 0``.
+
+The mediator scenarios run on ``fmnist-avt`` and (``--data synthetic``) on
+:func:`paired_synthetic` records, where a record's modalities share a latent beyond
+their class, so that instance-level retrieval can tell alignment from class learning
+(``fmnist-avt``'s image and recording share nothing beyond the class).
 
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python bench/hetero.py [--rounds 15]
         [--distill-steps 50] [--scenarios homogeneous hetero-feddf ...]
@@ -43,6 +51,7 @@ import numpy as np
 import torch
 
 from umbra.config import Config, load_config
+from umbra.data.dataset import MultimodalData
 from umbra.data.partition import absent_modalities, apply_missing, partition
 from umbra.data.sources.synthetic import make_synthetic
 from umbra.federation.hetero import run_hetero
@@ -50,8 +59,10 @@ from umbra.run.prepare import PreparedData, model_spec_for, prepare_data
 
 RESULTS = Path(__file__).parent / "results"
 CLIENTS = 8
-#: The synthetic mediator data: 10 classes, each modality its class prototype plus noise.
-SYNTH_TRAIN, SYNTH_TEST, SYNTH_NOISE = 8000, 1000, 2.0
+#: The synthetic mediator data (:func:`paired_synthetic`): records, noise, the per-record
+#: latent's dimensions and scale (relative to the unit-RMS class prototypes).
+SYNTH_TRAIN, SYNTH_TEST, SYNTH_NOISE = 8000, 1000, 1.0
+SYNTH_LATENT, SYNTH_LATENT_SCALE = 16, 1.0
 SECOND_IMAGE_ENCODER = "image"  # the conv encoder, here on the scattering coefficients
 HALF = {str(i): {"encoders": {"image": SECOND_IMAGE_ENCODER}} for i in range(4, 8)}
 IMAGE_TEXT = {str(i): ["audio"] for i in range(4)}
@@ -59,6 +70,10 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "homogeneous": {},
     "hetero-avg": {"hetero": {"organisations": HALF}},
     "hetero-feddf": {"hetero": {"organisations": HALF}, "distil": True},
+    "hetero-feddf-avg": {
+        "hetero": {"organisations": HALF, "teachers": "averaged"},
+        "distil": True,
+    },
     "mediator-upper": {"absent": {**IMAGE_TEXT, **{str(i): ["image"] for i in range(4, 7)}}},
     "mediator": {"absent": {**IMAGE_TEXT, **{str(i): ["image"] for i in range(4, 8)}}},
     "mediator-noalign": {
@@ -83,11 +98,28 @@ def _config(name: str, rounds: int, distill_steps: int, seed: int) -> Config:
     return Config.model_validate(raw)
 
 
+def paired_synthetic(n: int, seed: int) -> MultimodalData:
+    """Records whose image, audio and text each carry the class (a prototype plus noise,
+    :func:`make_synthetic`) and one latent of their own (``SYNTH_LATENT`` dimensions,
+    mapped into each modality by a fixed random matrix): what links a real pair beyond its
+    class. The latent does not help classification; only alignment can match it across
+    modalities, so instance-level retrieval measures alignment and not class learning."""
+    base = make_synthetic(n=n, num_classes=10, seed=seed, modalities=("image", "audio", "text"),
+                          noise=SYNTH_NOISE)  # fmt: skip
+    z = np.random.default_rng([seed, 0x5A17]).standard_normal((n, SYNTH_LATENT))
+    features = {}
+    for k, m in enumerate(base.modalities):
+        x = base.features[m]
+        mix = np.random.default_rng([0x5A17, k]).standard_normal((SYNTH_LATENT, x[0].size))
+        own = (z @ mix / np.sqrt(SYNTH_LATENT)).reshape(x.shape) * SYNTH_LATENT_SCALE
+        features[m] = (x + own).astype(np.float32)
+    return MultimodalData(features, base.mask, base.labels, base.modalities, base.class_names)
+
+
 def _synthetic_prep(cfg: Config) -> PreparedData:
-    """Synthetic records where image, audio and text each carry the class (prototype plus
-    noise, :func:`make_synthetic`), split and masked as ``prepare_data`` splits a source."""
-    both = make_synthetic(n=SYNTH_TRAIN + SYNTH_TEST, num_classes=10, seed=cfg.run.seed,
-                          modalities=("image", "audio", "text"), noise=SYNTH_NOISE)  # fmt: skip
+    """:func:`paired_synthetic` records, split and masked as ``prepare_data`` splits a
+    source (the same Dirichlet partition, absent modalities and missingness)."""
+    both = paired_synthetic(SYNTH_TRAIN + SYNTH_TEST, cfg.run.seed)
     idx = np.arange(len(both))
     train, test = both.subset(idx[:SYNTH_TRAIN]), both.subset(idx[SYNTH_TRAIN:])
     parts = partition(train.labels, CLIENTS, scheme=cfg.data.partition, alpha=cfg.data.alpha,

@@ -130,8 +130,10 @@ def test_one_homogeneous_round_is_the_modality_aware_fedavg_round() -> None:
     assert result.transfer_records == 40
 
 
-def test_heterogeneous_run_reports_every_organisation_and_distils() -> None:
+@pytest.mark.parametrize("teachers", ["local", "averaged"])
+def test_heterogeneous_run_reports_every_organisation_and_distils(teachers: str) -> None:
     cfg = _cfg('hetero.organisations={"2"={hidden=32}}', "hetero.distill_steps=30",
+               f"hetero.teachers={teachers}",
                "hetero.distill_lr=0.01")  # fmt: skip
     prep = prepare_data(cfg)
     result = run_hetero(cfg, prep, model_spec_for(cfg, prep.train))

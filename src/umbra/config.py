@@ -240,6 +240,11 @@ class HeteroConfig(_Section):
     distill_temperature: float = Field(
         1.0, gt=0, le=100, description="softmax temperature of teacher and student"
     )
+    teachers: Literal["local", "averaged"] = Field(
+        "local",
+        description="the ensemble distilled into each architecture: the round's local models "
+        "(FedDF) or every architecture's averaged model",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> HeteroConfig:

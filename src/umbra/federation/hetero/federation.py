@@ -9,7 +9,8 @@ One round (FedDF, Lin et al. NeurIPS 2020, https://arxiv.org/abs/2006.07242):
    that group matches (:func:`~umbra.federation.strategies.architecture.grouped_average`;
    modality-aware within a group);
 3. each architecture's averaged model is distilled towards the mean logits of all the
-   round's local models on the unlabeled transfer set
+   round's local models (``hetero.teachers = "local"``, FedDF's ensemble) or of every
+   architecture's averaged model (``"averaged"``) on the unlabeled transfer set
    (:func:`~umbra.federation.hetero.distillation.distil`), and sent back to its
    organisations.
 
@@ -160,6 +161,12 @@ def _initial_arrays(
     return out
 
 
+def _copy(model: MultimodalNet) -> MultimodalNet:
+    twin = MultimodalNet(model.spec)
+    set_arrays(twin, get_arrays(model))
+    return twin
+
+
 def run_hetero(
     cfg: Config,
     prep: PreparedData,
@@ -216,12 +223,13 @@ def run_hetero(
         row: dict[str, Any] = {"round": rnd}
         for a in range(len(arch_specs)):
             set_arrays(arch_models[a], averaged[arch_of.index(a)])
+        teachers = local if h.teachers == "local" else [_copy(m) for m in arch_models]
+        for a in range(len(arch_specs)):
             if distill.steps > 0:
-                before = kl_to_ensemble(arch_models[a], local, probe)
-                stats = distil(arch_models[a], local, transfer, distill,
+                row[f"kl-before/{a}"] = kl_to_ensemble(arch_models[a], teachers, probe)
+                stats = distil(arch_models[a], teachers, transfer, distill,
                                seed=cfg.run.seed * 7919 + rnd * 31 + a)  # fmt: skip
-                row[f"kl-before/{a}"] = before
-                row[f"kl-after/{a}"] = kl_to_ensemble(arch_models[a], local, probe)
+                row[f"kl-after/{a}"] = kl_to_ensemble(arch_models[a], teachers, probe)
                 row[f"distil-last/{a}"] = stats["distil-last"]
             arch_arrays[a] = get_arrays(arch_models[a])
         state = [arch_arrays[a] for a in arch_of]
