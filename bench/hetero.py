@@ -83,7 +83,9 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 }
 
 
-def _config(name: str, rounds: int, distill_steps: int, seed: int) -> Config:
+def _config(
+    name: str, rounds: int, distill_steps: int, seed: int, distill_lr: float = 1e-3
+) -> Config:
     s = SCENARIOS[name]
     cfg = load_config(
         "baseline",
@@ -92,6 +94,7 @@ def _config(name: str, rounds: int, distill_steps: int, seed: int) -> Config:
     raw = cfg.model_dump(mode="json")
     raw["hetero"].update(s.get("hetero", {}))
     raw["hetero"]["distill_steps"] = distill_steps if s.get("distil") else 0
+    raw["hetero"]["distill_lr"] = distill_lr
     raw["data"]["absent"] = s.get("absent", {})
     if "align_weight" in s:
         raw["model"]["align_weight"] = s["align_weight"]
@@ -131,8 +134,10 @@ def _synthetic_prep(cfg: Config) -> PreparedData:
     return PreparedData(train, test, parts, [masked[p] for p in parts])
 
 
-def _run(name: str, rounds: int, distill_steps: int, seed: int, data: str) -> dict[str, Any]:
-    cfg = _config(name, rounds, distill_steps, seed)
+def _run(
+    name: str, rounds: int, distill_steps: int, seed: int, data: str, distill_lr: float = 1e-3
+) -> dict[str, Any]:
+    cfg = _config(name, rounds, distill_steps, seed, distill_lr)
     if data == "synthetic":
         raw = cfg.model_dump(mode="json")
         raw["model"]["encoders"] = {}  # the conv encoders on 8x8 "images" and "spectrograms"
@@ -152,6 +157,7 @@ def _run(name: str, rounds: int, distill_steps: int, seed: int, data: str) -> di
         "rounds": rounds,
         "seed": seed,
         "distill_steps": cfg.hetero.distill_steps,
+        "distill_lr": cfg.hetero.distill_lr,
         "global_accuracy": g["accuracy"],
         "image+audio": g["subsets"]["image+audio"],
         "subsets": g["subsets"],
@@ -168,17 +174,25 @@ def _run(name: str, rounds: int, distill_steps: int, seed: int, data: str) -> di
 
 
 def _key(r: dict[str, Any]) -> tuple[Any, ...]:
-    return (r["data"], r["scenario"], r["rounds"], r["seed"], r["distill_steps"])
+    return (r["data"], r["scenario"], r["rounds"], r["seed"], r["distill_steps"],
+            r.get("distill_lr", 1e-3))  # fmt: skip
+
+
+def _label(r: dict[str, Any]) -> str:
+    if not r["distill_steps"]:
+        return str(r["scenario"])
+    return f"{r['scenario']} ({r['distill_steps']} steps, lr {r.get('distill_lr', 1e-3):g})"
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| scenario | rounds | seed | global fused | image+audio | per-architecture fused "
-        "| img↔aud R@1 | R@10 |",
-        "|---|---:|---:|---:|---:|---|---:|---:|",
+        "| data | scenario | rounds | seed | global fused | image+audio | per-architecture "
+        "fused | img↔aud R@1 | R@10 |",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|",
     ]
+    order = list(SCENARIOS)
     for r in sorted(
-        rows, key=lambda r: (r["rounds"], r["seed"], list(SCENARIOS).index(r["scenario"]))
+        rows, key=lambda r: (r["data"], r["rounds"], r["seed"], order.index(r["scenario"]))
     ):
         per_arch = ", ".join(
             f"{a['encoders']['image']}: {a['accuracy']:.3f}" for a in r["architectures"]
@@ -186,7 +200,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
         r1 = "" if r["recall@1"] is None else f"{r['recall@1']:.3f}"
         r10 = "" if r["recall@10"] is None else f"{r['recall@10']:.3f}"
         lines.append(
-            f"| {r['data']} | {r['scenario']} | {r['rounds']} | {r['seed']} | {r['global_accuracy']:.3f} | "
+            f"| {r['data']} | {_label(r)} | {r['rounds']} | {r['seed']} | {r['global_accuracy']:.3f} | "
             f"{r['image+audio']:.3f} | {per_arch} | {r1} | {r10} |"
         )
     return "\n".join(lines)
@@ -197,6 +211,12 @@ def _save(row: dict[str, Any], meta: dict[str, Any]) -> None:
     old = json.loads(path.read_text()) if path.exists() else {"runs": []}
     runs = [r for r in old["runs"] if _key(r) != _key(row)] + [{**row, **meta}]
     path.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+    write_table()
+
+
+def write_table() -> None:
+    """Rewrite bench/results/hetero.md from hetero.json."""
+    runs = json.loads((RESULTS / "hetero.json").read_text())["runs"]
     (RESULTS / "hetero.md").write_text(
         _table(runs) + "\n\nCommands: see `runs[].command` in hetero.json.\n"
     )
@@ -206,6 +226,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--distill-steps", type=int, default=50)
+    p.add_argument("--distill-lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
     p.add_argument(
@@ -226,7 +247,7 @@ def main() -> None:
     runs = [(d, n) for d in args.data for n in args.scenarios
             if d == "fmnist-avt" or n.startswith("mediator")]  # fmt: skip
     for data, name in runs:
-        row = _run(name, args.rounds, args.distill_steps, args.seed, data)
+        row = _run(name, args.rounds, args.distill_steps, args.seed, data, args.distill_lr)
         _save(row, meta)
         print(
             f"{data} {name}: global {row['global_accuracy']:.4f}, image+audio {row['image+audio']:.4f}, "
