@@ -233,7 +233,7 @@ class HeteroConfig(_Section):
         2000, ge=10, le=60000, description="held-out: records kept from the organisations"
     )
     distill_steps: int = Field(
-        100, ge=0, le=100000, description="server distillation steps per round (0: off)"
+        50, ge=0, le=100000, description="server distillation steps per round (0: off)"
     )
     distill_batch: int = Field(128, ge=2, le=8192, description="transfer records per step")
     distill_lr: float = Field(1e-3, gt=0, le=1, description="Adam learning rate of distillation")
