@@ -535,7 +535,8 @@ def hetero(
     result = hetero_run(cfg, run_dir, say=lambda s: console.print(f"[dim]{s}[/]"))
     for arch in result.architectures:
         console.print(f"architecture {arch['architecture']} (organisations "
-                      f"{arch['organisations']}, encoders {arch['encoders']}): accuracy "
+                      f"{arch['organisations']}, encoders {arch['encoders']}, hidden "
+                      f"{arch['hidden']}): accuracy "
                       f"{arch['accuracy']:.4f}", highlight=False)  # fmt: skip
     console.print(f"global (ensemble) accuracy {result.global_model['accuracy']:.4f}; "
                   f"{run_dir / RESULT_FILE}", highlight=False)  # fmt: skip
