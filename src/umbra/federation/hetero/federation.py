@@ -162,6 +162,8 @@ def _initial_arrays(
 
 
 def _copy(model: MultimodalNet) -> MultimodalNet:
+    """A frozen teacher: the same weights in a new model (distillation then trains the
+    original)."""
     twin = MultimodalNet(model.spec)
     set_arrays(twin, get_arrays(model))
     return twin
