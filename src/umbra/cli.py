@@ -517,6 +517,40 @@ def _synth_command() -> Any:
 app.command("synth")(_synth_command())
 
 
+@app.command()
+def hetero(
+    preset: Annotated[
+        str | None, typer.Option(help="preset name: smoke, default, baseline")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="a TOML config file instead of a preset")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="override one setting: section.key=value (repeatable)"),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default runs/hetero)")] = None,
+) -> None:
+    """Organisations with their own architectures (hetero.organisations), joined by
+    averaging what matches and ensemble distillation; writes hetero.json
+    (docs/heterogeneous.md)."""
+    from umbra.config import resolve_config
+    from umbra.federation.hetero.command import RESULT_FILE, hetero_run
+
+    if preset and config:
+        raise UmbraError("give either --preset or --config, not both")
+    cfg = resolve_config(preset or "default", file=config, overrides=set_ or []).config
+    run_dir = out or Path("runs") / "hetero"
+    result = hetero_run(cfg, run_dir, say=lambda s: console.print(f"[dim]{s}[/]"))
+    for arch in result.architectures:
+        console.print(f"architecture {arch['architecture']} (organisations "
+                      f"{arch['organisations']}, encoders {arch['encoders']}, hidden "
+                      f"{arch['hidden']}): accuracy "
+                      f"{arch['accuracy']:.4f}", highlight=False)  # fmt: skip
+    console.print(f"global (ensemble) accuracy {result.global_model['accuracy']:.4f}; "
+                  f"{run_dir / RESULT_FILE}", highlight=False)  # fmt: skip
+
+
 def main() -> None:
     """Console entry point: user errors become one line and exit code 2."""
     try:

@@ -28,7 +28,9 @@ __all__ = [
     "Config",
     "DataConfig",
     "FederationConfig",
+    "HeteroConfig",
     "ModelConfig",
+    "OrganisationModel",
     "PrivacyConfig",
     "ResolvedConfig",
     "RunConfig",
@@ -206,6 +208,67 @@ class ModelConfig(_Section):
         description="MiniLM layers that get adapters (query, key, value, attention.output.dense, "
         "intermediate.dense, output.dense, or a full dotted name)",
     )
+
+
+class OrganisationModel(_Section):
+    """One organisation's own choice of architecture, overriding the ``model`` section."""
+
+    encoders: dict[str, str] = Field(
+        default_factory=dict,
+        description="modality -> registered encoder name, over model.encoders for this "
+        'organisation (e.g. image = "image": the conv encoder)',
+    )
+    hidden: int | None = Field(
+        None, ge=8, le=4096, description="this organisation's encoder width (default model.hidden)"
+    )
+    embed_dim: int | None = Field(
+        None,
+        ge=4,
+        le=2048,
+        description="shared embedding size; organisations are joined in that space, so it "
+        "must equal model.embed_dim",
+    )
+
+
+class HeteroConfig(_Section):
+    """Organisations with different architectures, joined by averaging what matches and
+    FedDF ensemble distillation on an unlabeled transfer set (docs/heterogeneous.md)."""
+
+    organisations: dict[str, OrganisationModel] = Field(
+        default_factory=dict,
+        description='client index -> its own architecture, e.g. {"4" = {encoders = {image '
+        '= "image"}}}; clients not named use the model section',
+    )
+    transfer: str = Field(
+        "held-out",
+        description="the unlabeled transfer set: 'held-out' (training records of the source "
+        "kept from every organisation) or the path of a manifest (e.g. synthetic data)",
+    )
+    transfer_records: int = Field(
+        2000, ge=10, le=60000, description="held-out: records kept from the organisations"
+    )
+    distill_steps: int = Field(
+        50, ge=0, le=100000, description="server distillation steps per round (0: off)"
+    )
+    distill_batch: int = Field(128, ge=2, le=8192, description="transfer records per step")
+    distill_lr: float = Field(1e-3, gt=0, le=1, description="Adam learning rate of distillation")
+    distill_temperature: float = Field(
+        1.0, gt=0, le=100, description="softmax temperature of teacher and student"
+    )
+    teachers: Literal["local", "averaged"] = Field(
+        "local",
+        description="the ensemble distilled into each architecture: the round's local models "
+        "(FedDF) or every architecture's averaged model",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> HeteroConfig:
+        for c in self.organisations:
+            if not c.isdigit():
+                raise ValueError(
+                    f'hetero.organisations key {c!r} must be a client index such as "0"'
+                )
+        return self
 
 
 class FederationConfig(_Section):
@@ -689,6 +752,7 @@ class Config(_Section):
     compression: CompressionConfig = Field(default_factory=CompressionConfig)  # type: ignore[arg-type]
     vertical: VerticalConfig = Field(default_factory=VerticalConfig)  # type: ignore[arg-type]
     synth: SynthConfig = Field(default_factory=SynthConfig)  # type: ignore[arg-type]
+    hetero: HeteroConfig = Field(default_factory=HeteroConfig)  # type: ignore[arg-type]
     run: RunConfig = Field(default_factory=RunConfig)  # type: ignore[arg-type]
 
     @model_validator(mode="after")
@@ -803,7 +867,22 @@ class Config(_Section):
                     f"data.absent names client {c}, but federation.num_clients = "
                     f"{self.federation.num_clients}"
                 )
+        self._check_hetero()
         return self
+
+    def _check_hetero(self) -> None:
+        for c, org in self.hetero.organisations.items():
+            if int(c) >= self.federation.num_clients:
+                raise ValueError(
+                    f"hetero.organisations names client {c}, but federation.num_clients = "
+                    f"{self.federation.num_clients}"
+                )
+            if org.embed_dim is not None and org.embed_dim != self.model.embed_dim:
+                raise ValueError(
+                    f"hetero.organisations.{c}.embed_dim = {org.embed_dim} differs from "
+                    f"model.embed_dim = {self.model.embed_dim}: organisations are joined in "
+                    "one shared embedding space, which needs one size"
+                )
 
 
 def _check_async_fits(cfg: Config) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from umbra.config import Config
-from umbra.errors import ResumeError
+from umbra.errors import ConfigError, ResumeError
 from umbra.federation.checkpoint import atomic_write_text
 from umbra.federation.server_app import RunResult
 from umbra.run.centralized import run_centralized
@@ -97,6 +97,9 @@ def run_experiment(
     from umbra.federation.server_app import load_model
 
     say = on_status or (lambda s: None)
+    if cfg.hetero.organisations:
+        raise ConfigError("hetero.organisations gives organisations their own architectures: "
+                          "run it with umbra hetero")  # fmt: skip
     t_start = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:

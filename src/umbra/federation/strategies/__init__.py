@@ -5,6 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from umbra.federation.strategies.architecture import (
+    architecture_signature,
+    grouped_average,
+    signature_groups,
+)
 from umbra.federation.strategies.defence import Defence, clip_update
 from umbra.federation.strategies.fedadam import UmbraFedAdam
 from umbra.federation.strategies.fedavgm import UmbraFedAvgM
@@ -36,9 +41,11 @@ __all__ = [
     "UmbraFedAdam",
     "UmbraFedAvgM",
     "UmbraFedProx",
+    "architecture_signature",
     "build_strategy",
     "clip_update",
     "count_key",
+    "grouped_average",
     "max_byzantine",
     "modality_robust_aggregate",
     "modality_weighted_average",
@@ -46,6 +53,7 @@ __all__ = [
     "register_strategy",
     "robust_aggregate",
     "scaffold_server_update",
+    "signature_groups",
 ]
 
 StrategyFactory = Callable[..., ModalityFedAvg]

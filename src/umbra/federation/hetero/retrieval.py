@@ -1,0 +1,80 @@
+"""Cross-modal retrieval in the shared embedding space: recall@k between two modalities.
+
+For records that hold both modalities a and b, each record's a-embedding queries the
+b-embeddings of all of them (cosine similarity); recall@k is the share of queries whose
+own record's b-embedding ranks among the top k (Karpathy & Fei-Fei's image-text retrieval
+measure, https://arxiv.org/abs/1412.2306). Chance level is ``k / n``. Used to check that
+alignment through a pivot modality (text) places two modalities no organisation holds
+together in one space (ImageBind, Girdhar et al. CVPR 2023,
+https://arxiv.org/abs/2305.05665).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from umbra.federation.train import Batchable
+from umbra.models import MultimodalNet
+
+__all__ = ["cross_modal_recall", "recall_at_k"]
+
+
+def recall_at_k(queries: Tensor, gallery: Tensor, ks: Sequence[int]) -> dict[int, float]:
+    """Share of rows i of ``queries`` ``(N, D)`` whose match ``gallery[i]`` ``(N, D)`` is
+    among the k most cosine-similar gallery rows, for each k in ``ks``.
+
+    Ties count against the query (a gallery row as similar as the match ranks above it).
+    """
+    if queries.dim() != 2 or queries.shape != gallery.shape:
+        raise ValueError(
+            f"queries and gallery must both be (N, D), got {tuple(queries.shape)} and "
+            f"{tuple(gallery.shape)}"
+        )
+    n = queries.shape[0]
+    if n == 0:
+        raise ValueError("recall@k needs at least one query")
+    if any(k < 1 for k in ks):
+        raise ValueError(f"every k must be >= 1, got {list(ks)}")
+    sim = F.normalize(queries, dim=1) @ F.normalize(gallery, dim=1).T  # (N, N)
+    own = sim.diagonal().unsqueeze(1)  # (N, 1)
+    rank = (sim >= own).sum(dim=1) - 1  # gallery rows at least as similar, the match excluded
+    return {int(k): float((rank < k).float().mean()) for k in ks}
+
+
+@torch.no_grad()
+def cross_modal_recall(
+    model: MultimodalNet,
+    data: Batchable,
+    a: str,
+    b: str,
+    *,
+    ks: Sequence[int] = (1, 10),
+    limit: int = 1000,
+) -> dict[str, float]:
+    """``a``->``b`` and ``b``->``a`` recall@k of ``model``'s embeddings over the first
+    ``limit`` records of ``data`` that hold both, and their mean.
+
+    Returns ``{"a->b@k": r, "b->a@k": r, "recall@k": mean, ..., "queries": n}``.
+    """
+    for m in (a, b):
+        if m not in model.modalities:
+            raise ValueError(f"the model has no {m!r} modality: {list(model.modalities)}")
+    model.eval()
+    ja, jb = model.modalities.index(a), model.modalities.index(b)
+    both = torch.nonzero(data.mask[:, ja] & data.mask[:, jb]).flatten()[:limit]
+    if len(both) < 2:
+        raise ValueError(f"retrieval needs at least two records holding both {a} and {b}")
+    inputs, mask, _ = data.take(both)
+    emb = model.embed(inputs, mask)
+    fwd = recall_at_k(emb[a], emb[b], ks)
+    back = recall_at_k(emb[b], emb[a], ks)
+    out: dict[str, float] = {"queries": float(len(both))}
+    for k in ks:
+        out[f"{a}->{b}@{k}"] = fwd[k]
+        out[f"{b}->{a}@{k}"] = back[k]
+        out[f"recall@{k}"] = (fwd[k] + back[k]) / 2
+    return out
