@@ -118,7 +118,7 @@ def _config(args: argparse.Namespace, alpha: float, overrides: list[str]) -> Con
         f"federation.num_clients={args.clients}", f"federation.rounds={args.rounds}",
         f"federation.local_epochs={args.epochs}", f"federation.byzantine={args.byzantine}",
         "federation.trim_fraction=0.2", "federation.detect=true", "run.progress=false",
-        *overrides,
+        f"run.seed={args.seed}", *overrides,
     ])  # fmt: skip
 
 
@@ -246,7 +246,8 @@ def _run(
             run_root = Path(tmp) / f"run{i}"
             run_root.mkdir()
             (run_root / "test").symlink_to(Path(tmp) / "test")
-            row = {"alpha": alpha, "defence": defence, "attack": attack,
+            row = {"alpha": alpha, "defence": defence, "attack": attack, "seed": args.seed,
+                   "rounds": args.rounds, "epochs": args.epochs,
                    **_federate(cfg, prep, run_root)}  # fmt: skip
             doc["rows"].append(row)
             _write(args.out, doc)  # a partial grid survives an interrupted run
@@ -273,6 +274,7 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=2000)
     ap.add_argument("--clients", type=int, default=15)
     ap.add_argument("--byzantine", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0, help="run.seed: partition and attackers")
     ap.add_argument("--alphas", type=float, nargs="+", default=[0.5, 0.1])
     ap.add_argument("--defences", nargs="+", default=list(DEFENCES))
     ap.add_argument("--attacks", nargs="*", default=list(GRID_ATTACKS))
