@@ -34,13 +34,20 @@ def _layer(
     return gw.double().numpy(), gb.double().numpy(), truth, norm
 
 
-def _expand(norm: nn.GroupNorm, groups: np.ndarray) -> dict[str, np.ndarray]:
+def _separate(
+    w: np.ndarray, b: np.ndarray, norm: nn.GroupNorm, groups: np.ndarray, **kw: float
+) -> np.ndarray | None:
+    """``separate_records`` with the GroupNorm's per-channel values expanded to inputs."""
     per = H * H
-    return {
-        "gamma": np.repeat(norm.weight.detach().double().numpy(), per),
-        "beta": np.repeat(norm.bias.detach().double().numpy(), per),
-        "groups": np.repeat(groups, per),
-    }
+    return separate_records(
+        w,
+        b,
+        gamma=np.repeat(norm.weight.detach().double().numpy(), per),
+        beta=np.repeat(norm.bias.detach().double().numpy(), per),
+        groups=np.repeat(groups, per),
+        starts=distinct_candidates(linear_inputs(w, b)),
+        **kw,
+    )
 
 
 def _best_cosines(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -55,9 +62,7 @@ def test_normalisation_separates_records_the_rows_mix() -> None:
     cands = distinct_candidates(linear_inputs(w, b))
     # the closed form alone leaves some record only as a mixture of rows
     assert _best_cosines(cands, truth).min() < 0.999
-    found = separate_records(
-        w, b, **_expand(norm, np.arange(C) // 3), starts=cands, mean_square=1 / (1 + norm.eps)
-    )
+    found = _separate(w, b, norm, np.arange(C) // 3, mean_square=1 / (1 + norm.eps))
     assert found is not None and len(found) == B
     assert _best_cosines(found, truth).min() > 1 - 1e-8
     # and each record by a different solution
@@ -74,20 +79,17 @@ def test_faint_groups_are_left_out_by_the_public_statistics() -> None:
     public = (torch.randn(50, C, H, H) * scale).numpy()
     steady = steady_groups(public, norm)
     assert (steady[:60] == np.arange(60) // 3).all() and (steady[60:] == -1).all()
-    cands = distinct_candidates(linear_inputs(w, b))
-    found = separate_records(w, b, **_expand(norm, steady), starts=cands, fit_tol=0.02)
+    found = _separate(w, b, norm, steady, fit_tol=0.02)
     assert found is not None and _best_cosines(found, truth).min() > 1 - 1e-4
     # with the faint groups' mean square taken for 1, no point of the hull fits
-    everything = separate_records(
-        w, b, **_expand(norm, np.arange(C) // 3), starts=cands, fit_tol=0.02
-    )
+    everything = _separate(w, b, norm, np.arange(C) // 3, fit_tol=0.02)
     assert everything is None
 
 
 def test_more_records_than_groups_is_not_separated() -> None:
     w, b, _, norm = _layer(0)
     only_two = np.where(np.arange(C) // 3 < 2, np.arange(C) // 3, -1)  # 2 groups < rank 4
-    assert separate_records(w, b, **_expand(norm, only_two), starts=w / b[:, None]) is None
+    assert _separate(w, b, norm, only_two) is None
 
 
 def test_pairing_is_one_to_one_and_maximises_the_summed_cosine() -> None:
