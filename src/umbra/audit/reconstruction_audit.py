@@ -9,7 +9,9 @@ records, re-derived from the run's config and seed. Four views of the same round
 * ``single``: the update of one record; the first linear layer on each modality's fixed
   features gives the record in closed form (:mod:`~umbra.audit.reconstruction_analytic`);
 * ``batch``: the update of ``audit.reconstruction_batch`` records; closed form on the
-  rows one record dominates, and gradient matching (Geiping et al. 2020) on every input;
+  rows one record dominates, the records separated through the scattering encoder's
+  GroupNorm statistics (:mod:`~umbra.audit.reconstruction_separation`), and gradient
+  matching (Geiping et al. 2020) on every input;
 * ``secagg``: the sum of every organisation's one-step update on as many records (what
   the server of SecAgg+ learns), attacked in closed form for the audited records;
 * ``dp``: the one-record update as DP-SGD releases it at the run's privacy settings: each
@@ -19,9 +21,12 @@ records, re-derived from the run's config and seed. Four views of the same round
 Images are mapped back from scattering coefficients to pixels
 (:mod:`~umbra.audit.reconstruction_scattering`: from the nearest held-out images, the
 attacker's public prior, by L-BFGS-B; the restart whose coefficients fit best is kept)
-and scored by PSNR/SSIM against the originals, beside two references: the prior image the
-fit started from and the mean held-out image of the record's class (what the label alone
-gives). ``inversion_ceiling`` is the same inversion from the true features, the best any
+and scored by PSNR/SSIM against the originals, beside references: the prior image the
+fit started from, the mean held-out image of the record's class, and the label floor (one
+mean held-out image per label the view's observer learns, paired like its
+reconstructions). Every view is scored by one rule: the observer puts forward at most its
+update's rank of reconstructions, paired one-to-one with all records inside the update
+(a SecAgg+ sum's included). ``inversion_ceiling`` is the same inversion from the true features, the best any
 view can reach. Texts are scored by whether the nearest sentence embedding of the data set
 is the record's; other modalities by the cosine of the recovered to the true features.
 """
@@ -603,7 +608,7 @@ def reconstruction_audit(
         "organisation": org,
         "modalities": sorted(fixed),
         # how many GroupNorm groups the separation's equations use (see steady_groups)
-        "steady_groups": {m: int(len(np.unique(g[g >= 0]))) for m, g in steady.items()},
+        "steady_groups": {m: len(np.unique(g[g >= 0])) for m, g in steady.items()},
         "views": views,
         "grid": grid,
         "seconds": time.perf_counter() - t0,
