@@ -266,6 +266,7 @@ def merge(paths: list[Path]) -> dict[str, Any]:
     docs = [json.loads(p.read_text()) for p in paths]
     out = dict(docs[0])
     out["alphas"] = sorted({a for d in docs for a in d["alphas"]}, reverse=True)
+    out["defences"] = [n for n in DEFENCES if any(n in d["defences"] for d in docs)]
     length = ("n_train", "rounds", "epochs", "seed")
     out["rows"] = [{**{k: d.get(k, 0) for k in length}, **r} for d in docs for r in d["rows"]]
     out["total_s"] = round(sum(d.get("total_s", 0.0) for d in docs), 1)
