@@ -118,7 +118,7 @@ def _config(args: argparse.Namespace, alpha: float, overrides: list[str]) -> Con
         f"federation.num_clients={args.clients}", f"federation.rounds={args.rounds}",
         f"federation.local_epochs={args.epochs}", f"federation.byzantine={args.byzantine}",
         "federation.trim_fraction=0.2", "federation.detect=true", "run.progress=false",
-        *overrides,
+        f"run.seed={args.seed}", *overrides,
     ])  # fmt: skip
 
 
@@ -163,6 +163,11 @@ def _federate(cfg: Config, prep: PreparedData, root: Path) -> dict[str, Any]:
     return row
 
 
+def _length(row: dict[str, Any]) -> str:
+    """A row's training length: records, rounds and local epochs."""
+    return f"{row['n_train']:,} records, {row['rounds']} rounds of {row['epochs']} epochs"
+
+
 def _fmt(x: float | None) -> str:
     return "–" if x is None else f"{x:.2f}"
 
@@ -174,16 +179,16 @@ def _find(doc: dict[str, Any], **want: Any) -> dict[str, Any] | None:
 def table(doc: dict[str, Any]) -> str:
     """The markdown tables of a robustness.json document."""
     lines = [
-        f"`baseline` data and model: {doc['n_train']} training records over {doc['clients']} "
-        f"organisations, {doc['rounds']} rounds of {doc['epochs']} local epochs, robust rules "
-        f"sized for f = {doc['byzantine']}; 20 % = {doc['byzantine']} attackers. Fused test "
+        f"`baseline` data and model over {doc['clients']} organisations, robust rules sized "
+        f"for f = {doc['byzantine']}; 20 % = {doc['byzantine']} attackers. Fused test "
         "accuracy; in brackets the change against the clean mean of the same α.",
         "",
     ]
     for alpha in doc["alphas"]:
         clean = _find(doc, alpha=alpha, defence="mean", attack="clean")
         ref = clean["accuracy"] if clean else None
-        lines += [f"**Dirichlet α = {alpha}**", "",
+        first = next(r for r in doc["rows"] if r["alpha"] == alpha)
+        lines += [f"**Dirichlet α = {alpha}** ({_length(first)})", "",
                   "| defence | clean | 20 % sign-flip | 20 % scale ×10 |", "|---|---:|---:|---:|"]  # fmt: skip
         for name in doc["defences"]:
             cells = []
@@ -217,7 +222,7 @@ def table(doc: dict[str, Any]) -> str:
         lines += ["**Backdoor** (20 % of organisations set a 4×4 trigger in the image features "
                   "of half their records holding an image and relabel them class 0; success = "
                   "triggered test records of other classes classified 0; α = "
-                  f"{bd[0]['alpha']})", "",
+                  f"{bd[0]['alpha']}, {_length(bd[0])})", "",
                   "| defence | accuracy | backdoor success |", "|---|---:|---:|"]  # fmt: skip
         control = _find(doc, alpha=bd[0]["alpha"], defence="mean", attack="clean")
         if control is not None and control.get("backdoor_success") is not None:
@@ -246,7 +251,8 @@ def _run(
             run_root = Path(tmp) / f"run{i}"
             run_root.mkdir()
             (run_root / "test").symlink_to(Path(tmp) / "test")
-            row = {"alpha": alpha, "defence": defence, "attack": attack,
+            row = {"alpha": alpha, "defence": defence, "attack": attack, "seed": args.seed,
+                   "n_train": args.n_train, "rounds": args.rounds, "epochs": args.epochs,
                    **_federate(cfg, prep, run_root)}  # fmt: skip
             doc["rows"].append(row)
             _write(args.out, doc)  # a partial grid survives an interrupted run
@@ -260,7 +266,9 @@ def merge(paths: list[Path]) -> dict[str, Any]:
     docs = [json.loads(p.read_text()) for p in paths]
     out = dict(docs[0])
     out["alphas"] = sorted({a for d in docs for a in d["alphas"]}, reverse=True)
-    out["rows"] = [r for d in docs for r in d["rows"]]
+    out["defences"] = [n for n in DEFENCES if any(n in d["defences"] for d in docs)]
+    length = ("n_train", "rounds", "epochs", "seed")
+    out["rows"] = [{**{k: d.get(k, 0) for k in length}, **r} for d in docs for r in d["rows"]]
     out["total_s"] = round(sum(d.get("total_s", 0.0) for d in docs), 1)
     return out
 
@@ -273,6 +281,7 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=2000)
     ap.add_argument("--clients", type=int, default=15)
     ap.add_argument("--byzantine", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0, help="run.seed: partition and attackers")
     ap.add_argument("--alphas", type=float, nargs="+", default=[0.5, 0.1])
     ap.add_argument("--defences", nargs="+", default=list(DEFENCES))
     ap.add_argument("--attacks", nargs="*", default=list(GRID_ATTACKS))

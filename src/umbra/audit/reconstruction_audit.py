@@ -9,7 +9,9 @@ records, re-derived from the run's config and seed. Four views of the same round
 * ``single``: the update of one record; the first linear layer on each modality's fixed
   features gives the record in closed form (:mod:`~umbra.audit.reconstruction_analytic`);
 * ``batch``: the update of ``audit.reconstruction_batch`` records; closed form on the
-  rows one record dominates, and gradient matching (Geiping et al. 2020) on every input;
+  rows one record dominates, the records separated through the scattering encoder's
+  GroupNorm statistics (:mod:`~umbra.audit.reconstruction_separation`), and gradient
+  matching (Geiping et al. 2020) on every input;
 * ``secagg``: the sum of every organisation's one-step update on as many records (what
   the server of SecAgg+ learns), attacked in closed form for the audited records;
 * ``dp``: the one-record update as DP-SGD releases it at the run's privacy settings: each
@@ -19,9 +21,12 @@ records, re-derived from the run's config and seed. Four views of the same round
 Images are mapped back from scattering coefficients to pixels
 (:mod:`~umbra.audit.reconstruction_scattering`: from the nearest held-out images, the
 attacker's public prior, by L-BFGS-B; the restart whose coefficients fit best is kept)
-and scored by PSNR/SSIM against the originals, beside two references: the prior image the
-fit started from and the mean held-out image of the record's class (what the label alone
-gives). ``inversion_ceiling`` is the same inversion from the true features, the best any
+and scored by PSNR/SSIM against the originals, beside references: the prior image the
+fit started from, the mean held-out image of the record's class, and the label floor (one
+mean held-out image per label the view's observer learns, paired like its
+reconstructions). Every view is scored by one rule: the observer puts forward at most its
+update's rank of reconstructions, paired one-to-one with all records inside the update
+(a SecAgg+ sum's included). ``inversion_ceiling`` is the same inversion from the true features, the best any
 view can reach. Texts are scored by whether the nearest sentence embedding of the data set
 is the record's; other modalities by the cosine of the recovered to the true features.
 """
@@ -37,12 +42,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from umbra.audit.reconstruction_analytic import distinct_candidates, idlg_label, linear_inputs
 from umbra.audit.reconstruction_matching import match_gradients
 from umbra.audit.reconstruction_metrics import psnr, ssim
 from umbra.audit.reconstruction_scattering import invert_scattering, nearest_prior
+from umbra.audit.reconstruction_separation import separate_records, update_rank
 from umbra.config import Config
 from umbra.data.dataset import MultimodalData
 from umbra.federation.train import Batchable, TrainSettings, batch_loss, train_local
@@ -65,6 +72,11 @@ GRID_FILE = "audit/reconstruction.png"
 _DP_LABEL = "DP-SGD"
 #: Restarts of the pixel inversion, one from each of the prior's nearest images.
 PRIOR_NEIGHBOURS = 3
+#: RMS residual (in mean-square units) up to which a separated point counts as a record:
+#: the steady groups' mean squares are 1 within 1 %.
+SEPARATION_FIT = 0.02
+#: Cosine distance within which a separated record is replaced by a candidate row.
+SNAP_COSINE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -149,16 +161,6 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-300))
 
 
-def _best_match(candidates: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """For each true record, the candidate closest in cosine (evaluation pairing: the
-    attacker holds the candidates, the audit scores the best of them); zeros if none."""
-    if len(candidates) == 0:
-        return np.zeros_like(truth)
-    return np.stack(
-        [candidates[int(np.argmax([_cosine(c, t) for c in candidates]))] for t in truth]
-    )
-
-
 class _Scorer:
     """Turns recovered first-layer inputs (or features) into per-modality figures."""
 
@@ -180,6 +182,9 @@ class _Scorer:
             self.text_pool = _layer_input(fixed["text"], texts)  # (P, in)
         # (view label, original pixels, recovered normalised coefficients, record's class)
         self.images: list[tuple[str, np.ndarray, np.ndarray, int]] = []
+        # view label -> (training rows, classes) of every record inside the view's update
+        # that holds an image (the audited ones first): what the label floor pairs over
+        self.update_records: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def image_target(self, y: np.ndarray) -> np.ndarray:
         """Group-normalised scattering coefficients from the GroupNorm's output ``y``."""
@@ -197,10 +202,18 @@ class _Scorer:
         recovered: Mapping[str, np.ndarray],
         truth: MultimodalData,
         rows: np.ndarray,
+        rest: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> dict[str, Any]:
         """Figures of ``recovered`` (modality -> ``(B, in)`` first-layer inputs) against
-        the records ``truth`` (training indices ``rows``)."""
+        the records ``truth`` (training indices ``rows``); ``rest``: training rows and
+        classes of the update's other records holding an image (a SecAgg+ sum's)."""
         out: dict[str, Any] = {}
+        if "image" in recovered and "image" in truth.modalities:
+            held = truth.mask[:, truth.modality_index("image")]
+            mine = (rows[held], np.asarray(truth.labels)[held])
+            if rest is not None:
+                mine = (np.concatenate([mine[0], rest[0]]), np.concatenate([mine[1], rest[1]]))
+            self.update_records[label] = mine
         for m, y in recovered.items():
             held = truth.mask[:, truth.modality_index(m)]
             if not held.any():
@@ -310,13 +323,107 @@ def _dp_update(
     return out
 
 
+#: A normalisation group constrains the separation when the public images' median
+#: ``σ²/(σ² + eps)`` there is at least this: its records' mean square is then 1 within 1 %.
+STEADY_MEAN_SQUARE = 0.99
+
+
+def steady_groups(coefficients: np.ndarray, norm: nn.GroupNorm) -> np.ndarray:
+    """Per channel, its GroupNorm group where the public images' (``(P, C, H, W)``) median
+    ``σ²/(σ² + eps)`` reaches :data:`STEADY_MEAN_SQUARE`, else -1: groups of faint
+    coefficients (variance near the layer's eps) normalise to a mean square below 1 that
+    the observer cannot know, so they are left out of the separation's equations."""
+    c = np.asarray(coefficients, dtype=np.float64)
+    per_group = c.reshape(len(c), norm.num_groups, -1).var(axis=2)  # (P, G)
+    ms = np.median(per_group / (per_group + norm.eps), axis=0)  # (G,)
+    group = np.arange(norm.num_channels) // (norm.num_channels // norm.num_groups)
+    return np.where(ms[group] >= STEADY_MEAN_SQUARE, group, -1)
+
+
+def _reconstructions(
+    fixed: FixedInput, weight: np.ndarray, bias: np.ndarray, steady: np.ndarray | None
+) -> np.ndarray:
+    """What the observer of a first layer's update puts forward as its records: the
+    records separated through the normalisation's statistics
+    (:func:`~umbra.audit.reconstruction_separation.separate_records`; ``steady``: the
+    channels' groups from :func:`steady_groups`, where the layer follows a GroupNorm) when
+    its steady groups outnumber the update's rank, else the distinct closed-form
+    candidates; never more than the update's rank (the number of records the observer can
+    tell it mixes)."""
+    cands = distinct_candidates(linear_inputs(weight, bias))
+    rank = update_rank(weight, bias)
+    norm = fixed.prefix[0] if len(fixed.prefix) else None
+    if (
+        steady is not None
+        and isinstance(norm, nn.GroupNorm)
+        and norm.weight is not None
+        and norm.bias is not None
+        and len(cands)
+    ):
+        per = weight.shape[1] // norm.num_channels  # a channel's entries are contiguous
+        sep = separate_records(
+            weight,
+            bias,
+            gamma=np.repeat(norm.weight.detach().double().numpy(), per),
+            beta=np.repeat(norm.bias.detach().double().numpy(), per),
+            groups=np.repeat(steady, per),
+            starts=cands,
+            fit_tol=SEPARATION_FIT,
+        )
+        if sep is not None:
+            # A candidate row that agrees with a separated record is that record exactly
+            # (a row it alone reached); the separation itself is exact only to the 1 %
+            # by which the steady groups' mean squares miss 1.
+            unit = cands / np.linalg.norm(cands, axis=1, keepdims=True)
+            for i, r in enumerate(sep):
+                cos = unit @ (r / np.linalg.norm(r))
+                if cos.max() > 1.0 - SNAP_COSINE:
+                    sep[i] = cands[int(cos.argmax())]
+            return sep
+    return cands[: max(rank, 1)]
+
+
+def _pair(recon: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """One reconstruction per record of ``pool`` (``(n, in)``), one-to-one, maximising the
+    summed cosine (Hungarian; the evaluation's pairing, the same for every view: it grants
+    the observer which reconstruction is which record, never one reconstruction twice);
+    zeros for the records left over when there are fewer reconstructions."""
+    out = np.zeros_like(pool)
+    if len(recon) == 0 or len(pool) == 0:
+        return out
+    un = recon / np.maximum(np.linalg.norm(recon, axis=1, keepdims=True), 1e-300)
+    up = pool / np.maximum(np.linalg.norm(pool, axis=1, keepdims=True), 1e-300)
+    rows, cols = linear_sum_assignment(-(un @ up.T))  # (k, n) cosines
+    out[cols] = recon[rows]
+    return out
+
+
 def _analytic(
-    grads: Mapping[str, Tensor], fixed: dict[str, FixedInput], truth: MultimodalData
+    grads: Mapping[str, Tensor],
+    fixed: dict[str, FixedInput],
+    truth: MultimodalData,
+    others: list[MultimodalData] | None = None,
+    *,
+    steady: Mapping[str, np.ndarray],
 ) -> dict[str, np.ndarray]:
+    """Each modality's reconstructions paired with ``truth`` (the audited records; rows of
+    records lacking the modality are zeros). ``others``: the other records inside the
+    same update (the rest of a SecAgg+ sum), which the pairing must also cover;
+    ``steady``: modality -> :func:`steady_groups` where the separation applies."""
     out = {}
     for m, f in fixed.items():
-        cands = distinct_candidates(linear_inputs(grads[f.weight].numpy(), grads[f.bias].numpy()))
-        out[m] = _best_match(cands, _layer_input(f, truth.features[m]))
+        w, b = grads[f.weight].numpy(), grads[f.bias].numpy()
+        recon = _reconstructions(f, w, b, steady.get(m))
+        j = truth.modality_index(m)
+        held = truth.mask[:, j]
+        mine = _layer_input(f, truth.features[m])  # (B, in)
+        rest = [
+            _layer_input(f, o.features[m])[o.mask[:, j]] for o in others or [] if o.mask[:, j].any()
+        ]
+        paired = _pair(recon, np.concatenate([mine[held], *rest]))
+        found = np.zeros_like(mine)
+        found[held] = paired[: int(held.sum())]
+        out[m] = found
     return out
 
 
@@ -409,6 +516,10 @@ def reconstruction_audit(
             coefficients=np.asarray(scattering_features(test_px, cfg.data.cache_dir)),
             labels=np.asarray(test.labels),
         )
+    # Which GroupNorm groups the separation may trust, from the public images only.
+    steady: dict[str, np.ndarray] = {}
+    if prior is not None and isinstance(fixed["image"].prefix[0], nn.GroupNorm):
+        steady["image"] = steady_groups(prior.coefficients, fixed["image"].prefix[0])
     scorer = _Scorer(model, fixed, prep.train, pixels, value_range)
     seed = int(rng.integers(2**31))
     say(f"reconstruction audit: organisation {org}, {a.reconstruction_batch} of its records")
@@ -421,7 +532,7 @@ def reconstruction_audit(
         "records": 1,
         "label_inferred": idlg_label(g1[last_bias].numpy()) == int(one.labels[0]),
         "analytic": scorer.score(
-            "plaintext, 1 record", _analytic(g1, fixed, one), one, idx[pick[:1]]
+            "plaintext, 1 record", _analytic(g1, fixed, one, steady=steady), one, idx[pick[:1]]
         ),
     }
     batch = records(pick)
@@ -431,7 +542,10 @@ def reconstruction_audit(
     views["batch"] = {
         "records": len(batch),
         "analytic": scorer.score(
-            "plaintext, batch (closed form)", _analytic(gb, fixed, batch), batch, idx[pick]
+            "plaintext, batch (closed form)",
+            _analytic(gb, fixed, batch, steady=steady),
+            batch,
+            idx[pick],
         ),
         "matching": scorer.score(
             "plaintext, batch (matching)",
@@ -441,17 +555,30 @@ def reconstruction_audit(
         ),
     }
     total = {k: v.clone() for k, v in gb.items()}
+    others: list[MultimodalData] = []
+    rest_rows: list[np.ndarray] = []  # training rows of the others' records with an image
     for c, part in enumerate(prep.parts):
         if c != org and len(part):
             size = min(len(part), a.reconstruction_batch)
-            other = records(rng.choice(len(part), size=size, replace=False), c)
+            local = rng.choice(len(part), size=size, replace=False)
+            other = records(local, c)
+            others.append(other)
+            if img is not None:
+                rest_rows.append(part[local][prep.masks[c][local][:, img]])
             for k, v in _gradient(
                 one_step_update(model, other, settings, seed=seed + c + 1), model, settings
             ).items():
                 total[k] += v
+    rest_all = np.concatenate(rest_rows) if rest_rows else np.zeros(0, dtype=np.int64)
     views["secagg"] = {
         "records": sum(min(len(p), a.reconstruction_batch) for p in prep.parts if len(p)),
-        "analytic": scorer.score("SecAgg+ sum", _analytic(total, fixed, batch), batch, idx[pick]),
+        "analytic": scorer.score(
+            "SecAgg+ sum",
+            _analytic(total, fixed, batch, others, steady=steady),
+            batch,
+            idx[pick],
+            rest=(rest_all, np.asarray(prep.train.labels)[rest_all]),
+        ),
     }
     if "image" in fixed:
         exact = {"image": _layer_input(fixed["image"], batch.features["image"])}
@@ -469,7 +596,10 @@ def reconstruction_audit(
         "clip_norms": dp.clip_norms,
         "noise_from": dp.source,
         "analytic": scorer.score(
-            _DP_LABEL, _analytic(_dp_update(g1, groups, dp), fixed, one), one, idx[pick[:1]]
+            _DP_LABEL,
+            _analytic(_dp_update(g1, groups, dp), fixed, one, steady=steady),
+            one,
+            idx[pick[:1]],
         ),
     }
     grid = _images(scorer, views, run_dir, prior=prior, steps=a.reconstruction_steps)
@@ -477,10 +607,42 @@ def reconstruction_audit(
         "attacker": ATTACKER,
         "organisation": org,
         "modalities": sorted(fixed),
+        # how many GroupNorm groups the separation's equations use (see steady_groups)
+        "steady_groups": {m: len(np.unique(g[g >= 0])) for m, g in steady.items()},
         "views": views,
         "grid": grid,
         "seconds": time.perf_counter() - t0,
     }
+
+
+def _label_floor(
+    audited: np.ndarray,
+    update: tuple[np.ndarray, np.ndarray] | None,
+    class_mean: Mapping[int, np.ndarray],
+    pixels: np.ndarray | None,
+) -> float:
+    """Median PSNR of the audited records (``audited``: their pixels, the first records of
+    ``update``) against what the view's observer gets from the labels it learns without
+    the records' features: one mean public image per label of the update (the update's
+    class counts), paired one-to-one with the update's records the way the attack's
+    reconstructions are (Hungarian, here on pixel MSE). One record or a plaintext batch:
+    the records' own class means; a SecAgg+ sum: the sum's class counts."""
+    if update is None or pixels is None or not len(update[0]):
+        return float("nan")
+    rows, classes = update
+    everyone = pixels[rows].reshape(len(rows), -1)  # (n, C·H·W)
+    guesses = np.stack([class_mean[int(c)] for c in classes]).reshape(len(rows), -1)
+    mse = ((everyone[:, None, :] - guesses[None, :, :]) ** 2).mean(axis=2)  # (n, n)
+    rec, guess = linear_sum_assignment(mse)
+    paired = dict(zip(rec.tolist(), guess.tolist(), strict=True))
+    return float(
+        np.median(
+            [
+                psnr(audited[i], guesses[paired[i]].reshape(audited[i].shape))
+                for i in range(len(audited))
+            ]
+        )
+    )
 
 
 _VIEW_OF = {
@@ -541,6 +703,9 @@ def _images(
         entry["ssim"] = float(np.median([ssim(originals[i], recon[i]) for i in sel]))
         entry["prior_psnr"] = float(
             np.median([psnr(originals[i], prior.pixels[near[i, best[i]]]) for i in sel])
+        )
+        entry["label_floor_psnr"] = _label_floor(
+            originals[sel], scorer.update_records.get(lab), class_mean, scorer.pixels
         )
         entry["class_mean_psnr"] = float(
             np.median(
