@@ -43,6 +43,7 @@ __all__ = [
     "SecureSettings",
     "SecureSum",
     "SecureTransport",
+    "SubsetGrid",
     "TrainFn",
     "config_bytes",
     "config_float",
@@ -212,6 +213,21 @@ def unpack_message(msg: Message) -> bool:
         msg.content = unpack_content(msg.content)
         return True
     return False
+
+
+class SubsetGrid:
+    """A view of a Grid that lists only ``nodes`` (for a strategy's or DP's configure: a
+    round's Poisson sample, a buffer's clients); messages still travel through the real
+    Grid."""
+
+    def __init__(self, grid: Any, nodes: list[int]) -> None:
+        self._grid, self._nodes = grid, nodes
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._nodes)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
 
 
 def packs_messages(grid: Any) -> bool:

@@ -53,6 +53,7 @@ __all__ = [
     "check_some_round_completed",
     "initial_arrays",
     "make_server_app",
+    "planned_controller",
     "query_clients",
     "wait_for_nodes",
 ]
@@ -284,13 +285,13 @@ def _dropped_partitions(rnd: int, nodes: tuple[int, ...], partitions: dict[int, 
     return dropped
 
 
-def _round_dp(spec: ServerSpec, grid: Grid, model: MultimodalNet) -> RoundDP | None:
-    """The run's server-side DP (None without DP): the controller, planned with every
-    client's public record count, and the node -> partition map of the ledger."""
-    if spec.privacy is None or spec.privacy.mode == "none":
-        return None
+def planned_controller(
+    spec: ServerSpec, model: MultimodalNet, info: dict[int, tuple[int, int]]
+) -> PrivacyController:
+    """The run's privacy controller (``spec.privacy`` set), planned with every client's
+    public record count (``info``: node -> (partition, records), `query_clients`)."""
+    assert spec.privacy is not None
     fed = spec.federation
-    info = query_clients(grid, spec.node_timeout_s)
     controller = PrivacyController(
         spec.privacy,
         groups=list(parameter_groups(model)),
@@ -301,8 +302,18 @@ def _round_dp(spec: ServerSpec, grid: Grid, model: MultimodalNet) -> RoundDP | N
         ledger_path=Path(spec.run_dir) / "ledger.jsonl",
     )
     controller.plan_clients({pid: n for pid, n in info.values()})
+    return controller
+
+
+def _round_dp(spec: ServerSpec, grid: Grid, model: MultimodalNet) -> RoundDP | None:
+    """The run's server-side DP (None without DP): the planned controller and the node ->
+    partition map of the ledger."""
+    if spec.privacy is None or spec.privacy.mode == "none":
+        return None
+    fed = spec.federation
+    info = query_clients(grid, spec.node_timeout_s)
     return RoundDP(
-        controller,
+        planned_controller(spec, model, info),
         {node: pid for node, (pid, _) in info.items()},
         secure=spec.secure,
         integer_noise=spec.transport is not None and spec.transport.integer_noise,

@@ -26,7 +26,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from umbra.errors import UmbraError
-from umbra.federation.common import CONTROL_PREFIX, SecureSettings, to_record
+from umbra.federation.common import CONTROL_PREFIX, SecureSettings, SubsetGrid, to_record
 from umbra.models import SHARED_GROUP, parameter_modality
 from umbra.privacy.client_dp import noised_mean_update, shares_needed
 from umbra.privacy.controller import (
@@ -47,19 +47,6 @@ class _Configures(Protocol):
 
     def configure_train(self, server_round: int, arrays: Any, config: ConfigRecord,
                         grid: Any) -> Iterable[Message]: ...  # fmt: skip
-
-
-class _SubsetGrid:
-    """A view of a Grid that offers only the nodes sampled for this round."""
-
-    def __init__(self, grid: Any, nodes: list[int]) -> None:
-        self._grid, self._nodes = grid, nodes
-
-    def get_node_ids(self) -> list[int]:
-        return list(self._nodes)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._grid, name)
 
 
 def poisson_client_sample(nodes: Iterable[int], rate: float) -> list[int]:
@@ -126,9 +113,7 @@ class RoundDP:
         ctl = self.controller
         view: Any = grid
         if self.client_level:
-            view = _SubsetGrid(
-                grid, poisson_client_sample(grid.get_node_ids(), ctl.cfg.client_rate)
-            )
+            view = SubsetGrid(grid, poisson_client_sample(grid.get_node_ids(), ctl.cfg.client_rate))
         if not list(view.get_node_ids()):
             ctl.before_round(rnd, [])  # an empty sample still releases noise
             return []

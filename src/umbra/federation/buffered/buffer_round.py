@@ -31,7 +31,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from umbra.federation.buffered.staleness import RULE_KEY, STALENESS_KEY
-from umbra.federation.common import metric_int, reply_metrics, to_record
+from umbra.federation.common import SubsetGrid, metric_int, reply_metrics, to_record
 from umbra.federation.rounds import PlainTrainRound
 from umbra.federation.secure_round import SecureTrainRound
 from umbra.federation.strategies import ModalityFedAvg
@@ -60,20 +60,6 @@ class BufferPlan:
     rule: str = "sqrt"
 
 
-class _BufferGrid:
-    """A view of a Grid that lists only the buffer's nodes (for the strategy and DP's
-    configure); messages still travel through the real Grid."""
-
-    def __init__(self, grid: Any, nodes: list[int]) -> None:
-        self._grid, self._nodes = grid, nodes
-
-    def get_node_ids(self) -> list[int]:
-        return list(self._nodes)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._grid, name)
-
-
 def buffer_messages(messages: list[Message], plan: BufferPlan) -> list[Message]:
     """``messages`` (one per buffered node) rebuilt with each node's start model and
     staleness (new records: the strategy's messages may share one RecordDict)."""
@@ -100,7 +86,7 @@ class BufferedPlainRound(PlainTrainRound):
     def messages(
         self, strategy: ModalityFedAvg, grid: Grid, rnd: int, arrays: Arrays
     ) -> list[Message]:
-        view: Any = _BufferGrid(grid, sorted(self.plan.bases))
+        view: Any = SubsetGrid(grid, sorted(self.plan.bases))
         return buffer_messages(super().messages(strategy, view, rnd, arrays), self.plan)
 
     def updates(self, replies: list[Message], arrays: Arrays) -> list[Message]:
@@ -126,7 +112,7 @@ class BufferedSecureRound(SecureTrainRound):
     def messages(
         self, strategy: ModalityFedAvg, grid: Grid, rnd: int, arrays: Arrays
     ) -> list[Message]:
-        view: Any = _BufferGrid(grid, sorted(self.plan.bases))
+        view: Any = SubsetGrid(grid, sorted(self.plan.bases))
         return buffer_messages(super().messages(strategy, view, rnd, arrays), self.plan)
 
 

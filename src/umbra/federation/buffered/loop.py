@@ -48,12 +48,13 @@ from umbra.federation.server_app import (
     RunResult,
     ServerSpec,
     initial_arrays,
+    planned_controller,
     query_clients,
     wait_for_nodes,
 )
 from umbra.federation.strategies import ModalityFedAvg, build_strategy
 from umbra.federation.train import Batchable, evaluate, set_arrays
-from umbra.models import ModelSpec, MultimodalNet, parameter_groups, parameter_modality
+from umbra.models import ModelSpec, MultimodalNet, parameter_modality
 from umbra.privacy.controller import PrivacyController
 
 __all__ = ["NOMINAL_COST", "async_summary", "client_durations", "run_buffered"]
@@ -231,16 +232,7 @@ def _buffer_dp(
     if spec.privacy is None or spec.privacy.mode == "none":
         return None
     fed = spec.federation
-    controller = PrivacyController(
-        spec.privacy,
-        groups=list(parameter_groups(model)),
-        rounds=fed.rounds,
-        batch_size=fed.batch_size,
-        local_epochs=fed.local_epochs,
-        num_clients=fed.num_clients,
-        ledger_path=Path(spec.run_dir) / "ledger.jsonl",
-    )
-    controller.plan_clients({pid: n for pid, n in info.values()})
+    controller = planned_controller(spec, model, info)
     return BufferDP(
         controller,
         {node: pid for node, (pid, _) in info.items()},
