@@ -63,8 +63,10 @@ def test_conditional_rounding_bound_holds_and_stays_unbiased() -> None:
     err = np.abs(draws.mean(axis=0) - x)
     assert err.mean() < 0.03
     # a bound no rounding can meet is refused, not silently exceeded
-    with pytest.raises(DDGError, match="norm bound"):
+    with pytest.raises(DDGError, match="norm bound") as err:
         conditional_round(x + center, center=center, bound=c - 1, rng=rng, max_tries=5)
+    # and says how far the unrounded vector already was, to tell a bad bound from bad luck
+    assert f"norm is {np.linalg.norm(x):.4g} over {x.size} coordinates" in str(err.value)
 
 
 def test_rounding_sensitivity_bounds_every_coupled_rounding() -> None:

@@ -118,7 +118,11 @@ def conditional_round(
         r = randomized_round(v, rng)
         if float(np.linalg.norm(r - center)) <= bound:
             return r
-    raise DDGError(f"conditional rounding exceeded its norm bound {bound:.4g} {max_tries} times")
+    raw = float(np.linalg.norm(np.asarray(v, dtype=np.float64) - center))
+    raise DDGError(
+        f"conditional rounding exceeded its norm bound {bound:.4g} {max_tries} times (the "
+        f"unrounded vector's norm is {raw:.4g} over {np.size(v)} coordinates)"
+    )
 
 
 def rounding_sensitivity(l2_sensitivity: float, dim: int) -> float:
