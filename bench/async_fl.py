@@ -32,18 +32,17 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Context, Message, RecordDict
-from flwr.serverapp import Grid
 
 import umbra  # noqa: F401
 from umbra.config import Config, load_config
 from umbra.federation.buffered.loop import client_durations
 from umbra.federation.buffered.speeds import sync_round_time
 from umbra.federation.client_data import write_federation_data
+from umbra.federation.in_process_grid import InProcessGrid
 from umbra.federation.server_app import RunResult, ServerSpec, run_rounds
 from umbra.run.folder import client_state_root
 from umbra.run.prepare import PreparedData, model_spec_for, prepare_data
@@ -64,30 +63,6 @@ VARIANTS = {
     "secagg+": ["secure.aggregation=secagg+"],
     "dp": ["privacy.mode=example", "privacy.epsilon=8"],
 }
-
-
-class InProcessGrid:
-    """The real ClientApp in this process, one persistent Context per node."""
-
-    def __init__(self, app: Any, num_nodes: int) -> None:
-        self.app = app
-        self.node_ids = [10_000 + i for i in range(num_nodes)]
-        self.contexts = {
-            node: Context(
-                run_id=1,
-                node_id=node,
-                node_config={"partition-id": i},
-                state=RecordDict(),
-                run_config={},
-            )
-            for i, node in enumerate(self.node_ids)
-        }
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.node_ids)
-
-    def send_and_receive(self, messages: Any, timeout: float | None = None) -> list[Message]:
-        return [self.app(m, self.contexts[m.metadata.dst_node_id]) for m in messages]
 
 
 def in_process_runner(
@@ -119,7 +94,9 @@ def in_process_runner(
             attack=AttackSpec.from_config(cfg),
         )
     )
-    return run_rounds(spec, cast(Grid, InProcessGrid(app, cfg.federation.num_clients)))
+    return run_rounds(
+        spec, InProcessGrid(app, [10_000 + i for i in range(cfg.federation.num_clients)]).as_grid()
+    )
 
 
 def virtual_times(cfg: Config, rows: list[dict[str, Any]]) -> list[float]:

@@ -33,16 +33,13 @@ import logging
 import platform
 import tempfile
 import time
-from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Context, Message, RecordDict
-from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 from umbra.config import Config, load_config
@@ -51,6 +48,7 @@ from umbra.federation.client_app import ClientSpec, make_client_app
 from umbra.federation.client_data import write_federation_data
 from umbra.federation.common import SecureSettings
 from umbra.federation.detection import detection_quality
+from umbra.federation.in_process_grid import InProcessGrid
 from umbra.federation.server_app import ServerSpec, load_model, run_rounds
 from umbra.models import MultimodalNet
 from umbra.run.prepare import PreparedData, model_spec_for, prepare_data
@@ -91,27 +89,6 @@ ATTACKS: dict[str, list[str]] = {
 GRID_ATTACKS = ("clean", "sign-flip", "scale")
 
 
-class InProcessGrid:
-    """The real ClientApp answering in this process, one node per partition."""
-
-    def __init__(self, app: Any, num_nodes: int) -> None:
-        self.app = app
-        self.node_ids = [1000 + i for i in range(num_nodes)]
-        self.contexts = {
-            node: Context(run_id=1, node_id=node, node_config={"partition-id": i},
-                          state=RecordDict(), run_config={})
-            for i, node in enumerate(self.node_ids)
-        }  # fmt: skip
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.node_ids)
-
-    def send_and_receive(
-        self, messages: Iterable[Message], timeout: float | None = None
-    ) -> list[Message]:
-        return [self.app(m, self.contexts[m.metadata.dst_node_id]) for m in messages]
-
-
 def _config(args: argparse.Namespace, alpha: float, overrides: list[str]) -> Config:
     return load_config("baseline", overrides=[
         f"data.n_train={args.n_train}", f"data.n_test={args.n_test}", f"data.alpha={alpha}",
@@ -135,7 +112,9 @@ def _federate(cfg: Config, prep: PreparedData, root: Path) -> dict[str, Any]:
                                   model_spec=model_spec, secure=SecureSettings(),
                                   transport=None)  # fmt: skip
     t0 = time.perf_counter()
-    result = run_rounds(spec, cast(Grid, InProcessGrid(app, cfg.federation.num_clients)))
+    result = run_rounds(
+        spec, InProcessGrid(app, [1000 + i for i in range(cfg.federation.num_clients)]).as_grid()
+    )
     train_s = time.perf_counter() - t0
     model = load_model(model_spec, result.arrays)
     final = final_metrics(model, prep.test)

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Message
+from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
 
 from umbra.config import FederationConfig
@@ -43,6 +43,7 @@ from umbra.federation.common import (
     reply_metrics,
     to_record,
 )
+from umbra.federation.in_process_grid import InProcessGrid
 from umbra.federation.server_app import ServerSpec, initial_arrays, run_rounds
 from umbra.federation.strategies import ModalityFedAvg, build_strategy
 from umbra.federation.train import TrainSettings
@@ -230,38 +231,10 @@ def test_cli_refuses_a_buffer_larger_than_the_federation_with_exit_2(tmp_path: P
 # --- rounds through the real ClientApp ------------------------------------------------
 
 
-class LocalGrid:
-    """The real ClientApp in-process, one persistent Context per node (torch seeded per
-    node, so that two runs of the same client train identically)."""
-
-    def __init__(self, app: Any, num_nodes: int) -> None:
-        from flwr.app import Context, RecordDict
-
-        self.app = app
-        self.node_ids = [300 + 11 * i for i in range(num_nodes)]
-        self.contexts = {
-            node: Context(
-                run_id=1,
-                node_id=node,
-                node_config={"partition-id": i},
-                state=RecordDict(),
-                run_config={},
-            )
-            for i, node in enumerate(self.node_ids)
-        }
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.node_ids)
-
-    def send_and_receive(self, messages: Any, timeout: float | None = None) -> list[Message]:
-        import torch
-
-        replies = []
-        for msg in messages:
-            node = msg.metadata.dst_node_id
-            torch.manual_seed(node)
-            replies.append(self.app(msg, self.contexts[node]))
-        return replies
+def _grid(app: Any, num_nodes: int) -> InProcessGrid:
+    """The real ClientApp in-process; torch seeded per node, so that two runs of the same
+    client train identically."""
+    return InProcessGrid(app, [300 + 11 * i for i in range(num_nodes)], seed_torch=True)
 
 
 @pytest.fixture(scope="module")
@@ -303,7 +276,7 @@ def test_fedbuff_with_equal_speeds_and_a_full_buffer_is_fedavg(
         fed = FederationConfig(num_clients=N_CLIENTS, rounds=3, batch_size=10, mode=mode)
         spec = ServerSpec(run_dir=str(tmp_path / mode), test_dir=str(federation["root"] / "test"),
                           model_spec=federation["model_spec"], federation=fed, seed=1)  # fmt: skip
-        return run_rounds(spec, cast(Grid, LocalGrid(app, N_CLIENTS)))
+        return run_rounds(spec, _grid(app, N_CLIENTS).as_grid())
 
     sync, buffered = run("federated"), run("async")
     x0 = initial_arrays(federation["model_spec"], 1)
@@ -333,7 +306,7 @@ class _OneNode:
 
 
 def _trained(
-    grid: LocalGrid, node: int, rnd: int, x: dict[str, np.ndarray]
+    grid: InProcessGrid, node: int, rnd: int, x: dict[str, np.ndarray]
 ) -> tuple[dict[str, np.ndarray], int]:
     """The client's trained model from ``x`` in round ``rnd`` and its record count, asked
     with a plain synchronous train message (no staleness)."""
@@ -358,7 +331,7 @@ def test_a_buffered_release_is_fedbuffs_staleness_weighted_step(
     settings = None if secure is None else SecureSettings(aggregation=secure, threshold=0.67,
                                                             clip_range=4.0, roster=roster)  # fmt: skip
     spec = replace(_client_spec(federation, tmp_path, settings), identities=identities)
-    grid = LocalGrid(make_client_app(spec), N_CLIENTS)
+    grid = _grid(make_client_app(spec), N_CLIENTS)
     rng = np.random.default_rng(4)
     v0 = initial_arrays(federation["model_spec"], 1)
     versions = [
@@ -375,7 +348,7 @@ def test_a_buffered_release_is_fedbuffs_staleness_weighted_step(
     total = 0
     for n, v in start.items():
         y, count = _trained(
-            LocalGrid(make_client_app(_client_spec(federation, tmp_path / "ref")), N_CLIENTS),
+            _grid(make_client_app(_client_spec(federation, tmp_path / "ref")), N_CLIENTS),
             n,
             rnd,
             versions[v],
@@ -392,7 +365,7 @@ def test_a_buffered_release_is_fedbuffs_staleness_weighted_step(
         assert settings is not None
         train_round = BufferedSecureRound(transports().get(secure).server(settings), timeout_s=60.0)
     train_round.plan = plan
-    out = train_round(_strategy(), cast(Grid, grid), rnd, x)
+    out = train_round(_strategy(), grid.as_grid(), rnd, x)
     assert out.record is not None, out.note
     # (CKKS's key set-up, in its first round, also hears from the fourth node)
     assert out.clients == 3 and {0, 1, 2} <= set(out.partitions.values())
@@ -422,7 +395,7 @@ def test_every_buffer_release_is_charged_in_the_ledger(
     spec = ServerSpec(run_dir=str(tmp_path / "run"), test_dir=str(federation["root"] / "test"),
                       model_spec=federation["model_spec"], federation=fed, seed=1,
                       privacy=privacy)  # fmt: skip
-    result = run_rounds(spec, cast(Grid, LocalGrid(app, N_CLIENTS)))
+    result = run_rounds(spec, _grid(app, N_CLIENTS).as_grid())
     assert len(result.history) == 3 and not any(r["aborted"] for r in result.history)
     releases = read_ledger(tmp_path / "run" / "ledger.jsonl").releases
     if unit == "example":

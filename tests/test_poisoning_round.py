@@ -6,15 +6,11 @@ line, where the server cannot see them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pytest
-import torch
-from flwr.app import Context, Message, RecordDict
-from flwr.serverapp import Grid
 
 from umbra.config import FederationConfig, load_config
 from umbra.data.sources.synthetic import make_synthetic
@@ -22,6 +18,7 @@ from umbra.errors import ConfigError
 from umbra.federation.attacks import AttackSpec, backdoor_success_rate
 from umbra.federation.client_app import ClientSpec, make_client_app
 from umbra.federation.client_data import write_federation_data
+from umbra.federation.in_process_grid import InProcessGrid
 from umbra.federation.server_app import (
     RunResult,
     ServerSpec,
@@ -38,36 +35,6 @@ MODS = ("image", "text")
 ATTACKER = 2
 EPOCHS = 2.0  # enough local training that the attack matters within 3 rounds
 LR = 0.2
-
-
-class InProcessGrid:
-    """The real ClientApp answering in-process, one node per partition."""
-
-    def __init__(self, app: Any, num_nodes: int) -> None:
-        self.app = app
-        self.node_ids = [300 + i for i in range(num_nodes)]
-        self.contexts = {
-            node: Context(
-                run_id=1,
-                node_id=node,
-                node_config={"partition-id": i},
-                state=RecordDict(),
-                run_config={},
-            )
-            for i, node in enumerate(self.node_ids)
-        }
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.node_ids)
-
-    def send_and_receive(
-        self, messages: Iterable[Message], timeout: float | None = None
-    ) -> list[Message]:
-        out = []
-        for msg in messages:
-            torch.manual_seed(msg.metadata.dst_node_id)
-            out.append(self.app(msg, self.contexts[msg.metadata.dst_node_id]))
-        return out
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +69,9 @@ def _run(federation: dict[str, Any], tmp: Path, **fed: Any) -> RunResult:
         federation=FederationConfig(num_clients=N_CLIENTS, rounds=3, **fed),
         seed=1,
     )
-    return run_rounds(spec, cast(Grid, InProcessGrid(app, N_CLIENTS)))
+    return run_rounds(
+        spec, InProcessGrid(app, [300 + i for i in range(N_CLIENTS)], seed_torch=True).as_grid()
+    )
 
 
 def test_median_beats_mean_against_a_sign_flipper(

@@ -8,21 +8,18 @@ SuperNode the SuperLink still lists) or leave the listing (after Flower's heartb
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pytest
-import torch
-from flwr.app import Context, Message, RecordDict
-from flwr.serverapp import Grid
 
 from umbra.config import FederationConfig
 from umbra.data.sources.synthetic import make_synthetic
 from umbra.federation.availability import NodeFloor
 from umbra.federation.client_app import ClientSpec, make_client_app
 from umbra.federation.client_data import write_federation_data
+from umbra.federation.in_process_grid import InProcessGrid
 from umbra.federation.server_app import RoundReport, ServerSpec, run_rounds
 from umbra.federation.train import TrainSettings
 from umbra.models import ModelSpec
@@ -30,45 +27,6 @@ from umbra.models import ModelSpec
 N_CLIENTS = 4
 MODS = ("image", "audio", "text")
 LOST = 2  # the partition id that crashes
-
-
-class FlakyGrid:
-    """The real ClientApp in-process; ``silent`` nodes never reply, ``gone`` nodes are
-    not listed (as the SuperLink stops listing a node after missed heartbeats)."""
-
-    def __init__(self, app: Any, num_nodes: int) -> None:
-        self.app = app
-        self.node_ids = [700 + 5 * i for i in range(num_nodes)]
-        self.contexts = {
-            node: Context(
-                run_id=1,
-                node_id=node,
-                node_config={"partition-id": i},
-                state=RecordDict(),
-                run_config={},
-            )
-            for i, node in enumerate(self.node_ids)
-        }
-        self.silent: set[int] = set()
-        self.gone: set[int] = set()
-        self.sent_to: list[list[int]] = []
-
-    def get_node_ids(self) -> list[int]:
-        return [n for n in self.node_ids if n not in self.gone]
-
-    def send_and_receive(
-        self, messages: Iterable[Message], timeout: float | None = None
-    ) -> list[Message]:
-        msgs = list(messages)
-        self.sent_to.append(sorted(m.metadata.dst_node_id for m in msgs))
-        replies = []
-        for msg in msgs:
-            node = msg.metadata.dst_node_id
-            if node in self.silent or node in self.gone:
-                continue  # no reply within the timeout
-            torch.manual_seed(node)
-            replies.append(self.app(msg, self.contexts[node]))
-        return replies
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +56,11 @@ def _app(federation: dict[str, Any], state: Path) -> Any:
 
 @pytest.mark.timeout(120)  # a round that waits for a node no longer listed never ends
 def test_a_crashed_client_drops_out_and_rejoins(federation: dict[str, Any], tmp_path: Path) -> None:
-    grid = FlakyGrid(_app(federation, tmp_path / "state"), N_CLIENTS)
+    grid = InProcessGrid(
+        _app(federation, tmp_path / "state"),
+        [700 + 5 * i for i in range(N_CLIENTS)],
+        seed_torch=True,
+    )
     lost = grid.node_ids[LOST]
     rows: list[RoundReport] = []
 
@@ -121,7 +83,7 @@ def test_a_crashed_client_drops_out_and_rejoins(federation: dict[str, Any], tmp_
         seed=1,
         on_round=on_round,
     )
-    result = run_rounds(spec, cast(Grid, grid))
+    result = run_rounds(spec, grid.as_grid())
 
     everyone = sorted(grid.node_ids)
     others = [n for n in everyone if n != lost]
