@@ -285,7 +285,8 @@ def test_plan_local_runs_one_node_per_party_and_refuses_what_it_cannot(tmp_path:
 @pytest.mark.skipif(sys.platform != "linux", reason="POSIX")
 def test_umbra_deploy_local_vertical_equals_umbra_run(tmp_path: Path) -> None:
     """SuperLink + 3 SuperNodes (TLS, node authentication) against the simulation engine,
-    same config and seed: every epoch's metrics equal."""
+    same config and seed: every epoch's metrics equal (about 4.5 minutes for both runs on a
+    2-core machine at load 20; most of it process start-up)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "UMBRA_CLIENT_STATE": str(tmp_path / "state"),
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # fmt: skip
     sets = [a for s in [*SETS, "federation.rounds=1"] for a in ("--set", s)]
@@ -302,13 +303,23 @@ def test_umbra_deploy_local_vertical_equals_umbra_run(tmp_path: Path) -> None:
     dep, sim = results["deploy"], results["run"]
     assert len(dep["rounds"]) == len(sim["rounds"]) == 1
     for d, s in zip(dep["rounds"], sim["rounds"], strict=True):
-        for key in ("steps", "round_trips", "bytes_down", "bytes_up"):
+        for key in ("steps", "round_trips"):
             assert d[key] == s[key], key
+        # the same contents; a message's metadata differs (the Deployment Engine's node ids
+        # are random 64-bit varints, 9 bytes more per message down than the simulation's)
+        for key in ("bytes_down", "bytes_up"):
+            assert d[key] == pytest.approx(s[key], rel=0.01), key
+        # equal on this machine (same torch build and thread count); 1e-6 allows for
+        # another float summation order in the engines' processes
         for key in ("train_loss", "accuracy", "loss"):
             assert d[key] == pytest.approx(s[key], abs=1e-6), key
     assert dep["vertical"]["engine"] == "deployment"
-    for key in ("aligned_entities", "held_by", "parties"):
+    for key in ("aligned_entities", "held_by", "parties", "round_trips"):
         assert dep["vertical"][key] == sim["vertical"][key], key
+    assert dep["vertical"]["psi"]["bytes"] == sim["vertical"]["psi"]["bytes"]  # same payloads
+    for d_a, s_a in zip(dep["vertical"]["label_leakage"], sim["vertical"]["label_leakage"],
+                        strict=True):  # fmt: skip
+        assert d_a["direction_auc"] == pytest.approx(s_a["direction_auc"], abs=1e-6)
     assert dep["data"]["clients"] == sim["data"]["clients"]
     assert (tmp_path / "deploy" / "report.html").is_file()
     assert not (tmp_path / "deploy" / ".federation").exists()
