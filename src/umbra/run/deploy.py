@@ -347,9 +347,13 @@ class DeployedRunner:
         on_round: RoundCallback | None,
     ) -> RunResult:
         vertical = cfg.federation.layout == "vertical"
-        wanted = len(cfg.vertical.parties) if vertical else cfg.federation.num_clients
-        if wanted != self.nodes:
-            raise DeployError(f"the config needs {wanted} nodes but {self.nodes} were planned")
+        if vertical and len(cfg.vertical.parties) != self.nodes:
+            raise DeployError(f"vertical.parties has {len(cfg.vertical.parties)} parties but "
+                              f"{self.nodes} nodes")  # fmt: skip
+        if not vertical and cfg.federation.num_clients != self.nodes:
+            raise DeployError(
+                f"federation.num_clients = {cfg.federation.num_clients} but {self.nodes} nodes"
+            )
         state = client_state_root(run_dir)
         extra_config: dict[str, str] = {}
         if vertical:  # each node one party's own folder; the label holder's for the ServerApp
