@@ -119,7 +119,8 @@ def test_app_folder_is_a_flower_app_of_the_installed_components(tmp_path: Path) 
     fab, _ = build_fab_from_files({"pyproject.toml": text.encode()})  # Flower accepts it
     assert fab
     assert saved_run_config(tmp_path) == {"preset": "baseline", "overrides": "federation.rounds=2",
-                                          "out": "", "test-dir": "", "roster": ""}  # fmt: skip
+                                          "out": "", "test-dir": "", "roster": "",
+                                          "vertical-labels": ""}  # fmt: skip
 
 
 def test_project_pyproject_declares_the_same_app() -> None:

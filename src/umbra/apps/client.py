@@ -25,10 +25,16 @@ The node reads nothing but its own records; the model is sized from them (with a
 manifest: from the declared schema, so every node builds the same model). The handlers
 are the simulation's (`train_reply`, `info_reply`, the secure transports' client mods),
 so a deployed organisation trains exactly as a simulated one.
+
+A vertical run's parties (``federation.layout = 'vertical'``) are served by the
+``query.vertical_*`` and ``train.vertical_step`` handlers registered at the end: their
+``data-dir`` is the party's own folder (`umbra.vertical.node_party`), and the handlers
+after alignment are the simulation's (`umbra.vertical.client_app`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from functools import lru_cache, partial
 from pathlib import Path
@@ -48,6 +54,9 @@ from umbra.federation.client_data import load_client_data
 from umbra.federation.common import (
     SecureSettings,
     SecureTransport,
+    config_bytes,
+    config_int,
+    from_record,
     pack_message,
     unpack_message,
 )
@@ -56,6 +65,15 @@ from umbra.run.prepare import model_spec_for
 from umbra.run.simulation import secure_transport, train_settings
 from umbra.secure import transports
 from umbra.secure.identity import check_own_key, read_identity_key, read_roster
+from umbra.vertical import protocol as VP
+from umbra.vertical.client_app import add_party_handlers, reply
+from umbra.vertical.node_party import (
+    align_party,
+    deployed_party_spec,
+    hello_config,
+    node_party,
+    psi_reply,
+)
 
 __all__ = ["client_app", "client_spec", "node_identity", "packed_arrays_mod"]
 
@@ -192,3 +210,34 @@ _registry = transports()
 for _name in _registry.names():
     _action = _registry.get(_name).client_action
     client_app.train(_action)(_secure_handler(_action))
+
+
+# vertical federation (docs/vertical.md): each node is one party, reading its own folder
+@client_app.query(VP.HELLO)
+def vertical_hello(msg: Message, context: Context) -> Message:
+    """Which party this node is, and its modalities."""
+    return reply(msg, dict(hello_config(context)), {})
+
+
+@client_app.query(VP.PSI)
+def vertical_psi(msg: Message, context: Context) -> Message:
+    """The PSI server role for the label holder's blinded ids."""
+    cfg = msg.content.config_records["config"]
+    size = config_int(cfg, VP.CLIENT_SIZE)
+    setup, response = psi_reply(context, client_size=size,
+                                request=config_bytes(cfg, VP.PSI_REQUEST))  # fmt: skip
+    _, folder = node_party(context)
+    return reply(msg, {VP.PSI_SETUP: setup, VP.PSI_RESPONSE: response,
+                       VP.SERVER_SIZE: len(folder.ids)}, {})  # fmt: skip
+
+
+@client_app.query(VP.ALIGN)
+def vertical_align(msg: Message, context: Context) -> Message:
+    """This party's aligned rows from the shared ids' digests; a fresh state folder."""
+    cfg = msg.content.config_records["config"]
+    digests = from_record(msg.content.array_records["arrays"])[VP.DIGESTS]
+    spec = json.loads(str(cfg[VP.MODEL_SPEC]))
+    return reply(msg, {VP.ROWS: align_party(context, digests=digests, model_spec=spec)}, {})
+
+
+add_party_handlers(client_app, deployed_party_spec)

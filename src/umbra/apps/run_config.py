@@ -12,7 +12,10 @@ defaults under ``[tool.flwr.app.config]`` in the app's ``pyproject.toml``, overr
 ``roster``     (optional) the server's copy of the identity roster file (absolute path:
                partition id -> the node's public key, `umbra.secure.identity.read_roster`),
                for the signing transports; the nodes never take it from here, each reads
-               its own copy named in its node config.
+               its own copy named in its node config;
+``vertical-labels`` (vertical runs) the label holder's own folder of ids and labels
+               (absolute, `umbra.vertical.party_folder`): the ServerApp runs at the label
+               holder, and reads no party's features.
 
 Both sides resolve the same config from them, so the organisations train with the
 settings the server plans with. Where each organisation's records are is not in the run
@@ -46,6 +49,7 @@ RUN_CONFIG_DEFAULTS: dict[str, str] = {
     "out": "",
     "test-dir": "",
     "roster": "",
+    "vertical-labels": "",
 }
 
 
@@ -110,13 +114,14 @@ def _folder(run_config: Mapping[str, Any], key: str, what: str) -> Path:
 @dataclass(frozen=True)
 class AppRunConfig:
     """What the ServerApp reads from the run config: the config, its run folder, the
-    held-out test set's folder (which must exist) and the identity roster file (None:
-    the run has no node identities)."""
+    held-out test set's folder (which must exist), the identity roster file (None: the
+    run has no node identities) and, for a vertical run, the label holder's folder."""
 
     cfg: Config
     out: Path
     test_dir: Path
     roster: Path | None = None
+    labels: Path | None = None
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> AppRunConfig:
@@ -128,4 +133,7 @@ class AppRunConfig:
         roster = (
             _folder(run_config, "roster", "the roster file") if run_config.get("roster") else None
         )
-        return cls(cfg=cfg, out=out, test_dir=test_dir, roster=roster)
+        labels = None
+        if run_config.get("vertical-labels"):
+            labels = _folder(run_config, "vertical-labels", "the label holder's folder")
+        return cls(cfg=cfg, out=out, test_dir=test_dir, roster=roster, labels=labels)

@@ -4,7 +4,8 @@ A module-level `ServerApp` (``umbra.apps:server_app`` in the app's ``pyproject.t
 at run time it resolves the config from the run config (:mod:`umbra.apps.run_config`),
 reads the held-out test set from ``test-dir`` (the only records the server holds), sizes
 the model from it, builds the `ServerSpec` as the simulation does and runs the same round
-loop (`run_rounds`). Rounds are appended to ``progress.jsonl`` and printed to the run's
+loop (`run_rounds`); a vertical run (``federation.layout = 'vertical'``) runs the label
+holder's split-learning loop instead (`umbra.vertical.deployed_run`). Rounds are appended to ``progress.jsonl`` and printed to the run's
 log; the final `RunResult` goes into the run folder (:mod:`umbra.apps.outcome`).
 
 A bad run config, a config the run folder does not match, or a failure of the round loop
@@ -14,6 +15,7 @@ is one line ``umbra error: ...`` in the run's log and a failed run.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -57,6 +59,23 @@ def _check_run_folder(run: AppRunConfig) -> None:
         raise ResumeError(f"{run.out} holds a run made with another config")
 
 
+def _round_printer(run: AppRunConfig) -> Callable[[RoundReport], None]:
+    """Append each round's row to ``progress.jsonl`` and print it to the run's log."""
+    rounds = run.cfg.federation.rounds
+
+    def on_round(row: RoundReport) -> None:
+        append_progress(run.out, row)
+        acc = row.get("accuracy")
+        print(
+            f"umbra round {row['round']}/{rounds}: "
+            f"accuracy {'-' if acc is None else f'{acc:.3f}'}, {row['clients']} clients, "
+            f"{row['wall_s']:.1f} s" + (" (aborted)" if row.get("aborted") else ""),
+            flush=True,
+        )
+
+    return on_round
+
+
 def server_spec(run: AppRunConfig) -> ServerSpec:
     """The ServerSpec of a deployed run (as `ServerSpec.from_config`, with the model sized
     from the test set and the public identity roster from the run config's ``roster``
@@ -74,16 +93,7 @@ def server_spec(run: AppRunConfig) -> ServerSpec:
     secure = SecureSettings.from_section(cfg.secure, roster=roster, rounds=cfg.federation.rounds)
     test = load_client_data(str(run.test_dir), 0)
     out = run.out
-
-    def on_round(row: RoundReport) -> None:
-        append_progress(out, row)
-        acc = row.get("accuracy")
-        print(
-            f"umbra round {row['round']}/{cfg.federation.rounds}: "
-            f"accuracy {'-' if acc is None else f'{acc:.3f}'}, {row['clients']} clients, "
-            f"{row['wall_s']:.1f} s" + (" (aborted)" if row.get("aborted") else ""),
-            flush=True,
-        )
+    on_round = _round_printer(run)
 
     def on_finish(result: RunResult) -> None:
         write_outcome(out, result)
@@ -106,6 +116,11 @@ def main(grid: Grid, context: Context) -> None:
     try:
         run = AppRunConfig.from_run_config(context.run_config)
         _check_run_folder(run)
+        if run.cfg.federation.layout == "vertical":  # split learning (docs/vertical.md)
+            from umbra.vertical.deployed_run import run_deployed_vertical
+
+            run_deployed_vertical(grid, run, _round_printer(run))
+            return
         spec = server_spec(run)
         result = run_rounds(spec, grid)
         if spec.on_finish is not None:

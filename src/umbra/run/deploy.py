@@ -14,6 +14,11 @@ copy in its node config, and the ServerApp gets the roster file through the run 
 launches the run with ``flwr run``, streams each round's row from ``progress.jsonl`` to
 ``on_round``, and returns the ServerApp's `RunResult`. Every process is stopped when it
 returns, raises or is interrupted; their logs are in ``<run folder>/logs/``.
+
+A vertical run (``federation.layout = 'vertical'``) starts one SuperNode per party: node i
+gets party i's own folder (its ids and its modalities' features,
+`umbra.vertical.party_folder`), the ServerApp the label holder's ids and labels
+(run config ``vertical-labels``) and the test set; nothing else is written.
 """
 
 from __future__ import annotations
@@ -154,7 +159,8 @@ def plan_local(
     if nodes is not None:
         if not 1 <= nodes <= MAX_LOCAL_NODES:
             raise ConfigError(f"--nodes {nodes}: give 1 to {MAX_LOCAL_NODES} SuperNodes")
-        extra.append(f"federation.num_clients={nodes}")
+        if not _vertical_overrides(preset, extra):
+            extra.append(f"federation.num_clients={nodes}")
     if resume is not None:
         if preset is not None or out is not None:
             raise ConfigError("--resume takes the run folder's own preset and folder; drop "
@@ -162,7 +168,11 @@ def plan_local(
         saved = saved_run_config(resume)
         preset = saved["preset"]
         base = parse_overrides(saved["overrides"])
-        cfg = resume_config(resume, load_config(preset, overrides=[*base, *extra]))
+        requested = load_config(preset, overrides=[*base, *extra])
+        if requested.federation.layout == "vertical":
+            raise ResumeError(f"{resume} holds a vertical run, which cannot be resumed; start "
+                              "it again with another --out")  # fmt: skip
+        cfg = resume_config(resume, requested)
         run_dir, all_overrides = resume, [*base, *extra]
     else:
         preset = preset or "default"
@@ -181,6 +191,8 @@ def plan_local(
             "authentication keys sign its key set-up); run without --insecure"
         )
     n = cfg.federation.num_clients
+    if cfg.federation.layout == "vertical":  # one node per party (docs/vertical.md)
+        n = _vertical_nodes(cfg, nodes=nodes, run_dir=run_dir)
     if n > MAX_LOCAL_NODES:
         raise ConfigError(f"federation.num_clients = {n}: at most {MAX_LOCAL_NODES} local nodes")
     if port is not None:
@@ -197,6 +209,31 @@ def plan_local(
                             insecure=insecure, superlink_port=port,
                             tls_credentials=credentials)  # fmt: skip
     return LocalPlan(cfg=cfg, run_dir=run_dir, runner=runner)
+
+
+def _vertical_overrides(preset: str | None, overrides: Sequence[str]) -> bool:
+    """Whether ``preset`` + ``overrides`` make a vertical run (``--nodes`` is then the
+    parties' count, not ``federation.num_clients``)."""
+    from umbra.config import load_config
+
+    if preset is None:
+        return False
+    return load_config(preset, overrides=list(overrides)).federation.layout == "vertical"
+
+
+def _vertical_nodes(cfg: Config, *, nodes: int | None, run_dir: Path) -> int:
+    """A vertical deployment's node count (one per party), after its checks (one line)."""
+    from umbra.vertical.runner import check_vertical_config
+
+    parties = len(cfg.vertical.parties)
+    if nodes is not None and nodes != parties:
+        raise ConfigError(f"--nodes {nodes}: a vertical run has one node per party "
+                          f"({parties} in vertical.parties)")  # fmt: skip
+    if len(cfg.vertical.label_parties) != 1:
+        raise ConfigError(f"vertical.label_parties = {cfg.vertical.label_parties}: a deployment "
+                          "runs with one label party")  # fmt: skip
+    check_vertical_config(cfg, run_dir)
+    return parties
 
 
 def write_party_data(run_dir: Path, prep: PreparedData) -> tuple[list[Path], Path]:
@@ -309,12 +346,25 @@ class DeployedRunner:
         model_spec: dict[str, Any],
         on_round: RoundCallback | None,
     ) -> RunResult:
-        if cfg.federation.num_clients != self.nodes:
+        vertical = cfg.federation.layout == "vertical"
+        if vertical and len(cfg.vertical.parties) != self.nodes:
+            raise DeployError(f"vertical.parties has {len(cfg.vertical.parties)} parties but "
+                              f"{self.nodes} nodes")  # fmt: skip
+        if not vertical and cfg.federation.num_clients != self.nodes:
             raise DeployError(
                 f"federation.num_clients = {cfg.federation.num_clients} but {self.nodes} nodes"
             )
         state = client_state_root(run_dir)
-        if prep.source_records is not None and cfg.data.labels:  # each reads its own manifest
+        extra_config: dict[str, str] = {}
+        if vertical:  # each node one party's own folder; the label holder's for the ServerApp
+            from umbra.vertical.party_folder import write_vertical_folders
+
+            folders, labels = write_vertical_folders(run_dir / PARTY_DATA, cfg, prep.train)
+            test = _write_test(run_dir / PARTY_DATA, prep)
+            node_configs = [{"data-dir": str(f.resolve()), "state-dir": str(state)}
+                            for f in folders]  # fmt: skip
+            extra_config["vertical-labels"] = str(labels.resolve())
+        elif prep.source_records is not None and cfg.data.labels:  # each reads its own manifest
             manifests, test = write_party_manifests(run_dir, cfg, prep)
             node_configs = [{"manifest": str(m.resolve()), "state-dir": str(state)}
                             for m in manifests]  # fmt: skip
@@ -322,7 +372,7 @@ class DeployedRunner:
             orgs, test = write_party_data(run_dir, prep)
             node_configs = [{"data-dir": str(o.resolve()), "state-dir": str(state)}
                             for o in orgs]  # fmt: skip
-        run_config = self.run_config(run_dir, test)
+        run_config = {**self.run_config(run_dir, test), **extra_config}
         app_dir = write_app_folder(run_dir, run_config)
         progress = ProgressReader(run_dir)
         log_lines: list[str] = []
@@ -375,4 +425,6 @@ class DeployedRunner:
                 raise DeployError(errors[-1])
             raise DeployError(f"the run failed (logs: {fed.log_dir})")
         shutil.rmtree(run_dir / PARTY_DATA, ignore_errors=True)
+        if vertical:  # the parties' aligned rows and mask keys (a run is not resumed)
+            shutil.rmtree(state / "vertical", ignore_errors=True)
         return outcome

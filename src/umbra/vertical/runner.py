@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from umbra.federation.train import Batchable, evaluate
 from umbra.run.folder import client_state_root
 from umbra.run.prepare import PreparedData
 from umbra.run.simulation import RoundCallback
+from umbra.vertical.alignment import Alignment
 from umbra.vertical.build import VerticalSetup, build_vertical, entity_labels
 from umbra.vertical.label_dp import keep_probability, rr_epsilon_pld
 from umbra.vertical.leakage import direction_attack_auc, norm_attack_auc
@@ -37,7 +39,11 @@ from umbra.vertical.trainer import EpochStats
 
 __all__ = [
     "SUMMARY_FILE",
+    "check_vertical_config",
+    "embedding_ledger",
+    "layout_summary",
     "leakage_audit",
+    "leakage_scores",
     "merge_vertical_results",
     "run_vertical",
     "vertical_summary",
@@ -50,15 +56,20 @@ SUMMARY_FILE = "vertical.json"
 def leakage_audit(setup: VerticalSetup, party: int) -> dict[str, Any]:
     """Norm and direction attack AUCs on the gradients ``party`` kept (true labels)."""
     pos, grads = FeatureParty(setup.specs[party]).observed()
-    if len(pos) < 10:
-        return {"party": party, "records": len(pos)}
-    labels = entity_labels(setup, party, pos)
+    return leakage_scores(party, grads, entity_labels(setup, party, pos))
+
+
+def leakage_scores(party: int, grads: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """The attacks' AUCs on the gradients ``(n, D)`` one party kept and the entities' true
+    labels ``(n,)`` (fewer than 10 records: only their count)."""
+    if len(labels) < 10:
+        return {"party": party, "records": len(labels)}
     counts = np.bincount(labels)
     rare = int(np.argmin(np.where(counts > 0, counts, np.iinfo(np.int64).max)))
     norm = norm_attack_auc(grads, labels, positive=rare)
     return {
         "party": party,
-        "records": len(pos),
+        "records": len(labels),
         "direction_auc": direction_attack_auc(grads, labels),
         "norm_auc": norm,
         "norm_positive_class": rare,
@@ -69,23 +80,39 @@ def leakage_audit(setup: VerticalSetup, party: int) -> dict[str, Any]:
 
 def vertical_summary(cfg: Config, setup: VerticalSetup, extra: dict[str, Any]) -> dict[str, Any]:
     """Layout, alignment, protection and (from ``extra``) traffic and audit facts."""
-    a, v = setup.alignment, cfg.vertical
-    holders = a.holders
-    label_dp: dict[str, Any] = {"mechanism": v.label_dp}
-    if v.label_dp == "randomized-response":
-        k = setup.holder.num_classes
-        label_dp |= {
-            "epsilon": v.label_epsilon,
-            "epsilon_pld": rr_epsilon_pld(v.label_epsilon, k),
-            "keep_probability": keep_probability(v.label_epsilon, k),
-            "labels_changed": float(np.mean(setup.train_labels != setup.true_labels)),
-        }
-    single = (holders.sum(axis=1) == 2) if cfg.vertical.secure_sum else np.zeros(0, bool)
     parties = [
         {"party": p.name, "modalities": list(p.modalities), "ids": len(p),
          "labels": p.labels is not None}
         for p in setup.parties
     ]  # fmt: skip
+    changed = float(np.mean(setup.train_labels != setup.true_labels))
+    return layout_summary(cfg, setup.alignment, parties, num_classes=setup.holder.num_classes,
+                          labels_changed=changed, extra=extra)  # fmt: skip
+
+
+def layout_summary(
+    cfg: Config,
+    alignment: Alignment,
+    parties: list[dict[str, Any]],
+    *,
+    num_classes: int,
+    labels_changed: float,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """``vertical.json`` from what the label holder knows: the alignment, each party's
+    name, modalities, id count and whether it holds labels (``parties``), the share of
+    training labels randomised response changed, and ``extra``."""
+    a, v = alignment, cfg.vertical
+    holders = a.holders
+    label_dp: dict[str, Any] = {"mechanism": v.label_dp}
+    if v.label_dp == "randomized-response":
+        label_dp |= {
+            "epsilon": v.label_epsilon,
+            "epsilon_pld": rr_epsilon_pld(v.label_epsilon, num_classes),
+            "keep_probability": keep_probability(v.label_epsilon, num_classes),
+            "labels_changed": labels_changed,
+        }
+    single = (holders.sum(axis=1) == 2) if cfg.vertical.secure_sum else np.zeros(0, bool)
     embedding_dp = None
     if v.embedding_noise > 0:
         embedding_dp = {"noise_multiplier": v.embedding_noise, "clip": v.embedding_clip}
@@ -94,7 +121,7 @@ def vertical_summary(cfg: Config, setup: VerticalSetup, extra: dict[str, Any]) -
         "label_party": a.label_party,
         "aligned_entities": len(a.entities),
         "held_by_all": int(holders.all(axis=1).sum()),
-        "held_by": {q.name: int(holders[:, p].sum()) for p, q in enumerate(setup.parties)},
+        "held_by": {q["party"]: int(holders[:, p].sum()) for p, q in enumerate(parties)},
         "psi": {"seconds": a.psi_s, "bytes": a.psi_bytes},
         "secure_sum": v.secure_sum,
         # an entity held by the label holder and one other party: the sum shows that
@@ -129,6 +156,18 @@ def merge_vertical_results(results: dict[str, Any], run_dir: Path) -> None:
     results.setdefault("audit", {})["label_leakage"] = leakage
 
 
+def check_vertical_config(cfg: Config, run_dir: Path) -> None:
+    """Refuse what a vertical run cannot do (one line): the horizontal protections, and
+    a run folder that already holds a vertical run (it cannot be resumed)."""
+    if cfg.privacy.mode != "none" or cfg.secure.aggregation != "none":
+        raise UmbraError("a vertical run protects embeddings and labels with vertical.secure_sum, "
+                         "vertical.embedding_noise and vertical.label_dp; privacy.mode and "
+                         "secure.aggregation must stay 'none'")  # fmt: skip
+    if (run_dir / SUMMARY_FILE).exists() or (run_dir / "ledger.jsonl").exists():
+        raise UmbraError(f"{run_dir} already holds a vertical run, which cannot be resumed; "
+                         "start it again with another --out")  # fmt: skip
+
+
 def run_vertical(
     cfg: Config,
     run_dir: Path,
@@ -140,22 +179,22 @@ def run_vertical(
     from flwr.simulation import run_simulation
 
     from umbra.vertical.client_app import VerticalClientSpec, make_vertical_client_app
-    from umbra.vertical.server_app import Traffic, VerticalServerSpec, make_vertical_server_app
+    from umbra.vertical.server_app import (
+        Traffic,
+        VerticalServerSpec,
+        history_row,
+        make_vertical_server_app,
+    )
 
-    if cfg.privacy.mode != "none" or cfg.secure.aggregation != "none":
-        raise UmbraError("a vertical run protects embeddings and labels with vertical.secure_sum, "
-                         "vertical.embedding_noise and vertical.label_dp; privacy.mode and "
-                         "secure.aggregation must stay 'none'")  # fmt: skip
-    if (run_dir / SUMMARY_FILE).exists() or (run_dir / "ledger.jsonl").exists():
-        raise UmbraError(f"{run_dir} already holds a vertical run, which cannot be resumed; "
-                         "start it again with another --out")  # fmt: skip
+    check_vertical_config(cfg, run_dir)
     init = initial_arrays(model_spec, cfg.run.seed)
     state_root = client_state_root(run_dir) / "vertical"
     shutil.rmtree(state_root, ignore_errors=True)
     work = run_dir / ".vertical"
     setup = build_vertical(cfg, prep.train, model_spec, work_dir=work, state_root=state_root,
                            init=init)  # fmt: skip
-    ledger = _embedding_ledger(cfg, run_dir)
+    ledger = embedding_ledger(cfg, run_dir)
+    names = [p.name for p in setup.parties]
     test = Batchable.from_data(prep.test)
     finished: list[tuple[dict[str, np.ndarray], list[dict[str, Any]]]] = []
 
@@ -164,14 +203,7 @@ def run_vertical(
     ) -> dict[str, Any]:
         model = load_model(model_spec, {**init, **arrays})
         ev = evaluate(model, test, subsets=[])
-        before = sum(r["bytes_down"] for r in rows), sum(r["bytes_up"] for r in rows)
-        row = {
-            "round": stats.epoch, "clients": len(setup.parties),
-            "bytes_down": traffic.bytes_down - before[0], "bytes_up": traffic.bytes_up - before[1],
-            "round_trips": stats.round_trips, "steps": stats.steps,
-            "train_loss": stats.train_loss, "accuracy": ev["accuracy"],
-            "macro_f1": ev["macro_f1"], "loss": ev["loss"], "wall_s": stats.wall_s,
-        }  # fmt: skip
+        row = history_row(stats, traffic, rows, len(setup.parties), ev)
         rows.append(row)
         if on_round is not None:
             on_round(row)
@@ -183,7 +215,7 @@ def run_vertical(
         secure=cfg.vertical.secure_sum, clip=cfg.vertical.clip,
         timeout_s=cfg.federation.reply_timeout_s, on_epoch=on_epoch,
         on_finish=lambda arrays, r: finished.append((arrays, r)),
-        before_epoch=None if ledger is None else (lambda e: ledger(e, setup)),
+        before_epoch=None if ledger is None else (lambda e: ledger(e, names)),
     )  # fmt: skip
     client = make_vertical_client_app(VerticalClientSpec(parties=tuple(setup.specs)))
     logging.getLogger("flwr").setLevel(logging.ERROR)
@@ -222,9 +254,9 @@ def run_vertical(
     return RunResult(arrays={**init, **arrays}, history=history)
 
 
-def _embedding_ledger(cfg: Config, run_dir: Path) -> Any:
-    """``record(epoch, setup)``: each party's embedding release of the epoch, written ahead;
-    None without embedding DP."""
+def embedding_ledger(cfg: Config, run_dir: Path) -> Callable[[int, list[str]], None] | None:
+    """``record(epoch, party_names)``: each party's embedding release of the epoch, written
+    ahead; None without embedding DP."""
     v = cfg.vertical
     if v.embedding_noise <= 0:
         return None
@@ -233,9 +265,9 @@ def _embedding_ledger(cfg: Config, run_dir: Path) -> Any:
     ledger = PrivacyLedger(run_dir / "ledger.jsonl", unit="example", delta=cfg.privacy.delta,
                            accountant=cfg.privacy.accountant)  # fmt: skip
 
-    def record(epoch: int, setup: VerticalSetup) -> None:
-        for party in setup.parties:
-            ledger.record(Release.dpsgd(round=epoch, party=party.name, sample_rate=1.0, steps=1,
+    def record(epoch: int, names: list[str]) -> None:
+        for name in names:
+            ledger.record(Release.dpsgd(round=epoch, party=name, sample_rate=1.0, steps=1,
                                         noise_multipliers={"embedding": v.embedding_noise},
                                         clip_norms={"embedding": v.embedding_clip}))  # fmt: skip
 

@@ -10,6 +10,11 @@ Per epoch: one ``train.vertical_step`` message per party per mini-batch (+1 to f
 last gradient), then ``query.vertical_export`` for the evaluation of the assembled model
 (the simulation's test harness; a deployment would evaluate through the split protocol).
 Bytes are the serialized messages (`umbra.federation.common.message_bytes`), both ways.
+
+The same loop runs on the Deployment Engine (`umbra.vertical.deployed_run`): there the
+label holder aligns the parties over the grid first (``align``, PSI over these messages)
+and collects the audit's gradients last (``collect``); in the simulation the alignment
+was done before the apps start and ``holder`` is given.
 """
 
 from __future__ import annotations
@@ -36,7 +41,15 @@ from umbra.vertical import protocol as P
 from umbra.vertical.label_holder import LabelHolder
 from umbra.vertical.trainer import Arrays, EpochStats, train_epoch
 
-__all__ = ["Traffic", "VerticalServerSpec", "make_vertical_server_app"]
+__all__ = [
+    "GridExchange",
+    "Traffic",
+    "VerticalServerSpec",
+    "history_row",
+    "make_vertical_server_app",
+    "reply_arrays",
+    "run_label_holder",
+]
 
 
 @dataclass
@@ -56,7 +69,7 @@ class VerticalServerSpec:
     history row; ``on_finish(arrays, rows)`` receives the final model and the rows.
     """
 
-    holder: LabelHolder
+    holder: LabelHolder | None
     parties: int
     epochs: int
     secure: bool
@@ -66,6 +79,27 @@ class VerticalServerSpec:
     on_finish: Callable[[dict[str, np.ndarray], list[dict[str, Any]]], None]
     before_epoch: Callable[[int], None] | None = None
     traffic: Traffic = field(default_factory=Traffic)
+    #: ``align(grid, nodes, modalities) -> holder``: the alignment over the grid, when
+    #: ``holder`` is None (deployment); ``modalities``: what each party's hello declared
+    align: Callable[[Grid, dict[int, int], dict[int, tuple[str, ...]]], LabelHolder] | None = None
+    #: ``collect(exchange)``: after the last epoch, before ``on_finish`` (the audit)
+    collect: Callable[[GridExchange], None] | None = None
+
+
+def history_row(
+    stats: EpochStats, traffic: Traffic, history: list[dict[str, Any]], parties: int,
+    ev: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """One epoch's row of ``results.json`` (both engines): the epoch's bytes are the
+    traffic since the rows in ``history``; ``ev`` the evaluation of the assembled model."""
+    before = sum(r["bytes_down"] for r in history), sum(r["bytes_up"] for r in history)
+    return {
+        "round": stats.epoch, "clients": parties,
+        "bytes_down": traffic.bytes_down - before[0], "bytes_up": traffic.bytes_up - before[1],
+        "round_trips": stats.round_trips, "steps": stats.steps,
+        "train_loss": stats.train_loss, "accuracy": ev["accuracy"],
+        "macro_f1": ev["macro_f1"], "loss": ev["loss"], "wall_s": stats.wall_s,
+    }  # fmt: skip
 
 
 def _message(node: int, kind: str, action: str, cfg: dict[str, Any], arrays: Arrays) -> Message:
@@ -80,21 +114,28 @@ def _reason(reply: Message) -> str:
     return text.splitlines()[0] if text else "no reason given"
 
 
-def _arrays(reply: Message) -> Arrays:
+def reply_arrays(reply: Message) -> Arrays:
+    """The arrays of a party's reply ({} when it sent none)."""
     record = reply.content.array_records.get("arrays")
     return from_record(record) if record is not None else {}
 
 
-class _GridExchange:
-    def __init__(self, grid: Grid, nodes: dict[int, int], spec: VerticalServerSpec) -> None:
-        self.grid, self.nodes, self.spec = grid, nodes, spec
+class GridExchange:
+    """Messages to parties by index over ``grid``, counted in ``traffic`` (bytes both ways
+    and one round trip per call); an error reply or a party that does not answer within
+    ``timeout_s`` is one-line `UmbraError`."""
+
+    def __init__(self, grid: Grid, nodes: dict[int, int], timeout_s: float,
+                 traffic: Traffic) -> None:  # fmt: skip
+        self.grid, self.nodes, self.timeout_s, self.traffic = grid, nodes, timeout_s, traffic
 
     def send(self, kind: str, action: str,
              msgs: Mapping[int, tuple[dict[str, Any], Arrays]]) -> dict[int, Message]:  # fmt: skip
+        """Send ``{party: (config, arrays)}`` as ``<kind>.<action>``; the replies by party."""
         out = [_message(self.nodes[p], kind, action, c, a) for p, (c, a) in msgs.items()]
-        traffic = self.spec.traffic
+        traffic = self.traffic
         traffic.bytes_down += message_bytes(out)
-        replies = send_and_receive(self.grid, out, timeout=self.spec.timeout_s)
+        replies = send_and_receive(self.grid, out, timeout=self.timeout_s)
         traffic.bytes_up += message_bytes(replies)
         traffic.round_trips += 1
         party_of = {n: p for p, n in self.nodes.items()}
@@ -106,16 +147,19 @@ class _GridExchange:
         if set(got) != set(msgs):
             missing = sorted(set(msgs) - set(got))
             raise UmbraError(f"parties {missing} did not answer {action} within "
-                             f"{self.spec.timeout_s:g} s")  # fmt: skip
+                             f"{self.timeout_s:g} s")  # fmt: skip
         return got
 
     def __call__(self, action: str,
                  msgs: Mapping[int, tuple[dict[str, Any], Arrays]]) -> dict[int, Arrays]:  # fmt: skip
         got = self.send("train", action, msgs)
-        return {p: _arrays(m) for p, m in got.items()}
+        return {p: reply_arrays(m) for p, m in got.items()}
 
 
-def _connect(grid: Grid, spec: VerticalServerSpec) -> dict[int, int]:
+def _connect(
+    grid: Grid, spec: VerticalServerSpec
+) -> tuple[dict[int, int], dict[int, tuple[str, ...]]]:
+    """Wait for the parties and ask each which it is: {party: node id}, {party: modalities}."""
     deadline = time.monotonic() + spec.timeout_s
     while len(list(grid.get_node_ids())) < spec.parties:
         if time.monotonic() > deadline:
@@ -125,19 +169,32 @@ def _connect(grid: Grid, spec: VerticalServerSpec) -> dict[int, int]:
     nodes = sorted(grid.get_node_ids())
     msgs = [_message(n, "query", P.HELLO, {}, {}) for n in nodes]
     out: dict[int, int] = {}
+    mods: dict[int, tuple[str, ...]] = {}
     for r in send_and_receive(grid, msgs, timeout=spec.timeout_s):
         if r.has_error():
             raise UmbraError(f"a party did not say hello: {_reason(r)}")
-        out[config_int(r.content.config_records["config"], P.PARTITION)] = r.metadata.src_node_id
+        cfg = r.content.config_records["config"]
+        party = config_int(cfg, P.PARTITION)
+        if party in out:
+            raise UmbraError(f"two nodes say they are party {party}")
+        out[party] = r.metadata.src_node_id
+        mods[party] = tuple(m for m in str(cfg.get(P.MODALITIES, "")).split(",") if m)
     if sorted(out) != list(range(spec.parties)):
-        raise UmbraError(f"parties {sorted(out)} answered; expected 0..{spec.parties - 1}")
-    return out
+        missing = sorted(set(range(spec.parties)) - set(out))
+        raise UmbraError(f"parties {sorted(out)} answered; expected 0..{spec.parties - 1}"
+                         + (f" (party {missing[0]} is missing)" if missing else ""))  # fmt: skip
+    return out, mods
 
 
 def run_label_holder(grid: Grid, spec: VerticalServerSpec) -> None:
-    """The whole run: connect, key set-up (secure sum), epochs, export."""
-    nodes = _connect(grid, spec)
-    exchange = _GridExchange(grid, nodes, spec)
+    """The whole run: connect, (align), key set-up (secure sum), epochs, export, (collect)."""
+    nodes, modalities = _connect(grid, spec)
+    holder = spec.holder
+    if holder is None:
+        if spec.align is None:
+            raise ValueError("a VerticalServerSpec needs a holder or an align stage")
+        holder = spec.align(grid, nodes, modalities)
+    exchange = GridExchange(grid, nodes, spec.timeout_s, spec.traffic)
     everyone = range(spec.parties)
     if spec.secure:
         keys = exchange.send("query", P.KEYS, {p: ({}, {}) for p in everyone})
@@ -150,14 +207,16 @@ def run_label_holder(grid: Grid, spec: VerticalServerSpec) -> None:
     for epoch in range(1, spec.epochs + 1):
         if spec.before_epoch is not None:
             spec.before_epoch(epoch)
-        stats = train_epoch(spec.holder, exchange, epoch=epoch, first_step=step,
+        stats = train_epoch(holder, exchange, epoch=epoch, first_step=step,
                             secure=spec.secure, clip=spec.clip,
                             observe=epoch == spec.epochs)  # fmt: skip
         step = stats.next_step
         parts = exchange.send("query", P.EXPORT, {p: ({}, {}) for p in everyone})
-        arrays = {k: v for m in parts.values() for k, v in _arrays(m).items()}
-        arrays.update(spec.holder.export())
+        arrays = {k: v for m in parts.values() for k, v in reply_arrays(m).items()}
+        arrays.update(holder.export())
         rows.append(spec.on_epoch(stats, arrays, spec.traffic))
+    if spec.collect is not None:
+        spec.collect(exchange)
     spec.on_finish(arrays, rows)
 
 
