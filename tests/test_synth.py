@@ -244,6 +244,15 @@ def test_network_classifier_on_toy_sets_with_known_answers() -> None:
     )
     with pytest.raises(ValueError, match="epochs"):
         NetworkClassifier(hidden=8, embed_dim=8, epochs=0)
+    # with the generator's maps, every record is seen pooled and spread back: detail finer
+    # than the pooled map (which no synthetic record has) is gone, the pooled map kept
+    pooled = {"image": feature_map_for((1, 8, 8), max_dim=16), "text": _maps(real)["text"]}
+    seen = NetworkClassifier(hidden=8, embed_dim=8, maps=pooled)._seen(real)
+    x = real.features["image"]
+    blocks = x.reshape(len(x), 1, 4, 2, 4, 2).mean(axis=(3, 5))
+    want = np.repeat(np.repeat(blocks, 2, axis=2), 2, axis=3)  # each 2×2 block its mean
+    assert np.allclose(seen.features["image"], want, atol=1e-4)
+    assert np.allclose(seen.features["text"], real.features["text"], atol=1e-4)
 
 
 def test_synth_classifier_setting_picks_the_runs_architecture() -> None:

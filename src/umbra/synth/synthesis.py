@@ -62,6 +62,7 @@ def tstr_classifier(cfg: Config, maps: dict[str, Any], kind: str | None = None) 
         encoder_options=text_encoder_options(cfg),
         epochs=cfg.synth.classifier_epochs,
         seed=cfg.run.seed,
+        maps=maps,
     )
 
 
