@@ -22,6 +22,7 @@ protects nobody.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,7 +57,10 @@ class NetworkClassifier:
         hidden, embed_dim, dropout: the run's ``model.*`` widths and dropout.
         encoders: modality -> registered encoder name (the run's ``model.encoders``).
         encoder_options: modality -> its encoder's settings.
-        epochs: passes over the synthetic records (>= 1).
+        epochs: passes over the synthetic records (>= 1); more when a small set would
+            give fewer than ``min_steps`` Adam steps.
+        min_steps: the fewest Adam steps of a training (>= 1): a few hundred records at
+            batch 256 would otherwise leave the network near its initialisation.
         batch_size: records per Adam step (>= 1).
         lr: Adam's learning rate (> 0).
         seed: the classifier's own seed (not privacy-relevant).
@@ -70,15 +74,17 @@ class NetworkClassifier:
     encoders: Mapping[str, str] = field(default_factory=dict)
     encoder_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     epochs: int = 10
+    min_steps: int = 200
     batch_size: int = 256
     lr: float = 1e-3
     seed: int = 0
     maps: Mapping[str, FeatureMap] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
+        if min(self.epochs, self.batch_size, self.min_steps) < 1:
             raise ValueError(
-                f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}"
+                "epochs, batch_size and min_steps must be >= 1, got "
+                f"{self.epochs}, {self.batch_size}, {self.min_steps}"
             )
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
@@ -130,7 +136,8 @@ class NetworkClassifier:
             labels = torch.as_tensor(train.labels, dtype=torch.long)
             order = np.random.default_rng(self.seed)
             model.train()
-            for _ in range(self.epochs):
+            batches = math.ceil(len(train) / self.batch_size)
+            for _ in range(max(self.epochs, math.ceil(self.min_steps / batches))):
                 perm = order.permutation(len(train))
                 for start in range(0, len(perm), self.batch_size):
                     idx = perm[start : start + self.batch_size]
