@@ -211,6 +211,66 @@ def test_tstr_on_toy_sets_with_known_answers() -> None:
     assert tstr_accuracy(fresh, no_text, maps)["text"] is None
 
 
+def test_network_classifier_on_toy_sets_with_known_answers() -> None:
+    """The run's architecture as TSTR classifier: trained on a fresh sample of the real
+    law it scores ~1 on the real set, with the labels swapped ~0, on random labels ~0.5;
+    it sees only the subset's modalities (an empty real side gives None)."""
+    from umbra.synth.network_classifier import NetworkClassifier
+
+    kw = {"num_classes": 2, "modalities": ("image", "text"), "noise": 0.3}
+    real = make_synthetic(n=300, seed=7, **kw)  # type: ignore[arg-type]
+    fresh = make_synthetic(n=300, seed=8, **kw)  # type: ignore[arg-type]
+    net = NetworkClassifier(hidden=16, embed_dim=16, epochs=15, batch_size=32, min_steps=1)
+    good = tstr_accuracy(fresh, real, _maps(real), [("image",), ("text",)], classifier=net)
+    assert set(good) == {"image", "text", "fused"}
+    assert all(v is not None and v >= 0.95 for v in good.values()), good
+    bad = tstr_accuracy(_swap(fresh, [1, 0]), real, _maps(real), [], classifier=net)["fused"]
+    assert bad is not None and bad <= 0.05, bad
+    labels = np.random.default_rng(9).integers(0, 2, len(fresh))
+    noise = MultimodalData(fresh.features, fresh.mask, labels, fresh.modalities,
+                           fresh.class_names)  # fmt: skip
+    chance = net.fit_score(noise, real, ("image",))
+    assert chance is not None and 0.3 <= chance <= 0.7
+    # the text column of the training set carries the label, the image column noise: a
+    # classifier restricted to the image cannot use it
+    leak = MultimodalData({"image": np.zeros_like(fresh.features["image"]),
+                           "text": fresh.features["text"]}, fresh.mask, fresh.labels,
+                          fresh.modalities, fresh.class_names)  # fmt: skip
+    only_image = net.fit_score(leak, real, ("image",))
+    assert only_image is not None and only_image <= 0.7
+    assert net.fit_score(fresh, real.subset(np.arange(0)), ("image",)) is None
+    # one epoch of 300 records at batch 256 is 2 steps: min_steps keeps training going
+    one_epoch = NetworkClassifier(hidden=16, embed_dim=16, epochs=1)
+    assert (one_epoch.fit_score(fresh, real, ("image", "text")) or 0.0) >= 0.95
+    with pytest.raises(ValueError, match="epochs"):
+        NetworkClassifier(hidden=8, embed_dim=8, epochs=0)
+    # with the generator's maps, every record is seen pooled and spread back: detail finer
+    # than the pooled map (which no synthetic record has) is gone, the pooled map kept
+    pooled = {"image": feature_map_for((1, 8, 8), max_dim=16), "text": _maps(real)["text"]}
+    seen = NetworkClassifier(hidden=8, embed_dim=8, maps=pooled)._seen(real)
+    x = real.features["image"]
+    blocks = x.reshape(len(x), 1, 4, 2, 4, 2).mean(axis=(3, 5))
+    want = np.repeat(np.repeat(blocks, 2, axis=2), 2, axis=3)  # each 2×2 block its mean
+    assert np.allclose(seen.features["image"], want, atol=1e-4)
+    assert np.allclose(seen.features["text"], real.features["text"], atol=1e-4)
+
+
+def test_synth_classifier_setting_picks_the_runs_architecture() -> None:
+    from umbra.synth.network_classifier import NetworkClassifier
+    from umbra.synth.synthesis import tstr_classifier
+    from umbra.synth.tstr import LinearClassifier
+
+    cfg = resolve_config("default", overrides=["synth.classifier=network",
+                                               "synth.classifier_epochs=3"]).config  # fmt: skip
+    net = tstr_classifier(cfg, {})
+    assert isinstance(net, NetworkClassifier)
+    assert (net.hidden, net.embed_dim, net.epochs) == (cfg.model.hidden, cfg.model.embed_dim, 3)
+    assert net.encoders["image"] == "scattering"
+    assert isinstance(tstr_classifier(cfg, {}, "linear"), LinearClassifier)
+    with pytest.raises(ValueError, match="unknown TSTR classifier"):
+        tstr_classifier(cfg, {}, "forest")
+
+
 def _finished_run(folder: Path, privacy: str = "example") -> Path:
     """A run folder as ``umbra run`` leaves it, for the synthetic source (the generator
     needs the run's config and data, not its model)."""
@@ -255,6 +315,7 @@ def test_umbra_synth_writes_a_manifest_compatible_set(tmp_path: Path) -> None:
         ("no-dp", "without differential privacy"),
         ("n0", "--n must be at least 1"),
         ("set", "only synth.* settings"),
+        ("classifier", "synth.classifier"),
     ],
 )
 def test_cli_refuses_with_one_line(
@@ -270,6 +331,8 @@ def test_cli_refuses_with_one_line(
     args = ["umbra", "synth", str(run), "--n", "0" if case == "n0" else "10"]
     if case == "set":
         args += ["--set", "privacy.epsilon=1"]
+    if case == "classifier":
+        args += ["--set", "synth.classifier=forest"]
     monkeypatch.setattr(sys, "argv", args)
     with pytest.raises(SystemExit) as exit_:
         main()

@@ -725,6 +725,14 @@ class SynthConfig(_Section):
     audit_records: int = Field(
         1000, ge=10, le=100_000, description="records per side of the membership attack"
     )
+    classifier: Literal["linear", "network"] = Field(
+        "linear",
+        description="TSTR classifier: logistic regression on the feature maps, or the run's "
+        "own network trained from scratch on the synthetic records",
+    )
+    classifier_epochs: int = Field(
+        10, ge=1, le=1000, description="epochs of the network classifier (synth.classifier)"
+    )
 
 
 class RunConfig(_Section):

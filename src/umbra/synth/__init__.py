@@ -7,7 +7,8 @@ vectors, and back), :mod:`~umbra.synth.statistics` (clipped sufficient statistic
 (ledger first, then each organisation's release, summed), :mod:`~umbra.synth.generator`
 (the class-conditional Gaussian: fit, sample, density). Released data and its measures:
 :mod:`~umbra.synth.synthetic_set` (the folder), :mod:`~umbra.synth.render` (images back to
-pixels), :mod:`~umbra.synth.tstr` (train on synthetic, test on real),
+pixels), :mod:`~umbra.synth.tstr` (train on synthetic, test on real; the linear classifier),
+:mod:`~umbra.synth.network_classifier` (the run's architecture as TSTR classifier),
 :mod:`~umbra.synth.fidelity` (Fréchet distance), :mod:`~umbra.synth.membership_attack`;
 :mod:`~umbra.synth.synthesis` runs them in order, :mod:`~umbra.synth.command` is the CLI.
 

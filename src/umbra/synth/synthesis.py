@@ -24,15 +24,46 @@ from umbra.errors import ConfigError, DataError
 from umbra.privacy.randomness import SecureRandom
 
 __all__ = [
+    "CLASSIFIER_NAMES",
     "SUMMARY_FILE",
     "epsilon_with_run",
     "image_value_range",
     "load_synth_settings",
     "synthesize",
+    "tstr_classifier",
 ]
 
 SUMMARY_FILE = "synth.json"
 LEDGER_FILE = "ledger.jsonl"
+#: What each ``synth.classifier`` is, as synth.json states it.
+CLASSIFIER_NAMES = {
+    "linear": "logistic regression on the feature maps",
+    "network": "the run's model architecture trained from scratch on the synthetic records",
+}
+
+
+def tstr_classifier(cfg: Config, maps: dict[str, Any], kind: str | None = None) -> Any:
+    """The TSTR classifier ``kind`` (default ``synth.classifier``) of :data:`CLASSIFIER_NAMES`,
+    set up from the run's config."""
+    from umbra.run.prepare import text_encoder_options
+    from umbra.synth.network_classifier import NetworkClassifier
+    from umbra.synth.tstr import LinearClassifier
+
+    kind = cfg.synth.classifier if kind is None else kind
+    if kind not in CLASSIFIER_NAMES:
+        raise ValueError(f"unknown TSTR classifier {kind!r}; known: {', '.join(CLASSIFIER_NAMES)}")
+    if kind == "linear":
+        return LinearClassifier(maps)
+    return NetworkClassifier(
+        hidden=cfg.model.hidden,
+        embed_dim=cfg.model.embed_dim,
+        dropout=cfg.model.dropout,
+        encoders=dict(cfg.model.encoders),
+        encoder_options=text_encoder_options(cfg),
+        epochs=cfg.synth.classifier_epochs,
+        seed=cfg.run.seed,
+        maps=maps,
+    )
 
 
 def load_synth_settings(run_dir: Path, n: int, overrides: Sequence[str] = ()) -> Config:
@@ -196,7 +227,7 @@ def synthesize(
         if pixel_shape is not None:
             rendered = _render(cfg, syn, out, maps["image"], pixel_shape)
     say("measuring: train on synthetic, test on real; fidelity; membership attack")
-    tstr = tstr_accuracy(syn, prep.test, maps)
+    tstr = tstr_accuracy(syn, prep.test, maps, classifier=tstr_classifier(cfg, maps))
     members = prep.train.subset(np.concatenate(prep.parts)).with_mask(np.concatenate(prep.masks))
     membership = generator_membership(
         gen,
@@ -224,7 +255,7 @@ def synthesize(
             "epsilon_with_run": epsilon_with_run(run_dir / LEDGER_FILE, out / LEDGER_FILE),
             "ledger": LEDGER_FILE,
         },
-        "tstr": {"classifier": "logistic regression on the feature maps", "accuracy": tstr},
+        "tstr": {"classifier": CLASSIFIER_NAMES[s.classifier], "accuracy": tstr},
         "fidelity": {
             "metric": "Fréchet distance to the held-out records",
             "per_modality": _fidelity(syn, prep.test, maps),
