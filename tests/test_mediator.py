@@ -69,6 +69,17 @@ def test_class_level_recall_is_what_a_class_only_embedding_scores() -> None:
     )
 
 
+def test_a_diverged_model_retrieves_nothing() -> None:
+    x = torch.randn(20, 4, generator=torch.Generator().manual_seed(4))
+    x[3] = float("nan")
+    got = recall_at_k(x, x, (1, 10))
+    # the NaN gallery row ranks above every match (rank 1: a miss at k = 1, a hit at 10);
+    # the NaN query ranks its match last
+    assert got == {1: 0.0, 10: pytest.approx(19 / 20)}
+    nan = torch.full((20, 4), float("nan"))
+    assert recall_at_k(nan, nan, (1, 10)) == {1: 0.0, 10: 0.0}
+
+
 def test_bad_shapes_are_refused() -> None:
     with pytest.raises(ValueError, match=r"\(N, D\)"):
         recall_at_k(torch.zeros(3, 2), torch.zeros(4, 2), (1,))

@@ -30,7 +30,8 @@ def recall_at_k(queries: Tensor, gallery: Tensor, ks: Sequence[int]) -> dict[int
     """Share of rows i of ``queries`` ``(N, D)`` whose match ``gallery[i]`` ``(N, D)`` is
     among the k most cosine-similar gallery rows, for each k in ``ks``.
 
-    Ties count against the query (a gallery row as similar as the match ranks above it).
+    Ties count against the query (a gallery row as similar as the match ranks above it),
+    and so does a non-finite similarity (a diverged model retrieves nothing).
     """
     if queries.dim() != 2 or queries.shape != gallery.shape:
         raise ValueError(
@@ -44,7 +45,9 @@ def recall_at_k(queries: Tensor, gallery: Tensor, ks: Sequence[int]) -> dict[int
         raise ValueError(f"every k must be >= 1, got {list(ks)}")
     sim = F.normalize(queries, dim=1) @ F.normalize(gallery, dim=1).T  # (N, N)
     own = sim.diagonal().unsqueeze(1)  # (N, 1)
-    rank = (sim >= own).sum(dim=1) - 1  # gallery rows at least as similar, the match excluded
+    # gallery rows not less similar than the match (NaN compares false: counted), the match
+    # excluded
+    rank = (~(sim < own)).sum(dim=1) - 1
     return {int(k): float((rank < k).float().mean()) for k in ks}
 
 
