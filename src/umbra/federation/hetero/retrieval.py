@@ -5,11 +5,10 @@ b-embeddings of all of them (cosine similarity); recall@k is the share of querie
 own record's b-embedding ranks among the top k (Karpathy & Fei-Fei's image-text retrieval
 measure, https://arxiv.org/abs/1412.2306). Chance level is ``k / n``; an embedding that
 knows each record's class and nothing else scores :func:`class_level_recall` (``k / n_c``
-for a class of ``n_c`` records), the most a classifier's shared space gives without
-aligning records. Used to check that
-alignment through a pivot modality (text) places two modalities no organisation holds
-together in one space (ImageBind, Girdhar et al. CVPR 2023,
-https://arxiv.org/abs/2305.05665).
+for a class of ``n_c`` records), where a shared classification head puts models trained
+without alignment. Used to check that alignment through a pivot modality (text) places
+two modalities no organisation holds together in one space (ImageBind, Girdhar et al.
+CVPR 2023, https://arxiv.org/abs/2305.05665).
 """
 
 from __future__ import annotations
