@@ -8,7 +8,11 @@ import pytest
 import torch
 
 from umbra.data.dataset import MultimodalData
-from umbra.federation.hetero.retrieval import cross_modal_recall, recall_at_k
+from umbra.federation.hetero.retrieval import (
+    class_level_recall,
+    cross_modal_recall,
+    recall_at_k,
+)
 from umbra.federation.train import Batchable
 from umbra.models import ModelSpec, MultimodalNet
 
@@ -44,6 +48,36 @@ def test_identical_embeddings_retrieve_their_match_and_random_ones_chance() -> N
     b = torch.from_numpy(rng.standard_normal((2000, 16)))
     r = recall_at_k(a, b, (20,))[20]
     assert abs(r - 0.01) < 4 * np.sqrt(0.01 * 0.99 / 2000)
+
+
+def test_class_level_recall_is_what_a_class_only_embedding_scores() -> None:
+    labels = torch.tensor([0, 0, 1, 1, 1, 2])
+    # per query min(k, n_c) / n_c: k=1 -> 1/2, 1/2, 1/3, 1/3, 1/3, 1; k=2 -> 1, 1, 2/3 x3, 1
+    got = class_level_recall(labels, (1, 2))
+    assert got[1] == pytest.approx(3 / 6)
+    assert got[2] == pytest.approx(5 / 6)
+    # an embedding that is the class plus tiny noise scores it, up to sampling spread
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 10, 2000)
+    onehot = np.eye(10)[y]
+    q = torch.from_numpy(onehot + 1e-3 * rng.standard_normal(onehot.shape))
+    g = torch.from_numpy(onehot + 1e-3 * rng.standard_normal(onehot.shape))
+    expected = class_level_recall(torch.from_numpy(y), (20,))[20]
+    assert expected == pytest.approx(20 / 200, rel=0.15)  # about 200 records per class
+    assert recall_at_k(q, g, (20,))[20] == pytest.approx(
+        expected, abs=4 * np.sqrt(0.1 * 0.9 / 2000)
+    )
+
+
+def test_a_diverged_model_retrieves_nothing() -> None:
+    x = torch.randn(20, 4, generator=torch.Generator().manual_seed(4))
+    x[3] = float("nan")
+    got = recall_at_k(x, x, (1, 10))
+    # the NaN gallery row ranks above every match (rank 1: a miss at k = 1, a hit at 10);
+    # the NaN query ranks its match last
+    assert got == {1: 0.0, 10: pytest.approx(19 / 20)}
+    nan = torch.full((20, 4), float("nan"))
+    assert recall_at_k(nan, nan, (1, 10)) == {1: 0.0, 10: 0.0}
 
 
 def test_bad_shapes_are_refused() -> None:

@@ -206,8 +206,17 @@ class MultimodalNet(nn.Module):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Logits ``(B, num_classes)`` and the per-modality embeddings of :meth:`embed`."""
         emb = self.embed(inputs, mask)
-        stacked = torch.stack([emb[m] for m in self.modalities], dim=1)  # (B, M, D)
-        return self.head(self.fusion(stacked, mask)), emb
+        return self.fuse(emb, mask), emb
+
+    def fuse(self, embeddings: dict[str, Tensor], mask: Tensor) -> Tensor:
+        """Logits ``(B, num_classes)`` from per-modality embeddings (``m -> (B, embed_dim)``,
+        as :meth:`embed` returns them), fusing only the modalities ``mask`` ``(B, M)`` flags.
+
+        ``mask`` may hide modalities the embeddings were computed for (modality dropout
+        hides them from the fusion while the alignment loss still pairs them).
+        """
+        stacked = torch.stack([embeddings[m] for m in self.modalities], dim=1)  # (B, M, D)
+        return self.head(self.fusion(stacked, mask))
 
     def forward(self, inputs: dict[str, Tensor], mask: Tensor) -> Tensor:
         """Logits ``(B, num_classes)`` from ``inputs`` (``m -> (B, *shape)``) and mask ``(B, M)``.
