@@ -2,10 +2,14 @@
 simulation engine (one ClientApp per party, the label holder's ServerApp), then the
 label-leakage audit; returns the run's :class:`RunResult` and writes ``vertical.json``.
 
-Embedding DP (``vertical.embedding_noise`` > 0) writes one Gaussian release per party per
-epoch to ``ledger.jsonl`` before the epoch runs (each record's embedding row is released
+The ledger (``ledger.jsonl``) is written ahead of what it covers. Label DP
+(``vertical.label_dp``) writes one randomised-response release of the label holder before
+its labels are randomised (round 0; applied once, so it is all the labels spend however
+many epochs run). Embedding DP (``vertical.embedding_noise`` > 0) writes one Gaussian
+release per party per epoch before the epoch runs (each record's embedding row is released
 once per epoch, clipped to ``embedding_clip``; no subsampling amplification is claimed:
-sample rate 1).
+sample rate 1). ``vertical.json`` gives ε per party and per observer, recomputed from the
+ledger (:mod:`umbra.vertical.observers`).
 """
 
 from __future__ import annotations
@@ -26,18 +30,28 @@ from umbra.errors import UmbraError
 from umbra.federation.checkpoint import atomic_write_text
 from umbra.federation.server_app import RunResult, initial_arrays, load_model
 from umbra.federation.train import Batchable, evaluate
+from umbra.privacy.accounting import ADJACENCY, LABEL_ADJACENCY
+from umbra.privacy.ledger import (
+    LedgerContents,
+    PrivacyLedger,
+    Release,
+    compute_report,
+    read_ledger,
+)
 from umbra.run.folder import client_state_root
 from umbra.run.prepare import PreparedData
 from umbra.run.simulation import RoundCallback
 from umbra.vertical.build import VerticalSetup, build_vertical, entity_labels
 from umbra.vertical.label_dp import keep_probability, rr_epsilon_pld
 from umbra.vertical.leakage import direction_attack_auc, norm_attack_auc
+from umbra.vertical.observers import vertical_observer_epsilons
 from umbra.vertical.party import FeatureParty
 from umbra.vertical.trainer import EpochStats
 
 __all__ = [
     "SUMMARY_FILE",
     "leakage_audit",
+    "ledger_privacy",
     "merge_vertical_results",
     "run_vertical",
     "vertical_summary",
@@ -45,6 +59,8 @@ __all__ = [
 
 #: The run folder's vertical facts (merged into results.json as ``vertical``).
 SUMMARY_FILE = "vertical.json"
+#: The run's privacy ledger (label and embedding DP).
+LEDGER_FILE = "ledger.jsonl"
 
 
 def leakage_audit(setup: VerticalSetup, party: int) -> dict[str, Any]:
@@ -146,16 +162,17 @@ def run_vertical(
         raise UmbraError("a vertical run protects embeddings and labels with vertical.secure_sum, "
                          "vertical.embedding_noise and vertical.label_dp; privacy.mode and "
                          "secure.aggregation must stay 'none'")  # fmt: skip
-    if (run_dir / SUMMARY_FILE).exists() or (run_dir / "ledger.jsonl").exists():
+    if (run_dir / SUMMARY_FILE).exists() or (run_dir / LEDGER_FILE).exists():
         raise UmbraError(f"{run_dir} already holds a vertical run, which cannot be resumed; "
                          "start it again with another --out")  # fmt: skip
     init = initial_arrays(model_spec, cfg.run.seed)
     state_root = client_state_root(run_dir) / "vertical"
     shutil.rmtree(state_root, ignore_errors=True)
     work = run_dir / ".vertical"
+    ledger = _open_ledger(cfg, run_dir)
     setup = build_vertical(cfg, prep.train, model_spec, work_dir=work, state_root=state_root,
-                           init=init)  # fmt: skip
-    ledger = _embedding_ledger(cfg, run_dir)
+                           init=init, on_label_release=None if ledger is None
+                           else ledger.record_label)  # fmt: skip
     test = Batchable.from_data(prep.test)
     finished: list[tuple[dict[str, np.ndarray], list[dict[str, Any]]]] = []
 
@@ -183,7 +200,8 @@ def run_vertical(
         secure=cfg.vertical.secure_sum, clip=cfg.vertical.clip,
         timeout_s=cfg.federation.reply_timeout_s, on_epoch=on_epoch,
         on_finish=lambda arrays, r: finished.append((arrays, r)),
-        before_epoch=None if ledger is None else (lambda e: ledger(e, setup)),
+        before_epoch=None if ledger is None or cfg.vertical.embedding_noise <= 0
+        else (lambda e: _record_embeddings(ledger, cfg, e, setup)),
     )  # fmt: skip
     client = make_vertical_client_app(VerticalClientSpec(parties=tuple(setup.specs)))
     logging.getLogger("flwr").setLevel(logging.ERROR)
@@ -212,6 +230,7 @@ def run_vertical(
         "seconds_per_epoch": float(np.mean([r["wall_s"] for r in history])),
         "train_s": train_s,
         "label_leakage": audits,
+        "privacy": ledger_privacy(cfg, run_dir, setup.parties[setup.alignment.label_party].name),
     }  # fmt: skip
     atomic_write_text(
         run_dir / SUMMARY_FILE, json.dumps(vertical_summary(cfg, setup, extra), indent=2)
@@ -222,21 +241,37 @@ def run_vertical(
     return RunResult(arrays={**init, **arrays}, history=history)
 
 
-def _embedding_ledger(cfg: Config, run_dir: Path) -> Any:
-    """``record(epoch, setup)``: each party's embedding release of the epoch, written ahead;
-    None without embedding DP."""
+def _open_ledger(cfg: Config, run_dir: Path) -> PrivacyLedger | None:
+    """The run's ledger when label or embedding DP is on (None otherwise)."""
     v = cfg.vertical
-    if v.embedding_noise <= 0:
+    if v.embedding_noise <= 0 and v.label_dp == "none":
         return None
-    from umbra.privacy.ledger import PrivacyLedger, Release
+    return PrivacyLedger(run_dir / LEDGER_FILE, unit="example", delta=cfg.privacy.delta,
+                         accountant=cfg.privacy.accountant)  # fmt: skip
 
-    ledger = PrivacyLedger(run_dir / "ledger.jsonl", unit="example", delta=cfg.privacy.delta,
+
+def _record_embeddings(
+    ledger: PrivacyLedger, cfg: Config, epoch: int, setup: VerticalSetup
+) -> None:
+    """Each party's embedding release of ``epoch``, written before the epoch."""
+    v = cfg.vertical
+    for party in setup.parties:
+        ledger.record(Release.dpsgd(round=epoch, party=party.name, sample_rate=1.0, steps=1,
+                                    noise_multipliers={"embedding": v.embedding_noise},
+                                    clip_norms={"embedding": v.embedding_clip}))  # fmt: skip
+
+
+def ledger_privacy(cfg: Config, run_dir: Path, label_party: str) -> dict[str, Any]:
+    """``vertical.privacy``: ε per party (groups ``embedding``, ``label``) and per observer,
+    recomputed from the run's ledger (an empty ledger: no ε holds against anyone)."""
+    path = run_dir / LEDGER_FILE
+    empty = LedgerContents(unit="example", delta=cfg.privacy.delta,
                            accountant=cfg.privacy.accountant)  # fmt: skip
-
-    def record(epoch: int, setup: VerticalSetup) -> None:
-        for party in setup.parties:
-            ledger.record(Release.dpsgd(round=epoch, party=party.name, sample_rate=1.0, steps=1,
-                                        noise_multipliers={"embedding": v.embedding_noise},
-                                        clip_norms={"embedding": v.embedding_clip}))  # fmt: skip
-
-    return record
+    contents = read_ledger(path) if path.exists() else empty
+    return {
+        "ledger": LEDGER_FILE if path.exists() else None,
+        "delta": contents.delta,
+        "adjacency": {"features": ADJACENCY, "label": LABEL_ADJACENCY},
+        "per_party": compute_report(contents).per_party,
+        "observers": vertical_observer_epsilons(contents, label_party=label_party),
+    }
