@@ -67,6 +67,15 @@ def test_vertical_run_with_every_protection(tmp_path: Path) -> None:
     assert obs["feature_parties"]["label"] == pytest.approx(label)
     assert obs["label_holder"]["label"] is None and obs["model_holder"]["features"] is None
     assert obs["label_holder"]["features"] > gauss  # two other parties' rows of a record
+    # and `umbra privacy ledger` replays it with the label group and the vertical observers
+    from typer.testing import CliRunner
+
+    from umbra.cli import app
+
+    shown = CliRunner().invoke(app, ["privacy", "ledger", str(out)], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "ε label" in shown.output and "feature parties" in shown.output
+    assert f"{label:.3f}" in shown.output
     # nothing of the parties' data or keys is left in the run folder
     assert not (out / ".vertical").exists()
     assert not list(out.rglob("mask-key"))

@@ -28,7 +28,7 @@ no guarantee holds against that observer. Pure functions: no I/O, no Flower.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from umbra.privacy.accounting import (
@@ -40,7 +40,7 @@ from umbra.privacy.accounting import (
 )
 from umbra.privacy.ledger import LedgerContents, Release
 
-__all__ = ["VERTICAL_OBSERVERS", "vertical_observer_epsilons"]
+__all__ = ["VERTICAL_OBSERVERS", "observer_rows", "vertical_observer_epsilons"]
 
 #: Observer names, in the order results list them.
 VERTICAL_OBSERVERS: tuple[str, ...] = ("label_holder", "feature_parties", "model_holder")
@@ -87,3 +87,15 @@ def vertical_observer_epsilons(
             "why": why,
         }
     return out
+
+
+def observer_rows(contents: LedgerContents, summary: Mapping[str, Any]) -> list[list[str]]:
+    """Table rows (observer, ε label, ε features, ε record, why) for ``umbra privacy ledger``;
+    ``summary`` is results.json's ``vertical`` object (it names the label holder)."""
+    label_party = str(summary["parties"][int(summary["label_party"])]["party"])
+    rows = []
+    for name, o in vertical_observer_epsilons(contents, label_party=label_party).items():
+        cells = [("none holds" if o[k] is None else f"{o[k]:.3f}")
+                 for k in ("label", "features", "record")]  # fmt: skip
+        rows.append([name.replace("_", " "), *cells, str(o["why"])])
+    return rows
