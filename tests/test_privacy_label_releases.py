@@ -176,3 +176,17 @@ def test_vertical_observers() -> None:
     assert rec is not None and max(three, 2.0) < rec <= three + 2.0 + 1e-3
     assert obs["model_holder"]["features"] is None and obs["model_holder"]["record"] is None
     assert np.isfinite(rec)
+
+
+def test_report_summary_counts_a_label_only_ledger(tmp_path: Path) -> None:
+    from umbra.report.ledger_summary import summarize_ledger
+
+    path = tmp_path / "ledger.jsonl"
+    PrivacyLedger(path, unit="example", delta=DELTA).record_label(
+        LabelRelease(round=0, party="party-2", epsilon=2.0, num_classes=10)
+    )
+    summary = summarize_ledger(path)
+    assert summary is not None and summary.releases == 1 and summary.parties == 1
+    assert summary.lines == 2 and summary.rounds == [0]
+    assert summary.recomputed is not None
+    assert summary.recomputed["label"] == pytest.approx(2.0, abs=2e-3)
