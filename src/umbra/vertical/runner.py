@@ -32,6 +32,7 @@ from umbra.federation.server_app import RunResult, initial_arrays, load_model
 from umbra.federation.train import Batchable, evaluate
 from umbra.privacy.accounting import ADJACENCY, LABEL_ADJACENCY
 from umbra.privacy.ledger import (
+    LabelRelease,
     LedgerContents,
     PrivacyLedger,
     Release,
@@ -169,10 +170,15 @@ def run_vertical(
     state_root = client_state_root(run_dir) / "vertical"
     shutil.rmtree(state_root, ignore_errors=True)
     work = run_dir / ".vertical"
-    ledger = _open_ledger(cfg, run_dir)
+
+    def record_label(release: LabelRelease) -> None:
+        # the ledger is created at its first release: a layout the alignment refuses
+        # leaves no ledger behind, so the same --out can be used again
+        _ledger(cfg, run_dir).record_label(release)
+
     setup = build_vertical(cfg, prep.train, model_spec, work_dir=work, state_root=state_root,
-                           init=init, on_label_release=None if ledger is None
-                           else ledger.record_label)  # fmt: skip
+                           init=init, on_label_release=record_label)  # fmt: skip
+    ledger = _ledger(cfg, run_dir) if cfg.vertical.embedding_noise > 0 else None
     test = Batchable.from_data(prep.test)
     finished: list[tuple[dict[str, np.ndarray], list[dict[str, Any]]]] = []
 
@@ -200,7 +206,7 @@ def run_vertical(
         secure=cfg.vertical.secure_sum, clip=cfg.vertical.clip,
         timeout_s=cfg.federation.reply_timeout_s, on_epoch=on_epoch,
         on_finish=lambda arrays, r: finished.append((arrays, r)),
-        before_epoch=None if ledger is None or cfg.vertical.embedding_noise <= 0
+        before_epoch=None if ledger is None
         else (lambda e: _record_embeddings(ledger, cfg, e, setup)),
     )  # fmt: skip
     client = make_vertical_client_app(VerticalClientSpec(parties=tuple(setup.specs)))
@@ -241,11 +247,8 @@ def run_vertical(
     return RunResult(arrays={**init, **arrays}, history=history)
 
 
-def _open_ledger(cfg: Config, run_dir: Path) -> PrivacyLedger | None:
-    """The run's ledger when label or embedding DP is on (None otherwise)."""
-    v = cfg.vertical
-    if v.embedding_noise <= 0 and v.label_dp == "none":
-        return None
+def _ledger(cfg: Config, run_dir: Path) -> PrivacyLedger:
+    """The run's ledger (created with its header, or reopened with what it holds)."""
     return PrivacyLedger(run_dir / LEDGER_FILE, unit="example", delta=cfg.privacy.delta,
                          accountant=cfg.privacy.accountant)  # fmt: skip
 
