@@ -174,6 +174,24 @@ def test_deployed_apps_train_as_the_simulation_and_nodes_see_only_their_own(
             assert set(z.files) == set(mods)
 
 
+def test_deployed_label_and_embedding_dp_are_in_the_ledger_as_in_the_simulation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dp = ['vertical.label_dp="randomized-response"', "vertical.label_epsilon=2.0",
+          "vertical.embedding_noise=2.0", "federation.rounds=1"]  # fmt: skip
+    cfg = _config(*dp)
+    prep = prepare_data(cfg)
+    _, out = _deployed(tmp_path, cfg, prep, [*SETS, *dp])
+    _, sim_out = _simulated(tmp_path, cfg, prep, monkeypatch)
+    lines = [json.loads(x) for x in (out / "ledger.jsonl").read_text().splitlines()]
+    sim_lines = [json.loads(x) for x in (sim_out / "ledger.jsonl").read_text().splitlines()]
+    assert len(lines) == len(sim_lines) and any("label" in json.dumps(x) for x in lines)
+    dep_p = json.loads((out / "vertical.json").read_text())["privacy"]
+    sim_p = json.loads((sim_out / "vertical.json").read_text())["privacy"]
+    assert dep_p["ledger"] == "ledger.jsonl"
+    assert dep_p["per_party"] == sim_p["per_party"] and dep_p["observers"] == sim_p["observers"]
+
+
 def test_secure_sum_over_the_deployed_apps_sends_only_masked_shares(tmp_path: Path) -> None:
     sets = [*SETS, "federation.rounds=1", "vertical.secure_sum=true"]
     cfg = _config(*sets[len(SETS) :])

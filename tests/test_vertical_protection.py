@@ -149,3 +149,34 @@ def test_leakage_attacks_succeed_unprotected_and_fail_protected() -> None:
     # no better than a coin either way (an attacker may also flip the score)
     assert abs(norm_attack_auc(protected, y, positive=1) - 0.5) <= 0.1
     assert abs(direction_attack_auc(protected, y) - 0.5) <= 0.1
+
+
+def test_label_release_is_in_the_ledger_before_any_label_is_randomised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import umbra.vertical.build as build
+    from umbra.privacy.ledger import PrivacyLedger, read_ledger, replay
+
+    path = tmp_path / "ledger.jsonl"
+    ledger = PrivacyLedger(path, unit="example", delta=1e-5)
+    seen: list[str] = []
+
+    def randomise(
+        labels: np.ndarray, *, num_classes: int, epsilon: float, rng: SecureRandom | None = None
+    ) -> np.ndarray:
+        # the release is on disk (fsynced) before the labels are touched
+        seen.append(f"rr after {len(read_ledger(path).label_releases)} label release(s)")
+        return randomized_response(labels, num_classes=num_classes, epsilon=epsilon, rng=rng)
+
+    monkeypatch.setattr(build, "randomized_response", randomise)
+    cfg = resolve_config(preset="vertical", overrides=[*SETS, "vertical.label_dp=randomized-response",
+                                                       "vertical.label_epsilon=1.5"]).config  # fmt: skip
+    prep = prepare_data(cfg)
+    spec = model_spec_for(cfg, prep.train)
+    setup = build_vertical(cfg, prep.train, spec, work_dir=tmp_path / "w", state_root=tmp_path / "s",
+                           init=initial_arrays(spec, 0), on_label_release=ledger.record_label)  # fmt: skip
+    assert seen == ["rr after 1 label release(s)"]
+    (release,) = read_ledger(path).label_releases
+    assert (release.party, release.round, release.epsilon) == ("party-2", 0, 1.5)
+    assert release.num_classes == setup.holder.num_classes
+    assert replay(path).per_party["party-2"]["label"] == pytest.approx(1.5, abs=2e-3)

@@ -50,11 +50,32 @@ def test_vertical_run_with_every_protection(tmp_path: Path) -> None:
 
     from umbra.privacy.ledger import replay
 
+    # label DP: one randomised-response release of the label holder, once for both epochs
     rep = replay(out / "ledger.jsonl")
-    assert rep.releases == 6 and set(rep.per_party) == {"party-0", "party-1", "party-2"}
+    assert rep.releases == 7 and set(rep.per_party) == {"party-0", "party-1", "party-2"}
     acc = pld.PLDAccountant(neighboring_relation=NeighboringRelation.REPLACE_SPECIAL)
     acc.compose(dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(2.0), 2))
-    assert rep.epsilon["total"] == pytest.approx(acc.get_epsilon(1e-5), rel=1e-2)
+    gauss = acc.get_epsilon(1e-5)
+    assert rep.per_party["party-0"]["total"] == pytest.approx(gauss, rel=1e-2)
+    label = rep.per_party["party-2"]["label"]
+    assert label == pytest.approx(1.0, abs=2e-3)
+    assert max(gauss, label) < rep.epsilon["total"] <= gauss + label + 1e-3
+    # results.json: the same ε per party and per observer, recomputed from the ledger
+    priv = v["privacy"]
+    assert priv["ledger"] == "ledger.jsonl" and priv["per_party"] == rep.per_party
+    obs = priv["observers"]
+    assert obs["feature_parties"]["label"] == pytest.approx(label)
+    assert obs["label_holder"]["label"] is None and obs["model_holder"]["features"] is None
+    assert obs["label_holder"]["features"] > gauss  # two other parties' rows of a record
+    # and `umbra privacy ledger` replays it with the label group and the vertical observers
+    from typer.testing import CliRunner
+
+    from umbra.cli import app
+
+    shown = CliRunner().invoke(app, ["privacy", "ledger", str(out)], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "ε label" in shown.output and "feature parties" in shown.output
+    assert f"{label:.3f}" in shown.output
     # nothing of the parties' data or keys is left in the run folder
     assert not (out / ".vertical").exists()
     assert not list(out.rglob("mask-key"))

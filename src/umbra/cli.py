@@ -249,7 +249,8 @@ def privacy_ledger(
         f"{report.rounds[0] if report.rounds else '-'}..{report.rounds[-1] if report.rounds else '-'}",
         highlight=False,
     )
-    groups = sorted({g for r in contents.releases for g in r.noise_multipliers})
+    groups = sorted({g for r in contents.releases for g in r.noise_multipliers}
+                    | {r.group for r in contents.label_releases})  # fmt: skip
     table = Table(
         title="ε recomputed from the ledger, per party (worst first), for observers who do "
         "not see the sample"
@@ -263,6 +264,7 @@ def privacy_ledger(
     for party in parties:
         eps = report.per_party[party]
         n = sum(1 for r in contents.releases if r.party == party)
+        n += sum(1 for r in contents.label_releases if r.party == party)
         table.add_row(
             party, str(n), *(f"{eps.get(g, 0.0):.3f}" for g in groups), f"{eps['total']:.3f}"
         )
@@ -297,7 +299,18 @@ def _print_observers(contents: Any, results: Path | None) -> None:
 
     cfg: dict[str, Any] = {}
     if results is not None and results.exists():
-        cfg = json.loads(results.read_text()).get("config") or {}
+        obj = json.loads(results.read_text())
+        if "vertical" in obj:  # a vertical run's observers (docs/vertical.md)
+            from umbra.vertical.observers import observer_rows
+
+            table = Table(title="ε per observer (recomputed from the ledger)")
+            for col in ("observer", "ε label", "ε features", "ε record", "what it sees"):
+                table.add_column(col)
+            for row in observer_rows(contents, obj["vertical"]):
+                table.add_row(*row)
+            console.print(table)
+            return
+        cfg = obj.get("config") or {}
     noise = (cfg.get("privacy") or {}).get("noise")
     secure = (cfg.get("secure") or {}).get("aggregation")
     views = observer_views(

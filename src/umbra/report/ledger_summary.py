@@ -66,14 +66,15 @@ def summarize_ledger(path: Path, *, recompute: bool = True) -> LedgerSummary | N
         )  # fmt: skip
     recomputed: dict[str, float] | None = None
     error: str | None = None
-    if recompute and contents.releases:
+    labels = contents.label_releases  # randomised response on labels (vertical label DP)
+    if recompute and (contents.releases or labels):
         try:
             rep = compute_report(contents)
             recomputed = {k: float(v) for k, v in rep.epsilon.items()}
         except ValueError as exc:  # e.g. an accountant name this version does not know
             error = str(exc)
     return LedgerSummary(
-        lines=1 + sum(len(r.groups) for r in contents.releases),
+        lines=1 + sum(len(r.groups) for r in contents.releases) + len(labels),
         unreadable=int(contents.truncated_tail),
         header={
             "unit": contents.unit,
@@ -81,9 +82,9 @@ def summarize_ledger(path: Path, *, recompute: bool = True) -> LedgerSummary | N
             "accountant": contents.accountant,
             "version": LEDGER_VERSION,
         },
-        releases=len(contents.releases),
-        rounds=sorted({r.round for r in contents.releases}),
-        parties=len({r.party for r in contents.releases}),
+        releases=len(contents.releases) + len(labels),
+        rounds=sorted({r.round for r in contents.releases} | {r.round for r in labels}),
+        parties=len({r.party for r in contents.releases} | {r.party for r in labels}),
         groups=_groups(contents),
         recomputed=recomputed,
         recompute_error=error,

@@ -4,11 +4,13 @@ For a simulation or a benchmark: the parties' own records (:func:`split_parties`
 PSI alignment, each party's data file (its aligned rows, its modalities) and spec, the
 joint initial model (seeded, so that split training can be compared with centralized
 training from the same start), and the label holder with its (randomised, under label
-DP) labels.
+DP) labels. Under label DP the release is announced (``on_label_release``, the ledger's
+write-ahead) before any label is randomised.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import numpy as np
 from umbra.config import Config
 from umbra.data.dataset import MultimodalData
 from umbra.models import ModelSpec
+from umbra.privacy.ledger import LabelRelease
 from umbra.vertical.alignment import Alignment, align
 from umbra.vertical.label_dp import randomized_response
 from umbra.vertical.label_holder import LabelHolder
@@ -75,8 +78,10 @@ def build_vertical(
     work_dir: Path,
     state_root: Path,
     init: dict[str, np.ndarray],
+    on_label_release: Callable[[LabelRelease], None] | None = None,
 ) -> VerticalSetup:
-    """Split ``train`` into the configured parties, align them and write their files."""
+    """Split ``train`` into the configured parties, align them and write their files;
+    under label DP, ``on_label_release`` is called before the labels are randomised."""
     v, fed = cfg.vertical, cfg.federation
     seed = cfg.run.seed
     parties, sources = split_parties(train, v.parties, v.label_parties, shared=v.shared, seed=seed)
@@ -116,6 +121,10 @@ def build_vertical(
     spec = ModelSpec.from_dict(model_spec)
     train_labels = true_labels
     if v.label_dp == "randomized-response":
+        release = LabelRelease(round=0, party=lead.name, epsilon=v.label_epsilon,
+                               num_classes=spec.num_classes)  # fmt: skip
+        if on_label_release is not None:
+            on_label_release(release)
         train_labels = randomized_response(true_labels, num_classes=spec.num_classes,
                                            epsilon=v.label_epsilon)  # fmt: skip
     holder = LabelHolder(

@@ -22,7 +22,7 @@ The run, all of it over Flower messages:
    gradients the label holder itself computed and sent), scored against the true labels.
 
 It writes what ``umbra run`` writes into the run folder: ``progress.jsonl`` rows,
-``vertical.json``, ``ledger.jsonl`` under embedding DP and the outcome
+``vertical.json``, ``ledger.jsonl`` under embedding or label DP and the outcome
 (`umbra.apps.outcome`), from which the launcher makes ``results.json`` and the report.
 """
 
@@ -47,6 +47,7 @@ from umbra.federation.common import config_bytes, config_int
 from umbra.federation.server_app import RunResult, initial_arrays, load_model
 from umbra.federation.train import Batchable, evaluate
 from umbra.models import ModelSpec
+from umbra.privacy.ledger import LabelRelease
 from umbra.run.prepare import model_spec_for
 from umbra.services.psi import PsiClient, PsiConfig
 from umbra.services.psi_errors import PsiError
@@ -61,8 +62,10 @@ from umbra.vertical.runner import (
     SUMMARY_FILE,
     check_vertical_config,
     embedding_ledger,
+    label_ledger,
     layout_summary,
     leakage_scores,
+    ledger_privacy,
 )
 from umbra.vertical.server_app import (
     GridExchange,
@@ -207,6 +210,9 @@ def run_deployed_vertical(
         spec = ModelSpec.from_dict(model_spec)
         train_labels = true_labels
         if v.label_dp == "randomized-response":
+            label_ledger(cfg, run.out)(LabelRelease(round=0, party=names[lead],
+                                                    epsilon=v.label_epsilon,
+                                                    num_classes=spec.num_classes))  # fmt: skip
             train_labels = randomized_response(true_labels, num_classes=spec.num_classes,
                                                epsilon=v.label_epsilon)  # fmt: skip
         views.update(aligned=aligned, mods=mods, true=true_labels, train=train_labels)
@@ -259,6 +265,7 @@ def run_deployed_vertical(
         "engine": "deployment",
         "alignment_messages": {"round_trips": aligned.traffic.round_trips,
                                "bytes": aligned.traffic.bytes_down + aligned.traffic.bytes_up},
+        "privacy": ledger_privacy(cfg, run.out, names[lead]),
     }  # fmt: skip
     changed = float(np.mean(views["train"] != views["true"]))
     summary = layout_summary(cfg, aligned.alignment, parties,

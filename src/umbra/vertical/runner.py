@@ -2,10 +2,14 @@
 simulation engine (one ClientApp per party, the label holder's ServerApp), then the
 label-leakage audit; returns the run's :class:`RunResult` and writes ``vertical.json``.
 
-Embedding DP (``vertical.embedding_noise`` > 0) writes one Gaussian release per party per
-epoch to ``ledger.jsonl`` before the epoch runs (each record's embedding row is released
+The ledger (``ledger.jsonl``) is written ahead of what it covers. Label DP
+(``vertical.label_dp``) writes one randomised-response release of the label holder before
+its labels are randomised (round 0; applied once, so it is all the labels spend however
+many epochs run). Embedding DP (``vertical.embedding_noise`` > 0) writes one Gaussian
+release per party per epoch before the epoch runs (each record's embedding row is released
 once per epoch, clipped to ``embedding_clip``; no subsampling amplification is claimed:
-sample rate 1).
+sample rate 1). ``vertical.json`` gives ε per party and per observer, recomputed from the
+ledger (:mod:`umbra.vertical.observers`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,15 @@ from umbra.errors import UmbraError
 from umbra.federation.checkpoint import atomic_write_text
 from umbra.federation.server_app import RunResult, initial_arrays, load_model
 from umbra.federation.train import Batchable, evaluate
+from umbra.privacy.accounting import ADJACENCY, LABEL_ADJACENCY
+from umbra.privacy.ledger import (
+    LabelRelease,
+    LedgerContents,
+    PrivacyLedger,
+    Release,
+    compute_report,
+    read_ledger,
+)
 from umbra.run.folder import client_state_root
 from umbra.run.prepare import PreparedData
 from umbra.run.simulation import RoundCallback
@@ -34,6 +47,7 @@ from umbra.vertical.alignment import Alignment
 from umbra.vertical.build import VerticalSetup, build_vertical, entity_labels
 from umbra.vertical.label_dp import keep_probability, rr_epsilon_pld
 from umbra.vertical.leakage import direction_attack_auc, norm_attack_auc
+from umbra.vertical.observers import vertical_observer_epsilons
 from umbra.vertical.party import FeatureParty
 from umbra.vertical.trainer import EpochStats
 
@@ -41,9 +55,11 @@ __all__ = [
     "SUMMARY_FILE",
     "check_vertical_config",
     "embedding_ledger",
+    "label_ledger",
     "layout_summary",
     "leakage_audit",
     "leakage_scores",
+    "ledger_privacy",
     "merge_vertical_results",
     "run_vertical",
     "vertical_summary",
@@ -51,6 +67,8 @@ __all__ = [
 
 #: The run folder's vertical facts (merged into results.json as ``vertical``).
 SUMMARY_FILE = "vertical.json"
+#: The run's privacy ledger (label and embedding DP).
+LEDGER_FILE = "ledger.jsonl"
 
 
 def leakage_audit(setup: VerticalSetup, party: int) -> dict[str, Any]:
@@ -163,7 +181,7 @@ def check_vertical_config(cfg: Config, run_dir: Path) -> None:
         raise UmbraError("a vertical run protects embeddings and labels with vertical.secure_sum, "
                          "vertical.embedding_noise and vertical.label_dp; privacy.mode and "
                          "secure.aggregation must stay 'none'")  # fmt: skip
-    if (run_dir / SUMMARY_FILE).exists() or (run_dir / "ledger.jsonl").exists():
+    if (run_dir / SUMMARY_FILE).exists() or (run_dir / LEDGER_FILE).exists():
         raise UmbraError(f"{run_dir} already holds a vertical run, which cannot be resumed; "
                          "start it again with another --out")  # fmt: skip
 
@@ -192,7 +210,7 @@ def run_vertical(
     shutil.rmtree(state_root, ignore_errors=True)
     work = run_dir / ".vertical"
     setup = build_vertical(cfg, prep.train, model_spec, work_dir=work, state_root=state_root,
-                           init=init)  # fmt: skip
+                           init=init, on_label_release=label_ledger(cfg, run_dir))  # fmt: skip
     ledger = embedding_ledger(cfg, run_dir)
     names = [p.name for p in setup.parties]
     test = Batchable.from_data(prep.test)
@@ -244,6 +262,7 @@ def run_vertical(
         "seconds_per_epoch": float(np.mean([r["wall_s"] for r in history])),
         "train_s": train_s,
         "label_leakage": audits,
+        "privacy": ledger_privacy(cfg, run_dir, setup.parties[setup.alignment.label_party].name),
     }  # fmt: skip
     atomic_write_text(
         run_dir / SUMMARY_FILE, json.dumps(vertical_summary(cfg, setup, extra), indent=2)
@@ -254,21 +273,51 @@ def run_vertical(
     return RunResult(arrays={**init, **arrays}, history=history)
 
 
+def _ledger(cfg: Config, run_dir: Path) -> PrivacyLedger:
+    """The run's ledger (created with its header, or reopened with what it holds)."""
+    return PrivacyLedger(run_dir / LEDGER_FILE, unit="example", delta=cfg.privacy.delta,
+                         accountant=cfg.privacy.accountant)  # fmt: skip
+
+
+def label_ledger(cfg: Config, run_dir: Path) -> Callable[[LabelRelease], None]:
+    """``record(release)``: the label holder's randomised-response release, written before
+    the labels are randomised. The ledger is created at its first release: a layout the
+    alignment refuses leaves no ledger behind, so the same --out can be used again."""
+
+    def record(release: LabelRelease) -> None:
+        _ledger(cfg, run_dir).record_label(release)
+
+    return record
+
+
 def embedding_ledger(cfg: Config, run_dir: Path) -> Callable[[int, list[str]], None] | None:
     """``record(epoch, party_names)``: each party's embedding release of the epoch, written
     ahead; None without embedding DP."""
     v = cfg.vertical
     if v.embedding_noise <= 0:
         return None
-    from umbra.privacy.ledger import PrivacyLedger, Release
-
-    ledger = PrivacyLedger(run_dir / "ledger.jsonl", unit="example", delta=cfg.privacy.delta,
-                           accountant=cfg.privacy.accountant)  # fmt: skip
 
     def record(epoch: int, names: list[str]) -> None:
+        ledger = _ledger(cfg, run_dir)
         for name in names:
             ledger.record(Release.dpsgd(round=epoch, party=name, sample_rate=1.0, steps=1,
                                         noise_multipliers={"embedding": v.embedding_noise},
                                         clip_norms={"embedding": v.embedding_clip}))  # fmt: skip
 
     return record
+
+
+def ledger_privacy(cfg: Config, run_dir: Path, label_party: str) -> dict[str, Any]:
+    """``vertical.privacy``: ε per party (groups ``embedding``, ``label``) and per observer,
+    recomputed from the run's ledger (an empty ledger: no ε holds against anyone)."""
+    path = run_dir / LEDGER_FILE
+    empty = LedgerContents(unit="example", delta=cfg.privacy.delta,
+                           accountant=cfg.privacy.accountant)  # fmt: skip
+    contents = read_ledger(path) if path.exists() else empty
+    return {
+        "ledger": LEDGER_FILE if path.exists() else None,
+        "delta": contents.delta,
+        "adjacency": {"features": ADJACENCY, "label": LABEL_ADJACENCY},
+        "per_party": compute_report(contents).per_party,
+        "observers": vertical_observer_epsilons(contents, label_party=label_party),
+    }

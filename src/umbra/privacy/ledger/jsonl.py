@@ -18,6 +18,16 @@ One JSON object per line:
   processes append to the same file (each release is one ``O_APPEND`` write of a few
   hundred bytes). ``party`` is a client id (example-level DP: ε is per
   client) or ``"server"`` (client-level DP: the server releases the noised aggregate).
+* a label release (randomised response on every label a party holds, applied once; see
+  :class:`~umbra.privacy.ledger.release.LabelRelease`) is one line with its own mechanism
+  and neighbouring relation::
+
+    {"type": "release", "release": "4be1...", "round": 0, "party": "party-2",
+     "group": "label", "mechanism": "randomized_response", "adjacency": "replace-one",
+     "epsilon": 2.0, "num_classes": 10, "noise_parameter": 0.6240}
+
+  (``noise_parameter``, dp-accounting's ``p``, is derived from ε and K and checked on
+  reading).
 
 A crash during a write can leave a truncated last line; :func:`read_ledger` ignores it only
 when it is not valid JSON (and says so in :attr:`LedgerContents.warnings`).
@@ -33,16 +43,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 from umbra.errors import DataError
-from umbra.privacy.accounting import ADJACENCY
-from umbra.privacy.ledger.release import GroupRelease, Release
+from umbra.privacy.accounting import ADJACENCY, LABEL_ADJACENCY
+from umbra.privacy.ledger.release import GroupRelease, LabelRelease, Release
 
 __all__ = [
+    "LABEL_MECHANISM",
     "LEDGER_VERSION",
     "MECHANISM",
     "UNITS",
     "LedgerContents",
     "Unit",
     "header_line",
+    "label_release_line",
     "read_ledger",
     "release_lines",
 ]
@@ -52,11 +64,16 @@ Unit = Literal["example", "client"]
 UNITS = ("example", "client")
 #: The only mechanism the accountant side knows: Gaussian noise on a Poisson sample.
 MECHANISM = "poisson_gaussian"
+#: Randomised response on labels (:class:`LabelRelease`).
+LABEL_MECHANISM = "randomized_response"
 
 
 @dataclass
 class LedgerContents:
-    """Parsed ledger: header fields, releases in file order, and reading notes."""
+    """Parsed ledger: header fields, releases in file order, and reading notes.
+
+    ``releases`` are the Gaussian releases, ``label_releases`` the randomised-response ones.
+    """
 
     unit: Unit
     delta: float
@@ -64,6 +81,7 @@ class LedgerContents:
     releases: list[Release] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     truncated_tail: bool = False
+    label_releases: list[LabelRelease] = field(default_factory=list)
 
 
 def header_line(unit: str, delta: float, accountant: str) -> dict[str, Any]:
@@ -95,6 +113,46 @@ def release_lines(release: Release, release_id: str) -> list[dict[str, Any]]:
         }
         for g in release.groups
     ]
+
+
+def label_release_line(release: LabelRelease, release_id: str) -> dict[str, Any]:
+    """The line object of a label release."""
+    return {
+        "type": "release",
+        "release": release_id,
+        "round": release.round,
+        "party": release.party,
+        "group": release.group,
+        "mechanism": LABEL_MECHANISM,
+        "adjacency": LABEL_ADJACENCY,
+        "epsilon": release.epsilon,
+        "num_classes": release.num_classes,
+        "noise_parameter": release.noise_parameter,
+    }
+
+
+def _label_release(lineno: int, obj: dict[str, Any]) -> LabelRelease:
+    try:
+        rel = LabelRelease(
+            round=int(obj["round"]),
+            party=str(obj["party"]),
+            epsilon=float(obj["epsilon"]),
+            num_classes=int(obj["num_classes"]),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise DataError(f"ledger line {lineno}: bad label release: {err}") from None
+    if obj.get("adjacency") != LABEL_ADJACENCY or obj.get("group") != rel.group:
+        raise DataError(
+            f"ledger line {lineno}: a label release must have adjacency {LABEL_ADJACENCY!r} "
+            f"and group {rel.group!r}"
+        )
+    if abs(float(obj.get("noise_parameter", -1.0)) - rel.noise_parameter) > 1e-12:
+        raise DataError(
+            f"ledger line {lineno}: label release with noise_parameter "
+            f"{obj.get('noise_parameter')!r}, which does not match epsilon {rel.epsilon} and "
+            f"num_classes {rel.num_classes}"
+        )
+    return rel
 
 
 def _releases_from_lines(lines: Sequence[tuple[int, dict[str, Any]]]) -> list[Release]:
@@ -173,10 +231,14 @@ def read_ledger(path: str | os.PathLike[str]) -> LedgerContents:
     if head.get("version") != LEDGER_VERSION or head.get("unit") not in UNITS:
         raise DataError(f"{p}: unsupported ledger header {head}")
     release_lines = []
+    labels = []
     for lineno, obj in parsed[1:]:
         if obj.get("type") != "release":
             raise DataError(f"{p}: line {lineno} has unknown type {obj.get('type')!r}")
-        release_lines.append((lineno, obj))
+        if obj.get("mechanism") == LABEL_MECHANISM:
+            labels.append(_label_release(lineno, obj))
+        else:
+            release_lines.append((lineno, obj))
     return LedgerContents(
         unit=head["unit"],
         delta=float(head["delta"]),
@@ -184,4 +246,5 @@ def read_ledger(path: str | os.PathLike[str]) -> LedgerContents:
         releases=_releases_from_lines(release_lines),
         warnings=notes,
         truncated_tail=truncated,
+        label_releases=labels,
     )

@@ -2,8 +2,9 @@
 
 A :class:`Release` is ``steps`` Poisson-sampled Gaussian steps by one party; its
 :class:`GroupRelease` parts are the parameter groups noised on the same sample (they compose
-per step, see :mod:`umbra.privacy.accounting`). Both validate their parameters at
-construction, so a malformed release can neither be written nor read back.
+per step, see :mod:`umbra.privacy.accounting`). A :class:`LabelRelease` is randomised
+response on every training label of one party, applied once. All validate their parameters
+at construction, so a malformed release can neither be written nor read back.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["GroupRelease", "Release"]
+__all__ = ["LABEL_GROUP", "GroupRelease", "LabelRelease", "Release"]
+
+#: The group name of label releases in ε reports.
+LABEL_GROUP = "label"
 
 
 @dataclass(frozen=True)
@@ -109,3 +113,47 @@ class Release:
     @property
     def noise_multipliers(self) -> dict[str, float]:
         return {g.group: g.noise_multiplier for g in self.groups}
+
+
+@dataclass(frozen=True)
+class LabelRelease:
+    """Randomised response on each training label (label DP, Ghazi et al., NeurIPS 2021,
+    https://arxiv.org/abs/2102.06062), applied once to every label ``party`` holds.
+
+    Each label is kept with probability ``e^ε / (e^ε + K - 1)``, else replaced by one of
+    the other ``K - 1`` classes uniformly; training then uses only the randomised labels, so
+    however many rounds reuse them this one release is all the labels ever spend.
+    Neighbouring data sets differ in one record's label (replace-one): ε is pure (δ = 0).
+
+    Attributes:
+        round: the round before which the labels are randomised (0: before training).
+        party: who randomises (the label holder).
+        epsilon: ε of one label, finite and > 0.
+        num_classes: K >= 2.
+    """
+
+    round: int
+    party: str
+    epsilon: float
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        if self.round < 0:
+            raise ValueError(f"round must be >= 0, got {self.round}")
+        if not self.party:
+            raise ValueError("party must be a non-empty party name")
+        if not (math.isfinite(self.epsilon) and self.epsilon > 0):
+            raise ValueError(f"epsilon must be finite and > 0, got {self.epsilon}")
+        k = self.num_classes
+        if isinstance(k, bool) or int(k) != k or k < 2:
+            raise ValueError(f"num_classes must be an integer >= 2, got {self.num_classes}")
+
+    @property
+    def group(self) -> str:
+        return LABEL_GROUP
+
+    @property
+    def noise_parameter(self) -> float:
+        """dp-accounting's ``p``: the probability of reporting a uniformly drawn class
+        (which may be the true one): ``K / (e^ε + K - 1)``."""
+        return self.num_classes / (math.exp(self.epsilon) + self.num_classes - 1)

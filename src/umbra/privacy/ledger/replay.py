@@ -1,6 +1,8 @@
 """ε recomputed from the ledger's lines alone, through dp-accounting.
 
 Per party, per group and in total; the reported total (and each ε_g) is the worst party's.
+A party's label releases (randomised response) are its group ``"label"`` and compose into
+its total (:func:`umbra.privacy.accounting.epsilon_with_labels`).
 The writer (:class:`~umbra.privacy.ledger.writer.PrivacyLedger`) uses the same functions for
 its running totals, so what a run reports and what a replay recomputes cannot differ.
 """
@@ -13,9 +15,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from umbra.privacy.accounting import compose_steps, epsilon_for
+from umbra.privacy.accounting import (
+    compose_steps,
+    epsilon_for,
+    epsilon_with_labels,
+    label_epsilon,
+    randomized_response_event,
+)
 from umbra.privacy.ledger.jsonl import LedgerContents, read_ledger
-from umbra.privacy.ledger.release import Release
+from umbra.privacy.ledger.release import LABEL_GROUP, LabelRelease, Release
 
 __all__ = [
     "LedgerReport",
@@ -54,10 +62,18 @@ class LedgerReport:
 
 
 def party_epsilons(
-    releases: Iterable[Release], *, delta: float, accountant: str
+    releases: Iterable[Release],
+    *,
+    delta: float,
+    accountant: str,
+    labels: Iterable[LabelRelease] = (),
 ) -> dict[str, float]:
-    """``{"total": composed ε, <group>: ε_g}`` of one party's releases."""
+    """``{"total": composed ε, <group>: ε_g}`` of one party's releases; its label
+    releases (if any) are the group ``"label"``, composed into the total by PLD whatever
+    the accountant (dp-accounting's RDP accountant has no randomised response)."""
     rel = list(releases)
+    rr = [randomized_response_event(epsilon=r.epsilon, num_classes=r.num_classes)
+          for r in labels]  # fmt: skip
     out: dict[str, float] = {}
     groups = list(dict.fromkeys(g.group for r in rel for g in r.groups))
     for name in groups:
@@ -69,7 +85,11 @@ def party_epsilons(
         ]
         out[name] = epsilon_for(*compose_steps(steps), delta=delta, accountant=accountant)
     joint = [(r.noise_multipliers, r.sample_rate, r.steps) for r in rel]
-    out["total"] = epsilon_for(*compose_steps(joint), delta=delta, accountant=accountant)
+    if not rr:
+        out["total"] = epsilon_for(*compose_steps(joint), delta=delta, accountant=accountant)
+        return out
+    out[LABEL_GROUP] = label_epsilon(rr, delta=delta)
+    out["total"] = epsilon_with_labels(compose_steps(joint), rr, delta=delta)
     return out
 
 
@@ -114,12 +134,22 @@ def compute_report(
     acc = accountant or contents.accountant
     d = contents.delta if delta is None else delta
     rel = [r for r in contents.releases if up_to_round is None or r.round <= up_to_round]
+    labels = [r for r in contents.label_releases if up_to_round is None or r.round <= up_to_round]
     parties: dict[str, list[Release]] = {}
     for r in rel:
         parties.setdefault(r.party, []).append(r)
-    if worst_only:
-        parties = {p: parties[p] for p in dominant_parties(parties)}
-    per_party = {p: party_epsilons(rs, delta=d, accountant=acc) for p, rs in parties.items()}
+    by_party: dict[str, list[LabelRelease]] = {}
+    for lr in labels:
+        by_party.setdefault(lr.party, []).append(lr)
+    if worst_only:  # a party with label releases is its own class
+        keep = set(dominant_parties({p: rs for p, rs in parties.items() if p not in by_party}))
+        parties = {p: rs for p, rs in parties.items() if p in keep or p in by_party}
+    for p in by_party:
+        parties.setdefault(p, [])
+    per_party = {
+        p: party_epsilons(rs, delta=d, accountant=acc, labels=by_party.get(p, ()))
+        for p, rs in parties.items()
+    }
     epsilon: dict[str, float] = {"total": 0.0}
     for eps in per_party.values():
         for k, v in eps.items():
@@ -132,8 +162,8 @@ def compute_report(
         epsilon=epsilon,
         per_party=per_party,
         worst_party=worst,
-        releases=len(rel),
-        rounds=sorted({r.round for r in rel}),
+        releases=len(rel) + len(labels),
+        rounds=sorted({r.round for r in rel} | {r.round for r in labels}),
         warnings=list(contents.warnings),
     )
 

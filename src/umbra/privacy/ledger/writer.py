@@ -27,10 +27,11 @@ from umbra.privacy.ledger.jsonl import (
     LedgerContents,
     Unit,
     header_line,
+    label_release_line,
     read_ledger,
     release_lines,
 )
-from umbra.privacy.ledger.release import Release
+from umbra.privacy.ledger.release import LabelRelease, Release
 from umbra.privacy.ledger.replay import LedgerReport, compute_report, party_epsilons
 
 __all__ = ["PrivacyLedger"]
@@ -127,15 +128,23 @@ class PrivacyLedger:
         self._append(release_lines(release, secrets.token_hex(8)))
         self.contents.releases.append(release)
 
+    def record_label(self, release: LabelRelease) -> None:
+        """Append a label release and fsync; randomise the labels only after this returns."""
+        self._append([label_release_line(release, secrets.token_hex(8))])
+        self.contents.label_releases.append(release)
+
     def report(self, *, up_to_round: int | None = None, worst_only: bool = False) -> LedgerReport:
         """ε of everything recorded so far (same computation as :func:`replay`)."""
         return compute_report(self.contents, up_to_round=up_to_round, worst_only=worst_only)
 
     def spent(self, party: str, extra: Iterable[Release] = ()) -> dict[str, float]:
-        """``{"total", <group>...}`` ε of ``party``'s recorded releases plus ``extra``."""
+        """``{"total", <group>...}`` ε of ``party``'s recorded releases (label releases
+        included) plus ``extra``."""
         rel = [r for r in self.contents.releases if r.party == party]
         rel += [r for r in extra if r.party == party]
-        return party_epsilons(rel, delta=self.contents.delta, accountant=self.contents.accountant)
+        labels = [r for r in self.contents.label_releases if r.party == party]
+        return party_epsilons(rel, delta=self.contents.delta, accountant=self.contents.accountant,
+                              labels=labels)  # fmt: skip
 
     def would_exceed(self, next_release: Release, budget: Budget) -> bool:
         """True if recording ``next_release`` would push its party above ``budget``.
