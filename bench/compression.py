@@ -115,11 +115,11 @@ def paired(rows: list[dict[str, Any]]) -> str:
            "|---:|---|---|---:|---:|---:|"]  # fmt: skip
     for (rounds, agg, method, fraction, support), pairs in sorted(groups.items(), key=str):
         d = np.array([p[0] for p in pairs])
-        se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
+        se = f" ± {float(d.std(ddof=1) / np.sqrt(d.size)):.2f}" if d.size > 1 else ""
         what = ", ".join(str(p) for p in (fraction, support) if p)
         name = f"{method} ({what})" if what else str(method)
         out.append(f"| {rounds} | {agg} | {name} | {d.size} | {max(p[1] for p in pairs):.3f} | "
-                   f"{d.mean():+.2f} ± {se:.2f} |")  # fmt: skip
+                   f"{d.mean():+.2f}{se} |")  # fmt: skip
     return "\n".join(out)
 
 
