@@ -40,11 +40,13 @@ def run_one(
     seed: int = 0,
     support: str = "cyclic",
     cyclic_share: float = 0.5,
+    feedback: bool = True,
 ) -> dict[str, Any]:
     """One baseline run; its final fused accuracy and the bytes its clients sent."""
     cfg = load_config("baseline", overrides=[
         f"compression.method={method}", f"compression.fraction={fraction}",
         f"compression.support={support}", f"compression.cyclic_share={cyclic_share}",
+        f"compression.error_feedback={str(feedback).lower()}",
         f"secure.aggregation={aggregation}", f"federation.rounds={rounds}",
         f"run.eval_every={rounds}", "run.progress=false", f"run.seed={seed}",
     ])  # fmt: skip
@@ -57,7 +59,7 @@ def run_one(
         "seed": seed,
         "rounds": rounds,
         "fraction": fraction if method in ("topk", "shared-k") else None,
-        "support": _support(support, cyclic_share) if shared else None,
+        "support": _support(support, cyclic_share, feedback) if shared else None,
         "accuracy": res["final"]["accuracy"],
         "bytes_up": sum(int(r["bytes_up"]) for r in res["rounds"]),
         "bytes_down": sum(int(r["bytes_down"]) for r in res["rounds"]),
@@ -65,8 +67,10 @@ def run_one(
     }
 
 
-def _support(support: str, cyclic_share: float) -> str:
-    return support if support == "cyclic" else f"{support} {cyclic_share}"
+def _support(support: str, cyclic_share: float, feedback: bool = True) -> str:
+    """shared-k's coordinates as the tables name them (``no EF``: without error feedback)."""
+    name = support if support == "cyclic" else f"{support} {cyclic_share}"
+    return name if feedback else f"{name}, no EF"
 
 
 def _key(r: dict[str, Any]) -> tuple[Any, ...]:
@@ -132,6 +136,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="run.seed (data, partition, init)")
     ap.add_argument("--support", default="cyclic", help="shared-k: cyclic or last-update")
     ap.add_argument("--cyclic-share", type=float, default=0.5, help="last-update's cyclic share")
+    ap.add_argument("--no-feedback", action="store_true", help="compression.error_feedback=false")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
     aggregation = "secagg+" if args.secure else "none"
@@ -139,7 +144,7 @@ def main() -> None:
     path = args.out / "compression.json"
     for method in methods:
         row = run_one(method, aggregation, args.rounds, args.fraction, args.seed,
-                      args.support, args.cyclic_share)  # fmt: skip
+                      args.support, args.cyclic_share, not args.no_feedback)  # fmt: skip
         print(row, flush=True)
         # merged with the rows on disk now (another process may have written some)
         old = json.loads(path.read_text())["rows"] if path.exists() else []
