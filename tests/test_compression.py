@@ -29,7 +29,16 @@ from umbra.federation.compression import (
 from umbra.federation.compression_client import compress_reply, load_residual
 from umbra.federation.compression_server import Compression
 from umbra.privacy.controller import CLIENT_GROUP, DP_UNWEIGHTED, dp_config_keys
-from umbra.secure.shared_coordinates import kept_count, shared_indices, shared_seed
+from umbra.secure.shared_coordinates import (
+    RoundCoordinates,
+    kept_count,
+    pack_mask,
+    round_coordinates,
+    shared_indices,
+    shared_seed,
+    top_mask,
+    unpack_mask,
+)
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -150,7 +159,8 @@ def test_error_feedback_accumulates_exactly(method: str, tmp_path: Path) -> None
         y = {k: (v + 0.01 * rng.normal(size=v.shape)).astype(np.float32) for k, v in x.items()}
         wire = compress_reply(config, x, y, {}, state_dir=tmp_path, server_round=rnd, seed=rnd)
         c = codec(method, 0.1)
-        sent = decode_arrays(wire, shapes, c, seed=shared_seed(3, rnd), fraction=0.1)
+        coords = RoundCoordinates(shared_seed(3, rnd), 0.1)
+        sent = decode_arrays(wire, shapes, c, coordinates=coords if method == "shared-k" else None)
         stored = load_residual(tmp_path, rnd + 1)
         assert stored is not None
         for k in x:
@@ -218,19 +228,100 @@ def test_the_serialized_reply_shrinks_and_decodes(
             assert np.all(kept | (got[k] == x[k]))
 
 
+def _train_message(round_: int) -> Message:
+    return Message(RecordDict({"config": ConfigRecord({"server-round": round_})}),
+                   dst_node_id=1, message_type="train")  # fmt: skip
+
+
+def test_last_update_support_is_the_global_updates_top_plus_a_cyclic_block() -> None:
+    """The server announces the largest |x_t - x_{t-1}| as bit masks; every client's config
+    gives the same k coordinates: exactly those, plus the round's cyclic ones. The first
+    round (no previous update) is the plain cyclic block."""
+    x0 = _model(0)
+    server = Compression(method="shared-k", fraction=0.2, run_seed=3, support="last-update",
+                         cyclic_share=0.25)  # fmt: skip
+    first = _train_message(1)
+    server.announce([first], 1, x=x0)
+    coords = round_coordinates(first.content.config_records["config"])
+    assert coords is not None and not coords.masks
+    for k, v in x0.items():
+        want = shared_indices(shared_seed(3, 1), k, v.size, 0.2)
+        assert np.array_equal(coords.indices(k, v.size), want)
+    rng = np.random.default_rng(1)
+    x1 = {k: (v + rng.normal(size=v.shape)).astype(np.float32) for k, v in x0.items()}
+    msgs = [_train_message(2) for _ in range(3)]
+    server.announce(msgs, 2, x=x1)
+    for k, v in x0.items():
+        k_all = kept_count(v.size, 0.2)
+        top = k_all - int(np.ceil(0.25 * k_all))
+        change = np.abs(x1[k].astype(np.float64) - v.astype(np.float64)).ravel()
+        expect_top = set(np.argsort(-change, kind="stable")[:top].tolist())
+        got = [
+            cast(RoundCoordinates, round_coordinates(m.content.config_records["config"])).indices(
+                k, v.size
+            )
+            for m in msgs
+        ]
+        assert all(np.array_equal(g, got[0]) for g in got)  # the same at every client
+        assert np.array_equal(got[0], server.coordinates(2).indices(k, v.size))  # and server
+        assert got[0].size == k_all and np.unique(got[0]).size == k_all
+        assert expect_top <= set(got[0].tolist())
+
+
+def test_last_update_support_still_visits_every_coordinate() -> None:
+    """Whatever the announced top masks, the cyclic part sends every coordinate at least
+    once every ceil(n / cyclic) rounds."""
+    rng = np.random.default_rng(3)
+    n, fraction, share = 500, 0.2, 0.25
+    k = kept_count(n, fraction)
+    cyclic = int(np.ceil(share * k))
+    seen = np.zeros(n, dtype=bool)
+    for rnd in range(1, int(np.ceil(n / cyclic)) + 1):
+        mask = top_mask(rng.normal(size=n), k, share)
+        coords = RoundCoordinates(shared_seed(5, rnd), fraction, cyclic_share=share,
+                                  masks={"w": pack_mask(mask)})  # fmt: skip
+        idx = coords.indices("w", n)
+        assert idx.size == k and np.all(mask[idx].sum() == k - cyclic)
+        seen[idx] = True
+    assert seen.all()
+
+
+def test_support_masks_travel_as_bits() -> None:
+    mask = np.random.default_rng(0).random(21) < 0.3
+    packed = pack_mask(mask)
+    assert len(packed) == 3 and np.array_equal(unpack_mask(packed, 21), mask)
+    with pytest.raises(ValueError, match="support mask"):
+        unpack_mask(packed, 30)
+
+
 # --- shared-k under SecAgg+ -----------------------------------------------------------
 
 
-def test_shared_k_secure_sum_equals_the_plaintext_sum() -> None:
+def _last_update_coordinates(x: dict[str, np.ndarray], fraction: float) -> RoundCoordinates:
+    """Round 4's coordinates as the server announces them after a random global update."""
+    rng = np.random.default_rng(4)
+    masks = {
+        k: pack_mask(top_mask(rng.normal(size=v.shape), kept_count(v.size, fraction), 0.25))
+        for k, v in x.items()
+    }
+    return RoundCoordinates(shared_seed(11, 4), fraction, cyclic_share=0.25, masks=masks)
+
+
+@pytest.mark.parametrize("support", ["cyclic", "last-update"])
+def test_shared_k_secure_sum_equals_the_plaintext_sum(support: str) -> None:
     """Every client's shared-k values sit on the same coordinates, so SecAgg+ can sum them:
     the unmasked sum decodes to the plaintext sum of the sparsified updates."""
     x = _model(0)
     shapes = {k: v.shape for k, v in x.items()}
     c = codec("shared-k", 0.1)
-    seed = shared_seed(11, 4)
+    coords = (
+        RoundCoordinates(shared_seed(11, 4), 0.1)
+        if support == "cyclic"
+        else _last_update_coordinates(x, 0.1)
+    )
     rng = np.random.default_rng(9)
     deltas = [{k: 0.05 * rng.normal(size=v.shape) for k, v in x.items()} for _ in range(5)]
-    wires = [encode_arrays(d, c, rng=rng, seed=seed, fraction=0.1) for d in deltas]
+    wires = [encode_arrays(d, c, rng=rng, coordinates=coords) for d in deltas]
     assert all(
         sum(w.size for w in wire.values()) < 0.11 * sum(v.size for v in x.values())
         for wire in wires
@@ -238,8 +329,8 @@ def test_shared_k_secure_sum_equals_the_plaintext_sum() -> None:
     dropped = {3}
     total, _ = run_secagg_round(wires, threshold=3, clip_range=1.0, dropouts=dropped)
     assert isinstance(total, dict)
-    secure = decode_arrays(total, shapes, c, seed=seed, fraction=0.1)
-    plain = [decode_arrays(w, shapes, c, seed=seed, fraction=0.1) for w in wires]
+    secure = decode_arrays(total, shapes, c, coordinates=coords)
+    plain = [decode_arrays(w, shapes, c, coordinates=coords) for w in wires]
     for k in x:
         expect = sum(p[k] for i, p in enumerate(plain) if i not in dropped)
         assert np.allclose(secure[k], expect, atol=1e-6)
@@ -261,6 +352,7 @@ def test_shared_k_secure_sum_equals_the_plaintext_sum() -> None:
             "not support differential privacy",
         ),
         (["compression.fraction=0"], "compression.fraction"),
+        (["compression.support=largest"], "compression.support"),
         (["compression.method=zip"], "compression.method"),
     ],
 )
@@ -283,10 +375,11 @@ def test_cli_refuses_top_k_under_secagg_with_exit_2(tmp_path: Path) -> None:
 # --- shared-k through the real ClientApp and the SecAgg+ workflow ---------------------
 
 
-def test_shared_k_under_secagg_matches_the_plaintext_round(tmp_path: Path) -> None:
+@pytest.mark.parametrize("support", ["cyclic", "last-update"])
+def test_shared_k_under_secagg_matches_the_plaintext_round(support: str, tmp_path: Path) -> None:
     """The same round, once in the clear and once under SecAgg+: with shared-k both hand
     the strategy the same model (up to the ring's quantisation), and the masked vectors
-    carry only the kept coordinates."""
+    carry only the kept coordinates (``last-update``: round 2, after a global update)."""
     from test_secure_flower import N_CLIENTS, TRANSPORTS, FakeGrid, _client_spec, _secure, _strategy
     from umbra.data.sources.synthetic import make_synthetic
     from umbra.federation.client_app import make_client_app
@@ -307,14 +400,17 @@ def test_shared_k_under_secagg_matches_the_plaintext_round(tmp_path: Path) -> No
         "model_spec": ModelSpec.from_data(data, hidden=8, embed_dim=8).to_dict(),
     }
     x = initial_arrays(fed["model_spec"], seed=1)
-    shared = Compression(method="shared-k", fraction=0.2, run_seed=5)
+    shared = Compression(method="shared-k", fraction=0.2, run_seed=5, support=support)
+    rnd = 2
+    rng = np.random.default_rng(2)  # round 1's global model: x minus a global update
+    shared.coordinates(1, {k: v - 0.1 * rng.normal(size=v.shape) for k, v in x.items()})
 
     def secure_round(compression: Compression) -> tuple[dict[str, np.ndarray], int]:
         secure = _secure("secagg+")
         grid = FakeGrid(make_client_app(_client_spec(fed, secure)), N_CLIENTS)
         transport = TRANSPORTS.get("secagg+").server(secure)
         out = SecureTrainRound(transport, timeout_s=60.0, compression=compression)(
-            _strategy("fedavg"), cast(Grid, grid), 1, x
+            _strategy("fedavg"), cast(Grid, grid), rnd, x
         )
         assert out.record is not None, out.note
         return from_record(out.record), out.bytes_up
@@ -322,9 +418,10 @@ def test_shared_k_under_secagg_matches_the_plaintext_round(tmp_path: Path) -> No
     plain_spec = _client_spec(fed, _secure("secagg+"))
     plain_app = make_client_app(replace(plain_spec, transports=()))
     plain = PlainTrainRound(timeout_s=60.0, compression=shared)(
-        _strategy("fedavg"), cast(Grid, FakeGrid(plain_app, N_CLIENTS)), 1, x
+        _strategy("fedavg"), cast(Grid, FakeGrid(plain_app, N_CLIENTS)), rnd, x
     )
     assert plain.record is not None
+    assert bool(shared.coordinates(rnd).masks) == (support == "last-update")
     want = from_record(plain.record)
     got, sparse_bytes = secure_round(shared)
     _, dense_bytes = secure_round(Compression())

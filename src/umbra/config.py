@@ -599,8 +599,7 @@ class CompressionConfig(_Section):
         "none",
         description="none; q8/q4: unbiased stochastic quantisation of the update to 8/4 "
         "bits; topk: the largest coordinates (plaintext rounds); shared-k: the same "
-        "coordinates at every client, a public block per round from the run seed (fits "
-        "SecAgg+)",
+        "coordinates at every client, public (compression.support; fits SecAgg+)",
     )
     fraction: float = Field(
         0.1, gt=0, le=1, description="topk, shared-k: share of each tensor's coordinates sent"
@@ -609,6 +608,19 @@ class CompressionConfig(_Section):
         True,
         description="topk, shared-k: each client adds what it did not send to its next "
         "update (a residual kept in its own state folder)",
+    )
+    support: Literal["cyclic", "last-update"] = Field(
+        "cyclic",
+        description="shared-k: cyclic (a public permutation's block per round) or "
+        "last-update (the largest coordinates of the last global update, plus a cyclic "
+        "block of cyclic_share of them)",
+    )
+    cyclic_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="shared-k with support last-update: share of the kept "
+        "coordinates from the cyclic block (the rest follow the last global update)",
     )
 
 

@@ -16,17 +16,16 @@ Methods (``compression.method``):
   2018, https://arxiv.org/abs/1809.07599), sent as int32 indices + float32 values; meant
   with error feedback (:func:`with_feedback`), which carries what was not sent into the
   next round.
-- ``shared-k``: the same ``fraction`` of coordinates at every client of a round: the
-  round's block of a random permutation fixed by the run seed, so that every coordinate
-  is sent once every ``1/fraction`` rounds
-  (:func:`umbra.secure.shared_coordinates.shared_indices`); only the float32 values travel.
+- ``shared-k``: the same ``fraction`` of coordinates at every client of a round
+  (:class:`umbra.secure.shared_coordinates.RoundCoordinates`): the round's block of a
+  random permutation fixed by the run seed, or the last global update's largest
+  coordinates plus a smaller such block; only the float32 values travel.
   Sums of such vectors are again such vectors, which is what secure aggregation needs
   (per-client top-k supports cannot be summed under masks).
 
 The quantiser's rounding draws are not privacy-relevant (no DP claim rests on them) and
 come from a numpy generator seeded per (run, round, client); the shared-k coordinates are
-public by design and derive from the run seed and the round
-(:func:`umbra.secure.shared_coordinates.shared_seed`).
+public by design: from the run seed, the round and the previous released aggregate.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from umbra.secure.shared_coordinates import kept_count, shared_indices
+from umbra.secure.shared_coordinates import RoundCoordinates, kept_count
 
 __all__ = [
     "COMPRESS_DENSE",
@@ -213,20 +212,30 @@ def codec(method: str, fraction: float = 1.0) -> Codec:
 # --- whole updates --------------------------------------------------------------------
 
 
+def _shared(
+    coordinates: RoundCoordinates | None, c: Codec, name: str, size: int
+) -> np.ndarray | None:
+    """The shared coordinates of array ``name`` for a ``shared-k`` codec, else None."""
+    if not c.sparse_shared:
+        return None
+    if coordinates is None:
+        raise ValueError(f"{c.name} needs the round's shared coordinates")
+    return coordinates.indices(name, size)
+
+
 def encode_arrays(
     delta: Mapping[str, np.ndarray],
     c: Codec,
     *,
     rng: np.random.Generator,
-    seed: int = 0,
-    fraction: float = 1.0,
+    coordinates: RoundCoordinates | None = None,
 ) -> Arrays:
     """Wire arrays of ``delta`` (name -> tensor): ``<name>|<part>`` per code part.
 
-    ``seed`` and ``fraction`` fix the shared coordinates of a ``shared-k`` codec."""
+    ``coordinates``: the round's shared coordinates (needed by a ``shared-k`` codec)."""
     out: Arrays = {}
     for name, v in delta.items():
-        idx = shared_indices(seed, name, v.size, fraction) if c.sparse_shared else None
+        idx = _shared(coordinates, c, name, v.size)
         for part, arr in c.encode(np.asarray(v), rng, idx).items():
             out[f"{name}{SEP}{part}"] = arr
     return out
@@ -237,8 +246,7 @@ def decode_arrays(
     shapes: Mapping[str, tuple[int, ...]],
     c: Codec,
     *,
-    seed: int = 0,
-    fraction: float = 1.0,
+    coordinates: RoundCoordinates | None = None,
 ) -> dict[str, np.ndarray]:
     """Inverse of :func:`encode_arrays` for the tensors of ``shapes`` (float64, in
     ``shapes``' order). Raises ValueError when a tensor's code is missing."""
@@ -250,8 +258,7 @@ def decode_arrays(
     for name, shape in shapes.items():
         if name not in parts:
             raise ValueError(f"the compressed update has no code for {name!r}")
-        size = math.prod(shape)
-        idx = shared_indices(seed, name, size, fraction) if c.sparse_shared else None
+        idx = _shared(coordinates, c, name, math.prod(shape))
         out[name] = c.decode(parts[name], tuple(shape), idx)
     return out
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from umbra.federation.client_state import load_round_arrays, save_round_arrays
-from umbra.federation.common import config_float, config_int
+from umbra.federation.common import config_float
 from umbra.federation.compression import (
     COMPRESS_DENSE,
     COMPRESS_FEEDBACK,
@@ -33,7 +33,7 @@ from umbra.federation.compression import (
     with_feedback,
 )
 from umbra.privacy.controller import CLIENT_GROUP, DP_UNWEIGHTED, dp_config_keys
-from umbra.secure.shared_coordinates import COMPRESS_FRACTION, COMPRESS_METHOD, COMPRESS_SEED
+from umbra.secure.shared_coordinates import COMPRESS_FRACTION, COMPRESS_METHOD, round_coordinates
 
 __all__ = ["compress_reply", "load_residual", "save_residual"]
 
@@ -71,7 +71,7 @@ def compress_reply(
     if method == "none":
         return dict(out)
     fraction = config_float(config, COMPRESS_FRACTION, 1.0)
-    shared = config_int(config, COMPRESS_SEED, 0)
+    shared = round_coordinates(config)  # shared-k: the round's public coordinates
     c = codec(method, fraction)
     dp = int(metrics.get(DP_UNWEIGHTED, 0)) == 1
     keys = [k for k in x if k in out]
@@ -85,16 +85,15 @@ def compress_reply(
     rng = np.random.default_rng(seed)
 
     def send(v: dict[str, np.ndarray]) -> tuple[Arrays, dict[str, np.ndarray]]:
-        wire = encode_arrays(v, c, rng=rng, seed=shared, fraction=fraction)
-        sent = decode_arrays(wire, shapes, c, seed=shared, fraction=fraction)
+        wire = encode_arrays(v, c, rng=rng, coordinates=shared)
+        sent = decode_arrays(wire, shapes, c, coordinates=shared)
         norm = math.sqrt(sum(float(np.sum(s * s)) for s in sent.values()))
         if clip is not None and norm > clip:
             # the same coordinates, scaled: float32 rounding stays inside the bound
             factor = clip / norm * (1.0 - 1e-6)
-            wire = encode_arrays(
-                {k: a * factor for k, a in v.items()}, c, rng=rng, seed=shared, fraction=fraction
-            )
-            sent = decode_arrays(wire, shapes, c, seed=shared, fraction=fraction)
+            wire = encode_arrays({k: a * factor for k, a in v.items()}, c, rng=rng,
+                                 coordinates=shared)  # fmt: skip
+            sent = decode_arrays(wire, shapes, c, coordinates=shared)
         return wire, sent
 
     if bool(config.get(COMPRESS_FEEDBACK, False)):
@@ -105,7 +104,7 @@ def compress_reply(
     rest = {k: np.asarray(v) for k, v in out.items() if k not in shapes}
     if bool(config.get(COMPRESS_DENSE, False)):
         # the secure transport cuts the shared coordinates out of x + sent itself
-        sent = decode_arrays(wire, shapes, c, seed=shared, fraction=fraction)
+        sent = decode_arrays(wire, shapes, c, coordinates=shared)
         base = {k: np.zeros(shapes[k]) if dp else np.asarray(x[k], np.float64) for k in keys}
         return {**{k: (base[k] + sent[k]).astype(np.asarray(out[k]).dtype) for k in keys}, **rest}
     return {**wire, **rest}

@@ -2,16 +2,18 @@
 message and decode each compressed reply to full weights before the strategy sees it.
 
 Runs on the server. It learns nothing a plaintext round would not show it: the decoded
-update is what the client chose to send. The ``shared-k`` coordinates derive from the
-run seed and the round (:func:`~umbra.federation.compression.shared_seed`): they are
-public, the same for every client of a round, and recomputed here to decode.
+update is what the client chose to send. The ``shared-k`` coordinates are public and the
+same for every client of a round (:mod:`umbra.secure.shared_coordinates`): the cyclic
+block from the run seed and the round, and, with ``support = "last-update"``, the top
+coordinates of the last global update, which the server computes from the two global
+models it sent (the previous released aggregate) and announces as bit masks.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.app import Message
@@ -27,10 +29,18 @@ from umbra.federation.compression import (
 )
 from umbra.privacy.controller import DP_UNWEIGHTED
 from umbra.secure.shared_coordinates import (
+    COMPRESS_CYCLIC_SHARE,
     COMPRESS_FRACTION,
+    COMPRESS_MASK_PREFIX,
     COMPRESS_METHOD,
     COMPRESS_SEED,
+    SHARED_METHOD,
+    SUPPORTS,
+    RoundCoordinates,
+    kept_count,
+    pack_mask,
     shared_seed,
+    top_mask,
 )
 
 __all__ = ["Compression"]
@@ -38,41 +48,97 @@ __all__ = ["Compression"]
 log = logging.getLogger("umbra")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Compression:
-    """The run's ``compression`` settings as the server applies them.
+    """The run's ``compression`` settings as the server applies them (one per run).
 
     ``method``: one of :data:`~umbra.federation.compression.METHODS`; ``fraction``: the
     sparsifiers' share of coordinates, in (0, 1]; ``error_feedback``: sparsifying clients
     carry what they did not send into their next update; ``run_seed``: the public seed
-    the ``shared-k`` coordinates derive from.
+    the ``shared-k`` coordinates derive from; ``support``: ``shared-k``'s coordinates
+    (:data:`~umbra.secure.shared_coordinates.SUPPORTS`); ``cyclic_share``: with
+    ``last-update``, the share of each array's coordinates from the cyclic block.
+
+    Keeps the last global model it announced (``last-update`` support: the next round's
+    top coordinates come from the global update between the two) and each round's
+    coordinates, to decode that round's replies.
     """
 
     method: str = "none"
     fraction: float = 0.1
     error_feedback: bool = True
     run_seed: int = 0
+    support: str = "cyclic"
+    cyclic_share: float = 0.5
+    _last: tuple[int, dict[str, np.ndarray]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+    _rounds: dict[int, RoundCoordinates] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"compression.method must be one of {METHODS}, got {self.method!r}")
         if not 0.0 < self.fraction <= 1.0:
             raise ValueError(f"compression.fraction must be in (0, 1], got {self.fraction}")
+        if self.support not in SUPPORTS:
+            raise ValueError(f"compression.support must be one of {SUPPORTS}, got {self.support!r}")
+        if not 0.0 < self.cyclic_share <= 1.0:
+            raise ValueError(f"compression.cyclic_share must be in (0, 1], got {self.cyclic_share}")
 
     @property
     def enabled(self) -> bool:
         return self.method != "none"
 
+    def coordinates(
+        self, server_round: int, x: Mapping[str, np.ndarray] | None = None
+    ) -> RoundCoordinates:
+        """The ``shared-k`` coordinates of ``server_round`` whose global model is ``x``.
+
+        ``last-update`` with the global model of an earlier round at hand: the top
+        coordinates of ``x - x_prev`` (per array, :func:`top_mask`); else all cyclic.
+        Remembered for :meth:`decode`; ``x`` becomes the next round's ``x_prev``."""
+        seed = shared_seed(self.run_seed, server_round)
+        if server_round in self._rounds:
+            return self._rounds[server_round]
+        masks: dict[str, bytes] = {}
+        if self.support == "last-update" and x is not None:
+            last = self._last
+            if last is not None and last[0] < server_round:
+                prev = last[1]
+                for k, v in x.items():
+                    a = np.asarray(v, dtype=np.float64)
+                    if k not in prev or prev[k].shape != a.shape:
+                        continue
+                    count = kept_count(a.size, self.fraction)
+                    masks[k] = pack_mask(top_mask(a - prev[k], count, self.cyclic_share))
+            self._last = (server_round, {k: np.asarray(v, np.float64) for k, v in x.items()})
+        share = self.cyclic_share if masks else 1.0
+        coords = RoundCoordinates(seed, self.fraction, cyclic_share=share, masks=masks)
+        self._rounds = {r: c for r, c in self._rounds.items() if r >= server_round - 1}
+        self._rounds[server_round] = coords
+        return coords
+
     def announce(
-        self, messages: Iterable[Message], server_round: int, *, dense: bool = False
+        self,
+        messages: Iterable[Message],
+        server_round: int,
+        *,
+        dense: bool = False,
+        x: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         """Write the round's codec into each train message's ``config`` record.
 
         ``dense``: the secure transport sparsifies (``shared-k`` under SecAgg+), so the
-        clients reply with ``x`` + their sent update at full shape instead of codes."""
+        clients reply with ``x`` + their sent update at full shape instead of codes.
+        ``x``: the round's global model (``shared-k`` with ``last-update`` support: the
+        top coordinates of the last global update travel as bit masks, ``size / 8``
+        bytes per array, counted in the messages' bytes down)."""
         if not self.enabled:
             return
         sparse = self.method in ("topk", "shared-k")
+        coords = self.coordinates(server_round, x) if self.method == SHARED_METHOD else None
         for m in messages:
             config = m.content.config_records["config"]
             config[COMPRESS_METHOD] = self.method
@@ -80,6 +146,10 @@ class Compression:
             config[COMPRESS_FEEDBACK] = bool(self.error_feedback and sparse)
             config[COMPRESS_SEED] = shared_seed(self.run_seed, server_round)
             config[COMPRESS_DENSE] = dense
+            if coords is not None and coords.masks:
+                config[COMPRESS_CYCLIC_SHARE] = float(coords.cyclic_share)
+                for name, packed in coords.masks.items():
+                    config[COMPRESS_MASK_PREFIX + name] = packed
 
     def decode(self, msg: Message, x: Mapping[str, np.ndarray], server_round: int) -> bool:
         """Replace ``msg``'s compressed arrays by full ones, in place: ``x + Δ̂`` for the
@@ -98,8 +168,9 @@ class Compression:
                 {k: v for k, v in wire.items() if SEP in k},
                 shapes,
                 codec(self.method, self.fraction),
-                seed=shared_seed(self.run_seed, server_round),
-                fraction=self.fraction,
+                coordinates=self.coordinates(server_round)
+                if self.method == SHARED_METHOD
+                else None,
             )
         except (ValueError, IndexError, KeyError) as err:
             log.warning("round %d: a compressed reply does not decode: %s", server_round, err)

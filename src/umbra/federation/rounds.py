@@ -104,7 +104,7 @@ class PlainTrainRound:
         dp = self.dp
         client_dp = dp is not None and dp.client_level
         messages = self.messages(strategy, grid, rnd, arrays)
-        self.compression.announce(messages, rnd)  # compression: the round's codec
+        self.compression.announce(messages, rnd, x=arrays)  # compression: the round's codec
         down = {m.metadata.dst_node_id: message_bytes([m]) for m in messages}
         replies = send_and_receive(grid, messages, timeout=self.timeout_s) if messages else []
         ok = [m for m in replies if not m.has_error()]

@@ -65,7 +65,7 @@ class SecureTrainRound:
         messages = self.messages(strategy, grid, rnd, arrays)
         # compression "shared-k": the clients send dense updates, the transport the kept
         # coordinates only (umbra.secure.contribution.shared_sparsify)
-        self.compression.announce(messages, rnd, dense=True)
+        self.compression.announce(messages, rnd, dense=True, x=arrays)
         if not messages:
             return _outcome(SecureSum({}, {}, clients=0, note="no client sampled"), ())
         sampled = tuple(sorted(m.metadata.dst_node_id for m in messages))

@@ -135,6 +135,8 @@ class ServerSpec:
                 fraction=cfg.compression.fraction,
                 error_feedback=cfg.compression.error_feedback,
                 run_seed=cfg.run.seed,
+                support=cfg.compression.support,
+                cyclic_share=cfg.compression.cyclic_share,
             ),
             on_round=on_round,
             on_finish=on_finish,

@@ -36,9 +36,11 @@ summed clients`` to ``x``; the counts are still summed, the training losses are 
 
 Shared-coordinate sparsification (``compression.method = "shared-k"``): when the round's
 config names it, every client keeps the same public coordinates of each model array
-(:mod:`umbra.secure.shared_coordinates`, public: from the run seed and the round),
-(`round_coordinates` of the round's config), so only those are weighted, quantised, masked and sent (:func:`shared_sparsify`,
-:func:`shared_shapes`), and the server scatters the sums back (:func:`shared_densify`):
+(:class:`~umbra.secure.shared_coordinates.RoundCoordinates`, the `round_coordinates` of
+the round's config: public, from the run seed, the round and the previous released
+aggregate), so only those are weighted, quantised, masked and sent
+(:func:`shared_sparsify`, :func:`shared_shapes`), and the server scatters the sums back
+(:func:`shared_densify`):
 the unsent coordinates sum to zero and keep ``x``. ``cv.`` keys and metrics stay dense.
 """
 
@@ -64,7 +66,7 @@ from umbra.privacy.controller import (
     dp_sensitivity_key,
 )
 from umbra.privacy.ddg import IntegerNoise, plan_integer_noise
-from umbra.secure.shared_coordinates import kept_count, shared_indices
+from umbra.secure.shared_coordinates import RoundCoordinates
 
 __all__ = [
     "CONTROL_PREFIX",
@@ -358,25 +360,23 @@ def _sparse_key(key: str) -> bool:
 
 
 def shared_shapes(
-    shapes: Mapping[str, tuple[int, ...]], shared: tuple[int, float] | None
+    shapes: Mapping[str, tuple[int, ...]], shared: RoundCoordinates | None
 ) -> dict[str, tuple[int, ...]]:
     """The payload shapes once model arrays keep only their shared coordinates."""
     if shared is None:
         return dict(shapes)
-    _, fraction = shared
     return {
-        k: (kept_count(int(np.prod(s)), fraction),) if _sparse_key(k) else tuple(s)
+        k: (shared.count(int(np.prod(s))),) if _sparse_key(k) else tuple(s)
         for k, s in shapes.items()
     }
 
 
-def shared_sparsify(contribution: Contribution, shared: tuple[int, float] | None) -> Contribution:
+def shared_sparsify(contribution: Contribution, shared: RoundCoordinates | None) -> Contribution:
     """``contribution`` with each model array cut to its shared coordinates (a flat vector)."""
     if shared is None:
         return contribution
-    seed, fraction = shared
     floats = {
-        k: v.ravel()[shared_indices(seed, k, v.size, fraction)] if _sparse_key(k) else v
+        k: v.ravel()[shared.indices(k, v.size)] if _sparse_key(k) else v
         for k, v in contribution.floats.items()
     }
     return Contribution(floats=floats, ints=contribution.ints)
@@ -385,13 +385,12 @@ def shared_sparsify(contribution: Contribution, shared: tuple[int, float] | None
 def shared_densify(
     float_sums: Mapping[str, np.ndarray],
     shapes: Mapping[str, tuple[int, ...]],
-    shared: tuple[int, float] | None,
+    shared: RoundCoordinates | None,
 ) -> dict[str, np.ndarray]:
     """Sums of sparsified contributions back at their coordinates of ``shapes`` (zeros
     elsewhere), for :func:`combine_sums`."""
     if shared is None:
         return dict(float_sums)
-    seed, fraction = shared
     out: dict[str, np.ndarray] = {}
     for k, v in float_sums.items():
         if not _sparse_key(k) or k not in shapes:
@@ -399,6 +398,6 @@ def shared_densify(
             continue
         size = int(np.prod(shapes[k]))
         dense = np.zeros(size, dtype=np.float64)
-        dense[shared_indices(seed, k, size, fraction)] = np.asarray(v).ravel()
+        dense[shared.indices(k, size)] = np.asarray(v).ravel()
         out[k] = dense.reshape(shapes[k])
     return out
