@@ -67,6 +67,8 @@ DEFENCES: dict[str, list[str]] = {
     "krum": ['federation.aggregator="krum"'],
     "multi-krum": ['federation.aggregator="multi-krum"'],
     "bulyan": ['federation.aggregator="bulyan"'],
+    "reputation": ["federation.reputation=true"],
+    "reputation + clip": ["federation.reputation=true", 'federation.clip_updates="median"'],
 }
 #: the backdoor's defences: none, norm clipping, client-level DP (no screening there) and
 #: the `default` preset's tuned example-level DP-SGD (each organisation's own noise)
@@ -141,6 +143,8 @@ def _federate(cfg: Config, prep: PreparedData, root: Path) -> dict[str, Any]:
     final = final_metrics(model, prep.test)
     screened = [(r["screened"], r["flagged"]) for r in result.history if "screened" in r]
     detection = detection_quality(screened, attack.attackers) if screened else {}
+    left_out = [(r["screened"], r["excluded"]) for r in result.history if "excluded" in r]
+    history = detection_quality(left_out, attack.attackers) if left_out else {}
     row: dict[str, Any] = {
         "accuracy": final["accuracy"],
         "macro_f1": final["macro_f1"],
@@ -151,6 +155,12 @@ def _federate(cfg: Config, prep: PreparedData, root: Path) -> dict[str, Any]:
         "false_positives": detection.get("false_positives"),
         "train_s": round(train_s, 1),
     }
+    if history:  # federation.reputation: exclusions over client-rounds
+        row["excluded_precision"] = history.get("precision")
+        row["excluded_recall"] = history.get("recall")
+        row["excluded_false_positives"] = history.get("false_positives")
+        row["excluded_final"] = left_out[-1][1]
+        row["reputation_final"] = result.history[-1].get("reputation")
     if attack.kind in ("backdoor", "none") and isinstance(model, MultimodalNet):
         # on an unpoisoned model: how often the trigger alone lands on the target (control)
         probe = attack if attack.kind == "backdoor" else replace(attack, kind="backdoor")
