@@ -7,10 +7,14 @@ honest update is mostly its client's heterogeneous part, so one round's cosine c
 tell a sign-flipped update from an honest one. Attackers are persistent, though: an
 honest organisation agrees with the round's robust direction *on average over rounds*,
 a sign-flipper disagrees every round. The reputation keeps, per client, the running means
-of two per-round scores of :func:`~umbra.federation.detection.score_updates`:
+of two per-round scores (:func:`round_scores`):
 
-* ``cosine``: the cosine of its update to the coordinate-wise median update of the round
-  (a reference a minority of attackers cannot drag far);
+* ``cosine``: the cosine of its update to the coordinate-wise median of the *other*
+  clients' updates of the round (a reference a minority of attackers cannot drag far).
+  Leaving the client out matters when updates are heterogeneous: each update is one of
+  only n values per coordinate, so it pulls the median towards itself, and with the
+  client in the reference a flipped update still scores a positive cosine on average —
+  the bias the per-round screening's cosine carries;
 * ``log_norm``: ``log(‖Δ_i‖ / median_j ‖Δ_j‖)``, its update's size against the round's.
 
 After ``warmup`` observations, a client is excluded from aggregation while
@@ -44,15 +48,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from umbra.federation.detection import UpdateScore, robust_z
+from umbra.federation.detection import robust_z
 
 __all__ = [
     "COSINE_FLOOR",
     "LOG_NORM_FLOOR",
     "ClientReputation",
     "Reputation",
+    "RoundScore",
     "observe_round",
     "reputation_outliers",
+    "round_scores",
 ]
 
 #: minimum robust deviation of the clients' mean cosines (k = 3: 0.15 below the median)
@@ -88,8 +94,44 @@ class ClientReputation:
         }
 
 
+@dataclass(frozen=True)
+class RoundScore:
+    """One client's update in one round: its L2 norm and its cosine to the coordinate-wise
+    median of the other clients' updates."""
+
+    partition: int
+    norm: float
+    cosine: float
+
+
+def round_scores(
+    partitions: Sequence[int], deltas: Sequence[Mapping[str, np.ndarray]]
+) -> list[RoundScore]:
+    """Each client's :class:`RoundScore` (deltas: name -> array, the same names for every
+    client). One client alone has no reference: cosine 0."""
+    if len(partitions) != len(deltas):
+        raise ValueError(f"partitions ({len(partitions)}) and deltas ({len(deltas)}) differ")
+    if not deltas:
+        return []
+    keys = list(deltas[0])
+    flat = np.stack(
+        [np.concatenate([np.ravel(np.asarray(d[k], np.float64)) for k in keys]) for d in deltas]
+    )  # (n, D)
+    norms = np.linalg.norm(flat, axis=1)  # (n,)
+    out = []
+    for i, pid in enumerate(partitions):
+        others = np.delete(flat, i, axis=0)  # (n - 1, D)
+        cosine = 0.0
+        if len(others):
+            ref = np.median(others, axis=0)  # (D,)
+            denom = float(norms[i]) * float(np.linalg.norm(ref))
+            cosine = float(flat[i] @ ref / denom) if denom > 0 else 0.0
+        out.append(RoundScore(int(pid), float(norms[i]), cosine))
+    return out
+
+
 def observe_round(
-    history: Mapping[int, ClientReputation], scores: Sequence[UpdateScore]
+    history: Mapping[int, ClientReputation], scores: Sequence[RoundScore]
 ) -> dict[int, ClientReputation]:
     """``history`` with one round's scores added (a new dict; clients absent this round
     keep their entry). A zero norm counts as the round's median (log ratio 0)."""
@@ -150,9 +192,12 @@ class Reputation:
         self.min_cosine = min_cosine
         self.history: dict[int, ClientReputation] = {}
 
-    def observe(self, scores: Sequence[UpdateScore]) -> tuple[int, ...]:
-        """Add one round's scores; return the partition ids excluded from this round."""
-        self.history = observe_round(self.history, scores)
+    def observe(
+        self, partitions: Sequence[int], deltas: Sequence[Mapping[str, np.ndarray]]
+    ) -> tuple[int, ...]:
+        """Add one round's updates (``deltas``: model − global per client); return the
+        partition ids excluded from this round."""
+        self.history = observe_round(self.history, round_scores(partitions, deltas))
         return reputation_outliers(
             self.history, k=self.k, min_rounds=self.warmup, min_cosine=self.min_cosine
         )

@@ -186,7 +186,8 @@ def membership_sentences(entry: Mapping[str, Any]) -> list[str]:
 def reconstruction_rows(recon: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The reconstruction audit as one row per view (what the server sees) and method,
     one column per modality: records recovered exactly / records attacked, the median
-    feature cosine and, for images, PSNR. ([], []) when ``recon`` has no views."""
+    feature cosine and, for images, PSNR beside the label-only floor (the PSNR of one mean
+    public image per label the observer learns). ([], []) when ``recon`` has no views."""
     views = recon.get("views")
     if not isinstance(views, Mapping):
         return [], []
@@ -208,6 +209,9 @@ def reconstruction_rows(recon: Mapping[str, Any]) -> tuple[list[str], list[list[
                 cell += f", {float(x['feature_cosine']):.2f}"
             if is_number(x.get("psnr")):
                 cell += f", {float(x['psnr']):.1f} dB"
+                # what the labels alone give the observer: the PSNR to beat
+                if is_number(x.get("label_floor_psnr")):
+                    cell += f" (labels alone {float(x['label_floor_psnr']):.1f} dB)"
             cells.append(cell)
         rows.append(cells)
     return ["what the server sees", "method", *modalities], rows

@@ -182,7 +182,7 @@ class Defence:
                 else Screening(tuple(scores), ())
             )
             if reputation is not None:
-                excluded = reputation.observe(scores)
+                excluded = reputation.observe(partitions, deltas)
                 keep = [i for i, p in enumerate(partitions) if p not in excluded]
                 screening = replace(
                     screening,
