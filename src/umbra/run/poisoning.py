@@ -54,7 +54,7 @@ def poisoning_results(
     if fed.reputation:
         left_out = [(r["screened"], r["excluded"]) for r in history if "excluded" in r]
         excluded = Counter(p for _, e in left_out for p in e)
-        last = next((r for r in reversed(history) if "reputation" in r), {})
+        last: dict[str, Any] = next((r for r in reversed(history) if "reputation" in r), {})
         out["reputation"] = {
             **detection_quality(left_out, spec.attackers),
             "k": fed.reputation_k,
