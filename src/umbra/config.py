@@ -343,8 +343,12 @@ class FederationConfig(_Section):
     reputation_warmup: int = Field(
         3, ge=1, description="reputation: rounds a client is observed before it can be excluded"
     )
-    reputation_min_cosine: float = Field(
-        0.0, ge=-1, lt=1, description="reputation: a mean cosine at most this excludes"
+    reputation_min_cosine: float | None = Field(
+        None,
+        ge=-1,
+        lt=1,
+        description="reputation: also exclude a mean cosine at most this (FLTrust's rule; "
+        "None: off, as honest mean cosines tend to 0 over a long run)",
     )
     # mode = "async" (FedBuff, docs/async.md): `rounds` counts buffer releases; client speeds
     # drive a virtual clock (compute time = nominal cost x speed factor)

@@ -19,12 +19,13 @@ of two per-round scores (:func:`round_scores`):
 
 After ``warmup`` observations, a client is excluded from aggregation while
 
-* its mean cosine is at most ``min_cosine`` (0 by default): on average it does not pull
-  along the federation's direction at all — FLTrust's rule (Cao et al., NDSS 2021,
-  https://arxiv.org/abs/2012.13995) gives such an update zero trust (ReLU of the cosine),
-  here judged on the client's history instead of one round;
-* or its mean cosine lies more than ``k`` robust deviations below the clients' median;
-* or its mean log-norm lies more than ``k`` robust deviations above the clients' median
+* its mean cosine lies more than ``k`` robust deviations below the clients' median;
+* or its mean log-norm lies more than ``k`` robust deviations above the clients' median;
+* or (optional, ``min_cosine``) its mean cosine is at most ``min_cosine``: FLTrust's rule
+  (Cao et al., NDSS 2021, https://arxiv.org/abs/2012.13995) gives an update with a
+  non-positive cosine zero trust. Off by default: over a long run an honest
+  organisation's mean cosine to the others' median tends to 0 (late updates are mostly
+  its own part), so ``min_cosine = 0`` excludes honest organisations by the half
 
 (robust deviation = 1.4826 · MAD over the judged clients, floored at
 :data:`COSINE_FLOOR` and :data:`LOG_NORM_FLOOR` so that a tight honest cluster does not
@@ -61,8 +62,8 @@ __all__ = [
     "round_scores",
 ]
 
-#: minimum robust deviation of the clients' mean cosines (k = 3: 0.15 below the median)
-COSINE_FLOOR = 0.05
+#: minimum robust deviation of the clients' mean cosines (k = 3: 0.06 below the median)
+COSINE_FLOOR = 0.02
 #: minimum robust deviation of the mean log-norm ratios (k = 3: a factor e^1.05 ≈ 2.9)
 LOG_NORM_FLOOR = 0.35
 _PREFIX = "reputation/"
@@ -154,12 +155,12 @@ def reputation_outliers(
     *,
     k: float,
     min_rounds: int,
-    min_cosine: float = 0.0,
+    min_cosine: float | None = None,
 ) -> tuple[int, ...]:
     """The clients (sorted partition ids) with at least ``min_rounds`` observations whose
-    mean cosine is at most ``min_cosine`` or more than ``k`` robust deviations below the
-    judged clients' median, or whose mean log-norm is more than ``k`` above it. Fewer than
-    three judged clients: nobody (a median and a MAD of two say nothing)."""
+    mean cosine is more than ``k`` robust deviations below the judged clients' median (or
+    at most ``min_cosine``, when given), or whose mean log-norm is more than ``k`` above
+    it. Fewer than three judged clients: nobody (a median and a MAD of two say nothing)."""
     if not k > 0:
         raise ValueError(f"k must be > 0, got {k}")
     if min_rounds < 1:
@@ -172,7 +173,7 @@ def reputation_outliers(
     return tuple(
         p
         for p, zc, zn in zip(judged, z_cos, z_norm, strict=True)
-        if history[p].cosine <= min_cosine or zc < -k or zn > k
+        if zc < -k or zn > k or (min_cosine is not None and history[p].cosine <= min_cosine)
     )
 
 
@@ -180,12 +181,12 @@ class Reputation:
     """The server's per-client reputation across rounds (see the module docstring):
     :meth:`observe` a round's scores, get who is excluded; checkpointed as arrays."""
 
-    def __init__(self, *, k: float = 3.0, warmup: int = 3, min_cosine: float = 0.0) -> None:
+    def __init__(self, *, k: float = 3.0, warmup: int = 3, min_cosine: float | None = None) -> None:
         if not k > 0:
             raise ValueError(f"reputation k must be > 0, got {k}")
         if warmup < 1:
             raise ValueError(f"reputation warmup must be >= 1, got {warmup}")
-        if not -1 <= min_cosine < 1:
+        if min_cosine is not None and not -1 <= min_cosine < 1:
             raise ValueError(f"reputation min_cosine must be in [-1, 1), got {min_cosine}")
         self.k = k
         self.warmup = warmup

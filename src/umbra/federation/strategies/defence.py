@@ -92,7 +92,7 @@ class Defence:
     reputation: bool = False
     reputation_k: float = 3.0
     reputation_warmup: int = 3
-    reputation_min_cosine: float = 0.0
+    reputation_min_cosine: float | None = None
 
     def __post_init__(self) -> None:
         if self.aggregator not in AGGREGATORS:
@@ -114,7 +114,8 @@ class Defence:
             raise ValueError(f"reputation_k must be > 0, got {self.reputation_k}")
         if self.reputation_warmup < 1:
             raise ValueError(f"reputation_warmup must be >= 1, got {self.reputation_warmup}")
-        if not -1 <= self.reputation_min_cosine < 1:
+        mc = self.reputation_min_cosine
+        if mc is not None and not -1 <= mc < 1:
             raise ValueError(
                 f"reputation_min_cosine must be in [-1, 1), got {self.reputation_min_cosine}"
             )
