@@ -69,7 +69,8 @@ DEFENCES: dict[str, list[str]] = {
     "krum": ['federation.aggregator="krum"'],
     "multi-krum": ['federation.aggregator="multi-krum"'],
     "bulyan": ['federation.aggregator="bulyan"'],
-    "reputation": ["federation.reputation=true"],
+    "reputation": ["federation.reputation=true"],  # + the f lowest mean cosines left out
+    "reputation, outliers only": ["federation.reputation=true", "federation.byzantine=0"],
     "reputation + clip": ["federation.reputation=true", 'federation.clip_updates="median"'],
 }
 #: the backdoor's defences: none, norm clipping, client-level DP (no screening there) and

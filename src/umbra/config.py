@@ -321,7 +321,10 @@ class FederationConfig(_Section):
         0.2, ge=0, lt=0.5, description="trimmed-mean: share of values cut at each end"
     )
     byzantine: int = Field(
-        0, ge=0, description="krum, multi-krum, bulyan: the assumed number of attackers f"
+        0,
+        ge=0,
+        description="krum, multi-krum, bulyan: the assumed number of attackers f; "
+        "reputation: the f clients with the lowest mean cosine are left out",
     )
     clip_updates: float | str | None = Field(
         None,

@@ -21,6 +21,12 @@ After ``warmup`` observations, a client is excluded from aggregation while
 
 * its mean cosine lies more than ``k`` robust deviations below the clients' median;
 * or its mean log-norm lies more than ``k`` robust deviations above the clients' median;
+* or, with ``drop_lowest = f`` > 0 (the run's assumed number of attackers,
+  ``federation.byzantine``), it is among the f judged clients with the lowest mean
+  cosine: Multi-Krum's n − f selection (Blanchard et al. 2017) applied to the history
+  instead of one round. Under label skew the honest means spread as wide as the
+  attackers' distance from them, and no outlier rule separates them; ranking still puts
+  persistent flippers at the bottom, at the price of f honest clients in a clean run;
 * or (optional, ``min_cosine``) its mean cosine is at most ``min_cosine``: FLTrust's rule
   (Cao et al., NDSS 2021, https://arxiv.org/abs/2012.13995) gives an update with a
   non-positive cosine zero trust. Off by default: over a long run an honest
@@ -156,24 +162,34 @@ def reputation_outliers(
     k: float,
     min_rounds: int,
     min_cosine: float | None = None,
+    drop_lowest: int = 0,
 ) -> tuple[int, ...]:
     """The clients (sorted partition ids) with at least ``min_rounds`` observations whose
     mean cosine is more than ``k`` robust deviations below the judged clients' median (or
-    at most ``min_cosine``, when given), or whose mean log-norm is more than ``k`` above
-    it. Fewer than three judged clients: nobody (a median and a MAD of two say nothing)."""
+    at most ``min_cosine``, when given, or among the ``drop_lowest`` lowest), or whose
+    mean log-norm is more than ``k`` above it. Fewer than three judged clients, or fewer
+    than ``2 · drop_lowest + 1``: nobody (a median and a MAD of two say nothing, and the
+    lowest f must stay a minority)."""
+    if drop_lowest < 0:
+        raise ValueError(f"drop_lowest must be >= 0, got {drop_lowest}")
     if not k > 0:
         raise ValueError(f"k must be > 0, got {k}")
     if min_rounds < 1:
         raise ValueError(f"min_rounds must be >= 1, got {min_rounds}")
     judged = sorted(p for p, r in history.items() if r.rounds >= min_rounds)
-    if len(judged) < 3:
+    if len(judged) < max(3, 2 * drop_lowest + 1):
         return ()
+    # the lowest mean cosines (ties: the lower partition id)
+    lowest = set(sorted(judged, key=lambda p: (history[p].cosine, p))[:drop_lowest])
     z_cos = robust_z([history[p].cosine for p in judged], floor=COSINE_FLOOR)
     z_norm = robust_z([history[p].log_norm for p in judged], floor=LOG_NORM_FLOOR)
     return tuple(
         p
         for p, zc, zn in zip(judged, z_cos, z_norm, strict=True)
-        if zc < -k or zn > k or (min_cosine is not None and history[p].cosine <= min_cosine)
+        if zc < -k
+        or zn > k
+        or p in lowest
+        or (min_cosine is not None and history[p].cosine <= min_cosine)
     )
 
 
@@ -181,7 +197,14 @@ class Reputation:
     """The server's per-client reputation across rounds (see the module docstring):
     :meth:`observe` a round's scores, get who is excluded; checkpointed as arrays."""
 
-    def __init__(self, *, k: float = 3.0, warmup: int = 3, min_cosine: float | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        k: float = 3.0,
+        warmup: int = 3,
+        min_cosine: float | None = None,
+        drop_lowest: int = 0,
+    ) -> None:
         if not k > 0:
             raise ValueError(f"reputation k must be > 0, got {k}")
         if warmup < 1:
@@ -191,6 +214,9 @@ class Reputation:
         self.k = k
         self.warmup = warmup
         self.min_cosine = min_cosine
+        if drop_lowest < 0:
+            raise ValueError(f"reputation drop_lowest must be >= 0, got {drop_lowest}")
+        self.drop_lowest = drop_lowest
         self.history: dict[int, ClientReputation] = {}
 
     def observe(
@@ -200,7 +226,11 @@ class Reputation:
         partition ids excluded from this round."""
         self.history = observe_round(self.history, round_scores(partitions, deltas))
         return reputation_outliers(
-            self.history, k=self.k, min_rounds=self.warmup, min_cosine=self.min_cosine
+            self.history,
+            k=self.k,
+            min_rounds=self.warmup,
+            min_cosine=self.min_cosine,
+            drop_lowest=self.drop_lowest,
         )
 
     def rows(self, partitions: Sequence[int]) -> dict[str, dict[str, float | int]]:

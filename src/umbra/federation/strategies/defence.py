@@ -78,7 +78,8 @@ def clip_update(
 
 @dataclass(frozen=True)
 class Defence:
-    """``federation.aggregator`` (+ ``trim_fraction``, ``byzantine``), ``clip_updates``
+    """``federation.aggregator`` (+ ``trim_fraction``, ``byzantine``: the assumed number
+    of attackers, also the reputation's lowest-f exclusion), ``clip_updates``
     (a bound, ``"median"``: the round's median update norm, None: off), ``detect``
     (+ ``detect_k``) and ``reputation`` (+ ``reputation_k``, ``reputation_warmup``,
     ``reputation_min_cosine``) of one run."""
@@ -154,6 +155,7 @@ class Defence:
             k=self.reputation_k,
             warmup=self.reputation_warmup,
             min_cosine=self.reputation_min_cosine,
+            drop_lowest=self.byzantine,
         )
 
     def aggregate(
