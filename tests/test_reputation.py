@@ -77,6 +77,23 @@ def test_outliers_by_hand() -> None:
     assert reputation_outliers(_history([0.3] * 7, g), k=3, min_rounds=1) == (4,)
 
 
+def test_the_lowest_f_by_hand() -> None:
+    # mean cosines: median 0.05, MAD 0.1 (robust deviation 0.148): no outlier at k = 3;
+    # the two lowest are clients 1 (-0.1) and 5 (-0.05)
+    cos = [0.1, -0.1, 0.05, 0.0, 0.2, -0.05, 0.15]
+    h = _history(cos, [0.0] * 7)
+    assert reputation_outliers(h, k=3, min_rounds=1) == ()
+    assert reputation_outliers(h, k=3, min_rounds=1, drop_lowest=2) == (1, 5)
+    # a scaler is excluded beside the lowest f
+    h[4] = ClientReputation(5, 5 * 0.2, 5 * 2.3)
+    assert reputation_outliers(h, k=3, min_rounds=1, drop_lowest=1) == (1, 4)
+    # the lowest f must stay a minority of the judged clients: 2 of 4 is not
+    four = _history(cos[:4], [0.0] * 4)
+    assert reputation_outliers(four, k=3, min_rounds=1, drop_lowest=2) == ()
+    with pytest.raises(ValueError, match="drop_lowest"):
+        reputation_outliers(h, k=3, min_rounds=1, drop_lowest=-1)
+
+
 def test_warmup_and_too_few_clients_exclude_nobody() -> None:
     cos = [0.3, 0.3, 0.3, -0.5]
     assert reputation_outliers(_history(cos, [0.0] * 4, rounds=2), k=3, min_rounds=3) == ()
