@@ -181,6 +181,12 @@ def _length(row: dict[str, Any]) -> str:
     return f"{row['n_train']:,} records, {row['rounds']} rounds of {row['epochs']} epochs"
 
 
+def _short(row: dict[str, Any]) -> str:
+    """``40 × 0.5`` (rounds × local epochs), with the seed where it is not 0."""
+    seed = row.get("seed", 0)
+    return f"{row['rounds']} × {row['epochs']}" + (f", seed {seed}" if seed else "")
+
+
 def _fmt(x: float | None) -> str:
     return "–" if x is None else f"{x:.2f}"
 
@@ -236,7 +242,7 @@ def table(doc: dict[str, Any]) -> str:
                   "| α | rounds × epochs | attack | precision | recall | honest client-rounds "
                   "flagged |", "|---:|---|---|---:|---:|---:|"]  # fmt: skip
         for r in det:
-            lines.append(f"| {r['alpha']} | {r['rounds']} × {r['epochs']} | {r['attack']} | "
+            lines.append(f"| {r['alpha']} | {_short(r)} | {r['attack']} | "
                          f"{_fmt(r['precision'])} | {_fmt(r['recall'])} | "
                          f"{r['false_positives']} |")  # fmt: skip
         for setting in _settings(doc):
@@ -245,7 +251,7 @@ def table(doc: dict[str, Any]) -> str:
             )
             c = _find(doc, **where, defence="mean", attack="clean")
             if c is not None:
-                lines.append(f"| {c['alpha']} | {c['rounds']} × {c['epochs']} | none | | | "
+                lines.append(f"| {c['alpha']} | {_short(c)} | none | | | "
                              f"{c['false_positives']} |")  # fmt: skip
         lines.append("")
     rep = [r for r in doc["rows"] if "excluded_false_positives" in r]
@@ -260,7 +266,7 @@ def table(doc: dict[str, Any]) -> str:
             final = ", ".join(str(p) for p in r.get("excluded_final") or []) or "none"
             planted = set(r.get("attackers") or [])
             final += " (planted: " + (", ".join(map(str, sorted(planted))) or "none") + ")"
-            lines.append(f"| {r['alpha']} | {r['rounds']} × {r['epochs']} | {r['defence']} | "
+            lines.append(f"| {r['alpha']} | {_short(r)} | {r['defence']} | "
                          f"{r['attack']} | "
                          f"{_fmt(r.get('excluded_precision'))} | {_fmt(r.get('excluded_recall'))} | "
                          f"{r['excluded_false_positives']} | {final} | {_fmt(r['precision'])} | "
