@@ -6,8 +6,10 @@ The ``baseline`` preset's data and model (48,000 training records, scattering im
 spectral-stats audio, no privacy) over ``--clients`` organisations (15: 20 % is 3
 attackers, and Bulyan's n ≥ 4f + 3 holds with f = 3 exactly), ``--rounds`` rounds of
 ``--epochs`` local epochs, at Dirichlet α = 0.5 (the preset's) and α = 0.1 (strong label
-skew). The grid: each defence of :data:`DEFENCES` (every robust rule, and the mean with
-update norms clipped at the round's median) × {clean, 20 % sign-flip, 20 % scaling ×10}.
+skew). The grid: each defence of :data:`DEFENCES` (every robust rule, the mean with
+update norms clipped at the round's median, and the per-client reputation that leaves
+persistent outliers out, alone and with clipping) × {clean, 20 % sign-flip, 20 % scaling
+×10}.
 The extras (at the first α): 20 % label-flip, and a 20 % backdoor (image trigger → class
 0) against the mean, the mean with median clipping, client-level DP at ε = 3 and
 example-level DP-SGD at ε = 3 (the ``default`` preset's tuned settings).
@@ -65,6 +67,9 @@ DEFENCES: dict[str, list[str]] = {
     "krum": ['federation.aggregator="krum"'],
     "multi-krum": ['federation.aggregator="multi-krum"'],
     "bulyan": ['federation.aggregator="bulyan"'],
+    "reputation": ["federation.reputation=true"],  # + the f lowest mean cosines left out
+    "reputation, outliers only": ["federation.reputation=true", "federation.byzantine=0"],
+    "reputation + clip": ["federation.reputation=true", 'federation.clip_updates="median"'],
 }
 #: the backdoor's defences: none, norm clipping, client-level DP (no screening there) and
 #: the `default` preset's tuned example-level DP-SGD (each organisation's own noise)
@@ -120,6 +125,8 @@ def _federate(cfg: Config, prep: PreparedData, root: Path) -> dict[str, Any]:
     final = final_metrics(model, prep.test)
     screened = [(r["screened"], r["flagged"]) for r in result.history if "screened" in r]
     detection = detection_quality(screened, attack.attackers) if screened else {}
+    left_out = [(r["screened"], r["excluded"]) for r in result.history if "excluded" in r]
+    history = detection_quality(left_out, attack.attackers) if left_out else {}
     row: dict[str, Any] = {
         "accuracy": final["accuracy"],
         "macro_f1": final["macro_f1"],
@@ -130,6 +137,12 @@ def _federate(cfg: Config, prep: PreparedData, root: Path) -> dict[str, Any]:
         "false_positives": detection.get("false_positives"),
         "train_s": round(train_s, 1),
     }
+    if history:  # federation.reputation: exclusions over client-rounds
+        row["excluded_precision"] = history.get("precision")
+        row["excluded_recall"] = history.get("recall")
+        row["excluded_false_positives"] = history.get("false_positives")
+        row["excluded_final"] = left_out[-1][1]
+        row["reputation_final"] = result.history[-1].get("reputation")
     if attack.kind in ("backdoor", "none") and isinstance(model, MultimodalNet):
         # on an unpoisoned model: how often the trigger alone lands on the target (control)
         probe = attack if attack.kind == "backdoor" else replace(attack, kind="backdoor")
@@ -147,8 +160,24 @@ def _length(row: dict[str, Any]) -> str:
     return f"{row['n_train']:,} records, {row['rounds']} rounds of {row['epochs']} epochs"
 
 
+def _short(row: dict[str, Any]) -> str:
+    """``40 × 0.5`` (rounds × local epochs), with the seed where it is not 0."""
+    seed = row.get("seed", 0)
+    return f"{row['rounds']} × {row['epochs']}" + (f", seed {seed}" if seed else "")
+
+
 def _fmt(x: float | None) -> str:
     return "–" if x is None else f"{x:.2f}"
+
+
+def _setting(row: dict[str, Any]) -> tuple[Any, ...]:
+    """What a row's accuracy is comparable within: α, training length and seed."""
+    return (row["alpha"], row["n_train"], row["rounds"], row["epochs"], row.get("seed", 0))
+
+
+def _settings(doc: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The settings of the grid's rows, in the order they first appear."""
+    return list(dict.fromkeys(_setting(r) for r in doc["rows"] if r["attack"] in GRID_ATTACKS))
 
 
 def _find(doc: dict[str, Any], **want: Any) -> dict[str, Any] | None:
@@ -163,38 +192,64 @@ def table(doc: dict[str, Any]) -> str:
         "accuracy; in brackets the change against the clean mean of the same α.",
         "",
     ]
-    for alpha in doc["alphas"]:
-        clean = _find(doc, alpha=alpha, defence="mean", attack="clean")
+    for setting in _settings(doc):
+        where = dict(zip(("alpha", "n_train", "rounds", "epochs", "seed"), setting, strict=True))
+        clean = _find(doc, **where, defence="mean", attack="clean")
         ref = clean["accuracy"] if clean else None
-        first = next(r for r in doc["rows"] if r["alpha"] == alpha)
-        lines += [f"**Dirichlet α = {alpha}** ({_length(first)})", "",
+        first = next(r for r in doc["rows"] if _setting(r) == setting)
+        seed = f", seed {where['seed']}" if where["seed"] else ""
+        lines += [f"**Dirichlet α = {where['alpha']}** ({_length(first)}{seed})", "",
                   "| defence | clean | 20 % sign-flip | 20 % scale ×10 |", "|---|---:|---:|---:|"]  # fmt: skip
         for name in doc["defences"]:
             cells = []
             for attack in GRID_ATTACKS:
-                r = _find(doc, alpha=alpha, defence=name, attack=attack)
+                r = _find(doc, **where, defence=name, attack=attack)
                 if r is None:
                     cells.append("")
                 elif ref is None:
                     cells.append(f"{r['accuracy']:.3f}")
                 else:
                     cells.append(f"{r['accuracy']:.3f} ({100 * (r['accuracy'] - ref):+.1f})")
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            if any(cells):
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     det = [r for r in doc["rows"] if r["attack"] != "clean" and r.get("recall") is not None
            and r["defence"] in ("mean", "none")]  # fmt: skip
     if det:
         lines += ["**Screening** (median + 3 robust deviations of log-norm and cosine, every "
                   "round; over client-rounds, with the mean as aggregator)", "",
-                  "| α | attack | precision | recall | honest client-rounds flagged |",
-                  "|---:|---|---:|---:|---:|"]  # fmt: skip
+                  "| α | rounds × epochs | attack | precision | recall | honest client-rounds "
+                  "flagged |", "|---:|---|---|---:|---:|---:|"]  # fmt: skip
         for r in det:
-            lines.append(f"| {r['alpha']} | {r['attack']} | {_fmt(r['precision'])} | "
-                         f"{_fmt(r['recall'])} | {r['false_positives']} |")  # fmt: skip
-        for alpha in doc["alphas"]:
-            c = _find(doc, alpha=alpha, defence="mean", attack="clean")
+            lines.append(f"| {r['alpha']} | {_short(r)} | {r['attack']} | "
+                         f"{_fmt(r['precision'])} | {_fmt(r['recall'])} | "
+                         f"{r['false_positives']} |")  # fmt: skip
+        for setting in _settings(doc):
+            where = dict(
+                zip(("alpha", "n_train", "rounds", "epochs", "seed"), setting, strict=True)
+            )
+            c = _find(doc, **where, defence="mean", attack="clean")
             if c is not None:
-                lines.append(f"| {alpha} | none | | | {c['false_positives']} |")
+                lines.append(f"| {c['alpha']} | {_short(c)} | none | | | "
+                             f"{c['false_positives']} |")  # fmt: skip
+        lines.append("")
+    rep = [r for r in doc["rows"] if "excluded_false_positives" in r]
+    if rep:
+        lines += ["**Reputation** (clients left out of the aggregate by their history, over "
+                  "client-rounds, warm-up rounds included; the per-round screening's flags in "
+                  "the same run beside them)", "",
+                  "| α | rounds × epochs | defence | attack | excluded: precision | recall | "
+                  "honest client-rounds excluded | excluded at the end | screening: "
+                  "precision | recall |", "|---:|---|---|---|---:|---:|---:|---|---:|---:|"]  # fmt: skip
+        for r in rep:
+            final = ", ".join(str(p) for p in r.get("excluded_final") or []) or "none"
+            planted = set(r.get("attackers") or [])
+            final += " (planted: " + (", ".join(map(str, sorted(planted))) or "none") + ")"
+            lines.append(f"| {r['alpha']} | {_short(r)} | {r['defence']} | "
+                         f"{r['attack']} | "
+                         f"{_fmt(r.get('excluded_precision'))} | {_fmt(r.get('excluded_recall'))} | "
+                         f"{r['excluded_false_positives']} | {final} | {_fmt(r['precision'])} | "
+                         f"{_fmt(r['recall'])} |")  # fmt: skip
         lines.append("")
     bd = [r for r in doc["rows"] if r["attack"] == "backdoor"]
     if bd:

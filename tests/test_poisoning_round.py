@@ -50,7 +50,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"root": root, "model_spec": spec, "test": data.subset(test)}
 
 
-def _run(federation: dict[str, Any], tmp: Path, **fed: Any) -> RunResult:
+def _run(federation: dict[str, Any], tmp: Path, rounds: int = 3, **fed: Any) -> RunResult:
     attack = AttackSpec(kind="sign-flip", attackers=(ATTACKER,))
     app = make_client_app(
         ClientSpec(
@@ -66,7 +66,7 @@ def _run(federation: dict[str, Any], tmp: Path, **fed: Any) -> RunResult:
         run_dir=str(tmp / "run"),
         test_dir=str(federation["root"] / "test"),
         model_spec=federation["model_spec"],
-        federation=FederationConfig(num_clients=N_CLIENTS, rounds=3, **fed),
+        federation=FederationConfig(num_clients=N_CLIENTS, rounds=rounds, **fed),
         seed=1,
     )
     return run_rounds(
@@ -109,6 +109,12 @@ def test_median_beats_mean_against_a_sign_flipper(
         (["federation.detect=true", "secure.aggregation=ckks"], "hides from the server"),
         (["federation.clip_updates=1.0", "privacy.mode=client"], "sensitivity analysis"),
         (["federation.aggregator=median", "federation.strategy=scaffold"], "control variates"),
+        (["federation.reputation=true", "secure.aggregation=secagg+"],
+         "federation.reputation needs each client's update"),
+        (["federation.reputation=true", "privacy.mode=client"],
+         "federation.reputation does not fit privacy.mode = 'client'"),
+        (["federation.reputation=true", "federation.strategy=scaffold"], "control variates"),
+        (["federation.reputation=true", "federation.reputation_warmup=0"], "reputation_warmup"),
     ],
 )  # fmt: skip
 def test_defences_that_cannot_run_are_refused_in_one_line(sets: list[str], message: str) -> None:
@@ -135,3 +141,34 @@ def test_poisoning_results_only_for_a_planted_attack(federation: dict[str, Any])
     rate, n = backdoor_success_rate(model, federation["test"], AttackSpec.from_config(backdoor))
     assert out["backdoor"] == {"success_rate": rate, "records": n}
     assert n == int(np.sum(federation["test"].labels != 2))
+
+
+def test_reputation_excludes_the_flipper_and_survives_a_resume(
+    federation: dict[str, Any], tmp_path: Path
+) -> None:
+    """The reputation is server state: a run resumed after round 2 continues the clients'
+    histories (round 3 sees 3 observations each, not 1) and matches an uninterrupted run."""
+    fed = {"reputation": True, "reputation_warmup": 1}
+    whole = _run(federation, tmp_path / "whole", **fed)
+    _run(federation, tmp_path / "resumed", rounds=2, **fed)
+    resumed = _run(federation, tmp_path / "resumed", **fed)
+    assert [r["round"] for r in resumed.history] == [1, 2, 3]
+    last = resumed.history[-1]
+    assert {r["rounds"] for r in last["reputation"].values()} == {3}
+    for pid, r in whole.history[-1]["reputation"].items():
+        assert last["reputation"][pid] == pytest.approx(r)
+    for row in whole.history:
+        assert row["excluded"] == [ATTACKER]
+        assert "flagged" in row and row["flagged"] == []  # per-round screening is off
+        assert row["reputation"][str(ATTACKER)]["cosine"] < 0
+    cfg = load_config("smoke", overrides=["federation.reputation=true",
+                                          "federation.reputation_warmup=1",
+                                          "attack.kind=sign-flip", f"attack.clients=[{ATTACKER}]"])  # fmt: skip
+    model = load_model(federation["model_spec"], whole.arrays)
+    out = poisoning_results(cfg, whole.history, model, federation["test"])
+    assert out is not None and out["defence"]["reputation"] is True
+    rep = out["reputation"]
+    assert rep["precision"] == 1.0 and rep["recall"] == 1.0 and rep["rounds"] == 3
+    assert rep["excluded_rounds"] == {str(ATTACKER): 3}
+    assert rep["excluded_final"] == [ATTACKER]
+    assert rep["scores"] == whole.history[-1]["reputation"]

@@ -321,7 +321,10 @@ class FederationConfig(_Section):
         0.2, ge=0, lt=0.5, description="trimmed-mean: share of values cut at each end"
     )
     byzantine: int = Field(
-        0, ge=0, description="krum, multi-krum, bulyan: the assumed number of attackers f"
+        0,
+        ge=0,
+        description="krum, multi-krum, bulyan: the assumed number of attackers f; "
+        "reputation: the f clients with the lowest mean cosine are left out",
     )
     clip_updates: float | str | None = Field(
         None,
@@ -334,6 +337,22 @@ class FederationConfig(_Section):
         "outliers per round (median + k·MAD)",
     )
     detect_k: float = Field(3.0, gt=0, description="detect: robust deviations that flag")
+    reputation: bool = Field(
+        False,
+        description="exclude clients whose running mean cosine to the round's median update "
+        "(or mean log-norm ratio) is a robust outlier over the clients (docs/robustness.md)",
+    )
+    reputation_k: float = Field(3.0, gt=0, description="reputation: robust deviations that exclude")
+    reputation_warmup: int = Field(
+        3, ge=1, description="reputation: rounds a client is observed before it can be excluded"
+    )
+    reputation_min_cosine: float | None = Field(
+        None,
+        ge=-1,
+        lt=1,
+        description="reputation: also exclude a mean cosine at most this (FLTrust's rule; "
+        "None: off, as honest mean cosines tend to 0 over a long run)",
+    )
     # mode = "async" (FedBuff, docs/async.md): `rounds` counts buffer releases; client speeds
     # drive a virtual clock (compute time = nominal cost x speed factor)
     buffer_size: int | None = Field(
@@ -374,11 +393,16 @@ class FederationConfig(_Section):
             isinstance(clip, float) and not clip > 0
         ):
             raise ValueError(f"federation.clip_updates must be > 0 or 'median', got {clip!r}")
-        defended = self.aggregator != "mean" or self.clip_updates is not None or self.detect
+        defended = (
+            self.aggregator != "mean"
+            or self.clip_updates is not None
+            or self.detect
+            or self.reputation
+        )
         if defended and self.strategy == "scaffold":
             raise ValueError(
                 "federation.strategy = 'scaffold' cannot use robust aggregation, update "
-                "clipping or screening: its control variates assume the plain mean"
+                "clipping, screening or reputation: its control variates assume the plain mean"
             )
         if self.aggregator in ("krum", "multi-krum", "bulyan"):
             n = max(1, round(self.fraction_train * self.num_clients))
@@ -834,12 +858,13 @@ class Config(_Section):
                     f"{per_client:.0f}): δ must be well below 1/n"
                 )
         fed = self.federation
-        if fed.aggregator != "mean" or fed.clip_updates is not None or fed.detect:
+        if fed.aggregator != "mean" or fed.clip_updates is not None or fed.detect or fed.reputation:
             what = (
                 f"federation.aggregator = {fed.aggregator!r}"
                 if fed.aggregator != "mean"
                 else "federation.clip_updates" if fed.clip_updates is not None
-                else "federation.detect"
+                else "federation.detect" if fed.detect
+                else "federation.reputation"
             )  # fmt: skip
             if self.secure.aggregation != "none":
                 raise ValueError(

@@ -17,7 +17,7 @@ not turn small differences into outliers (a norm ≥ e^(0.25 k) times the median
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -60,10 +60,14 @@ class UpdateScore:
 
 @dataclass(frozen=True)
 class Screening:
-    """A round's scores and the partition ids the rule flagged (sorted)."""
+    """A round's scores and the partition ids the rule flagged (sorted); with a
+    reputation (:mod:`umbra.federation.reputation`), the partition ids it excluded from
+    this round's aggregate and the clients' reputations (partition id as text -> row)."""
 
     scores: tuple[UpdateScore, ...]
     flagged: tuple[int, ...]
+    excluded: tuple[int, ...] = ()
+    reputation: dict[str, dict[str, float | int]] = field(default_factory=dict)
 
     @property
     def partitions(self) -> tuple[int, ...]:

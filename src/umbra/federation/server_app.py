@@ -223,6 +223,9 @@ def run_rounds(spec: ServerSpec, grid: Grid) -> RunResult:
             row["screened"] = list(screening.partitions)
             row["flagged"] = list(screening.flagged)
             row["anomaly"] = {str(s.partition): s.row() for s in screening.scores}
+            if screening.reputation:  # federation.reputation: who was left out, and why
+                row["excluded"] = list(screening.excluded)
+                row["reputation"] = screening.reputation
         if outcome.dropped_nodes:
             row["dropped"] = _dropped_partitions(rnd, outcome.dropped_nodes, partitions)
         if rnd % spec.eval_every == 0 or rnd == fed.rounds:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from umbra.report.format import fmt_delta, fmt_eps, fmt_num, is_number, join_words
+from umbra.report.format import fmt_delta, fmt_eps, fmt_num, get_in, is_number, join_words
 
 __all__ = [
     "MEMBERSHIP_ATTACKS",
@@ -16,6 +16,7 @@ __all__ = [
     "membership_sentences",
     "metric_phrase",
     "pct",
+    "poisoning_rows",
     "reconstruction_rows",
 ]
 
@@ -186,7 +187,8 @@ def membership_sentences(entry: Mapping[str, Any]) -> list[str]:
 def reconstruction_rows(recon: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The reconstruction audit as one row per view (what the server sees) and method,
     one column per modality: records recovered exactly / records attacked, the median
-    feature cosine and, for images, PSNR. ([], []) when ``recon`` has no views."""
+    feature cosine and, for images, PSNR beside the label-only floor (the PSNR of one mean
+    public image per label the observer learns). ([], []) when ``recon`` has no views."""
     views = recon.get("views")
     if not isinstance(views, Mapping):
         return [], []
@@ -208,6 +210,34 @@ def reconstruction_rows(recon: Mapping[str, Any]) -> tuple[list[str], list[list[
                 cell += f", {float(x['feature_cosine']):.2f}"
             if is_number(x.get("psnr")):
                 cell += f", {float(x['psnr']):.1f} dB"
+                # what the labels alone give the observer: the PSNR to beat
+                if is_number(x.get("label_floor_psnr")):
+                    cell += f" (labels alone {float(x['label_floor_psnr']):.1f} dB)"
             cells.append(cell)
         rows.append(cells)
     return ["what the server sees", "method", *modalities], rows
+
+
+def poisoning_rows(entry: Mapping[str, Any]) -> tuple[list[list[Any]], list[list[Any]]]:
+    """The poisoning audit (``audit.poisoning``) as two tables' rows: per detector (the
+    per-round screening, the reputation's exclusions) precision, recall, attacker
+    client-rounds found and honest client-rounds caught; and per client its final
+    reputation (rounds, mean cosine, mean log-norm ratio), whether it was excluded at the
+    end and whether it was a planted attacker. Empty lists where the run had neither."""
+    attackers = {int(p) for p in get_in(entry, "attack", "attackers") or []}
+    detectors = []
+    for key, label in (("detection", "per-round screening"), ("reputation", "reputation")):
+        q = entry.get(key)
+        if isinstance(q, Mapping):
+            detectors.append([label, q.get("precision"), q.get("recall"),
+                              q.get("true_positives"), q.get("false_positives")])  # fmt: skip
+    rep = entry.get("reputation")
+    clients: list[list[Any]] = []
+    if isinstance(rep, Mapping) and isinstance(rep.get("scores"), Mapping):
+        final = {int(p) for p in rep.get("excluded_final") or []}
+        for pid, r in sorted(rep["scores"].items(), key=lambda kv: int(kv[0])):
+            if isinstance(r, Mapping):
+                clients.append([int(pid), "attacker" if int(pid) in attackers else "honest",
+                                r.get("rounds"), r.get("cosine"), r.get("log_norm"),
+                                "yes" if int(pid) in final else "no"])  # fmt: skip
+    return detectors, clients

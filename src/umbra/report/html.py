@@ -66,6 +66,7 @@ from umbra.report.audit import (
     ceiling_sentence,
     get_count,
     is_membership_audit,
+    poisoning_rows,
     reconstruction_rows,
 )
 from umbra.report.facts import privacy_on, secure_mode
@@ -564,6 +565,9 @@ def _audit(results: Mapping[str, Any], pictures: Mapping[str, bytes]) -> str:
         if is_membership_audit(entry):
             body += _membership(str(name), entry)
             continue
+        if name == "poisoning" and isinstance(entry, Mapping):
+            body += _poisoning(entry)
+            continue
         header, recon_rows = reconstruction_rows(entry) if isinstance(entry, Mapping) else ([], [])
         if recon_rows and isinstance(entry, Mapping):
             body += _reconstruction_intro(entry)
@@ -606,6 +610,35 @@ def _audit(results: Mapping[str, Any], pictures: Mapping[str, bytes]) -> str:
     return _section("audit", "Attacks (privacy audit)", body)
 
 
+def _poisoning(entry: Mapping[str, Any]) -> str:
+    """The planted attack and the defences, how well each detector found the attackers,
+    the clients' final reputations, and the backdoor's success rate."""
+    a, d = entry.get("attack"), entry.get("defence")
+    attack: Mapping[str, Any] = a if isinstance(a, Mapping) else {}
+    defence: Mapping[str, Any] = d if isinstance(d, Mapping) else {}
+    on = [k for k, v in defence.items() if v not in (None, False, "mean")]
+    out = (f"<p><b>attack:</b> {_e(attack.get('kind'))} by organisations "
+           f"{_e(', '.join(str(p) for p in attack.get('attackers', [])))}; "
+           f"<b>defences:</b> {_e(', '.join(f'{k} = {defence[k]}' for k in on) or 'none')}</p>")  # fmt: skip
+    backdoor = entry.get("backdoor")
+    if isinstance(backdoor, Mapping):
+        out += _table("audit.poisoning.backdoor", ["metric", "value"],
+                      [[k, v] for k, v in audit_metrics(backdoor).items()])  # fmt: skip
+    detectors, clients = poisoning_rows(entry)
+    if detectors:
+        out += _table("audit.poisoning.detection",
+                      ["detector", "precision", "recall", "attacker client-rounds caught",
+                       "honest client-rounds caught"], detectors)  # fmt: skip
+    if clients:
+        out += ("<p>Each client's reputation after the last round: its mean cosine to the "
+                "median of the other updates, and its mean log-ratio of update norm to the "
+                "round's median (docs/robustness.md).</p>")  # fmt: skip
+        out += _table("audit.poisoning.reputation",
+                      ["client", "planted", "rounds", "mean cosine", "mean log-norm ratio",
+                       "excluded at the end"], clients)  # fmt: skip
+    return out
+
+
 def _reconstruction_intro(entry: Mapping[str, Any]) -> str:
     """Who attacks what in the reconstruction audit, before its table."""
     parts = []
@@ -615,7 +648,8 @@ def _reconstruction_intro(entry: Mapping[str, Any]) -> str:
         parts.append(f"<p><b>organisation attacked:</b> {_e(str(entry['organisation']))}; "
                      "each cell: records recovered exactly / records in the update, the median "
                      "cosine of recovered to true features, and for images the PSNR of the "
-                     "pixels rebuilt from them</p>")  # fmt: skip
+                     "pixels rebuilt from them, in brackets the PSNR the labels alone give "
+                     "(one mean public image per label the observer learns)</p>")  # fmt: skip
     return "".join(parts)
 
 

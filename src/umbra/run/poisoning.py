@@ -1,6 +1,7 @@
 """``results.json``'s ``audit.poisoning``: the planted attack, the server's defences, how
-well screening found the attackers (precision and recall over client-rounds) and, for a
-backdoor, its success rate on the held-out test set (docs/robustness.md). Written for a
+well screening found the attackers and how well the reputation excluded them (precision
+and recall over client-rounds, with the clients' final reputations) and, for a backdoor,
+its success rate on the held-out test set (docs/robustness.md). Written for a
 run with a planted attack (``attack.kind``), separately from the other audits."""
 
 from __future__ import annotations
@@ -50,6 +51,20 @@ def poisoning_results(
             "rounds": len(rounds),
             "flagged_rounds": {str(p): n for p, n in sorted(flagged.items())},
         }
+    if fed.reputation:
+        left_out = [(r["screened"], r["excluded"]) for r in history if "excluded" in r]
+        excluded = Counter(p for _, e in left_out for p in e)
+        last: dict[str, Any] = next((r for r in reversed(history) if "reputation" in r), {})
+        out["reputation"] = {
+            **detection_quality(left_out, spec.attackers),
+            "k": fed.reputation_k,
+            "warmup": fed.reputation_warmup,
+            "min_cosine": fed.reputation_min_cosine,
+            "rounds": len(left_out),
+            "excluded_rounds": {str(p): n for p, n in sorted(excluded.items())},
+            "excluded_final": list(last.get("excluded", [])),
+            "scores": dict(last.get("reputation", {})),
+        }
     robust = fed.aggregator in ("krum", "multi-krum", "bulyan")
     out["attack"] = attack
     out["defence"] = {
@@ -58,5 +73,6 @@ def poisoning_results(
         "byzantine": fed.byzantine if robust else None,
         "clip_updates": fed.clip_updates,
         "detect": fed.detect,
+        "reputation": fed.reputation,
     }
     return out

@@ -18,20 +18,23 @@ sensitivity analysis assumes the clipped mean). The order, per round:
    cancels catastrophically (two models close together, far from the origin), while on
    the updates the distances keep their precision.
 
-Flagged clients are reported, not excluded: the robust rule is the defence, the flags
-tell who looked like an attacker.
+Per-round flags are reported, not acted on. With ``reputation`` on, a client's history
+decides instead (:mod:`umbra.federation.reputation`): step 1 also adds the round's scores
+to each client's running means, and the clients whose means are robust outliers (after
+the warm-up) are left out of steps 2 and 3 for this round.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from umbra.federation.common import count_key
 from umbra.federation.detection import Screening, score_updates, screen_updates
+from umbra.federation.reputation import Reputation
 from umbra.federation.strategies.modality import modality_weighted_average
 from umbra.federation.strategies.robust import AGGREGATORS, modality_robust_aggregate
 
@@ -75,9 +78,11 @@ def clip_update(
 
 @dataclass(frozen=True)
 class Defence:
-    """``federation.aggregator`` (+ ``trim_fraction``, ``byzantine``), ``clip_updates``
-    (a bound, ``"median"``: the round's median update norm, None: off) and ``detect``
-    (+ ``detect_k``) of one run."""
+    """``federation.aggregator`` (+ ``trim_fraction``, ``byzantine``: the assumed number
+    of attackers, also the reputation's lowest-f exclusion), ``clip_updates``
+    (a bound, ``"median"``: the round's median update norm, None: off), ``detect``
+    (+ ``detect_k``) and ``reputation`` (+ ``reputation_k``, ``reputation_warmup``,
+    ``reputation_min_cosine``) of one run."""
 
     aggregator: str = "mean"
     trim_fraction: float = 0.2
@@ -85,6 +90,10 @@ class Defence:
     clip_updates: float | str | None = None
     detect: bool = False
     detect_k: float = 3.0
+    reputation: bool = False
+    reputation_k: float = 3.0
+    reputation_warmup: int = 3
+    reputation_min_cosine: float | None = None
 
     def __post_init__(self) -> None:
         if self.aggregator not in AGGREGATORS:
@@ -102,6 +111,15 @@ class Defence:
             raise ValueError(f"clip_updates must be > 0 or {MEDIAN_BOUND!r}, got {c}")
         if not self.detect_k > 0:
             raise ValueError(f"detect_k must be > 0, got {self.detect_k}")
+        if not self.reputation_k > 0:
+            raise ValueError(f"reputation_k must be > 0, got {self.reputation_k}")
+        if self.reputation_warmup < 1:
+            raise ValueError(f"reputation_warmup must be >= 1, got {self.reputation_warmup}")
+        mc = self.reputation_min_cosine
+        if mc is not None and not -1 <= mc < 1:
+            raise ValueError(
+                f"reputation_min_cosine must be in [-1, 1), got {self.reputation_min_cosine}"
+            )
 
     @classmethod
     def from_federation(cls, fed: Any) -> Defence:
@@ -113,12 +131,32 @@ class Defence:
             clip_updates=fed.clip_updates,
             detect=fed.detect,
             detect_k=fed.detect_k,
+            reputation=fed.reputation,
+            reputation_k=fed.reputation_k,
+            reputation_warmup=fed.reputation_warmup,
+            reputation_min_cosine=fed.reputation_min_cosine,
         )
 
     @property
     def active(self) -> bool:
         """Whether this changes anything against plain modality-aware averaging."""
-        return self.aggregator != "mean" or self.clip_updates is not None or self.detect
+        return (
+            self.aggregator != "mean"
+            or self.clip_updates is not None
+            or self.detect
+            or self.reputation
+        )
+
+    def new_reputation(self) -> Reputation | None:
+        """A fresh per-client history for a run with ``reputation`` on (None: off)."""
+        if not self.reputation:
+            return None
+        return Reputation(
+            k=self.reputation_k,
+            warmup=self.reputation_warmup,
+            min_cosine=self.reputation_min_cosine,
+            drop_lowest=self.byzantine,
+        )
 
     def aggregate(
         self,
@@ -128,17 +166,35 @@ class Defence:
         key_modality: Callable[[str], str | None],
         previous: Mapping[str, np.ndarray],
         global_arrays: Mapping[str, np.ndarray] | None,
+        reputation: Reputation | None = None,
     ) -> tuple[Arrays, Screening | None]:
-        """Screen, clip and aggregate one round's updates (see the module docstring)."""
+        """Screen, clip and aggregate one round's updates (see the module docstring);
+        ``reputation`` (the run's history, updated in place) excludes persistent
+        outliers."""
         screening = None
         x = {k: v for k, v in (global_arrays or {}).items() if k in arrays[0]}
-        if self.detect and x:
+        if (self.detect or reputation is not None) and x:
             deltas = [{k: np.asarray(a[k], np.float64) - np.asarray(x[k], np.float64) for k in x}
                       for a in arrays]  # fmt: skip
             mods = {m for k in x if (m := key_modality(k)) is not None}
             holds = [{m for m in mods if float(c.get(count_key(m), 0.0)) > 0} for c in counts]
             scores = score_updates(partitions, deltas, key_modality, holds)
-            screening = screen_updates(scores, k=self.detect_k)
+            screening = (
+                screen_updates(scores, k=self.detect_k)
+                if self.detect
+                else Screening(tuple(scores), ())
+            )
+            if reputation is not None:
+                excluded = reputation.observe(partitions, deltas)
+                keep = [i for i, p in enumerate(partitions) if p not in excluded]
+                screening = replace(
+                    screening,
+                    excluded=tuple(p for p in partitions if p in excluded),
+                    reputation=reputation.rows(partitions),
+                )
+                if keep:  # outliers are a minority of the judged clients; never nobody
+                    arrays = [arrays[i] for i in keep]
+                    counts = [counts[i] for i in keep]
         if self.clip_updates is not None and x:
             bound = (
                 median_norm(x, arrays)

@@ -20,13 +20,14 @@ class UmbraFedAdam(FedAdam, ModalityFedAvg):
     ModalityFedAvg -> FedAvg)."""
 
     def state_arrays(self) -> dict[str, np.ndarray]:
-        out: dict[str, np.ndarray] = {}
+        out = super().state_arrays()
         for name, moment in (("m", self.m_t), ("v", self.v_t)):
             for k, v in (moment or {}).items():
                 out[f"{name}/{k}"] = v
         return out
 
     def load_state_arrays(self, state: Mapping[str, np.ndarray]) -> None:
+        super().load_state_arrays(state)
         m = {k[2:]: np.asarray(v) for k, v in state.items() if k.startswith("m/")}
         v = {k[2:]: np.asarray(x) for k, x in state.items() if k.startswith("v/")}
         self.m_t = m or None

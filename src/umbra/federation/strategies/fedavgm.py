@@ -39,12 +39,14 @@ class UmbraFedAvgM(FedAvgM, ModalityFedAvg):
         return super().configure_train(server_round, arrays, config, grid)
 
     def state_arrays(self) -> dict[str, np.ndarray]:
+        out = super().state_arrays()
         if self.momentum_vector is None or self.current_arrays is None:
-            return {}
+            return out
         keys = list(self.current_arrays.keys())
-        return {f"{_MOMENTUM}{k}": v for k, v in zip(keys, self.momentum_vector, strict=True)}
+        return out | {f"{_MOMENTUM}{k}": v for k, v in zip(keys, self.momentum_vector, strict=True)}
 
     def load_state_arrays(self, state: Mapping[str, np.ndarray]) -> None:
+        super().load_state_arrays(state)
         # Flower keeps the momentum as a list in the order of the global ArrayRecord's
         # keys; checkpoints hold it by name, put back in that order at the next round.
         named = {

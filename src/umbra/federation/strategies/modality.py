@@ -30,6 +30,7 @@ from umbra.federation.common import (
 
 if TYPE_CHECKING:
     from umbra.federation.detection import Screening
+    from umbra.federation.reputation import Reputation
     from umbra.federation.strategies.defence import Defence
 
 __all__ = [
@@ -109,10 +110,13 @@ class ModalityFedAvg(FedAvg):
     defence: Defence | None = None
     #: the last aggregation's anomaly screening (None: no screening ran)
     screening: Screening | None = None
+    #: the per-client history of ``federation.reputation`` (server state, checkpointed)
+    reputation: Reputation | None = None
 
     def set_defence(self, defence: Defence) -> None:
         """Aggregate with ``defence`` (an inactive one leaves the mean as it is)."""
         self.defence = defence if defence.active else None
+        self.reputation = defence.new_reputation()
 
     def take_screening(self) -> Screening | None:
         """The screening of the last aggregation, once (None when none ran since)."""
@@ -166,6 +170,7 @@ class ModalityFedAvg(FedAvg):
             self.key_modality,
             previous,
             self.global_arrays,
+            self.reputation,
         )
         return averaged
 
@@ -184,11 +189,14 @@ class ModalityFedAvg(FedAvg):
 
     # --- checkpointing -------------------------------------------------------------
     def state_arrays(self) -> dict[str, np.ndarray]:
-        """Server-side optimizer/control state to checkpoint (empty for FedAvg)."""
-        return {}
+        """Server-side state to checkpoint: the clients' reputation (empty for FedAvg
+        without one); subclasses add their optimizer/control state."""
+        return self.reputation.to_arrays() if self.reputation is not None else {}
 
     def load_state_arrays(self, state: Mapping[str, np.ndarray]) -> None:
         """Restore what :meth:`state_arrays` returned."""
+        if self.reputation is not None:
+            self.reputation.load_arrays(state)
 
 
 def _partition_id(msg: Message) -> int:

@@ -59,7 +59,7 @@ class Scaffold(ModalityFedAvg):
         if defence.active:
             raise ValueError(
                 "federation.strategy = 'scaffold' cannot use robust aggregation, update "
-                "clipping or screening: its control variates assume the plain mean"
+                "clipping, screening or reputation: its control variates assume the plain mean"
             )
 
     def configure_train(

@@ -1,0 +1,99 @@
+"""The report's Attacks section shows results.json's numbers: the reconstruction rows with
+the label-only PSNR floor beside the PSNR, and the poisoning audit's detectors and
+reputations, each cell equal to the value it was rendered from."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from umbra.report import render_report
+from umbra.report.audit import poisoning_rows, reconstruction_rows
+
+RECON = {
+    "organisation": 3,
+    "views": {
+        "single record": {"linear": {"image": {"exact": 1, "records": 1, "feature_cosine": 0.99,
+                                               "psnr": 23.456, "label_floor_psnr": 11.234}}},
+        "secagg+ sum": {"linear": {"image": {"exact": 0, "records": 8, "feature_cosine": 0.2,
+                                             "psnr": 9.87, "label_floor_psnr": float("nan")}}},
+    },
+}  # fmt: skip
+POISONING = {
+    "detection": {"precision": 0.44, "recall": 0.03, "true_positives": 4,
+                  "false_positives": 5, "k": 3.0},
+    "reputation": {"precision": 0.9375, "recall": 0.8333, "true_positives": 90,
+                   "false_positives": 6, "k": 3.0, "warmup": 3, "min_cosine": 0.0,
+                   "rounds": 40, "excluded_rounds": {"0": 37, "5": 37, "13": 6},
+                   "excluded_final": [0, 5],
+                   "scores": {"0": {"rounds": 40, "cosine": -0.123456, "log_norm": 0.01},
+                              "5": {"rounds": 40, "cosine": -0.2, "log_norm": -0.5},
+                              "13": {"rounds": 40, "cosine": 0.05, "log_norm": 0.8}}},
+    "attack": {"kind": "sign-flip", "attackers": [0, 5]},
+    "defence": {"aggregator": "mean", "trim_fraction": None, "byzantine": None,
+                "clip_updates": None, "detect": True, "reputation": True},
+}  # fmt: skip
+
+
+def test_reconstruction_cells_show_the_label_floor() -> None:
+    header, rows = reconstruction_rows(RECON)
+    assert header == ["what the server sees", "method", "image"]
+    assert rows[0] == ["single record", "linear", "1/1, 0.99, 23.5 dB (labels alone 11.2 dB)"]
+    assert rows[1] == ["secagg+ sum", "linear", "0/8, 0.20, 9.9 dB"]  # no floor: not shown
+
+
+def test_poisoning_rows_come_from_the_entry() -> None:
+    detectors, clients = poisoning_rows(POISONING)
+    assert detectors == [["per-round screening", 0.44, 0.03, 4, 5],
+                         ["reputation", 0.9375, 0.8333, 90, 6]]  # fmt: skip
+    assert clients == [
+        [0, "attacker", 40, -0.123456, 0.01, "yes"],
+        [5, "attacker", 40, -0.2, -0.5, "yes"],
+        [13, "honest", 40, 0.05, 0.8, "no"],
+    ]
+    assert poisoning_rows({"attack": {"kind": "scale"}}) == ([], [])
+
+
+def _table_values(page: str, name: str) -> list[list[str]]:
+    """Each row's cells of the table ``name``: a number cell's exact data-value, else text."""
+    m = re.search(rf'<table data-table="{re.escape(name)}">(.*?)</table>', page, re.S)
+    assert m is not None, name
+    rows = re.findall(r"<tr>(.*?)</tr>", m.group(1), re.S)[1:]  # without the header
+    cells = [re.findall(r'<td(?: class="n" data-value="([^"]*)")?>(.*?)</td>', r) for r in rows]
+    return [[v if v else text for v, text in row] for row in cells]
+
+
+def test_report_numbers_equal_results_json(tmp_path: Path) -> None:
+    results: dict[str, Any] = {"config": {}, "final": {"accuracy": 0.5},
+                               "audit": {"reconstruction": RECON, "poisoning": POISONING}}  # fmt: skip
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    page = render_report(tmp_path).read_text(encoding="utf-8")
+    saved = json.loads((tmp_path / "results.json").read_text())["audit"]
+    recon = _table_values(page, "audit.reconstruction")
+    single = saved["reconstruction"]["views"]["single record"]["linear"]["image"]
+    assert (
+        f"{single['psnr']:.1f} dB (labels alone {single['label_floor_psnr']:.1f} dB)" in recon[0][2]
+    )
+    det = _table_values(page, "audit.poisoning.detection")
+    for row, key in zip(det, ("detection", "reputation"), strict=True):
+        q = saved["poisoning"][key]
+        assert [json.loads(v) for v in row[1:]] == [
+            q["precision"],
+            q["recall"],
+            q["true_positives"],
+            q["false_positives"],
+        ]
+    rep = _table_values(page, "audit.poisoning.reputation")
+    scores = saved["poisoning"]["reputation"]["scores"]
+    assert len(rep) == len(scores)
+    for row in rep:
+        s = scores[row[0]]
+        assert json.loads(row[2]) == s["rounds"]
+        assert json.loads(row[3]) == pytest.approx(s["cosine"], abs=0)
+        assert json.loads(row[4]) == pytest.approx(s["log_norm"], abs=0)
+    assert "<b>attack:</b> sign-flip by organisations 0, 5" in page
+    assert "detect = True, reputation = True" in page
