@@ -27,6 +27,7 @@ __all__ = [
     "Screening",
     "UpdateScore",
     "detection_quality",
+    "flatten_updates",
     "robust_z",
     "score_updates",
     "screen_updates",
@@ -82,6 +83,23 @@ def robust_z(values: Sequence[float], *, floor: float) -> np.ndarray:
     return np.asarray((v - med) / spread)
 
 
+def flatten_updates(
+    partitions: Sequence[int], deltas: Sequence[Mapping[str, np.ndarray]]
+) -> np.ndarray:
+    """The clients' deltas (name -> array, the same names for every client, in the first
+    one's order) as rows of one float64 matrix ``(n, D)``; ValueError when the counts of
+    partitions and deltas differ."""
+    if len(partitions) != len(deltas):
+        raise ValueError(f"partitions ({len(partitions)}) and deltas ({len(deltas)}) differ")
+    if not deltas:
+        return np.zeros((0, 0))
+    keys = list(deltas[0])
+    return np.stack(
+        [np.concatenate([np.ravel(np.asarray(d[k], dtype=np.float64)) for k in keys])
+         for d in deltas]
+    )  # fmt: skip
+
+
 def score_updates(
     partitions: Sequence[int],
     deltas: Sequence[Mapping[str, np.ndarray]],
@@ -93,17 +111,10 @@ def score_updates(
     ``holds``: the modalities each client holds (default: every modality); per-modality
     norms are given only for those.
     """
-    if len(partitions) != len(deltas):
-        raise ValueError(f"partitions ({len(partitions)}) and deltas ({len(deltas)}) differ")
-    if not deltas:
+    flat = flatten_updates(partitions, deltas)  # (n, D)
+    if len(flat) == 0:
         return []
     keys = list(deltas[0])
-    flat = np.stack(
-        [
-            np.concatenate([np.ravel(np.asarray(d[k], dtype=np.float64)) for k in keys])
-            for d in deltas
-        ]
-    )  # (n, D)
     reference = np.median(flat, axis=0)  # (D,)
     ref_norm = float(np.linalg.norm(reference))
     norms = np.linalg.norm(flat, axis=1)

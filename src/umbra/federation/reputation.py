@@ -55,7 +55,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from umbra.federation.detection import robust_z
+from umbra.federation.detection import flatten_updates, robust_z
 
 __all__ = [
     "COSINE_FLOOR",
@@ -116,14 +116,9 @@ def round_scores(
 ) -> list[RoundScore]:
     """Each client's :class:`RoundScore` (deltas: name -> array, the same names for every
     client). One client alone has no reference: cosine 0."""
-    if len(partitions) != len(deltas):
-        raise ValueError(f"partitions ({len(partitions)}) and deltas ({len(deltas)}) differ")
-    if not deltas:
+    flat = flatten_updates(partitions, deltas)  # (n, D)
+    if len(flat) == 0:
         return []
-    keys = list(deltas[0])
-    flat = np.stack(
-        [np.concatenate([np.ravel(np.asarray(d[k], np.float64)) for k in keys]) for d in deltas]
-    )  # (n, D)
     norms = np.linalg.norm(flat, axis=1)  # (n,)
     out = []
     for i, pid in enumerate(partitions):
