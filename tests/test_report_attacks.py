@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from umbra.report import render_report
-from umbra.report.audit import poisoning_rows, reconstruction_rows
+from umbra.report.audit import poisoning_rows, poisoning_sentences, reconstruction_rows
 
 RECON = {
     "organisation": 3,
@@ -37,6 +37,27 @@ POISONING = {
     "defence": {"aggregator": "mean", "trim_fraction": None, "byzantine": None,
                 "clip_updates": None, "detect": True, "reputation": True},
 }  # fmt: skip
+
+
+def test_poisoning_sentences_say_who_attacked_and_what_each_detector_caught() -> None:
+    entry = {**POISONING, "backdoor": {"success_rate": 0.25, "records": 100},
+             "reputation": {**POISONING["reputation"], "false_negatives": 18}}  # fmt: skip
+    s = poisoning_sentences(entry)
+    assert s[0] == ("A poisoning attack was planted on purpose: sign-flip by organisations 0 "
+                    "and 5, against the mean aggregator, per-round screening and the "
+                    "reputation over rounds.")  # fmt: skip
+    # screening has no false_negatives count: its recall alone; the reputation's counts
+    assert s[1] == ("Per-round screening caught 3 % of the attacker client-rounds and 5 honest "
+                    "ones (precision 0.44).")  # fmt: skip
+    assert s[2] == ("The reputation over rounds caught 90 of 108 attacker client-rounds "
+                    "(83.3 %) and 6 honest ones (precision 0.938).")  # fmt: skip
+    assert s[3].startswith("The backdoor moved 25 % of the triggered test records")
+    scale = {"attack": {"kind": "scale", "scale": 10.0, "attackers": [2]},
+             "defence": {"aggregator": "median", "clip_updates": "median"}}  # fmt: skip
+    assert poisoning_sentences(scale) == [
+        "A poisoning attack was planted on purpose: scaling ×10 by organisation 2, against "
+        "the median aggregator and update-norm clipping."
+    ]
 
 
 def test_reconstruction_cells_show_the_label_floor() -> None:

@@ -13,10 +13,12 @@ __all__ = [
     "audit_metrics",
     "ceiling_sentence",
     "is_membership_audit",
+    "is_poisoning_audit",
     "membership_sentences",
     "metric_phrase",
     "pct",
     "poisoning_rows",
+    "poisoning_sentences",
     "reconstruction_rows",
 ]
 
@@ -241,3 +243,55 @@ def poisoning_rows(entry: Mapping[str, Any]) -> tuple[list[list[Any]], list[list
                                 r.get("rounds"), r.get("cosine"), r.get("log_norm"),
                                 "yes" if int(pid) in final else "no"])  # fmt: skip
     return detectors, clients
+
+
+#: The defences that flag clients: their ``defence`` switch, their entry in
+#: ``audit.poisoning``, and their name for people.
+_DETECTORS = (
+    ("detect", "detection", "per-round screening"),
+    ("reputation", "reputation", "the reputation over rounds"),
+)
+
+
+def is_poisoning_audit(entry: Any) -> bool:
+    """Whether ``entry`` is the poisoning object (it names its ``attack`` and ``defence``)."""
+    return (
+        isinstance(entry, Mapping)
+        and isinstance(entry.get("attack"), Mapping)
+        and isinstance(entry.get("defence"), Mapping)
+    )
+
+
+def poisoning_sentences(entry: Mapping[str, Any]) -> list[str]:
+    """The statement's sentences for the poisoning object, from its numbers: who attacked
+    how, against which defences, what each detector caught, and a backdoor's success."""
+    attack, defence = entry["attack"], entry["defence"]
+    attackers = [str(a) for a in attack.get("attackers", [])]
+    who = ("organisation " if len(attackers) == 1 else "organisations ") + join_words(attackers)
+    kind = str(attack.get("kind", "an attack"))
+    if kind == "scale" and is_number(attack.get("scale")):
+        kind = f"scaling ×{fmt_num(attack['scale'], 3)}"
+    used = [f"the {defence['aggregator']} aggregator"] if defence.get("aggregator") else []
+    if defence.get("clip_updates") is not None:
+        used.append("update-norm clipping")
+    used += [name for switch, _, name in _DETECTORS if defence.get(switch)]
+    s = [f"A poisoning attack was planted on purpose: {kind} by {who}, against "
+         f"{join_words(used) or 'no defence'}."]  # fmt: skip
+    for _, key, name in _DETECTORS:
+        found = entry.get(key)
+        if not isinstance(found, Mapping) or not is_number(found.get("recall")):
+            continue
+        caught, missed = found.get("true_positives"), found.get("false_negatives")
+        honest = found.get("false_positives")
+        share = f"{pct(found['recall'])} of the attacker client-rounds"
+        if isinstance(caught, int) and isinstance(missed, int):
+            share = f"{caught} of {caught + missed} attacker client-rounds ({pct(found['recall'])})"
+        s.append(f"{name[0].upper()}{name[1:]} caught {share}"
+                 + (f" and {honest} honest ones" if is_number(honest) else "")
+                 + (f" (precision {fmt_num(found['precision'], 3)})."
+                    if is_number(found.get("precision")) else "."))  # fmt: skip
+    backdoor = entry.get("backdoor")
+    if isinstance(backdoor, Mapping) and is_number(backdoor.get("success_rate")):
+        s.append(f"The backdoor moved {pct(backdoor['success_rate'])} of the triggered test "
+                 "records of other classes to its target class.")  # fmt: skip
+    return s

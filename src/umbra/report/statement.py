@@ -21,8 +21,10 @@ from umbra.report.audit import (
     attack_label,
     audit_metrics,
     is_membership_audit,
+    is_poisoning_audit,
     membership_sentences,
     metric_phrase,
+    poisoning_sentences,
 )
 from umbra.report.facts import (
     budget_target,
@@ -378,6 +380,9 @@ def _attack_part(results: Mapping[str, Any]) -> StatementPart | None:
     for name, entry in audit.items():
         if is_membership_audit(entry):
             s.extend(membership_sentences(entry))
+            continue
+        if is_poisoning_audit(entry):
+            s.extend(poisoning_sentences(entry))
             continue
         metrics = audit_metrics(entry)
         if not metrics:
