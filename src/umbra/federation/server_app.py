@@ -28,6 +28,7 @@ from umbra.federation.client_data import load_client_data
 from umbra.federation.common import (
     NUM_EXAMPLES,
     PARTITION_ID,
+    RoundOutcome,
     SecureSettings,
     SecureTransport,
     from_record,
@@ -51,10 +52,12 @@ __all__ = [
     "RunResult",
     "ServerSpec",
     "check_some_round_completed",
+    "close_row",
     "initial_arrays",
     "make_server_app",
     "planned_controller",
     "query_clients",
+    "train_and_apply",
     "wait_for_nodes",
 ]
 
@@ -194,16 +197,9 @@ def run_rounds(spec: ServerSpec, grid: Grid) -> RunResult:
     for rnd in range(start + 1, fed.rounds + 1):
         t0 = time.perf_counter()
         floor.apply(strategy, grid)  # a crashed node must not stall the round
-        try:
-            outcome = train_round(strategy, grid, rnd, arrays)
-        except BudgetExhausted as stop:
-            log.warning("%s", stop)
-            stopped = str(stop)
+        outcome, arrays, stopped = train_and_apply(train_round, strategy, grid, rnd, arrays)
+        if outcome is None:
             break
-        if outcome.record is None:
-            log.error("round %d aborted (%s); the global model is unchanged", rnd, outcome.note)
-        else:
-            arrays = from_record(outcome.record)
         train_metrics = outcome.metrics
         row: RoundReport = {
             "round": rnd,
@@ -228,13 +224,8 @@ def run_rounds(spec: ServerSpec, grid: Grid) -> RunResult:
                 row["reputation"] = screening.reputation
         if outcome.dropped_nodes:
             row["dropped"] = _dropped_partitions(rnd, outcome.dropped_nodes, partitions)
-        if rnd % spec.eval_every == 0 or rnd == fed.rounds:
-            set_arrays(model, arrays)
-            ev = evaluate(model, test, subsets=[])
-            row.update(accuracy=ev["accuracy"], macro_f1=ev["macro_f1"], loss=ev["loss"])
-        if controller is not None:
-            row["epsilon"] = controller.epsilon()
-        row["wall_s"] = time.perf_counter() - t0
+        close_row(row, spec, rnd, model=model, test=test, arrays=arrays, controller=controller,
+                  t0=t0)  # fmt: skip
         history.append(row)
         state: dict[str, Any] = {"history": history}
         if controller is not None:  # what a resume must find again (see check_coverage)
@@ -252,6 +243,51 @@ def run_rounds(spec: ServerSpec, grid: Grid) -> RunResult:
             spec.on_round(row)
     privacy = controller.summary() if controller is not None else None
     return RunResult(arrays=arrays, history=history, stopped=stopped, privacy=privacy)
+
+
+def train_and_apply(
+    train_round: TrainRound,
+    strategy: ModalityFedAvg,
+    grid: Grid,
+    rnd: int,
+    arrays: dict[str, np.ndarray],
+    *,
+    what: str = "round",
+) -> tuple[RoundOutcome | None, dict[str, np.ndarray], str | None]:
+    """One round (or buffer release) of the loops: ``(outcome, the global model after it,
+    None)``; an aborted round keeps ``arrays``. A spent budget is ``(None, arrays, why)``:
+    the loop stops there."""
+    try:
+        outcome = train_round(strategy, grid, rnd, arrays)
+    except BudgetExhausted as stop:
+        log.warning("%s", stop)
+        return None, arrays, str(stop)
+    if outcome.record is None:
+        log.error("%s %d aborted (%s); the global model is unchanged", what, rnd, outcome.note)
+        return outcome, arrays, None
+    return outcome, from_record(outcome.record), None
+
+
+def close_row(
+    row: RoundReport,
+    spec: ServerSpec,
+    rnd: int,
+    *,
+    model: MultimodalNet,
+    test: Batchable,
+    arrays: dict[str, np.ndarray],
+    controller: PrivacyController | None,
+    t0: float,
+) -> None:
+    """A round's row, completed: the evaluation every ``eval_every`` rounds and at the
+    last, ε so far (under DP), and the wall time since ``t0``."""
+    if rnd % spec.eval_every == 0 or rnd == spec.federation.rounds:
+        set_arrays(model, arrays)
+        ev = evaluate(model, test, subsets=[])
+        row.update(accuracy=ev["accuracy"], macro_f1=ev["macro_f1"], loss=ev["loss"])
+    if controller is not None:
+        row["epsilon"] = controller.epsilon()
+    row["wall_s"] = time.perf_counter() - t0
 
 
 def _strategy(spec: ServerSpec) -> ModalityFedAvg:

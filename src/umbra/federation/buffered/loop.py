@@ -31,7 +31,7 @@ import numpy as np
 from flwr.serverapp import Grid
 
 from umbra.config import FederationConfig
-from umbra.errors import BudgetExhausted, UmbraError
+from umbra.errors import UmbraError
 from umbra.federation.buffered.buffer_round import (
     BufferDP,
     BufferedPlainRound,
@@ -42,18 +42,20 @@ from umbra.federation.buffered.clock import VirtualClock
 from umbra.federation.buffered.speeds import speed_factors
 from umbra.federation.checkpoint import load_latest, save_checkpoint
 from umbra.federation.client_data import load_client_data
-from umbra.federation.common import RoundOutcome, from_record, metric_float
+from umbra.federation.common import RoundOutcome, metric_float
 from umbra.federation.server_app import (
     RoundReport,
     RunResult,
     ServerSpec,
+    close_row,
     initial_arrays,
     planned_controller,
     query_clients,
+    train_and_apply,
     wait_for_nodes,
 )
 from umbra.federation.strategies import ModalityFedAvg, build_strategy
-from umbra.federation.train import Batchable, evaluate, set_arrays
+from umbra.federation.train import Batchable
 from umbra.models import ModelSpec, MultimodalNet, parameter_modality
 from umbra.privacy.controller import PrivacyController
 
@@ -141,16 +143,11 @@ def run_buffered(spec: ServerSpec, grid: Grid) -> RunResult:
             staleness={node_of[p]: tau for p, tau in staleness.items()},
             rule=fed.staleness,
         )
-        try:
-            outcome = train_round(strategy, grid, rnd, arrays)
-        except BudgetExhausted as stop:
-            log.warning("%s", stop)
-            stopped = str(stop)
+        outcome, arrays, stopped = train_and_apply(
+            train_round, strategy, grid, rnd, arrays, what="release"
+        )
+        if outcome is None:
             break
-        if outcome.record is None:
-            log.error("release %d aborted (%s); the global model is unchanged", rnd, outcome.note)
-        else:
-            arrays = from_record(outcome.record)
         clock.release(buffer)
         versions[clock.version] = arrays
         in_use = clock.versions_in_use()
@@ -158,13 +155,8 @@ def run_buffered(spec: ServerSpec, grid: Grid) -> RunResult:
         row = _row(rnd, outcome, buffer.released_at, staleness, private=controller is not None)
         if buffer.discarded:
             row["discarded"] = buffer.discarded
-        if rnd % spec.eval_every == 0 or rnd == fed.rounds:
-            set_arrays(model, arrays)
-            ev = evaluate(model, test, subsets=[])
-            row.update(accuracy=ev["accuracy"], macro_f1=ev["macro_f1"], loss=ev["loss"])
-        if controller is not None:
-            row["epsilon"] = controller.epsilon()
-        row["wall_s"] = time.perf_counter() - t0
+        close_row(row, spec, rnd, model=model, test=test, arrays=arrays, controller=controller,
+                  t0=t0)  # fmt: skip
         history.append(row)
         _checkpoint(ckpt_dir, rnd, arrays, strategy, history, controller)
         if spec.on_round is not None:
