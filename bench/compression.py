@@ -5,10 +5,12 @@ Umbra's Flower simulation, one after the other in this process; ``bytes_up`` is 
 of the serialized client replies Flower sent (results.json), so the ratio is of real
 messages. ``--secure`` runs the same under SecAgg+ (uncompressed vs ``shared-k``; there
 ``bytes_up`` counts every masked-stage reply). ``--support`` picks ``shared-k``'s
-coordinates (``cyclic`` or ``last-update``, with ``--cyclic-share``):
+coordinates (``cyclic`` or ``last-update``, with ``--cyclic-share``), ``--value-bits`` the
+width of its kept values (16 under ``--secure``: SecAgg+'s 16-bit ring):
 
     .venv/bin/python bench/compression.py [--rounds 40] [--secure] [--seed 0]
         [--methods none q8 q4 topk shared-k] [--fraction 0.1] [--support cyclic]
+        [--value-bits 32]
 
 Writes bench/results/compression.json (merged with the rows already there) and
 bench/results/compression.md.
@@ -41,12 +43,14 @@ def run_one(
     support: str = "cyclic",
     cyclic_share: float = 0.5,
     feedback: bool = True,
+    value_bits: int = 32,
 ) -> dict[str, Any]:
     """One baseline run; its final fused accuracy and the bytes its clients sent."""
     cfg = load_config("baseline", overrides=[
         f"compression.method={method}", f"compression.fraction={fraction}",
         f"compression.support={support}", f"compression.cyclic_share={cyclic_share}",
         f"compression.error_feedback={str(feedback).lower()}",
+        f"compression.value_bits={value_bits if method == 'shared-k' else 32}",
         f"secure.aggregation={aggregation}", f"federation.rounds={rounds}",
         f"run.eval_every={rounds}", "run.progress=false", f"run.seed={seed}",
     ])  # fmt: skip
@@ -59,7 +63,7 @@ def run_one(
         "seed": seed,
         "rounds": rounds,
         "fraction": fraction if method in ("topk", "shared-k") else None,
-        "support": _support(support, cyclic_share, feedback) if shared else None,
+        "support": _support(support, cyclic_share, feedback, value_bits) if shared else None,
         "accuracy": res["final"]["accuracy"],
         "bytes_up": sum(int(r["bytes_up"]) for r in res["rounds"]),
         "bytes_down": sum(int(r["bytes_down"]) for r in res["rounds"]),
@@ -67,10 +71,12 @@ def run_one(
     }
 
 
-def _support(support: str, cyclic_share: float, feedback: bool = True) -> str:
-    """shared-k's coordinates as the tables name them (``no EF``: without error feedback)."""
+def _support(support: str, cyclic_share: float, feedback: bool = True, bits: int = 32) -> str:
+    """shared-k's coordinates as the tables name them (``no EF``: without error feedback;
+    ``16-bit``: the kept values' width when not float32)."""
     name = support if support == "cyclic" else f"{support} {cyclic_share}"
-    return name if feedback else f"{name}, no EF"
+    name = name if feedback else f"{name}, no EF"
+    return name if bits == 32 else f"{name}, {bits}-bit"
 
 
 def _key(r: dict[str, Any]) -> tuple[Any, ...]:
@@ -137,6 +143,8 @@ def main() -> None:
     ap.add_argument("--support", default="cyclic", help="shared-k: cyclic or last-update")
     ap.add_argument("--cyclic-share", type=float, default=0.5, help="last-update's cyclic share")
     ap.add_argument("--no-feedback", action="store_true", help="compression.error_feedback=false")
+    ap.add_argument("--value-bits", type=int, default=32, choices=(32, 16, 8),
+                    help="shared-k: compression.value_bits")  # fmt: skip
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
     aggregation = "secagg+" if args.secure else "none"
@@ -144,7 +152,8 @@ def main() -> None:
     path = args.out / "compression.json"
     for method in methods:
         row = run_one(method, aggregation, args.rounds, args.fraction, args.seed,
-                      args.support, args.cyclic_share, not args.no_feedback)  # fmt: skip
+                      args.support, args.cyclic_share, not args.no_feedback,
+                      args.value_bits)  # fmt: skip
         print(row, flush=True)
         # merged with the rows on disk now (another process may have written some)
         old = json.loads(path.read_text())["rows"] if path.exists() else []

@@ -100,6 +100,7 @@ def run_secagg_round(
     identities: Mapping[int, NodeIdentity] | None = None,
     server_roster: Mapping[int, bytes] | None = None,
     run_id: int | None = None,
+    ring_bits: int = 32,
 ) -> tuple[np.ndarray | dict[str, np.ndarray], Transcript]:
     """Run one in-process SecAgg+ round over ``updates`` (client ``i`` has id ``i``).
 
@@ -111,6 +112,7 @@ def run_secagg_round(
     may rewrite (or drop, by returning None) any client-to-server message, for tests.
     ``identities`` (client id -> `NodeIdentity`) makes the clients sign and check
     advertisements; ``server_roster`` (and ``run_id``) makes the server check them too.
+    ``ring_bits``: the round's ring, Z_{2^32} or Z_{2^16}.
     Raises :class:`RoundAborted` (a SecAggAbort with ``.transcript``) when fewer than ``threshold`` remain.
     """
     n = len(updates)
@@ -131,7 +133,8 @@ def run_secagg_round(
     as_dict = isinstance(updates[0], Mapping) or ints is not None
     floats = [u if isinstance(u, Mapping) else {"update": np.asarray(u)} for u in updates]
     int_parts = list(ints) if ints is not None else [{} for _ in range(n)]
-    layout = PayloadLayout.from_arrays(floats[0], int_parts[0], clip=clip_range, num_clients=n)
+    layout = PayloadLayout.from_arrays(floats[0], int_parts[0], clip=clip_range, num_clients=n,
+                                       bits=ring_bits)  # fmt: skip
     rng = rng if rng is not None else np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
     config = SecAggConfig(
         round_number=round_number,
@@ -140,6 +143,7 @@ def run_secagg_round(
         vector_length=layout.size,
         degree=degree,
         share_threshold=share_threshold,
+        ring_bits=ring_bits,
     )
     transcript = Transcript()
     server = SecAggPlusServer(

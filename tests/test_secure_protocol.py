@@ -114,6 +114,43 @@ def test_multiple_arrays_and_exact_integer_counts() -> None:
     np.testing.assert_array_equal(agg["count.image"], sum(ints[i]["count.image"] for i in keep))
 
 
+def test_the_sixteen_bit_ring_sums_floats_and_counts_past_its_width() -> None:
+    """Z_{2^16}: masked vectors are uint16 (half the bytes), the float sums hold within the
+    coarser step, and counts beyond 2^16 still sum exactly (carried as base-2^d digits)."""
+    rng = np.random.default_rng(6)
+    n = 6
+    floats = [{"enc": rng.normal(0, 0.3, (5, 4)), "head": rng.normal(0, 0.3, 9)} for _ in range(n)]
+    ints = [{"counts": rng.integers(0, 700_000, 4)} for _ in range(n)]
+    agg, tr = run_secagg_round(floats, ints=ints, threshold=4, clip_range=1.0, dropouts={2},
+                               ring_bits=16)  # fmt: skip
+    assert isinstance(agg, dict)
+    keep = tr.survivors
+    assert 2 not in keep
+    masked = [m[Key.MASKED] for s, _, m in tr.received if s == "collect_masked"]
+    assert masked and all(v.dtype == np.uint16 for v in masked)
+    step = 1 / QuantizationSpec(clip=1.0, num_clients=n, bits=16).scale
+    for k in ("enc", "head"):
+        ref = sum(floats[i][k] for i in keep)
+        assert np.abs(agg[k] - ref).max() <= len(keep) * step
+    assert int(sum(ints[i]["counts"] for i in keep).max()) > 1 << 16
+    np.testing.assert_array_equal(agg["counts"], sum(ints[i]["counts"] for i in keep))
+    layout16 = PayloadLayout.from_arrays({"a": np.zeros(10)}, {"c": np.zeros(3)}, clip=1.0,
+                                         num_clients=n, bits=16)  # fmt: skip
+    layout32 = PayloadLayout.from_arrays({"a": np.zeros(10)}, {"c": np.zeros(3)}, clip=1.0,
+                                         num_clients=n)  # fmt: skip
+    # 13-bit digits for 6 clients (6 * 8191 < 2^16): three per 32-bit count
+    assert (layout16.digit_bits, layout16.digits) == (13, 3)
+    assert layout16.size == 10 + 3 * 3 and layout32.size == 13
+
+
+def test_a_thirty_two_bit_vector_in_a_sixteen_bit_round_is_excluded() -> None:
+    _, tr = run_secagg_round(
+        _updates(4, 8), threshold=3, clip_range=CLIP, ring_bits=16,
+        tamper=_flip("collect_masked", 1, _set(Key.MASKED, lambda m: m[Key.MASKED].astype(np.uint32))),
+    )  # fmt: skip
+    assert 1 not in tr.survivors and "uint16" in tr.excluded[1]
+
+
 def test_fewer_than_threshold_survivors_abort_before_any_share_is_revealed(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -419,6 +456,7 @@ def test_client_refuses_substituted_own_public_key() -> None:
         ({"degree": 9}, "degree must be in"),
         ({"share_threshold": 9}, "share_threshold must be in"),
         ({"round_number": -1}, "round_number"),
+        ({"ring_bits": 8}, "ring_bits must be one of"),
     ],
 )
 def test_config_validation(kwargs: dict[str, int], match: str) -> None:

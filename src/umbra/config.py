@@ -646,6 +646,21 @@ class CompressionConfig(_Section):
         description="shared-k with support last-update: share of the kept "
         "coordinates from the cyclic block (the rest follow the last global update)",
     )
+    value_bits: Literal[32, 16, 8] = Field(
+        32,
+        description="shared-k: width of each kept value; 32: float32; 16 or 8: unbiased "
+        "stochastic codes of the kept values' range (under secagg+: 16 masks in a 16-bit "
+        "ring, 8 is refused)",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> CompressionConfig:
+        if self.value_bits != 32 and self.method != "shared-k":
+            raise ValueError(
+                f"compression.value_bits = {self.value_bits} applies to shared-k only "
+                f"(compression.method = {self.method!r})"
+            )
+        return self
 
 
 class VerticalConfig(_Section):
@@ -898,6 +913,19 @@ class Config(_Section):
                 "coordinate by coordinate, which per-client codes and supports break "
                 "(shared-k fits secagg+)"
             )
+        bits = self.compression.value_bits
+        if shared_under_secagg and bits != 32:
+            n = self.federation.num_clients  # a round masks among at most these
+            if bits == 8:
+                raise ValueError(
+                    "compression.value_bits = 8 does not fit secure.aggregation = 'secagg+': "
+                    "an 8-bit ring leaves too few levels per client (use 16 or 32)"
+                )
+            if n > 256:
+                raise ValueError(
+                    f"compression.value_bits = 16 under secagg+ with {n} clients leaves "
+                    f"{65535 // n} levels per client (< 256): use 32"
+                )
         if method in ("q8", "q4") and self.privacy.mode == "client":
             raise ValueError(
                 f"compression.method = {method!r} does not fit privacy.mode = 'client': "

@@ -19,9 +19,12 @@ Methods (``compression.method``):
 - ``shared-k``: the same ``fraction`` of coordinates at every client of a round
   (:class:`umbra.secure.shared_coordinates.RoundCoordinates`): the round's block of a
   random permutation fixed by the run seed, or the last global update's largest
-  coordinates plus a smaller such block; only the float32 values travel.
-  Sums of such vectors are again such vectors, which is what secure aggregation needs
-  (per-client top-k supports cannot be summed under masks).
+  coordinates plus a smaller such block; only the values travel: float32, or
+  (``value_bits`` 16 / 8) the unbiased stochastic codes of the kept values over their
+  own ``[min, max]``, as ``q8`` does for a whole tensor, so that a larger fraction fits
+  the same bytes. Sums of such vectors are again such vectors, which is what secure
+  aggregation needs (per-client top-k supports cannot be summed under masks; under SecAgg+
+  the values travel in the protocol's ring instead, 16 bits wide for ``value_bits = 16``).
 
 The quantiser's rounding draws are not privacy-relevant (no DP claim rests on them) and
 come from a numpy generator seeded per (run, round, client); the shared-k coordinates are
@@ -43,6 +46,7 @@ __all__ = [
     "COMPRESS_FEEDBACK",
     "METHODS",
     "SEP",
+    "VALUE_BITS",
     "Arrays",
     "Codec",
     "codec",
@@ -88,14 +92,16 @@ def quantise(
 ) -> tuple[np.ndarray, np.float32, np.float32]:
     """Unbiased stochastic rounding of ``v`` to ``2^bits`` levels over ``[min v, max v]``.
 
-    Returns ``(codes, lo, step)``: uint8 codes in ``[0, 2^bits - 1]`` and the float32
-    grid origin and step, so that ``lo + codes * step`` is ``v`` in expectation.
+    Returns ``(codes, lo, step)``: codes in ``[0, 2^bits - 1]`` (uint8 up to 8 bits,
+    uint16 up to 16) and the float32 grid origin and step, so that ``lo + codes * step``
+    is ``v`` in expectation.
     """
-    if not 1 <= bits <= 8:
-        raise ValueError(f"bits must be in [1, 8], got {bits}")
+    if not 1 <= bits <= 16:
+        raise ValueError(f"bits must be in [1, 16], got {bits}")
+    dtype = np.uint8 if bits <= 8 else np.uint16
     flat = np.asarray(v, dtype=np.float64).ravel()
     if flat.size == 0:
-        return np.zeros(0, dtype=np.uint8), np.float32(0.0), np.float32(0.0)
+        return np.zeros(0, dtype=dtype), np.float32(0.0), np.float32(0.0)
     levels = (1 << bits) - 1
     # float32 grid that covers [min, max]: lo rounded down, the step up (else the ends
     # would be clipped, a bias)
@@ -106,12 +112,12 @@ def quantise(
     while step > 0 and float(lo) + levels * float(step) < flat.max():
         step = np.nextafter(step, np.float32(np.inf))
     if not step > 0:  # a constant tensor (or one too narrow for float32): its minimum
-        return np.zeros(flat.size, dtype=np.uint8), lo, np.float32(0.0)
+        return np.zeros(flat.size, dtype=dtype), lo, np.float32(0.0)
     # grid position against the float32 lo/step the decoder will use: unbiased exactly
     t = np.clip((flat - float(lo)) / float(step), 0.0, float(levels))
     floor = np.minimum(np.floor(t), levels - 1)
     up = rng.random(flat.size) < (t - floor)
-    return (floor + up).astype(np.uint8), lo, step
+    return (floor + up).astype(dtype), lo, step
 
 
 def dequantise(codes: np.ndarray, lo: float, step: float) -> np.ndarray:
@@ -175,38 +181,59 @@ def _topk_codec(fraction: float) -> Codec:
     return Codec(name="topk", encode=encode, decode=decode)
 
 
-def _shared_codec() -> Codec:
-    def encode(v: np.ndarray, _: np.random.Generator, idx: np.ndarray | None) -> Arrays:
+def _shared_codec(bits: int = 32) -> Codec:
+    """``shared-k``: the kept values as float32 (``bits`` 32) or as ``bits``-bit
+    stochastic codes of their own range (16 or 8)."""
+
+    def encode(v: np.ndarray, rng: np.random.Generator, idx: np.ndarray | None) -> Arrays:
         assert idx is not None  # encode_arrays always passes the shared coordinates
-        return {"val": np.asarray(v).ravel()[idx].astype(np.float32)}
+        kept = np.asarray(v).ravel()[idx]
+        if bits == 32:
+            return {"val": kept.astype(np.float32)}
+        codes, lo, step = quantise(kept, bits, rng)
+        return {"q": codes, "lo": np.array([lo, step], dtype=np.float32)}
 
     def decode(
         parts: Mapping[str, np.ndarray], shape: tuple[int, ...], idx: np.ndarray | None
     ) -> np.ndarray:
         assert idx is not None
         out = np.zeros(math.prod(shape), dtype=np.float64)
-        out[idx] = parts["val"]
+        if bits == 32:
+            out[idx] = parts["val"]
+        else:
+            lo, step = (float(x) for x in parts["lo"])
+            codes = parts["q"]
+            if codes.shape != idx.shape:
+                raise ValueError(f"{codes.size} codes for {idx.size} shared coordinates")
+            out[idx] = dequantise(codes, lo, step)
         return out.reshape(shape)
 
     return Codec(name="shared-k", encode=encode, decode=decode, sparse_shared=True)
 
 
-#: compression.method -> its codec for a given fraction (``none`` has none)
-_CODECS: dict[str, Callable[[float], Codec]] = {
-    "q8": lambda _: _quant_codec(8),
-    "q4": lambda _: _quant_codec(4),
-    "topk": _topk_codec,
-    "shared-k": lambda _: _shared_codec(),
+#: widths ``compression.value_bits`` accepts for ``shared-k``'s kept values
+VALUE_BITS: tuple[int, ...] = (32, 16, 8)
+
+
+#: compression.method -> its codec for a given fraction and value width (``none`` has none)
+_CODECS: dict[str, Callable[[float, int], Codec]] = {
+    "q8": lambda _, __: _quant_codec(8),
+    "q4": lambda _, __: _quant_codec(4),
+    "topk": lambda fraction, _: _topk_codec(fraction),
+    "shared-k": lambda _, bits: _shared_codec(bits),
 }
 #: every accepted ``compression.method``
 METHODS: tuple[str, ...] = ("none", *_CODECS)
 
 
-def codec(method: str, fraction: float = 1.0) -> Codec:
-    """The codec of ``method`` (not ``none``); ``fraction`` is the sparsifiers' share."""
+def codec(method: str, fraction: float = 1.0, value_bits: int = 32) -> Codec:
+    """The codec of ``method`` (not ``none``); ``fraction`` is the sparsifiers' share,
+    ``value_bits`` the width of ``shared-k``'s kept values (`VALUE_BITS`)."""
     if method not in _CODECS:
         raise ValueError(f"compression.method must be one of {', '.join(_CODECS)}, got {method!r}")
-    return _CODECS[method](fraction)
+    if value_bits not in VALUE_BITS:
+        raise ValueError(f"compression.value_bits must be one of {VALUE_BITS}, got {value_bits}")
+    return _CODECS[method](fraction, value_bits)
 
 
 # --- whole updates --------------------------------------------------------------------

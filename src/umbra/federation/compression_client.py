@@ -33,7 +33,12 @@ from umbra.federation.compression import (
     with_feedback,
 )
 from umbra.privacy.controller import CLIENT_GROUP, DP_UNWEIGHTED, dp_config_keys
-from umbra.secure.shared_coordinates import COMPRESS_FRACTION, COMPRESS_METHOD, round_coordinates
+from umbra.secure.shared_coordinates import (
+    COMPRESS_FRACTION,
+    COMPRESS_METHOD,
+    round_coordinates,
+    round_value_bits,
+)
 
 __all__ = ["compress_reply", "load_residual", "save_residual"]
 
@@ -72,7 +77,10 @@ def compress_reply(
         return dict(out)
     fraction = config_float(config, COMPRESS_FRACTION, 1.0)
     shared = round_coordinates(config)  # shared-k: the round's public coordinates
-    c = codec(method, fraction)
+    dense = bool(config.get(COMPRESS_DENSE, False))
+    # under SecAgg+ (dense replies) the kept values are quantised in the protocol's ring,
+    # whatever its width: the client's own codec keeps them float32
+    c = codec(method, fraction, 32 if dense else round_value_bits(config))
     dp = int(metrics.get(DP_UNWEIGHTED, 0)) == 1
     keys = [k for k in x if k in out]
     delta = {
@@ -102,7 +110,7 @@ def compress_reply(
     else:
         wire, _ = send(delta)
     rest = {k: np.asarray(v) for k, v in out.items() if k not in shapes}
-    if bool(config.get(COMPRESS_DENSE, False)):
+    if dense:
         # the secure transport cuts the shared coordinates out of x + sent itself
         sent = decode_arrays(wire, shapes, c, coordinates=shared)
         base = {k: np.zeros(shapes[k]) if dp else np.asarray(x[k], np.float64) for k in keys}

@@ -24,11 +24,13 @@ from umbra.federation.compression import (
     COMPRESS_FEEDBACK,
     METHODS,
     SEP,
+    VALUE_BITS,
     codec,
     decode_arrays,
 )
 from umbra.privacy.controller import DP_UNWEIGHTED
 from umbra.secure.shared_coordinates import (
+    COMPRESS_BITS,
     COMPRESS_CYCLIC_SHARE,
     COMPRESS_FRACTION,
     COMPRESS_MASK_PREFIX,
@@ -57,7 +59,9 @@ class Compression:
     carry what they did not send into their next update; ``run_seed``: the public seed
     the ``shared-k`` coordinates derive from; ``support``: ``shared-k``'s coordinates
     (:data:`~umbra.secure.shared_coordinates.SUPPORTS`); ``cyclic_share``: with
-    ``last-update``, the share of each array's coordinates from the cyclic block.
+    ``last-update``, the share of each array's coordinates from the cyclic block;
+    ``value_bits``: the width of ``shared-k``'s kept values (32: float32; 16 / 8:
+    stochastic codes; under SecAgg+, 16 selects the protocol's 16-bit ring).
 
     Keeps the last global model it announced (``last-update`` support: the next round's
     top coordinates come from the global update between the two) and each round's
@@ -70,6 +74,7 @@ class Compression:
     run_seed: int = 0
     support: str = "cyclic"
     cyclic_share: float = 0.5
+    value_bits: int = 32
     _last: tuple[int, dict[str, np.ndarray]] | None = field(
         default=None, init=False, repr=False, compare=False
     )
@@ -86,6 +91,10 @@ class Compression:
             raise ValueError(f"compression.support must be one of {SUPPORTS}, got {self.support!r}")
         if not 0.0 < self.cyclic_share <= 1.0:
             raise ValueError(f"compression.cyclic_share must be in (0, 1], got {self.cyclic_share}")
+        if self.value_bits not in VALUE_BITS:
+            raise ValueError(
+                f"compression.value_bits must be one of {VALUE_BITS}, got {self.value_bits}"
+            )
 
     @property
     def enabled(self) -> bool:
@@ -146,6 +155,7 @@ class Compression:
             config[COMPRESS_FEEDBACK] = bool(self.error_feedback and sparse)
             config[COMPRESS_SEED] = shared_seed(self.run_seed, server_round)
             config[COMPRESS_DENSE] = dense
+            config[COMPRESS_BITS] = int(self.value_bits)
             if coords is not None and coords.masks:
                 config[COMPRESS_CYCLIC_SHARE] = float(coords.cyclic_share)
                 for name, packed in coords.masks.items():
@@ -167,7 +177,7 @@ class Compression:
             delta = decode_arrays(
                 {k: v for k, v in wire.items() if SEP in k},
                 shapes,
-                codec(self.method, self.fraction),
+                codec(self.method, self.fraction, self.value_bits),
                 coordinates=self.coordinates(server_round)
                 if self.method == SHARED_METHOD
                 else None,

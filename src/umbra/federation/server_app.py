@@ -140,6 +140,7 @@ class ServerSpec:
                 run_seed=cfg.run.seed,
                 support=cfg.compression.support,
                 cyclic_share=cfg.compression.cyclic_share,
+                value_bits=cfg.compression.value_bits,
             ),
             on_round=on_round,
             on_finish=on_finish,

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "COMPRESS_BITS",
     "COMPRESS_CYCLIC_SHARE",
     "COMPRESS_FRACTION",
     "COMPRESS_MASK_PREFIX",
@@ -53,6 +54,7 @@ __all__ = [
     "mixed_indices",
     "pack_mask",
     "round_coordinates",
+    "round_value_bits",
     "shared_indices",
     "shared_seed",
     "top_mask",
@@ -72,6 +74,9 @@ COMPRESS_SEED = "compress-seed"
 COMPRESS_CYCLIC_SHARE = "compress-cyclic-share"
 #: ``<prefix><array name>``: the packed bit mask of the array's top coordinates
 COMPRESS_MASK_PREFIX = "compress-top/"
+#: width of each kept value (``compression.value_bits``): 32 (float32, or SecAgg+'s 32-bit
+#: ring), 16 (16-bit codes, or SecAgg+'s 16-bit ring) or 8 (8-bit codes, in the clear)
+COMPRESS_BITS = "compress-bits"
 
 
 def kept_count(size: int, fraction: float) -> int:
@@ -204,3 +209,11 @@ def round_coordinates(config: Mapping[str, Any]) -> RoundCoordinates | None:
         cyclic_share=float(config.get(COMPRESS_CYCLIC_SHARE, 1.0)),
         masks=masks,
     )
+
+
+def round_value_bits(config: Mapping[str, Any]) -> int:
+    """Width of each kept value the round's config announces for ``shared-k`` (32 when
+    it names none, or another method)."""
+    if str(config.get(COMPRESS_METHOD, "none")) != SHARED_METHOD:
+        return 32
+    return int(config.get(COMPRESS_BITS, 32))

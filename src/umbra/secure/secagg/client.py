@@ -372,9 +372,10 @@ class SecAggPlusClient:
         return plain[12 : 12 + SEED_BYTES], plain[12 + SEED_BYTES :]
 
     def collect_masked_input(self, msg: Mapping[str, Any], *, vector: np.ndarray) -> Message:
-        """Stage 3: decrypt neighbours' shares and send the masked uint32 ``vector``.
+        """Stage 3: decrypt neighbours' shares and send the masked ``vector``.
 
-        ``vector`` is this client's encoded update in Z_{2^32} (see `PayloadLayout.encode`).
+        ``vector`` is this client's encoded update in the round's ring Z_{2^ring_bits}
+        (uint32 or uint16, see `PayloadLayout.encode`).
         Neighbours whose share ciphertext fails authentication are reported as rejected
         and not masked with (the server then treats them as excluded).
         """
@@ -383,9 +384,10 @@ class SecAggPlusClient:
         if st.stage != STAGE_SHARE_KEYS or st.s_keys is None or st.self_seed is None:
             raise ProtocolViolation(f"client {st.client_id}: masking out of order")
         vec = np.asarray(vector)
-        if vec.dtype != np.uint32 or vec.shape != (cfg.vector_length,):
+        ring = crypto.ring_dtype(cfg.ring_bits)
+        if vec.dtype != ring or vec.shape != (cfg.vector_length,):
             raise ValueError(
-                f"vector must be uint32 of shape ({cfg.vector_length},), "
+                f"vector must be {ring} of shape ({cfg.vector_length},), "
                 f"got {vec.dtype} {vec.shape}"
             )
         me = st.client_id
@@ -407,17 +409,15 @@ class SecAggPlusClient:
             st.b_shares[sender], st.sk_shares[sender] = b_share, sk_share
             accepted.append(sender)
         n = cfg.vector_length
-        masked = vec.astype(np.uint32, copy=True)
-        masked += crypto.prg_uint32(
-            st.self_seed, length=n, round_number=cfg.round_number, purpose=SELF_MASK_INFO
-        )
+        masked = vec.astype(ring, copy=True)
+        masked += crypto.prg_ring(st.self_seed, length=n, round_number=cfg.round_number,
+                                  purpose=SELF_MASK_INFO, bits=cfg.ring_bits)  # fmt: skip
         for j in accepted:
             pair_seed = crypto.agree(
                 st.s_keys.private, st.pk_s[j], info=PAIR_SEED_INFO + pair_info(me, j, 0)
             )
-            mask = crypto.prg_uint32(
-                pair_seed, length=n, round_number=cfg.round_number, purpose=MASK_INFO
-            )
+            mask = crypto.prg_ring(pair_seed, length=n, round_number=cfg.round_number,
+                                   purpose=MASK_INFO, bits=cfg.ring_bits)  # fmt: skip
             if me < j:
                 masked += mask
             else:

@@ -78,6 +78,7 @@ from umbra.secure.secagg.constants import (
     CFG_NEXT_KEYS,
     CFG_PREKEYS,
     CFG_SECAGG_ID,
+    RING_BITS,
     STAGE_ADVERTISE_KEYS,
     STAGE_COLLECT_MASKED,
     STAGE_REVEAL_SEED,
@@ -228,9 +229,10 @@ def _rng() -> SecureRandom:
 
 
 def masked_contribution_vector(
-    msg: Message, train_reply: Message, *, num_clients: int
+    msg: Message, train_reply: Message, *, num_clients: int, ring_bits: int = RING_BITS
 ) -> tuple[np.ndarray, float]:
-    """Encode the weighted contribution of ``train_reply`` for the ring (uint32 vector).
+    """Encode the weighted contribution of ``train_reply`` for the ring Z_{2^ring_bits}
+    (a uint32, or uint16, vector).
 
     Returns ``(vector, clipped fraction)``. Public parameters come from the message's
     ConfigRecord ``"config"``: ``clip-range``, ``weight-scale``, ``modality-aware``, and in
@@ -259,10 +261,9 @@ def masked_contribution_vector(
     shared = round_coordinates(cfg)  # compression "shared-k": only the public coordinates
     contribution = shared_sparsify(contribution, shared)
     shapes = shared_shapes({k: tuple(v.shape) for k, v in incoming.items()}, shared)
-    layout = PayloadLayout.from_arrays(
-        payload_template(shapes), int_template(), clip=clip, num_clients=num_clients
-    )
-    spec = QuantizationSpec(clip=clip, num_clients=num_clients)
+    layout = PayloadLayout.from_arrays(payload_template(shapes), int_template(), clip=clip,
+                                       num_clients=num_clients, bits=ring_bits)  # fmt: skip
+    spec = QuantizationSpec(clip=clip, num_clients=num_clients, bits=ring_bits)
     noise = integer_noise_for(
         dict(cfg),
         metrics,
@@ -343,7 +344,7 @@ def make_secagg_handler(train_fn: TrainFn, spec: ClientActionSpec) -> TrainFn:
                 assert cfg is not None
                 train_reply = train_fn(msg, context)
                 vector, clipped = masked_contribution_vector(
-                    msg, train_reply, num_clients=cfg.num_clients
+                    msg, train_reply, num_clients=cfg.num_clients, ring_bits=cfg.ring_bits
                 )
                 if clipped > 0:
                     log.warning(

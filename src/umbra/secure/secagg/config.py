@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from umbra.secure.secagg.constants import Key
+from umbra.secure.secagg.constants import RING_BITS, RING_WIDTHS, Key
 from umbra.secure.secagg.errors import ProtocolViolation
 from umbra.secure.secagg.graph import graph_parameters
 from umbra.secure.secagg.messages import Message
@@ -29,6 +29,10 @@ class SecAggConfig:
     security and correctness. An explicit ``degree`` without ``share_threshold`` gets
     ``tau = t`` on the complete graph, else ``ceil(t (degree + 1) / n)`` (at least 2):
     explicit parameters carry no statistical guarantee.
+
+    ``ring_bits``: the masked vectors' ring Z_{2^bits} (`RING_WIDTHS`); the masks are
+    uniform in it whatever its width, so the width decides only the encoding's precision
+    and headroom (`umbra.secure.secagg.quantize`) and the bytes on the wire.
     """
 
     round_number: int
@@ -37,6 +41,7 @@ class SecAggConfig:
     vector_length: int
     degree: int = -1
     share_threshold: int = -1
+    ring_bits: int = RING_BITS
 
     def __post_init__(self) -> None:
         n = self.num_clients
@@ -48,6 +53,8 @@ class SecAggConfig:
             raise ValueError(f"threshold must be in [1, num_clients={n}], got {self.threshold}")
         if self.vector_length < 0:
             raise ValueError(f"vector_length must be >= 0, got {self.vector_length}")
+        if self.ring_bits not in RING_WIDTHS:
+            raise ValueError(f"ring_bits must be one of {RING_WIDTHS}, got {self.ring_bits}")
         if self.degree == -1 and self.share_threshold == -1:
             params = graph_parameters(n, self.threshold)
             object.__setattr__(self, "degree", params.degree)
@@ -87,6 +94,7 @@ class SecAggConfig:
             Key.VECTOR_LENGTH: self.vector_length,
             Key.DEGREE: self.degree,
             Key.SHARE_THRESHOLD: self.share_threshold,
+            Key.RING_BITS: self.ring_bits,
         }
 
     @classmethod
@@ -99,6 +107,7 @@ class SecAggConfig:
                 vector_length=int(msg[Key.VECTOR_LENGTH]),
                 degree=int(msg[Key.DEGREE]),
                 share_threshold=int(msg[Key.SHARE_THRESHOLD]),
+                ring_bits=int(msg[Key.RING_BITS]),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ProtocolViolation(f"malformed configuration message: {err}") from err

@@ -24,7 +24,7 @@ __all__ = [
     "NONCE_BYTES",
     "PAIR_SEED_INFO",
     "RING_BITS",
-    "RING_DTYPE",
+    "RING_WIDTHS",
     "SECURITY_BITS",
     "SEED_BYTES",
     "SELF_MASK_INFO",
@@ -78,9 +78,12 @@ CFG_NEXT_KEYS: Final = "secagg-next-keys"
 # share_keys request without an advertise stage: the client uses its stored pre-keys
 CFG_PREKEYS: Final = "secagg-prekeys"
 
-# Ring Z_{2^32}: masked vectors travel as little-endian uint32 (4 bytes per parameter).
+# Ring Z_{2^32} by default: masked vectors travel as little-endian uint32 (4 bytes per
+# parameter).
 RING_BITS: Final = 32
-RING_DTYPE: Final = "<u4"
+# Ring widths a round may use: Z_{2^16} halves the bytes of a masked vector (little-endian
+# uint16) where the round's clients can do with fewer levels (compression.value_bits = 16).
+RING_WIDTHS: Final = (16, 32)
 
 KEY_BYTES: Final = 32  # X25519 keys, graph seed, derived keys
 # Self-mask seed: 128 bits (expanded by HKDF to a 256-bit ChaCha20 key); one 16-byte
@@ -128,6 +131,7 @@ class Key:
     SK_IDS: Final = "sk_ids"
     SK_SHARES: Final = "sk_shares"
     VECTOR_LENGTH: Final = "vector_length"
+    RING_BITS: Final = "ring_bits"
     NUM_CLIENTS: Final = "num_clients"
     KEY_IDS: Final = "key_ids"  # ids whose public keys follow (the owner's neighbourhood)
     DIGEST: Final = "digest"  # SHA-256 of the masked vector (transport integrity)

@@ -1,7 +1,8 @@
 """Cryptographic primitives for SecAgg+, thin typed wrappers over `cryptography`.
 
 * X25519 key pairs and Diffie-Hellman agreement, with HKDF-SHA256 key derivation;
-* a PRG expanding a 32-byte seed into a uint32 vector with ChaCha20 (RFC 8439 stream);
+* a PRG expanding a 32-byte seed into a uint32 (or uint16) vector with ChaCha20 (RFC 8439
+  stream);
   the round number and a purpose label are bound in through HKDF, so masks differ per
   round and per use;
 * ChaCha20-Poly1305 authenticated encryption of the share messages relayed by the server;
@@ -31,7 +32,8 @@ from umbra.secure.secagg.constants import (
     GRAPH_COMMIT_LABEL,
     KEY_BYTES,
     NONCE_BYTES,
-    RING_DTYPE,
+    RING_BITS,
+    RING_WIDTHS,
 )
 
 __all__ = [
@@ -47,9 +49,11 @@ __all__ = [
     "keypair_from",
     "load_public_key",
     "new_seed",
+    "prg_ring",
     "prg_uint32",
     "private_bytes",
     "public_from_private_bytes",
+    "ring_dtype",
 ]
 
 
@@ -142,16 +146,33 @@ def prg_uint32(seed: bytes, *, length: int, round_number: int, purpose: bytes) -
     streams per round and purpose; the stream starts at block 0 with a zero nonce, which
     is safe because every derived key is used for one stream only.
     """
+    return prg_ring(seed, length=length, round_number=round_number, purpose=purpose)
+
+
+def prg_ring(
+    seed: bytes, *, length: int, round_number: int, purpose: bytes, bits: int = RING_BITS
+) -> np.ndarray:
+    """``length`` uniform elements of Z_{2^bits} (``bits`` in `RING_WIDTHS`: dtype uint16
+    or uint32) from the stream of :func:`prg_uint32` (``bits / 8`` bytes each)."""
     if len(seed) not in (16, KEY_BYTES):
         raise ValueError(f"seed must be 16 or {KEY_BYTES} bytes, got {len(seed)}")
     if length < 0:
         raise ValueError(f"length must be >= 0, got {length}")
     if round_number < 0:
         raise ValueError(f"round_number must be >= 0, got {round_number}")
+    dtype = ring_dtype(bits)
     key = hkdf(seed, info=purpose + struct.pack("<Q", round_number))
     encryptor = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
-    stream = encryptor.update(bytes(4 * length))
-    return np.frombuffer(stream, dtype=RING_DTYPE).astype(np.uint32, copy=False)
+    stream = encryptor.update(bytes(dtype.itemsize * length))
+    return np.frombuffer(stream, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
+
+
+def ring_dtype(bits: int) -> np.dtype[Any]:
+    """The numpy dtype of Z_{2^bits} (uint16 or uint32: numpy's wrap-around is the ring's
+    arithmetic). Raises ValueError for a width not in `RING_WIDTHS`."""
+    if bits not in RING_WIDTHS:
+        raise ValueError(f"ring width must be one of {RING_WIDTHS} bits, got {bits}")
+    return np.dtype(np.uint16 if bits == 16 else np.uint32)
 
 
 def aead_encrypt(key: bytes, plaintext: bytes, *, aad: bytes) -> bytes:

@@ -8,6 +8,11 @@ is stochastic (unbiased: E[q] = v), as in Bell et al. (CCS 2020, §5) and Kairou
 (:class:`~umbra.privacy.randomness.SecureRandom`) in production.
 Integer vectors (e.g. per-modality example counts) travel unscaled and sum exactly.
 
+A payload may use the 16-bit ring Z_{2^16} instead (``PayloadLayout.bits = 16``, half the
+bytes): floats get ``floor((2^16 - 1) / num_clients)`` levels, and each integer travels as
+base-``2^d`` digits, ``d`` the largest width whose ``num_clients``-fold sum cannot wrap
+(8 bits for up to 257 clients), recombined exactly after the sum.
+
 DP segments (:class:`~umbra.privacy.ddg.IntegerNoise`, the distributed discrete Gaussian of
 :mod:`umbra.privacy.ddg`): the values arrive clipped and scaled but noiseless; they are
 never clipped here (a value beyond ``±clip`` refuses the round), rounded with randomised
@@ -21,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -166,7 +171,7 @@ class Segment:
 
 @dataclass(frozen=True)
 class PayloadLayout:
-    """Layout of several named arrays flattened into one uint32 vector (float and int parts).
+    """Layout of several named arrays flattened into one ring vector (float and int parts).
 
     Build it with `from_arrays` on every client from the same shapes (the model's), encode
     each client's arrays with `encode`, and decode the unmasked ring sum with `decode_sum`.
@@ -174,6 +179,7 @@ class PayloadLayout:
 
     segments: tuple[Segment, ...]
     num_clients: int
+    bits: int = RING_BITS
 
     @classmethod
     def from_arrays(
@@ -183,8 +189,12 @@ class PayloadLayout:
         *,
         clip: float | Mapping[str, float],
         num_clients: int,
+        bits: int = RING_BITS,
     ) -> PayloadLayout:
-        """Layout for ``floats`` (clipped to ``±clip``, per name if a mapping) and ``ints``."""
+        """Layout for ``floats`` (clipped to ``±clip``, per name if a mapping) and ``ints``,
+        in the ring Z_{2^bits} (``bits`` 32 or 16)."""
+        if bits not in (16, RING_BITS):
+            raise ValueError(f"bits must be 16 or {RING_BITS}, got {bits}")
         ints = ints or {}
         overlap = set(floats) & set(ints)
         if overlap:
@@ -192,15 +202,39 @@ class PayloadLayout:
         segments = []
         for name, arr in floats.items():
             c = clip[name] if isinstance(clip, Mapping) else clip
-            QuantizationSpec(clip=float(c), num_clients=num_clients)  # validates
+            QuantizationSpec(clip=float(c), num_clients=num_clients, bits=bits)  # validates
             segments.append(Segment(name, tuple(np.shape(arr)), "float", float(c)))
         segments += [Segment(name, tuple(np.shape(a)), "int") for name, a in ints.items()]
-        return cls(tuple(segments), num_clients)
+        return cls(tuple(segments), num_clients, bits)
+
+    def _spec(self, clip: float) -> QuantizationSpec:
+        return QuantizationSpec(clip=clip, num_clients=self.num_clients, bits=self.bits)
+
+    @property
+    def digit_bits(self) -> int:
+        """Width of one integer digit: the whole ring at 32 bits; in a narrower ring the
+        widest ``d`` with ``num_clients * (2^d - 1) < 2^bits`` (no wrap in the sum)."""
+        if self.bits == RING_BITS:
+            return RING_BITS
+        return math.floor(math.log2(((1 << self.bits) - 1) // self.num_clients + 1))
+
+    @property
+    def digits(self) -> int:
+        """Ring elements per integer: 1 at 32 bits, else enough digits for ``_RING_MAX``."""
+        return 1 if self.bits == RING_BITS else math.ceil(RING_BITS / self.digit_bits)
+
+    def _width(self, seg: Segment) -> int:
+        return seg.size * (self.digits if seg.kind == "int" else 1)
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """The ring's numpy dtype (uint32, or uint16 for the 16-bit ring)."""
+        return np.dtype(np.uint32 if self.bits == RING_BITS else np.uint16)
 
     @property
     def size(self) -> int:
-        """Length of the encoded uint32 vector."""
-        return sum(s.size for s in self.segments)
+        """Length of the encoded vector (ring elements)."""
+        return sum(self._width(s) for s in self.segments)
 
     def encode(
         self,
@@ -210,7 +244,8 @@ class PayloadLayout:
         rng: Uniforms,
         noise: IntegerNoise | None = None,
     ) -> np.ndarray:
-        """Flatten and encode one client's arrays into a uint32 vector of length `size`.
+        """Flatten and encode one client's arrays into a ring vector of length `size`
+        (dtype `dtype`).
 
         With ``noise``, the float segments it names are encoded per group by
         :func:`quantize_with_noise` (``rng`` must then be a :class:`SecureRandom`).
@@ -227,20 +262,28 @@ class PayloadLayout:
             if seg.kind == "float":
                 if noise is not None and seg.name in noise.groups:
                     continue  # below, one group at a time
-                spec = QuantizationSpec(clip=seg.clip, num_clients=self.num_clients)
-                parts[seg.name] = quantize(arr.ravel(), spec=spec, rng=rng)
+                parts[seg.name] = quantize(arr.ravel(), spec=self._spec(seg.clip), rng=rng)
             else:
                 limit = _RING_MAX // self.num_clients
                 if arr.size and (
                     not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0 or arr.max() > limit
                 ):
                     raise ValueError(f"int array {seg.name!r} must hold integers in [0, {limit}]")
-                parts[seg.name] = arr.ravel().astype(np.uint32)
+                parts[seg.name] = self._int_digits(arr.ravel().astype(np.uint64))
         if noise is not None:
             parts.update(self._encode_noisy(floats, noise, rng))
         if not parts:
-            return np.zeros(0, dtype=np.uint32)
-        return np.concatenate([parts[seg.name] for seg in self.segments])
+            return np.zeros(0, dtype=self.dtype)
+        return np.concatenate([parts[seg.name] for seg in self.segments]).astype(self.dtype)
+
+    def _int_digits(self, values: np.ndarray) -> np.ndarray:
+        """``values`` as `digits` little-endian base-``2^digit_bits`` digits each (row-major)."""
+        if self.digits == 1:
+            return values.astype(np.uint32)
+        d = self.digit_bits
+        shifts = np.arange(self.digits, dtype=np.uint64) * np.uint64(d)
+        digits = (values[:, None] >> shifts[None, :]) & np.uint64((1 << d) - 1)
+        return digits.ravel().astype(np.uint32)
 
     def _encode_noisy(
         self, floats: Mapping[str, np.ndarray], noise: IntegerNoise, rng: Uniforms
@@ -259,7 +302,7 @@ class PayloadLayout:
             clips = {s.clip for s in segs}
             if len(clips) != 1:
                 raise ValueError(f"group {group!r} mixes quantisation ranges {sorted(clips)}")
-            spec = QuantizationSpec(clip=clips.pop(), num_clients=self.num_clients)
+            spec = self._spec(clips.pop())
             flat = np.concatenate(
                 [np.asarray(floats[s.name], dtype=np.float64).ravel() for s in segs]
             )
@@ -283,13 +326,16 @@ class PayloadLayout:
         ints: dict[str, np.ndarray] = {}
         offset = 0
         for seg in self.segments:
-            chunk = total[offset : offset + seg.size]
-            offset += seg.size
+            width = self._width(seg)
+            chunk = total[offset : offset + width]
+            offset += width
             if seg.kind == "float":
-                spec = QuantizationSpec(clip=seg.clip, num_clients=self.num_clients)
+                spec = self._spec(seg.clip)
                 floats[seg.name] = dequantize_sum(chunk, spec=spec, num_summed=num_summed).reshape(
                     seg.shape
                 )
             else:
-                ints[seg.name] = chunk.astype(np.int64).reshape(seg.shape)
+                digits = chunk.astype(np.int64).reshape(seg.size, self.digits)
+                weights = np.int64(1) << (np.arange(self.digits, dtype=np.int64) * self.digit_bits)
+                ints[seg.name] = (digits @ weights).reshape(seg.shape)
         return floats, ints

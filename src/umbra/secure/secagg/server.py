@@ -368,6 +368,7 @@ class SecAggPlusServer:
         """
         st = self.state
         length = st.config.vector_length
+        ring = crypto.ring_dtype(st.config.ring_bits)
         digests_this_round: dict[bytes, int] = {}
         valid: list[int] = []
         rejections: list[tuple[int, int]] = []
@@ -376,8 +377,8 @@ class SecAggPlusServer:
             if not self._valid_header(cid, msg, st.u2):
                 continue
             masked = msg.get(Key.MASKED)
-            if not isinstance(masked, np.ndarray) or masked.dtype != np.uint32:
-                self._exclude(cid, "masked vector is not a uint32 array")
+            if not isinstance(masked, np.ndarray) or masked.dtype != ring:
+                self._exclude(cid, f"masked vector is not a {ring} array")
                 continue
             if masked.shape != (length,):
                 self._exclude(cid, f"masked vector has shape {masked.shape}, expected ({length},)")
@@ -458,7 +459,7 @@ class SecAggPlusServer:
     def aggregate(self, replies: Mapping[int, Mapping[str, Any]]) -> tuple[np.ndarray, int]:
         """Reconstruct seeds/keys from the survivors' shares and return the ring sum.
 
-        Returns ``(sum in Z_{2^32} as uint32, number of summed clients)``. Raises
+        Returns ``(sum in the round's ring, as uint32 or uint16, number of summed clients)``. Raises
         SecAggAbort if fewer than ``threshold`` survivors answered or a secret cannot be
         reconstructed.
         """
@@ -503,7 +504,8 @@ class SecAggPlusServer:
                 f"{responders} clients answered the unmask request < threshold {cfg.threshold}"
             )
         n = cfg.vector_length
-        total = np.zeros(n, dtype=np.uint32)
+        bits = cfg.ring_bits
+        total = np.zeros(n, dtype=crypto.ring_dtype(bits))
         for i in st.survivors:
             total += st.masked[i]
         for i in st.survivors:
@@ -515,9 +517,8 @@ class SecAggPlusServer:
                 )
 
             seed = self._reconstruct(i, b_shares[i], check_b, "self-mask seed")
-            total -= crypto.prg_uint32(
-                seed, length=n, round_number=cfg.round_number, purpose=SELF_MASK_INFO
-            )
+            total -= crypto.prg_ring(seed, length=n, round_number=cfg.round_number,
+                                     purpose=SELF_MASK_INFO, bits=bits)  # fmt: skip
         for j in sorted(sk_needed):
             pk = st.pk_s[j]
 
@@ -531,9 +532,8 @@ class SecAggPlusServer:
                 if j not in st.masked_with[i]:
                     continue
                 pair_seed = crypto.agree(sk_j, st.pk_s[i], info=PAIR_SEED_INFO + pair_info(i, j, 0))
-                mask = crypto.prg_uint32(
-                    pair_seed, length=n, round_number=cfg.round_number, purpose=MASK_INFO
-                )
+                mask = crypto.prg_ring(pair_seed, length=n, round_number=cfg.round_number,
+                                       purpose=MASK_INFO, bits=bits)  # fmt: skip
                 # survivor i added +mask if i < j, else -mask: undo it
                 if i < j:
                     total -= mask

@@ -53,6 +53,7 @@ from umbra.secure.secagg.constants import (
     CFG_PREKEYS,
     CFG_SECAGG_ID,
     KEY_BYTES,
+    RING_BITS,
     STAGE_ADVERTISE_KEYS,
     STAGE_COLLECT_MASKED,
     STAGE_REVEAL_SEED,
@@ -63,7 +64,7 @@ from umbra.secure.secagg.constants import (
 from umbra.secure.secagg.errors import SecAggAbort
 from umbra.secure.secagg.quantize import PayloadLayout
 from umbra.secure.secagg.server import SecAggPlusServer
-from umbra.secure.shared_coordinates import round_coordinates
+from umbra.secure.shared_coordinates import round_coordinates, round_value_bits
 from umbra.secure.transport import StageExchange
 
 __all__ = [
@@ -125,17 +126,20 @@ class SecAggPlusWorkflow:
             if first is not None
             else {}
         )
+        ring_bits = RING_BITS
         if first is not None:  # compression "shared-k": the payload holds the kept coordinates
-            shapes = shared_shapes(shapes, round_coordinates(first.config_records["config"]))
+            announced = first.config_records["config"]
+            shapes = shared_shapes(shapes, round_coordinates(announced))
+            ring_bits = 16 if round_value_bits(announced) == 16 else RING_BITS
         self.clip = float(self.secure.clip_range)
-        self.layout = PayloadLayout.from_arrays(
-            payload_template(shapes), int_template(), clip=self.clip, num_clients=n
-        )
+        self.layout = PayloadLayout.from_arrays(payload_template(shapes), int_template(),
+                                                clip=self.clip, num_clients=n, bits=ring_bits)  # fmt: skip
         self.config = SecAggConfig(
             round_number=round.server_round,
             num_clients=n,
             threshold=round_threshold(float(self.secure.threshold), n),
             vector_length=self.layout.size,
+            ring_bits=ring_bits,
         )
         self.server = SecAggPlusServer(self.config, seen_digests=self.run.seen_digests,
                                        roster=self.secure.roster, run_id=self._run_id())  # fmt: skip
