@@ -70,7 +70,15 @@ DEFENCES: dict[str, list[str]] = {
     "reputation": ["federation.reputation=true"],  # + the f lowest mean cosines left out
     "reputation, outliers only": ["federation.reputation=true", "federation.byzantine=0"],
     "reputation + clip": ["federation.reputation=true", 'federation.clip_updates="median"'],
-}
+    # centered clipping around the previous aggregate, on the clients' momenta (β = 0.9,
+    # τ = the median distance, one iteration: the defaults)
+    "centered-clip": ['federation.aggregator="centered-clip"'],
+    "centered-clip + buckets of 2": ['federation.aggregator="centered-clip"',
+                                     "federation.bucket_size=2"],
+    # 15 updates make 8 buckets; f = 3 spoiled buckets of 8 to cut at each end: 3/8
+    "trimmed-mean + buckets of 2": ['federation.aggregator="trimmed-mean"',
+                                    "federation.bucket_size=2", "federation.trim_fraction=0.375"],
+}  # fmt: skip
 #: the backdoor's defences: none, norm clipping, client-level DP (no screening there) and
 #: the `default` preset's tuned example-level DP-SGD (each organisation's own noise)
 BACKDOOR_DEFENCES: dict[str, list[str]] = {
@@ -281,12 +289,13 @@ def _run(
         write_federation_data(Path(tmp) / "test", prep.test, [np.arange(len(prep.test))],
                               [prep.test.mask])  # fmt: skip
         for i, (defence, attack, overrides) in enumerate(jobs):
-            cfg = _config(args, alpha, [*overrides, *ATTACKS[attack]])
+            cfg = _config(args, alpha, [*overrides, *ATTACKS[attack], *args.extra])
             run_root = Path(tmp) / f"run{i}"
             run_root.mkdir()
             (run_root / "test").symlink_to(Path(tmp) / "test")
             row = {"alpha": alpha, "defence": defence, "attack": attack, "seed": args.seed,
                    "n_train": args.n_train, "rounds": args.rounds, "epochs": args.epochs,
+                   **({"set": args.extra} if args.extra else {}),
                    **_federate(cfg, prep, run_root)}  # fmt: skip
             doc["rows"].append(row)
             _write(args.out, doc)  # a partial grid survives an interrupted run
@@ -323,6 +332,14 @@ def main() -> None:
     ap.add_argument("--extras", nargs="*", default=extras, choices=extras,
                     help="at the first α: label-flip against the mean, the backdoor against "
                          "these defences (none: --extras alone)")  # fmt: skip
+    ap.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="extra",
+        help="config overrides added to every federation (recorded in the rows)",
+    )
     ap.add_argument("--merge", type=Path, nargs="+", help="combine these partial documents")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()

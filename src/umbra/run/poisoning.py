@@ -74,5 +74,11 @@ def poisoning_results(
         "clip_updates": fed.clip_updates,
         "detect": fed.detect,
         "reputation": fed.reputation,
-    }
+        "centered_clip": (
+            {"tau": fed.centered_clip_tau, "iterations": fed.centered_clip_iterations,
+             "beta": fed.centered_clip_beta}
+            if fed.aggregator == "centered-clip" else None
+        ),
+        "bucket_size": fed.bucket_size,
+    }  # fmt: skip
     return out
