@@ -70,6 +70,9 @@ DEFENCES: dict[str, list[str]] = {
     "reputation": ["federation.reputation=true"],  # + the f lowest mean cosines left out
     "reputation, outliers only": ["federation.reputation=true", "federation.byzantine=0"],
     "reputation + clip": ["federation.reputation=true", 'federation.clip_updates="median"'],
+    # the outlier rules plus the response rule: a mean response to the others' step >= 0
+    "reputation, response": ["federation.reputation=true", "federation.byzantine=0",
+                             "federation.reputation_max_response=0.0"],
     # centered clipping around the previous aggregate, on the clients' momenta (β = 0.9,
     # τ = the median distance, one iteration: the defaults)
     "centered-clip": ['federation.aggregator="centered-clip"'],

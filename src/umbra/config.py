@@ -355,6 +355,14 @@ class FederationConfig(_Section):
         description="reputation: also exclude a mean cosine at most this (FLTrust's rule; "
         "None: off, as honest mean cosines tend to 0 over a long run)",
     )
+    reputation_max_response: float | None = Field(
+        None,
+        ge=-1,
+        le=1,
+        description="reputation: also exclude a mean response (cosine of the update's change "
+        "to the server's last step) at least this; honest descent responds negatively, a "
+        "sign-flipper positively (0; None: off)",
+    )
     centered_clip_tau: float | Literal["median"] = Field(
         "median",
         description="centered-clip: radius τ of each clipped deviation from the previous "

@@ -60,6 +60,7 @@ def poisoning_results(
             "k": fed.reputation_k,
             "warmup": fed.reputation_warmup,
             "min_cosine": fed.reputation_min_cosine,
+            "max_response": fed.reputation_max_response,
             "rounds": len(left_out),
             "excluded_rounds": {str(p): n for p, n in sorted(excluded.items())},
             "excluded_final": list(last.get("excluded", [])),

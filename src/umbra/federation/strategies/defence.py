@@ -99,7 +99,7 @@ class Defence:
     of attackers, also the reputation's lowest-f exclusion), ``clip_updates``
     (a bound, ``"median"``: the round's median update norm, None: off), ``detect``
     (+ ``detect_k``) and ``reputation`` (+ ``reputation_k``, ``reputation_warmup``,
-    ``reputation_min_cosine``), ``centered_clip_tau`` (a radius or ``"median"``),
+    ``reputation_min_cosine``, ``reputation_max_response``), ``centered_clip_tau`` (a radius or ``"median"``),
     ``centered_clip_iterations``, ``centered_clip_beta`` (the clients' momentum) and
     ``bucket_size`` of one run; ``seed`` (``run.seed``) draws the buckets."""
 
@@ -113,6 +113,7 @@ class Defence:
     reputation_k: float = 3.0
     reputation_warmup: int = 3
     reputation_min_cosine: float | None = None
+    reputation_max_response: float | None = None
     centered_clip_tau: float | str = MEDIAN_RADIUS
     centered_clip_iterations: int = 1
     centered_clip_beta: float = 0.9
@@ -144,6 +145,9 @@ class Defence:
             raise ValueError(
                 f"reputation_min_cosine must be in [-1, 1), got {self.reputation_min_cosine}"
             )
+        mr = self.reputation_max_response
+        if mr is not None and not -1 <= mr <= 1:
+            raise ValueError(f"reputation_max_response must be in [-1, 1], got {mr}")
         tau = self.centered_clip_tau
         if (isinstance(tau, str) and tau != MEDIAN_RADIUS) or (
             isinstance(tau, int | float) and not tau > 0
@@ -177,6 +181,7 @@ class Defence:
             reputation_k=fed.reputation_k,
             reputation_warmup=fed.reputation_warmup,
             reputation_min_cosine=fed.reputation_min_cosine,
+            reputation_max_response=fed.reputation_max_response,
             centered_clip_tau=fed.centered_clip_tau,
             centered_clip_iterations=fed.centered_clip_iterations,
             centered_clip_beta=fed.centered_clip_beta,
@@ -203,6 +208,7 @@ class Defence:
             warmup=self.reputation_warmup,
             min_cosine=self.reputation_min_cosine,
             drop_lowest=self.byzantine,
+            max_response=self.reputation_max_response,
         )
 
     def new_centered_clip(self) -> CenteredClipState | None:
