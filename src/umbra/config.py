@@ -372,7 +372,9 @@ class FederationConfig(_Section):
         1, ge=1, le=10, description="centered-clip: clipping iterations l per round"
     )
     centered_clip_beta: float = Field(
-        0.9, description="centered-clip: momentum β of each client's updates, in [0, 1)"
+        0.0,
+        description="centered-clip: momentum β of each client's updates, in [0, 1) (0: the "
+        "updates themselves; the paper's 0.9 lags the model's step, docs/robustness.md)",
     )
     bucket_size: int = Field(
         1,

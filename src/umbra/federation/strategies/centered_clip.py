@@ -14,10 +14,11 @@ and one iteration this is the weighted mean).
 ``m_i`` is client i's **momentum**: ``m_i ← β · m_i + (1 − β) · Δ_i`` over the rounds it
 took part in (the paper's Algorithm 2, worker momentum β = 0.9). The paper's workers
 keep it; here the server keeps it from the updates it receives, so an attacking
-organisation cannot opt out, and the history does the work: an honest organisation's
-round-to-round noise averages out of its momentum, which brings the honest momenta
-together, while a persistent attacker's momentum stays where its updates point. The
-aggregate is the model's step; it becomes the next round's centre.
+organisation cannot opt out: an honest organisation's round-to-round noise averages out
+of its momentum, while a persistent attacker's stays where its updates point. The
+aggregate is the model's step and the next round's centre, so with β > 0 the step is an
+average of past updates and lags the model; β = 0 (the default, which did best in
+docs/robustness.md's runs) clips the updates themselves around the previous aggregate.
 
 ``τ`` is a number (in the units of the update's L2 norm, per parameter group), or
 ``"median"``: the median of the distances ``‖m_i − v‖`` at each iteration. It is
@@ -158,7 +159,7 @@ class CenteredClipState:
     (name -> float64 array, only for the parameter groups it has held) and the previous
     aggregate update (the centre; zero before the first round). Checkpointed as arrays."""
 
-    def __init__(self, *, beta: float = 0.9) -> None:
+    def __init__(self, *, beta: float = 0.0) -> None:
         if not 0 <= beta < 1:
             raise ValueError(f"centered-clip beta must be in [0, 1), got {beta}")
         self.beta = beta

@@ -116,7 +116,7 @@ class Defence:
     reputation_max_response: float | None = None
     centered_clip_tau: float | str = MEDIAN_RADIUS
     centered_clip_iterations: int = 1
-    centered_clip_beta: float = 0.9
+    centered_clip_beta: float = 0.0
     bucket_size: int = 1
     seed: int = 0
 
