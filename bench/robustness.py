@@ -74,6 +74,10 @@ DEFENCES: dict[str, list[str]] = {
     # the outlier rules plus the response rule: a mean response to the others' step >= 0
     "reputation, response": ["federation.reputation=true", "federation.byzantine=0",
                              "federation.reputation_max_response=0.0"],
+    # the same without the cosine outlier rule: judged by response and norm only
+    "response + norm": ["federation.reputation=true", "federation.byzantine=0",
+                        "federation.reputation_max_response=0.0",
+                        "federation.reputation_cosine_outliers=false"],
     # centered clipping around the previous aggregate (β = 0: the updates, τ = the median
     # distance, one iteration: the defaults, tuned at seed 0), and with the paper's β
     "centered-clip": ['federation.aggregator="centered-clip"'],

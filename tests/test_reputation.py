@@ -242,6 +242,13 @@ def test_descent_responds_negatively_and_a_sign_flipper_positively() -> None:
     assert responses[2] > 0 and responses[7] > 0, responses
     flagged = reputation_outliers(rep.history, k=1000.0, min_rounds=3, max_response=0.0)
     assert flagged == (2, 7)
+    # the cosine outlier rule alone, and switched off
+    cosines = {p: r.cosine for p, r in rep.history.items()}
+    low = min(cosines, key=lambda p: cosines[p])
+    hist = dict(rep.history)
+    hist[low] = ClientReputation(30, -30.0, 0.0, 29, -29 * 0.1)  # cosine -1, honest response
+    assert low in reputation_outliers(hist, k=3.0, min_rounds=3)
+    assert low not in reputation_outliers(hist, k=3.0, min_rounds=3, cosine_outliers=False)
     back = Reputation(k=1000.0, warmup=1)
     back.load_arrays(rep.to_arrays())
     assert back.history == rep.history and set(back.last) == set(range(10))

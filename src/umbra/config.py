@@ -363,6 +363,11 @@ class FederationConfig(_Section):
         "to the server's last step) at least this; honest descent responds negatively, a "
         "sign-flipper positively (0; None: off)",
     )
+    reputation_cosine_outliers: bool = Field(
+        True,
+        description="reputation: exclude clients whose mean cosine is a robust outlier "
+        "(off: leave heterogeneous honest organisations in, judge by response and norm)",
+    )
     centered_clip_tau: float | Literal["median"] = Field(
         "median",
         description="centered-clip: radius τ of each clipped deviation from the previous "

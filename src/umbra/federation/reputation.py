@@ -32,7 +32,8 @@ of two per-round scores (:func:`round_scores`):
 
 After ``warmup`` observations, a client is excluded from aggregation while
 
-* its mean cosine lies more than ``k`` robust deviations below the clients' median;
+* its mean cosine lies more than ``k`` robust deviations below the clients' median
+  (``cosine_outliers``, on by default);
 * or its mean log-norm lies more than ``k`` robust deviations above the clients' median;
 * or, with ``drop_lowest = f`` > 0 (the run's assumed number of attackers,
   ``federation.byzantine``), it is among the f judged clients with the lowest mean
@@ -224,9 +225,11 @@ def reputation_outliers(
     min_cosine: float | None = None,
     drop_lowest: int = 0,
     max_response: float | None = None,
+    cosine_outliers: bool = True,
 ) -> tuple[int, ...]:
     """The clients (sorted partition ids) with at least ``min_rounds`` observations whose
-    mean cosine is more than ``k`` robust deviations below the judged clients' median (or
+    mean cosine is more than ``k`` robust deviations below the judged clients' median
+    (unless ``cosine_outliers`` is off) (or
     at most ``min_cosine``, when given, or among the ``drop_lowest`` lowest), or whose
     mean log-norm is more than ``k`` above it, or (``max_response``) whose mean response
     over at least ``min_rounds`` scored rounds is at least ``max_response``. Fewer than
@@ -249,7 +252,7 @@ def reputation_outliers(
     return tuple(
         p
         for p, zc, zn in zip(judged, z_cos, z_norm, strict=True)
-        if zc < -k
+        if (cosine_outliers and zc < -k)
         or zn > k
         or p in lowest
         or (min_cosine is not None and history[p].cosine <= min_cosine)
@@ -273,6 +276,7 @@ class Reputation:
         min_cosine: float | None = None,
         drop_lowest: int = 0,
         max_response: float | None = None,
+        cosine_outliers: bool = True,
     ) -> None:
         if not k > 0:
             raise ValueError(f"reputation k must be > 0, got {k}")
@@ -289,6 +293,7 @@ class Reputation:
         if max_response is not None and not -1 <= max_response <= 1:
             raise ValueError(f"reputation max_response must be in [-1, 1], got {max_response}")
         self.max_response = max_response
+        self.cosine_outliers = cosine_outliers
         self.history: dict[int, ClientReputation] = {}
         #: each client's flattened update of the previous round (only those who sent one)
         self.last: dict[int, np.ndarray] = {}
@@ -313,6 +318,7 @@ class Reputation:
             min_cosine=self.min_cosine,
             drop_lowest=self.drop_lowest,
             max_response=self.max_response,
+            cosine_outliers=self.cosine_outliers,
         )
 
     def rows(self, partitions: Sequence[int]) -> dict[str, dict[str, float | int]]:

@@ -99,7 +99,7 @@ class Defence:
     of attackers, also the reputation's lowest-f exclusion), ``clip_updates``
     (a bound, ``"median"``: the round's median update norm, None: off), ``detect``
     (+ ``detect_k``) and ``reputation`` (+ ``reputation_k``, ``reputation_warmup``,
-    ``reputation_min_cosine``, ``reputation_max_response``), ``centered_clip_tau`` (a radius or ``"median"``),
+    ``reputation_min_cosine``, ``reputation_max_response``, ``reputation_cosine_outliers``), ``centered_clip_tau`` (a radius or ``"median"``),
     ``centered_clip_iterations``, ``centered_clip_beta`` (the clients' momentum) and
     ``bucket_size`` of one run; ``seed`` (``run.seed``) draws the buckets."""
 
@@ -114,6 +114,7 @@ class Defence:
     reputation_warmup: int = 3
     reputation_min_cosine: float | None = None
     reputation_max_response: float | None = None
+    reputation_cosine_outliers: bool = True
     centered_clip_tau: float | str = MEDIAN_RADIUS
     centered_clip_iterations: int = 1
     centered_clip_beta: float = 0.0
@@ -182,6 +183,7 @@ class Defence:
             reputation_warmup=fed.reputation_warmup,
             reputation_min_cosine=fed.reputation_min_cosine,
             reputation_max_response=fed.reputation_max_response,
+            reputation_cosine_outliers=fed.reputation_cosine_outliers,
             centered_clip_tau=fed.centered_clip_tau,
             centered_clip_iterations=fed.centered_clip_iterations,
             centered_clip_beta=fed.centered_clip_beta,
@@ -209,6 +211,7 @@ class Defence:
             min_cosine=self.reputation_min_cosine,
             drop_lowest=self.byzantine,
             max_response=self.reputation_max_response,
+            cosine_outliers=self.reputation_cosine_outliers,
         )
 
     def new_centered_clip(self) -> CenteredClipState | None:
