@@ -191,17 +191,24 @@ def test_reputation_excludes_the_flipper_and_survives_a_resume(
 def test_centered_clipping_keeps_its_history_across_a_resume(
     federation: dict[str, Any], tmp_path: Path
 ) -> None:
-    """The clients' momenta, the centre and the buckets (run.seed and the round) are
-    server state: a run resumed after round 2 ends on the uninterrupted run's model."""
-    fed = {"aggregator": "centered-clip", "bucket_size": 2, "centered_clip_iterations": 2}
+    """The clients' momenta, the centre, the buckets (run.seed and the round) and the
+    reputation's last updates (its response rule) are server state: a run resumed after
+    round 2 ends on the uninterrupted run's model and scores."""
+    fed = {"aggregator": "centered-clip", "bucket_size": 2, "centered_clip_iterations": 2,
+           "centered_clip_beta": 0.5, "reputation": True, "reputation_warmup": 1,
+           "reputation_max_response": 1.0}  # fmt: skip
     whole = _run(federation, tmp_path / "whole", **fed)
     _run(federation, tmp_path / "resumed", rounds=2, **fed)
     resumed = _run(federation, tmp_path / "resumed", **fed)
     assert [r["round"] for r in resumed.history] == [1, 2, 3]
     for k, v in whole.arrays.items():
         np.testing.assert_allclose(resumed.arrays[k], v, rtol=1e-6, atol=1e-7)
+    for pid, r in whole.history[-1]["reputation"].items():
+        assert r["response"] == pytest.approx(resumed.history[-1]["reputation"][pid]["response"])
+    assert resumed.history[-1]["reputation"][str(ATTACKER)]["response"] > 0
     saved = load_latest(tmp_path / "resumed" / "run" / "checkpoints")
     assert saved is not None
     momenta = {k.split("/")[2] for k in saved.strategy if k.startswith("centered-clip/momentum/")}
-    assert momenta == {"0", "1", "2", "3"}
+    assert momenta == {"0", "1", "3"}  # the excluded attacker's never reach the rule
+    assert all(row["excluded"] == [ATTACKER] for row in whole.history)
     assert any(k.startswith("centered-clip/center/") for k in saved.strategy)

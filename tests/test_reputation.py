@@ -220,7 +220,7 @@ def _quadratic_federation(flippers: set[int], rounds: int, seed: int) -> Reputat
     for _ in range(n):
         q, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
         curv.append(q @ np.diag(rng.uniform(0.2, 1.0, size=dim)) @ q.T)
-    rep = Reputation(k=1000.0, warmup=1)  # scores only
+    rep = Reputation(k=1000.0, warmup=1, max_response=1.0)  # scores (1: nobody excluded)
     x = np.zeros(dim)
     for _ in range(rounds):
         deltas = []
@@ -249,7 +249,7 @@ def test_descent_responds_negatively_and_a_sign_flipper_positively() -> None:
     hist[low] = ClientReputation(30, -30.0, 0.0, 29, -29 * 0.1)  # cosine -1, honest response
     assert low in reputation_outliers(hist, k=3.0, min_rounds=3)
     assert low not in reputation_outliers(hist, k=3.0, min_rounds=3, cosine_outliers=False)
-    back = Reputation(k=1000.0, warmup=1)
+    back = Reputation(k=1000.0, warmup=1, max_response=1.0)
     back.load_arrays(rep.to_arrays())
     assert back.history == rep.history and set(back.last) == set(range(10))
     for p in range(10):

@@ -118,12 +118,14 @@ class ClientReputation:
         return self.response_sum / self.response_rounds if self.response_rounds else 0.0
 
     def row(self) -> dict[str, float | int]:
-        return {
+        out: dict[str, float | int] = {
             "rounds": self.rounds,
             "cosine": round(self.cosine, 6),
             "log_norm": round(self.log_norm, 6),
-            "response": round(self.response, 6),
         }
+        if self.response_rounds:
+            out["response"] = round(self.response, 6)
+        return out
 
 
 @dataclass(frozen=True)
@@ -295,22 +297,25 @@ class Reputation:
         self.max_response = max_response
         self.cosine_outliers = cosine_outliers
         self.history: dict[int, ClientReputation] = {}
-        #: each client's flattened update of the previous round (only those who sent one)
+        #: each client's flattened update of the previous round (only those who sent one;
+        #: float32, only while the response rule is on: n model-sized arrays in every
+        #: round's checkpoint)
         self.last: dict[int, np.ndarray] = {}
 
     def observe(
         self, partitions: Sequence[int], deltas: Sequence[Mapping[str, np.ndarray]]
     ) -> tuple[int, ...]:
-        """Add one round's updates (``deltas``: model − global per client) and the
-        responses of the clients that also sent one the round before; return the
-        partition ids excluded from this round."""
+        """Add one round's updates (``deltas``: model − global per client) and, with the
+        response rule on, the responses of the clients that also sent one the round
+        before; return the partition ids excluded from this round."""
         self.history = observe_round(self.history, round_scores(partitions, deltas))
-        if deltas:
+        if deltas and self.max_response is not None:
             flat = flatten_updates(partitions, deltas)  # (n, D)
             if all(v.shape == flat.shape[1:] for v in self.last.values()):
-                responses = round_responses(partitions, flat, self.last)
+                last = {p: v.astype(np.float64) for p, v in self.last.items()}
+                responses = round_responses(partitions, flat, last)
                 self.history = observe_responses(self.history, responses)
-            self.last = {int(p): flat[i] for i, p in enumerate(partitions)}
+            self.last = {int(p): flat[i].astype(np.float32) for i, p in enumerate(partitions)}
         return reputation_outliers(
             self.history,
             k=self.k,
@@ -357,7 +362,7 @@ class Reputation:
         }
         last = f"{_PREFIX}last/"
         self.last = {
-            int(k[len(last) :]): np.asarray(v, np.float64)
+            int(k[len(last) :]): np.asarray(v, np.float32)
             for k, v in state.items()
             if k.startswith(last)
         }

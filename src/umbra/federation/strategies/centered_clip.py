@@ -168,7 +168,10 @@ class CenteredClipState:
 
     def observe(self, partition: int, update: Mapping[str, np.ndarray]) -> Arrays:
         """Fold one client's update (name -> Δ) into its momentum; returns the momentum
-        of those names."""
+        of those names. With β = 0 that is the update, and nothing is kept (no n
+        model-sized arrays in every round's checkpoint)."""
+        if self.beta == 0:
+            return {k: np.asarray(d, np.float64) for k, d in update.items()}
         own = self.momenta.setdefault(int(partition), {})
         for k, d in update.items():
             own[k] = momentum_step(own.get(k), d, self.beta)
