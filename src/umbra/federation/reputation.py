@@ -16,9 +16,10 @@ of two per-round scores (:func:`round_scores`):
   client in the reference a flipped update still scores a positive cosine on average —
   the bias the per-round screening's cosine carries;
 * ``log_norm``: ``log(‖Δ_i‖ / median_j ‖Δ_j‖)``, its update's size against the round's;
-* ``response``: how its update *changed* since the previous round, against the step
-  ``s`` the others' previous updates took the model in between:
-  ``cos(Δ_i(t) − Δ_i(t−1), mean_{j≠i} Δ_j(t−1))`` (:func:`round_responses`). An honest organisation's update is a descent step on its
+* ``response`` (only with the response rule on): how its update *changed* since the
+  previous round, against the step ``s`` the others' previous updates took the model
+  in between: ``cos(Δ_i(t) − Δ_i(t−1), mean_{j≠i} Δ_j(t−1))``
+  (:func:`round_responses`). An honest organisation's update is a descent step on its
   own loss, ``Δ_i(x) ≈ −η ∇L_i(x)``, so after the step ``s`` it changes by
   ``≈ −η H_i s``, whose inner product with ``s`` is ``−η sᵀ H_i s ≤ 0`` near a minimum
   (a positive semi-definite local Hessian): the response is negative. A sign-flipper

@@ -99,7 +99,8 @@ class Defence:
     of attackers, also the reputation's lowest-f exclusion), ``clip_updates``
     (a bound, ``"median"``: the round's median update norm, None: off), ``detect``
     (+ ``detect_k``) and ``reputation`` (+ ``reputation_k``, ``reputation_warmup``,
-    ``reputation_min_cosine``, ``reputation_max_response``, ``reputation_cosine_outliers``), ``centered_clip_tau`` (a radius or ``"median"``),
+    ``reputation_min_cosine``, ``reputation_max_response``,
+    ``reputation_cosine_outliers``), ``centered_clip_tau`` (a radius or ``"median"``),
     ``centered_clip_iterations``, ``centered_clip_beta`` (the clients' momentum) and
     ``bucket_size`` of one run; ``seed`` (``run.seed``) draws the buckets."""
 
