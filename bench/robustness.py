@@ -78,6 +78,12 @@ DEFENCES: dict[str, list[str]] = {
     "response + norm": ["federation.reputation=true", "federation.byzantine=0",
                         "federation.reputation_max_response=0.0",
                         "federation.reputation_cosine_outliers=false"],
+    # the response rule's exclusions with centered clipping as the rule (bounds everyone
+    # during the warm-up rounds)
+    "centered-clip + response": ['federation.aggregator="centered-clip"',
+                                 "federation.reputation=true", "federation.byzantine=0",
+                                 "federation.reputation_max_response=0.0",
+                                 "federation.reputation_cosine_outliers=false"],
     # centered clipping around the previous aggregate (β = 0: the updates, τ = the median
     # distance, one iteration: the defaults, tuned at seed 0), and with the paper's β
     "centered-clip": ['federation.aggregator="centered-clip"'],
