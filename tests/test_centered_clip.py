@@ -108,6 +108,26 @@ def test_groups_are_clipped_over_their_holders_with_their_own_radius() -> None:
         w = [counts[i][wkey] for i in holders]
         want = centered_clip(flat, w, np.ravel(centers[key]), tau="median", iterations=2)
         np.testing.assert_allclose(got[key], want.reshape(KEYS[key]), rtol=1e-12)
+    # nobody holds audio: its group is left out (the model keeps it, the centre stays)
+    no_audio = [{**c, "n-audio": 0.0} for c in counts]
+    got = modality_centered_clip(inputs, no_audio, parameter_modality, centers, tau=1.0)
+    assert set(got) == {"encoders.image.w", "head.0.weight"}
+
+
+def test_a_group_nobody_holds_keeps_its_value_and_its_centre() -> None:
+    rng = np.random.default_rng(4)
+    x = {k: rng.normal(size=s) for k, s in KEYS.items()}
+    arrays = [{k: x[k] + rng.normal(size=s) for k, s in KEYS.items()} for _ in range(4)]
+    counts = [_counts(3.0, 0.0, 5.0) for _ in range(4)]  # no audio this round
+    defence = Defence(aggregator="centered-clip")
+    state = defence.new_centered_clip()
+    assert state is not None
+    state.center = {"encoders.audio.w": np.full(4, 7.0)}
+    got, _ = defence.aggregate(list(range(4)), arrays, counts, parameter_modality, x, x,
+                               centered=state)  # fmt: skip
+    np.testing.assert_allclose(got["encoders.audio.w"], x["encoders.audio.w"], rtol=1e-12)
+    np.testing.assert_array_equal(state.center["encoders.audio.w"], np.full(4, 7.0))
+    assert set(state.center) == set(KEYS)
 
 
 def test_the_defence_clips_momenta_around_the_previous_aggregate() -> None:

@@ -113,8 +113,8 @@ def modality_centered_clip(
     """:func:`centered_clip` per parameter group, as modality-aware averaging groups
     them: each modality's arrays over the clients with ``n-<modality>`` > 0 (weights:
     those counts), shared arrays over all (weights: ``num-examples``); one distance and
-    one radius per group. ``centers`` holds every name; a group nobody holds keeps its
-    centre. float64 results."""
+    one radius per group. ``centers`` holds every name. A group nobody holds is left out
+    of the result (its parameters keep their value, its centre stays). float64 results."""
     if not inputs:
         raise ValueError("inputs: need at least one client")
     if len(inputs) != len(counts):
@@ -128,7 +128,6 @@ def modality_centered_clip(
         weights = np.array([float(c.get(wkey, 0.0)) for c in counts])  # (n,)
         holders = [int(i) for i in np.flatnonzero(weights > 0)]
         if len(holders) == 0:
-            out.update({k: np.array(centers[k], np.float64) for k in keys})
             continue
         shapes = [np.shape(centers[k]) for k in keys]
         flat = np.stack([np.concatenate([np.ravel(inputs[i][k]) for k in keys])
@@ -140,7 +139,7 @@ def modality_centered_clip(
             size = int(np.prod(shape))
             out[k] = v[start : start + size].reshape(shape)
             start += size
-    return {k: out[k] for k in inputs[0]}
+    return {k: out[k] for k in inputs[0] if k in out}
 
 
 def momentum_step(previous: np.ndarray | None, update: np.ndarray, beta: float) -> np.ndarray:

@@ -316,7 +316,7 @@ class Defence:
             deltas, counts = bucket_means(groups, deltas, counts, key_modality, base)
         if centered is not None:
             centers = {k: centered.center_of(k, v) for k, v in deltas[0].items()}
-            agg = modality_centered_clip(
+            held = modality_centered_clip(
                 deltas,
                 counts,
                 key_modality,
@@ -324,7 +324,8 @@ class Defence:
                 tau=self.centered_clip_tau,
                 iterations=self.centered_clip_iterations,
             )
-            centered.center = {k: np.array(v, np.float64) for k, v in agg.items()}
+            centered.center = {**centered.center, **held}
+            agg = {k: held[k] if k in held else base[k] for k in deltas[0]}
         else:
             agg = modality_robust_aggregate(
                 self.aggregator,
