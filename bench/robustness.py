@@ -6,10 +6,11 @@ The ``baseline`` preset's data and model (48,000 training records, scattering im
 spectral-stats audio, no privacy) over ``--clients`` organisations (15: 20 % is 3
 attackers, and Bulyan's n ≥ 4f + 3 holds with f = 3 exactly), ``--rounds`` rounds of
 ``--epochs`` local epochs, at Dirichlet α = 0.5 (the preset's) and α = 0.1 (strong label
-skew). The grid: each defence of :data:`DEFENCES` (every robust rule, the mean with
-update norms clipped at the round's median, and the per-client reputation that leaves
-persistent outliers out, alone and with clipping) × {clean, 20 % sign-flip, 20 % scaling
-×10}.
+skew). The grid: each defence of :data:`DEFENCES` (every robust rule, centered clipping
+and bucketing, the mean with update norms clipped at the round's median, and the
+per-client reputation that leaves persistent outliers out, alone, with clipping and with
+its response rule) × {clean, 20 % sign-flip, 20 % scaling ×10}. ``--set KEY=VALUE`` adds
+config overrides to every federation of a run (tuning; recorded in the rows).
 The extras (at the first α): 20 % label-flip, and a 20 % backdoor (image trigger → class
 0) against the mean, the mean with median clipping, client-level DP at ε = 3 and
 example-level DP-SGD at ε = 3 (the ``default`` preset's tuned settings).
@@ -70,7 +71,37 @@ DEFENCES: dict[str, list[str]] = {
     "reputation": ["federation.reputation=true"],  # + the f lowest mean cosines left out
     "reputation, outliers only": ["federation.reputation=true", "federation.byzantine=0"],
     "reputation + clip": ["federation.reputation=true", 'federation.clip_updates="median"'],
-}
+    # the outlier rules plus the response rule: a mean response to the others' step >= 0
+    "reputation, response": ["federation.reputation=true", "federation.byzantine=0",
+                             "federation.reputation_max_response=0.0"],
+    # the same without the cosine outlier rule: judged by response and norm only
+    "response + norm": ["federation.reputation=true", "federation.byzantine=0",
+                        "federation.reputation_max_response=0.0",
+                        "federation.reputation_cosine_outliers=false"],
+    # the response rule's exclusions with centered clipping as the rule (bounds everyone
+    # during the warm-up rounds)
+    "centered-clip + response": ['federation.aggregator="centered-clip"',
+                                 "federation.reputation=true", "federation.byzantine=0",
+                                 "federation.reputation_max_response=0.0",
+                                 "federation.reputation_cosine_outliers=false"],
+    # centered clipping around the previous aggregate (β = 0: the updates, τ = the median
+    # distance, one iteration: the defaults, tuned at seed 0), and with the paper's β
+    "centered-clip": ['federation.aggregator="centered-clip"'],
+    "centered-clip, β = 0.9": ['federation.aggregator="centered-clip"',
+                               "federation.centered_clip_beta=0.9"],
+    "centered-clip, β = 0.5": ['federation.aggregator="centered-clip"',
+                               "federation.centered_clip_beta=0.5"],
+    "centered-clip, 3 iterations": ['federation.aggregator="centered-clip"',
+                                    "federation.centered_clip_iterations=3"],
+    "centered-clip + buckets of 2": ['federation.aggregator="centered-clip"',
+                                     "federation.bucket_size=2"],
+    "centered-clip + buckets of 2, β = 0.9": ['federation.aggregator="centered-clip"',
+                                              "federation.bucket_size=2",
+                                              "federation.centered_clip_beta=0.9"],
+    # 15 updates make 8 buckets; f = 3 spoiled buckets of 8 to cut at each end: 3/8
+    "trimmed-mean + buckets of 2": ['federation.aggregator="trimmed-mean"',
+                                    "federation.bucket_size=2", "federation.trim_fraction=0.375"],
+}  # fmt: skip
 #: the backdoor's defences: none, norm clipping, client-level DP (no screening there) and
 #: the `default` preset's tuned example-level DP-SGD (each organisation's own noise)
 BACKDOOR_DEFENCES: dict[str, list[str]] = {
@@ -281,12 +312,13 @@ def _run(
         write_federation_data(Path(tmp) / "test", prep.test, [np.arange(len(prep.test))],
                               [prep.test.mask])  # fmt: skip
         for i, (defence, attack, overrides) in enumerate(jobs):
-            cfg = _config(args, alpha, [*overrides, *ATTACKS[attack]])
+            cfg = _config(args, alpha, [*overrides, *ATTACKS[attack], *args.extra])
             run_root = Path(tmp) / f"run{i}"
             run_root.mkdir()
             (run_root / "test").symlink_to(Path(tmp) / "test")
             row = {"alpha": alpha, "defence": defence, "attack": attack, "seed": args.seed,
                    "n_train": args.n_train, "rounds": args.rounds, "epochs": args.epochs,
+                   **({"set": args.extra} if args.extra else {}),
                    **_federate(cfg, prep, run_root)}  # fmt: skip
             doc["rows"].append(row)
             _write(args.out, doc)  # a partial grid survives an interrupted run
@@ -323,6 +355,14 @@ def main() -> None:
     ap.add_argument("--extras", nargs="*", default=extras, choices=extras,
                     help="at the first α: label-flip against the mean, the backdoor against "
                          "these defences (none: --extras alone)")  # fmt: skip
+    ap.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="extra",
+        help="config overrides added to every federation (recorded in the rows)",
+    )
     ap.add_argument("--merge", type=Path, nargs="+", help="combine these partial documents")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()

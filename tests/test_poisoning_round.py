@@ -16,6 +16,7 @@ from umbra.config import FederationConfig, load_config
 from umbra.data.sources.synthetic import make_synthetic
 from umbra.errors import ConfigError
 from umbra.federation.attacks import AttackSpec, backdoor_success_rate
+from umbra.federation.checkpoint import load_latest
 from umbra.federation.client_app import ClientSpec, make_client_app
 from umbra.federation.client_data import write_federation_data
 from umbra.federation.in_process_grid import InProcessGrid
@@ -115,6 +116,19 @@ def test_median_beats_mean_against_a_sign_flipper(
          "federation.reputation does not fit privacy.mode = 'client'"),
         (["federation.reputation=true", "federation.strategy=scaffold"], "control variates"),
         (["federation.reputation=true", "federation.reputation_warmup=0"], "reputation_warmup"),
+        (["federation.aggregator=centered-clip", "secure.aggregation=secagg+"],
+         "federation.aggregator = 'centered-clip' needs each client's update"),
+        (["federation.aggregator=centered-clip", "privacy.mode=client"], "sensitivity analysis"),
+        (["federation.aggregator=centered-clip", "federation.strategy=scaffold"],
+         "control variates"),
+        (["federation.aggregator=median", "federation.bucket_size=2",
+          "secure.aggregation=ckks"], "hides from the server"),
+        (["federation.aggregator=median", "federation.bucket_size=5"],
+         "bucket_size must be in \\[1, num_clients = 4\\]"),
+        (["federation.aggregator=centered-clip", "federation.centered_clip_tau=-1.0"],
+         "centered_clip_tau must be > 0"),
+        (["federation.aggregator=centered-clip", "federation.centered_clip_beta=1.0"],
+         "centered_clip_beta must be in"),
     ],
 )  # fmt: skip
 def test_defences_that_cannot_run_are_refused_in_one_line(sets: list[str], message: str) -> None:
@@ -172,3 +186,29 @@ def test_reputation_excludes_the_flipper_and_survives_a_resume(
     assert rep["excluded_rounds"] == {str(ATTACKER): 3}
     assert rep["excluded_final"] == [ATTACKER]
     assert rep["scores"] == whole.history[-1]["reputation"]
+
+
+def test_centered_clipping_keeps_its_history_across_a_resume(
+    federation: dict[str, Any], tmp_path: Path
+) -> None:
+    """The clients' momenta, the centre, the buckets (run.seed and the round) and the
+    reputation's last updates (its response rule) are server state: a run resumed after
+    round 2 ends on the uninterrupted run's model and scores."""
+    fed = {"aggregator": "centered-clip", "bucket_size": 2, "centered_clip_iterations": 2,
+           "centered_clip_beta": 0.5, "reputation": True, "reputation_warmup": 1,
+           "reputation_max_response": 1.0}  # fmt: skip
+    whole = _run(federation, tmp_path / "whole", **fed)
+    _run(federation, tmp_path / "resumed", rounds=2, **fed)
+    resumed = _run(federation, tmp_path / "resumed", **fed)
+    assert [r["round"] for r in resumed.history] == [1, 2, 3]
+    for k, v in whole.arrays.items():
+        np.testing.assert_allclose(resumed.arrays[k], v, rtol=1e-6, atol=1e-7)
+    for pid, r in whole.history[-1]["reputation"].items():
+        assert r["response"] == pytest.approx(resumed.history[-1]["reputation"][pid]["response"])
+    assert resumed.history[-1]["reputation"][str(ATTACKER)]["response"] > 0
+    saved = load_latest(tmp_path / "resumed" / "run" / "checkpoints")
+    assert saved is not None
+    momenta = {k.split("/")[2] for k in saved.strategy if k.startswith("centered-clip/momentum/")}
+    assert momenta == {"0", "1", "3"}  # the excluded attacker's never reach the rule
+    assert all(row["excluded"] == [ATTACKER] for row in whole.history)
+    assert any(k.startswith("centered-clip/center/") for k in saved.strategy)

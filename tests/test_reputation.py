@@ -15,6 +15,7 @@ from umbra.federation.reputation import (
     RoundScore,
     observe_round,
     reputation_outliers,
+    round_responses,
     round_scores,
 )
 from umbra.federation.strategies import Defence
@@ -193,3 +194,63 @@ def test_defence_validates_its_reputation_settings() -> None:
     with pytest.raises(ValueError, match="reputation_min_cosine"):
         Defence(reputation=True, reputation_min_cosine=1.0)
     assert Defence(reputation=True).active and not Defence().active
+
+
+def test_round_responses_by_hand() -> None:
+    """cos(Δ_i(t) − Δ_i(t−1), mean of the others' Δ_j(t−1)): client 3 has no previous
+    update, client 4 did not change."""
+    last = {1: np.array([1.0, 0.0, 0.0]), 2: np.array([3.0, 0.0, 0.0]),
+            4: np.array([0.0, 0.0, 3.0])}  # fmt: skip
+    flat = np.array([[0.0, 1.0, 0.0], [5.0, 2.0, 0.0], [5.0, 5.0, 5.0], [0.0, 0.0, 3.0]])
+    got = round_responses([1, 2, 3, 4], flat, last)
+    # client 1: change (-1, 1, 0), others' mean (1.5, 0, 1.5): -1.5 / (√2 · √4.5) = -0.5
+    # client 2: change (2, 2, 0), others' mean (0.5, 0, 1.5): 1 / (√8 · √2.5)
+    assert got == {1: pytest.approx(-0.5), 2: pytest.approx(1 / np.sqrt(20.0))}
+    assert round_responses([1], flat[:1], {1: last[1]}) == {}
+
+
+def _quadratic_federation(flippers: set[int], rounds: int, seed: int) -> Reputation:
+    """Clients with their own quadratic losses ½(x − c_i)ᵀA_i(x − c_i) (heterogeneous
+    optima and curvatures), noisy gradient steps Δ_i = −η(A_i(x − c_i) + noise); the
+    flippers send −Δ_i; the server applies the mean; the reputation sees every round."""
+    rng = np.random.default_rng(seed)
+    n, dim, eta = 10, 50, 0.3
+    centres = rng.normal(size=(n, dim)) * 2.0
+    curv = []
+    for _ in range(n):
+        q, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+        curv.append(q @ np.diag(rng.uniform(0.2, 1.0, size=dim)) @ q.T)
+    rep = Reputation(k=1000.0, warmup=1, max_response=1.0)  # scores (1: nobody excluded)
+    x = np.zeros(dim)
+    for _ in range(rounds):
+        deltas = []
+        for i in range(n):
+            d = -eta * (curv[i] @ (x - centres[i]) + rng.normal(size=dim))
+            deltas.append({"head.0.weight": -d if i in flippers else d})
+        rep.observe(list(range(n)), deltas)
+        x = x + np.mean([d["head.0.weight"] for d in deltas], axis=0)
+    return rep
+
+
+def test_descent_responds_negatively_and_a_sign_flipper_positively() -> None:
+    """The theory of the response score on clients whose losses are known: after enough
+    rounds every honest client's mean response is below 0, every flipper's above."""
+    rep = _quadratic_federation({2, 7}, rounds=30, seed=0)
+    responses = {p: r.response for p, r in rep.history.items()}
+    assert all(rep.history[p].response_rounds == 29 for p in range(10))
+    assert all(responses[p] < 0 for p in range(10) if p not in (2, 7)), responses
+    assert responses[2] > 0 and responses[7] > 0, responses
+    flagged = reputation_outliers(rep.history, k=1000.0, min_rounds=3, max_response=0.0)
+    assert flagged == (2, 7)
+    # the cosine outlier rule alone, and switched off
+    cosines = {p: r.cosine for p, r in rep.history.items()}
+    low = min(cosines, key=lambda p: cosines[p])
+    hist = dict(rep.history)
+    hist[low] = ClientReputation(30, -30.0, 0.0, 29, -29 * 0.1)  # cosine -1, honest response
+    assert low in reputation_outliers(hist, k=3.0, min_rounds=3)
+    assert low not in reputation_outliers(hist, k=3.0, min_rounds=3, cosine_outliers=False)
+    back = Reputation(k=1000.0, warmup=1, max_response=1.0)
+    back.load_arrays(rep.to_arrays())
+    assert back.history == rep.history and set(back.last) == set(range(10))
+    for p in range(10):
+        np.testing.assert_array_equal(back.last[p], rep.last[p])

@@ -311,7 +311,9 @@ class FederationConfig(_Section):
         description="seconds the server waits for the replies of one message exchange; a "
         "client silent that long counts as dropped in that round",
     )
-    aggregator: Literal["mean", "median", "trimmed-mean", "krum", "multi-krum", "bulyan"] = Field(
+    aggregator: Literal[
+        "mean", "median", "trimmed-mean", "krum", "multi-krum", "bulyan", "centered-clip"
+    ] = Field(
         "mean",
         description="how the server combines the updates: the modality-aware weighted mean, "
         "or a Byzantine-robust rule per modality group (docs/robustness.md); not with "
@@ -353,6 +355,37 @@ class FederationConfig(_Section):
         description="reputation: also exclude a mean cosine at most this (FLTrust's rule; "
         "None: off, as honest mean cosines tend to 0 over a long run)",
     )
+    reputation_max_response: float | None = Field(
+        None,
+        ge=-1,
+        le=1,
+        description="reputation: also exclude a mean response (cosine of the update's change "
+        "to the server's last step) at least this; honest descent responds negatively, a "
+        "sign-flipper positively (0; None: off)",
+    )
+    reputation_cosine_outliers: bool = Field(
+        True,
+        description="reputation: exclude clients whose mean cosine is a robust outlier "
+        "(off: leave heterogeneous honest organisations in, judge by response and norm)",
+    )
+    centered_clip_tau: float | Literal["median"] = Field(
+        "median",
+        description="centered-clip: radius τ of each clipped deviation from the previous "
+        "aggregate (L2, per parameter group), or 'median': the median distance, per iteration",
+    )
+    centered_clip_iterations: int = Field(
+        1, ge=1, le=10, description="centered-clip: clipping iterations l per round"
+    )
+    centered_clip_beta: float = Field(
+        0.0,
+        description="centered-clip: momentum β of each client's updates, in [0, 1) (0: the "
+        "updates themselves; the paper's 0.9 lags the model's step, docs/robustness.md)",
+    )
+    bucket_size: int = Field(
+        1,
+        description="average random buckets of this many updates before the robust rule "
+        "(1: off; at most num_clients)",
+    )
     # mode = "async" (FedBuff, docs/async.md): `rounds` counts buffer releases; client speeds
     # drive a virtual clock (compute time = nominal cost x speed factor)
     buffer_size: int | None = Field(
@@ -393,6 +426,23 @@ class FederationConfig(_Section):
             isinstance(clip, float) and not clip > 0
         ):
             raise ValueError(f"federation.clip_updates must be > 0 or 'median', got {clip!r}")
+        tau = self.centered_clip_tau
+        if isinstance(tau, float) and not tau > 0:
+            raise ValueError(f"federation.centered_clip_tau must be > 0 or 'median', got {tau}")
+        if not 0 <= self.centered_clip_beta < 1:
+            raise ValueError(
+                f"federation.centered_clip_beta must be in [0, 1), got {self.centered_clip_beta}"
+            )
+        if not 1 <= self.bucket_size <= self.num_clients:
+            raise ValueError(
+                f"federation.bucket_size must be in [1, num_clients = {self.num_clients}], "
+                f"got {self.bucket_size}"
+            )
+        if self.bucket_size > 1 and self.aggregator == "mean":
+            raise ValueError(
+                "federation.bucket_size > 1 needs a robust federation.aggregator: the "
+                "weighted mean of bucket means is the mean"
+            )
         defended = (
             self.aggregator != "mean"
             or self.clip_updates is not None
@@ -405,12 +455,15 @@ class FederationConfig(_Section):
                 "clipping, screening or reputation: its control variates assume the plain mean"
             )
         if self.aggregator in ("krum", "multi-krum", "bulyan"):
-            n = max(1, round(self.fraction_train * self.num_clients))
+            sampled = max(1, round(self.fraction_train * self.num_clients))
+            n = -(-sampled // self.bucket_size)  # f attackers can spoil f buckets
             need = (4 if self.aggregator == "bulyan" else 2) * self.byzantine + 3
             if n < need:
                 raise ValueError(
                     f"federation.byzantine = {self.byzantine} is too large for "
-                    f"{self.aggregator} with {n} sampled clients (needs at least {need})"
+                    f"{self.aggregator} with {n} "
+                    + ("sampled clients" if self.bucket_size == 1 else "buckets")
+                    + f" (needs at least {need})"
                 )
         return self
 

@@ -15,11 +15,26 @@ of two per-round scores (:func:`round_scores`):
   only n values per coordinate, so it pulls the median towards itself, and with the
   client in the reference a flipped update still scores a positive cosine on average —
   the bias the per-round screening's cosine carries;
-* ``log_norm``: ``log(‖Δ_i‖ / median_j ‖Δ_j‖)``, its update's size against the round's.
+* ``log_norm``: ``log(‖Δ_i‖ / median_j ‖Δ_j‖)``, its update's size against the round's;
+* ``response`` (only with the response rule on): how its update *changed* since the
+  previous round, against the step ``s`` the others' previous updates took the model
+  in between: ``cos(Δ_i(t) − Δ_i(t−1), mean_{j≠i} Δ_j(t−1))``
+  (:func:`round_responses`). An honest organisation's update is a descent step on its
+  own loss, ``Δ_i(x) ≈ −η ∇L_i(x)``, so after the step ``s`` it changes by
+  ``≈ −η H_i s``, whose inner product with ``s`` is ``−η sᵀ H_i s ≤ 0`` near a minimum
+  (a positive semi-definite local Hessian): the response is negative. A sign-flipper
+  sends ``−Δ_a``, an *ascent* step, which changes by ``+η H_a s``: positive. The sign
+  holds under label skew, where cosines do not (late in training every honest update
+  points away from the others'), and the noise between two rounds' updates is nearly
+  orthogonal to ``s`` in many dimensions, so the mean over rounds separates the two.
+  This is FLDetector's consistency check (Zhang et al., KDD 2022: a client's update
+  should follow ``g(t) ≈ g(t−1) + H (x_t − x_{t−1})``) reduced to the sign of its
+  projection on the step, which needs no Hessian estimate.
 
 After ``warmup`` observations, a client is excluded from aggregation while
 
-* its mean cosine lies more than ``k`` robust deviations below the clients' median;
+* its mean cosine lies more than ``k`` robust deviations below the clients' median
+  (``cosine_outliers``, on by default);
 * or its mean log-norm lies more than ``k`` robust deviations above the clients' median;
 * or, with ``drop_lowest = f`` > 0 (the run's assumed number of attackers,
   ``federation.byzantine``), it is among the f judged clients with the lowest mean
@@ -27,6 +42,8 @@ After ``warmup`` observations, a client is excluded from aggregation while
   instead of one round. Under label skew the honest means spread as wide as the
   attackers' distance from them, and no outlier rule separates them; ranking still puts
   persistent flippers at the bottom, at the price of f honest clients in a clean run;
+* or (optional, ``max_response``) its mean response is at least ``max_response`` (0: a
+  persistent ascender), after ``warmup`` scored rounds;
 * or (optional, ``min_cosine``) its mean cosine is at most ``min_cosine``: FLTrust's rule
   (Cao et al., NDSS 2021, https://arxiv.org/abs/2012.13995) gives an update with a
   non-positive cosine zero trust. Off by default: over a long run an honest
@@ -51,7 +68,7 @@ checkpoints.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -65,6 +82,7 @@ __all__ = [
     "RoundScore",
     "observe_round",
     "reputation_outliers",
+    "round_responses",
     "round_scores",
 ]
 
@@ -82,6 +100,8 @@ class ClientReputation:
     rounds: int = 0
     cosine_sum: float = 0.0
     log_norm_sum: float = 0.0
+    response_rounds: int = 0
+    response_sum: float = 0.0
 
     @property
     def cosine(self) -> float:
@@ -93,12 +113,20 @@ class ClientReputation:
         """Mean ``log(‖Δ‖ / round median ‖Δ‖)`` (0 before any round)."""
         return self.log_norm_sum / self.rounds if self.rounds else 0.0
 
+    @property
+    def response(self) -> float:
+        """Mean cosine of the update's change to the server's step (0 before any)."""
+        return self.response_sum / self.response_rounds if self.response_rounds else 0.0
+
     def row(self) -> dict[str, float | int]:
-        return {
+        out: dict[str, float | int] = {
             "rounds": self.rounds,
             "cosine": round(self.cosine, 6),
             "log_norm": round(self.log_norm, 6),
         }
+        if self.response_rounds:
+            out["response"] = round(self.response, 6)
+        return out
 
 
 @dataclass(frozen=True)
@@ -145,8 +173,49 @@ def observe_round(
     for s in scores:
         ratio = float(np.log(s.norm / median)) if s.norm > 0 and median > 0 else 0.0
         old = out.get(s.partition, ClientReputation())
-        out[s.partition] = ClientReputation(
-            old.rounds + 1, old.cosine_sum + s.cosine, old.log_norm_sum + ratio
+        out[s.partition] = replace(
+            old,
+            rounds=old.rounds + 1,
+            cosine_sum=old.cosine_sum + s.cosine,
+            log_norm_sum=old.log_norm_sum + ratio,
+        )
+    return out
+
+
+def round_responses(
+    partitions: Sequence[int], flat: np.ndarray, last: Mapping[int, np.ndarray]
+) -> dict[int, float]:
+    """Each client's response: the cosine of its update's change since the previous
+    round, ``flat[i] − last[p]``, to the mean of the *other* clients' previous updates
+    (the server's step between the two rounds, less the client's own share: the step
+    holds the client's previous update, whose noise its change holds negated, a negative
+    bias for everyone). ``flat`` is (n, D) in the order of ``partitions``; a client
+    without a previous update, with no other previous update, or with a zero change or
+    step, gets none."""
+    out: dict[int, float] = {}
+    if not last:
+        return out
+    total = np.sum(np.stack(list(last.values())), axis=0)  # (D,)
+    for i, p in enumerate(partitions):
+        if p not in last or len(last) < 2:
+            continue
+        step = (total - last[p]) / (len(last) - 1)  # (D,)
+        change = flat[i] - last[p]  # (D,)
+        denom = float(np.linalg.norm(change)) * float(np.linalg.norm(step))
+        if denom > 0:
+            out[int(p)] = float(change @ step) / denom
+    return out
+
+
+def observe_responses(
+    history: Mapping[int, ClientReputation], responses: Mapping[int, float]
+) -> dict[int, ClientReputation]:
+    """``history`` with one round's responses added (a new dict)."""
+    out = dict(history)
+    for p, r in responses.items():
+        old = out.get(p, ClientReputation())
+        out[p] = replace(
+            old, response_rounds=old.response_rounds + 1, response_sum=old.response_sum + r
         )
     return out
 
@@ -158,11 +227,16 @@ def reputation_outliers(
     min_rounds: int,
     min_cosine: float | None = None,
     drop_lowest: int = 0,
+    max_response: float | None = None,
+    cosine_outliers: bool = True,
 ) -> tuple[int, ...]:
     """The clients (sorted partition ids) with at least ``min_rounds`` observations whose
-    mean cosine is more than ``k`` robust deviations below the judged clients' median (or
+    mean cosine is more than ``k`` robust deviations below the judged clients' median
+    (unless ``cosine_outliers`` is off) (or
     at most ``min_cosine``, when given, or among the ``drop_lowest`` lowest), or whose
-    mean log-norm is more than ``k`` above it. Fewer than three judged clients, or fewer
+    mean log-norm is more than ``k`` above it, or (``max_response``) whose mean response
+    over at least ``min_rounds`` scored rounds is at least ``max_response``. Fewer than
+    three judged clients, or fewer
     than ``2 · drop_lowest + 1``: nobody (a median and a MAD of two say nothing, and the
     lowest f must stay a minority)."""
     if drop_lowest < 0:
@@ -181,10 +255,15 @@ def reputation_outliers(
     return tuple(
         p
         for p, zc, zn in zip(judged, z_cos, z_norm, strict=True)
-        if zc < -k
+        if (cosine_outliers and zc < -k)
         or zn > k
         or p in lowest
         or (min_cosine is not None and history[p].cosine <= min_cosine)
+        or (
+            max_response is not None
+            and history[p].response_rounds >= min_rounds
+            and history[p].response >= max_response
+        )
     )
 
 
@@ -199,6 +278,8 @@ class Reputation:
         warmup: int = 3,
         min_cosine: float | None = None,
         drop_lowest: int = 0,
+        max_response: float | None = None,
+        cosine_outliers: bool = True,
     ) -> None:
         if not k > 0:
             raise ValueError(f"reputation k must be > 0, got {k}")
@@ -212,20 +293,38 @@ class Reputation:
         if drop_lowest < 0:
             raise ValueError(f"reputation drop_lowest must be >= 0, got {drop_lowest}")
         self.drop_lowest = drop_lowest
+        if max_response is not None and not -1 <= max_response <= 1:
+            raise ValueError(f"reputation max_response must be in [-1, 1], got {max_response}")
+        self.max_response = max_response
+        self.cosine_outliers = cosine_outliers
         self.history: dict[int, ClientReputation] = {}
+        #: each client's flattened update of the previous round (only those who sent one;
+        #: float32, only while the response rule is on: n model-sized arrays in every
+        #: round's checkpoint)
+        self.last: dict[int, np.ndarray] = {}
 
     def observe(
         self, partitions: Sequence[int], deltas: Sequence[Mapping[str, np.ndarray]]
     ) -> tuple[int, ...]:
-        """Add one round's updates (``deltas``: model − global per client); return the
-        partition ids excluded from this round."""
+        """Add one round's updates (``deltas``: model − global per client) and, with the
+        response rule on, the responses of the clients that also sent one the round
+        before; return the partition ids excluded from this round."""
         self.history = observe_round(self.history, round_scores(partitions, deltas))
+        if deltas and self.max_response is not None:
+            flat = flatten_updates(partitions, deltas)  # (n, D)
+            if all(v.shape == flat.shape[1:] for v in self.last.values()):
+                last = {p: v.astype(np.float64) for p, v in self.last.items()}
+                responses = round_responses(partitions, flat, last)
+                self.history = observe_responses(self.history, responses)
+            self.last = {int(p): flat[i].astype(np.float32) for i, p in enumerate(partitions)}
         return reputation_outliers(
             self.history,
             k=self.k,
             min_rounds=self.warmup,
             min_cosine=self.min_cosine,
             drop_lowest=self.drop_lowest,
+            max_response=self.max_response,
+            cosine_outliers=self.cosine_outliers,
         )
 
     def rows(self, partitions: Sequence[int]) -> dict[str, dict[str, float | int]]:
@@ -238,21 +337,33 @@ class Reputation:
             return {}
         pids = sorted(self.history)
         h = [self.history[p] for p in pids]
-        return {
+        out = {
             f"{_PREFIX}partitions": np.array(pids, dtype=np.int64),
             f"{_PREFIX}rounds": np.array([r.rounds for r in h], dtype=np.int64),
             f"{_PREFIX}cosine_sum": np.array([r.cosine_sum for r in h], dtype=np.float64),
             f"{_PREFIX}log_norm_sum": np.array([r.log_norm_sum for r in h], dtype=np.float64),
+            f"{_PREFIX}response_rounds": np.array([r.response_rounds for r in h], np.int64),
+            f"{_PREFIX}response_sum": np.array([r.response_sum for r in h], np.float64),
         }
+        return out | {f"{_PREFIX}last/{p}": v for p, v in self.last.items()}
 
     def load_arrays(self, state: Mapping[str, np.ndarray]) -> None:
         """Restore what :meth:`to_arrays` returned (other keys are ignored)."""
         if f"{_PREFIX}partitions" not in state:
-            self.history = {}
+            self.history, self.last = {}, {}
             return
         cols = [np.asarray(state[f"{_PREFIX}{c}"])
                 for c in ("partitions", "rounds", "cosine_sum", "log_norm_sum")]  # fmt: skip
+        zeros = np.zeros(len(cols[0]))
+        rr = np.asarray(state.get(f"{_PREFIX}response_rounds", zeros))
+        rs = np.asarray(state.get(f"{_PREFIX}response_sum", zeros))
         self.history = {
-            int(p): ClientReputation(int(n), float(c), float(g))
-            for p, n, c, g in zip(*cols, strict=True)
+            int(p): ClientReputation(int(n), float(c), float(g), int(a), float(b))
+            for p, n, c, g, a, b in zip(*cols, rr, rs, strict=True)
+        }
+        last = f"{_PREFIX}last/"
+        self.last = {
+            int(k[len(last) :]): np.asarray(v, np.float32)
+            for k, v in state.items()
+            if k.startswith(last)
         }

@@ -300,6 +300,7 @@ def _strategy(spec: ServerSpec) -> ModalityFedAvg:
         fed.strategy,
         fed,
         key_modality=parameter_modality,
+        seed=spec.seed,
         fraction_train=1.0 if client_dp else fed.fraction_train,
         fraction_evaluate=0.0,
         min_train_nodes=1 if client_dp else max(1, round(fed.fraction_train * fed.num_clients)),

@@ -60,6 +60,7 @@ def poisoning_results(
             "k": fed.reputation_k,
             "warmup": fed.reputation_warmup,
             "min_cosine": fed.reputation_min_cosine,
+            "max_response": fed.reputation_max_response,
             "rounds": len(left_out),
             "excluded_rounds": {str(p): n for p, n in sorted(excluded.items())},
             "excluded_final": list(last.get("excluded", [])),
@@ -74,5 +75,11 @@ def poisoning_results(
         "clip_updates": fed.clip_updates,
         "detect": fed.detect,
         "reputation": fed.reputation,
-    }
+        "centered_clip": (
+            {"tau": fed.centered_clip_tau, "iterations": fed.centered_clip_iterations,
+             "beta": fed.centered_clip_beta}
+            if fed.aggregator == "centered-clip" else None
+        ),
+        "bucket_size": fed.bucket_size,
+    }  # fmt: skip
     return out

@@ -112,6 +112,7 @@ def run_buffered(spec: ServerSpec, grid: Grid) -> RunResult:
         fed.strategy,
         fed,
         key_modality=parameter_modality,
+        seed=spec.seed,
         fraction_train=1.0,  # the clock chooses the buffer; the strategy takes it whole
         fraction_evaluate=0.0,
         min_train_nodes=1,

@@ -10,6 +10,12 @@ from umbra.federation.strategies.architecture import (
     grouped_average,
     signature_groups,
 )
+from umbra.federation.strategies.bucketing import bucket_means, buckets
+from umbra.federation.strategies.centered_clip import (
+    CenteredClipState,
+    centered_clip,
+    modality_centered_clip,
+)
 from umbra.federation.strategies.defence import Defence, clip_update
 from umbra.federation.strategies.fedadam import UmbraFedAdam
 from umbra.federation.strategies.fedavgm import UmbraFedAvgM
@@ -35,6 +41,7 @@ __all__ = [
     "CONTROL_PREFIX",
     "ROBUST_RULES",
     "STRATEGIES",
+    "CenteredClipState",
     "Defence",
     "ModalityFedAvg",
     "Scaffold",
@@ -42,11 +49,15 @@ __all__ = [
     "UmbraFedAvgM",
     "UmbraFedProx",
     "architecture_signature",
+    "bucket_means",
+    "buckets",
     "build_strategy",
+    "centered_clip",
     "clip_update",
     "count_key",
     "grouped_average",
     "max_byzantine",
+    "modality_centered_clip",
     "modality_robust_aggregate",
     "modality_weighted_average",
     "register_robust_rule",
@@ -101,19 +112,21 @@ def build_strategy(
     fed: Any,
     *,
     key_modality: Callable[[str], str | None],
+    seed: int = 0,
     **flower_kwargs: Any,
 ) -> ModalityFedAvg:
     """Build the registered strategy ``name`` from a FederationConfig-like ``fed``.
 
     ``flower_kwargs`` go to Flower's FedAvg constructor (fractions, minimum nodes).
     Modality-aware averaging follows ``fed.modality_aware``; the defences (robust rule,
-    update clipping, screening) follow ``fed.aggregator`` and its companions.
+    update clipping, screening) follow ``fed.aggregator`` and its companions; ``seed``
+    (run.seed) draws the defence's buckets.
     """
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; registered: {', '.join(STRATEGIES)}")
     strategy = STRATEGIES[name](fed, **flower_kwargs)
     strategy.set_modality_map(key_modality, enabled=bool(fed.modality_aware))
-    strategy.set_defence(Defence.from_federation(fed))
+    strategy.set_defence(Defence.from_federation(fed, seed=seed))
     return strategy
 
 

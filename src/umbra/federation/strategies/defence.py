@@ -18,6 +18,13 @@ sensitivity analysis assumes the clipped mean). The order, per round:
    cancels catastrophically (two models close together, far from the origin), while on
    the updates the distances keep their precision.
 
+With ``bucket_size = s`` > 1 the rule of step 3 sees the means of random buckets of s
+updates instead of the updates (:mod:`umbra.federation.strategies.bucketing`). With
+``aggregator = "centered-clip"`` step 3 folds each update into its client's momentum and
+clips the momenta around the previous aggregate
+(:mod:`umbra.federation.strategies.centered_clip`; the momenta are bucketed, not the raw
+updates, as in the bucketing paper).
+
 Per-round flags are reported, not acted on. With ``reputation`` on, a client's history
 decides instead (:mod:`umbra.federation.reputation`): step 1 also adds the round's scores
 to each client's running means, and the clients whose means are robust outliers (after
@@ -35,8 +42,18 @@ import numpy as np
 from umbra.federation.common import count_key
 from umbra.federation.detection import Screening, score_updates, screen_updates
 from umbra.federation.reputation import Reputation
-from umbra.federation.strategies.modality import modality_weighted_average
-from umbra.federation.strategies.robust import AGGREGATORS, modality_robust_aggregate
+from umbra.federation.strategies.bucketing import bucket_means, buckets
+from umbra.federation.strategies.centered_clip import (
+    MEDIAN_RADIUS,
+    CenteredClipState,
+    modality_centered_clip,
+)
+from umbra.federation.strategies.modality import modality_weighted_average, strip_prefix
+from umbra.federation.strategies.robust import (
+    AGGREGATORS,
+    CENTERED_CLIP,
+    modality_robust_aggregate,
+)
 
 __all__ = ["MEDIAN_BOUND", "Defence", "clip_update", "median_norm", "update_norm"]
 
@@ -82,7 +99,10 @@ class Defence:
     of attackers, also the reputation's lowest-f exclusion), ``clip_updates``
     (a bound, ``"median"``: the round's median update norm, None: off), ``detect``
     (+ ``detect_k``) and ``reputation`` (+ ``reputation_k``, ``reputation_warmup``,
-    ``reputation_min_cosine``) of one run."""
+    ``reputation_min_cosine``, ``reputation_max_response``,
+    ``reputation_cosine_outliers``), ``centered_clip_tau`` (a radius or ``"median"``),
+    ``centered_clip_iterations``, ``centered_clip_beta`` (the clients' momentum) and
+    ``bucket_size`` of one run; ``seed`` (``run.seed``) draws the buckets."""
 
     aggregator: str = "mean"
     trim_fraction: float = 0.2
@@ -94,6 +114,13 @@ class Defence:
     reputation_k: float = 3.0
     reputation_warmup: int = 3
     reputation_min_cosine: float | None = None
+    reputation_max_response: float | None = None
+    reputation_cosine_outliers: bool = True
+    centered_clip_tau: float | str = MEDIAN_RADIUS
+    centered_clip_iterations: int = 1
+    centered_clip_beta: float = 0.0
+    bucket_size: int = 1
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.aggregator not in AGGREGATORS:
@@ -120,10 +147,31 @@ class Defence:
             raise ValueError(
                 f"reputation_min_cosine must be in [-1, 1), got {self.reputation_min_cosine}"
             )
+        mr = self.reputation_max_response
+        if mr is not None and not -1 <= mr <= 1:
+            raise ValueError(f"reputation_max_response must be in [-1, 1], got {mr}")
+        tau = self.centered_clip_tau
+        if (isinstance(tau, str) and tau != MEDIAN_RADIUS) or (
+            isinstance(tau, int | float) and not tau > 0
+        ):
+            raise ValueError(f"centered_clip_tau must be > 0 or {MEDIAN_RADIUS!r}, got {tau!r}")
+        if not 1 <= self.centered_clip_iterations <= 10:
+            raise ValueError(
+                f"centered_clip_iterations must be in [1, 10], got {self.centered_clip_iterations}"
+            )
+        if not 0 <= self.centered_clip_beta < 1:
+            raise ValueError(f"centered_clip_beta must be in [0, 1), got {self.centered_clip_beta}")
+        if self.bucket_size < 1:
+            raise ValueError(f"bucket_size must be >= 1, got {self.bucket_size}")
+        if self.bucket_size > 1 and self.aggregator == "mean":
+            raise ValueError(
+                "bucket_size > 1 needs a robust aggregator: the weighted mean of bucket means "
+                "is the mean"
+            )
 
     @classmethod
-    def from_federation(cls, fed: Any) -> Defence:
-        """The defence a FederationConfig-like ``fed`` asks for."""
+    def from_federation(cls, fed: Any, *, seed: int = 0) -> Defence:
+        """The defence a FederationConfig-like ``fed`` asks for (``seed``: run.seed)."""
         return cls(
             aggregator=fed.aggregator,
             trim_fraction=fed.trim_fraction,
@@ -135,6 +183,13 @@ class Defence:
             reputation_k=fed.reputation_k,
             reputation_warmup=fed.reputation_warmup,
             reputation_min_cosine=fed.reputation_min_cosine,
+            reputation_max_response=fed.reputation_max_response,
+            reputation_cosine_outliers=fed.reputation_cosine_outliers,
+            centered_clip_tau=fed.centered_clip_tau,
+            centered_clip_iterations=fed.centered_clip_iterations,
+            centered_clip_beta=fed.centered_clip_beta,
+            bucket_size=fed.bucket_size,
+            seed=seed,
         )
 
     @property
@@ -156,7 +211,16 @@ class Defence:
             warmup=self.reputation_warmup,
             min_cosine=self.reputation_min_cosine,
             drop_lowest=self.byzantine,
+            max_response=self.reputation_max_response,
+            cosine_outliers=self.reputation_cosine_outliers,
         )
+
+    def new_centered_clip(self) -> CenteredClipState | None:
+        """Fresh momenta and centre for ``aggregator = "centered-clip"`` (None: another
+        rule)."""
+        if self.aggregator != CENTERED_CLIP:
+            return None
+        return CenteredClipState(beta=self.centered_clip_beta)
 
     def aggregate(
         self,
@@ -167,10 +231,13 @@ class Defence:
         previous: Mapping[str, np.ndarray],
         global_arrays: Mapping[str, np.ndarray] | None,
         reputation: Reputation | None = None,
+        centered: CenteredClipState | None = None,
+        server_round: int = 0,
     ) -> tuple[Arrays, Screening | None]:
         """Screen, clip and aggregate one round's updates (see the module docstring);
         ``reputation`` (the run's history, updated in place) excludes persistent
-        outliers."""
+        outliers; ``centered`` (momenta and centre, updated in place; None: a fresh one)
+        is centered clipping's history; ``server_round`` draws the buckets."""
         screening = None
         x = {k: v for k, v in (global_arrays or {}).items() if k in arrays[0]}
         if (self.detect or reputation is not None) and x:
@@ -195,6 +262,7 @@ class Defence:
                 if keep:  # outliers are a minority of the judged clients; never nobody
                     arrays = [arrays[i] for i in keep]
                     counts = [counts[i] for i in keep]
+                    partitions = [partitions[i] for i in keep]
         if self.clip_updates is not None and x:
             bound = (
                 median_norm(x, arrays)
@@ -205,7 +273,13 @@ class Defence:
                 arrays = [clip_update(x, a, bound) for a in arrays]
         if self.aggregator == "mean":
             return modality_weighted_average(arrays, counts, key_modality, previous), screening
-        return self.robust(arrays, counts, key_modality, previous, x), screening
+        if self.aggregator == CENTERED_CLIP and centered is None:
+            centered = self.new_centered_clip()
+        robust = self.robust(
+            arrays, counts, key_modality, previous, x,
+            partitions=partitions, centered=centered, server_round=server_round,
+        )  # fmt: skip
+        return robust, screening
 
     def robust(
         self,
@@ -214,9 +288,15 @@ class Defence:
         key_modality: Callable[[str], str | None],
         previous: Mapping[str, np.ndarray],
         x: Mapping[str, np.ndarray],
+        *,
+        partitions: Sequence[int] = (),
+        centered: CenteredClipState | None = None,
+        server_round: int = 0,
     ) -> Arrays:
         """The robust rule on the updates ``y_i − x`` (float64), added back to ``x``;
-        arrays without a global value are aggregated as sent."""
+        arrays without a global value are aggregated as sent. Centered clipping takes
+        the clients' momenta (``partitions`` name them in ``centered``) instead of the
+        updates; with ``bucket_size`` > 1 the rule sees bucket means."""
         deltas = [
             {k: np.asarray(a[k], np.float64) - np.asarray(x[k], np.float64) if k in x else a[k]
              for k in a}
@@ -224,18 +304,56 @@ class Defence:
         ]  # fmt: skip
         base = {k: np.asarray(previous[k], np.float64) - np.asarray(x[k], np.float64)
                 if k in x else previous[k] for k in previous}  # fmt: skip
-        agg = modality_robust_aggregate(
-            self.aggregator,
-            deltas,
-            counts,
-            key_modality,
-            base,
-            trim_fraction=self.trim_fraction,
-            byzantine=self.byzantine,
-        )
+        if centered is not None:
+            deltas = [
+                {**d, **centered.observe(p, _held(d, c, key_modality))}
+                for p, d, c in zip(partitions or range(len(deltas)), deltas, counts, strict=True)
+            ]
+        if self.bucket_size > 1:
+            groups = buckets(
+                len(deltas), self.bucket_size, seed=self.seed, server_round=server_round
+            )
+            deltas, counts = bucket_means(groups, deltas, counts, key_modality, base)
+        if centered is not None:
+            centers = {k: centered.center_of(k, v) for k, v in deltas[0].items()}
+            held = modality_centered_clip(
+                deltas,
+                counts,
+                key_modality,
+                centers,
+                tau=self.centered_clip_tau,
+                iterations=self.centered_clip_iterations,
+            )
+            centered.center = {**centered.center, **held}
+            agg = {k: held[k] if k in held else base[k] for k in deltas[0]}
+        else:
+            agg = modality_robust_aggregate(
+                self.aggregator,
+                deltas,
+                counts,
+                key_modality,
+                base,
+                trim_fraction=self.trim_fraction,
+                byzantine=self.byzantine,
+            )
         out: Arrays = {}
         for k, v in agg.items():
             ref = np.asarray(arrays[0][k])
             total = np.asarray(x[k], np.float64) + v if k in x else v
             out[k] = np.asarray(total).astype(ref.dtype, copy=False)
         return out
+
+
+def _held(
+    delta: Mapping[str, np.ndarray],
+    counts: Mapping[str, float],
+    key_modality: Callable[[str], str | None],
+) -> Arrays:
+    """The arrays of ``delta`` whose parameter group the client holds this round (shared
+    ones always; a modality's with ``n-<modality>`` > 0): what its momentum may learn."""
+    out: Arrays = {}
+    for k, v in delta.items():
+        m = key_modality(strip_prefix(k))
+        if m is None or float(counts.get(count_key(m), 0.0)) > 0:
+            out[k] = np.asarray(v, np.float64)
+    return out

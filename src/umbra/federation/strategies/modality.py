@@ -31,6 +31,7 @@ from umbra.federation.common import (
 if TYPE_CHECKING:
     from umbra.federation.detection import Screening
     from umbra.federation.reputation import Reputation
+    from umbra.federation.strategies.centered_clip import CenteredClipState
     from umbra.federation.strategies.defence import Defence
 
 __all__ = [
@@ -112,11 +113,14 @@ class ModalityFedAvg(FedAvg):
     screening: Screening | None = None
     #: the per-client history of ``federation.reputation`` (server state, checkpointed)
     reputation: Reputation | None = None
+    #: centered clipping's momenta and centre (server state, checkpointed)
+    centered: CenteredClipState | None = None
 
     def set_defence(self, defence: Defence) -> None:
         """Aggregate with ``defence`` (an inactive one leaves the mean as it is)."""
         self.defence = defence if defence.active else None
         self.reputation = defence.new_reputation()
+        self.centered = defence.new_centered_clip()
 
     def take_screening(self) -> Screening | None:
         """The screening of the last aggregation, once (None when none ran since)."""
@@ -144,7 +148,9 @@ class ModalityFedAvg(FedAvg):
         self.global_arrays = {k: v.numpy() for k, v in arrays.items()}
         return super().configure_train(server_round, arrays, config, grid)
 
-    def average_replies(self, replies: list[Message]) -> dict[str, np.ndarray]:
+    def average_replies(
+        self, replies: list[Message], server_round: int = 0
+    ) -> dict[str, np.ndarray]:
         """Modality-aware average of the replies' arrays (replies already validated), or
         the defence's aggregate when one is set (:meth:`set_defence`)."""
         contents = [m.content for m in replies]
@@ -171,6 +177,8 @@ class ModalityFedAvg(FedAvg):
             previous,
             self.global_arrays,
             self.reputation,
+            self.centered,
+            server_round,
         )
         return averaged
 
@@ -181,7 +189,7 @@ class ModalityFedAvg(FedAvg):
         if not valid:
             return None, None
         valid.sort(key=lambda m: _partition_id(m))
-        averaged = self.average_replies(valid)
+        averaged = self.average_replies(valid, server_round)
         contents = [m.content for m in valid]
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
         record = to_record(averaged)
@@ -189,14 +197,18 @@ class ModalityFedAvg(FedAvg):
 
     # --- checkpointing -------------------------------------------------------------
     def state_arrays(self) -> dict[str, np.ndarray]:
-        """Server-side state to checkpoint: the clients' reputation (empty for FedAvg
-        without one); subclasses add their optimizer/control state."""
-        return self.reputation.to_arrays() if self.reputation is not None else {}
+        """Server-side state to checkpoint: the clients' reputation and centered
+        clipping's history (empty for FedAvg without them); subclasses add their
+        optimizer/control state."""
+        out = self.reputation.to_arrays() if self.reputation is not None else {}
+        return out | (self.centered.to_arrays() if self.centered is not None else {})
 
     def load_state_arrays(self, state: Mapping[str, np.ndarray]) -> None:
         """Restore what :meth:`state_arrays` returned."""
         if self.reputation is not None:
             self.reputation.load_arrays(state)
+        if self.centered is not None:
+            self.centered.load_arrays(state)
 
 
 def _partition_id(msg: Message) -> int:

@@ -9,6 +9,9 @@ applies the mean: a modality's encoder over the clients holding that modality, s
 parameters over everyone. Krum's distances and Bulyan's selection therefore see one
 group's parameters at a time.
 
+``centered-clip`` is not a Flower strategy and keeps state between rounds (the clients'
+momenta, the previous aggregate): :mod:`umbra.federation.strategies.centered_clip`.
+
 The rules (``f`` = ``byzantine``, the assumed number of attackers; ``n`` clients):
 
 * ``median``: coordinate-wise median (Yin et al. 2018, https://arxiv.org/abs/1803.01498);
@@ -40,6 +43,7 @@ from umbra.federation.strategies.modality import strip_prefix
 
 __all__ = [
     "AGGREGATORS",
+    "CENTERED_CLIP",
     "ROBUST_RULES",
     "max_byzantine",
     "modality_robust_aggregate",
@@ -49,8 +53,10 @@ __all__ = [
 
 log = logging.getLogger("umbra")
 
+#: the stateful rule with its own module (:mod:`umbra.federation.strategies.centered_clip`)
+CENTERED_CLIP = "centered-clip"
 #: ``federation.aggregator`` values; ``mean`` is the modality-aware weighted mean.
-AGGREGATORS = ("mean", "median", "trimmed-mean", "krum", "multi-krum", "bulyan")
+AGGREGATORS = ("mean", "median", "trimmed-mean", "krum", "multi-krum", "bulyan", CENTERED_CLIP)
 
 #: rule name -> (number of clients n, trim fraction, f) -> Flower's strategy
 RuleFactory = Callable[[int, float, int], FedAvg]
