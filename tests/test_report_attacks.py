@@ -77,6 +77,34 @@ def test_poisoning_rows_come_from_the_entry() -> None:
         [13, "honest", 40, 0.05, 0.8, "no"],
     ]
     assert poisoning_rows({"attack": {"kind": "scale"}}) == ([], [])
+    # with the response rule on, each client's mean response sits before the exclusion
+    scores = {p: {**r, "response": 0.1 * i} for i, (p, r)
+              in enumerate(POISONING["reputation"]["scores"].items())}  # fmt: skip
+    entry = {**POISONING, "reputation": {**POISONING["reputation"], "scores": scores}}
+    _, clients = poisoning_rows(entry)
+    assert [row[5:] for row in clients] == [[0.0, "yes"], [0.1, "yes"], [0.2, "no"]]
+
+
+def test_nested_defence_settings_read_as_their_parts(tmp_path: Path) -> None:
+    results: dict[str, Any] = {
+        "config": {},
+        "final": {"accuracy": 0.5},
+        "rounds": [],
+        "audit": {
+            "poisoning": {
+                **POISONING,
+                "defence": {
+                    "aggregator": "centered-clip",
+                    "reputation": True,
+                    "centered_clip": {"tau": "median", "iterations": 1},
+                },
+            }
+        },
+    }
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    page = render_report(tmp_path).read_text(encoding="utf-8")
+    assert ("<b>defences:</b> aggregator = centered-clip, reputation = True, "
+            "centered_clip (tau median, iterations 1)</p>") in page  # fmt: skip
 
 
 def _table_values(page: str, name: str) -> list[list[str]]:

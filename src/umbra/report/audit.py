@@ -224,8 +224,9 @@ def poisoning_rows(entry: Mapping[str, Any]) -> tuple[list[list[Any]], list[list
     """The poisoning audit (``audit.poisoning``) as two tables' rows: per detector (the
     per-round screening, the reputation's exclusions) precision, recall, attacker
     client-rounds found and honest client-rounds caught; and per client its final
-    reputation (rounds, mean cosine, mean log-norm ratio), whether it was excluded at the
-    end and whether it was a planted attacker. Empty lists where the run had neither."""
+    reputation (rounds, mean cosine, mean log-norm ratio, and the mean response where the
+    response rule ran), whether it was excluded at the end and whether it was a planted
+    attacker. Empty lists where the run had neither."""
     attackers = {int(p) for p in get_in(entry, "attack", "attackers") or []}
     detectors = []
     for key, label in (("detection", "per-round screening"), ("reputation", "reputation")):
@@ -237,11 +238,13 @@ def poisoning_rows(entry: Mapping[str, Any]) -> tuple[list[list[Any]], list[list
     clients: list[list[Any]] = []
     if isinstance(rep, Mapping) and isinstance(rep.get("scores"), Mapping):
         final = {int(p) for p in rep.get("excluded_final") or []}
-        for pid, r in sorted(rep["scores"].items(), key=lambda kv: int(kv[0])):
-            if isinstance(r, Mapping):
-                clients.append([int(pid), "attacker" if int(pid) in attackers else "honest",
-                                r.get("rounds"), r.get("cosine"), r.get("log_norm"),
-                                "yes" if int(pid) in final else "no"])  # fmt: skip
+        scores = [(int(p), r) for p, r in rep["scores"].items() if isinstance(r, Mapping)]
+        response = any("response" in r for _, r in scores)
+        for pid, r in sorted(scores, key=lambda kv: kv[0]):
+            clients.append([pid, "attacker" if pid in attackers else "honest", r.get("rounds"),
+                            r.get("cosine"), r.get("log_norm"),
+                            *([r.get("response")] if response else []),
+                            "yes" if pid in final else "no"])  # fmt: skip
     return detectors, clients
 
 

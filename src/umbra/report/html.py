@@ -616,10 +616,12 @@ def _poisoning(entry: Mapping[str, Any]) -> str:
     a, d = entry.get("attack"), entry.get("defence")
     attack: Mapping[str, Any] = a if isinstance(a, Mapping) else {}
     defence: Mapping[str, Any] = d if isinstance(d, Mapping) else {}
-    on = [k for k, v in defence.items() if v not in (None, False, "mean")]
+    # bucket_size 1: no bucketing
+    on = [k for k, v in defence.items()
+          if v not in (None, False, "mean") and not (k == "bucket_size" and v == 1)]  # fmt: skip
     out = (f"<p><b>attack:</b> {_e(attack.get('kind'))} by organisations "
            f"{_e(', '.join(str(p) for p in attack.get('attackers', [])))}; "
-           f"<b>defences:</b> {_e(', '.join(f'{k} = {defence[k]}' for k in on) or 'none')}</p>")  # fmt: skip
+           f"<b>defences:</b> {_e(', '.join(_setting(k, defence[k]) for k in on) or 'none')}</p>")  # fmt: skip
     backdoor = entry.get("backdoor")
     if isinstance(backdoor, Mapping):
         out += _table("audit.poisoning.backdoor", ["metric", "value"],
@@ -630,13 +632,24 @@ def _poisoning(entry: Mapping[str, Any]) -> str:
                       ["detector", "precision", "recall", "attacker client-rounds caught",
                        "honest client-rounds caught"], detectors)  # fmt: skip
     if clients:
+        response = len(clients[0]) == 7
         out += ("<p>Each client's reputation after the last round: its mean cosine to the "
-                "median of the other updates, and its mean log-ratio of update norm to the "
-                "round's median (docs/robustness.md).</p>")  # fmt: skip
+                "median of the other updates, its mean log-ratio of update norm to the "
+                "round's median" + (", and its mean response (the cosine of its update's "
+                "change to the others' last mean update: negative for descent, positive for "
+                "a sign-flipper)" if response else "") + " (docs/robustness.md).</p>")  # fmt: skip
         out += _table("audit.poisoning.reputation",
                       ["client", "planted", "rounds", "mean cosine", "mean log-norm ratio",
-                       "excluded at the end"], clients)  # fmt: skip
+                       *(["mean response"] if response else []), "excluded at the end"],
+                      clients)  # fmt: skip
     return out
+
+
+def _setting(name: str, value: Any) -> str:
+    """One defence setting for people: ``name = value``, a nested one as its parts."""
+    if isinstance(value, Mapping):
+        return f"{name} ({', '.join(f'{k} {v}' for k, v in value.items())})"
+    return f"{name} = {value}"
 
 
 def _reconstruction_intro(entry: Mapping[str, Any]) -> str:
