@@ -163,7 +163,8 @@ def test_fewer_than_threshold_survivors_abort_before_any_share_is_revealed(
     assert "aborted" in caplog.text
 
 
-def test_masked_vectors_are_uniform_and_uncorrelated_with_updates() -> None:
+@pytest.mark.parametrize("ring_bits", [32, 16])
+def test_masked_vectors_are_uniform_and_uncorrelated_with_updates(ring_bits: int) -> None:
     n, size = 4, 20_000
     rng = np.random.default_rng(7)
     # structured, highly non-uniform updates: a ramp and a constant
@@ -173,16 +174,18 @@ def test_masked_vectors_are_uniform_and_uncorrelated_with_updates() -> None:
         rng.normal(0, 0.01, size),
         np.zeros(size),
     ]
-    _, tr = run_secagg_round(updates, threshold=3, clip_range=CLIP)
-    spec = QuantizationSpec(clip=CLIP, num_clients=n)
+    _, tr = run_secagg_round(updates, threshold=3, clip_range=CLIP, ring_bits=ring_bits)
+    spec = QuantizationSpec(clip=CLIP, num_clients=n, bits=ring_bits)
+    top = 1 << ring_bits
     for _, cid, msg in [r for r in tr.received if r[0] == "collect_masked"]:
+        assert msg[Key.MASKED].dtype == (np.uint32 if ring_bits == 32 else np.uint16)
         y = msg[Key.MASKED].astype(np.float64)
         x = (np.clip(updates[cid], -CLIP, CLIP) + CLIP) * spec.scale
         if np.std(x) > 0:
             corr = np.corrcoef(x, y)[0, 1]
             assert abs(corr) < 5 / np.sqrt(size)
-        assert abs(y.mean() - 2**31) < 5 * 2**32 / np.sqrt(12 * size)
-        counts = np.bincount(msg[Key.MASKED] >> 28, minlength=16)
+        assert abs(y.mean() - top / 2) < 5 * top / np.sqrt(12 * size)
+        counts = np.bincount(msg[Key.MASKED] >> (ring_bits - 4), minlength=16)
         chi2 = float(((counts - size / 16) ** 2 / (size / 16)).sum())
         assert chi2 < 50.0
 

@@ -11,7 +11,7 @@ Integer vectors (e.g. per-modality example counts) travel unscaled and sum exact
 A payload may use the 16-bit ring Z_{2^16} instead (``PayloadLayout.bits = 16``, half the
 bytes): floats get ``floor((2^16 - 1) / num_clients)`` levels, and each integer travels as
 base-``2^d`` digits, ``d`` the largest width whose ``num_clients``-fold sum cannot wrap
-(8 bits for up to 257 clients), recombined exactly after the sum.
+(13 bits for 8 clients; at least 8 for up to 257), recombined exactly after the sum.
 
 DP segments (:class:`~umbra.privacy.ddg.IntegerNoise`, the distributed discrete Gaussian of
 :mod:`umbra.privacy.ddg`): the values arrive clipped and scaled but noiseless; they are
@@ -33,6 +33,7 @@ import numpy as np
 from umbra.privacy.ddg import DDGError, IntegerNoise, conditional_round, randomized_round
 from umbra.privacy.randomness import SecureRandom
 from umbra.secure.secagg.constants import RING_BITS
+from umbra.secure.secagg.crypto import ring_dtype
 
 #: Uniform source of the (non-DP) stochastic rounding: the privacy stream or, in tests, numpy.
 Uniforms = np.random.Generator | SecureRandom
@@ -193,8 +194,7 @@ class PayloadLayout:
     ) -> PayloadLayout:
         """Layout for ``floats`` (clipped to ``±clip``, per name if a mapping) and ``ints``,
         in the ring Z_{2^bits} (``bits`` 32 or 16)."""
-        if bits not in (16, RING_BITS):
-            raise ValueError(f"bits must be 16 or {RING_BITS}, got {bits}")
+        ring_dtype(bits)  # validates the width
         ints = ints or {}
         overlap = set(floats) & set(ints)
         if overlap:
@@ -229,7 +229,7 @@ class PayloadLayout:
     @property
     def dtype(self) -> np.dtype[Any]:
         """The ring's numpy dtype (uint32, or uint16 for the 16-bit ring)."""
-        return np.dtype(np.uint32 if self.bits == RING_BITS else np.uint16)
+        return ring_dtype(self.bits)
 
     @property
     def size(self) -> int:
