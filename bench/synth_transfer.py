@@ -18,8 +18,8 @@ does):
 2. **transfer**: synthetic records drawn from the class-conditional Gaussians of the
    records (exact class means and within-class covariance, top 128 directions, the rest
    isotropic at the 128th eigenvalue: again favoured, no privacy spent), relabelled by
-   sampling the teacher's class probabilities; a standardised logistic regression (scikit-learn, C = 10) trained
-   on them and tested on the held-out images (TSTR);
+   sampling the teacher's class probabilities; a standardised logistic regression
+   (scikit-learn, C = 10) trained on them and tested on the held-out images (TSTR);
 3. without noise only: **class-conditional**, the same Gaussian with class means moved so
    its Bayes rule is the teacher's (μ_y = m + Σ w_y), the form a class-conditional
    generator would take, same student; and **isotropic**, the transfer with the
