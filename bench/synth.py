@@ -44,13 +44,13 @@ import numpy as np
 
 import umbra  # noqa: F401
 from umbra.config import load_config
-from umbra.data.dataset import MultimodalData
 from umbra.privacy.ledger import PrivacyLedger, replay
 from umbra.run.prepare import prepare_data
 from umbra.synth.feature_map import feature_map_for
 from umbra.synth.federated_fit import fit_federated
 from umbra.synth.fidelity import frechet_distance
 from umbra.synth.membership_attack import generator_membership, sample_records
+from umbra.synth.network_classifier import restrict
 from umbra.synth.noise_plan import plan_noise
 from umbra.synth.statistics import statistics_groups
 from umbra.synth.synthesis import CLASSIFIER_NAMES, tstr_classifier
@@ -102,8 +102,8 @@ def main() -> None:
         },
     }
     print("real", rows["real (no privacy)"], f"{time.perf_counter() - t0:.0f} s", flush=True)
-    image = _image_only(prep.train)
-    image_test = _image_only(prep.test)
+    image = restrict(prep.train, ("image",))
+    image_test = restrict(prep.test, ("image",))
     for eps in args.eps:
         # the image alone, the whole ε on it: the setting of the published image generators
         gen, spent = _fit(
@@ -182,17 +182,6 @@ def _network_tstr(
             ("image",),
         )
     return out
-
-
-def _image_only(data: Any) -> Any:
-    j = data.modality_index("image")
-    return MultimodalData(
-        {"image": data.features["image"]},
-        data.mask[:, j : j + 1],
-        data.labels,
-        ("image",),
-        data.class_names,
-    )
 
 
 def _fit(cfg: Any, train: Any, parts: Any, masks: Any, maps: Any, eps: float) -> Any:

@@ -58,13 +58,13 @@ from sklearn.preprocessing import StandardScaler
 
 import umbra  # noqa: F401
 from umbra.config import load_config
-from umbra.data.dataset import MultimodalData
 from umbra.privacy.budget import calibrate_noise_multiplier
 from umbra.privacy.ledger import PrivacyLedger, replay
 from umbra.privacy.randomness import SecureRandom
 from umbra.run.prepare import prepare_data
 from umbra.synth.feature_map import feature_map_for
 from umbra.synth.federated_fit import fit_federated
+from umbra.synth.network_classifier import restrict
 from umbra.synth.noise_plan import plan_noise
 from umbra.synth.statistics import statistics_groups
 
@@ -142,7 +142,12 @@ def _student(x: np.ndarray, y: np.ndarray, ut: np.ndarray, yt: np.ndarray) -> fl
 
 
 def _end_to_end(
-    prep: Any, eps: float, n: int, test: tuple[np.ndarray, np.ndarray], rng: np.random.Generator
+    prep: Any,
+    parts: list[tuple[np.ndarray, np.ndarray]],
+    eps: float,
+    n: int,
+    test: tuple[np.ndarray, np.ndarray],
+    rng: np.random.Generator,
 ) -> dict[str, Any]:
     """Everything private: the shipped generator fitted on the unpooled coefficients at
     (ε/2, δ/2) by ``umbra synth``'s functions (each organisation's noised statistics, ledger
@@ -150,13 +155,7 @@ def _end_to_end(
     (ε/2, δ/2) on coefficients standardised by the samples' spread (post-processing)."""
     cfg = load_config("default")
     j = prep.train.modality_index("image")
-    image = MultimodalData(
-        {"image": prep.train.features["image"]},
-        prep.train.mask[:, j : j + 1],
-        prep.train.labels,
-        ("image",),
-        prep.train.class_names,
-    )
+    image = restrict(prep.train, ("image",))
     maps = {"image": feature_map_for(prep.train.feature_shapes()["image"], max_dim=10**6)}
     sig = plan_noise(
         epsilon=eps / 2,
@@ -183,7 +182,6 @@ def _end_to_end(
     prior = gen.joint.sum(1)
     labels = rng.choice(len(prior), n, p=prior / prior.sum())
     x = gen.models["image"].sample(labels, rng)
-    parts = [_images(prep.train, idx, m) for idx, m in zip(prep.parts, prep.masks, strict=True)]
     centre, spread = x.mean(0), x.std(0) * math.sqrt(x.shape[1]) + 1e-12
     w, b = _teacher(parts, centre, spread, len(prior), eps=eps / 2, per_org=True,
                     schedule=eps, delta=DELTA / 2)  # fmt: skip
@@ -212,20 +210,20 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     prep = prepare_data(load_config("default"))
+    parts = [_images(prep.train, idx, m) for idx, m in zip(prep.parts, prep.masks, strict=True)]
+    ut, yt = _images(prep.test, np.arange(len(prep.test)), prep.test.mask)
     if args.end_to_end:
-        test = _images(prep.test, np.arange(len(prep.test)), prep.test.mask)
         out: dict[str, Any] = {"command": f"bench/synth_transfer.py --end-to-end --n {args.n}"}
         for eps in (1.0, 10.0):
-            out[f"ε = {eps:g}"] = _end_to_end(prep, eps, args.n, test, np.random.default_rng(0))
+            rng = np.random.default_rng(0)
+            out[f"ε = {eps:g}"] = _end_to_end(prep, parts, eps, args.n, (ut, yt), rng)
             print(eps, out[f"ε = {eps:g}"], f"{time.perf_counter() - t0:.0f} s", flush=True)
         out["seconds"] = time.perf_counter() - t0
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "synth_transfer_end_to_end.json").write_text(json.dumps(out, indent=2) + "\n")
         return
-    parts = [_images(prep.train, idx, m) for idx, m in zip(prep.parts, prep.masks, strict=True)]
     u = np.concatenate([p[0] for p in parts])
     y = np.concatenate([p[1] for p in parts])
-    ut, yt = _images(prep.test, np.arange(len(prep.test)), prep.test.mask)
     k = prep.train.num_classes
     centre, spread = u.mean(0), u.std(0) * math.sqrt(u.shape[1]) + 1e-12
     prior = np.bincount(y, minlength=k) / len(y)
