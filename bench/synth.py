@@ -16,6 +16,7 @@ ceiling, the same classifier trained on real training records.
 
     .venv/bin/python bench/synth.py [--eps 1 3 10] [--n 10000] [--real 10000]
     .venv/bin/python bench/synth.py --families [--eps 1 10]
+    .venv/bin/python bench/synth.py --model discriminant --image-only --eps 1 10 --n 60000
 
 ``--families`` asks whether a richer model family would do better under the same noise:
 on the image alone, a Gaussian with its own full covariance per class and a mixture of 4
@@ -26,8 +27,9 @@ Their per-cell sums, counts and second moments get the noise the shipped generat
 cost, which favours the richer models). The score is each model's own Bayes rule on the
 held-out records. Writes bench/results/synth_families.json.
 
-Writes bench/results/synth.json and bench/results/synth.md (and synth_images.png: one
-rendered image per class at the largest ε).
+Writes bench/results/synth.json and bench/results/synth.md (``--model discriminant``:
+synth_discriminant.json / .md) and synth_images.png (synth_images_discriminant.png): one
+rendered image per class at the largest ε.
 """
 
 from __future__ import annotations
@@ -46,14 +48,12 @@ import umbra  # noqa: F401
 from umbra.config import load_config
 from umbra.privacy.ledger import PrivacyLedger, replay
 from umbra.run.prepare import prepare_data
-from umbra.synth.feature_map import feature_map_for
-from umbra.synth.federated_fit import fit_federated
 from umbra.synth.fidelity import frechet_distance
 from umbra.synth.membership_attack import generator_membership, sample_records
 from umbra.synth.network_classifier import restrict
 from umbra.synth.noise_plan import plan_noise
 from umbra.synth.statistics import statistics_groups
-from umbra.synth.synthesis import CLASSIFIER_NAMES, tstr_classifier
+from umbra.synth.synthesis import CLASSIFIER_NAMES, fit_generator, generator_maps, tstr_classifier
 from umbra.synth.tstr import tstr_accuracy
 
 RESULTS = Path(__file__).parent / "results"
@@ -77,31 +77,40 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10_000, help="synthetic records per ε")
     ap.add_argument("--real", type=int, default=10_000, help="real records of the ceilings")
     ap.add_argument("--preset", default="default")
+    ap.add_argument(
+        "--model",
+        choices=("gaussian", "discriminant"),
+        default="gaussian",
+        help="synth.model (results: synth.json / synth_discriminant.json)",
+    )
     ap.add_argument("--families", action="store_true", help="the model-family study only")
+    ap.add_argument(
+        "--image-only",
+        action="store_true",
+        help="the image-only rows only (results: <stem>_image_n<N>.json)",
+    )
     args = ap.parse_args()
     cfg = load_config(args.preset)
+    cfg.synth.model = args.model
     if args.families:
         _families(cfg, args.eps)
         return
     s = cfg.synth
     t0 = time.perf_counter()
     prep = prepare_data(cfg)
-    maps = {
-        m: feature_map_for(shape, max_dim=s.max_dim)
-        for m, shape in prep.train.feature_shapes().items()
-    }
+    maps = generator_maps(cfg, prep.train.feature_shapes())
     members = prep.train.subset(np.concatenate(prep.parts)).with_mask(np.concatenate(prep.masks))
     rng = np.random.default_rng(0)
     real = sample_records(members, args.real, rng)
     network = tstr_classifier(cfg, maps, "network")
-    rows: dict[str, Any] = {
-        "real (no privacy)": {
+    rows: dict[str, Any] = {}
+    if not args.image_only:
+        rows["real (no privacy)"] = {
             "tstr": tstr_accuracy(real, prep.test, maps, SUBSETS),
             "tstr_network": _network_tstr(real, prep.test, network, image=True),
             "frechet": _fd(real, prep.test, maps),
-        },
-    }
-    print("real", rows["real (no privacy)"], f"{time.perf_counter() - t0:.0f} s", flush=True)
+        }
+        print("real", rows["real (no privacy)"], f"{time.perf_counter() - t0:.0f} s", flush=True)
     image = restrict(prep.train, ("image",))
     image_test = restrict(prep.test, ("image",))
     for eps in args.eps:
@@ -118,7 +127,7 @@ def main() -> None:
             "tstr_image_network": net,
         }
         print(eps, "image only", acc, net, f"{time.perf_counter() - t0:.0f} s", flush=True)
-    for eps in args.eps:
+    for eps in [] if args.image_only else args.eps:
         gen, spent = _fit(cfg, prep.train, prep.parts, prep.masks, maps, eps)
         syn = gen.sample(args.n, rng)
         attack = generator_membership(
@@ -139,21 +148,24 @@ def main() -> None:
         }
         print(eps, rows[f"ε = {eps:g}"], f"{time.perf_counter() - t0:.0f} s", flush=True)
         if eps == max(args.eps) and cfg.data.image_features == "scattering":
-            _render_one_per_class(gen, rng, cfg)
+            _render_one_per_class(gen, rng, cfg, args.model)
     out = {
         "command": f"bench/synth.py --eps {' '.join(f'{e:g}' for e in args.eps)} --n {args.n}"
-        f" --preset {args.preset}",
+        f" --preset {args.preset} --model {args.model}"
+        + (" --image-only" if args.image_only else ""),
+        "model": args.model,
         "preset": args.preset,
         "records_train": len(prep.train),
         "records_test": len(prep.test),
         "organisations": len(prep.parts),
         "synthetic_records": args.n,
         "real_records_of_the_ceilings": args.real,
-        "rank": s.rank,
+        **({"rank": s.rank} if args.model == "gaussian" else {}),
         "dims": {m: f.dim for m, f in maps.items()},
         "classifier": {
             "linear": "multinomial logistic regression (scikit-learn, C = 10) on the "
-            "generator's feature maps (image: scattering coefficients pooled to 81 x 3 x 3)",
+            "generator's feature maps, standardised (image: scattering coefficients, "
+            f"{maps['image'].dim} per record)",
             "network": CLASSIFIER_NAMES["network"]
             + f" (Adam, {cfg.synth.classifier_epochs} epochs, batch 256; image encoder "
             f"{cfg.model.encoders.get('image', 'image')}, hidden {cfg.model.hidden})",
@@ -163,8 +175,10 @@ def main() -> None:
         "seconds": time.perf_counter() - t0,
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "synth.json").write_text(json.dumps(out, indent=2) + "\n")
-    (RESULTS / "synth.md").write_text(_table(out))
+    stem = "synth" if args.model == "gaussian" else f"synth_{args.model}"
+    stem += f"_image_n{args.n}" if args.image_only else ""
+    (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=2) + "\n")
+    (RESULTS / f"{stem}.md").write_text(_table(out))
     print(_table(out))
 
 
@@ -186,24 +200,17 @@ def _network_tstr(
 
 def _fit(cfg: Any, train: Any, parts: Any, masks: Any, maps: Any, eps: float) -> Any:
     """The generator of ``train`` at ``eps`` as ``umbra synth`` fits it, and ε replayed."""
-    sig = plan_noise(
-        epsilon=eps,
-        delta=cfg.privacy.delta,
-        groups=statistics_groups(maps),
-        cov_weight=cfg.synth.cov_weight,
-        accountant=cfg.privacy.accountant,
-    )
     with tempfile.TemporaryDirectory() as tmp:
         ledger = PrivacyLedger(
             Path(tmp) / "ledger.jsonl", delta=cfg.privacy.delta, accountant=cfg.privacy.accountant
         )
-        gen = fit_federated(
-            train, parts, masks, maps, noise_multipliers=sig, ledger=ledger, rank=cfg.synth.rank
+        gen, _ = fit_generator(
+            cfg, train, parts, masks, maps, epsilon=eps, delta=cfg.privacy.delta, ledger=ledger
         )
         return gen, replay(Path(tmp) / "ledger.jsonl").epsilon["total"]
 
 
-def _render_one_per_class(gen: Any, rng: np.random.Generator, cfg: Any) -> None:
+def _render_one_per_class(gen: Any, rng: np.random.Generator, cfg: Any, model: str) -> None:
     from umbra.synth.render import render_scattering, write_png
     from umbra.synth.synthesis import image_value_range
 
@@ -217,7 +224,8 @@ def _render_one_per_class(gen: Any, rng: np.random.Generator, cfg: Any) -> None:
         value_range=image_value_range(cfg),
         steps=cfg.synth.render_steps,
     )
-    write_png(np.concatenate(list(images), axis=2), RESULTS / "synth_images.png")
+    name = "synth_images.png" if model == "gaussian" else f"synth_images_{model}.png"
+    write_png(np.concatenate(list(images), axis=2), RESULTS / name)
 
 
 def _families(cfg: Any, eps_list: list[float], dim: int = 32, cells: int = 4) -> None:
@@ -233,7 +241,7 @@ def _families(cfg: Any, eps_list: list[float], dim: int = 32, cells: int = 4) ->
     j = prep.train.modality_index("image")
     members = prep.train.subset(np.concatenate(prep.parts)).with_mask(np.concatenate(prep.masks))
     have, held = members.mask[:, j], prep.test.mask[:, j]
-    fmap = feature_map_for(prep.train.feature_shapes()["image"], max_dim=cfg.synth.max_dim)
+    fmap = generator_maps(cfg, prep.train.feature_shapes())["image"]
     u = fmap.forward(np.asarray(members.features["image"])[have])[0]
     v = fmap.forward(np.asarray(prep.test.features["image"])[held])[0]
     y, y_test = members.labels[have], prep.test.labels[held]

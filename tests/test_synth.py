@@ -308,6 +308,27 @@ def test_umbra_synth_writes_a_manifest_compatible_set(tmp_path: Path) -> None:
     assert "ledger" in summary["privacy"] and not list(run.glob("synthetic"))
 
 
+def test_umbra_synth_with_the_discriminant_model(tmp_path: Path) -> None:
+    from umbra.synth.synthesis import synthesize
+
+    run = _finished_run(tmp_path / "run")
+    out = tmp_path / "syn"
+    summary = synthesize(
+        run, 300, out=out,
+        overrides=["synth.epsilon=4", "synth.render=2", "synth.model=discriminant"],
+    )  # fmt: skip
+    assert summary["generator"]["model"] == "discriminant"
+    assert summary["privacy"]["epsilon"] == pytest.approx(
+        replay(out / "ledger.jsonl").epsilon["total"]
+    )
+    assert summary["privacy"]["epsilon"] <= 4.0 + 1e-6
+    # steps: 30·√4 = 60 teacher rounds between the scale and the subspace rounds
+    assert max(r.round for r in read_ledger(out / "ledger.jsonl").releases) == 61
+    syn = load_synthetic(out)
+    assert len(syn) == 300 and (~syn.mask[:, 0]).any()
+    assert summary["tstr"]["accuracy"]["fused"] > 0.9
+
+
 @pytest.mark.parametrize(
     ("case", "needle"),
     [
@@ -316,6 +337,7 @@ def test_umbra_synth_writes_a_manifest_compatible_set(tmp_path: Path) -> None:
         ("n0", "--n must be at least 1"),
         ("set", "only synth.* settings"),
         ("classifier", "synth.classifier"),
+        ("model", "synth.model"),
     ],
 )
 def test_cli_refuses_with_one_line(
@@ -333,6 +355,8 @@ def test_cli_refuses_with_one_line(
         args += ["--set", "privacy.epsilon=1"]
     if case == "classifier":
         args += ["--set", "synth.classifier=forest"]
+    if case == "model":
+        args += ["--set", "synth.model=gan"]
     monkeypatch.setattr(sys, "argv", args)
     with pytest.raises(SystemExit) as exit_:
         main()

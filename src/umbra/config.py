@@ -805,15 +805,44 @@ class SynthConfig(_Section):
         description="refuse a run trained without differential privacy (privacy.mode = "
         "'none'): its records left the organisations unprotected already",
     )
-    rank: int = Field(
-        16, ge=0, le=512, description="principal directions of each modality's covariance"
+    model: Literal["gaussian", "discriminant"] = Field(
+        "gaussian",
+        description="gaussian: class-conditional Gaussians with a shared low-rank covariance; "
+        "discriminant: class-conditional Gaussians in the subspace a DP linear classifier "
+        "finds (no D × D statistic)",
     )
-    max_dim: int = Field(
-        729,
+    rank: int = Field(
+        16,
+        ge=0,
+        le=512,
+        description="principal directions of each modality's covariance (model gaussian)",
+    )
+    max_dim: int | None = Field(
+        None,
         ge=16,
         le=8192,
-        description="(C, H, W) feature maps average-pooled to at most this many numbers "
-        "(the noise on a covariance grows with its side)",
+        description="(C, H, W) feature maps average-pooled to at most this many numbers; "
+        "None: 729 for the gaussian model (the noise on a covariance grows with its side), "
+        "8192 for the discriminant one",
+    )
+    teacher_steps: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="DP gradient steps of the discriminant model's classifier; None: 30·√ε",
+    )
+    teacher_clip: float | None = Field(
+        None,
+        gt=0,
+        le=100,
+        description="per-record gradient bound of the discriminant model's classifier; "
+        "None: 0.3·√ε",
+    )
+    subspace_clip: float = Field(
+        0.3,
+        gt=0,
+        le=100,
+        description="per-record bound of a standardised record's discriminant coordinates",
     )
     cov_weight: float = Field(
         1.0,

@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from umbra.data.dataset import MultimodalData
+from umbra.synth.discriminant import DiscriminantModel
 from umbra.synth.feature_map import FeatureMap
 from umbra.synth.statistics import SufficientStatistics
 
-__all__ = ["GaussianGenerator", "ModalityModel"]
+__all__ = ["MODEL_KINDS", "GaussianGenerator", "ModalityModel"]
 
 #: Smallest variance kept (in units of the unit-norm feature map), so that a noise-swamped
 #: spectrum still gives a proper density.
@@ -53,6 +54,8 @@ class ModalityModel:
     basis: np.ndarray
     variances: np.ndarray
     residual: float
+
+    kind = "gaussian"
 
     @classmethod
     def fit(
@@ -103,6 +106,34 @@ class ModalityModel:
         """E[log N(u; μ_y, Σ)] for u drawn from the model itself (Mahalanobis² averages D)."""
         return -0.5 * (self.means.shape[1] + self._log_normaliser())
 
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        """The parameters as named arrays (numbers only)."""
+        return {
+            f"{prefix}.means": self.means,
+            f"{prefix}.rho": self.rho,
+            f"{prefix}.basis": self.basis,
+            f"{prefix}.variances": self.variances,
+            f"{prefix}.residual": np.array(self.residual),
+        }
+
+    @classmethod
+    def from_arrays(cls, z: Mapping[str, np.ndarray], prefix: str) -> ModalityModel:
+        """Read what :meth:`arrays` wrote."""
+        return cls(
+            z[f"{prefix}.means"],
+            z[f"{prefix}.rho"],
+            z[f"{prefix}.basis"],
+            z[f"{prefix}.variances"],
+            float(z[f"{prefix}.residual"]),
+        )
+
+
+#: The kinds of per-modality model a generator holds, by :attr:`kind`.
+MODEL_KINDS: dict[str, type[ModalityModel] | type[DiscriminantModel]] = {
+    "gaussian": ModalityModel,
+    "discriminant": DiscriminantModel,
+}
+
 
 @dataclass(frozen=True)
 class GaussianGenerator:
@@ -111,7 +142,8 @@ class GaussianGenerator:
     Attributes:
         modalities, class_names: as the run's data.
         maps: modality -> its feature map.
-        models: modality -> its :class:`ModalityModel`.
+        models: modality -> its :class:`ModalityModel` or
+            :class:`~umbra.synth.discriminant.DiscriminantModel`.
         joint: ``(K, 2^M)`` probabilities of (class, presence pattern); pattern 0 (no
             modality) has probability 0.
     """
@@ -119,7 +151,7 @@ class GaussianGenerator:
     modalities: tuple[str, ...]
     class_names: tuple[str, ...]
     maps: dict[str, FeatureMap]
-    models: dict[str, ModalityModel]
+    models: dict[str, ModalityModel | DiscriminantModel]
     joint: np.ndarray
 
     @classmethod
@@ -135,12 +167,23 @@ class GaussianGenerator:
         models = {
             m: ModalityModel.fit(stats.means[m], stats.counts[m], stats.covs[m], rank) for m in maps
         }
-        joint = np.maximum(stats.patterns, 0.0)
+        return cls.from_models(maps, class_names, models, stats.patterns)
+
+    @classmethod
+    def from_models(
+        cls,
+        maps: Mapping[str, FeatureMap],
+        class_names: Sequence[str],
+        models: Mapping[str, ModalityModel | DiscriminantModel],
+        patterns: np.ndarray,
+    ) -> GaussianGenerator:
+        """The generator of fitted ``models`` and noised ``(K, 2^M)`` pattern counts."""
+        joint = np.maximum(patterns, 0.0)
         joint[:, 0] = 0.0
         if joint.sum() <= 0:
             joint = np.ones_like(joint)
             joint[:, 0] = 0.0
-        return cls(tuple(maps), tuple(class_names), dict(maps), models, joint / joint.sum())
+        return cls(tuple(maps), tuple(class_names), dict(maps), dict(models), joint / joint.sum())
 
     def sample(self, n: int, rng: np.random.Generator) -> MultimodalData:
         """``n`` synthetic records in the run's feature space, with their presence mask.
@@ -182,19 +225,12 @@ class GaussianGenerator:
         """Write the parameters as one ``.npz`` (numbers only, no pickles)."""
         arrays: dict[str, np.ndarray] = {"joint": self.joint}
         for m, mod in self.models.items():
-            arrays.update(
-                {
-                    f"{m}.means": mod.means,
-                    f"{m}.rho": mod.rho,
-                    f"{m}.basis": mod.basis,
-                    f"{m}.variances": mod.variances,
-                    f"{m}.residual": np.array(mod.residual),
-                }
-            )
+            arrays.update(mod.arrays(m))
         meta = {
             "modalities": list(self.modalities),
             "class_names": list(self.class_names),
             "maps": {m: {"shape": list(f.shape), "pool": f.pool} for m, f in self.maps.items()},
+            "models": {m: mod.kind for m, mod in self.models.items()},
         }
         arrays["meta"] = np.array(json.dumps(meta))
         np.savez(path, allow_pickle=False, **arrays)
@@ -205,16 +241,8 @@ class GaussianGenerator:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             maps = {m: FeatureMap(tuple(v["shape"]), v["pool"]) for m, v in meta["maps"].items()}
-            models = {
-                m: ModalityModel(
-                    z[f"{m}.means"],
-                    z[f"{m}.rho"],
-                    z[f"{m}.basis"],
-                    z[f"{m}.variances"],
-                    float(z[f"{m}.residual"]),
-                )
-                for m in maps
-            }
+            kinds = meta.get("models", {})
+            models = {m: MODEL_KINDS[kinds.get(m, "gaussian")].from_arrays(z, m) for m in maps}
             return cls(
                 tuple(meta["modalities"]), tuple(meta["class_names"]), maps, models, z["joint"]
             )

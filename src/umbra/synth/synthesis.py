@@ -25,8 +25,12 @@ from umbra.privacy.randomness import SecureRandom
 
 __all__ = [
     "CLASSIFIER_NAMES",
+    "DEFAULT_MAX_DIM",
+    "MODEL_NAMES",
     "SUMMARY_FILE",
     "epsilon_with_run",
+    "fit_generator",
+    "generator_maps",
     "image_value_range",
     "load_synth_settings",
     "synthesize",
@@ -37,9 +41,87 @@ SUMMARY_FILE = "synth.json"
 LEDGER_FILE = "ledger.jsonl"
 #: What each ``synth.classifier`` is, as synth.json states it.
 CLASSIFIER_NAMES = {
-    "linear": "logistic regression on the feature maps",
+    "linear": "logistic regression on the standardised feature maps",
     "network": "the run's model architecture trained from scratch on the synthetic records",
 }
+
+
+#: What each ``synth.model`` is, as synth.json states it.
+MODEL_NAMES = {
+    "gaussian": "class-conditional Gaussian, shared low-rank covariance",
+    "discriminant": "class-conditional Gaussian in the subspace of a DP linear classifier",
+}
+#: ``synth.max_dim`` when unset, per model: a D × D covariance needs few dimensions, the
+#: discriminant model none of its statistics grows faster than D·K.
+DEFAULT_MAX_DIM = {"gaussian": 729, "discriminant": 8192}
+
+
+def generator_maps(cfg: Config, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    """The feature map of every modality (``shapes``: per-record feature shapes) for
+    ``synth.model`` and ``synth.max_dim``."""
+    from umbra.synth.feature_map import feature_map_for
+
+    s = cfg.synth
+    max_dim = s.max_dim if s.max_dim is not None else DEFAULT_MAX_DIM[s.model]
+    return {m: feature_map_for(shape, max_dim=max_dim) for m, shape in shapes.items()}
+
+
+def fit_generator(
+    cfg: Config,
+    train: Any,
+    parts: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    maps: dict[str, Any],
+    *,
+    epsilon: float,
+    delta: float,
+    ledger: Any,
+    make_rng: Callable[[], SecureRandom] = SecureRandom,
+) -> tuple[Any, dict[str, float]]:
+    """The ``synth.model`` generator of ``train``'s records split as ``parts`` at
+    (``epsilon``, ``delta``), each release in ``ledger`` first; and the noise multiplier
+    of every group (per step for the discriminant model's teacher)."""
+    import math
+
+    from umbra.synth.discriminant_fit import fit_discriminant, plan_discriminant_noise
+    from umbra.synth.federated_fit import fit_federated
+    from umbra.synth.noise_plan import plan_noise
+    from umbra.synth.statistics import statistics_groups
+
+    s = cfg.synth
+    if s.model == "discriminant":
+        root = math.sqrt(epsilon)
+        plan = plan_discriminant_noise(
+            epsilon=epsilon,
+            delta=delta,
+            modalities=list(maps),
+            steps=s.teacher_steps if s.teacher_steps is not None else max(1, round(30 * root)),
+            clip=s.teacher_clip if s.teacher_clip is not None else 0.3 * root,
+            zclip=s.subspace_clip,
+            accountant=cfg.privacy.accountant,
+        )
+        gen = fit_discriminant(
+            train, parts, masks, maps, plan=plan, ledger=ledger, make_rng=make_rng
+        )
+        return gen, plan.sigmas
+    sigmas = plan_noise(
+        epsilon=epsilon,
+        delta=delta,
+        groups=statistics_groups(maps),
+        cov_weight=s.cov_weight,
+        accountant=cfg.privacy.accountant,
+    )
+    gen = fit_federated(
+        train,
+        parts,
+        masks,
+        maps,
+        noise_multipliers=sigmas,
+        ledger=ledger,
+        rank=s.rank,
+        make_rng=make_rng,
+    )
+    return gen, sigmas
 
 
 def tstr_classifier(cfg: Config, maps: dict[str, Any], kind: str | None = None) -> Any:
@@ -172,11 +254,7 @@ def synthesize(
     (its ledger would count the new releases on top of the old)."""
     from umbra.privacy.ledger import PrivacyLedger, replay
     from umbra.run.prepare import prepare_data
-    from umbra.synth.feature_map import feature_map_for
-    from umbra.synth.federated_fit import fit_federated
     from umbra.synth.membership_attack import generator_membership, sample_records
-    from umbra.synth.noise_plan import plan_noise
-    from umbra.synth.statistics import statistics_groups
     from umbra.synth.synthetic_set import save_synthetic
     from umbra.synth.tstr import tstr_accuracy
 
@@ -190,29 +268,20 @@ def synthesize(
     delta = s.delta if s.delta is not None else cfg.privacy.delta
     say(f"preparing the run's data ({cfg.data.source}) as the run did")
     prep = prepare_data(cfg)
-    maps = {
-        m: feature_map_for(shape, max_dim=s.max_dim)
-        for m, shape in prep.train.feature_shapes().items()
-    }
-    sigmas = plan_noise(
-        epsilon=s.epsilon,
-        delta=delta,
-        groups=statistics_groups(maps),
-        cov_weight=s.cov_weight,
-        accountant=cfg.privacy.accountant,
-    )
+    maps = generator_maps(cfg, prep.train.feature_shapes())
     ledger = PrivacyLedger(
         out / LEDGER_FILE, unit="example", delta=delta, accountant=cfg.privacy.accountant
     )
     say(f"fitting the generator across {len(prep.parts)} organisations (ε = {s.epsilon:g})")
-    gen = fit_federated(
+    gen, sigmas = fit_generator(
+        cfg,
         prep.train,
         prep.parts,
         prep.masks,
         maps,
-        noise_multipliers=sigmas,
+        epsilon=s.epsilon,
+        delta=delta,
         ledger=ledger,
-        rank=s.rank,
         make_rng=make_rng,
     )
     gen.save(out / "generator.npz")
@@ -242,8 +311,9 @@ def synthesize(
         "records": n,
         "rendered_images": rendered,
         "generator": {
-            "kind": "class-conditional Gaussian, shared low-rank covariance",
-            "rank": s.rank,
+            "model": s.model,
+            "kind": MODEL_NAMES[s.model],
+            **({"rank": s.rank} if s.model == "gaussian" else {}),
             "dims": {m: f.dim for m, f in maps.items()},
             "organisations": len(prep.parts),
         },
