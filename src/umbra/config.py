@@ -860,7 +860,7 @@ class SynthConfig(_Section):
     )
     classifier: Literal["linear", "network"] = Field(
         "linear",
-        description="TSTR classifier: logistic regression on the feature maps, or the run's "
+        description="TSTR classifier: logistic regression on the standardised feature maps, or the run's "
         "own network trained from scratch on the synthetic records",
     )
     classifier_epochs: int = Field(
