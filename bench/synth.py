@@ -16,7 +16,8 @@ ceiling, the same classifier trained on real training records.
 
     .venv/bin/python bench/synth.py [--eps 1 3 10] [--n 10000] [--real 10000]
     .venv/bin/python bench/synth.py --families [--eps 1 10]
-    .venv/bin/python bench/synth.py --model discriminant --image-only --eps 1 10 --n 60000
+    .venv/bin/python bench/synth.py --model discriminant --image-only --eps 1 3 10 --n 60000
+    .venv/bin/python bench/synth.py --noise local     # each organisation's own noise
 
 ``--families`` asks whether a richer model family would do better under the same noise:
 on the image alone, a Gaussian with its own full covariance per class and a mixture of 4
@@ -53,7 +54,13 @@ from umbra.synth.membership_attack import generator_membership, sample_records
 from umbra.synth.network_classifier import restrict
 from umbra.synth.noise_plan import plan_noise
 from umbra.synth.statistics import statistics_groups
-from umbra.synth.synthesis import CLASSIFIER_NAMES, fit_generator, generator_maps, tstr_classifier
+from umbra.synth.synthesis import (
+    CLASSIFIER_NAMES,
+    fit_generator,
+    generator_maps,
+    noise_claim,
+    tstr_classifier,
+)
 from umbra.synth.tstr import tstr_accuracy
 
 RESULTS = Path(__file__).parent / "results"
@@ -83,6 +90,13 @@ def main() -> None:
         default="gaussian",
         help="synth.model (results: synth.json / synth_discriminant.json)",
     )
+    ap.add_argument(
+        "--noise",
+        choices=("local", "distributed"),
+        default=None,
+        help="synth.noise (default: the preset's, distributed on default; results of "
+        "local: <stem>_local.json)",
+    )
     ap.add_argument("--families", action="store_true", help="the model-family study only")
     ap.add_argument(
         "--image-only",
@@ -92,6 +106,7 @@ def main() -> None:
     args = ap.parse_args()
     cfg = load_config(args.preset)
     cfg.synth.model = args.model
+    cfg.synth.noise = args.noise
     if args.families:
         _families(cfg, args.eps)
         return
@@ -152,8 +167,10 @@ def main() -> None:
     out = {
         "command": f"bench/synth.py --eps {' '.join(f'{e:g}' for e in args.eps)} --n {args.n}"
         f" --preset {args.preset} --model {args.model}"
-        + (" --image-only" if args.image_only else ""),
+        + (" --image-only" if args.image_only else "")
+        + (f" --noise {args.noise}" if args.noise else ""),
         "model": args.model,
+        "noise": noise_claim(cfg, len(prep.parts)),
         "preset": args.preset,
         "records_train": len(prep.train),
         "records_test": len(prep.test),
@@ -177,6 +194,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     stem = "synth" if args.model == "gaussian" else f"synth_{args.model}"
     stem += f"_image_n{args.n}" if args.image_only else ""
+    stem += "_local" if args.noise == "local" else ""
     (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=2) + "\n")
     (RESULTS / f"{stem}.md").write_text(_table(out))
     print(_table(out))

@@ -26,6 +26,7 @@ from umbra.synth.federated_fit import fit_federated
 from umbra.synth.generator import GaussianGenerator
 from umbra.synth.noise_plan import plan_noise
 from umbra.synth.release import noised_statistics
+from umbra.synth.secure_release import SecureNoise
 from umbra.synth.statistics import CLIP_NORMS, clipped_statistics, statistics_groups
 from umbra.synth.tstr import tstr_accuracy
 
@@ -118,14 +119,23 @@ def _pld_epsilon(sigmas: dict[str, float], delta: float) -> float:
     return float(acc.get_epsilon(delta))
 
 
-def test_the_generators_ledger_replays_to_its_epsilon(tmp_path: Path) -> None:
+@pytest.mark.parametrize("secure", [False, True], ids=["local", "distributed"])
+def test_the_generators_ledger_replays_to_its_epsilon(tmp_path: Path, secure: bool) -> None:
     data = make_synthetic(n=300, num_classes=3, seed=4)
     maps = _maps(data)
     sig = plan_noise(epsilon=2.0, delta=DELTA, groups=statistics_groups(maps))
     ledger = PrivacyLedger(tmp_path / "ledger.jsonl", delta=DELTA)
     parts = [np.arange(0, 120), np.arange(120, 300)]
-    fit_federated(data, parts, [data.mask[p] for p in parts], maps, noise_multipliers=sig,
-                  ledger=ledger, rank=4, make_rng=lambda: SecureRandom.for_testing(5))  # fmt: skip
+    seeds = itertools.count(5)  # each organisation its own stream
+    gen = fit_federated(
+        data, parts, [data.mask[p] for p in parts], maps, noise_multipliers=sig, ledger=ledger,
+        rank=4, secure=SecureNoise(2, shares=2, records=300) if secure else None,
+        make_rng=lambda: SecureRandom.for_testing(next(seeds)),
+    )  # fmt: skip
+    # the secure sum decodes to the statistics: each class mean within the noise of numpy's
+    u, _ = maps["image"].forward(np.asarray(data.features["image"])[data.mask[:, 0]])
+    exact = np.stack([u[data.labels[data.mask[:, 0]] == c].mean(0) for c in range(3)])
+    assert np.abs(gen.models["image"].means - exact).max() < 0.5
     report = replay(tmp_path / "ledger.jsonl")
     assert report.per_party.keys() == {"0", "1"}
     reference = _pld_epsilon(sig, DELTA)
@@ -307,6 +317,8 @@ def test_umbra_synth_writes_a_manifest_compatible_set(tmp_path: Path) -> None:
     assert summary["tstr"]["accuracy"]["fused"] > 0.9  # well-separated classes
     assert 0.0 <= summary["membership"]["auc"] <= 1.0
     assert "ledger" in summary["privacy"] and not list(run.glob("synthetic"))
+    # the run trained with each client's own noise: so does the generator, by default
+    assert summary["privacy"]["noise"]["mode"] == "local"
 
 
 def test_umbra_synth_with_the_discriminant_model(tmp_path: Path) -> None:
@@ -317,16 +329,20 @@ def test_umbra_synth_with_the_discriminant_model(tmp_path: Path) -> None:
     seeds = itertools.count(11)  # a seeded stream per organisation and round: repeatable
     summary = synthesize(
         run, 300, out=out,
-        overrides=["synth.epsilon=4", "synth.render=2", "synth.model=discriminant"],
+        overrides=["synth.epsilon=4", "synth.render=2", "synth.model=discriminant",
+                   "synth.noise=distributed"],
         make_rng=lambda: SecureRandom.for_testing(next(seeds)),
     )  # fmt: skip
     assert summary["generator"]["model"] == "discriminant"
+    noise = summary["privacy"]["noise"]
+    assert noise["mode"] == "distributed" and noise["shares"] == 2  # ⌈0.67 · 2⌉
+    assert "at most 0 organisations collude" in noise["holds_against"]
     assert summary["privacy"]["epsilon"] == pytest.approx(
         replay(out / "ledger.jsonl").epsilon["total"]
     )
     assert summary["privacy"]["epsilon"] <= 4.0 + 1e-6
-    # steps: 30·√4 = 60 teacher rounds between the scale and the subspace rounds
-    assert max(r.round for r in read_ledger(out / "ledger.jsonl").releases) == 61
+    # steps: 60·√4 = 120 teacher rounds between the scale and the subspace rounds
+    assert max(r.round for r in read_ledger(out / "ledger.jsonl").releases) == 121
     syn = load_synthetic(out)
     assert len(syn) == 300 and (~syn.mask[:, 0]).any()
     # four modalities share ε = 4 over 600 records: far above chance (4 classes), not exact

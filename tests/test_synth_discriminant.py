@@ -30,6 +30,7 @@ from umbra.synth.discriminant import (
 from umbra.synth.discriminant_fit import fit_discriminant, plan_discriminant_noise
 from umbra.synth.feature_map import FeatureMap, feature_map_for
 from umbra.synth.generator import GaussianGenerator
+from umbra.synth.secure_release import SecureNoise
 from umbra.synth.tstr import tstr_accuracy
 
 DELTA = 1e-5
@@ -95,7 +96,10 @@ def test_subspace_statistics_respect_their_bounds() -> None:
             assert np.linalg.norm(one[g]) <= RESIDUAL_CLIP**2 + 1e-12
 
 
-def test_ledger_replays_to_epsilon_as_dp_accounting_composes_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("secure", [False, True], ids=["local", "distributed"])
+def test_ledger_replays_to_epsilon_as_dp_accounting_composes_it(
+    tmp_path: Path, secure: bool
+) -> None:
     data = make_synthetic(n=300, num_classes=3, modalities=("image", "text"), seed=4)
     maps = {m: feature_map_for(s, max_dim=8192) for m, s in data.feature_shapes().items()}
     plan = plan_discriminant_noise(
@@ -103,8 +107,9 @@ def test_ledger_replays_to_epsilon_as_dp_accounting_composes_it(tmp_path: Path) 
     )
     ledger = PrivacyLedger(tmp_path / "ledger.jsonl", delta=DELTA)
     parts = [np.arange(0, 120), np.arange(120, 300)]
-    fit_discriminant(data, parts, [data.mask[p] for p in parts], maps, plan=plan,
-                     ledger=ledger, make_rng=lambda: SecureRandom.for_testing(5))  # fmt: skip
+    fit_discriminant(data, parts, [data.mask[p] for p in parts], maps, plan=plan, ledger=ledger,
+                     secure=SecureNoise(2, shares=2, records=300) if secure else None,
+                     make_rng=lambda: SecureRandom.for_testing(5))  # fmt: skip
     lines = read_ledger(tmp_path / "ledger.jsonl").releases
     assert len(lines) == 2 * (1 + 5 + 1)  # two organisations: scale, 5 steps, subspace
     assert all(r.sample_rate == 1.0 and r.steps == 1 for r in lines)
@@ -119,6 +124,31 @@ def test_ledger_replays_to_epsilon_as_dp_accounting_composes_it(tmp_path: Path) 
     assert reference == pytest.approx(2.0, rel=0.01) and reference <= 2.0 + 1e-6
 
 
+def test_each_round_is_in_the_ledger_before_its_sums_are_computed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Write-ahead: the first organisation's first classifier step fails while computing
+    its gradient; the ledger already holds that round (and round 0 of both)."""
+    import umbra.synth.discriminant_fit as fit_module
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("organisation stopped")
+
+    monkeypatch.setattr(fit_module, "clipped_gradient_sum", fail)
+    data = make_synthetic(n=200, num_classes=3, modalities=("image",), seed=4)
+    maps = {m: feature_map_for(s, max_dim=8192) for m, s in data.feature_shapes().items()}
+    plan = plan_discriminant_noise(
+        epsilon=2.0, delta=DELTA, modalities=list(maps), steps=3, clip=0.4, zclip=0.3
+    )
+    ledger = PrivacyLedger(tmp_path / "ledger.jsonl", delta=DELTA)
+    parts = [np.arange(0, 100), np.arange(100, 200)]
+    with pytest.raises(RuntimeError, match="organisation stopped"):
+        fit_discriminant(data, parts, [data.mask[p] for p in parts], maps, plan=plan,
+                         ledger=ledger)  # fmt: skip
+    lines = read_ledger(tmp_path / "ledger.jsonl").releases
+    assert [(r.round, r.party) for r in lines] == [(0, "0"), (0, "1"), (1, "0")]
+
+
 def test_log_density_is_the_models_gaussian_with_the_rest_on_the_complement() -> None:
     """Reference: scipy's densities of z and of the rest in an explicit orthonormal basis of
     the complement of B, with the covariance ``rows ⊗ cols`` there."""
@@ -131,6 +161,7 @@ def test_log_density_is_the_models_gaussian_with_the_rest_on_the_complement() ->
         centre=0.1 * rng.normal(size=d), scale=rng.uniform(0.05, 0.2, d), basis=basis,
         means=rng.normal(size=(3, 2)), cov=np.array([[0.5, 0.1], [0.1, 0.3]]),
         rows=a @ a.T + np.eye(c), cols=b @ b.T + np.eye(p), rho=np.full(3, 0.5),
+        teacher=rng.normal(size=(d + 1, 3)), prior=np.array([0.5, 0.3, 0.2]),
     )  # fmt: skip
     labels = rng.integers(0, 3, 50)
     u = rng.normal(size=(50, d))
@@ -152,9 +183,61 @@ def test_log_density_is_the_models_gaussian_with_the_rest_on_the_complement() ->
     assert np.allclose(np.cov(z.T), model.cov, atol=0.03)
 
 
-def test_fits_a_toy_set_whose_classes_a_linear_rule_separates(tmp_path: Path) -> None:
+def test_guided_model_is_the_marginal_reweighted_by_the_teachers_softmax() -> None:
+    """Classifier guidance against two references: its density against scipy's mixture of
+    the class Gaussians times the rest times ``softmax(γ ℓ)_y / P_γ(y)``, and its rejection
+    sampler's class means of z against importance-weighted draws of the marginal."""
+    rng = np.random.default_rng(5)
+    c, p, k = 2, 3, 3
+    d = c * p
+    basis = np.linalg.qr(rng.normal(size=(d, 2)))[0]
+    plain = DiscriminantModel(
+        centre=np.zeros(d), scale=np.full(d, 0.1), basis=basis,
+        means=np.array([[1.0, 0.0], [-0.5, 0.8], [-0.5, -0.8]]), cov=0.4 * np.eye(2),
+        rows=np.eye(c), cols=np.eye(p), rho=np.full(k, 0.5),
+        teacher=np.vstack([basis @ rng.normal(size=(2, k)) * 0.3, np.zeros(k)]),
+        prior=np.array([0.5, 0.3, 0.2]),
+    )  # fmt: skip
+    model = plain._guided(2.0)
+    assert model.label_mass is not None and model.label_mass.sum() == pytest.approx(1.0)
+    u = rng.normal(size=(5, d)) * 0.05
+    labels = np.array([0, 1, 2, 1, 0])
+    v = u / 0.1
+    comp = np.linalg.svd(np.eye(d) - basis @ basis.T)[0][:, : d - 2]
+    for i in range(5):
+        z = basis.T @ v[i]
+        mix = sum(w * multivariate_normal(m, plain.cov).pdf(z)
+                  for w, m in zip(plain.prior, plain.means, strict=True))  # fmt: skip
+        logits = 2.0 * (v[i] @ plain.teacher[:-1] + plain.teacher[-1])
+        soft = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        want = (
+            np.log(mix)
+            + multivariate_normal(np.zeros(d - 2), comp.T @ comp).logpdf(comp.T @ v[i])
+            - np.log(plain.scale).sum()
+            + np.log(soft[labels[i]] / model.label_mass[labels[i]])
+        )
+        assert model.log_density(u[i : i + 1], labels[i : i + 1])[0] == pytest.approx(want)
+    # sampler: class 2's guided draws against the marginal's draws weighted by softmax_2
+    draws = plain._draw(rng.choice(k, size=200_000, p=plain.prior), rng)
+    weights = np.exp(2.0 * plain.logits(draws))
+    weights = (weights / weights.sum(axis=1, keepdims=True))[:, 2]
+    z_all = ((draws - plain.centre) / plain.scale) @ basis
+    reference = (weights[:, None] * z_all).sum(0) / weights.sum()
+    guided = model.sample(np.full(20_000, 2), rng)
+    z_guided = ((guided - model.centre) / model.scale) @ basis
+    assert np.allclose(z_guided.mean(0), reference, atol=0.03)
+    assert not np.allclose(reference, plain.means[2], atol=0.1)  # guidance moved the class
+
+
+@pytest.mark.parametrize(
+    ("secure", "guidance"), [(False, 0.0), (True, 10.0)], ids=["local", "distributed-guided"]
+)
+def test_fits_a_toy_set_whose_classes_a_linear_rule_separates(
+    tmp_path: Path, secure: bool, guidance: float
+) -> None:
     """Well-separated classes: at ε = 8 the synthetic records teach a classifier that is
-    right on nearly all real held-out records, and the generator survives save and load."""
+    right on nearly all real held-out records, and the generator survives save and load;
+    with each organisation's noise and unguided, or through the secure sum and guided."""
     data = make_synthetic(n=3000, num_classes=4, modalities=("image", "text"), seed=6)
     test = make_synthetic(n=3000, num_classes=4, modalities=("image", "text"), seed=6)
     test = test.subset(np.arange(2000, 3000))
@@ -166,7 +249,8 @@ def test_fits_a_toy_set_whose_classes_a_linear_rule_separates(tmp_path: Path) ->
     parts = [np.arange(0, 1000), np.arange(1000, 2000)]
     gen = fit_discriminant(
         data, parts, [data.mask[p] for p in parts], maps, plan=plan,
-        ledger=PrivacyLedger(tmp_path / "ledger.jsonl", delta=DELTA),
+        ledger=PrivacyLedger(tmp_path / "ledger.jsonl", delta=DELTA), guidance=guidance,
+        secure=SecureNoise(2, shares=2, records=2000) if secure else None,
     )  # fmt: skip
     syn = gen.sample(4000, np.random.default_rng(0))
     assert set(np.unique(syn.labels)) == {0, 1, 2, 3}
@@ -177,6 +261,7 @@ def test_fits_a_toy_set_whose_classes_a_linear_rule_separates(tmp_path: Path) ->
     gen.save(tmp_path / "generator.npz")
     back = GaussianGenerator.load(tmp_path / "generator.npz")
     assert back.models["image"].kind == "discriminant"
+    assert back.models["image"].guidance == guidance
     u, _ = maps["image"].forward(np.asarray(test.features["image"])[:20])
     assert np.allclose(
         back.models["image"].log_density(u, test.labels[:20]),

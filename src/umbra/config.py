@@ -829,14 +829,29 @@ class SynthConfig(_Section):
         None,
         ge=1,
         le=10_000,
-        description="DP gradient steps of the discriminant model's classifier; None: 30·√ε",
+        description="DP gradient steps of the discriminant model's classifier; None: 60·√ε",
     )
     teacher_clip: float | None = Field(
         None,
         gt=0,
         le=100,
         description="per-record gradient bound of the discriminant model's classifier; "
-        "None: 0.3·√ε",
+        "None: 0.6·ε^¼",
+    )
+    guidance: float = Field(
+        10.0,
+        ge=0,
+        le=1000,
+        description="discriminant model: γ of the classifier guidance, p(u | y) ∝ p(u) "
+        "softmax(γ ℓ(u))_y with ℓ the DP classifier's logits; 0: each class's own Gaussian",
+    )
+    noise: Literal["local", "distributed"] | None = Field(
+        None,
+        description="local: each organisation adds the full noise to its own sums (holds "
+        "against any collusion); distributed: each adds a discrete Gaussian share inside a "
+        "secure sum, so only the sum carries the full noise (holds against the server while "
+        "at most n − t organisations collude with it, t = ⌈secure.threshold · n⌉); None: "
+        "distributed when the run used privacy.noise = 'distributed', else local",
     )
     subspace_clip: float = Field(
         0.3,

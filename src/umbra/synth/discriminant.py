@@ -30,7 +30,12 @@ The model (:class:`DiscriminantModel`)::
 with ``R ⊗ P`` the Kronecker-structured covariance of the rest (its channel and position
 second moments, scaled to its energy: a classifier trained on the records must see the
 rest's large directions to learn to ignore them), and α ≥ 0 set
-per record so that ``‖u‖ = 1``, as the feature map makes every real record. Every
+per record so that ``‖u‖ = 1``, as the feature map makes every real record. With
+classifier guidance γ > 0 (the default of ``umbra synth``), class ``y``'s records come from
+``p(u | y) ∝ p(u) softmax(γ ℓ(u))_y`` instead: the marginal ``p(u) = Σ_c π_c p(u | c)`` of
+the model above reweighted by the teacher's own class probabilities (ℓ its logits), so
+that a classifier trained on the records learns the teacher's boundary, not the one the
+noised subspace moments imply (:meth:`DiscriminantModel.sample`). Every
 statistic is a sum of clipped per-record terms, so each release is a Gaussian mechanism at
 sample rate 1 (one DP-SGD step on a moment-matching loss, as in
 :mod:`umbra.synth.statistics`); the rounds compose in the ledger. Pure functions and the
@@ -41,7 +46,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,6 +66,12 @@ __all__ = [
     "subspace_statistics",
 ]
 
+#: Draws of the marginal per requested record before a guided class falls back to its own
+#: Gaussian, and the most drawn at once (memory: ``GUIDED_BATCH × D`` numbers).
+GUIDED_DRAWS = 50
+GUIDED_BATCH = 8192
+#: Draws of the Monte Carlo estimates of a guided model's normaliser and expectation.
+NORMALISER_DRAWS = 8192
 #: Smallest eigenvalue kept of a fitted covariance (a proper density always).
 MIN_RESIDUAL = 1e-6
 #: Per-record bound of the standardised rest ``v − B Bᵀ v`` in the rows / cols sums
@@ -211,6 +223,12 @@ class DiscriminantModel:
         rows, cols: ``(C, C)`` and ``(P, P)`` (``C·P = D``) the rest's covariance
             ``rows ⊗ cols`` before the subspace is projected out of it.
         rho: ``(K,)`` class mean of the norm ratio ρ.
+        teacher: ``(D + 1, K)`` the DP classifier's weights on ``[ũ, 1]``.
+        prior: ``(K,)`` class shares (noised counts) of the marginal ``Σ_y π_y p(u | y)``.
+        guidance: γ of the classifier guidance (0: none; see :meth:`sample`).
+        label_mass: ``(K,)`` ``P_γ(y) = E_u[softmax(γ ℓ(u))_y]`` under the marginal, the
+            guided law's normaliser (Monte Carlo at fit time; None without guidance).
+        expected: E[log p(u | y)] under the guided sampler (Monte Carlo; None without).
     """
 
     centre: np.ndarray
@@ -221,6 +239,11 @@ class DiscriminantModel:
     rows: np.ndarray
     cols: np.ndarray
     rho: np.ndarray
+    teacher: np.ndarray
+    prior: np.ndarray
+    guidance: float = 0.0
+    label_mass: np.ndarray | None = None
+    expected: float | None = None
 
     kind = "discriminant"
 
@@ -232,11 +255,15 @@ class DiscriminantModel:
         sums: Mapping[str, np.ndarray],
         *,
         floors: Mapping[str, float],
+        teacher: np.ndarray,
+        guidance: float = 0.0,
     ) -> DiscriminantModel:
         """From the noised sums of :func:`subspace_statistics` (``count``, ``mean``,
         ``cov``, ``rows``, ``cols``), added over the organisations; ``floors``: per
         second-moment group the smallest eigenvalue kept, per record (the noise's scale:
-        below it a direction's variance is not resolved)."""
+        below it a direction's variance is not resolved); the teacher's weights and the
+        guidance γ (post-processing: the guided law's normaliser is estimated from draws of
+        the model, with a fixed seed)."""
         counts = np.maximum(sums["count"][:, 0], 1.0)
         n = float(counts.sum())
         means = sums["mean"] / counts[:, None]
@@ -247,10 +274,65 @@ class DiscriminantModel:
         cols = _psd(sums["cols"] / n, max(floors["cols"], MIN_RESIDUAL))
         # both traces estimate E‖X‖²; rows ⊗ cols / t has trace tr(rows)·tr(cols)/t ≈ t
         t = (float(np.trace(rows)) + float(np.trace(cols))) / 2
-        return cls(standardiser.centre, standardiser.scale, basis, means, cov, rows / t, cols, rho)
+        prior = counts / counts.sum()
+        model = cls(
+            standardiser.centre, standardiser.scale, basis, means, cov, rows / t, cols, rho,
+            np.asarray(teacher, dtype=np.float64), prior,
+        )  # fmt: skip
+        if guidance < 0 or not math.isfinite(guidance):
+            raise ValueError(f"guidance must be a finite number >= 0, got {guidance}")
+        return model if guidance == 0 else model._guided(float(guidance))
+
+    def _guided(self, guidance: float, draws: int = NORMALISER_DRAWS) -> DiscriminantModel:
+        """This model with guidance γ, its normaliser and expected log-density estimated."""
+        rng = np.random.default_rng(0)
+        comp = rng.choice(len(self.prior), size=draws, p=self.prior)
+        u = self._draw(comp, rng)
+        probs = _softmax(guidance * self.logits(u))
+        mass = np.maximum(probs.mean(axis=0), 1.0 / draws)
+        model = replace(self, guidance=guidance, label_mass=mass / mass.sum())
+        labels = (probs.cumsum(axis=1) > rng.random((draws, 1))).argmax(axis=1)
+        return replace(model, expected=float(model.log_density(u, labels).mean()))
+
+    def logits(self, u: np.ndarray) -> np.ndarray:
+        """``(N, K)`` the teacher's logits ``[ũ, 1] W`` of feature-map vectors ``u``."""
+        v = (u - self.centre) / self.scale
+        return v @ self.teacher[:-1] + self.teacher[-1]
 
     def sample(self, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """``(N, D)`` draws of ``u`` for classes ``labels``: the subspace part from its
+        """``(N, D)`` draws of ``u`` for classes ``labels``.
+
+        Without guidance, from each class's Gaussian (:meth:`_draw`). With guidance γ > 0,
+        from ``p(u | y) ∝ p(u) softmax(γ ℓ(u))_y`` (classifier guidance, Dhariwal & Nichol
+        2021, with the DP teacher as the classifier): draws of the marginal
+        ``p(u) = Σ_c π_c p(u | c)`` each get a class from the guided softmax and fill the
+        requests of that class (exact rejection sampling). A class still short after
+        :data:`GUIDED_DRAWS` times the request (the teacher almost never picks it) takes
+        the rest from its own Gaussian."""
+        labels = np.asarray(labels, dtype=np.int64)
+        if self.guidance == 0:
+            return self._draw(labels, rng)
+        out = np.empty((len(labels), self.basis.shape[0]))
+        todo = {int(c): np.flatnonzero(labels == c) for c in np.unique(labels)}
+        budget = GUIDED_DRAWS * len(labels)
+        while budget > 0 and any(len(v) for v in todo.values()):
+            need = sum(len(v) for v in todo.values())
+            m = int(min(max(2 * need, 256), GUIDED_BATCH, budget))
+            budget -= m
+            u = self._draw(rng.choice(len(self.prior), size=m, p=self.prior), rng)
+            probs = _softmax(self.guidance * self.logits(u))
+            got = (probs.cumsum(axis=1) > rng.random((m, 1))).argmax(axis=1)
+            for c, idx in todo.items():
+                pick = u[got == c][: len(idx)]
+                out[idx[: len(pick)]] = pick
+                todo[c] = idx[len(pick) :]
+        short = np.concatenate([v for v in todo.values()] + [np.zeros(0, dtype=np.int64)])
+        if len(short):
+            out[short] = self._draw(labels[short], rng)
+        return out
+
+    def _draw(self, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``(N, D)`` draws of class ``labels``' Gaussians: the subspace part from its
         Gaussian, the rest from ``rows ⊗ cols`` with the subspace projected out, then
         scaled to unit norm (:func:`_unit_norm_factor`)."""
         n = len(labels)
@@ -274,16 +356,29 @@ class DiscriminantModel:
         rest under ``rows ⊗ cols`` marginalised to the complement of the subspace (precision
         ``Q − Q B (Bᵀ Q B)⁻¹ Bᵀ Q``), the standardiser's Jacobian included; the sampler's
         unit-norm scaling is not in it."""
+        labels = np.asarray(labels, dtype=np.int64)
         v = (u - self.centre) / self.scale
         z = v @ self.basis
-        diff = z - self.means[labels]
-        maha = np.einsum("ni,ij,nj->n", diff, np.linalg.inv(self.cov), diff)
         w = v - z @ self.basis.T
         qw = self._precision(w)
         bqw = qw @ self.basis  # (N, k)
         m = np.linalg.inv(self._bqb())
-        maha += (w * qw).sum(axis=1) - np.einsum("ni,ij,nj->n", bqw, m, bqw)
-        return -0.5 * (maha + self._log_normaliser())
+        rest = (w * qw).sum(axis=1) - np.einsum("ni,ij,nj->n", bqw, m, bqw)
+        prec = np.linalg.inv(self.cov)
+        if self.guidance == 0:
+            diff = z - self.means[labels]
+            maha = np.einsum("ni,ij,nj->n", diff, prec, diff)
+            return -0.5 * (maha + rest + self._log_normaliser())
+        # p(u) softmax(γ ℓ(u))_y / P_γ(y): the marginal's mixture over the classes
+        diff = z[:, None, :] - self.means[None]  # (N, K, k)
+        maha_k = np.einsum("nci,ij,ncj->nc", diff, prec, diff)
+        log_mix = _logsumexp(np.log(np.maximum(self.prior, 1e-300)) - 0.5 * maha_k)
+        log_soft = _log_softmax(self.guidance * self.logits(u))[np.arange(len(u)), labels]
+        assert self.label_mass is not None
+        return (
+            log_mix - 0.5 * (rest + self._log_normaliser()) + log_soft
+            - np.log(self.label_mass[labels])
+        )  # fmt: skip
 
     def _bqb(self) -> np.ndarray:
         return self.basis.T @ self._precision(self.basis.T).T
@@ -300,16 +395,48 @@ class DiscriminantModel:
         return logdet + 2.0 * float(np.log(self.scale).sum()) + d * math.log(2 * math.pi)
 
     def expected_log_density(self) -> float:
-        """E[log p(u | y)] for u drawn from the Gaussian model itself."""
+        """E[log p(u | y)] for u drawn from the model itself (closed form without
+        guidance; with it, the fit's Monte Carlo estimate)."""
+        if self.guidance != 0 and self.expected is not None:
+            return self.expected
         return -0.5 * (self.basis.shape[0] + self._log_normaliser())
 
     def arrays(self, prefix: str) -> dict[str, np.ndarray]:
         """The parameters as named arrays (numbers only)."""
-        names = ("centre", "scale", "basis", "means", "cov", "rows", "cols", "rho")
-        return {f"{prefix}.{a}": getattr(self, a) for a in names}
+        out = {f"{prefix}.{a}": getattr(self, a) for a in _ARRAYS}
+        out[f"{prefix}.guidance"] = np.array(self.guidance)
+        if self.label_mass is not None and self.expected is not None:
+            out[f"{prefix}.label_mass"] = self.label_mass
+            out[f"{prefix}.expected"] = np.array(self.expected)
+        return out
 
     @classmethod
     def from_arrays(cls, z: Mapping[str, np.ndarray], prefix: str) -> DiscriminantModel:
         """Read what :meth:`arrays` wrote."""
-        names = ("centre", "scale", "basis", "means", "cov", "rows", "cols", "rho")
-        return cls(*(np.asarray(z[f"{prefix}.{a}"]) for a in names))
+        fields: dict[str, Any] = {a: np.asarray(z[f"{prefix}.{a}"]) for a in _ARRAYS}
+        model = cls(**fields)
+        guidance = float(z[f"{prefix}.guidance"])
+        if guidance == 0:
+            return model
+        return replace(
+            model,
+            guidance=guidance,
+            label_mass=np.asarray(z[f"{prefix}.label_mass"]),
+            expected=float(z[f"{prefix}.expected"]),
+        )
+
+
+_ARRAYS = ("centre", "scale", "basis", "means", "cov", "rows", "cols", "rho", "teacher", "prior")
+
+
+def _logsumexp(a: np.ndarray) -> np.ndarray:
+    top = a.max(axis=1, keepdims=True)
+    return (top + np.log(np.exp(a - top).sum(axis=1, keepdims=True)))[:, 0]
+
+
+def _log_softmax(a: np.ndarray) -> np.ndarray:
+    return a - _logsumexp(a)[:, None]
+
+
+def _softmax(a: np.ndarray) -> np.ndarray:
+    return np.exp(_log_softmax(a))

@@ -1,5 +1,6 @@
 """Fitting the discriminant generator across a run's organisations: three stages of noised
-sums (:mod:`umbra.synth.discriminant`), each organisation adding the full noise to its own.
+sums (:mod:`umbra.synth.discriminant`), each organisation adding the full noise to its own
+or a share of it inside a secure sum (:mod:`umbra.synth.secure_release`).
 
 Round 0 releases every modality's scale sums; rounds 1..T each release one step of every
 modality's teacher gradient; round T + 1 releases the subspace sums and the pattern
@@ -43,7 +44,11 @@ from umbra.synth.discriminant import (
 )
 from umbra.synth.feature_map import FeatureMap
 from umbra.synth.generator import GaussianGenerator
+from umbra.synth.secure_release import GroupNoise, LocalNoise, SecureNoise, SecureRound
 from umbra.synth.statistics import pattern_index
+
+#: What a round's messages go through: each organisation's noise, or the secure sum.
+Aggregate = LocalNoise | SecureRound
 
 __all__ = [
     "LEARNING_RATE",
@@ -57,13 +62,13 @@ __all__ = [
 #: Share of the privacy loss (Gaussian-DP μ²) of each kind of group, per modality; the
 #: pattern counts once. The teacher needs most: its gradient has ``(D + 1) K`` numbers.
 WEIGHTS: dict[str, float] = {
-    "scale": 0.04,
-    "teacher": 0.66,
+    "scale": 0.03,
+    "teacher": 0.85,
     "count": 0.01,
-    "mean": 0.1,
-    "cov": 0.1,
-    "rows": 0.04,
-    "cols": 0.04,
+    "mean": 0.04,
+    "cov": 0.03,
+    "rows": 0.015,
+    "cols": 0.015,
     "pattern": 0.01,
 }
 #: Per-record L2 bound of the groups whose bound is fixed (the teacher's and the subspace
@@ -104,9 +109,13 @@ class DiscriminantPlan:
             "cols": RESIDUAL_CLIP**2,
         }[kind]
 
+    def groups(self, kinds: Sequence[str]) -> list[str]:
+        """The groups of ``kinds`` (``"teacher"``, ``"mean"``, ...), every modality's."""
+        return [g for g in self.sigmas if g.rsplit(".", 1)[-1] in kinds]
+
     def release(self, round: int, party: str, kinds: Sequence[str]) -> Release:
         """The ledger entry of one organisation's round releasing ``kinds``' groups."""
-        groups = [g for g in self.sigmas if g.rsplit(".", 1)[-1] in kinds]
+        groups = self.groups(kinds)
         return Release.dpsgd(
             round=round,
             party=party,
@@ -151,10 +160,6 @@ def plan_discriminant_noise(
     return DiscriminantPlan(sigmas, steps, clip, zclip)
 
 
-def _noised(x: np.ndarray, group: str, plan: DiscriminantPlan, rng: SecureRandom) -> np.ndarray:
-    return x + rng.normal(x.shape, std=plan.sigmas[group] * plan.clip_norm(group))
-
-
 def fit_discriminant(
     train: MultimodalData,
     parts: Sequence[np.ndarray],
@@ -163,6 +168,8 @@ def fit_discriminant(
     *,
     plan: DiscriminantPlan,
     ledger: PrivacyLedger,
+    secure: SecureNoise | None = None,
+    guidance: float = 0.0,
     make_rng: Callable[[], SecureRandom] = SecureRandom,
 ) -> GaussianGenerator:
     """The discriminant generator of ``train``'s records split as ``parts`` (organisation
@@ -171,6 +178,9 @@ def fit_discriminant(
     Args:
         plan: σ and clips (:func:`plan_discriminant_noise`).
         ledger: where each organisation's round is recorded before it happens.
+        secure: the organisations' secure sum (``synth.noise = "distributed"``), or None:
+            each adds the full noise to its own sums (:mod:`umbra.synth.secure_release`).
+        guidance: γ of the sampler's classifier guidance (0: none; :class:`DiscriminantModel`).
         make_rng: a privacy stream per organisation and round (tests pass a seeded one).
     """
     if not parts:
@@ -189,26 +199,27 @@ def fit_discriminant(
         held.append(mine)
 
     def each_org(round: int, kinds: Sequence[str], compute: Callable[[int], dict[str, np.ndarray]]
-                 ) -> dict[str, np.ndarray]:  # fmt: skip
-        total: dict[str, np.ndarray] = {}
+                 ) -> tuple[dict[str, np.ndarray], Aggregate]:  # fmt: skip
+        noise = {g: GroupNoise(plan.sigmas[g], plan.clip_norm(g)) for g in plan.groups(kinds)}
+        channel: Aggregate = (
+            LocalNoise(orgs, noise) if secure is None else secure.round(round, noise)
+        )
         for i in range(orgs):
             ledger.record(plan.release(round, str(i), kinds))
-            rng = make_rng()
-            for g, v in compute(i).items():
-                sent = _noised(v, g, plan, rng)
-                total[g] = total[g] + sent if g in total else sent
-        return total
+            channel.add(i, compute(i), make_rng())
+        return channel.total(), channel
 
     sizes = {m: channel_sizes(f) for m, f in maps.items()}
-    scales = each_org(
+    scales, channel = each_org(
         0,
         ("scale",),
         lambda i: {f"{m}.scale": scale_vectors(held[i][m][0], sizes[m]).sum(0) for m in maps},
     )
     std: dict[str, Standardiser] = {}
     for m in maps:
-        noise = plan.sigmas[f"{m}.scale"] * plan.clip_norm(f"{m}.scale") * math.sqrt(orgs)
-        std[m] = Standardiser.from_sums(scales[f"{m}.scale"], sizes[m], noise)
+        released = scales[f"{m}.scale"]
+        noise = channel.noise_std(f"{m}.scale", released.size)
+        std[m] = Standardiser.from_sums(released, sizes[m], noise)
     inputs = [
         {
             m: (
@@ -223,7 +234,7 @@ def fit_discriminant(
     velocity = {m: torch.zeros_like(w) for m, w in weights.items()}
     counts = {m: max(float(scales[f"{m}.scale"][-1]), 1.0) for m in maps}  # noised records
     for step in range(plan.steps):
-        grads = each_org(
+        grads, _ = each_org(
             1 + step,
             ("teacher",),
             lambda i: {
@@ -250,7 +261,7 @@ def fit_discriminant(
         out["pattern"] = patterns
         return out
 
-    sums = each_org(
+    sums, channel = each_org(
         1 + plan.steps, ("count", "mean", "cov", "rows", "cols", "pattern"), subspace_sums
     )
     models = {}
@@ -258,11 +269,11 @@ def fit_discriminant(
         records = max(float(sums[f"{m}.count"][:, 0].sum()), 1.0)
         # the noise's standard deviation on a second moment's entries, per record
         floors = {
-            g: plan.sigmas[f"{m}.{g}"] * plan.clip_norm(f"{m}.{g}") * math.sqrt(orgs) / records
+            g: channel.noise_std(f"{m}.{g}", sums[f"{m}.{g}"].size) / records
             for g in ("cov", "rows", "cols")
         }
         models[m] = DiscriminantModel.fit(
             std[m], bases[m], {g: sums[f"{m}.{g}"] for g in ("count", "mean", "cov", "rows", "cols")},
-            floors=floors,
+            floors=floors, teacher=weights[m].double().numpy(), guidance=guidance,
         )  # fmt: skip
     return GaussianGenerator.from_models(maps, train.class_names, models, sums["pattern"])

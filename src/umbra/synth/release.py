@@ -7,9 +7,11 @@ upper triangle is noised and mirrored (the released entries are the triangle's, 
 per-record L2 norm is at most ``‖u uᵀ‖_F = 1``). The noise comes from the privacy stream
 (:class:`~umbra.privacy.randomness.SecureRandom`), never from the run's seed.
 
-Every organisation adds the full noise to its own sums, so the server (and anyone who sees
-one organisation's message) learns each organisation's statistics only under its (ε, δ);
-the server's sum then carries √(organisations) times one organisation's noise.
+With ``synth.noise = "local"`` every organisation adds the full noise to its own sums, so
+the server (and anyone who sees one organisation's message) learns each organisation's
+statistics only under its (ε, δ); the server's sum then carries √(organisations) times one
+organisation's noise. ``"distributed"`` sends them through
+:mod:`umbra.synth.secure_release` instead.
 """
 
 from __future__ import annotations

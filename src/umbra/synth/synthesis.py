@@ -33,6 +33,9 @@ __all__ = [
     "generator_maps",
     "image_value_range",
     "load_synth_settings",
+    "noise_claim",
+    "noise_mode",
+    "secure_sum",
     "synthesize",
     "tstr_classifier",
 ]
@@ -66,6 +69,48 @@ def generator_maps(cfg: Config, shapes: dict[str, tuple[int, ...]]) -> dict[str,
     return {m: feature_map_for(shape, max_dim=max_dim) for m, shape in shapes.items()}
 
 
+def noise_mode(cfg: Config) -> str:
+    """``synth.noise``, or its default: the run's own choice (distributed noise when the
+    run trained with ``privacy.noise = "distributed"``)."""
+    if cfg.synth.noise is not None:
+        return cfg.synth.noise
+    if cfg.privacy.mode != "none" and cfg.privacy.noise == "distributed":
+        return "distributed"
+    return "local"
+
+
+def noise_claim(cfg: Config, organisations: int) -> dict[str, Any]:
+    """How the noise was added and against whom ε holds (``synth.json``'s ``privacy.noise``)."""
+    from umbra.synth.secure_release import shares_for
+
+    if noise_mode(cfg) == "local":
+        return {
+            "mode": "local",
+            "holds_against": "every observer (the coordinator, other organisations, whoever "
+            "receives the generator), under any collusion: each message carries the full noise",
+        }
+    t = shares_for(organisations, cfg.secure.threshold)
+    return {
+        "mode": "distributed",
+        "shares": t,
+        "organisations": organisations,
+        "holds_against": "other organisations and whoever receives the generator: always; "
+        f"the coordinator: while at most {organisations - t} organisations collude with it "
+        f"(each message carries 1/{t} of the noise variance inside a secure sum)",
+    }
+
+
+def secure_sum(cfg: Config, organisations: int, records: int) -> Any:
+    """The organisations' secure sum when :func:`noise_mode` is distributed, else None
+    (``records``: the public bound on an organisation's records, the data set's size)."""
+    from umbra.synth.secure_release import SecureNoise, shares_for
+
+    if noise_mode(cfg) != "distributed":
+        return None
+    t = shares_for(organisations, cfg.secure.threshold)
+    return SecureNoise(organisations, shares=t, records=records)
+
+
 def fit_generator(
     cfg: Config,
     train: Any,
@@ -95,14 +140,15 @@ def fit_generator(
             epsilon=epsilon,
             delta=delta,
             modalities=list(maps),
-            steps=s.teacher_steps if s.teacher_steps is not None else max(1, round(30 * root)),
-            clip=s.teacher_clip if s.teacher_clip is not None else 0.3 * root,
+            steps=s.teacher_steps if s.teacher_steps is not None else max(1, round(60 * root)),
+            clip=s.teacher_clip if s.teacher_clip is not None else 0.6 * math.sqrt(root),
             zclip=s.subspace_clip,
             accountant=cfg.privacy.accountant,
         )
         gen = fit_discriminant(
-            train, parts, masks, maps, plan=plan, ledger=ledger, make_rng=make_rng
-        )
+            train, parts, masks, maps, plan=plan, ledger=ledger, make_rng=make_rng,
+            secure=secure_sum(cfg, len(parts), len(train)), guidance=s.guidance,
+        )  # fmt: skip
         return gen, plan.sigmas
     sigmas = plan_noise(
         epsilon=epsilon,
@@ -119,6 +165,7 @@ def fit_generator(
         noise_multipliers=sigmas,
         ledger=ledger,
         rank=s.rank,
+        secure=secure_sum(cfg, len(parts), len(train)),
         make_rng=make_rng,
     )
     return gen, sigmas
@@ -324,6 +371,7 @@ def synthesize(
             "noise_multipliers": sigmas,
             "epsilon_with_run": epsilon_with_run(run_dir / LEDGER_FILE, out / LEDGER_FILE),
             "ledger": LEDGER_FILE,
+            "noise": noise_claim(cfg, len(prep.parts)),
         },
         "tstr": {"classifier": CLASSIFIER_NAMES[s.classifier], "accuracy": tstr},
         "fidelity": {

@@ -40,16 +40,27 @@ MASK_INFO = b"umbra-vertical-embedding-mask-v1"
 _PURPOSE = b"vertical-step"
 
 
-def pair_seeds(own: int, keys: KeyPair, publics: Mapping[int, bytes]) -> dict[int, bytes]:
-    """``j -> s_ij``: the seed party ``own`` shares with every other party ``j``."""
-    return {j: agree(keys.private, pub, info=MASK_INFO) for j, pub in publics.items() if j != own}
+def pair_seeds(
+    own: int, keys: KeyPair, publics: Mapping[int, bytes], *, info: bytes = MASK_INFO
+) -> dict[int, bytes]:
+    """``j -> s_ij``: the seed party ``own`` shares with every other party ``j`` (HKDF label
+    ``info``: each protocol its own)."""
+    return {j: agree(keys.private, pub, info=info) for j, pub in publics.items() if j != own}
 
 
-def mask_for(own: int, seeds: Mapping[int, bytes], *, step: int, length: int) -> np.ndarray:
-    """``Σ_{j>own} PRG(s_j) - Σ_{j<own} PRG(s_j)`` mod 2^32, ``(length,)`` uint32."""
+def mask_for(
+    own: int,
+    seeds: Mapping[int, bytes],
+    *,
+    step: int,
+    length: int,
+    purpose: bytes = _PURPOSE,
+) -> np.ndarray:
+    """``Σ_{j>own} PRG(s_j) - Σ_{j<own} PRG(s_j)`` mod 2^32, ``(length,)`` uint32; one
+    ``(step, purpose)`` per masked vector (a stream is never reused)."""
     mask = np.zeros(length, dtype=np.uint32)
     for j, seed in seeds.items():
-        stream = prg_uint32(seed, length=length, round_number=step, purpose=_PURPOSE)
+        stream = prg_uint32(seed, length=length, round_number=step, purpose=purpose)
         if j > own:
             mask += stream  # uint32 arithmetic wraps: mod 2^32
         else:
