@@ -358,6 +358,8 @@ def test_umbra_synth_with_the_discriminant_model(tmp_path: Path) -> None:
         ("set", "only synth.* settings"),
         ("classifier", "synth.classifier"),
         ("model", "synth.model"),
+        ("noise", "synth.noise"),
+        ("guidance", "synth.guidance"),
     ],
 )
 def test_cli_refuses_with_one_line(
@@ -377,6 +379,10 @@ def test_cli_refuses_with_one_line(
         args += ["--set", "synth.classifier=forest"]
     if case == "model":
         args += ["--set", "synth.model=gan"]
+    if case == "noise":
+        args += ["--set", "synth.noise=central"]
+    if case == "guidance":
+        args += ["--set", "synth.guidance=-1"]
     monkeypatch.setattr(sys, "argv", args)
     with pytest.raises(SystemExit) as exit_:
         main()

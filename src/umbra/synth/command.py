@@ -58,5 +58,8 @@ def synth_command(
         + ", ".join(f"{k} {_fmt(v)}" for k, v in summary["fidelity"]["per_modality"].items()),
         highlight=False,
     )
+    noise = p["noise"]
+    console.print(f"noise: {noise['mode']}; ε holds against {noise['holds_against']}",
+                  highlight=False)  # fmt: skip
     target = out if out is not None else run_dir / "synthetic"
     console.print(f"written: {target} ({summary['seconds']:.0f} s)", highlight=False)
