@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from umbra.privacy.client_dp import shares_needed
 from umbra.privacy.randomness import SecureRandom
 from umbra.secure.secagg.quantize import dequantize_sum
 from umbra.synth.secure_release import (
@@ -16,7 +17,6 @@ from umbra.synth.secure_release import (
     LocalNoise,
     SecureNoise,
     encoding_of,
-    shares_for,
 )
 
 
@@ -30,13 +30,6 @@ def _sums(rng: np.random.Generator, orgs: int, d: int, records: int, clip: float
     return out
 
 
-def test_shares_follow_the_threshold() -> None:
-    assert shares_for(8, 0.67) == 6 and shares_for(3, 1.0) == 3 and shares_for(1, 0.5) == 1
-    assert shares_for(100, 0.67) == 67
-    with pytest.raises(ValueError):
-        shares_for(8, 0.0)
-
-
 def test_secure_sum_is_the_sum_plus_one_noise_of_the_planned_size() -> None:
     """Reference: the exact float sum (numpy); the residual's spread is √(n/t) σ Δ / γ,
     within sampling error over 40,000 entries, and the share plan keeps σΔ over t shares."""
@@ -44,7 +37,7 @@ def test_secure_sum_is_the_sum_plus_one_noise_of_the_planned_size() -> None:
     orgs, d, records = 5, 40_000, 50
     noise = {"a.teacher": GroupNoise(2.0, 0.5), "a.count": GroupNoise(3.0, math.sqrt(2))}
     sums = _sums(rng, orgs, d, records, 0.5)
-    t = shares_for(orgs, 0.67)
+    t = shares_needed(0.67, orgs)
     assert t == 4
     secure = SecureNoise(orgs, shares=t, records=orgs * records)
     rnd = secure.round(3, noise)
@@ -113,3 +106,34 @@ def test_noise_too_large_for_the_ring_is_refused() -> None:
         import pickle
 
         pickle.dumps(SecureNoise(2, shares=2, records=10))
+
+
+def test_colluders_removing_their_own_shares_leave_the_full_noise() -> None:
+    """The collusion claim: n − t organisations subtract what they know of the total (their
+    own masks, hence their own levels and noise shares); the other t shares still carry
+    σΔ, and t − 1 would not."""
+    rng = np.random.default_rng(3)
+    orgs, d = 5, 30_000
+    t = shares_needed(0.67, orgs)  # 4 of 5: one colluder tolerated
+    noise = {"a.teacher": GroupNoise(2.0, 0.5), "a.count": GroupNoise(1.0, math.sqrt(2))}
+    sums = _sums(rng, orgs, d, 40, 0.5)
+    secure = SecureNoise(orgs, shares=t, records=orgs * 40)
+    rnd = secure.round(7, noise)
+    for i, s in enumerate(sums):
+        rnd.add(i, s, SecureRandom.for_testing(20 + i))
+    spec, plan = encoding_of(noise["a.teacher"], dim=d, records=orgs * 40,
+                             organisations=orgs, shares=t)  # fmt: skip
+    full = plan.share_sigma * math.sqrt(t)  # σΔ in integer units
+    shares = rnd._shares["a.teacher"]
+
+    def own_noise(i: int) -> np.ndarray:
+        """What organisation i knows of its share: unmasked levels minus its encoding."""
+        levels = shares[i] - secure._mask(i, 7, "a.teacher", d)  # wraps mod 2^32
+        return levels.astype(np.float64) - (sums[i]["a.teacher"] + spec.clip) * spec.scale
+
+    total = (rnd.total()["a.teacher"] - sum(s["a.teacher"] for s in sums)) * spec.scale
+    left = total - own_noise(0)  # the one tolerated colluder removes its share
+    assert left.std() == pytest.approx(full, rel=0.03)  # t shares: the full σΔ
+    fewer = left - own_noise(1)  # a second colluder: beyond the claim
+    assert fewer.std() == pytest.approx(full * math.sqrt((t - 1) / t), rel=0.03)
+    assert fewer.std() < 0.9 * full

@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.special import log_softmax, logsumexp, softmax
 
 from umbra.synth.feature_map import FeatureMap
 
@@ -288,7 +289,7 @@ class DiscriminantModel:
         rng = np.random.default_rng(0)
         comp = rng.choice(len(self.prior), size=draws, p=self.prior)
         u = self._draw(comp, rng)
-        probs = _softmax(guidance * self.logits(u))
+        probs = softmax(guidance * self.logits(u), axis=1)
         mass = np.maximum(probs.mean(axis=0), 1.0 / draws)
         model = replace(self, guidance=guidance, label_mass=mass / mass.sum())
         labels = (probs.cumsum(axis=1) > rng.random((draws, 1))).argmax(axis=1)
@@ -320,7 +321,7 @@ class DiscriminantModel:
             m = int(min(max(2 * need, 256), GUIDED_BATCH, budget))
             budget -= m
             u = self._draw(rng.choice(len(self.prior), size=m, p=self.prior), rng)
-            probs = _softmax(self.guidance * self.logits(u))
+            probs = softmax(self.guidance * self.logits(u), axis=1)
             got = (probs.cumsum(axis=1) > rng.random((m, 1))).argmax(axis=1)
             for c, idx in todo.items():
                 pick = u[got == c][: len(idx)]
@@ -372,8 +373,8 @@ class DiscriminantModel:
         # p(u) softmax(γ ℓ(u))_y / P_γ(y): the marginal's mixture over the classes
         diff = z[:, None, :] - self.means[None]  # (N, K, k)
         maha_k = np.einsum("nci,ij,ncj->nc", diff, prec, diff)
-        log_mix = _logsumexp(np.log(np.maximum(self.prior, 1e-300)) - 0.5 * maha_k)
-        log_soft = _log_softmax(self.guidance * self.logits(u))[np.arange(len(u)), labels]
+        log_mix = logsumexp(np.log(np.maximum(self.prior, 1e-300)) - 0.5 * maha_k, axis=1)
+        log_soft = log_softmax(self.guidance * self.logits(u), axis=1)[np.arange(len(u)), labels]
         assert self.label_mass is not None
         return (
             log_mix - 0.5 * (rest + self._log_normaliser()) + log_soft
@@ -427,16 +428,3 @@ class DiscriminantModel:
 
 
 _ARRAYS = ("centre", "scale", "basis", "means", "cov", "rows", "cols", "rho", "teacher", "prior")
-
-
-def _logsumexp(a: np.ndarray) -> np.ndarray:
-    top = a.max(axis=1, keepdims=True)
-    return (top + np.log(np.exp(a - top).sum(axis=1, keepdims=True)))[:, 0]
-
-
-def _log_softmax(a: np.ndarray) -> np.ndarray:
-    return a - _logsumexp(a)[:, None]
-
-
-def _softmax(a: np.ndarray) -> np.ndarray:
-    return np.exp(_log_softmax(a))

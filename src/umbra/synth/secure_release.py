@@ -24,8 +24,9 @@ norm ≤ ``C_g``, with Gaussian noise of multiplier ``σ_g`` (the plan's; the le
   coordinator's sum mod 2^32, which decodes to the organisations' sums plus ``n`` shares:
   a discrete Gaussian of variance ``n σ_g² Δ_g² / t ≥ σ_g² Δ_g²`` while ``n ≥ t``.
 
-Against whom ``"distributed"`` holds (``t`` = ⌈``secure.threshold`` · n⌉): the coordinator
-sees masked vectors, each uniform in Z_{2^32}, and the sum; with ``c`` organisations
+Against whom ``"distributed"`` holds (``t`` = ⌈``secure.threshold`` · n⌉ from
+:func:`umbra.privacy.client_dp.shares_needed`, as the training rounds size theirs): the
+coordinator sees masked vectors, each uniform in Z_{2^32}, and the sum; with ``c`` organisations
 colluding with it (subtracting their own shares and masks) the sum of the others keeps
 ``(n − c) / t`` of the noise variance, so each record keeps its (ε, δ) against the
 coordinator while at most ``n − t`` organisations collude with it. Another organisation
@@ -56,7 +57,6 @@ __all__ = [
     "LocalNoise",
     "SecureNoise",
     "encoding_of",
-    "shares_for",
 ]
 
 #: ``synth.noise`` values.
@@ -73,16 +73,6 @@ class GroupNoise:
 
     sigma: float
     clip: float
-
-
-def shares_for(organisations: int, threshold: float) -> int:
-    """``t = ⌈threshold · n⌉`` (at least 1, at most ``n``): how many noise shares one
-    release's full noise is split into."""
-    if organisations < 1:
-        raise ValueError(f"organisations must be >= 1, got {organisations}")
-    if not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    return min(organisations, max(1, math.ceil(threshold * organisations - 1e-9)))
 
 
 def encoding_of(

@@ -81,7 +81,7 @@ def noise_mode(cfg: Config) -> str:
 
 def noise_claim(cfg: Config, organisations: int) -> dict[str, Any]:
     """How the noise was added and against whom ε holds (``synth.json``'s ``privacy.noise``)."""
-    from umbra.synth.secure_release import shares_for
+    from umbra.privacy.client_dp import shares_needed
 
     if noise_mode(cfg) == "local":
         return {
@@ -89,7 +89,7 @@ def noise_claim(cfg: Config, organisations: int) -> dict[str, Any]:
             "holds_against": "every observer (the coordinator, other organisations, whoever "
             "receives the generator), under any collusion: each message carries the full noise",
         }
-    t = shares_for(organisations, cfg.secure.threshold)
+    t = shares_needed(cfg.secure.threshold, organisations)
     return {
         "mode": "distributed",
         "shares": t,
@@ -103,11 +103,12 @@ def noise_claim(cfg: Config, organisations: int) -> dict[str, Any]:
 def secure_sum(cfg: Config, organisations: int, records: int) -> Any:
     """The organisations' secure sum when :func:`noise_mode` is distributed, else None
     (``records``: the public bound on an organisation's records, the data set's size)."""
-    from umbra.synth.secure_release import SecureNoise, shares_for
+    from umbra.privacy.client_dp import shares_needed
+    from umbra.synth.secure_release import SecureNoise
 
     if noise_mode(cfg) != "distributed":
         return None
-    t = shares_for(organisations, cfg.secure.threshold)
+    t = shares_needed(cfg.secure.threshold, organisations)
     return SecureNoise(organisations, shares=t, records=records)
 
 
