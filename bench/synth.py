@@ -17,7 +17,14 @@ ceiling, the same classifier trained on real training records.
     .venv/bin/python bench/synth.py [--eps 1 3 10] [--n 10000] [--real 10000]
     .venv/bin/python bench/synth.py --families [--eps 1 10]
     .venv/bin/python bench/synth.py --model discriminant --image-only --eps 1 3 10 --n 60000
+    .venv/bin/python bench/synth.py --model discriminant --image-only --fmnist-all --n 60000
     .venv/bin/python bench/synth.py --noise local     # each organisation's own noise
+
+``--fmnist-all`` (with ``--image-only``) fits on the data DPImageBench's figures come from:
+all 60,000 Fashion-MNIST training images (every one holding its image), split over the
+preset's organisations by the preset's partition, and tests on the 10,000 t10k images; it
+adds the ceiling (the classifiers trained on the 60,000 real images) and the membership
+attack on each image-only generator. Results: ``<stem>_image_n<N>_fmnist_all.json``.
 
 ``--families`` asks whether a richer model family would do better under the same noise:
 on the image alone, a Gaussian with its own full covariance per class and a mixture of 4
@@ -103,7 +110,15 @@ def main() -> None:
         action="store_true",
         help="the image-only rows only (results: <stem>_image_n<N>.json)",
     )
+    ap.add_argument(
+        "--fmnist-all",
+        action="store_true",
+        help="with --image-only: all 60,000 Fashion-MNIST training images over the preset's "
+        "organisations, tested on the 10,000 t10k images (DPImageBench's data)",
+    )
     args = ap.parse_args()
+    if args.fmnist_all and not args.image_only:
+        ap.error("--fmnist-all needs --image-only")
     cfg = load_config(args.preset)
     cfg.synth.model = args.model
     cfg.synth.noise = args.noise
@@ -128,20 +143,39 @@ def main() -> None:
         print("real", rows["real (no privacy)"], f"{time.perf_counter() - t0:.0f} s", flush=True)
     image = restrict(prep.train, ("image",))
     image_test = restrict(prep.test, ("image",))
+    parts, masks = prep.parts, [m[:, :1] for m in prep.masks]
+    if args.fmnist_all:
+        image, image_test, parts = _fmnist_all(cfg)
+        masks = [image.mask[idx] for idx in parts]
+        ceiling = image.subset(rng.permutation(len(image))[: args.n])
+        rows["real (no privacy), image only"] = {
+            "tstr_image": tstr_accuracy(ceiling, image_test, {"image": maps["image"]}, [])["fused"],
+            "tstr_image_network": network.fit_score(ceiling, image_test, ("image",)),
+        }
+        print("real", rows["real (no privacy), image only"], flush=True)
     for eps in args.eps:
         # the image alone, the whole ε on it: the setting of the published image generators
-        gen, spent = _fit(
-            cfg, image, prep.parts, [m[:, :1] for m in prep.masks], {"image": maps["image"]}, eps
-        )
+        gen, spent = _fit(cfg, image, parts, masks, {"image": maps["image"]}, eps)
         syn = gen.sample(args.n, rng)
         acc = tstr_accuracy(syn, image_test, {"image": maps["image"]}, [])["fused"]
         net = network.fit_score(syn, image_test, ("image",))
-        rows[f"image only, ε = {eps:g}"] = {
+        row: dict[str, Any] = {
             "epsilon_ledger": spent,
             "tstr_image": acc,
             "tstr_image_network": net,
         }
-        print(eps, "image only", acc, net, f"{time.perf_counter() - t0:.0f} s", flush=True)
+        if args.fmnist_all:
+            attack = generator_membership(
+                gen,
+                sample_records(image, s.audit_records, rng),
+                sample_records(image_test, s.audit_records, rng),
+                epsilon=spent,
+                delta=cfg.privacy.delta,
+                rng=rng,
+            )
+            row["membership_auc"] = attack["auc"]
+        rows[f"image only, ε = {eps:g}"] = row
+        print(eps, "image only", row, f"{time.perf_counter() - t0:.0f} s", flush=True)
     for eps in [] if args.image_only else args.eps:
         gen, spent = _fit(cfg, prep.train, prep.parts, prep.masks, maps, eps)
         syn = gen.sample(args.n, rng)
@@ -168,15 +202,16 @@ def main() -> None:
         "command": f"bench/synth.py --eps {' '.join(f'{e:g}' for e in args.eps)} --n {args.n}"
         f" --preset {args.preset} --model {args.model}"
         + (" --image-only" if args.image_only else "")
+        + (" --fmnist-all" if args.fmnist_all else "")
         + (f" --noise {args.noise}" if args.noise else ""),
         "model": args.model,
         "noise": noise_claim(cfg, len(prep.parts)),
         "preset": args.preset,
-        "records_train": len(prep.train),
-        "records_test": len(prep.test),
-        "organisations": len(prep.parts),
+        "records_train": len(image) if args.fmnist_all else len(prep.train),
+        "records_test": len(image_test) if args.fmnist_all else len(prep.test),
+        "organisations": len(parts),
         "synthetic_records": args.n,
-        "real_records_of_the_ceilings": args.real,
+        "real_records_of_the_ceilings": min(args.n, len(image)) if args.fmnist_all else args.real,
         **({"rank": s.rank} if args.model == "gaussian" else {}),
         "dims": {m: f.dim for m, f in maps.items()},
         "classifier": {
@@ -194,10 +229,37 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     stem = "synth" if args.model == "gaussian" else f"synth_{args.model}"
     stem += f"_image_n{args.n}" if args.image_only else ""
+    stem += "_fmnist_all" if args.fmnist_all else ""
     stem += "_local" if args.noise == "local" else ""
     (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=2) + "\n")
     (RESULTS / f"{stem}.md").write_text(_table(out))
     print(_table(out))
+
+
+def _fmnist_all(cfg: Any) -> tuple[Any, Any, list[np.ndarray]]:
+    """Fashion-MNIST's 60,000 training images as image-only records split over the
+    preset's organisations (its partition, seed and smallest size), and the 10,000 t10k
+    images; images as the preset's ``data.image_features``."""
+    from umbra.data.dataset import MultimodalData
+    from umbra.data.partition import partition
+    from umbra.data.sources.fmnist import CLASS_NAMES, Split, load_fmnist
+    from umbra.run.prepare import image_features
+
+    def split(name: Split) -> Any:
+        x, y = load_fmnist(name)
+        mask = np.ones((len(y), 1), dtype=bool)
+        return image_features(MultimodalData({"image": x}, mask, y, ("image",), CLASS_NAMES), cfg)
+
+    train, test = split("train"), split("test")
+    parts = partition(
+        train.labels,
+        cfg.federation.num_clients,
+        scheme=cfg.data.partition,
+        alpha=cfg.data.alpha,
+        seed=cfg.run.seed,
+        min_size=cfg.data.min_client_size,
+    )
+    return train, test, parts
 
 
 def _network_tstr(
@@ -329,16 +391,19 @@ def _table(out: dict[str, Any]) -> str:
             f"{t['audio']:.3f} | {t['text']:.3f} | {_f(r['tstr_network']['fused'])} | "
             f"{_f(r['tstr_network']['image'])} | {r['frechet']['image']:.3f} | {auc} |"
         )
+    attacked = any("membership_auc" in r for r in out["rows"].values())
     lines += [
         "",
-        "| image only (whole ε on the image) | ε (ledger) | TSTR image, linear | network |",
-        "|---|---:|---:|---:|",
+        "| image only (whole ε on the image) | ε (ledger) | TSTR image, linear | network |"
+        + (" membership AUC |" if attacked else ""),
+        "|---|---:|---:|---:|" + ("---:|" if attacked else ""),
     ]
     for name, r in out["rows"].items():
         if "tstr_image" in r:
+            eps = f"{r['epsilon_ledger']:.2f}" if "epsilon_ledger" in r else "—"
+            auc = f" {_f(r.get('membership_auc'))} |" if attacked else ""
             lines.append(
-                f"| {name} | {r['epsilon_ledger']:.2f} | {r['tstr_image']:.3f} | "
-                f"{_f(r['tstr_image_network'])} |"
+                f"| {name} | {eps} | {r['tstr_image']:.3f} | {_f(r['tstr_image_network'])} |" + auc
             )
     return "\n".join(lines) + "\n"
 
