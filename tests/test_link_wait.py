@@ -7,6 +7,7 @@ store, so this test process keeps Flower's modules as they are.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -18,7 +19,12 @@ from typing import Any
 import pytest
 
 from umbra.deploy.commands import superlink_argv
-from umbra.deploy.link_wait import MessageBell, held
+from umbra.deploy.link_wait import (
+    MessageBell,
+    held,
+    unfinished_replies,
+    without_unfinished_replies,
+)
 from umbra.deploy.superlink import main as superlink_main
 
 
@@ -114,6 +120,70 @@ def test_pulls_beyond_the_held_limit_are_answered_at_once() -> None:
                    store_of=lambda _args, kwargs: kwargs["store"])  # fmt: skip
     assert list(wrapped(store=link).messages_list) == []
     assert link.calls == 1
+
+
+def _sha(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def _link_with_replies() -> tuple[Any, Any, dict[str, tuple[str, str]]]:
+    """Flower's in-memory link state and object store with two replies registered (each a
+    message object with one child): ``i1``'s complete, ``i2``'s child not pushed yet;
+    ``i3`` has no reply."""
+    from flwr.proto.message_pb2 import ObjectTree
+    from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
+    from flwr.supercore.object_store.in_memory_object_store import InMemoryObjectStore
+
+    store = InMemoryObjectStore(verify=False)
+    state = InMemoryLinkState(NS(), store)
+    replies = {i: (_sha(f"reply {i}".encode()), _sha(f"array {i}".encode())) for i in ("i1", "i2")}
+    for ins, (root, child) in replies.items():
+        store.preregister(1, ObjectTree(object_id=root, children=[ObjectTree(object_id=child)]))
+        state.message_ins_id_to_message_res_id[ins] = root
+    store.put(replies["i1"][1], b"a")
+    store.put(replies["i1"][0], b"m")
+    store.put(replies["i2"][0], b"m")  # its child never comes: the sender was killed
+    return state, store, replies
+
+
+def test_a_reply_whose_objects_have_not_all_arrived_stays_out_of_the_runtime_pull() -> None:
+    from flwr.proto.runtime_pb2 import PullAppMessagesRequest
+
+    state, store, replies = _link_with_replies()
+    assert unfinished_replies(state, ["i1", "i2", "i3"]) == {"i2"}
+    assert unfinished_replies(NS(), ["i1"]) == set()  # another link state: Flower's own
+    request = PullAppMessagesRequest(message_ids=["i1", "i2", "i3"])
+    (narrowed, *rest), by_position = without_unfinished_replies((request, state, "task"), {})
+    assert list(narrowed.message_ids) == ["i1", "i3"] and rest == [state, "task"]
+    assert by_position == {}
+    assert list(request.message_ids) == ["i1", "i2", "i3"]  # the caller's request unchanged
+    _, by_name = without_unfinished_replies((), {"request": request, "state": state})
+    assert list(by_name["request"].message_ids) == ["i1", "i3"]
+    store.put(replies["i2"][1], b"a")  # the objects arrive: the reply is answered
+    assert without_unfinished_replies((request, state, "task"), {})[0][0] is request
+
+
+def test_a_held_runtime_pull_answers_a_reply_only_once_its_objects_are_in() -> None:
+    state, store, replies = _link_with_replies()
+    bell = MessageBell()
+    asked: list[list[str]] = []
+
+    def pull(request: Any, state: Any, task: Any) -> NS:  # answers what it is asked for
+        asked.append(list(request.message_ids))
+        roots = [state.message_ins_id_to_message_res_id[m] for m in request.message_ids]
+        return NS(
+            messages_list=roots, message_object_trees=[store.get_object_tree(r) for r in roots]
+        )
+
+    from flwr.proto.runtime_pb2 import PullAppMessagesRequest
+
+    wrapped = held(pull, bell=bell, hold_s=30.0, slots=threading.BoundedSemaphore(1),
+                   store_of=lambda args, _kwargs: args[1].object_store,
+                   narrow=without_unfinished_replies)  # fmt: skip
+    threading.Timer(0.1, lambda: (store.put(replies["i2"][1], b"a"), bell.ring())).start()
+    got = wrapped(PullAppMessagesRequest(message_ids=["i2"]), state, "task")
+    assert got.messages_list == [replies["i2"][0]]
+    assert asked[0] == [] and asked[-1] == ["i2"]  # never handed out while incomplete
 
 
 def test_superlink_patches_hold_flowers_real_handlers() -> None:

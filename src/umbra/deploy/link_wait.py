@@ -19,7 +19,16 @@ Either way the answer is sent only once the objects of the messages in it are al
 SuperLink's object store (or the hold ends): Flower registers a message before its
 objects arrive, and a caller that pulled a message too early would wait out its
 object-pull backoff. An empty answer after ``hold_s`` is exactly Flower's own; callers
-are unchanged Flower code. At most `MAX_HELD` requests are held at once (each holds a
+are unchanged Flower code.
+
+A reply whose objects have not all arrived is never handed to the ServerApp
+(`unfinished_replies`): Flower's Runtime pull deletes what it answers, and the
+ServerApp's grid then pulls the reply's objects one message after another, each until
+it has them or the sender's object-push session expires (180 s). A node killed between
+pushing its reply and pushing the reply's objects would otherwise hold up the replies of
+every other node behind it for those 180 s, past the stage's reply timeout; left in the
+link state, its reply is answered once complete, or the ServerApp's stage ends without
+it and counts the node as dropped (Flower drops the reply when the session expires). At most `MAX_HELD` requests are held at once (each holds a
 worker thread of the SuperLink's pool); more are answered at once, as Flower does.
 
 `MessageBell` is rung whenever the link state stores a message or the object store an
@@ -33,10 +42,18 @@ import functools
 import importlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
-__all__ = ["DEFAULT_HOLD_S", "MAX_HELD", "MessageBell", "held", "install_link_waits"]
+__all__ = [
+    "DEFAULT_HOLD_S",
+    "MAX_HELD",
+    "MessageBell",
+    "held",
+    "install_link_waits",
+    "unfinished_replies",
+    "without_unfinished_replies",
+]
 
 #: How long the SuperLink holds a pull with nothing to answer.
 DEFAULT_HOLD_S = 2.0
@@ -90,12 +107,62 @@ def _object_ids(tree: Any) -> Iterator[str]:
         yield from _object_ids(child)
 
 
+def _tree_complete(tree: Any, store: _Store) -> bool:
+    """Whether every object of ``tree`` is in ``store`` (Flower keeps a registered but
+    not yet pushed object as ``b""``)."""
+    return all(store.get(oid) != b"" for oid in _object_ids(tree))
+
+
 def _complete(response: Any, store: _Store) -> bool:
-    """Whether every object of every message in ``response`` is in ``store`` (Flower
-    keeps a registered but not yet pushed object as ``b""``)."""
-    return all(
-        store.get(oid) != b"" for tree in response.message_object_trees for oid in _object_ids(tree)
-    )
+    """Whether every object of every message in ``response`` is in ``store``."""
+    return all(_tree_complete(tree, store) for tree in response.message_object_trees)
+
+
+def unfinished_replies(state: Any, message_ids: Iterable[str]) -> set[str]:
+    """The instruction ids among ``message_ids`` whose reply the link ``state`` has
+    registered but whose objects have not all arrived. Reads Flower's in-memory link
+    state (the SuperLink's default); another state gets an empty set (Flower's own
+    behaviour)."""
+    index = getattr(state, "message_ins_id_to_message_res_id", None)
+    lock = getattr(state, "lock", None)
+    if not isinstance(index, dict) or lock is None:
+        return set()
+    from flwr.supercore.object_store.object_store import NoObjectInStoreError
+
+    store = state.object_store
+    out = set()
+    with lock:
+        for message_id in message_ids:
+            reply_id = index.get(message_id)
+            if reply_id is None:
+                continue
+            try:
+                tree = store.get_object_tree(reply_id)
+            except NoObjectInStoreError:  # Flower's pull reports it
+                continue
+            if not _tree_complete(tree, store):
+                out.add(message_id)
+    return out
+
+
+def without_unfinished_replies(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The arguments of Flower's Runtime ``pull_messages(request, state, task)`` with the
+    instruction ids of unfinished replies (`unfinished_replies`) left out of the request,
+    so that Flower neither answers nor deletes them."""
+    request = kwargs["request"] if "request" in kwargs else args[0]
+    state = kwargs["state"] if "state" in kwargs else args[1]
+    unfinished = unfinished_replies(state, request.message_ids)
+    if not unfinished:
+        return args, kwargs
+    narrowed = type(request)()
+    narrowed.CopyFrom(request)
+    del narrowed.message_ids[:]
+    narrowed.message_ids.extend(m for m in request.message_ids if m not in unfinished)
+    if "request" in kwargs:
+        return args, {**kwargs, "request": narrowed}
+    return (narrowed, *args[1:]), kwargs
 
 
 def held(
@@ -105,21 +172,30 @@ def held(
     hold_s: float,
     slots: threading.BoundedSemaphore,
     store_of: Callable[[tuple[Any, ...], dict[str, Any]], _Store],
+    narrow: Callable[[tuple[Any, ...], dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]]]
+    | None = None,
 ) -> Callable[..., Any]:
     """``pull`` (a Flower pull handler called with keyword or positional arguments, whose
     answer has ``messages_list`` and ``message_object_trees``) held until it has messages
     whose objects are complete, or ``hold_s`` passed. ``store_of(args, kwargs)`` finds the
-    object store among the handler's arguments."""
+    object store among the handler's arguments; ``narrow(args, kwargs)``, when given,
+    returns the arguments of each call to ``pull`` (e.g. `without_unfinished_replies`),
+    also for a pull beyond the held limit."""
+
+    def call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if narrow is not None:
+            args, kwargs = narrow(args, kwargs)
+        return pull(*args, **kwargs)
 
     @functools.wraps(pull)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if not slots.acquire(blocking=False):
-            return pull(*args, **kwargs)
+            return call(args, kwargs)
         try:
             deadline = time.monotonic() + hold_s
             while True:
                 seen = bell.generation
-                response = pull(*args, **kwargs)
+                response = call(args, kwargs)
                 if len(response.messages_list) > 0:
                     break
                 left = deadline - time.monotonic()
@@ -193,5 +269,6 @@ def install_link_waits(hold_s: float = DEFAULT_HOLD_S, *, max_held: int = MAX_HE
         # runtime_handlers.pull_messages(request, state, task): the state holds the store
         setattr(runtime, _RUNTIME[1], held(
             runtime_pull, bell=bell, hold_s=hold_s, slots=slots,
-            store_of=lambda args, kwargs: (kwargs["state"] if "state" in kwargs else args[1]).object_store))  # fmt: skip
+            store_of=lambda args, kwargs: (kwargs["state"] if "state" in kwargs else args[1]).object_store,
+            narrow=without_unfinished_replies))  # fmt: skip
     return bell
