@@ -241,9 +241,8 @@ def _fmnist_all(cfg: Any) -> tuple[Any, Any, list[np.ndarray]]:
     preset's organisations (its partition, seed and smallest size), and the 10,000 t10k
     images; images as the preset's ``data.image_features``."""
     from umbra.data.dataset import MultimodalData
-    from umbra.data.partition import partition
     from umbra.data.sources.fmnist import CLASS_NAMES, Split, load_fmnist
-    from umbra.run.prepare import image_features
+    from umbra.run.prepare import client_parts, image_features
 
     def split(name: Split) -> Any:
         x, y = load_fmnist(name)
@@ -251,14 +250,7 @@ def _fmnist_all(cfg: Any) -> tuple[Any, Any, list[np.ndarray]]:
         return image_features(MultimodalData({"image": x}, mask, y, ("image",), CLASS_NAMES), cfg)
 
     train, test = split("train"), split("test")
-    parts = partition(
-        train.labels,
-        cfg.federation.num_clients,
-        scheme=cfg.data.partition,
-        alpha=cfg.data.alpha,
-        seed=cfg.run.seed,
-        min_size=cfg.data.min_client_size,
-    )
+    parts = client_parts(cfg, train.labels)
     return train, test, parts
 
 

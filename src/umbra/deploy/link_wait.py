@@ -28,8 +28,10 @@ it has them or the sender's object-push session expires (180 s). A node killed b
 pushing its reply and pushing the reply's objects would otherwise hold up the replies of
 every other node behind it for those 180 s, past the stage's reply timeout; left in the
 link state, its reply is answered once complete, or the ServerApp's stage ends without
-it and counts the node as dropped (Flower drops the reply when the session expires). At most `MAX_HELD` requests are held at once (each holds a
-worker thread of the SuperLink's pool); more are answered at once, as Flower does.
+it and counts the node as dropped (Flower drops the reply when the session expires).
+
+At most `MAX_HELD` requests are held at once (each holds a worker thread of the
+SuperLink's pool); more are answered at once, as Flower does.
 
 `MessageBell` is rung whenever the link state stores a message or the object store an
 object; held requests re-check on every ring. Patch points are checked:
@@ -118,6 +120,11 @@ def _complete(response: Any, store: _Store) -> bool:
     return all(_tree_complete(tree, store) for tree in response.message_object_trees)
 
 
+def _argument(args: tuple[Any, ...], kwargs: dict[str, Any], name: str, position: int) -> Any:
+    """A handler's argument ``name``, passed by keyword or at ``position``."""
+    return kwargs[name] if name in kwargs else args[position]
+
+
 def unfinished_replies(state: Any, message_ids: Iterable[str]) -> set[str]:
     """The instruction ids among ``message_ids`` whose reply the link ``state`` has
     registered but whose objects have not all arrived. Reads Flower's in-memory link
@@ -151,9 +158,8 @@ def without_unfinished_replies(
     """The arguments of Flower's Runtime ``pull_messages(request, state, task)`` with the
     instruction ids of unfinished replies (`unfinished_replies`) left out of the request,
     so that Flower neither answers nor deletes them."""
-    request = kwargs["request"] if "request" in kwargs else args[0]
-    state = kwargs["state"] if "state" in kwargs else args[1]
-    unfinished = unfinished_replies(state, request.message_ids)
+    request = _argument(args, kwargs, "request", 0)
+    unfinished = unfinished_replies(_argument(args, kwargs, "state", 1), request.message_ids)
     if not unfinished:
         return args, kwargs
     narrowed = type(request)()
@@ -264,11 +270,11 @@ def install_link_waits(hold_s: float = DEFAULT_HOLD_S, *, max_held: int = MAX_HE
         # fleet_handlers.pull_messages(request=..., state=..., store=...)
         setattr(fleet, _FLEET[1], held(
             fleet_pull, bell=bell, hold_s=hold_s, slots=slots,
-            store_of=lambda args, kwargs: kwargs["store"] if "store" in kwargs else args[2]))  # fmt: skip
+            store_of=lambda args, kwargs: _argument(args, kwargs, "store", 2)))  # fmt: skip
     if not getattr(runtime_pull, _MARK, False):
         # runtime_handlers.pull_messages(request, state, task): the state holds the store
         setattr(runtime, _RUNTIME[1], held(
             runtime_pull, bell=bell, hold_s=hold_s, slots=slots,
-            store_of=lambda args, kwargs: (kwargs["state"] if "state" in kwargs else args[1]).object_store,
+            store_of=lambda args, kwargs: _argument(args, kwargs, "state", 1).object_store,
             narrow=without_unfinished_replies))  # fmt: skip
     return bell

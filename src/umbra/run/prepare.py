@@ -169,7 +169,6 @@ def _prepare_manifest(cfg: Config) -> PreparedData:
     (or the configured partitioner), scale tabular values (:func:`_scale_tabular`); fitted
     to the declared schema (:func:`declared_schema`) where the config has one."""
     from umbra.data.manifest import check_manifest, fit_to_schema, load_manifest
-    from umbra.data.partition import partition
 
     path = Path(str(cfg.data.manifest))
     schema = declared_schema(cfg)
@@ -202,13 +201,8 @@ def _prepare_manifest(cfg: Config) -> PreparedData:
         if empty:
             raise ConfigError(f"after holding out the test set, client(s) {empty} hold no records")
     else:
-        if n_clients > len(train):
-            raise ConfigError(
-                f"federation.num_clients = {n_clients} is more than the {len(train)} training records"
-            )
-        parts = partition(train.labels, n_clients, scheme=cfg.data.partition,
-                          alpha=cfg.data.alpha, seed=cfg.run.seed,
-                          min_size=min(cfg.data.min_client_size, len(train) // n_clients))  # fmt: skip
+        parts = client_parts(cfg, train.labels,
+                             min_size=min(cfg.data.min_client_size, len(train) // n_clients))  # fmt: skip
     scaling = None
     if "tabular" in train.modalities:
         train, test, scaling = _scale_tabular(cfg, train, test, parts, columns, path.parent)
@@ -303,8 +297,31 @@ def prepare_data(cfg: Config) -> PreparedData:
     return prep
 
 
+def client_parts(
+    cfg: Config, labels: np.ndarray, *, min_size: int | None = None
+) -> list[np.ndarray]:
+    """Record indices per client: ``labels`` split over ``federation.num_clients`` by
+    ``data.partition`` (``data.alpha``, ``run.seed``; each client at least ``min_size``
+    records, default ``data.min_client_size``)."""
+    from umbra.data.partition import partition
+
+    n_clients = cfg.federation.num_clients
+    if n_clients > len(labels):
+        raise ConfigError(
+            f"federation.num_clients = {n_clients} is more than the {len(labels)} training records"
+        )
+    return partition(
+        labels,
+        n_clients,
+        scheme=cfg.data.partition,
+        alpha=cfg.data.alpha,
+        seed=cfg.run.seed,
+        min_size=cfg.data.min_client_size if min_size is None else min_size,
+    )
+
+
 def _prepare_pixels(cfg: Config) -> PreparedData:
-    from umbra.data.partition import absent_modalities, apply_missing, partition
+    from umbra.data.partition import absent_modalities, apply_missing
 
     if cfg.data.source == "manifest":
         return _prepare_manifest(cfg)
@@ -318,19 +335,7 @@ def _prepare_pixels(cfg: Config) -> PreparedData:
         bad = sorted(set(mods) - set(train.modalities))
         if bad:
             raise ConfigError(f"data.absent.{c} names {bad}, not in {list(train.modalities)}")
-    n_clients = cfg.federation.num_clients
-    if n_clients > len(train):
-        raise ConfigError(
-            f"federation.num_clients = {n_clients} is more than the {len(train)} training records"
-        )
-    parts = partition(
-        train.labels,
-        n_clients,
-        scheme=cfg.data.partition,
-        alpha=cfg.data.alpha,
-        seed=cfg.run.seed,
-        min_size=cfg.data.min_client_size,
-    )
+    parts = client_parts(cfg, train.labels)
     # whole modalities first, then per-record missingness (which never empties a record)
     absent = {
         int(c): [train.modality_index(m) for m in mods] for c, mods in cfg.data.absent.items()
